@@ -1,0 +1,230 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/mailfleet/mailfleet/relay/budget"
+	"github.com/mailfleet/mailfleet/relay/certs"
+	"github.com/mailfleet/mailfleet/relay/config"
+	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/relay/delivery"
+	"github.com/mailfleet/mailfleet/relay/queueid"
+	"github.com/mailfleet/mailfleet/relay/smtpd"
+	"github.com/mailfleet/mailfleet/relay/spool"
+)
+
+func relayCommand() *cobra.Command {
+	var path, hostname, metricsAddr string
+	cmd := &cobra.Command{
+		Use:   "relay",
+		Short: "Run the SMTP submission relay",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			if hostname != "" {
+				cfg.Hostname = hostname
+			}
+			if metricsAddr != "" {
+				cfg.MetricsAddress = metricsAddr
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return runRelay(ctx, cfg, relayHooks{})
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "/etc/mailfleet/relay.yaml", "relay configuration file (YAML or JSON)")
+	cmd.Flags().StringVar(&hostname, "hostname", "", "hostname in the SMTP greeting (overrides the file)")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-address", "", "address for /metrics, /healthz and /readyz (overrides the file)")
+	return cmd
+}
+
+// relayHooks let dev mode add to a relay run without a second copy of it.
+type relayHooks struct {
+	// localMailDir, when set, delivers spooled messages there as .eml files.
+	localMailDir string
+	// started is called once every listener is bound.
+	started func(srv *smtpd.Server, metrics net.Addr)
+}
+
+// runRelay runs the relay until ctx ends, then drains.
+func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
+	log, err := newLogger(cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	creds, err := credentials.OpenFile(cfg.CredentialsFile, log)
+	if err != nil {
+		return err
+	}
+	go creds.Run(ctx)
+	smtpCfg, err := smtpConfig(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	dir, err := spool.OpenDir(cfg.SpoolDir, log)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	ids, err := queueid.New(cfg.Node)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var sp spool.Spool = dir
+	if hooks.localMailDir != "" {
+		local := delivery.NewLocalDir(dir, hooks.localMailDir, log)
+		go local.Run(ctx)
+		sp = notifyingSpool{Spool: dir, notify: local.Notify}
+	}
+	srv, err := smtpd.New(smtpCfg, smtpd.Deps{
+		Auth:    credentials.NewVerifier(creds),
+		Budget:  budget.NewFixedWindow(),
+		Spool:   sp,
+		IDs:     ids,
+		Metrics: smtpd.NewMetrics(reg),
+		Log:     log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	ops, err := serveOps(cfg.MetricsAddress, reg, srv, log)
+	if err != nil {
+		srv.Shutdown(context.Background())
+		return err
+	}
+	log.Info("relay started", "hostname", smtpCfg.Hostname, "metrics", ops.Addr().String())
+	if hooks.started != nil {
+		hooks.started(srv, ops.Addr())
+	}
+	<-ctx.Done()
+	log.Info("shutting down", "grace_period", cfg.DrainGracePeriod.Duration)
+	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.DrainGracePeriod.Duration)
+	defer cancel()
+	err = srv.Shutdown(drainCtx)
+	ops.Close()
+	log.Info("relay stopped")
+	return err
+}
+
+func smtpConfig(ctx context.Context, cfg config.Config, log *slog.Logger) (smtpd.Config, error) {
+	l := cfg.Limits
+	out := smtpd.Config{
+		Hostname:          cfg.Hostname,
+		Banner:            cfg.Banner,
+		MaxMessageBytes:   l.MaxMessageBytes,
+		MaxRecipients:     l.MaxRecipients,
+		MaxLineLength:     l.MaxLineLength,
+		MaxConnections:    l.MaxConnections,
+		CommandTimeout:    l.CommandTimeout.Duration,
+		DataTimeout:       l.DataTimeout.Duration,
+		AuthFailureLimit:  l.AuthFailureLimit,
+		AuthFailureWindow: l.AuthFailureWindow.Duration,
+	}
+	for _, lc := range cfg.Listeners {
+		out.Listeners = append(out.Listeners, smtpd.Listener{
+			Name: lc.Name, Addr: lc.Address, ImplicitTLS: lc.ImplicitTLS, AuthRequiresTLS: lc.AuthRequiresTLS,
+		})
+	}
+	if cfg.TLS != nil {
+		reloader, err := certs.NewReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile, log)
+		if err != nil {
+			return smtpd.Config{}, err
+		}
+		go reloader.Run(ctx)
+		out.TLS = certs.ServerTLSConfig(reloader.GetCertificate)
+	}
+	return out, nil
+}
+
+// notifyingSpool wakes local delivery after each commit instead of letting it
+// wait for its next poll.
+type notifyingSpool struct {
+	spool.Spool
+	notify func()
+}
+
+func (n notifyingSpool) Begin(ctx context.Context, env spool.Envelope) (spool.Writer, error) {
+	w, err := n.Spool.Begin(ctx, env)
+	if err != nil {
+		return nil, err
+	}
+	return notifyingWriter{Writer: w, notify: n.notify}, nil
+}
+
+type notifyingWriter struct {
+	spool.Writer
+	notify func()
+}
+
+func (n notifyingWriter) Commit(ctx context.Context) error {
+	err := n.Writer.Commit(ctx)
+	if err == nil {
+		n.notify()
+	}
+	return err
+}
+
+// opsServer serves /metrics, /healthz and /readyz.
+type opsServer struct {
+	ln  net.Listener
+	srv *http.Server
+}
+
+func (o *opsServer) Addr() net.Addr { return o.ln.Addr() }
+func (o *opsServer) Close() error   { return o.srv.Close() }
+
+func serveOps(addr string, reg *prometheus.Registry, relay *smtpd.Server, log *slog.Logger) (*opsServer, error) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !relay.Ready() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen metrics on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server failed", "err", err)
+		}
+	}()
+	return &opsServer{ln: ln, srv: srv}, nil
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: %w", level, err)
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}

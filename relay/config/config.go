@@ -1,0 +1,168 @@
+// Package config is the relay's configuration file: what `mailfleet relay
+// --config` reads and what the operator renders into a ConfigMap.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Config is the relay's configuration.
+type Config struct {
+	// Hostname is the name in the greeting, EHLO and QUIT replies.
+	Hostname string `json:"hostname,omitempty"`
+	// Banner follows "ESMTP" in the greeting.
+	Banner string `json:"banner,omitempty"`
+	// Node names this process in queue ids (the pod name); defaults to the host name.
+	Node      string     `json:"node,omitempty"`
+	Listeners []Listener `json:"listeners,omitempty"`
+	TLS       *TLS       `json:"tls,omitempty"`
+	// CredentialsFile holds accounts and labels (see relay/credentials).
+	CredentialsFile string `json:"credentialsFile"`
+	// SpoolDir is where accepted messages wait for delivery.
+	SpoolDir string `json:"spoolDir"`
+	// MetricsAddress serves /metrics, /healthz and /readyz.
+	MetricsAddress string `json:"metricsAddress,omitempty"`
+	// DrainGracePeriod is how long open sessions may go on after SIGTERM.
+	DrainGracePeriod Duration `json:"drainGracePeriod,omitempty"`
+	Limits           Limits   `json:"limits,omitempty"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `json:"logLevel,omitempty"`
+}
+
+// Listener is one SMTP port.
+type Listener struct {
+	Name            string `json:"name"`
+	Address         string `json:"address"`
+	ImplicitTLS     bool   `json:"implicitTLS,omitempty"`
+	AuthRequiresTLS bool   `json:"authRequiresTLS,omitempty"`
+}
+
+// TLS names the certificate files; they are reloaded when they change.
+type TLS struct {
+	CertFile string `json:"certFile"`
+	KeyFile  string `json:"keyFile"`
+}
+
+// Limits bound what one client may do; zero means the relay's default.
+type Limits struct {
+	MaxMessageBytes   int64    `json:"maxMessageBytes,omitempty"`
+	MaxRecipients     int      `json:"maxRecipients,omitempty"`
+	MaxLineLength     int      `json:"maxLineLength,omitempty"`
+	MaxConnections    int      `json:"maxConnections,omitempty"`
+	CommandTimeout    Duration `json:"commandTimeout,omitempty"`
+	DataTimeout       Duration `json:"dataTimeout,omitempty"`
+	AuthFailureLimit  int      `json:"authFailureLimit,omitempty"`
+	AuthFailureWindow Duration `json:"authFailureWindow,omitempty"`
+}
+
+// DefaultListeners are the contract's ports: STARTTLS on 25, 587 and 2525
+// (587 only lets AUTH in after STARTTLS, in RFC 8314's spirit) and implicit
+// TLS on 465.
+func DefaultListeners() []Listener {
+	return []Listener{
+		{Name: "smtp", Address: ":25"},
+		{Name: "submission", Address: ":587", AuthRequiresTLS: true},
+		{Name: "alt", Address: ":2525"},
+		{Name: "smtps", Address: ":465", ImplicitTLS: true},
+	}
+}
+
+// Load reads a YAML or JSON file; unknown fields are errors, so a typo does
+// not silently fall back to a default.
+func Load(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read relay config: %w", err)
+	}
+	var c Config
+	if err := yaml.UnmarshalStrict(data, &c); err != nil {
+		return Config{}, fmt.Errorf("parse relay config %s: %w", path, err)
+	}
+	c.Defaults()
+	if err := c.Validate(); err != nil {
+		return Config{}, fmt.Errorf("relay config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Defaults fills what the file left out.
+func (c *Config) Defaults() {
+	if c.Listeners == nil {
+		c.Listeners = DefaultListeners()
+	}
+	if c.Node == "" {
+		c.Node, _ = os.Hostname()
+	}
+	if c.MetricsAddress == "" {
+		c.MetricsAddress = ":9090"
+	}
+	if c.DrainGracePeriod.Duration == 0 {
+		c.DrainGracePeriod.Duration = 30 * time.Second
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+}
+
+// Validate says what to fix.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.CredentialsFile == "" {
+		errs = append(errs, errors.New("credentialsFile: required"))
+	}
+	if c.SpoolDir == "" {
+		errs = append(errs, errors.New("spoolDir: required"))
+	}
+	if len(c.Listeners) == 0 {
+		errs = append(errs, errors.New("listeners: at least one is required"))
+	}
+	names := map[string]bool{}
+	for i, l := range c.Listeners {
+		switch {
+		case l.Name == "" || l.Address == "":
+			errs = append(errs, fmt.Errorf("listeners[%d]: name and address are required", i))
+		case names[l.Name]:
+			errs = append(errs, fmt.Errorf("listeners[%d]: name %q is used twice", i, l.Name))
+		case l.ImplicitTLS && c.TLS == nil:
+			errs = append(errs, fmt.Errorf("listeners[%d] (%s): implicitTLS needs tls.certFile and tls.keyFile", i, l.Name))
+		}
+		names[l.Name] = true
+	}
+	if c.TLS != nil && (c.TLS.CertFile == "" || c.TLS.KeyFile == "") {
+		errs = append(errs, errors.New("tls: certFile and keyFile are both required"))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("logLevel: %q is not one of debug, info, warn, error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}
+
+// Duration is a time.Duration written as "30s" or "5m".
+type Duration struct{ time.Duration }
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration: want a string such as \"30s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", s, err)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalJSON implements json.Marshaler.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(d.String())
+}

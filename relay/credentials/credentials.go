@@ -1,0 +1,46 @@
+// Package credentials holds the accounts and labels that may submit mail, and
+// verifies the keys they present.
+//
+// The relay never stores a plaintext key: an account carries digests of its
+// valid keys (more than one while a rotation's grace period runs), and a
+// presented key is hashed and compared with each digest in constant time.
+package credentials
+
+import "errors"
+
+// ErrInvalid is returned for any failed authentication. It deliberately does
+// not say whether the user, the label or the key was wrong.
+var ErrInvalid = errors.New("invalid credentials")
+
+// DefaultBudgetPerMinute is the budget of an account that sets none (the seeds' figure).
+const DefaultBudgetPerMinute = 30000
+
+// Account is one sender, as the relay sees it.
+type Account struct {
+	APIUser              string   `json:"apiUser"`
+	KeyDigests           []string `json:"keyDigests"`
+	BudgetPerMinute      int      `json:"budgetPerMinute,omitempty"`
+	AllowedSenderDomains []string `json:"allowedSenderDomains,omitempty"`
+	Suspended            bool     `json:"suspended,omitempty"`
+	Labels               []Label  `json:"labels,omitempty"`
+}
+
+// Label is a sub-identity of an account, used as api_user#label_id.
+type Label struct {
+	ID        string `json:"id"`
+	Suspended bool   `json:"suspended,omitempty"`
+}
+
+// Identity is who a session authenticated as.
+type Identity struct {
+	APIUser              string
+	LabelID              string // empty when the client logged in without a label
+	BudgetPerMinute      int
+	AllowedSenderDomains []string
+}
+
+// Source answers lookups of accounts by api_user. The file source lives in
+// this package; the Kubernetes source is added behind the same interface.
+type Source interface {
+	Lookup(apiUser string) (*Account, bool)
+}

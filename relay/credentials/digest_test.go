@@ -1,0 +1,68 @@
+package credentials
+
+import (
+	"encoding/base64"
+	"strings"
+	"testing"
+)
+
+func TestDigest(t *testing.T) {
+	tests := []struct {
+		key  string
+		want string
+	}{
+		// Known SHA-256 values, so a change of hash or encoding is caught.
+		{"", "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+		{"abc", "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			if got := Digest(tt.key); got != tt.want {
+				t.Errorf("Digest(%q) = %q, want %q", tt.key, got, tt.want)
+			}
+			if !validDigest(Digest(tt.key)) {
+				t.Errorf("Digest(%q) is not accepted by validDigest", tt.key)
+			}
+		})
+	}
+}
+
+func TestNewKey(t *testing.T) {
+	a, b := newTestKey(t), newTestKey(t)
+	if a == b {
+		t.Fatalf("two calls returned the same key %q", a)
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(a)
+	if err != nil {
+		t.Fatalf("key %q is not unpadded base64url: %v", a, err)
+	}
+	if len(raw) != keyBytes {
+		t.Errorf("key decodes to %d bytes, want %d", len(raw), keyBytes)
+	}
+}
+
+func TestMatchDigest(t *testing.T) {
+	key := "correct horse"
+	good := Digest(key)
+	tests := []struct {
+		name   string
+		digest string
+		key    string
+		want   bool
+	}{
+		{"match", good, key, true},
+		{"wrong key", good, "wrong", false},
+		{"unknown scheme", "md5:" + strings.TrimPrefix(good, digestScheme), key, false},
+		{"no scheme", strings.TrimPrefix(good, digestScheme), key, false},
+		{"uppercase hex", digestScheme + strings.ToUpper(strings.TrimPrefix(good, digestScheme)), key, false},
+		{"truncated", good[:len(good)-1], key, false},
+		{"empty digest", "", key, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := MatchDigest(tt.digest, tt.key); got != tt.want {
+				t.Errorf("MatchDigest(%q, %q) = %v, want %v", tt.digest, tt.key, got, tt.want)
+			}
+		})
+	}
+}

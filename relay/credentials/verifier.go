@@ -1,0 +1,142 @@
+package credentials
+
+import (
+	"slices"
+	"strings"
+)
+
+// labelSeparator joins an api_user and a label id in a SMTP AUTH username.
+const labelSeparator = "#"
+
+// dummyDigest stands in for the key digests of an api_user that does not
+// exist, so that an unknown user costs the same hash and comparison as a
+// known one and response timing does not reveal which users exist. No
+// account can be reached through it: Authenticate fails whenever the user is
+// unknown, whatever the comparison says.
+var dummyDigest = Digest("mailfleet: no such api_user")
+
+// dummyDigests holds dummyDigest as a list, built once rather than per call.
+var dummyDigests = []string{dummyDigest}
+
+// Verifier checks the username and key a client presents in SMTP AUTH against
+// a Source.
+type Verifier struct {
+	src Source
+}
+
+// NewVerifier returns a Verifier that looks accounts up in src.
+func NewVerifier(src Source) *Verifier {
+	return &Verifier{src: src}
+}
+
+// Authenticate checks username and key and returns who they identify.
+//
+// username is "api_user" or "api_user#label_id", split at the first '#'. The
+// account must exist and not be suspended, key must match one of its key
+// digests, and a label, when given, must belong to that account and not be
+// suspended. Every failure returns ErrInvalid and nothing else, so a client
+// cannot tell which part was wrong.
+func (v *Verifier) Authenticate(username, key string) (Identity, error) {
+	apiUser, labelID, hasLabel := strings.Cut(username, labelSeparator)
+	acct, found := v.src.Lookup(apiUser)
+	found = found && acct != nil
+
+	// Hash and compare before looking at any other rule, so that the work
+	// done is the same whichever rule ends up failing.
+	digests := dummyDigests
+	if found {
+		digests = acct.KeyDigests
+	}
+	keyOK := matchAny(digests, Digest(key))
+
+	if !found || !keyOK || acct.Suspended {
+		return Identity{}, ErrInvalid
+	}
+	if hasLabel && !labelActive(acct, labelID) {
+		return Identity{}, ErrInvalid
+	}
+	return identityOf(acct, labelID), nil
+}
+
+// matchAny compares presented with every digest, without stopping at the
+// first match, so the time taken depends only on how many digests there are.
+func matchAny(digests []string, presented string) bool {
+	match := 0
+	for _, d := range digests {
+		match |= compareDigest(d, presented)
+	}
+	return match == 1
+}
+
+// labelActive reports whether acct has a label id that is not suspended.
+func labelActive(acct *Account, id string) bool {
+	for _, l := range acct.Labels {
+		if l.ID == id {
+			return !l.Suspended
+		}
+	}
+	return false
+}
+
+// identityOf copies what a session needs out of acct, so that the session
+// never shares memory with the Source's snapshot.
+func identityOf(acct *Account, labelID string) Identity {
+	budget := acct.BudgetPerMinute
+	if budget <= 0 {
+		budget = DefaultBudgetPerMinute
+	}
+	return Identity{
+		APIUser:              acct.APIUser,
+		LabelID:              labelID,
+		BudgetPerMinute:      budget,
+		AllowedSenderDomains: slices.Clone(acct.AllowedSenderDomains),
+	}
+}
+
+// SenderAllowed reports whether the identity may use address as its envelope
+// sender.
+//
+// With no AllowedSenderDomains every sender is allowed. Otherwise the domain
+// of address (after its last '@') must equal an entry, ignoring case, or, for
+// an entry written "*.example.com", be a subdomain of example.com at any
+// depth; "*.example.com" does not match example.com itself, so list both when
+// both are wanted. The null sender "" and addresses without a domain are
+// refused, since they name no domain the account could be checked against.
+func (id Identity) SenderAllowed(address string) bool {
+	if len(id.AllowedSenderDomains) == 0 {
+		return true
+	}
+	at := strings.LastIndexByte(address, '@')
+	if at < 0 || at == len(address)-1 {
+		return false
+	}
+	domain := lowerASCII(address[at+1:])
+	for _, entry := range id.AllowedSenderDomains {
+		if domainMatches(lowerASCII(entry), domain) {
+			return true
+		}
+	}
+	return false
+}
+
+// lowerASCII lowercases only A-Z. Domains are compared as ASCII (IDNs in
+// their xn-- form); Unicode case mapping would turn, for instance, the Kelvin
+// sign into "k" and let a look-alike domain match an allowed one.
+func lowerASCII(s string) string {
+	return strings.Map(func(r rune) rune {
+		if 'A' <= r && r <= 'Z' {
+			return r + ('a' - 'A')
+		}
+		return r
+	}, s)
+}
+
+// domainMatches reports whether domain is covered by entry; both are lowercase.
+func domainMatches(entry, domain string) bool {
+	parent, wildcard := strings.CutPrefix(entry, "*.")
+	if !wildcard {
+		return domain == entry
+	}
+	// The length check refuses ".example.com", which has an empty label.
+	return len(domain) > len(parent)+1 && strings.HasSuffix(domain, "."+parent)
+}

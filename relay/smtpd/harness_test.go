@@ -1,0 +1,329 @@
+package smtpd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailfleet/mailfleet/relay/budget"
+	"github.com/mailfleet/mailfleet/relay/certs"
+	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/relay/queueid"
+	"github.com/mailfleet/mailfleet/relay/spool"
+)
+
+// Test accounts. Each test relay gets its own keys; these are the names.
+const (
+	userMain       = "ifaxin"    // labels 1001 (active) and 1002 (suspended)
+	userOther      = "other"     // label 2001
+	userRestricted = "sender"    // may only send from ifaxin.com
+	userTiny       = "tiny"      // budget 2 per minute
+	userSuspended  = "suspended" // suspended account
+)
+
+// relayEnv is a relay started on loopback with real credentials, spool,
+// budget and certificates, for one test.
+type relayEnv struct {
+	t      *testing.T
+	srv    *Server
+	spool  *spool.Dir
+	keys   map[string]string
+	tlsDir string
+	caPool *x509.CertPool
+	certs  *certs.Reloader
+	reg    *prometheus.Registry
+	logs   *syncBuffer
+}
+
+type relayOption func(*Config, *Deps)
+
+func startRelay(t *testing.T, opts ...relayOption) *relayEnv {
+	t.Helper()
+	dir := t.TempDir()
+	env := &relayEnv{t: t, keys: map[string]string{}, tlsDir: filepath.Join(dir, "tls"), logs: &syncBuffer{}}
+	log := slog.New(slog.NewJSONHandler(env.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+
+	creds := env.writeCredentials(filepath.Join(dir, "credentials.yaml"))
+	src, err := credentials.OpenFile(creds, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := certs.WriteSelfSigned(env.tlsDir, []string{"localhost", "127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.caPool = loadPool(t, files.CAFile)
+	env.certs, err = certs.NewReloader(files.CertFile, files.KeyFile, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go env.certs.Run(ctx)
+
+	env.spool, err = spool.OpenDir(filepath.Join(dir, "spool"), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.spool.Close() })
+	ids, _ := queueid.New("test-node")
+	env.reg = prometheus.NewRegistry()
+	cfg := Config{
+		Hostname: "mx.test",
+		Banner:   "mailfleet",
+		TLS:      certs.ServerTLSConfig(env.certs.GetCertificate),
+		Listeners: []Listener{
+			{Name: "smtp", Addr: "127.0.0.1:0"},
+			{Name: "submission", Addr: "127.0.0.1:0", AuthRequiresTLS: true},
+			{Name: "smtps", Addr: "127.0.0.1:0", ImplicitTLS: true},
+		},
+	}
+	deps := Deps{
+		Auth:    credentials.NewVerifier(src),
+		Budget:  budget.NewFixedWindow(),
+		Spool:   env.spool,
+		IDs:     ids,
+		Metrics: NewMetrics(env.reg),
+		Log:     log,
+	}
+	for _, o := range opts {
+		o(&cfg, &deps)
+	}
+	env.srv, err = New(cfg, deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		env.srv.Shutdown(ctx)
+		env.assertNoKeyLeaked()
+	})
+	return env
+}
+
+func (e *relayEnv) writeCredentials(path string) string {
+	e.t.Helper()
+	accounts := []credentials.Account{
+		{APIUser: userMain, Labels: []credentials.Label{{ID: "1001"}, {ID: "1002", Suspended: true}}},
+		{APIUser: userOther, Labels: []credentials.Label{{ID: "2001"}}},
+		{APIUser: userRestricted, AllowedSenderDomains: []string{"ifaxin.com"}},
+		{APIUser: userTiny, BudgetPerMinute: 2},
+		{APIUser: userSuspended, Suspended: true},
+	}
+	for i := range accounts {
+		key, err := credentials.NewKey()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		e.keys[accounts[i].APIUser] = key
+		accounts[i].KeyDigests = []string{credentials.Digest(key)}
+	}
+	if err := credentials.WriteFile(path, accounts); err != nil {
+		e.t.Fatal(err)
+	}
+	return path
+}
+
+// assertNoKeyLeaked checks the logs and the metrics for any key.
+func (e *relayEnv) assertNoKeyLeaked() {
+	e.t.Helper()
+	var metrics bytes.Buffer
+	families, _ := e.reg.Gather()
+	for _, f := range families {
+		metrics.WriteString(f.String())
+	}
+	for user, key := range e.keys {
+		for what, text := range map[string]string{"logs": e.logs.String(), "metrics": metrics.String()} {
+			if strings.Contains(text, key) || strings.Contains(text, base64.StdEncoding.EncodeToString([]byte(key))) {
+				e.t.Errorf("the key of %s appears in the %s", user, what)
+			}
+		}
+	}
+}
+
+func (e *relayEnv) addr(listener string) string {
+	return e.srv.Addr(listener).String()
+}
+
+func (e *relayEnv) clientTLS() *tls.Config {
+	return &tls.Config{RootCAs: e.caPool, ServerName: "localhost"}
+}
+
+// stored returns the messages in the spool: envelope and body by id.
+func (e *relayEnv) stored() map[string]storedMessage {
+	e.t.Helper()
+	ids, err := e.spool.Pending()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out := map[string]storedMessage{}
+	for _, id := range ids {
+		env, body, err := e.spool.Open(id)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		b, err := io.ReadAll(body)
+		body.Close()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		out[id] = storedMessage{env: env, body: b}
+	}
+	return out
+}
+
+type storedMessage struct {
+	env  spool.Envelope
+	body []byte
+}
+
+func loadPool(t *testing.T, caFile string) *x509.CertPool {
+	t.Helper()
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		t.Fatal("no CA certificate in", caFile)
+	}
+	return pool
+}
+
+// syncBuffer is a log sink shared by the session goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+// rawClient speaks SMTP line by line, so tests see every reply exactly.
+type rawClient struct {
+	t    *testing.T
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func dialRaw(t *testing.T, addr string) *rawClient {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return newRawClient(t, conn)
+}
+
+func dialRawTLS(t *testing.T, addr string, cfg *tls.Config) *rawClient {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return newRawClient(t, conn)
+}
+
+func newRawClient(t *testing.T, conn net.Conn) *rawClient {
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	return &rawClient{t: t, conn: conn, r: bufio.NewReader(conn)}
+}
+
+// write sends raw bytes, as they are.
+func (c *rawClient) write(s string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.conn, s); err != nil {
+		c.t.Fatalf("write %q: %v", s, err)
+	}
+}
+
+// cmd sends a command line and returns the reply.
+func (c *rawClient) cmd(line string) string {
+	c.t.Helper()
+	c.write(line + "\r\n")
+	return c.reply()
+}
+
+// reply reads one reply; the lines of a multi-line reply are joined with "\n".
+func (c *rawClient) reply() string {
+	c.t.Helper()
+	var lines []string
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			c.t.Fatalf("read reply (after %q): %v", lines, err)
+		}
+		line = strings.TrimSuffix(line, "\r\n")
+		lines = append(lines, line)
+		if len(line) < 4 || line[3] != '-' {
+			return strings.Join(lines, "\n")
+		}
+	}
+}
+
+// expect sends a command and fails unless the reply is exactly want.
+func (c *rawClient) expect(line, want string) {
+	c.t.Helper()
+	if got := c.cmd(line); got != want {
+		c.t.Fatalf("%s: got %q, want %q", line, got, want)
+	}
+}
+
+// expectPrefix sends a command and fails unless the reply starts with want.
+func (c *rawClient) expectPrefix(line, want string) string {
+	c.t.Helper()
+	got := c.cmd(line)
+	if !strings.HasPrefix(got, want) {
+		c.t.Fatalf("%s: got %q, want a reply starting %q", line, got, want)
+	}
+	return got
+}
+
+// login greets and authenticates with AUTH PLAIN.
+func (c *rawClient) login(user, key string) {
+	c.t.Helper()
+	c.reply() // greeting
+	c.cmd("EHLO client.test")
+	c.expect("AUTH PLAIN "+b64("\x00"+user+"\x00"+key), "235 2.7.0 Authentication successful")
+}
+
+// send runs one transaction and returns the reply to the end of data.
+func (c *rawClient) send(from, to, body string) string {
+	c.t.Helper()
+	c.expectPrefix("MAIL FROM:<"+from+">", "250 ")
+	c.expectPrefix("RCPT TO:<"+to+">", "250 ")
+	c.expect("DATA", "354 go ahead")
+	c.write(body)
+	return c.cmd(".")
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

@@ -1,0 +1,39 @@
+// Package spool keeps accepted messages until they are delivered. A message is
+// acknowledged to the SMTP client only after Commit returned nil, so Commit
+// must not return before the message would survive a power loss.
+package spool
+
+import (
+	"context"
+	"io"
+	"time"
+)
+
+// Envelope is the metadata that travels with a message.
+type Envelope struct {
+	ID         string    `json:"id"`
+	APIUser    string    `json:"apiUser"`
+	LabelID    string    `json:"labelId,omitempty"`
+	From       string    `json:"from"`
+	To         []string  `json:"to"`
+	ReceivedAt time.Time `json:"receivedAt"`
+	RemoteAddr string    `json:"remoteAddr,omitempty"`
+	Helo       string    `json:"helo,omitempty"`
+	TLS        bool      `json:"tls,omitempty"`
+}
+
+// Spool accepts messages.
+type Spool interface {
+	// Begin starts a message; the body is written to the returned Writer as it arrives.
+	Begin(ctx context.Context, env Envelope) (Writer, error)
+}
+
+// Writer receives one message body.
+type Writer interface {
+	io.Writer
+	// Commit makes the message durable. Only after it returns nil may the
+	// message be acknowledged.
+	Commit(ctx context.Context) error
+	// Abort drops the message; it is safe to call after Commit (a no-op then).
+	Abort() error
+}
