@@ -76,7 +76,7 @@ func TestAuthForms(t *testing.T) {
 		}, ""},
 		{"PLAIN without initial response", [][2]string{
 			{"AUTH PLAIN", "334 "},
-			{b64("\x00"+userMain+"\x00"+key), "235 2.7.0 Authentication successful"},
+			{b64("\x00" + userMain + "\x00" + key), "235 2.7.0 Authentication successful"},
 		}, ""},
 		{"PLAIN with matching authzid", [][2]string{
 			{"AUTH PLAIN " + b64(userMain+"\x00"+userMain+"\x00"+key), "235 2.7.0 Authentication successful"},
