@@ -73,9 +73,12 @@ func openDir(path string, log *slog.Logger) (*Dir, error) {
 			return nil, err
 		}
 	}
-	// The subdirectories must survive a crash before any message does.
-	if err := syncPath(path); err != nil {
-		return nil, err
+	// The spool's own directories must survive a crash before any message
+	// in them can.
+	for _, dir := range []string{filepath.Dir(path), path} {
+		if err := syncPath(dir); err != nil {
+			return nil, err
+		}
 	}
 	lock, err := lockPath(filepath.Join(path, lockFile))
 	if err != nil {
@@ -131,6 +134,11 @@ func (d *Dir) begin(ctx context.Context, env Envelope) (*dirWriter, error) {
 	header, err := json.Marshal(env)
 	if err != nil {
 		return nil, err
+	}
+	// Open could not read it back: refuse now rather than acknowledge a
+	// message that can never be delivered.
+	if len(header) >= maxHeader {
+		return nil, errHeaderTooLong
 	}
 	tmp := d.tmpPath(env.ID)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -200,7 +208,7 @@ func readHeader(r *bufio.Reader) (Envelope, error) {
 		chunk, err := r.ReadSlice('\n')
 		line = append(line, chunk...)
 		if len(line) > maxHeader {
-			return Envelope{}, errors.New("envelope header too long")
+			return Envelope{}, errHeaderTooLong
 		}
 		if err == nil {
 			break
@@ -256,6 +264,8 @@ func (d *Dir) Close() error {
 
 func (d *Dir) tmpPath(id string) string { return filepath.Join(d.path, tmpDir, id) }
 func (d *Dir) newPath(id string) string { return filepath.Join(d.path, newDir, id) }
+
+var errHeaderTooLong = errors.New("envelope header too long")
 
 // errBadID is returned for ids that could escape the spool directory or be
 // mistaken for something else in it.

@@ -269,6 +269,34 @@ func TestBeginDuplicateID(t *testing.T) {
 	}
 }
 
+func TestCommitRefusesCommittedID(t *testing.T) {
+	path := t.TempDir()
+	d := openTestDir(t, path)
+	commit(t, d, envelope("m1"), []byte("first, acknowledged"))
+	if err := writeMessage(d, envelope("m1"), []byte("second")); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("committing m1 again = %v, want fs.ErrExist", err)
+	}
+	if _, body := readMessage(t, d, "m1"); string(body) != "first, acknowledged" {
+		t.Errorf("m1 body = %q, want the first message kept", body)
+	}
+	if names := dirNames(t, filepath.Join(path, tmpDir)); len(names) > 0 {
+		t.Errorf("tmp/ = %q after the refused commit", names)
+	}
+}
+
+func TestBeginRefusesHugeEnvelope(t *testing.T) {
+	d := openTestDir(t, t.TempDir())
+	to := make([]string, maxHeader/20)
+	for i := range to {
+		to[i] = fmt.Sprintf("r%015d@x.example", i)
+	}
+	if _, err := d.Begin(context.Background(), envelope("m1", withTo(to...))); !errors.Is(err, errHeaderTooLong) {
+		t.Errorf("Begin = %v, want errHeaderTooLong", err)
+	}
+	// Well below the limit is fine.
+	commit(t, d, envelope("m2", withTo(to[:1000]...)), []byte("x"))
+}
+
 func TestOpenDirDropsUncommitted(t *testing.T) {
 	path := t.TempDir()
 	d, err := OpenDir(path, slog.New(slog.DiscardHandler))
@@ -427,6 +455,11 @@ func TestDirClosed(t *testing.T) {
 	if err := w.Commit(ctx); !errors.Is(err, ErrClosed) {
 		t.Errorf("Commit after Close = %v, want ErrClosed", err)
 	}
+	for _, sub := range []string{tmpDir, newDir} {
+		if names := dirNames(t, filepath.Join(d.path, sub)); len(names) > 0 {
+			t.Errorf("%s/ = %q: a refused Commit left its message", sub, names)
+		}
+	}
 	if _, err := d.Begin(ctx, envelope("m2")); !errors.Is(err, ErrClosed) {
 		t.Errorf("Begin after Close = %v, want ErrClosed", err)
 	}
@@ -506,5 +539,29 @@ func TestDiscard(t *testing.T) {
 	}
 	if err := w.Commit(context.Background()); err != nil {
 		t.Errorf("Commit: %v", err)
+	}
+}
+
+// publishChecked is what publish falls back to where RENAME_NOREPLACE is
+// missing; the Linux test machine never takes that path on its own.
+func TestPublishChecked(t *testing.T) {
+	dir := t.TempDir()
+	from, taken, free := filepath.Join(dir, "from"), filepath.Join(dir, "taken"), filepath.Join(dir, "free")
+	for _, p := range []string{from, taken} {
+		if err := os.WriteFile(p, []byte(filepath.Base(p)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := publishChecked(from, taken); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("publishChecked onto an existing file = %v, want fs.ErrExist", err)
+	}
+	if b, _ := os.ReadFile(taken); string(b) != "taken" {
+		t.Errorf("existing file now holds %q", b)
+	}
+	if err := publishChecked(from, free); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(free); string(b) != "from" {
+		t.Errorf("published file holds %q, want %q", b, "from")
 	}
 }

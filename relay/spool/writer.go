@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"sync"
 )
@@ -64,6 +65,11 @@ func (w *dirWriter) commit(ctx context.Context) error {
 	if w.state != writing {
 		return errFinished
 	}
+	// Refusing before the rename keeps a closing spool from publishing a
+	// message whose client will be told it failed.
+	if w.d.syncer.isClosed() {
+		return errors.Join(ErrClosed, w.discard())
+	}
 	if err := w.persist(ctx); err != nil {
 		return errors.Join(err, w.discard())
 	}
@@ -89,7 +95,16 @@ func (w *dirWriter) persist(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return os.Rename(w.tmp, w.d.newPath(w.id))
+	return publish(w.tmp, w.d.newPath(w.id))
+}
+
+// publishChecked is publish where the kernel cannot refuse atomically; the
+// window between the check and the rename only matters if ids collide.
+func publishChecked(from, to string) error {
+	if _, err := os.Lstat(to); err == nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: fs.ErrExist}
+	}
+	return os.Rename(from, to)
 }
 
 // Abort removes the unfinished file; after Commit it does nothing.
