@@ -4,19 +4,44 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 GO_TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all build test test-deps vet fmt-check fuzz bench clean
+.PHONY: all build test test-deps tools envtest generate manifests generate-check vet fmt-check fuzz bench clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/mailfleet ./cmd/mailfleet
 
-## test: install what the tests need (hack/), then vet and run every test with -race.
-test: test-deps fmt-check vet
-	go test $(GO_TEST_FLAGS) ./...
+## test: install what the tests need (hack/), check generated code is current,
+## then vet and run every test with -race against a real API server.
+test: test-deps envtest generate-check fmt-check vet
+	KUBEBUILDER_ASSETS=$(CURDIR)/bin/k8s go test $(GO_TEST_FLAGS) ./...
 
 test-deps:
 	@hack/install-test-deps.sh
+
+tools:
+	@hack/install-tools.sh
+
+## envtest: kube-apiserver, etcd and kubectl built from the Go module proxy into bin/k8s.
+envtest:
+	@hack/build-envtest.sh >/dev/null
+
+CONTROLLER_GEN = bin/controller-gen
+
+## generate: deepcopy code for api/.
+generate: tools
+	$(CONTROLLER_GEN) object paths=./api/...
+
+## manifests: CRDs and the operator's RBAC from the markers in api/ and controllers/.
+manifests: tools
+	$(CONTROLLER_GEN) crd paths=./api/... output:crd:dir=config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=mailfleet-operator paths=./controllers/... output:rbac:dir=config/rbac
+
+## generate-check: fails when generated files are not what the markers say.
+generate-check: generate manifests
+	@if [ -n "$$(git status --porcelain -- api config)" ]; then \
+	  echo "generated files are out of date; run 'make generate manifests' and commit:"; \
+	  git status --porcelain -- api config; exit 1; fi
 
 vet:
 	go vet ./...

@@ -1,0 +1,130 @@
+package controllers
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+)
+
+// TestCRDValidation applies invalid resources to the real API server and
+// checks each is refused with a message that names what to fix.
+func TestCRDValidation(t *testing.T) {
+	ns := newNamespace(t, nil)
+	relay := func(mut func(*v1.SmtpRelay)) client.Object {
+		r := &v1.SmtpRelay{
+			ObjectMeta: metav1.ObjectMeta{Name: "r", Namespace: ns},
+			Spec: v1.SmtpRelaySpec{
+				Hostname: "smtp.example.com",
+				TLS:      v1.RelayTLS{IssuerRef: &v1.IssuerReference{Name: "ca"}},
+			},
+		}
+		mut(r)
+		return r
+	}
+	account := func(mut func(*v1.SmtpAccount)) client.Object {
+		a := &v1.SmtpAccount{
+			ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: ns},
+			Spec:       v1.SmtpAccountSpec{RelayRef: v1.RelayReference{Name: "r"}},
+		}
+		mut(a)
+		return a
+	}
+	label := func(mut func(*v1.SmtpLabel)) client.Object {
+		l := &v1.SmtpLabel{
+			ObjectMeta: metav1.ObjectMeta{Name: "l", Namespace: ns},
+			Spec:       v1.SmtpLabelSpec{AccountRef: "a", LabelID: "1001"},
+		}
+		mut(l)
+		return l
+	}
+	tests := []struct {
+		name string
+		obj  client.Object
+		want string // "" means accepted
+	}{
+		{"valid relay", relay(func(*v1.SmtpRelay) {}), ""},
+		{"hostname not a DNS name", relay(func(r *v1.SmtpRelay) { r.Spec.Hostname = "Smtp_Example" }), "hostname must be a lower-case DNS name"},
+		{"no TLS source", relay(func(r *v1.SmtpRelay) { r.Spec.TLS = v1.RelayTLS{} }), "tls: set exactly one of issuerRef"},
+		{"two TLS sources", relay(func(r *v1.SmtpRelay) { r.Spec.TLS.SecretName = "tls" }), "tls: set exactly one of issuerRef"},
+		{"negative replicas", relay(func(r *v1.SmtpRelay) { r.Spec.Replicas = ptr.To[int32](-1) }), "spec.replicas"},
+		{"zero budget", relay(func(r *v1.SmtpRelay) { r.Spec.DefaultBudgetPerMinute = -5 }), "spec.defaultBudgetPerMinute"},
+		{"duplicate listener port", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Listeners = []v1.RelayListener{{Name: "a", Port: 25}, {Name: "b", Port: 25}}
+		}), "listeners: ports must be unique"},
+		{"bad listener TLS mode", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Listeners = []v1.RelayListener{{Name: "a", Port: 25, TLS: "Maybe"}}
+		}), "spec.listeners[0].tls"},
+		{"selector without from=Selector", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Accounts.Namespaces = v1.AccountNamespaces{From: v1.NamespacesFromAll, Selector: &metav1.LabelSelector{}}
+		}), "namespaces.selector is required when from is Selector, and only then"},
+		{"from=Selector without selector", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Accounts.Namespaces = v1.AccountNamespaces{From: v1.NamespacesFromSelector}
+		}), "namespaces.selector is required when from is Selector"},
+
+		{"valid account", account(func(*v1.SmtpAccount) {}), ""},
+		{"apiUser charset", account(func(a *v1.SmtpAccount) { a.Spec.APIUser = "bad#user" }), "spec.apiUser"},
+		{"apiUser length", account(func(a *v1.SmtpAccount) { a.Spec.APIUser = strings.Repeat("a", 65) }), "spec.apiUser"},
+		{"budget zero", account(func(a *v1.SmtpAccount) { a.Spec.BudgetPerMinute = ptr.To[int32](0) }), "spec.budgetPerMinute"},
+		{"generated and secretRef", account(func(a *v1.SmtpAccount) {
+			a.Spec.Key = v1.AccountKey{Generated: &v1.GeneratedKey{}, SecretRef: &v1.SecretKeyReference{Name: "k"}}
+		}), "key: set either generated or secretRef, not both"},
+		{"sender domain", account(func(a *v1.SmtpAccount) { a.Spec.AllowedSenderDomains = []string{"not a domain"} }), "spec.allowedSenderDomains[0]"},
+		{"missing relayRef", account(func(a *v1.SmtpAccount) { a.Spec.RelayRef = v1.RelayReference{} }), "spec.relayRef.name"},
+
+		{"valid label", label(func(*v1.SmtpLabel) {}), ""},
+		{"labelId format", label(func(l *v1.SmtpLabel) { l.Spec.LabelID = "#1" }), "spec.labelId"},
+		{"labelId empty", label(func(l *v1.SmtpLabel) { l.Spec.LabelID = "" }), "spec.labelId"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := testClient.Create(context.Background(), tt.obj, client.DryRunAll)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("refused a valid resource: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestImmutableFields checks the transition rules on update.
+func TestImmutableFields(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t, nil)
+	a := &v1.SmtpAccount{
+		ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: ns},
+		Spec:       v1.SmtpAccountSpec{RelayRef: v1.RelayReference{Name: "r"}, APIUser: "acme"},
+	}
+	if err := testClient.Create(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	a.Spec.APIUser = "other"
+	if err := testClient.Update(ctx, a); err == nil || !strings.Contains(err.Error(), "apiUser is immutable") {
+		t.Fatalf("changing apiUser: %v", err)
+	}
+	a.Spec.APIUser = ""
+	if err := testClient.Update(ctx, a); err == nil || !strings.Contains(err.Error(), "apiUser cannot be added or removed") {
+		t.Fatalf("removing apiUser: %v", err)
+	}
+	l := &v1.SmtpLabel{
+		ObjectMeta: metav1.ObjectMeta{Name: "l", Namespace: ns},
+		Spec:       v1.SmtpLabelSpec{AccountRef: "a", LabelID: "1001"},
+	}
+	if err := testClient.Create(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	l.Spec.LabelID = "1002"
+	if err := testClient.Update(ctx, l); err == nil || !strings.Contains(err.Error(), "labelId is immutable") {
+		t.Fatalf("changing labelId: %v", err)
+	}
+}
