@@ -23,7 +23,11 @@ type Config struct {
 	Listeners []Listener `json:"listeners,omitempty"`
 	TLS       *TLS       `json:"tls,omitempty"`
 	// CredentialsFile holds accounts and labels (see relay/credentials).
-	CredentialsFile string `json:"credentialsFile"`
+	// Exactly one of CredentialsFile and CredentialsSecrets is set.
+	CredentialsFile string `json:"credentialsFile,omitempty"`
+	// CredentialsSecrets reads the shards the operator publishes for this
+	// relay from the API server, in the relay's own namespace.
+	CredentialsSecrets *CredentialsSecrets `json:"credentialsSecrets,omitempty"`
 	// SpoolDir is where accepted messages wait for delivery.
 	SpoolDir string `json:"spoolDir"`
 	// MetricsAddress serves /metrics, /healthz and /readyz.
@@ -41,6 +45,12 @@ type Listener struct {
 	Address         string `json:"address"`
 	ImplicitTLS     bool   `json:"implicitTLS,omitempty"`
 	AuthRequiresTLS bool   `json:"authRequiresTLS,omitempty"`
+}
+
+// CredentialsSecrets names the relay whose credentials shards to watch.
+type CredentialsSecrets struct {
+	Namespace string `json:"namespace"`
+	Relay     string `json:"relay"`
 }
 
 // TLS names the certificate files; they are reloaded when they change.
@@ -113,8 +123,13 @@ func (c *Config) Defaults() {
 // Validate says what to fix.
 func (c *Config) Validate() error {
 	var errs []error
-	if c.CredentialsFile == "" {
-		errs = append(errs, errors.New("credentialsFile: required"))
+	switch {
+	case c.CredentialsFile == "" && c.CredentialsSecrets == nil:
+		errs = append(errs, errors.New("credentialsFile or credentialsSecrets: one is required"))
+	case c.CredentialsFile != "" && c.CredentialsSecrets != nil:
+		errs = append(errs, errors.New("credentialsFile and credentialsSecrets: set only one"))
+	case c.CredentialsSecrets != nil && (c.CredentialsSecrets.Namespace == "" || c.CredentialsSecrets.Relay == ""):
+		errs = append(errs, errors.New("credentialsSecrets: namespace and relay are both required"))
 	}
 	if c.SpoolDir == "" {
 		errs = append(errs, errors.New("spoolDir: required"))

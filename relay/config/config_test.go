@@ -39,7 +39,13 @@ func TestLoad(t *testing.T) {
 		{name: "unknown field", file: "credentialsFile: /c\nspoolDir: /s\nlistner: []\n", wantErr: `unknown field "listner"`},
 		{name: "bad duration", file: "credentialsFile: /c\nspoolDir: /s\ndrainGracePeriod: soon\n", wantErr: `duration "soon"`},
 		{name: "implicit TLS without cert", file: "credentialsFile: /c\nspoolDir: /s\n", wantErr: "implicitTLS needs tls.certFile"},
-		{name: "missing credentials", file: "spoolDir: /s\nlisteners: [{name: a, address: ':1'}]\n", wantErr: "credentialsFile: required"},
+		{name: "missing credentials", file: "spoolDir: /s\nlisteners: [{name: a, address: ':1'}]\n", wantErr: "credentialsFile or credentialsSecrets: one is required"},
+		{name: "two credentials sources", file: "credentialsFile: /c\ncredentialsSecrets: {namespace: mail, relay: mx}\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\n", wantErr: "set only one"},
+		{name: "credentials from the API server", file: "credentialsSecrets: {namespace: mail, relay: mx}\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\n", check: func(t *testing.T, c Config) {
+			if c.CredentialsSecrets.Relay != "mx" {
+				t.Fatalf("credentialsSecrets = %+v", c.CredentialsSecrets)
+			}
+		}},
 		{name: "duplicate listener", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}, {name: a, address: ':2'}]\n", wantErr: `name "a" is used twice`},
 		{name: "log level", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nlogLevel: loud\n", wantErr: `logLevel: "loud"`},
 	}

@@ -1,0 +1,145 @@
+package credentials
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Secrets is a Source backed by the credentials shards the operator publishes
+// for one relay (see ShardCount). It watches them in the relay's own
+// namespace only: relay pods never read tenants' Secrets, and the watch
+// delivers a change within milliseconds of the operator writing it.
+type Secrets struct {
+	client    kubernetes.Interface
+	namespace string
+	selector  string
+	log       *slog.Logger
+
+	snap   atomic.Pointer[snapshot]
+	gen    atomic.Uint64
+	synced atomic.Bool
+
+	mu     sync.Mutex
+	shards map[string][]Account // by Secret name; the last valid content of each
+}
+
+// NewSecrets returns a source for the shards of relay in namespace. Nothing
+// is read until Run starts.
+func NewSecrets(client kubernetes.Interface, namespace, relay string, log *slog.Logger) *Secrets {
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Secrets{
+		client:    client,
+		namespace: namespace,
+		selector:  labels.Set{ShardLabel: relay}.String(),
+		log:       log.With("source", "secrets", "namespace", namespace, "selector", ShardLabel+"="+relay),
+		shards:    map[string][]Account{},
+	}
+	s.snap.Store(&snapshot{accounts: map[string]*Account{}})
+	return s
+}
+
+// Lookup implements Source.
+func (s *Secrets) Lookup(apiUser string) (*Account, bool) {
+	a, ok := s.snap.Load().accounts[apiUser]
+	return a, ok
+}
+
+// Synced reports whether the first full list of shards has been applied;
+// until then the relay is not ready, rather than refusing every login.
+func (s *Secrets) Synced() bool { return s.synced.Load() }
+
+// Generation counts applied changes.
+func (s *Secrets) Generation() uint64 { return s.gen.Load() }
+
+// Len returns the number of accounts.
+func (s *Secrets) Len() int { return len(s.snap.Load().accounts) }
+
+// Run watches the shards until ctx ends.
+func (s *Secrets) Run(ctx context.Context) error {
+	factory := informers.NewSharedInformerFactoryWithOptions(s.client, 10*time.Minute,
+		informers.WithNamespace(s.namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = s.selector }))
+	informer := factory.Core().V1().Secrets().Informer()
+	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.apply(obj, false) },
+		UpdateFunc: func(_, obj any) { s.apply(obj, false) },
+		DeleteFunc: func(obj any) { s.apply(obj, true) },
+	})
+	if err != nil {
+		return fmt.Errorf("watch credentials shards: %w", err)
+	}
+	factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
+		return fmt.Errorf("watch credentials shards in %s: %w", s.namespace, ctx.Err())
+	}
+	s.synced.Store(true)
+	s.log.Info("credentials shards synced", "accounts", s.Len())
+	<-ctx.Done()
+	factory.Shutdown()
+	return nil
+}
+
+func (s *Secrets) apply(obj any, deleted bool) {
+	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj, deleted = tomb.Obj, true
+	}
+	secret, ok := obj.(*corev1.Secret)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if deleted {
+		delete(s.shards, secret.Name)
+	} else {
+		accounts, err := ParseShard(secret.Data[ShardDataKey])
+		if err != nil {
+			// Keep serving the shard's last valid content: a bad write
+			// must not lock every account of the shard out.
+			s.log.Error("credentials shard refused", "secret", secret.Name, "err", err)
+			return
+		}
+		s.shards[secret.Name] = accounts
+	}
+	s.rebuild()
+}
+
+// rebuild merges the shards into a new snapshot. Shards are merged in name
+// order so that, should an api_user ever appear in two, the result does not
+// depend on event order.
+func (s *Secrets) rebuild() {
+	names := make([]string, 0, len(s.shards))
+	total := 0
+	for name, accounts := range s.shards {
+		names = append(names, name)
+		total += len(accounts)
+	}
+	sort.Strings(names)
+	m := make(map[string]*Account, total)
+	for _, name := range names {
+		accounts := s.shards[name]
+		for i := range accounts {
+			if _, dup := m[accounts[i].APIUser]; dup {
+				s.log.Warn("api_user in two shards; keeping the first", "api_user", accounts[i].APIUser, "secret", name)
+				continue
+			}
+			m[accounts[i].APIUser] = &accounts[i]
+		}
+	}
+	s.snap.Store(&snapshot{accounts: m})
+	s.gen.Add(1)
+}
