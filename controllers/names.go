@@ -8,6 +8,10 @@ const (
 	LabelManagedBy = "app.kubernetes.io/managed-by"
 	// ManagedByValue is LabelManagedBy's value.
 	ManagedByValue = "mailfleet-operator"
+	// LabelAppName and LabelAppInstance are Kubernetes' recommended labels
+	// (app.kubernetes.io/name, app.kubernetes.io/instance) on the relay's objects.
+	LabelAppName     = "app.kubernetes.io/name"
+	LabelAppInstance = "app.kubernetes.io/instance"
 	// LabelRelay names the SmtpRelay an object belongs to.
 	LabelRelay = "mailfleet.io/relay"
 	// LabelAccount names the SmtpAccount a credentials Secret belongs to.
@@ -15,6 +19,16 @@ const (
 	// AnnotationRotateKey rotates an account's generated key when its value
 	// changes; the previous key keeps working for the rotation grace period.
 	AnnotationRotateKey = "mailfleet.io/rotate-key"
+
+	// AnnotationRotateKeyHandled, on a credentials Secret, is the last
+	// AnnotationRotateKey value acted on, so a rotation happens once per value.
+	AnnotationRotateKeyHandled = "mailfleet.io/rotate-key-handled"
+	// AnnotationKeyIssuedAt, on a credentials Secret, is when its key was
+	// issued (RFC 3339).
+	AnnotationKeyIssuedAt = "mailfleet.io/key-issued-at"
+	// AnnotationPreviousKeyExpiresAt, on a credentials Secret, is when the key
+	// before the last rotation stops working (RFC 3339).
+	AnnotationPreviousKeyExpiresAt = "mailfleet.io/previous-key-expires-at"
 )
 
 // Keys of the credentials Secret, after the Service Binding specification
@@ -29,6 +43,10 @@ const (
 	SecretKeyPassword = "password"
 	// SecretKeyLabelUsernamePrefix + labelId holds api_user#label_id, one per label.
 	SecretKeyLabelUsernamePrefix = "username-"
+	// SecretKeyPreviousPasswordDigest holds the digest (credentials.Digest
+	// format), never the key, of the key before the last rotation while its
+	// grace period runs.
+	SecretKeyPreviousPasswordDigest = "previous-password-sha256"
 	// BindingType and BindingProvider are the values of type and provider.
 	BindingType     = "smtp"
 	BindingProvider = "mailfleet"

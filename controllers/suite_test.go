@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,8 +17,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -104,10 +107,21 @@ func newNamespace(t *testing.T, labels map[string]string) string {
 // startManager runs a manager with the given controllers for one test.
 func startManager(t *testing.T, setup func(mgr ctrl.Manager) error) ctrl.Manager {
 	t.Helper()
+	mgr, _ := runManager(t, setup)
+	return mgr
+}
+
+// runManager is startManager that also returns a stop function, for tests
+// that restart the operator. Stopping twice is harmless.
+func runManager(t *testing.T, setup func(mgr ctrl.Manager) error) (ctrl.Manager, func()) {
+	t.Helper()
 	mgr, err := ctrl.NewManager(testCfg, ctrl.Options{
 		Scheme:                 Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
+		// Every test starts the same controllers in a manager of its own;
+		// controller-runtime otherwise refuses a name used before in the process.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -123,11 +137,15 @@ func startManager(t *testing.T, setup func(mgr ctrl.Manager) error) ctrl.Manager
 			t.Errorf("manager: %v", err)
 		}
 	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	return mgr
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			<-done
+		})
+	}
+	t.Cleanup(stop)
+	return mgr, stop
 }
 
 // eventually polls check until it returns nil or the timeout passes.

@@ -1,0 +1,402 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+)
+
+// secretWaitInterval is how often an account re-reads a referenced Secret
+// that is missing. The Secret watch normally notices its creation at once;
+// this is the fallback.
+const secretWaitInterval = 10 * time.Second
+
+// defaultSecretRefKey is spec.key.secretRef.key when the API server has not
+// defaulted it.
+const defaultSecretRefKey = "api-key"
+
+// AccountReconciler turns an SmtpAccount into its credentials Secret and
+// status: it checks the account may attach to its relay and holds its
+// apiUser there, then issues, keeps or rotates its key.
+type AccountReconciler struct {
+	client.Client
+	// APIReader reads Secrets, around the cache: caching them would hold
+	// every Secret of the cluster in the operator's memory, and a live read
+	// always shows the operator's own last write, so a key is never issued
+	// twice on a stale copy.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// +kubebuilder:rbac:groups=mailfleet.io,resources=smtpaccounts,verbs=get;list;watch
+// +kubebuilder:rbac:groups=mailfleet.io,resources=smtpaccounts/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=mailfleet.io,resources=smtpaccounts/finalizers,verbs=update
+// +kubebuilder:rbac:groups=mailfleet.io,resources=smtplabels,verbs=get;list;watch
+// +kubebuilder:rbac:groups=mailfleet.io,resources=smtprelays,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// SetupWithManager registers the controller, its cache indexes and watches.
+// Unset fields are taken from the manager.
+func (r *AccountReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Client == nil {
+		r.Client = mgr.GetClient()
+	}
+	if r.APIReader == nil {
+		r.APIReader = mgr.GetAPIReader()
+	}
+	if r.Recorder == nil {
+		r.Recorder = mgr.GetEventRecorder(FieldManager)
+	}
+	ctx := context.Background()
+	if err := indexAccounts(ctx, mgr); err != nil {
+		return fmt.Errorf("index accounts: %w", err)
+	}
+	if err := indexLabels(ctx, mgr); err != nil {
+		return fmt.Errorf("index labels: %w", err)
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("smtpaccount").
+		// Annotations carry rotation requests; status writes are ignored.
+		For(&v1.SmtpAccount{}, builder.WithPredicates(predicate.Or(
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(r.claimantsOf), builder.WithPredicates(specOrDeletion)).
+		// Only a Secret's name matters to find its accounts: cache metadata only.
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.accountsUsingSecret), builder.OnlyMetadata).
+		Watches(&v1.SmtpRelay{}, handler.EnqueueRequestsFromMapFunc(r.accountsOfRelay), builder.WithPredicates(relayChanged)).
+		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(accountOfLabel), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.accountsInNamespace), builder.WithPredicates(namespaceLabelsChanged)).
+		Complete(r)
+}
+
+// readyOutcome is what one reconcile found: the Ready condition, when to
+// look again, and the Secret's key state when the Secret was written.
+type readyOutcome struct {
+	ready        bool
+	reason       string
+	message      string
+	warn         bool // a person must act: record a Warning event
+	requeueAfter time.Duration
+	secretName   string // "" when the Secret was not written
+	key          keyState
+}
+
+// problem is an outcome a person must fix.
+func problem(reason, format string, args ...any) *readyOutcome {
+	return &readyOutcome{reason: reason, message: fmt.Sprintf(format, args...), warn: true}
+}
+
+// Reconcile brings one SmtpAccount's Secret and status up to date.
+func (r *AccountReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	acc := &v1.SmtpAccount{}
+	if err := r.Get(ctx, req.NamespacedName, acc); err != nil {
+		// Deleted: garbage collection removes the Secret, and the watch on
+		// accounts has already enqueued its rival claimants.
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if acc.DeletionTimestamp != nil {
+		return ctrl.Result{}, nil
+	}
+	out, err := r.reconcileAccount(ctx, acc)
+	if apierrors.IsConflict(err) {
+		// The Secret changed since it was read; decide again on the new one.
+		ctrl.LoggerFrom(ctx).V(1).Info("credentials Secret changed while reconciling; retrying")
+		return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
+	}
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.writeStatus(ctx, acc, out); err != nil {
+		return ctrl.Result{}, err
+	}
+	ctrl.LoggerFrom(ctx).V(1).Info("reconciled", "ready", out.ready, "reason", out.reason, "requeueAfter", out.requeueAfter)
+	return ctrl.Result{RequeueAfter: out.requeueAfter}, nil
+}
+
+// reconcileAccount runs the checks in the order a person would fix them:
+// relay, tenancy, apiUser, key source, Secret, suspension.
+func (r *AccountReconciler) reconcileAccount(ctx context.Context, acc *v1.SmtpAccount) (*readyOutcome, error) {
+	relay, out, err := r.attach(ctx, acc)
+	if err != nil || out != nil {
+		return out, err
+	}
+	refKey, out, err := r.referencedKey(ctx, acc)
+	if err != nil || out != nil {
+		return out, err
+	}
+	out, err = r.applySecret(ctx, acc, relay, refKey)
+	if err != nil || !out.ready {
+		return out, err
+	}
+	if acc.Spec.Suspended {
+		out.ready, out.reason = false, v1.ReasonSuspended
+		out.message = "spec.suspended is true: the account does not authenticate; its Secret is kept"
+	}
+	return out, nil
+}
+
+// attach finds the account's relay and checks that the relay admits the
+// account's namespace and that the account holds its apiUser there. A
+// non-nil outcome stops the reconcile; the Secret is then left as it is.
+func (r *AccountReconciler) attach(ctx context.Context, acc *v1.SmtpAccount) (*v1.SmtpRelay, *readyOutcome, error) {
+	key := accountRelay(acc)
+	relay := &v1.SmtpRelay{}
+	if err := r.Get(ctx, key, relay); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, problem(v1.ReasonRelayNotFound,
+				"SmtpRelay %s not found; create it or correct spec.relayRef", key), nil
+		}
+		return nil, nil, fmt.Errorf("get relay %s: %w", key, err)
+	}
+	ok, why, err := relayAdmitsNamespace(ctx, r.Client, relay, acc.Namespace)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !ok {
+		return nil, problem(v1.ReasonNamespaceNotAllowed, "%s", why), nil
+	}
+	apiUser := effectiveAPIUser(acc)
+	holder, err := apiUserHolder(ctx, r.Client, relay, apiUser)
+	if err != nil {
+		return nil, nil, err
+	}
+	if holder != nil && holder.UID != acc.UID {
+		return nil, problem(v1.ReasonConflict,
+			"apiUser %q on SmtpRelay %s is already held by SmtpAccount %q in namespace %q (the oldest claim wins); choose another spec.apiUser",
+			apiUser, key, holder.Name, holder.Namespace), nil
+	}
+	return relay, nil, nil
+}
+
+// referencedKey reads the key of a secretRef account; "" for generated keys.
+// A missing Secret or key is waited for: sealed-secrets and External Secrets
+// create them asynchronously.
+func (r *AccountReconciler) referencedKey(ctx context.Context, acc *v1.SmtpAccount) (string, *readyOutcome, error) {
+	ref := acc.Spec.Key.SecretRef
+	if ref == nil {
+		return "", nil, nil
+	}
+	dataKey := ref.Key
+	if dataKey == "" {
+		dataKey = defaultSecretRefKey
+	}
+	s, err := getSecret(ctx, r.APIReader, acc.Namespace, ref.Name)
+	if err != nil {
+		return "", nil, err
+	}
+	if s == nil {
+		out := problem(v1.ReasonSecretNotFound,
+			"waiting for Secret %q (spec.key.secretRef.name) in namespace %q; the account is set up as soon as it exists", ref.Name, acc.Namespace)
+		out.requeueAfter = secretWaitInterval
+		return "", out, nil
+	}
+	key := string(s.Data[dataKey])
+	if key == "" {
+		out := problem(v1.ReasonSecretKeyMissing,
+			"Secret %q has no key %q (spec.key.secretRef.key), or it is empty", ref.Name, dataKey)
+		out.requeueAfter = secretWaitInterval
+		return "", out, nil
+	}
+	return key, nil, nil
+}
+
+// applySecret decides the key and writes the credentials Secret with
+// server-side apply, unless a Secret of that name belongs to someone else.
+func (r *AccountReconciler) applySecret(ctx context.Context, acc *v1.SmtpAccount, relay *v1.SmtpRelay, refKey string) (*readyOutcome, error) {
+	name := credentialsSecretName(acc)
+	existing, err := getSecret(ctx, r.APIReader, acc.Namespace, name)
+	if err != nil {
+		return nil, err
+	}
+	if out := notOwned(acc, existing); out != nil {
+		return out, nil
+	}
+	prev, err := r.currentKey(ctx, acc, existing)
+	if err != nil {
+		return nil, err
+	}
+	plan := planFor(acc, refKey, r.now())
+	next, change, err := nextKey(prev, plan)
+	if err != nil {
+		return nil, err
+	}
+	labelIDs, err := publishedLabels(ctx, r.Client, acc)
+	if err != nil {
+		return nil, err
+	}
+	desired := renderCredentialsSecret(credentialsInput{Account: acc, Relay: relay, LabelIDs: labelIDs, Key: next})
+	if err := r.write(ctx, existing, desired); err != nil {
+		return nil, err
+	}
+	r.keyEvent(acc, desired, change, next)
+	if err := r.dropRenamedSecret(ctx, acc, name); err != nil {
+		return nil, err
+	}
+	out := &readyOutcome{ready: true, reason: v1.ReasonReady,
+		message: fmt.Sprintf("credentials are in Secret %q", name), secretName: name, key: next}
+	if next.PreviousDigest != "" {
+		// Look again when the previous key expires, to remove its digest.
+		out.requeueAfter = next.PreviousExpiry.Sub(plan.Now) + 100*time.Millisecond
+	}
+	return out, nil
+}
+
+// notOwned refuses a Secret of the credentials name that this account does
+// not control: it may be someone's data, so it is never overwritten.
+func notOwned(acc *v1.SmtpAccount, s *corev1.Secret) *readyOutcome {
+	if s == nil || metav1.IsControlledBy(s, acc) {
+		return nil
+	}
+	return problem(v1.ReasonSecretNotOwned,
+		"Secret %q already exists and is not managed by this SmtpAccount; set another spec.secretName or delete that Secret", s.Name)
+}
+
+// currentKey is the key state to start from: the Secret's, or, when the
+// Secret is new because spec.secretName changed, the old Secret's, so a
+// rename does not change the key.
+func (r *AccountReconciler) currentKey(ctx context.Context, acc *v1.SmtpAccount, existing *corev1.Secret) (keyState, error) {
+	if existing != nil {
+		return keyStateFromSecret(existing), nil
+	}
+	old, err := r.renamedSecret(ctx, acc)
+	return keyStateFromSecret(old), err
+}
+
+// renamedSecret is the account's previous credentials Secret when
+// spec.secretName changed, if this account controls it.
+func (r *AccountReconciler) renamedSecret(ctx context.Context, acc *v1.SmtpAccount) (*corev1.Secret, error) {
+	old := acc.Status.SecretName
+	if old == "" || old == credentialsSecretName(acc) {
+		return nil, nil
+	}
+	s, err := getSecret(ctx, r.APIReader, acc.Namespace, old)
+	if err != nil || s == nil || !metav1.IsControlledBy(s, acc) {
+		return nil, err
+	}
+	return s, nil
+}
+
+// dropRenamedSecret deletes the previous credentials Secret once its key
+// lives under the new name.
+func (r *AccountReconciler) dropRenamedSecret(ctx context.Context, acc *v1.SmtpAccount, name string) error {
+	old, err := r.renamedSecret(ctx, acc)
+	if err != nil || old == nil {
+		return err
+	}
+	err = r.Delete(ctx, old, client.Preconditions{UID: &old.UID})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete renamed credentials Secret %s/%s: %w", old.Namespace, old.Name, err)
+	}
+	ctrl.LoggerFrom(ctx).Info("moved credentials to the new Secret", "from", old.Name, "to", name)
+	return nil
+}
+
+// write applies desired unless existing already matches it. The apply is
+// conditional on the resourceVersion read, so a key decided on a copy that
+// another writer has since changed fails with a conflict instead of
+// overwriting a newer key.
+func (r *AccountReconciler) write(ctx context.Context, existing, desired *corev1.Secret) error {
+	if existing != nil {
+		if secretUpToDate(existing, desired) {
+			return nil
+		}
+		desired.ResourceVersion = existing.ResourceVersion
+	}
+	err := r.Apply(ctx, secretApplyConfiguration(desired), client.FieldOwner(FieldManager), client.ForceOwnership)
+	if err != nil {
+		return fmt.Errorf("apply credentials Secret %s/%s: %w", desired.Namespace, desired.Name, err)
+	}
+	return nil
+}
+
+// keyEvent records an issued key. The message names the Secret, never the key.
+func (r *AccountReconciler) keyEvent(acc *v1.SmtpAccount, s *corev1.Secret, change keyChange, k keyState) {
+	switch change {
+	case keyGenerated:
+		r.Recorder.Eventf(acc, s, corev1.EventTypeNormal, "KeyGenerated", "GenerateKey",
+			"generated a new key in Secret %q", s.Name)
+	case keyImported:
+		r.Recorder.Eventf(acc, s, corev1.EventTypeNormal, "KeyImported", "ReadKey",
+			"copied the key of Secret %q (spec.key.secretRef) into Secret %q", acc.Spec.Key.SecretRef.Name, s.Name)
+	case keyRotated:
+		note := "the previous key stopped working at once (rotationGracePeriod is 0)"
+		if k.PreviousDigest != "" {
+			note = "the previous key works until " + formatTime(k.PreviousExpiry)
+		}
+		r.Recorder.Eventf(acc, s, corev1.EventTypeNormal, "KeyRotated", "RotateKey",
+			"issued a new key in Secret %q; %s", s.Name, note)
+	}
+}
+
+// writeStatus records the outcome, only when it changes anything, so that
+// status writes never feed a reconcile loop.
+func (r *AccountReconciler) writeStatus(ctx context.Context, acc *v1.SmtpAccount, out *readyOutcome) error {
+	next := acc.Status.DeepCopy()
+	next.ObservedGeneration = acc.Generation
+	next.APIUser = effectiveAPIUser(acc)
+	if out.secretName != "" {
+		next.SecretName = out.secretName
+		next.KeyRotatedAt = metaTime(out.key.IssuedAt)
+		next.PreviousKeyExpiresAt = nil
+		if out.key.PreviousDigest != "" {
+			next.PreviousKeyExpiresAt = metaTime(out.key.PreviousExpiry)
+		}
+	}
+	before := meta.FindStatusCondition(acc.Status.Conditions, v1.ConditionReady)
+	setReady(&next.Conditions, acc.Generation, out.ready, out.reason, out.message)
+	if equality.Semantic.DeepEqual(acc.Status, *next) {
+		return nil
+	}
+	if out.warn && (before == nil || before.Reason != out.reason || before.Message != out.message) {
+		r.Recorder.Eventf(acc, nil, corev1.EventTypeWarning, out.reason, "Reconcile", "%s", out.message)
+	}
+	patch := client.MergeFrom(acc.DeepCopy())
+	acc.Status = *next
+	if err := r.Status().Patch(ctx, acc, patch); err != nil {
+		return fmt.Errorf("update status of SmtpAccount %s/%s: %w", acc.Namespace, acc.Name, err)
+	}
+	return nil
+}
+
+func (r *AccountReconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+// getSecret returns the Secret, or nil when there is none.
+func getSecret(ctx context.Context, c client.Reader, namespace, name string) (*corev1.Secret, error) {
+	s := &corev1.Secret{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, s); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("get Secret %s/%s: %w", namespace, name, err)
+	}
+	return s, nil
+}
+
+func metaTime(t time.Time) *metav1.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &metav1.Time{Time: t}
+}

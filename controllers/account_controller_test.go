@@ -1,0 +1,598 @@
+package controllers
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/relay/credentials"
+)
+
+// wait is how long a test gives the controllers to converge.
+const wait = 10 * time.Second
+
+// setupCredentialControllers registers the account and label controllers;
+// no relay controller runs, the tests' SmtpRelays are plain objects.
+func setupCredentialControllers(mgr ctrl.Manager) error {
+	if err := (&AccountReconciler{}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	return (&LabelReconciler{}).SetupWithManager(mgr)
+}
+
+// mkRelay creates an SmtpRelay.
+func mkRelay(t *testing.T, ns, name string, muts ...func(*v1.SmtpRelay)) *v1.SmtpRelay {
+	t.Helper()
+	r := &v1.SmtpRelay{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: v1.SmtpRelaySpec{
+			Hostname: "smtp.example.com",
+			TLS:      v1.RelayTLS{IssuerRef: &v1.IssuerReference{Name: "ca"}},
+		},
+	}
+	for _, m := range muts {
+		m(r)
+	}
+	if err := testClient.Create(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// mkAccount creates an SmtpAccount of the relay relayNS/relay.
+func mkAccount(t *testing.T, ns, name, relayNS, relay string, muts ...func(*v1.SmtpAccount)) *v1.SmtpAccount {
+	t.Helper()
+	a := &v1.SmtpAccount{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec:       v1.SmtpAccountSpec{RelayRef: v1.RelayReference{Name: relay, Namespace: relayNS}},
+	}
+	for _, m := range muts {
+		m(a)
+	}
+	if err := testClient.Create(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// mkLabel creates an SmtpLabel of an account.
+func mkLabel(t *testing.T, ns, name, account, labelID string) *v1.SmtpLabel {
+	t.Helper()
+	l := &v1.SmtpLabel{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec:       v1.SmtpLabelSpec{AccountRef: account, LabelID: labelID},
+	}
+	if err := testClient.Create(context.Background(), l); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// conditioned is an SmtpAccount or SmtpLabel.
+type conditioned interface {
+	client.Object
+	*v1.SmtpAccount | *v1.SmtpLabel
+}
+
+// waitReason waits until obj's Ready condition has reason (Ready=True for
+// ReasonReady, False otherwise) for its current generation, and returns
+// the object as then read.
+func waitReason[T conditioned](t *testing.T, obj T, reason string) T {
+	t.Helper()
+	key := client.ObjectKeyFromObject(obj)
+	eventually(t, wait, func() error {
+		if err := testClient.Get(context.Background(), key, obj); err != nil {
+			return err
+		}
+		var conds []metav1.Condition
+		switch o := any(obj).(type) {
+		case *v1.SmtpAccount:
+			conds = o.Status.Conditions
+		case *v1.SmtpLabel:
+			conds = o.Status.Conditions
+		}
+		c := meta.FindStatusCondition(conds, v1.ConditionReady)
+		want := metav1.ConditionFalse
+		if reason == v1.ReasonReady {
+			want = metav1.ConditionTrue
+		}
+		if c == nil || c.Reason != reason || c.Status != want || c.ObservedGeneration != obj.GetGeneration() {
+			return fmt.Errorf("%s: Ready condition %+v, want %s %s", key, c, want, reason)
+		}
+		return nil
+	})
+	return obj
+}
+
+// readyMessage is obj's Ready condition message.
+func readyMessage(obj *v1.SmtpAccount) string {
+	if c := meta.FindStatusCondition(obj.Status.Conditions, v1.ConditionReady); c != nil {
+		return c.Message
+	}
+	return ""
+}
+
+func getSecretT(t *testing.T, ns, name string) *corev1.Secret {
+	t.Helper()
+	s := &corev1.Secret{}
+	if err := testClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// waitSecret waits until the Secret exists and check accepts it.
+func waitSecret(t *testing.T, ns, name string, check func(*corev1.Secret) error) *corev1.Secret {
+	t.Helper()
+	s := &corev1.Secret{}
+	eventually(t, wait, func() error {
+		if err := testClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, s); err != nil {
+			return err
+		}
+		return check(s)
+	})
+	return s
+}
+
+// waitEventAbout waits for an events.k8s.io/v1 Event about obj with reason.
+func waitEventAbout(t *testing.T, obj client.Object, reason string) eventsv1.Event {
+	t.Helper()
+	var found eventsv1.Event
+	eventually(t, wait, func() error {
+		var list eventsv1.EventList
+		if err := testClient.List(context.Background(), &list, client.InNamespace(obj.GetNamespace())); err != nil {
+			return err
+		}
+		for _, e := range list.Items {
+			if e.Reason == reason && e.Regarding.Name == obj.GetName() && e.Regarding.UID == obj.GetUID() {
+				found = e
+				return nil
+			}
+		}
+		return fmt.Errorf("no %s event about %s among %d events", reason, obj.GetName(), len(list.Items))
+	})
+	return found
+}
+
+// assertNoKeyLeak fails if any key appears in the namespace's Events or in
+// the status of its accounts and labels.
+func assertNoKeyLeak(t *testing.T, ns string, keys ...string) {
+	t.Helper()
+	ctx := context.Background()
+	var evs eventsv1.EventList
+	var accs v1.SmtpAccountList
+	var labels v1.SmtpLabelList
+	for _, l := range []client.ObjectList{&evs, &accs, &labels} {
+		if err := testClient.List(ctx, l, client.InNamespace(ns)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var docs []any
+	for _, e := range evs.Items {
+		docs = append(docs, e)
+	}
+	for _, a := range accs.Items {
+		docs = append(docs, a.Status)
+	}
+	for _, l := range labels.Items {
+		docs = append(docs, l.Status)
+	}
+	for _, d := range docs {
+		b, err := json.Marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			if k != "" && strings.Contains(string(b), k) {
+				t.Errorf("a key leaked into %s", b)
+			}
+		}
+	}
+}
+
+// waitNextSecond returns once the clock has left the second obj was
+// created in, so an object created next is strictly younger (creation
+// timestamps have one-second resolution).
+func waitNextSecond(obj client.Object) {
+	created := obj.GetCreationTimestamp().Time
+	time.Sleep(time.Until(created.Add(time.Second)) + 10*time.Millisecond)
+}
+
+func TestAccountGeneratedKey(t *testing.T) {
+	startManager(t, setupCredentialControllers)
+	ns := newNamespace(t, nil)
+	mkRelay(t, ns, "mx")
+	acc := mkAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
+		a.Spec.Key.Generated = &v1.GeneratedKey{Bytes: 48}
+		a.Spec.SecretTemplate = &v1.SecretTemplate{
+			Labels:      map[string]string{"team": "checkout", labelInstance: "argo-app"},
+			Annotations: map[string]string{"reloader.stakater.com/match": "true"},
+		}
+	})
+	acc = waitReason(t, acc, v1.ReasonReady)
+
+	s := getSecretT(t, ns, "shop-smtp-credentials")
+	key := string(s.Data[SecretKeyPassword])
+	if raw, err := base64.RawURLEncoding.DecodeString(key); err != nil || len(raw) != 48 {
+		t.Errorf("password is %d bytes of base64url (%v), want 48", len(raw), err)
+	}
+	want := map[string]string{"type": "smtp", "provider": "mailfleet", "host": "mx." + ns + ".svc", "port": "587", "username": "shop"}
+	for k, v := range want {
+		if got := string(s.Data[k]); got != v {
+			t.Errorf("data[%s] = %q, want %q", k, got, v)
+		}
+	}
+	if !metav1.IsControlledBy(s, acc) {
+		t.Errorf("Secret not controlled by the account: %+v", s.OwnerReferences)
+	}
+	if _, ok := s.Labels[labelInstance]; ok {
+		t.Errorf("Secret carries %s: %v", labelInstance, s.Labels)
+	}
+	if s.Labels["team"] != "checkout" || s.Labels[LabelManagedBy] != ManagedByValue || s.Labels[LabelAccount] != "shop" {
+		t.Errorf("labels = %v", s.Labels)
+	}
+	if s.Annotations["reloader.stakater.com/match"] != "true" {
+		t.Errorf("annotations = %v", s.Annotations)
+	}
+	st := acc.Status
+	if st.APIUser != "shop" || st.SecretName != "shop-smtp-credentials" || st.KeyRotatedAt == nil ||
+		st.PreviousKeyExpiresAt != nil || st.ObservedGeneration != acc.Generation {
+		t.Errorf("status = %+v", st)
+	}
+	if acc.Spec.APIUser != "" {
+		t.Errorf("spec.apiUser was written: %q", acc.Spec.APIUser)
+	}
+	if e := waitEventAbout(t, acc, "KeyGenerated"); e.Type != corev1.EventTypeNormal {
+		t.Errorf("KeyGenerated event type %s", e.Type)
+	}
+	assertNoKeyLeak(t, ns, key)
+}
+
+func TestAccountKeyReusedAcrossRestart(t *testing.T) {
+	ns := newNamespace(t, nil)
+	mkRelay(t, ns, "mx")
+	acc := mkAccount(t, ns, "shop", "", "mx")
+
+	_, stop := runManager(t, setupCredentialControllers)
+	acc = waitReason(t, acc, v1.ReasonReady)
+	before := getSecretT(t, ns, "shop-smtp-credentials")
+	stop()
+
+	startManager(t, setupCredentialControllers)
+	// A spec change the new operator must observe proves it reconciled.
+	acc.Spec.BudgetPerMinute = ptr.To[int32](100)
+	if err := testClient.Update(context.Background(), acc); err != nil {
+		t.Fatal(err)
+	}
+	acc = waitReason(t, acc, v1.ReasonReady)
+	after := getSecretT(t, ns, "shop-smtp-credentials")
+	if string(after.Data[SecretKeyPassword]) != string(before.Data[SecretKeyPassword]) {
+		t.Error("the key changed across an operator restart")
+	}
+	if after.ResourceVersion != before.ResourceVersion {
+		t.Errorf("the Secret was rewritten (resourceVersion %s -> %s)", before.ResourceVersion, after.ResourceVersion)
+	}
+}
+
+func TestAccountKeyRotation(t *testing.T) {
+	ctx := context.Background()
+	startManager(t, setupCredentialControllers)
+	ns := newNamespace(t, nil)
+	mkRelay(t, ns, "mx")
+	acc := mkAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
+		a.Spec.Key.RotationGracePeriod = &metav1.Duration{Duration: 2 * time.Second}
+	})
+	acc = waitReason(t, acc, v1.ReasonReady)
+	old := string(getSecretT(t, ns, "shop-smtp-credentials").Data[SecretKeyPassword])
+
+	patch := client.MergeFrom(acc.DeepCopy())
+	acc.Annotations = map[string]string{AnnotationRotateKey: "2026-03-01"}
+	if err := testClient.Patch(ctx, acc, patch); err != nil {
+		t.Fatal(err)
+	}
+	rotated := waitSecret(t, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
+		if string(s.Data[SecretKeyPassword]) == old {
+			return fmt.Errorf("key not rotated yet")
+		}
+		return nil
+	})
+	if got, want := string(rotated.Data[SecretKeyPreviousPasswordDigest]), credentials.Digest(old); got != want {
+		t.Errorf("previous digest = %q, want %q", got, want)
+	}
+	expires := parseTime(rotated.Annotations[AnnotationPreviousKeyExpiresAt])
+	if d := time.Until(expires); d <= -time.Second || d > 3*time.Second {
+		t.Errorf("previous key expires at %v (in %v), want about 2s from now", expires, d)
+	}
+	if rotated.Annotations[AnnotationRotateKeyHandled] != "2026-03-01" {
+		t.Errorf("handled rotation = %q", rotated.Annotations[AnnotationRotateKeyHandled])
+	}
+	waitEventAbout(t, acc, "KeyRotated")
+
+	// After the grace period the previous digest goes, from the Secret and status.
+	waitSecret(t, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
+		if _, ok := s.Data[SecretKeyPreviousPasswordDigest]; ok {
+			return fmt.Errorf("previous digest still present")
+		}
+		if _, ok := s.Annotations[AnnotationPreviousKeyExpiresAt]; ok {
+			return fmt.Errorf("expiry annotation still present")
+		}
+		return nil
+	})
+	eventually(t, wait, func() error {
+		if err := testClient.Get(ctx, client.ObjectKeyFromObject(acc), acc); err != nil {
+			return err
+		}
+		if acc.Status.PreviousKeyExpiresAt != nil {
+			return fmt.Errorf("status.previousKeyExpiresAt = %v", acc.Status.PreviousKeyExpiresAt)
+		}
+		return nil
+	})
+	final := getSecretT(t, ns, "shop-smtp-credentials")
+	if string(final.Data[SecretKeyPassword]) != string(rotated.Data[SecretKeyPassword]) {
+		t.Error("the new key changed again after the grace period")
+	}
+	assertNoKeyLeak(t, ns, old, string(final.Data[SecretKeyPassword]))
+}
+
+func TestAccountReferencedSecret(t *testing.T) {
+	ctx := context.Background()
+	startManager(t, setupCredentialControllers)
+	ns := newNamespace(t, nil)
+	mkRelay(t, ns, "mx")
+	acc := mkAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
+		a.Spec.Key.SecretRef = &v1.SecretKeyReference{Name: "sealed-key"}
+	})
+	acc = waitReason(t, acc, v1.ReasonSecretNotFound)
+	if msg := readyMessage(acc); !strings.Contains(msg, `"sealed-key"`) {
+		t.Errorf("message does not name the Secret: %q", msg)
+	}
+	waitEventAbout(t, acc, v1.ReasonSecretNotFound)
+
+	// The Secret appears (as sealed-secrets would create it), first without the key.
+	ref := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "sealed-key", Namespace: ns},
+		Data:       map[string][]byte{"other": []byte("x")},
+	}
+	if err := testClient.Create(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	acc = waitReason(t, acc, v1.ReasonSecretKeyMissing)
+	if msg := readyMessage(acc); !strings.Contains(msg, `"api-key"`) {
+		t.Errorf("message does not name the key: %q", msg)
+	}
+
+	// The watch on Secrets picks the key up at once, well before the 10 s retry.
+	start := time.Now()
+	ref.Data = map[string][]byte{"api-key": []byte("first-referenced-key")}
+	if err := testClient.Update(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	acc = waitReason(t, acc, v1.ReasonReady)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("picked up after %v", d)
+	}
+	s := getSecretT(t, ns, "shop-smtp-credentials")
+	if got := string(s.Data[SecretKeyPassword]); got != "first-referenced-key" {
+		t.Errorf("password = %q", got)
+	}
+	waitEventAbout(t, acc, "KeyImported")
+
+	// Changing the referenced key is a rotation, with the same grace.
+	ref.Data = map[string][]byte{"api-key": []byte("second-referenced-key")}
+	if err := testClient.Update(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	s = waitSecret(t, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
+		if string(s.Data[SecretKeyPassword]) != "second-referenced-key" {
+			return fmt.Errorf("password not updated")
+		}
+		return nil
+	})
+	if got, want := string(s.Data[SecretKeyPreviousPasswordDigest]), credentials.Digest("first-referenced-key"); got != want {
+		t.Errorf("previous digest = %q, want %q", got, want)
+	}
+	waitEventAbout(t, acc, "KeyRotated")
+	assertNoKeyLeak(t, ns, "first-referenced-key", "second-referenced-key")
+}
+
+func TestAccountForeignSecret(t *testing.T) {
+	ctx := context.Background()
+	startManager(t, setupCredentialControllers)
+	ns := newNamespace(t, nil)
+	mkRelay(t, ns, "mx")
+	foreign := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "shop-smtp-credentials", Namespace: ns},
+		Data:       map[string][]byte{"password": []byte("someone-elses")},
+	}
+	if err := testClient.Create(ctx, foreign); err != nil {
+		t.Fatal(err)
+	}
+	acc := mkAccount(t, ns, "shop", "", "mx")
+	acc = waitReason(t, acc, v1.ReasonSecretNotOwned)
+	if msg := readyMessage(acc); !strings.Contains(msg, "spec.secretName") || !strings.Contains(msg, "shop-smtp-credentials") {
+		t.Errorf("message = %q", msg)
+	}
+	waitEventAbout(t, acc, v1.ReasonSecretNotOwned)
+	after := getSecretT(t, ns, "shop-smtp-credentials")
+	if after.ResourceVersion != foreign.ResourceVersion || len(after.OwnerReferences) != 0 {
+		t.Errorf("the foreign Secret was changed: %+v", after)
+	}
+
+	// Once it is deleted the account writes its own.
+	if err := testClient.Delete(ctx, foreign); err != nil {
+		t.Fatal(err)
+	}
+	acc = waitReason(t, acc, v1.ReasonReady)
+	if s := getSecretT(t, ns, "shop-smtp-credentials"); !metav1.IsControlledBy(s, acc) {
+		t.Error("the new Secret is not the account's")
+	}
+}
+
+func TestAccountTenancy(t *testing.T) {
+	startManager(t, setupCredentialControllers)
+	platform := newNamespace(t, nil)
+	labelled := newNamespace(t, map[string]string{"mailfleet.io/tenant": "yes"})
+	other := newNamespace(t, nil)
+	selector := func(r *v1.SmtpRelay) {
+		r.Spec.Accounts.Namespaces = v1.AccountNamespaces{From: v1.NamespacesFromSelector,
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"mailfleet.io/tenant": "yes"}}}
+	}
+	all := func(r *v1.SmtpRelay) { r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll }
+	mkRelay(t, platform, "same")
+	mkRelay(t, platform, "all", all)
+	mkRelay(t, platform, "selector", selector)
+
+	tests := []struct {
+		name, relay, ns, want string
+	}{
+		{"Same admits the relay's namespace", "same", platform, v1.ReasonReady},
+		{"Same refuses another namespace", "same", other, v1.ReasonNamespaceNotAllowed},
+		{"All admits any namespace", "all", other, v1.ReasonReady},
+		{"Selector admits a matching namespace", "selector", labelled, v1.ReasonReady},
+		{"Selector refuses the relay's own unlabelled namespace", "selector", platform, v1.ReasonNamespaceNotAllowed},
+		{"Selector refuses an unlabelled namespace", "selector", other, v1.ReasonNamespaceNotAllowed},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			name := fmt.Sprintf("a%d", i)
+			acc := waitReason(t, mkAccount(t, tt.ns, name, platform, tt.relay), tt.want)
+			s, err := getSecret(context.Background(), testClient, tt.ns, name+"-smtp-credentials")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.want == v1.ReasonReady {
+				if s == nil {
+					t.Error("no credentials Secret")
+				}
+				return
+			}
+			if !strings.Contains(readyMessage(acc), tt.ns) {
+				t.Errorf("message does not name the namespace: %q", readyMessage(acc))
+			}
+			if s != nil { // no access: no credentials were issued
+				t.Error("a refused account got a credentials Secret")
+			}
+		})
+	}
+
+	t.Run("labelling the namespace admits its account", func(t *testing.T) {
+		acc := &v1.SmtpAccount{ObjectMeta: metav1.ObjectMeta{Namespace: other, Name: "a5"}}
+		var nsObj corev1.Namespace
+		if err := testClient.Get(context.Background(), client.ObjectKey{Name: other}, &nsObj); err != nil {
+			t.Fatal(err)
+		}
+		if nsObj.Labels == nil {
+			nsObj.Labels = map[string]string{}
+		}
+		nsObj.Labels["mailfleet.io/tenant"] = "yes"
+		if err := testClient.Update(context.Background(), &nsObj); err != nil {
+			t.Fatal(err)
+		}
+		waitReason(t, acc, v1.ReasonReady)
+	})
+}
+
+func TestAccountAPIUserConflict(t *testing.T) {
+	ctx := context.Background()
+	startManager(t, setupCredentialControllers)
+	platform := newNamespace(t, nil)
+	nsA, nsB := newNamespace(t, nil), newNamespace(t, nil)
+	mkRelay(t, platform, "mx", func(r *v1.SmtpRelay) { r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll })
+	acme := func(a *v1.SmtpAccount) { a.Spec.APIUser = "acme" }
+
+	holder := waitReason(t, mkAccount(t, nsA, "first", platform, "mx", acme), v1.ReasonReady)
+	waitNextSecond(holder)
+	later := waitReason(t, mkAccount(t, nsB, "second", platform, "mx", acme), v1.ReasonConflict)
+	if msg := readyMessage(later); !strings.Contains(msg, nsA) || !strings.Contains(msg, `"first"`) {
+		t.Errorf("conflict message does not name the holder: %q", msg)
+	}
+	waitEventAbout(t, later, v1.ReasonConflict)
+	if s, err := getSecret(ctx, testClient, nsB, "second-smtp-credentials"); err != nil || s != nil {
+		t.Errorf("the later claimant got credentials (%v)", err)
+	}
+	waitReason(t, holder, v1.ReasonReady) // the holder keeps working
+
+	// Another apiUser on the same relay is no conflict.
+	waitReason(t, mkAccount(t, nsB, "third", platform, "mx"), v1.ReasonReady)
+
+	if err := testClient.Delete(ctx, holder); err != nil {
+		t.Fatal(err)
+	}
+	waitReason(t, later, v1.ReasonReady)
+}
+
+func TestAccountRelayNotFoundAndSuspended(t *testing.T) {
+	ctx := context.Background()
+	startManager(t, setupCredentialControllers)
+	ns := newNamespace(t, nil)
+	acc := waitReason(t, mkAccount(t, ns, "shop", "", "mx"), v1.ReasonRelayNotFound)
+	if msg := readyMessage(acc); !strings.Contains(msg, ns+"/mx") {
+		t.Errorf("message does not name the relay: %q", msg)
+	}
+	waitEventAbout(t, acc, v1.ReasonRelayNotFound)
+
+	// The relay appears with an endpoint and listeners of its own.
+	relay := mkRelay(t, ns, "mx", func(r *v1.SmtpRelay) {
+		r.Spec.Listeners = []v1.RelayListener{{Name: "smtps", Port: 465, TLS: v1.ListenerImplicit}, {Name: "alt", Port: 2525}}
+	})
+	relay.Status.Endpoint = "smtp.internal.example"
+	if err := testClient.Status().Update(ctx, relay); err != nil {
+		t.Fatal(err)
+	}
+	acc = waitReason(t, acc, v1.ReasonReady)
+	waitSecret(t, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
+		if string(s.Data[SecretKeyHost]) != "smtp.internal.example" || string(s.Data[SecretKeyPort]) != "2525" {
+			return fmt.Errorf("host %s port %s", s.Data[SecretKeyHost], s.Data[SecretKeyPort])
+		}
+		return nil
+	})
+
+	acc.Spec.Suspended = true
+	if err := testClient.Update(ctx, acc); err != nil {
+		t.Fatal(err)
+	}
+	waitReason(t, acc, v1.ReasonSuspended)
+	getSecretT(t, ns, "shop-smtp-credentials") // kept
+}
+
+// TestAccountSecretRenamed: changing spec.secretName moves the key to the
+// new Secret instead of issuing another, and removes the old Secret.
+func TestAccountSecretRenamed(t *testing.T) {
+	ctx := context.Background()
+	startManager(t, setupCredentialControllers)
+	ns := newNamespace(t, nil)
+	mkRelay(t, ns, "mx")
+	acc := waitReason(t, mkAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
+	key := string(getSecretT(t, ns, "shop-smtp-credentials").Data[SecretKeyPassword])
+
+	acc.Spec.SecretName = "mail-credentials"
+	if err := testClient.Update(ctx, acc); err != nil {
+		t.Fatal(err)
+	}
+	acc = waitReason(t, acc, v1.ReasonReady)
+	if acc.Status.SecretName != "mail-credentials" {
+		t.Errorf("status.secretName = %q", acc.Status.SecretName)
+	}
+	if got := string(getSecretT(t, ns, "mail-credentials").Data[SecretKeyPassword]); got != key {
+		t.Error("renaming the Secret changed the key")
+	}
+	eventually(t, wait, func() error {
+		if s, err := getSecret(ctx, testClient, ns, "shop-smtp-credentials"); err != nil || s != nil {
+			return fmt.Errorf("old Secret still there (%v)", err)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,189 @@
+package controllers
+
+import (
+	"encoding/base64"
+	"fmt"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/relay/credentials"
+)
+
+// TestAccountNextKey is the key life cycle as a table: what is kept, what is
+// issued, and how long a previous key stays valid.
+func TestAccountNextKey(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	earlier := now.Add(-time.Hour)
+	fixed := func(n int) (string, error) { return fmt.Sprintf("new-%d", n), nil }
+	plan := func(mut func(*keyPlan)) keyPlan {
+		p := keyPlan{Bytes: 32, Grace: 24 * time.Hour, Now: now, NewKey: fixed}
+		if mut != nil {
+			mut(&p)
+		}
+		return p
+	}
+	tests := []struct {
+		name   string
+		cur    keyState
+		plan   keyPlan
+		want   keyState
+		change keyChange
+	}{
+		{
+			name:   "first generated key",
+			plan:   plan(nil),
+			want:   keyState{Key: "new-32", IssuedAt: now},
+			change: keyGenerated,
+		},
+		{
+			name:   "first key honours bytes; an annotation present from the start is only recorded",
+			plan:   plan(func(p *keyPlan) { p.Bytes, p.Rotate = 48, "v1" }),
+			want:   keyState{Key: "new-48", IssuedAt: now, RotateHandled: "v1"},
+			change: keyGenerated,
+		},
+		{
+			name:   "existing key kept",
+			cur:    keyState{Key: "old", IssuedAt: earlier},
+			plan:   plan(nil),
+			want:   keyState{Key: "old", IssuedAt: earlier},
+			change: keyUnchanged,
+		},
+		{
+			name:   "handled rotation value kept",
+			cur:    keyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
+			plan:   plan(func(p *keyPlan) { p.Rotate = "v1" }),
+			want:   keyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
+			change: keyUnchanged,
+		},
+		{
+			name:   "annotation removed: nothing to do",
+			cur:    keyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
+			plan:   plan(nil),
+			want:   keyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
+			change: keyUnchanged,
+		},
+		{
+			name: "new rotation value rotates with grace",
+			cur:  keyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
+			plan: plan(func(p *keyPlan) { p.Rotate = "v2" }),
+			want: keyState{Key: "new-32", IssuedAt: now, RotateHandled: "v2",
+				PreviousDigest: credentials.Digest("old"), PreviousExpiry: now.Add(24 * time.Hour)},
+			change: keyRotated,
+		},
+		{
+			name:   "zero grace keeps no previous key",
+			cur:    keyState{Key: "old"},
+			plan:   plan(func(p *keyPlan) { p.Rotate, p.Grace = "v1", 0 }),
+			want:   keyState{Key: "new-32", IssuedAt: now, RotateHandled: "v1"},
+			change: keyRotated,
+		},
+		{
+			name:   "expired previous key dropped",
+			cur:    keyState{Key: "old", PreviousDigest: "sha256:x", PreviousExpiry: now},
+			plan:   plan(nil),
+			want:   keyState{Key: "old"},
+			change: keyUnchanged,
+		},
+		{
+			name:   "running grace period kept",
+			cur:    keyState{Key: "old", PreviousDigest: "sha256:x", PreviousExpiry: now.Add(time.Second)},
+			plan:   plan(nil),
+			want:   keyState{Key: "old", PreviousDigest: "sha256:x", PreviousExpiry: now.Add(time.Second)},
+			change: keyUnchanged,
+		},
+		{
+			name:   "referenced key imported",
+			plan:   plan(func(p *keyPlan) { p.RefKey = "ref" }),
+			want:   keyState{Key: "ref", IssuedAt: now},
+			change: keyImported,
+		},
+		{
+			name:   "referenced key unchanged",
+			cur:    keyState{Key: "ref", IssuedAt: earlier},
+			plan:   plan(func(p *keyPlan) { p.RefKey = "ref" }),
+			want:   keyState{Key: "ref", IssuedAt: earlier},
+			change: keyUnchanged,
+		},
+		{
+			name: "referenced key changed: a rotation with grace",
+			cur:  keyState{Key: "ref", IssuedAt: earlier},
+			plan: plan(func(p *keyPlan) { p.RefKey = "ref2" }),
+			want: keyState{Key: "ref2", IssuedAt: now,
+				PreviousDigest: credentials.Digest("ref"), PreviousExpiry: now.Add(24 * time.Hour)},
+			change: keyRotated,
+		},
+		{
+			name:   "annotation on a referenced key is recorded, not acted on",
+			cur:    keyState{Key: "ref", IssuedAt: earlier},
+			plan:   plan(func(p *keyPlan) { p.RefKey, p.Rotate = "ref", "v1" }),
+			want:   keyState{Key: "ref", IssuedAt: earlier, RotateHandled: "v1"},
+			change: keyUnchanged,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, change, err := nextKey(tt.cur, tt.plan)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want || change != tt.change {
+				t.Errorf("nextKey = %+v, %v\nwant      %+v, %v", got, change, tt.want, tt.change)
+			}
+		})
+	}
+}
+
+func TestAccountNewKey(t *testing.T) {
+	for _, n := range []int{16, 32, 64} {
+		k, err := newKey(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := base64.RawURLEncoding.DecodeString(k)
+		if err != nil || len(raw) != n {
+			t.Errorf("newKey(%d) = %q: %d bytes, %v", n, k, len(raw), err)
+		}
+	}
+	a, _ := newKey(32)
+	b, _ := newKey(32)
+	if a == b {
+		t.Error("two keys are equal")
+	}
+}
+
+func TestAccountKeyPlanDefaults(t *testing.T) {
+	acc := &v1.SmtpAccount{}
+	p := planFor(acc, "", time.Now())
+	if p.Bytes != 32 || p.Grace != 24*time.Hour {
+		t.Errorf("defaults: bytes %d, grace %v", p.Bytes, p.Grace)
+	}
+	acc.Spec.Key = v1.AccountKey{Generated: &v1.GeneratedKey{Bytes: 20}, RotationGracePeriod: &metav1.Duration{Duration: time.Minute}}
+	acc.Annotations = map[string]string{AnnotationRotateKey: "x"}
+	p = planFor(acc, "", time.Now())
+	if p.Bytes != 20 || p.Grace != time.Minute || p.Rotate != "x" {
+		t.Errorf("from spec: %+v", p)
+	}
+}
+
+// TestAccountKeyStateRoundTrip: what a Secret records is what is read back, and a
+// previous key without a readable expiry is not trusted.
+func TestAccountKeyStateRoundTrip(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	k := keyState{Key: "k", IssuedAt: now, RotateHandled: "v3",
+		PreviousDigest: credentials.Digest("old"), PreviousExpiry: now.Add(time.Hour)}
+	s := renderCredentialsSecret(credentialsInput{Account: testAccountObject(), Relay: testRelayObject(), Key: k})
+	if got := keyStateFromSecret(s); got != k {
+		t.Errorf("round trip: %+v, want %+v", got, k)
+	}
+	delete(s.Annotations, AnnotationPreviousKeyExpiresAt)
+	if got := keyStateFromSecret(s); got.PreviousDigest != "" {
+		t.Errorf("previous digest without expiry kept: %+v", got)
+	}
+	if got := keyStateFromSecret((*corev1.Secret)(nil)); got != (keyState{}) {
+		t.Errorf("nil Secret: %+v", got)
+	}
+}

@@ -1,0 +1,158 @@
+package controllers
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/relay/credentials"
+)
+
+// TestCredentialsReachTheRelay runs the account, label and publisher
+// controllers against the API server and the relay's own credentials source
+// (the Secrets watch a relay pod runs), and checks that a new account, a
+// label, a suspension and a deletion each reach the relay. It logs how long
+// each took; the 2 s target is measured by BenchmarkCredentialsPropagation.
+func TestCredentialsReachTheRelay(t *testing.T) {
+	ctx := context.Background()
+	platform := newNamespace(t, nil)
+	tenant := newNamespace(t, nil)
+	startManager(t, func(mgr ctrl.Manager) error {
+		for _, s := range []func(ctrl.Manager) error{
+			(&AccountReconciler{}).SetupWithManager,
+			(&LabelReconciler{}).SetupWithManager,
+			(&CredentialsPublisher{}).SetupWithManager,
+		} {
+			if err := s(mgr); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	mkRelay(t, platform, "mx", func(r *v1.SmtpRelay) {
+		r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll
+		r.Spec.DefaultBudgetPerMinute = 500
+	})
+	src := credentials.NewSecrets(kubernetes.NewForConfigOrDie(testCfg), platform, "mx", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srcCtx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	go src.Run(srcCtx)
+	verifier := credentials.NewVerifier(src)
+
+	start := time.Now()
+	mkAccount(t, tenant, "acme", platform, "mx", func(a *v1.SmtpAccount) {
+		a.Spec.BudgetPerMinute = ptr.To[int32](42)
+		a.Spec.AllowedSenderDomains = []string{"acme.example"}
+	})
+	key := waitForKey(t, tenant, "acme-smtp-credentials")
+	eventually(t, 10*time.Second, func() error {
+		_, err := verifier.Authenticate("acme", key)
+		return err
+	})
+	t.Logf("new account usable at the relay after %v", time.Since(start))
+	id, _ := verifier.Authenticate("acme", key)
+	if id.BudgetPerMinute != 42 || len(id.AllowedSenderDomains) != 1 {
+		t.Fatalf("published identity %+v", id)
+	}
+	if _, err := verifier.Authenticate("acme", "wrong"); err == nil {
+		t.Fatal("a wrong key authenticates")
+	}
+
+	start = time.Now()
+	label := &v1.SmtpLabel{
+		ObjectMeta: metav1.ObjectMeta{Name: "news", Namespace: tenant},
+		Spec:       v1.SmtpLabelSpec{AccountRef: "acme", LabelID: "1001"},
+	}
+	if err := testClient.Create(ctx, label); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		_, err := verifier.Authenticate("acme#1001", key)
+		return err
+	})
+	t.Logf("new label usable after %v", time.Since(start))
+
+	start = time.Now()
+	setSuspended(t, tenant, "acme", true)
+	eventually(t, 10*time.Second, func() error {
+		if _, err := verifier.Authenticate("acme", key); err == nil {
+			return errStill("suspended account still authenticates")
+		}
+		return nil
+	})
+	t.Logf("suspension effective after %v", time.Since(start))
+
+	setSuspended(t, tenant, "acme", false)
+	eventually(t, 10*time.Second, func() error {
+		_, err := verifier.Authenticate("acme", key)
+		return err
+	})
+	start = time.Now()
+	if err := testClient.Delete(ctx, &v1.SmtpAccount{ObjectMeta: metav1.ObjectMeta{Name: "acme", Namespace: tenant}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		if _, ok := src.Lookup("acme"); ok {
+			return errStill("deleted account still published")
+		}
+		return nil
+	})
+	t.Logf("deletion effective after %v", time.Since(start))
+
+	// The shards hold digests, never the key.
+	var shards corev1.SecretList
+	if err := testClient.List(ctx, &shards); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range shards.Items {
+		if s.Namespace == platform && string(s.Data[credentials.ShardDataKey]) != "" {
+			if bytes.Contains(s.Data[credentials.ShardDataKey], []byte(key)) {
+				t.Fatalf("shard %s holds a key", s.Name)
+			}
+		}
+	}
+}
+
+func waitForKey(t *testing.T, ns, name string) string {
+	t.Helper()
+	var key string
+	eventually(t, 10*time.Second, func() error {
+		var s corev1.Secret
+		if err := testClient.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &s); err != nil {
+			return err
+		}
+		key = string(s.Data[SecretKeyPassword])
+		if key == "" {
+			return errStill("no key yet")
+		}
+		return nil
+	})
+	return key
+}
+
+func setSuspended(t *testing.T, ns, name string, suspended bool) {
+	t.Helper()
+	var a v1.SmtpAccount
+	if err := testClient.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &a); err != nil {
+		t.Fatal(err)
+	}
+	a.Spec.Suspended = suspended
+	if err := testClient.Update(context.Background(), &a); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type errStill string
+
+func (e errStill) Error() string { return string(e) }

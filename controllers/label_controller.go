@@ -1,0 +1,232 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+)
+
+// Label indexes, shared with the account controller.
+const (
+	// indexLabelAccount: spec.accountRef, in the label's namespace.
+	indexLabelAccount = "mailfleet.io/label-account"
+	// indexLabelClaim: "<accountRef>/<labelId>", in the label's namespace.
+	indexLabelClaim = "mailfleet.io/label-claim"
+)
+
+// LabelReconciler validates an SmtpLabel against its account: the account
+// exists in the label's namespace and is Ready, and no older label of the
+// account uses the same labelId. A Ready label can log in as
+// api_user#label_id.
+type LabelReconciler struct {
+	client.Client
+	Recorder events.EventRecorder
+}
+
+// +kubebuilder:rbac:groups=mailfleet.io,resources=smtplabels,verbs=get;list;watch
+// +kubebuilder:rbac:groups=mailfleet.io,resources=smtplabels/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=mailfleet.io,resources=smtpaccounts,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// SetupWithManager registers the controller, its cache indexes and watches.
+// Unset fields are taken from the manager.
+func (r *LabelReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Client == nil {
+		r.Client = mgr.GetClient()
+	}
+	if r.Recorder == nil {
+		r.Recorder = mgr.GetEventRecorder(FieldManager)
+	}
+	if err := indexLabels(context.Background(), mgr); err != nil {
+		return fmt.Errorf("index labels: %w", err)
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("smtplabel").
+		For(&v1.SmtpLabel{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// An account's readiness and apiUser decide its labels'.
+		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(r.labelsOfAccount)).
+		// A label's arrival or departure decides which of its rivals holds the labelId.
+		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(r.rivalsOf), builder.WithPredicates(specOrDeletion)).
+		Complete(r)
+}
+
+// indexLabels registers the label indexes.
+func indexLabels(ctx context.Context, mgr manager.Manager) error {
+	if err := indexField(ctx, mgr, &v1.SmtpLabel{}, indexLabelAccount, func(o client.Object) []string {
+		return []string{o.(*v1.SmtpLabel).Spec.AccountRef}
+	}); err != nil {
+		return err
+	}
+	return indexField(ctx, mgr, &v1.SmtpLabel{}, indexLabelClaim, func(o client.Object) []string {
+		l := o.(*v1.SmtpLabel)
+		return []string{l.Spec.AccountRef + "/" + l.Spec.LabelID}
+	})
+}
+
+// Reconcile brings one SmtpLabel's status up to date.
+func (r *LabelReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	label := &v1.SmtpLabel{}
+	if err := r.Get(ctx, req.NamespacedName, label); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if label.DeletionTimestamp != nil {
+		return ctrl.Result{}, nil
+	}
+	out, username, err := r.evaluate(ctx, label)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{}, r.writeStatus(ctx, label, out, username)
+}
+
+// evaluate decides the label's Ready condition and username.
+func (r *LabelReconciler) evaluate(ctx context.Context, label *v1.SmtpLabel) (*readyOutcome, string, error) {
+	acc := &v1.SmtpAccount{}
+	key := types.NamespacedName{Namespace: label.Namespace, Name: label.Spec.AccountRef}
+	if err := r.Get(ctx, key, acc); err != nil {
+		if apierrors.IsNotFound(err) {
+			return problem(v1.ReasonAccountNotFound, "SmtpAccount %q not found in namespace %q; a label belongs to an account in its own namespace",
+				key.Name, key.Namespace), "", nil
+		}
+		return nil, "", fmt.Errorf("get account %s: %w", key, err)
+	}
+	username := effectiveAPIUser(acc) + "#" + label.Spec.LabelID
+	if out := accountNotReady(acc); out != nil {
+		return out, username, nil
+	}
+	holder, err := labelHolder(ctx, r.Client, label)
+	if err != nil {
+		return nil, "", err
+	}
+	if holder != nil && holder.UID != label.UID {
+		return problem(v1.ReasonConflict, "labelId %q of SmtpAccount %q is already used by SmtpLabel %q (the oldest label wins); choose another labelId",
+			label.Spec.LabelID, acc.Name, holder.Name), username, nil
+	}
+	if label.Spec.Suspended {
+		return &readyOutcome{reason: v1.ReasonSuspended, message: "spec.suspended is true: logins as " + username + " are refused"}, username, nil
+	}
+	return &readyOutcome{ready: true, reason: v1.ReasonReady, message: "clients log in as " + username}, username, nil
+}
+
+// accountNotReady explains why a label cannot work while its account does not.
+func accountNotReady(acc *v1.SmtpAccount) *readyOutcome {
+	c := meta.FindStatusCondition(acc.Status.Conditions, v1.ConditionReady)
+	switch {
+	case c == nil:
+		return &readyOutcome{reason: v1.ReasonAccountNotReady,
+			message: fmt.Sprintf("SmtpAccount %q has not been reconciled yet", acc.Name)}
+	case c.Status != metav1.ConditionTrue:
+		// The account's own Warning already tells a person what to fix.
+		return &readyOutcome{reason: v1.ReasonAccountNotReady,
+			message: fmt.Sprintf("SmtpAccount %q is not ready (%s): %s", acc.Name, c.Reason, c.Message)}
+	}
+	return nil
+}
+
+// writeStatus records the outcome when it changes anything.
+func (r *LabelReconciler) writeStatus(ctx context.Context, label *v1.SmtpLabel, out *readyOutcome, username string) error {
+	next := label.Status.DeepCopy()
+	next.ObservedGeneration = label.Generation
+	next.Username = username
+	before := meta.FindStatusCondition(label.Status.Conditions, v1.ConditionReady)
+	setReady(&next.Conditions, label.Generation, out.ready, out.reason, out.message)
+	if equality.Semantic.DeepEqual(label.Status, *next) {
+		return nil
+	}
+	if out.warn && (before == nil || before.Reason != out.reason || before.Message != out.message) {
+		r.Recorder.Eventf(label, nil, corev1.EventTypeWarning, out.reason, "Reconcile", "%s", out.message)
+	}
+	patch := client.MergeFrom(label.DeepCopy())
+	label.Status = *next
+	if err := r.Status().Patch(ctx, label, patch); err != nil {
+		return fmt.Errorf("update status of SmtpLabel %s/%s: %w", label.Namespace, label.Name, err)
+	}
+	return nil
+}
+
+// labelHolder returns the label that holds label's labelId within its
+// account: the oldest one that is not being deleted.
+func labelHolder(ctx context.Context, c client.Reader, label *v1.SmtpLabel) (*v1.SmtpLabel, error) {
+	var rivals v1.SmtpLabelList
+	if err := c.List(ctx, &rivals, client.InNamespace(label.Namespace),
+		client.MatchingFields{indexLabelClaim: label.Spec.AccountRef + "/" + label.Spec.LabelID}); err != nil {
+		return nil, fmt.Errorf("list labels of account %s/%s: %w", label.Namespace, label.Spec.AccountRef, err)
+	}
+	return oldestLabel(rivals.Items), nil
+}
+
+func oldestLabel(labels []v1.SmtpLabel) *v1.SmtpLabel {
+	var holder *v1.SmtpLabel
+	for i := range labels {
+		l := &labels[i]
+		if l.DeletionTimestamp == nil && (holder == nil || createdBefore(l, holder)) {
+			holder = l
+		}
+	}
+	return holder
+}
+
+// publishedLabels returns the labelIds an account's Secret lists: each
+// labelId's holder, unless it is suspended. This is the label controller's
+// rule without the account's own readiness, which the caller has checked.
+func publishedLabels(ctx context.Context, c client.Reader, acc *v1.SmtpAccount) ([]string, error) {
+	var list v1.SmtpLabelList
+	if err := c.List(ctx, &list, client.InNamespace(acc.Namespace), client.MatchingFields{indexLabelAccount: acc.Name}); err != nil {
+		return nil, fmt.Errorf("list labels of account %s/%s: %w", acc.Namespace, acc.Name, err)
+	}
+	byID := map[string][]v1.SmtpLabel{}
+	for _, l := range list.Items {
+		byID[l.Spec.LabelID] = append(byID[l.Spec.LabelID], l)
+	}
+	var ids []string
+	for id, rivals := range byID {
+		if h := oldestLabel(rivals); h != nil && !h.Spec.Suspended {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// labelsOfAccount enqueues an account's labels.
+func (r *LabelReconciler) labelsOfAccount(ctx context.Context, o client.Object) []reconcile.Request {
+	return labelRequests(ctx, r.Client, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexLabelAccount: o.GetName()})
+}
+
+// rivalsOf enqueues the labels of the same account with the same labelId.
+func (r *LabelReconciler) rivalsOf(ctx context.Context, o client.Object) []reconcile.Request {
+	l := o.(*v1.SmtpLabel)
+	return labelRequests(ctx, r.Client, client.InNamespace(l.Namespace),
+		client.MatchingFields{indexLabelClaim: l.Spec.AccountRef + "/" + l.Spec.LabelID})
+}
+
+func labelRequests(ctx context.Context, c client.Reader, opts ...client.ListOption) []reconcile.Request {
+	var list v1.SmtpLabelList
+	if err := c.List(ctx, &list, opts...); err != nil {
+		log.FromContext(ctx).Error(err, "list labels to enqueue")
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for _, l := range list.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&l)})
+	}
+	return reqs
+}

@@ -1,0 +1,418 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+)
+
+// Field indexes on SmtpRelay, so a change to an issuer or a Secret finds the
+// relays that use it without listing them all.
+const (
+	relayIssuerIndex = "spec.tls.issuerRef"
+	relaySecretIndex = "spec.tls.secretName"
+)
+
+// RelayReconciler turns an SmtpRelay into its Deployment, Service,
+// Certificate, ConfigMap, ServiceAccount, Role, RoleBinding and
+// PodDisruptionBudget, and reports in status what still keeps it from
+// serving.
+type RelayReconciler struct {
+	// Client, Scheme and Recorder default to the manager's.
+	Client   client.Client
+	Scheme   *runtime.Scheme
+	Recorder events.EventRecorder
+	// Options are passed to RenderRelay.
+	Options RenderOptions
+}
+
+// The relay controller's permissions. The Role it creates for relay pods
+// grants get/list/watch on secrets and configmaps; the API server only lets
+// the operator create it because the operator holds those verbs itself
+// (RBAC's escalation check).
+// +kubebuilder:rbac:groups=mailfleet.io,resources=smtprelays,verbs=get;list;watch
+// +kubebuilder:rbac:groups=mailfleet.io,resources=smtprelays/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=mailfleet.io,resources=smtprelays/finalizers,verbs=update
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",resources=services;configmaps;serviceaccounts,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=cert-manager.io,resources=certificates,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=cert-manager.io,resources=issuers;clusterissuers,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// SetupWithManager registers the controller, its indexes and its watches;
+// unset fields of r are taken from the manager.
+func (r *RelayReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Client == nil {
+		r.Client = mgr.GetClient()
+	}
+	if r.Scheme == nil {
+		r.Scheme = mgr.GetScheme()
+	}
+	if r.Recorder == nil {
+		r.Recorder = mgr.GetEventRecorder(FieldManager)
+	}
+	ctx := context.Background()
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &v1.SmtpRelay{}, relayIssuerIndex, indexRelayIssuer); err != nil {
+		return fmt.Errorf("index smtprelays by issuer: %w", err)
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &v1.SmtpRelay{}, relaySecretIndex, indexRelaySecret); err != nil {
+		return fmt.Errorf("index smtprelays by TLS secret: %w", err)
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("smtprelay").
+		// Status writes do not change the generation, so the controller
+		// does not wake itself up.
+		For(&v1.SmtpRelay{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// The Deployment's and Certificate's status feed the relay's.
+		Owns(&appsv1.Deployment{}).
+		Owns(&certmanagerv1.Certificate{}).
+		// For the rest, any change is drift to put back; metadata is
+		// enough to notice it and keeps the cache small.
+		Owns(&corev1.ConfigMap{}, builder.OnlyMetadata).
+		Owns(&corev1.Service{}, builder.OnlyMetadata).
+		Owns(&corev1.ServiceAccount{}, builder.OnlyMetadata).
+		Owns(&rbacv1.Role{}, builder.OnlyMetadata).
+		Owns(&rbacv1.RoleBinding{}, builder.OnlyMetadata).
+		Owns(&policyv1.PodDisruptionBudget{}, builder.OnlyMetadata).
+		Watches(&certmanagerv1.Issuer{}, handler.EnqueueRequestsFromMapFunc(r.relaysForIssuer)).
+		Watches(&certmanagerv1.ClusterIssuer{}, handler.EnqueueRequestsFromMapFunc(r.relaysForClusterIssuer)).
+		// Only whether a Secret exists matters here: never cache Secret data.
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.relaysForSecret), builder.OnlyMetadata).
+		Complete(r)
+}
+
+// Reconcile renders the relay, applies every object, then records in
+// status whether the relay can serve and, if not, why.
+func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	log := ctrl.LoggerFrom(ctx)
+	relay := &v1.SmtpRelay{}
+	if err := r.Client.Get(ctx, req.NamespacedName, relay); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !relay.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil // the garbage collector removes what the relay owns
+	}
+	orig := relay.DeepCopy()
+	objs, err := RenderRelay(relay, r.Options)
+	if err != nil {
+		// Retrying cannot help; the spec has to change, and that triggers
+		// a new reconcile.
+		log.Info("relay cannot be rendered", "error", err.Error())
+		return ctrl.Result{}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: v1.ReasonRenderFailed, message: err.Error()})
+	}
+	if err := r.applyAll(ctx, relay, objs); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.pruneCertificate(ctx, relay, objs); err != nil {
+		return ctrl.Result{}, err
+	}
+	obs, err := r.observe(ctx, relay, objs)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	relay.Status.ReadyReplicas = obs.readyReplicas
+	relay.Status.Endpoint = relayEndpoint(relay)
+	return ctrl.Result{}, r.updateStatus(ctx, relay, orig, relayReadiness(obs))
+}
+
+// applyAll applies the rendered objects, each owned by the relay.
+func (r *RelayReconciler) applyAll(ctx context.Context, relay *v1.SmtpRelay, objs *RelayObjects) error {
+	for _, obj := range objs.List() {
+		if err := controllerutil.SetControllerReference(relay, obj, r.Scheme); err != nil {
+			return fmt.Errorf("own %T %s: %w", obj, obj.GetName(), err)
+		}
+		if err := applyObject(ctx, r.Client, r.Scheme, obj); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyObject writes obj with server-side apply as FieldManager, taking
+// over fields another manager set, and reads back what the API server
+// stored (status included) into obj.
+//
+// controller-runtime v0.24 deprecates the client.Apply patch type in favour
+// of Client.Apply with apply configurations. The render functions return
+// typed objects (readable, and what the tests compare), so they are sent as
+// unstructured apply configurations. The caveat that a typed object's zero
+// values cannot be told from unset ones does not bite: Kubernetes types mark
+// optional fields omitempty, the render functions set what they mean, and
+// status, which the main resource ignores anyway, is left out.
+func applyObject(ctx context.Context, c client.Client, scheme *runtime.Scheme, obj client.Object) error {
+	gvk, err := apiutil.GVKForObject(obj, scheme)
+	if err != nil {
+		return fmt.Errorf("apply %T %s: %w", obj, obj.GetName(), err)
+	}
+	content, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		return fmt.Errorf("apply %s %s: %w", gvk.Kind, obj.GetName(), err)
+	}
+	delete(content, "status")
+	u := &unstructured.Unstructured{Object: content}
+	u.SetGroupVersionKind(gvk)
+	if err := c.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
+		return fmt.Errorf("apply %s %s/%s: %w", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
+	}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, obj); err != nil {
+		return fmt.Errorf("read applied %s %s: %w", gvk.Kind, obj.GetName(), err)
+	}
+	return nil
+}
+
+// pruneCertificate deletes the relay's Certificate once the relay has
+// switched to its own Secret: server-side apply only ever adds.
+func (r *RelayReconciler) pruneCertificate(ctx context.Context, relay *v1.SmtpRelay, objs *RelayObjects) error {
+	if objs.Certificate != nil {
+		return nil
+	}
+	cert := &certmanagerv1.Certificate{}
+	err := r.Client.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: relay.Name}, cert)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get certificate %s: %w", relay.Name, err)
+	}
+	if !metav1.IsControlledBy(cert, relay) {
+		return nil // someone else's; leave it alone
+	}
+	if err := r.Client.Delete(ctx, cert); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("delete certificate %s: %w", cert.Name, err)
+	}
+	ctrl.LoggerFrom(ctx).Info("deleted certificate: the relay now uses spec.tls.secretName", "certificate", cert.Name)
+	return nil
+}
+
+// relayObservation is what the reconciler saw of the things a relay
+// depends on. A zero value means "all present"; readiness is decided from
+// it by the pure relayReadiness.
+type relayObservation struct {
+	// missingIssuer describes the referenced issuer when it does not exist.
+	missingIssuer string
+	// certificate is the applied Certificate, nil without cert-manager.
+	certificate *certmanagerv1.Certificate
+	// missingSecret names spec.tls.secretName when it does not exist.
+	missingSecret string
+	replicas      int32
+	readyReplicas int32
+}
+
+func (r *RelayReconciler) observe(ctx context.Context, relay *v1.SmtpRelay, objs *RelayObjects) (relayObservation, error) {
+	obs := relayObservation{
+		certificate:   objs.Certificate,
+		replicas:      relayReplicas(relay),
+		readyReplicas: objs.Deployment.Status.ReadyReplicas,
+	}
+	if ref := relay.Spec.TLS.IssuerRef; ref != nil {
+		found, err := r.issuerExists(ctx, relay.Namespace, ref)
+		if err != nil {
+			return obs, err
+		}
+		if !found {
+			obs.missingIssuer = describeIssuer(relay.Namespace, ref)
+		}
+		return obs, nil
+	}
+	name := relay.Spec.TLS.SecretName
+	found, err := r.secretExists(ctx, relay.Namespace, name)
+	if err != nil {
+		return obs, err
+	}
+	if !found {
+		obs.missingSecret = name
+	}
+	return obs, nil
+}
+
+// issuerExists looks up cert-manager's own issuer kinds. Issuers of other
+// groups (external issuers) are not known to the operator; the
+// Certificate's Ready condition speaks for them.
+func (r *RelayReconciler) issuerExists(ctx context.Context, ns string, ref *v1.IssuerReference) (bool, error) {
+	if issuerRefGroup(ref) != certManagerGroup {
+		return true, nil
+	}
+	var obj client.Object = &certmanagerv1.Issuer{}
+	key := types.NamespacedName{Namespace: ns, Name: ref.Name}
+	if issuerRefKind(ref) == clusterIssuerKind {
+		obj, key.Namespace = &certmanagerv1.ClusterIssuer{}, ""
+	}
+	err := r.Client.Get(ctx, key, obj)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("get %s %s: %w", issuerRefKind(ref), ref.Name, err)
+	}
+	return true, nil
+}
+
+// secretExists reads only the Secret's metadata (from the metadata cache
+// the Secret watch fills).
+func (r *RelayReconciler) secretExists(ctx context.Context, ns, name string) (bool, error) {
+	secret := &metav1.PartialObjectMetadata{}
+	secret.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+	err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, secret)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("get secret %s: %w", name, err)
+	}
+	return true, nil
+}
+
+func describeIssuer(ns string, ref *v1.IssuerReference) string {
+	if issuerRefKind(ref) == clusterIssuerKind {
+		return fmt.Sprintf("ClusterIssuer %q", ref.Name)
+	}
+	return fmt.Sprintf("Issuer %q in namespace %q", ref.Name, ns)
+}
+
+// relayVerdict is the Ready condition to record.
+type relayVerdict struct {
+	ready           bool
+	reason, message string
+}
+
+// relayReadiness decides the Ready condition. The first missing piece in
+// the order a person would fix them wins: the TLS source, then the pods.
+func relayReadiness(obs relayObservation) relayVerdict {
+	switch {
+	case obs.missingIssuer != "":
+		return relayVerdict{reason: v1.ReasonIssuerNotFound,
+			message: obs.missingIssuer + " does not exist; create it or change spec.tls.issuerRef"}
+	case obs.certificate != nil && !certificateReady(obs.certificate):
+		return relayVerdict{reason: v1.ReasonCertificateNotReady,
+			message: fmt.Sprintf("Certificate %q is not ready yet%s", obs.certificate.Name, certificateDetail(obs.certificate))}
+	case obs.missingSecret != "":
+		return relayVerdict{reason: v1.ReasonTLSSecretNotFound,
+			message: fmt.Sprintf("TLS Secret %q (spec.tls.secretName) does not exist in the relay's namespace", obs.missingSecret)}
+	case obs.readyReplicas < obs.replicas:
+		return relayVerdict{reason: v1.ReasonReplicasNotReady,
+			message: fmt.Sprintf("%d of %d relay pods are ready", obs.readyReplicas, obs.replicas)}
+	}
+	return relayVerdict{ready: true, reason: v1.ReasonReady,
+		message: fmt.Sprintf("%d of %d relay pods are ready", obs.readyReplicas, obs.replicas)}
+}
+
+func certificateCondition(cert *certmanagerv1.Certificate) *certmanagerv1.CertificateCondition {
+	for i := range cert.Status.Conditions {
+		if cert.Status.Conditions[i].Type == certmanagerv1.CertificateConditionReady {
+			return &cert.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+func certificateReady(cert *certmanagerv1.Certificate) bool {
+	c := certificateCondition(cert)
+	return c != nil && c.Status == cmmeta.ConditionTrue
+}
+
+// certificateDetail passes on what cert-manager said, if anything.
+func certificateDetail(cert *certmanagerv1.Certificate) string {
+	if c := certificateCondition(cert); c != nil && c.Message != "" {
+		return ": " + c.Message
+	}
+	return ""
+}
+
+// updateStatus records the verdict and writes status only when it changed;
+// a change of reason is also an event.
+func (r *RelayReconciler) updateStatus(ctx context.Context, relay, orig *v1.SmtpRelay, v relayVerdict) error {
+	relay.Status.ObservedGeneration = relay.Generation
+	setReady(&relay.Status.Conditions, relay.Generation, v.ready, v.reason, v.message)
+	if equality.Semantic.DeepEqual(orig.Status, relay.Status) {
+		return nil
+	}
+	if err := r.Client.Status().Patch(ctx, relay, client.MergeFrom(orig)); err != nil {
+		return client.IgnoreNotFound(fmt.Errorf("update status of relay %s: %w", relay.Name, err))
+	}
+	if prev := meta.FindStatusCondition(orig.Status.Conditions, v1.ConditionReady); prev == nil || prev.Reason != v.reason {
+		r.recordEvent(relay, v)
+	}
+	return nil
+}
+
+// recordEvent tells a person what they must fix, and when the relay
+// becomes ready. Progress (certificate being issued, pods starting) is in
+// status only: it fixes itself.
+func (r *RelayReconciler) recordEvent(relay *v1.SmtpRelay, v relayVerdict) {
+	switch v.reason {
+	case v1.ReasonIssuerNotFound, v1.ReasonTLSSecretNotFound, v1.ReasonRenderFailed:
+		r.Recorder.Eventf(relay, nil, corev1.EventTypeWarning, v.reason, "Reconcile", "%s", v.message)
+	case v1.ReasonReady:
+		r.Recorder.Eventf(relay, nil, corev1.EventTypeNormal, v.reason, "Reconcile", "%s", v.message)
+	}
+}
+
+// indexRelayIssuer keys a relay by the cert-manager issuer it names:
+// "Issuer/<name>" (looked up in the relay's namespace) or
+// "ClusterIssuer/<name>".
+func indexRelayIssuer(obj client.Object) []string {
+	ref := obj.(*v1.SmtpRelay).Spec.TLS.IssuerRef
+	if ref == nil || issuerRefGroup(ref) != certManagerGroup {
+		return nil
+	}
+	return []string{issuerRefKind(ref) + "/" + ref.Name}
+}
+
+func indexRelaySecret(obj client.Object) []string {
+	if name := obj.(*v1.SmtpRelay).Spec.TLS.SecretName; name != "" {
+		return []string{name}
+	}
+	return nil
+}
+
+func (r *RelayReconciler) relaysForIssuer(ctx context.Context, obj client.Object) []reconcile.Request {
+	return r.relaysMatching(ctx, client.InNamespace(obj.GetNamespace()), client.MatchingFields{relayIssuerIndex: issuerKind + "/" + obj.GetName()})
+}
+
+func (r *RelayReconciler) relaysForClusterIssuer(ctx context.Context, obj client.Object) []reconcile.Request {
+	return r.relaysMatching(ctx, client.MatchingFields{relayIssuerIndex: clusterIssuerKind + "/" + obj.GetName()})
+}
+
+func (r *RelayReconciler) relaysForSecret(ctx context.Context, obj client.Object) []reconcile.Request {
+	return r.relaysMatching(ctx, client.InNamespace(obj.GetNamespace()), client.MatchingFields{relaySecretIndex: obj.GetName()})
+}
+
+func (r *RelayReconciler) relaysMatching(ctx context.Context, opts ...client.ListOption) []reconcile.Request {
+	var list v1.SmtpRelayList
+	if err := r.Client.List(ctx, &list, opts...); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "list relays to requeue")
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for _, relay := range list.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&relay)})
+	}
+	return reqs
+}

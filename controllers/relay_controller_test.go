@@ -1,0 +1,540 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/yaml"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/relay/certs"
+)
+
+// relayWait is how long the operator may take to react; it is a ceiling,
+// not a sleep: eventually returns as soon as the check passes.
+const relayWait = 15 * time.Second
+
+func startRelayController(t *testing.T) {
+	t.Helper()
+	startManager(t, func(mgr ctrl.Manager) error {
+		return (&RelayReconciler{Options: testRenderOptions}).SetupWithManager(mgr)
+	})
+}
+
+func withNamespace(ns string) relayOption { return func(r *v1.SmtpRelay) { r.Namespace = ns } }
+
+func createRelay(t *testing.T, opts ...relayOption) *v1.SmtpRelay {
+	t.Helper()
+	relay := newTestRelay(opts...)
+	if err := testClient.Create(context.Background(), relay); err != nil {
+		t.Fatalf("create relay: %v", err)
+	}
+	// envtest runs no namespace controller, so a test's namespace never
+	// goes away; deleting the relay keeps later tests' managers from
+	// reconciling it.
+	t.Cleanup(func() { testClient.Delete(context.Background(), relay) })
+	return relay
+}
+
+// updateRelay changes the relay's spec as a user would, retrying on
+// conflicts with the operator's status writes.
+func updateRelay(t *testing.T, relay *v1.SmtpRelay, change func(*v1.SmtpRelay)) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := testClient.Get(context.Background(), client.ObjectKeyFromObject(relay), relay); err != nil {
+			return err
+		}
+		change(relay)
+		return testClient.Update(context.Background(), relay)
+	})
+	if err != nil {
+		t.Fatalf("update relay: %v", err)
+	}
+}
+
+func createTestIssuer(t *testing.T, ns, name string) {
+	t.Helper()
+	iss := &certmanagerv1.Issuer{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec:       certmanagerv1.IssuerSpec{IssuerConfig: certmanagerv1.IssuerConfig{SelfSigned: &certmanagerv1.SelfSignedIssuer{}}},
+	}
+	if err := testClient.Create(context.Background(), iss); err != nil {
+		t.Fatalf("create issuer: %v", err)
+	}
+}
+
+// get fetches a live object by namespace and name.
+func getLive(obj client.Object, ns, name string) error {
+	return testClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, obj)
+}
+
+// waitReady waits for the relay's Ready condition to have the given status
+// and reason, and returns the relay as it then was.
+func waitReady(t *testing.T, relay *v1.SmtpRelay, status metav1.ConditionStatus, reason string) *v1.SmtpRelay {
+	t.Helper()
+	got := &v1.SmtpRelay{}
+	eventually(t, relayWait, func() error {
+		if err := getLive(got, relay.Namespace, relay.Name); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
+		if c == nil || c.Status != status || c.Reason != reason || c.ObservedGeneration != got.Generation {
+			return fmt.Errorf("Ready condition = %+v, want %s/%s at generation %d", c, status, reason, got.Generation)
+		}
+		return nil
+	})
+	return got
+}
+
+// waitRelayEvent waits for an events.k8s.io event about the relay.
+func waitRelayEvent(t *testing.T, relay *v1.SmtpRelay, eventType, reason string) {
+	t.Helper()
+	eventually(t, relayWait, func() error {
+		var list eventsv1.EventList
+		if err := testClient.List(context.Background(), &list, client.InNamespace(relay.Namespace)); err != nil {
+			return err
+		}
+		for _, e := range list.Items {
+			if e.Regarding.Kind == "SmtpRelay" && e.Regarding.Name == relay.Name && e.Type == eventType && e.Reason == reason {
+				return nil
+			}
+		}
+		return fmt.Errorf("no %s event %s for relay %s among %d events", eventType, reason, relay.Name, len(list.Items))
+	})
+}
+
+// The full object set, each owned by the relay. envtest runs no garbage
+// collector (no kube-controller-manager), so deletion is not observed
+// here; what makes it work in a cluster is checked instead: a controller
+// owner reference with blockOwnerDeletion on every object.
+func TestRelayCreatesOwnedObjects(t *testing.T) {
+	ns := newNamespace(t, map[string]string{"pod-security.kubernetes.io/enforce": "restricted"})
+	createTestIssuer(t, ns, "ca")
+	startRelayController(t)
+	relay := createRelay(t, withNamespace(ns))
+
+	objects := []struct {
+		obj  client.Object
+		name string
+	}{
+		{&corev1.ConfigMap{}, "mx-config"},
+		{&corev1.ServiceAccount{}, "mx-relay"},
+		{&rbacv1.Role{}, "mx-relay"},
+		{&rbacv1.RoleBinding{}, "mx-relay"},
+		{&certmanagerv1.Certificate{}, "mx"},
+		{&appsv1.Deployment{}, "mx"},
+		{&corev1.Service{}, "mx"},
+		{&policyv1.PodDisruptionBudget{}, "mx"},
+	}
+	for _, o := range objects {
+		t.Run(fmt.Sprintf("%T", o.obj), func(t *testing.T) {
+			eventually(t, relayWait, func() error { return getLive(o.obj, ns, o.name) })
+			checkRelayOwned(t, o.obj, relay)
+		})
+	}
+
+	got := waitReady(t, relay, metav1.ConditionFalse, v1.ReasonCertificateNotReady)
+	if want := "mx." + ns + ".svc"; got.Status.Endpoint != want {
+		t.Errorf("endpoint = %q, want %q", got.Status.Endpoint, want)
+	}
+	checkPodAdmitted(t, ns)
+}
+
+func checkRelayOwned(t *testing.T, obj client.Object, relay *v1.SmtpRelay) {
+	t.Helper()
+	refs := obj.GetOwnerReferences()
+	if len(refs) != 1 {
+		t.Fatalf("owner references = %+v, want the relay alone", refs)
+	}
+	ref := refs[0]
+	if ref.UID != relay.UID || ref.Kind != "SmtpRelay" || ref.APIVersion != v1.GroupVersion.String() ||
+		!ptr.Deref(ref.Controller, false) || !ptr.Deref(ref.BlockOwnerDeletion, false) {
+		t.Errorf("owner reference = %+v, want controller SmtpRelay %s with blockOwnerDeletion", ref, relay.UID)
+	}
+	if obj.GetLabels()[LabelManagedBy] != ManagedByValue || obj.GetLabels()[LabelRelay] != relay.Name {
+		t.Errorf("labels = %v", obj.GetLabels())
+	}
+	applied := false
+	for _, mf := range obj.GetManagedFields() {
+		applied = applied || (mf.Manager == FieldManager && mf.Operation == metav1.ManagedFieldsOperationApply)
+	}
+	if !applied {
+		t.Errorf("no server-side apply by %s in managedFields", FieldManager)
+	}
+}
+
+// checkPodAdmitted submits (as a dry run) a pod made from the Deployment's
+// stored template to a namespace that enforces PodSecurity "restricted":
+// the API server's own admission plugin is the judge. The same pod with
+// one capability added is refused first, to show the namespace enforces.
+func checkPodAdmitted(t *testing.T, ns string) {
+	t.Helper()
+	d := &appsv1.Deployment{}
+	if err := getLive(d, ns, "mx"); err != nil {
+		t.Fatal(err)
+	}
+	pod := func(name string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: *d.Spec.Template.Spec.DeepCopy()}
+	}
+	bad := pod("net-raw")
+	bad.Spec.Containers[0].SecurityContext.Capabilities.Add = []corev1.Capability{"NET_RAW"}
+	if err := testClient.Create(context.Background(), bad, client.DryRunAll); !apierrors.IsForbidden(err) {
+		t.Fatalf("pod adding NET_RAW: err = %v, want Forbidden (is PodSecurity admission on?)", err)
+	}
+	if err := testClient.Create(context.Background(), pod("relay"), client.DryRunAll); err != nil {
+		t.Errorf("the relay pod is refused under PodSecurity restricted: %v", err)
+	}
+}
+
+func TestRelayUpdates(t *testing.T) {
+	ns := newNamespace(t, nil)
+	createTestIssuer(t, ns, "ca")
+	createTestIssuer(t, ns, "ca2")
+	startRelayController(t)
+	relay := createRelay(t, withNamespace(ns))
+	d := &appsv1.Deployment{}
+	eventually(t, relayWait, func() error { return getLive(d, ns, "mx") })
+	firstHash := d.Spec.Template.Annotations[annotationConfigHash]
+
+	t.Run("replicas", func(t *testing.T) {
+		updateRelay(t, relay, func(r *v1.SmtpRelay) { r.Spec.Replicas = ptr.To(int32(3)) })
+		eventually(t, relayWait, func() error {
+			if err := getLive(d, ns, "mx"); err != nil {
+				return err
+			}
+			if got := ptr.Deref(d.Spec.Replicas, 0); got != 3 {
+				return fmt.Errorf("deployment replicas = %d, want 3", got)
+			}
+			return nil
+		})
+	})
+
+	t.Run("listeners", func(t *testing.T) {
+		updateRelay(t, relay, func(r *v1.SmtpRelay) {
+			r.Spec.Listeners = []v1.RelayListener{
+				{Name: "submission", Port: 587, TLS: v1.ListenerStartTLS, AuthRequiresTLS: true},
+				{Name: "alt", Port: 2526, TLS: v1.ListenerStartTLS},
+			}
+		})
+		want := []string{"submission:587->10587", "alt:2526->2526"}
+		eventually(t, relayWait, func() error {
+			svc := &corev1.Service{}
+			if err := getLive(svc, ns, "mx"); err != nil {
+				return err
+			}
+			var got []string
+			for _, p := range svc.Spec.Ports {
+				got = append(got, fmt.Sprintf("%s:%d->%s", p.Name, p.Port, p.TargetPort.String()))
+			}
+			if !reflect.DeepEqual(got, want) {
+				return fmt.Errorf("service ports = %v, want %v", got, want)
+			}
+			return nil
+		})
+		eventually(t, relayWait, func() error {
+			if err := getLive(d, ns, "mx"); err != nil {
+				return err
+			}
+			if d.Spec.Template.Annotations[annotationConfigHash] == firstHash {
+				return errors.New("config hash unchanged: the pods would keep the old listeners")
+			}
+			return nil
+		})
+	})
+
+	t.Run("issuer", func(t *testing.T) {
+		updateRelay(t, relay, func(r *v1.SmtpRelay) { r.Spec.TLS.IssuerRef.Name = "ca2" })
+		eventually(t, relayWait, func() error {
+			cert := &certmanagerv1.Certificate{}
+			if err := getLive(cert, ns, "mx"); err != nil {
+				return err
+			}
+			if cert.Spec.IssuerRef.Name != "ca2" {
+				return fmt.Errorf("certificate issuer = %q, want ca2", cert.Spec.IssuerRef.Name)
+			}
+			return nil
+		})
+	})
+
+	t.Run("drift is put back", func(t *testing.T) {
+		cm := &corev1.ConfigMap{}
+		if err := getLive(cm, ns, "mx-config"); err != nil {
+			t.Fatal(err)
+		}
+		want := cm.Data[relayConfigKey]
+		patch := client.RawPatch("application/merge-patch+json", []byte(`{"data":{"relay.yaml":"hostname: tampered\n"}}`))
+		if err := testClient.Patch(context.Background(), cm, patch, client.FieldOwner("kubectl-edit")); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, relayWait, func() error {
+			if err := getLive(cm, ns, "mx-config"); err != nil {
+				return err
+			}
+			if cm.Data[relayConfigKey] != want {
+				return errors.New("hand edit of relay.yaml still in place")
+			}
+			return nil
+		})
+	})
+
+	t.Run("own secret replaces the certificate", func(t *testing.T) {
+		updateRelay(t, relay, func(r *v1.SmtpRelay) { r.Spec.TLS = v1.RelayTLS{SecretName: "own-tls"} })
+		eventually(t, relayWait, func() error {
+			err := getLive(&certmanagerv1.Certificate{}, ns, "mx")
+			if !apierrors.IsNotFound(err) {
+				return fmt.Errorf("certificate still there (err %v)", err)
+			}
+			if err := getLive(d, ns, "mx"); err != nil {
+				return err
+			}
+			for _, v := range d.Spec.Template.Spec.Volumes {
+				if v.Name == "tls" && v.Secret.SecretName != "own-tls" {
+					return fmt.Errorf("tls volume mounts %q, want own-tls", v.Secret.SecretName)
+				}
+			}
+			return nil
+		})
+	})
+}
+
+// The test plays the two controllers envtest does not run. cert-manager:
+// it writes the Certificate's Secret from a CA it generates (relay/certs)
+// and sets the Certificate's Ready condition through the status
+// subresource. The Deployment controller (no kubelet either): it sets the
+// Deployment's status as ready pods would.
+func TestRelayConditions(t *testing.T) {
+	ns := newNamespace(t, nil)
+	startRelayController(t)
+	relay := createRelay(t, withNamespace(ns))
+
+	got := waitReady(t, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	if msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message; !strings.Contains(msg, `Issuer "ca" in namespace "`+ns+`"`) {
+		t.Errorf("message %q does not name the issuer", msg)
+	}
+	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonIssuerNotFound)
+
+	createTestIssuer(t, ns, "ca")
+	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonCertificateNotReady)
+
+	playCertManager(t, ns, "mx", "mx-tls")
+	got = waitReady(t, relay, metav1.ConditionFalse, v1.ReasonReplicasNotReady)
+	if got.Status.ReadyReplicas != 0 {
+		t.Errorf("readyReplicas = %d before any pod is ready", got.Status.ReadyReplicas)
+	}
+
+	playDeploymentController(t, ns, "mx", 2)
+	got = waitReady(t, relay, metav1.ConditionTrue, v1.ReasonReady)
+	if got.Status.ReadyReplicas != 2 || got.Status.ObservedGeneration != got.Generation {
+		t.Errorf("status = %+v, want 2 ready replicas at generation %d", got.Status, got.Generation)
+	}
+	waitRelayEvent(t, relay, corev1.EventTypeNormal, v1.ReasonReady)
+
+	updateRelay(t, relay, func(r *v1.SmtpRelay) { r.Spec.TLS = v1.RelayTLS{SecretName: "own-tls"} })
+	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonTLSSecretNotFound)
+	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonTLSSecretNotFound)
+	createTestTLSSecret(t, ns, "own-tls")
+	waitReady(t, relay, metav1.ConditionTrue, v1.ReasonReady)
+}
+
+func TestRelayClusterIssuer(t *testing.T) {
+	ns := newNamespace(t, nil)
+	startRelayController(t)
+	name := "le-" + rand.String(6)
+	relay := createRelay(t, withNamespace(ns), withIssuer("ClusterIssuer", name))
+	got := waitReady(t, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	if msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message; !strings.Contains(msg, `ClusterIssuer "`+name+`"`) {
+		t.Errorf("message %q does not name the ClusterIssuer", msg)
+	}
+	ci := &certmanagerv1.ClusterIssuer{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       certmanagerv1.IssuerSpec{IssuerConfig: certmanagerv1.IssuerConfig{SelfSigned: &certmanagerv1.SelfSignedIssuer{}}},
+	}
+	if err := testClient.Create(context.Background(), ci); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { testClient.Delete(context.Background(), ci) })
+	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonCertificateNotReady)
+}
+
+func TestRelayRenderFailed(t *testing.T) {
+	ns := newNamespace(t, nil)
+	startRelayController(t)
+	relay := createRelay(t, withNamespace(ns), withListeners(v1.RelayListener{Name: "metrics", Port: 2525}))
+	got := waitReady(t, relay, metav1.ConditionFalse, v1.ReasonRenderFailed)
+	if msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message; !strings.Contains(msg, `listener "metrics"`) {
+		t.Errorf("message %q does not name the listener", msg)
+	}
+	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonRenderFailed)
+	if err := getLive(&appsv1.Deployment{}, ns, "mx"); !apierrors.IsNotFound(err) {
+		t.Errorf("deployment of an unrenderable relay: err = %v, want NotFound", err)
+	}
+}
+
+// playCertManager issues the relay's certificate as cert-manager would.
+func playCertManager(t *testing.T, ns, certName, secretName string) {
+	t.Helper()
+	createTestTLSSecret(t, ns, secretName)
+	cert := &certmanagerv1.Certificate{}
+	eventually(t, relayWait, func() error { return getLive(cert, ns, certName) })
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := getLive(cert, ns, certName); err != nil {
+			return err
+		}
+		now := metav1.Now()
+		cert.Status.Conditions = []certmanagerv1.CertificateCondition{{
+			Type: certmanagerv1.CertificateConditionReady, Status: cmmeta.ConditionTrue,
+			Reason: "Ready", Message: "Certificate is up to date and has not expired", LastTransitionTime: &now,
+		}}
+		return testClient.Status().Update(context.Background(), cert)
+	})
+	if err != nil {
+		t.Fatalf("set certificate ready: %v", err)
+	}
+}
+
+// createTestTLSSecret writes a kubernetes.io/tls Secret for smtp.example.com,
+// signed by a CA made for the test.
+func createTestTLSSecret(t *testing.T, ns, name string) {
+	t.Helper()
+	ca, err := certs.GenerateCA("mailfleet test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := ca.Issue([]string{"smtp.example.com"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Type:       corev1.SecretTypeTLS,
+		Data:       map[string][]byte{corev1.TLSCertKey: certPEM, corev1.TLSPrivateKeyKey: keyPEM},
+	}
+	if err := testClient.Create(context.Background(), secret); err != nil {
+		t.Fatalf("create TLS secret: %v", err)
+	}
+}
+
+// playDeploymentController reports ready pods as the Deployment controller
+// would once the kubelet ran them.
+func playDeploymentController(t *testing.T, ns, name string, ready int32) {
+	t.Helper()
+	d := &appsv1.Deployment{}
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := getLive(d, ns, name); err != nil {
+			return err
+		}
+		d.Status = appsv1.DeploymentStatus{
+			ObservedGeneration: d.Generation,
+			Replicas:           ready, UpdatedReplicas: ready, ReadyReplicas: ready, AvailableReplicas: ready,
+		}
+		return testClient.Status().Update(context.Background(), d)
+	})
+	if err != nil {
+		t.Fatalf("set deployment status: %v", err)
+	}
+}
+
+// The operator's generated ClusterRole (config/rbac/role.yaml, from the
+// RBAC markers) is enough to run a relay, including creating the relay's
+// Role: the API server refuses a Role granting verbs its creator does not
+// hold (RBAC escalation prevention). The manager runs as a user bound to
+// that ClusterRole alone, so a marker that drifts from what the render
+// functions need fails here rather than in a cluster.
+func TestRelayOperatorRBAC(t *testing.T) {
+	user := "mailfleet-operator-" + rand.String(6)
+	bindOperatorRole(t, user)
+	ns := newNamespace(t, nil)
+	cfg := rest.CopyConfig(testCfg)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user}
+	startManagerWithConfig(t, cfg)
+
+	relay := createRelay(t, withNamespace(ns))
+	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonIssuerNotFound)
+	createTestIssuer(t, ns, "ca")
+	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonCertificateNotReady)
+	if err := getLive(&rbacv1.Role{}, ns, "mx-relay"); err != nil {
+		t.Errorf("relay role: %v", err)
+	}
+}
+
+// bindOperatorRole installs the generated ClusterRole under a name of the
+// test's own and binds it to user.
+func bindOperatorRole(t *testing.T, user string) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "config", "rbac", "role.yaml"))
+	if err != nil {
+		t.Fatalf("read the generated role (run make manifests): %v", err)
+	}
+	role := &rbacv1.ClusterRole{}
+	if err := yaml.UnmarshalStrict(data, role); err != nil {
+		t.Fatalf("parse role.yaml: %v", err)
+	}
+	role.Name = user
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: user},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: user},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
+	}
+	for _, obj := range []client.Object{role, binding} {
+		if err := testClient.Create(context.Background(), obj); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { testClient.Delete(context.Background(), obj) })
+	}
+}
+
+// startManagerWithConfig is startManager for a relay controller that talks
+// to the API server with cfg (here: as another user).
+func startManagerWithConfig(t *testing.T, cfg *rest.Config) {
+	t.Helper()
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 Scheme(),
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&RelayReconciler{Options: testRenderOptions}).SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := mgr.Start(ctx); err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}

@@ -1,0 +1,538 @@
+package controllers
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/relay/config"
+)
+
+// Label values and annotations only the relay's objects carry.
+const (
+	// relayAppName is LabelAppName's value on every relay object.
+	relayAppName = "mailfleet-relay"
+	// annotationConfigHash on the pod template carries a digest of relay.yaml,
+	// so a config change rolls the pods: the relay reads its file once.
+	annotationConfigHash = "mailfleet.io/config-hash"
+)
+
+// Paths, ports and sizes inside the relay pod.
+const (
+	relayContainerName   = "relay"
+	relayConfigKey       = "relay.yaml"
+	relayConfigPath      = "/etc/mailfleet/relay.yaml"
+	relayTLSDir          = "/etc/mailfleet/tls"
+	relaySpoolDir        = "/var/spool/mailfleet"
+	relayMetricsPortName = "metrics"
+	relayMetricsPort     = 9090
+	// relayUID is the conventional "nonroot" user of distroless images.
+	relayUID = 65532
+
+	// privilegedPortOffset moves a declared port below 1024 to an
+	// unprivileged container port (25 -> 10025, 465 -> 10465, 587 -> 10587)
+	// while the Service keeps the declared port. A non-root process cannot
+	// bind below 1024, and adding NET_BIND_SERVICE (the one capability
+	// PodSecurity "restricted" allows) does not help by itself: the kernel
+	// clears a non-root process's capabilities at exec unless they are
+	// ambient, which Kubernetes does not set, and file capabilities on the
+	// binary are ignored under allowPrivilegeEscalation=false (no_new_privs).
+	// The net.ipv4.ip_unprivileged_port_start sysctl would work but depends
+	// on the kubelet allowing it. Remapping works on every runtime and kernel
+	// and needs no capability at all.
+	privilegedPortOffset = 10000
+
+	// relayDrainGrace is how long the relay lets open sessions finish after
+	// SIGTERM; relayPreStopSleep lets endpoints and kube-proxy stop sending
+	// new connections first. The pod's termination grace period covers both
+	// with room to spare, so the kubelet never kills a draining relay.
+	relayDrainGrace        = 30 * time.Second
+	relayPreStopSleep      = 5 * time.Second
+	relayTerminationGrace  = 45 * time.Second
+	defaultRelayReplicas   = int32(2)
+	defaultRelayBanner     = "mailfleet"
+	certManagerGroup       = "cert-manager.io"
+	issuerKind             = "Issuer"
+	clusterIssuerKind      = "ClusterIssuer"
+	relayServiceAccountSfx = "-relay"
+)
+
+// RenderOptions are the operator's own settings that shape what a relay
+// becomes.
+type RenderOptions struct {
+	// Image is the operator's image, used when spec.image is empty: one
+	// binary serves both the operator and the relay.
+	Image string
+}
+
+// RelayObjects is everything an SmtpRelay becomes. Certificate is nil when
+// the relay uses an existing Secret instead of cert-manager.
+type RelayObjects struct {
+	ConfigMap      *corev1.ConfigMap
+	ServiceAccount *corev1.ServiceAccount
+	Role           *rbacv1.Role
+	RoleBinding    *rbacv1.RoleBinding
+	Certificate    *certmanagerv1.Certificate
+	Deployment     *appsv1.Deployment
+	Service        *corev1.Service
+	PDB            *policyv1.PodDisruptionBudget
+}
+
+// List returns the objects in the order they are applied: what the pods
+// mount and run as comes before the Deployment that needs it.
+func (o *RelayObjects) List() []client.Object {
+	objs := []client.Object{o.ConfigMap, o.ServiceAccount, o.Role, o.RoleBinding}
+	if o.Certificate != nil {
+		objs = append(objs, o.Certificate)
+	}
+	return append(objs, o.Deployment, o.Service, o.PDB)
+}
+
+// relayPort is a listener with the port the container binds for it.
+type relayPort struct {
+	v1.RelayListener
+	ContainerPort int32
+}
+
+// RenderRelay builds every object an SmtpRelay needs. It reads nothing but
+// its arguments; an error means the spec cannot be turned into valid
+// objects and says which part to fix.
+func RenderRelay(relay *v1.SmtpRelay, opts RenderOptions) (*RelayObjects, error) {
+	if errs := validation.IsDNS1035Label(relay.Name); len(errs) > 0 {
+		// The Service carries the relay's name, and a Service name is a DNS label.
+		return nil, fmt.Errorf("relay name %q cannot name a Service: %s", relay.Name, strings.Join(errs, "; "))
+	}
+	image := relay.Spec.Image
+	if image == "" {
+		image = opts.Image
+	}
+	if image == "" {
+		return nil, errors.New("spec.image is empty and the operator has no default image")
+	}
+	ports, err := relayPorts(relayListeners(relay))
+	if err != nil {
+		return nil, err
+	}
+	cm, err := relayConfigMap(relay, ports)
+	if err != nil {
+		return nil, err
+	}
+	return &RelayObjects{
+		ConfigMap:      cm,
+		ServiceAccount: relayServiceAccount(relay),
+		Role:           relayRole(relay),
+		RoleBinding:    relayRoleBinding(relay),
+		Certificate:    relayCertificate(relay),
+		Deployment:     relayDeployment(relay, image, ports, relayConfigHash(cm)),
+		Service:        relayService(relay, ports),
+		PDB:            relayPDB(relay),
+	}, nil
+}
+
+// relayLabels are on every object of a relay.
+func relayLabels(relay *v1.SmtpRelay) map[string]string {
+	l := relaySelector(relay)
+	l[LabelManagedBy] = ManagedByValue
+	return l
+}
+
+// relaySelector picks a relay's pods. It leaves out managed-by so that a
+// selector, which is immutable, never depends on who manages the pods.
+func relaySelector(relay *v1.SmtpRelay) map[string]string {
+	return map[string]string{
+		LabelAppName:     relayAppName,
+		LabelAppInstance: relay.Name,
+		LabelRelay:       relay.Name,
+	}
+}
+
+func relayObjectMeta(relay *v1.SmtpRelay, name string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: name, Namespace: relay.Namespace, Labels: relayLabels(relay)}
+}
+
+func relayConfigMapName(relay string) string      { return relay + "-config" }
+func relayServiceAccountName(relay string) string { return relay + relayServiceAccountSfx }
+
+// relayTLSSecretName is the Secret the relay mounts: the user's, or the one
+// cert-manager writes for the relay's Certificate.
+func relayTLSSecretName(relay *v1.SmtpRelay) string {
+	if relay.Spec.TLS.SecretName != "" {
+		return relay.Spec.TLS.SecretName
+	}
+	return relay.Name + "-tls"
+}
+
+// relayEndpoint is the in-cluster name of the relay Service.
+func relayEndpoint(relay *v1.SmtpRelay) string {
+	return relay.Name + "." + relay.Namespace + ".svc"
+}
+
+func relayReplicas(relay *v1.SmtpRelay) int32 {
+	return ptr.Deref(relay.Spec.Replicas, defaultRelayReplicas)
+}
+
+// defaultRelayListeners mirror config.DefaultListeners in API terms (a test
+// keeps the two in step).
+func defaultRelayListeners() []v1.RelayListener {
+	return []v1.RelayListener{
+		{Name: "smtp", Port: 25, TLS: v1.ListenerStartTLS},
+		{Name: "submission", Port: 587, TLS: v1.ListenerStartTLS, AuthRequiresTLS: true},
+		{Name: "alt", Port: 2525, TLS: v1.ListenerStartTLS},
+		{Name: "smtps", Port: 465, TLS: v1.ListenerImplicit},
+	}
+}
+
+func relayListeners(relay *v1.SmtpRelay) []v1.RelayListener {
+	if len(relay.Spec.Listeners) == 0 {
+		return defaultRelayListeners()
+	}
+	return relay.Spec.Listeners
+}
+
+// containerPortFor is where the relay binds a declared port (see
+// privilegedPortOffset).
+func containerPortFor(port int32) int32 {
+	if port < 1024 {
+		return port + privilegedPortOffset
+	}
+	return port
+}
+
+// relayPorts maps listeners to container ports and refuses what the API's
+// validation cannot see: port names Kubernetes rejects on a container, and
+// two listeners (or a listener and the metrics port) landing on one
+// container port after the remapping.
+func relayPorts(listeners []v1.RelayListener) ([]relayPort, error) {
+	used := map[int32]string{relayMetricsPort: relayMetricsPortName}
+	names := map[string]bool{relayMetricsPortName: true}
+	out := make([]relayPort, 0, len(listeners))
+	for _, l := range listeners {
+		if errs := validation.IsValidPortName(l.Name); len(errs) > 0 {
+			return nil, fmt.Errorf("listener %q: not a valid port name: %s", l.Name, strings.Join(errs, "; "))
+		}
+		if names[l.Name] {
+			return nil, fmt.Errorf("listener %q: the name is used twice or is the metrics port's (%q)", l.Name, relayMetricsPortName)
+		}
+		cp := containerPortFor(l.Port)
+		if other, ok := used[cp]; ok {
+			return nil, fmt.Errorf("listener %q (port %d) and %q would both listen on container port %d; ports below 1024 listen on port+%d",
+				l.Name, l.Port, other, cp, privilegedPortOffset)
+		}
+		used[cp], names[l.Name] = l.Name, true
+		out = append(out, relayPort{RelayListener: l, ContainerPort: cp})
+	}
+	return out, nil
+}
+
+// relayConfig is the relay's own configuration, as `mailfleet relay
+// --config` reads it.
+func relayConfig(relay *v1.SmtpRelay, ports []relayPort) config.Config {
+	banner := relay.Spec.Banner
+	if banner == "" {
+		banner = defaultRelayBanner
+	}
+	c := config.Config{
+		Hostname: relay.Spec.Hostname,
+		Banner:   banner,
+		// Node stays empty: the relay then uses its host name, which in a
+		// pod is the pod name, unique in the fleet as queue ids need.
+		TLS: &config.TLS{
+			CertFile: relayTLSDir + "/" + corev1.TLSCertKey,
+			KeyFile:  relayTLSDir + "/" + corev1.TLSPrivateKeyKey,
+		},
+		// The relay watches the shards CredentialsPublisher writes, in its
+		// own namespace (the Role below allows exactly that).
+		CredentialsSecrets: &config.CredentialsSecrets{Namespace: relay.Namespace, Relay: relay.Name},
+		SpoolDir:           relaySpoolDir,
+		MetricsAddress:     ":" + strconv.Itoa(relayMetricsPort),
+		DrainGracePeriod:   config.Duration{Duration: relayDrainGrace},
+	}
+	for _, p := range ports {
+		c.Listeners = append(c.Listeners, config.Listener{
+			Name:            p.Name,
+			Address:         ":" + strconv.Itoa(int(p.ContainerPort)),
+			ImplicitTLS:     p.TLS == v1.ListenerImplicit,
+			AuthRequiresTLS: p.AuthRequiresTLS,
+		})
+	}
+	return c
+}
+
+func relayConfigMap(relay *v1.SmtpRelay, ports []relayPort) (*corev1.ConfigMap, error) {
+	data, err := yaml.Marshal(relayConfig(relay, ports))
+	if err != nil {
+		return nil, fmt.Errorf("marshal relay config: %w", err)
+	}
+	return &corev1.ConfigMap{
+		ObjectMeta: relayObjectMeta(relay, relayConfigMapName(relay.Name)),
+		Data:       map[string]string{relayConfigKey: string(data)},
+	}, nil
+}
+
+// relayConfigHash digests what the relay reads at start.
+func relayConfigHash(cm *corev1.ConfigMap) string {
+	sum := sha256.Sum256([]byte(cm.Data[relayConfigKey]))
+	return hex.EncodeToString(sum[:])
+}
+
+func relayDeployment(relay *v1.SmtpRelay, image string, ports []relayPort, hash string) *appsv1.Deployment {
+	return &appsv1.Deployment{
+		ObjectMeta: relayObjectMeta(relay, relay.Name),
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To(relayReplicas(relay)),
+			Selector: &metav1.LabelSelector{MatchLabels: relaySelector(relay)},
+			// Surge rather than take a relay away: a rollout never lowers
+			// the number of pods accepting mail.
+			Strategy: appsv1.DeploymentStrategy{
+				Type: appsv1.RollingUpdateDeploymentStrategyType,
+				RollingUpdate: &appsv1.RollingUpdateDeployment{
+					MaxUnavailable: ptr.To(intstr.FromInt32(0)),
+					MaxSurge:       ptr.To(intstr.FromInt32(1)),
+				},
+			},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{
+					Labels:      relayLabels(relay),
+					Annotations: map[string]string{annotationConfigHash: hash},
+				},
+				Spec: relayPodSpec(relay, image, ports),
+			},
+		},
+	}
+}
+
+func relayPodSpec(relay *v1.SmtpRelay, image string, ports []relayPort) corev1.PodSpec {
+	return corev1.PodSpec{
+		ServiceAccountName: relayServiceAccountName(relay.Name),
+		// The relay will read its credentials shards from the API server.
+		AutomountServiceAccountToken:  ptr.To(true),
+		TerminationGracePeriodSeconds: ptr.To(int64(relayTerminationGrace / time.Second)),
+		SecurityContext: &corev1.PodSecurityContext{
+			RunAsNonRoot: ptr.To(true),
+			RunAsUser:    ptr.To(int64(relayUID)),
+			RunAsGroup:   ptr.To(int64(relayUID)),
+			// The TLS key is mounted 0440 with this group, so only the relay reads it.
+			FSGroup:        ptr.To(int64(relayUID)),
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+		Containers:                []corev1.Container{relayContainer(relay, image, ports)},
+		Volumes:                   relayVolumes(relay),
+		TopologySpreadConstraints: relaySpread(relay),
+	}
+}
+
+// relaySpread prefers pods on different nodes and zones, without ever
+// leaving a pod pending for it.
+func relaySpread(relay *v1.SmtpRelay) []corev1.TopologySpreadConstraint {
+	var out []corev1.TopologySpreadConstraint
+	for _, key := range []string{corev1.LabelHostname, corev1.LabelTopologyZone} {
+		out = append(out, corev1.TopologySpreadConstraint{
+			MaxSkew:           1,
+			TopologyKey:       key,
+			WhenUnsatisfiable: corev1.ScheduleAnyway,
+			LabelSelector:     &metav1.LabelSelector{MatchLabels: relaySelector(relay)},
+		})
+	}
+	return out
+}
+
+func relayContainer(relay *v1.SmtpRelay, image string, ports []relayPort) corev1.Container {
+	cports := make([]corev1.ContainerPort, 0, len(ports)+1)
+	for _, p := range ports {
+		cports = append(cports, corev1.ContainerPort{Name: p.Name, ContainerPort: p.ContainerPort, Protocol: corev1.ProtocolTCP})
+	}
+	cports = append(cports, corev1.ContainerPort{Name: relayMetricsPortName, ContainerPort: relayMetricsPort, Protocol: corev1.ProtocolTCP})
+	return corev1.Container{
+		Name:  relayContainerName,
+		Image: image,
+		// The image's entrypoint is the mailfleet binary.
+		Args:  []string{"relay", "--config", relayConfigPath},
+		Ports: cports,
+		Env: []corev1.EnvVar{
+			envFromField("POD_NAME", "metadata.name"),
+			envFromField("POD_NAMESPACE", "metadata.namespace"),
+		},
+		Resources:       relay.Spec.Resources,
+		ReadinessProbe:  relayProbe("/readyz", 5, 2),
+		LivenessProbe:   relayProbe("/healthz", 10, 3),
+		Lifecycle:       &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: int64(relayPreStopSleep / time.Second)}}},
+		SecurityContext: relayContainerSecurity(),
+		VolumeMounts: []corev1.VolumeMount{
+			// subPath freezes the file, which is fine: the relay reads it
+			// once, and a change rolls the pods through the config hash.
+			{Name: "config", MountPath: relayConfigPath, SubPath: relayConfigKey, ReadOnly: true},
+			// No subPath here, so renewed certificates reach the relay,
+			// which reloads them without dropping sessions.
+			{Name: "tls", MountPath: relayTLSDir, ReadOnly: true},
+			{Name: "spool", MountPath: relaySpoolDir},
+		},
+	}
+}
+
+// relayContainerSecurity meets PodSecurity "restricted" with nothing to
+// spare: no capabilities at all (see privilegedPortOffset).
+func relayContainerSecurity() *corev1.SecurityContext {
+	return &corev1.SecurityContext{
+		RunAsNonRoot:             ptr.To(true),
+		RunAsUser:                ptr.To(int64(relayUID)),
+		ReadOnlyRootFilesystem:   ptr.To(true),
+		AllowPrivilegeEscalation: ptr.To(false),
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+	}
+}
+
+func envFromField(name, path string) corev1.EnvVar {
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
+}
+
+func relayProbe(path string, period, failures int32) *corev1.Probe {
+	return &corev1.Probe{
+		ProbeHandler: corev1.ProbeHandler{
+			HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromString(relayMetricsPortName)},
+		},
+		PeriodSeconds:    period,
+		FailureThreshold: failures,
+	}
+}
+
+func relayVolumes(relay *v1.SmtpRelay) []corev1.Volume {
+	return []corev1.Volume{
+		{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: relayConfigMapName(relay.Name)},
+		}}},
+		{Name: "tls", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName:  relayTLSSecretName(relay),
+			DefaultMode: ptr.To(int32(0o440)),
+		}}},
+		// The spool only holds messages until the queue has them, so it
+		// does not outlive the pod (the Deployment stays stateless).
+		{Name: "spool", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+	}
+}
+
+func relayService(relay *v1.SmtpRelay, ports []relayPort) *corev1.Service {
+	sports := make([]corev1.ServicePort, 0, len(ports))
+	for _, p := range ports {
+		sports = append(sports, corev1.ServicePort{
+			Name:       p.Name,
+			Port:       p.Port,
+			TargetPort: intstr.FromInt32(p.ContainerPort),
+			Protocol:   corev1.ProtocolTCP,
+		})
+	}
+	return &corev1.Service{
+		ObjectMeta: relayObjectMeta(relay, relay.Name),
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeClusterIP,
+			Selector: relaySelector(relay),
+			Ports:    sports,
+		},
+	}
+}
+
+// relayCertificate asks cert-manager for the relay's certificate, or is nil
+// when the relay brings its own Secret.
+func relayCertificate(relay *v1.SmtpRelay) *certmanagerv1.Certificate {
+	ref := relay.Spec.TLS.IssuerRef
+	if ref == nil {
+		return nil
+	}
+	return &certmanagerv1.Certificate{
+		ObjectMeta: relayObjectMeta(relay, relay.Name),
+		Spec: certmanagerv1.CertificateSpec{
+			SecretName: relayTLSSecretName(relay),
+			// Not app.kubernetes.io/instance: Argo CD would take the Secret,
+			// which is not in its manifests, for its own and prune it.
+			SecretTemplate: &certmanagerv1.CertificateSecretTemplate{Labels: map[string]string{
+				LabelManagedBy: ManagedByValue,
+				LabelRelay:     relay.Name,
+			}},
+			DNSNames:  []string{relay.Spec.Hostname},
+			IssuerRef: cmmeta.IssuerReference{Name: ref.Name, Kind: issuerRefKind(ref), Group: issuerRefGroup(ref)},
+			// A fresh key with every renewal limits what a leaked key exposes.
+			PrivateKey: &certmanagerv1.CertificatePrivateKey{RotationPolicy: certmanagerv1.RotationPolicyAlways},
+			Usages:     []certmanagerv1.KeyUsage{certmanagerv1.UsageServerAuth},
+		},
+	}
+}
+
+// issuerRefKind and issuerRefGroup apply the API's defaults, which an
+// object that never went through the API server lacks.
+func issuerRefKind(ref *v1.IssuerReference) string {
+	if ref.Kind == "" {
+		return issuerKind
+	}
+	return ref.Kind
+}
+
+func issuerRefGroup(ref *v1.IssuerReference) string {
+	if ref.Group == "" {
+		return certManagerGroup
+	}
+	return ref.Group
+}
+
+func relayServiceAccount(relay *v1.SmtpRelay) *corev1.ServiceAccount {
+	return &corev1.ServiceAccount{ObjectMeta: relayObjectMeta(relay, relayServiceAccountName(relay.Name))}
+}
+
+// relayRole is all the relay may do: read Secrets and ConfigMaps (its
+// credentials shards) in its own namespace. A Role, never a ClusterRole, so
+// a relay can never read tenants' Secrets. Names are not listed because the
+// shards are created as accounts come and go, and list/watch ignore
+// resourceNames anyway.
+func relayRole(relay *v1.SmtpRelay) *rbacv1.Role {
+	return &rbacv1.Role{
+		ObjectMeta: relayObjectMeta(relay, relayServiceAccountName(relay.Name)),
+		Rules: []rbacv1.PolicyRule{{
+			APIGroups: []string{""},
+			Resources: []string{"secrets", "configmaps"},
+			Verbs:     []string{"get", "list", "watch"},
+		}},
+	}
+}
+
+func relayRoleBinding(relay *v1.SmtpRelay) *rbacv1.RoleBinding {
+	name := relayServiceAccountName(relay.Name)
+	return &rbacv1.RoleBinding{
+		ObjectMeta: relayObjectMeta(relay, name),
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: relay.Namespace}},
+	}
+}
+
+// relayPDB lets voluntary disruptions (drains, upgrades) take one relay pod
+// at a time. It is rendered at every replica count: with one replica,
+// maxUnavailable 1 still lets a drain evict the pod (a minAvailable 1 PDB
+// would block it for ever), and keeping the object avoids deleting and
+// recreating it as the fleet scales through one. Unready pods may always be
+// evicted, so a crash-looping relay never blocks a node drain.
+func relayPDB(relay *v1.SmtpRelay) *policyv1.PodDisruptionBudget {
+	return &policyv1.PodDisruptionBudget{
+		ObjectMeta: relayObjectMeta(relay, relay.Name),
+		Spec: policyv1.PodDisruptionBudgetSpec{
+			MaxUnavailable:             ptr.To(intstr.FromInt32(1)),
+			Selector:                   &metav1.LabelSelector{MatchLabels: relaySelector(relay)},
+			UnhealthyPodEvictionPolicy: ptr.To(policyv1.AlwaysAllow),
+		},
+	}
+}

@@ -1,0 +1,612 @@
+package controllers
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+
+	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/relay/config"
+)
+
+const testImage = "registry.example.com/mailfleet:test"
+
+var testRenderOptions = RenderOptions{Image: testImage}
+
+// relayOption changes one thing of a test relay, after cert-manager's
+// test/unit/gen builders, so each case shows only what matters to it.
+type relayOption func(*v1.SmtpRelay)
+
+// newTestRelay is a valid relay "mx" in "mail" with an Issuer "ca".
+func newTestRelay(opts ...relayOption) *v1.SmtpRelay {
+	r := &v1.SmtpRelay{
+		ObjectMeta: metav1.ObjectMeta{Name: "mx", Namespace: "mail"},
+		Spec: v1.SmtpRelaySpec{
+			Hostname: "smtp.example.com",
+			TLS:      v1.RelayTLS{IssuerRef: &v1.IssuerReference{Name: "ca"}},
+		},
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	return r
+}
+
+func withReplicas(n int32) relayOption { return func(r *v1.SmtpRelay) { r.Spec.Replicas = ptr.To(n) } }
+func withHostname(h string) relayOption {
+	return func(r *v1.SmtpRelay) { r.Spec.Hostname = h }
+}
+func withBanner(b string) relayOption { return func(r *v1.SmtpRelay) { r.Spec.Banner = b } }
+func withImage(i string) relayOption  { return func(r *v1.SmtpRelay) { r.Spec.Image = i } }
+func withName(n string) relayOption   { return func(r *v1.SmtpRelay) { r.Name = n } }
+func withListeners(ls ...v1.RelayListener) relayOption {
+	return func(r *v1.SmtpRelay) { r.Spec.Listeners = ls }
+}
+func withSecretName(s string) relayOption {
+	return func(r *v1.SmtpRelay) { r.Spec.TLS = v1.RelayTLS{SecretName: s} }
+}
+func withIssuer(kind, name string) relayOption {
+	return func(r *v1.SmtpRelay) {
+		r.Spec.TLS = v1.RelayTLS{IssuerRef: &v1.IssuerReference{Name: name, Kind: kind}}
+	}
+}
+func withResources(cpu string) relayOption {
+	return func(r *v1.SmtpRelay) {
+		r.Spec.Resources = corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu)}}
+	}
+}
+
+func mustRender(t *testing.T, r *v1.SmtpRelay) *RelayObjects {
+	t.Helper()
+	objs, err := RenderRelay(r, testRenderOptions)
+	if err != nil {
+		t.Fatalf("RenderRelay: %v", err)
+	}
+	return objs
+}
+
+func TestRenderRelayNamesAndLabels(t *testing.T) {
+	objs := mustRender(t, newTestRelay())
+	want := map[string]string{
+		"ConfigMap":           "mx-config",
+		"ServiceAccount":      "mx-relay",
+		"Role":                "mx-relay",
+		"RoleBinding":         "mx-relay",
+		"Certificate":         "mx",
+		"Deployment":          "mx",
+		"Service":             "mx",
+		"PodDisruptionBudget": "mx",
+	}
+	wantLabels := map[string]string{
+		LabelAppName:     "mailfleet-relay",
+		LabelAppInstance: "mx",
+		LabelManagedBy:   "mailfleet-operator",
+		LabelRelay:       "mx",
+	}
+	got := map[string]string{}
+	for _, o := range objs.List() {
+		kind := reflect.TypeOf(o).Elem().Name()
+		got[kind] = o.GetName()
+		if o.GetNamespace() != "mail" {
+			t.Errorf("%s namespace = %q, want mail", kind, o.GetNamespace())
+		}
+		if !reflect.DeepEqual(o.GetLabels(), wantLabels) {
+			t.Errorf("%s labels = %v, want %v", kind, o.GetLabels(), wantLabels)
+		}
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("objects = %v, want %v", got, want)
+	}
+}
+
+func TestRenderRelayDeployment(t *testing.T) {
+	d := mustRender(t, newTestRelay(withResources("250m"))).Deployment
+	if got := *d.Spec.Replicas; got != 2 {
+		t.Errorf("replicas = %d, want the API default 2", got)
+	}
+	wantSelector := map[string]string{LabelAppName: "mailfleet-relay", LabelAppInstance: "mx", LabelRelay: "mx"}
+	if !reflect.DeepEqual(d.Spec.Selector.MatchLabels, wantSelector) {
+		t.Errorf("selector = %v, want %v", d.Spec.Selector.MatchLabels, wantSelector)
+	}
+	pod := d.Spec.Template
+	for k, v := range wantSelector {
+		if pod.Labels[k] != v {
+			t.Errorf("pod label %s = %q, want %q", k, pod.Labels[k], v)
+		}
+	}
+	if len(pod.Annotations[annotationConfigHash]) != 64 {
+		t.Errorf("config hash annotation = %q, want a sha256", pod.Annotations[annotationConfigHash])
+	}
+	spec := pod.Spec
+	if spec.ServiceAccountName != "mx-relay" || !ptr.Deref(spec.AutomountServiceAccountToken, false) {
+		t.Errorf("service account = %q automount %v, want mx-relay and true", spec.ServiceAccountName, spec.AutomountServiceAccountToken)
+	}
+	if got := *spec.TerminationGracePeriodSeconds; got <= int64(relayDrainGrace.Seconds()) {
+		t.Errorf("termination grace %ds does not exceed the relay's drain grace %v", got, relayDrainGrace)
+	}
+	if len(spec.Containers) != 1 {
+		t.Fatalf("containers = %d, want 1 (the relay)", len(spec.Containers))
+	}
+	c := spec.Containers[0]
+	if c.Name != "relay" || c.Image != testImage {
+		t.Errorf("container %q image %q", c.Name, c.Image)
+	}
+	if want := []string{"relay", "--config", "/etc/mailfleet/relay.yaml"}; !reflect.DeepEqual(c.Args, want) {
+		t.Errorf("args = %v, want %v", c.Args, want)
+	}
+	if got := c.Resources.Requests.Cpu().String(); got != "250m" {
+		t.Errorf("cpu request = %s, want the spec's 250m", got)
+	}
+	for _, p := range []struct {
+		probe *corev1.Probe
+		path  string
+	}{{c.ReadinessProbe, "/readyz"}, {c.LivenessProbe, "/healthz"}} {
+		if p.probe == nil || p.probe.HTTPGet == nil || p.probe.HTTPGet.Path != p.path || p.probe.HTTPGet.Port != intstr.FromString("metrics") {
+			t.Errorf("probe %s = %+v, want HTTP GET on the metrics port", p.path, p.probe)
+		}
+	}
+	mounts := map[string]string{}
+	for _, m := range c.VolumeMounts {
+		mounts[m.Name] = m.MountPath
+	}
+	wantMounts := map[string]string{"config": "/etc/mailfleet/relay.yaml", "tls": "/etc/mailfleet/tls", "spool": "/var/spool/mailfleet"}
+	if !reflect.DeepEqual(mounts, wantMounts) {
+		t.Errorf("mounts = %v, want %v", mounts, wantMounts)
+	}
+	vols := map[string]corev1.VolumeSource{}
+	for _, v := range spec.Volumes {
+		vols[v.Name] = v.VolumeSource
+	}
+	if cm := vols["config"].ConfigMap; cm == nil || cm.Name != "mx-config" {
+		t.Errorf("config volume = %+v, want ConfigMap mx-config", vols["config"])
+	}
+	if vols["spool"].EmptyDir == nil {
+		t.Errorf("spool volume = %+v, want an emptyDir", vols["spool"])
+	}
+	if s := vols["tls"].Secret; s == nil || s.SecretName != "mx-tls" {
+		t.Errorf("tls volume = %+v, want Secret mx-tls", vols["tls"])
+	}
+}
+
+func TestRenderRelayImage(t *testing.T) {
+	tests := []struct {
+		name  string
+		relay *v1.SmtpRelay
+		want  string
+	}{
+		{"operator's image by default", newTestRelay(), testImage},
+		{"spec.image wins", newTestRelay(withImage("example.com/relay:v2")), "example.com/relay:v2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := mustRender(t, tt.relay).Deployment.Spec.Template.Spec.Containers[0].Image; got != tt.want {
+				t.Errorf("image = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// portView is a listener as the Service, the container and relay.yaml see it.
+type portView struct {
+	name                               string
+	servicePort, target, containerPort int32
+	configAddress                      string
+	implicitTLS, authTLS               bool
+}
+
+func TestRenderRelayListeners(t *testing.T) {
+	tests := []struct {
+		name  string
+		relay *v1.SmtpRelay
+		want  []portView
+	}{{
+		name:  "defaults: privileged ports move up by 10000, 2525 stays",
+		relay: newTestRelay(),
+		want: []portView{
+			{name: "smtp", servicePort: 25, target: 10025, containerPort: 10025, configAddress: ":10025"},
+			{name: "submission", servicePort: 587, target: 10587, containerPort: 10587, configAddress: ":10587", authTLS: true},
+			{name: "alt", servicePort: 2525, target: 2525, containerPort: 2525, configAddress: ":2525"},
+			{name: "smtps", servicePort: 465, target: 10465, containerPort: 10465, configAddress: ":10465", implicitTLS: true},
+		},
+	}, {
+		name: "custom",
+		relay: newTestRelay(withListeners(
+			v1.RelayListener{Name: "submission", Port: 587, TLS: v1.ListenerStartTLS, AuthRequiresTLS: true},
+			v1.RelayListener{Name: "tls", Port: 4650, TLS: v1.ListenerImplicit},
+		)),
+		want: []portView{
+			{name: "submission", servicePort: 587, target: 10587, containerPort: 10587, configAddress: ":10587", authTLS: true},
+			{name: "tls", servicePort: 4650, target: 4650, containerPort: 4650, configAddress: ":4650", implicitTLS: true},
+		},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			objs := mustRender(t, tt.relay)
+			if got := portViews(t, objs); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("ports:\n got %+v\nwant %+v", got, tt.want)
+			}
+			if objs.Service.Spec.Type != corev1.ServiceTypeClusterIP {
+				t.Errorf("service type = %s, want ClusterIP", objs.Service.Spec.Type)
+			}
+			if !reflect.DeepEqual(objs.Service.Spec.Selector, objs.Deployment.Spec.Selector.MatchLabels) {
+				t.Errorf("service selector %v differs from the deployment's %v", objs.Service.Spec.Selector, objs.Deployment.Spec.Selector.MatchLabels)
+			}
+		})
+	}
+}
+
+// portViews joins the Service ports, container ports and relay.yaml
+// listeners by name; the metrics port is checked separately.
+func portViews(t *testing.T, objs *RelayObjects) []portView {
+	t.Helper()
+	containerPorts := map[string]int32{}
+	for _, p := range objs.Deployment.Spec.Template.Spec.Containers[0].Ports {
+		containerPorts[p.Name] = p.ContainerPort
+	}
+	if containerPorts["metrics"] != 9090 {
+		t.Errorf("metrics container port = %d, want 9090", containerPorts["metrics"])
+	}
+	cfg := loadRendered(t, objs.ConfigMap)
+	listeners := map[string]config.Listener{}
+	for _, l := range cfg.Listeners {
+		listeners[l.Name] = l
+	}
+	var out []portView
+	for _, sp := range objs.Service.Spec.Ports {
+		l := listeners[sp.Name]
+		out = append(out, portView{
+			name: sp.Name, servicePort: sp.Port, target: sp.TargetPort.IntVal,
+			containerPort: containerPorts[sp.Name],
+			configAddress: l.Address, implicitTLS: l.ImplicitTLS, authTLS: l.AuthRequiresTLS,
+		})
+	}
+	if len(cfg.Listeners) != len(out) {
+		t.Errorf("relay.yaml has %d listeners, the Service %d ports", len(cfg.Listeners), len(out))
+	}
+	return out
+}
+
+// loadRendered writes the ConfigMap's relay.yaml to a file and loads it
+// with the relay's own loader, so what the operator renders is what the
+// relay accepts (strictly: unknown fields are errors there).
+func loadRendered(t *testing.T, cm *corev1.ConfigMap) config.Config {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "relay.yaml")
+	if err := os.WriteFile(path, []byte(cm.Data["relay.yaml"]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("the relay refuses the rendered config: %v\n%s", err, cm.Data["relay.yaml"])
+	}
+	return cfg
+}
+
+func TestRenderedConfigLoads(t *testing.T) {
+	tests := []struct {
+		name       string
+		relay      *v1.SmtpRelay
+		wantBanner string
+	}{
+		{"defaults", newTestRelay(), "mailfleet"},
+		{"banner and existing secret", newTestRelay(withBanner("Example Mail"), withSecretName("own-tls")), "Example Mail"},
+		{"one implicit listener", newTestRelay(withListeners(v1.RelayListener{Name: "smtps", Port: 465, TLS: v1.ListenerImplicit})), "mailfleet"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := loadRendered(t, mustRender(t, tt.relay).ConfigMap)
+			want := map[string]any{
+				"hostname":        "smtp.example.com",
+				"banner":          tt.wantBanner,
+				"certFile":        "/etc/mailfleet/tls/tls.crt",
+				"keyFile":         "/etc/mailfleet/tls/tls.key",
+				"credentials":     "mail/mx",
+				"spoolDir":        "/var/spool/mailfleet",
+				"metricsAddress":  ":9090",
+				"drain":           relayDrainGrace,
+			}
+			got := map[string]any{
+				"hostname": cfg.Hostname, "banner": cfg.Banner,
+				"certFile": cfg.TLS.CertFile, "keyFile": cfg.TLS.KeyFile,
+				"credentials": cfg.CredentialsSecrets.Namespace + "/" + cfg.CredentialsSecrets.Relay, "spoolDir": cfg.SpoolDir,
+				"metricsAddress": cfg.MetricsAddress, "drain": cfg.DrainGracePeriod.Duration,
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("config:\n got %v\nwant %v", got, want)
+			}
+			if strings.Contains(mustRender(t, tt.relay).ConfigMap.Data["relay.yaml"], "node:") {
+				t.Error("relay.yaml sets node; it should default to the pod's host name")
+			}
+		})
+	}
+}
+
+// The API documents the relay's default listeners; they must stay those
+// the relay itself uses without a config.
+func TestDefaultListenersMatchRelay(t *testing.T) {
+	var want []v1.RelayListener
+	for _, l := range config.DefaultListeners() {
+		_, port, err := net.SplitHostPort(l.Address)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := strconv.Atoi(port)
+		tls := v1.ListenerStartTLS
+		if l.ImplicitTLS {
+			tls = v1.ListenerImplicit
+		}
+		want = append(want, v1.RelayListener{Name: l.Name, Port: int32(n), TLS: tls, AuthRequiresTLS: l.AuthRequiresTLS})
+	}
+	if got := defaultRelayListeners(); !reflect.DeepEqual(got, want) {
+		t.Errorf("defaultRelayListeners() = %+v\nrelay's config.DefaultListeners() = %+v", got, want)
+	}
+}
+
+func TestRenderRelayTLS(t *testing.T) {
+	tests := []struct {
+		name       string
+		relay      *v1.SmtpRelay
+		wantSecret string
+		wantIssuer *cmmeta.IssuerReference // nil: no Certificate
+	}{
+		{"issuer defaults kind and group", newTestRelay(), "mx-tls",
+			&cmmeta.IssuerReference{Name: "ca", Kind: "Issuer", Group: "cert-manager.io"}},
+		{"cluster issuer", newTestRelay(withIssuer("ClusterIssuer", "letsencrypt")), "mx-tls",
+			&cmmeta.IssuerReference{Name: "letsencrypt", Kind: "ClusterIssuer", Group: "cert-manager.io"}},
+		{"existing secret: no certificate", newTestRelay(withSecretName("own-tls")), "own-tls", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			objs := mustRender(t, tt.relay)
+			for _, v := range objs.Deployment.Spec.Template.Spec.Volumes {
+				if v.Name == "tls" && v.Secret.SecretName != tt.wantSecret {
+					t.Errorf("tls volume secret = %q, want %q", v.Secret.SecretName, tt.wantSecret)
+				}
+			}
+			if tt.wantIssuer == nil {
+				if objs.Certificate != nil {
+					t.Errorf("Certificate rendered for a relay with its own Secret")
+				}
+				return
+			}
+			checkCertificate(t, objs.Certificate, *tt.wantIssuer)
+		})
+	}
+}
+
+func checkCertificate(t *testing.T, c *certmanagerv1.Certificate, issuer cmmeta.IssuerReference) {
+	t.Helper()
+	if c == nil {
+		t.Fatal("no Certificate rendered")
+	}
+	s := c.Spec
+	if s.SecretName != "mx-tls" || !reflect.DeepEqual(s.DNSNames, []string{"smtp.example.com"}) || s.IssuerRef != issuer {
+		t.Errorf("certificate secret %q dnsNames %v issuer %+v; want mx-tls, [smtp.example.com], %+v", s.SecretName, s.DNSNames, s.IssuerRef, issuer)
+	}
+	if s.PrivateKey == nil || s.PrivateKey.RotationPolicy != certmanagerv1.RotationPolicyAlways {
+		t.Errorf("private key = %+v, want rotationPolicy Always", s.PrivateKey)
+	}
+	if !reflect.DeepEqual(s.Usages, []certmanagerv1.KeyUsage{certmanagerv1.UsageServerAuth}) {
+		t.Errorf("usages = %v, want [server auth]", s.Usages)
+	}
+	if _, ok := s.SecretTemplate.Labels[LabelAppInstance]; ok {
+		t.Error("the TLS Secret would carry app.kubernetes.io/instance (Argo CD would prune it)")
+	}
+}
+
+func TestRenderRelayPDB(t *testing.T) {
+	for _, replicas := range []int32{0, 1, 3} {
+		t.Run(strconv.Itoa(int(replicas)), func(t *testing.T) {
+			objs := mustRender(t, newTestRelay(withReplicas(replicas)))
+			if got := *objs.Deployment.Spec.Replicas; got != replicas {
+				t.Errorf("deployment replicas = %d, want %d", got, replicas)
+			}
+			pdb := objs.PDB.Spec
+			// One pod at a time may go; with a single replica that one pod
+			// may go too, so a drain is never blocked.
+			if pdb.MaxUnavailable == nil || *pdb.MaxUnavailable != intstr.FromInt32(1) || pdb.MinAvailable != nil {
+				t.Errorf("pdb = maxUnavailable %v minAvailable %v, want maxUnavailable 1 only", pdb.MaxUnavailable, pdb.MinAvailable)
+			}
+			if !reflect.DeepEqual(pdb.Selector.MatchLabels, objs.Deployment.Spec.Selector.MatchLabels) {
+				t.Errorf("pdb selector %v differs from the deployment's", pdb.Selector.MatchLabels)
+			}
+		})
+	}
+}
+
+func TestRenderRelayRole(t *testing.T) {
+	objs := mustRender(t, newTestRelay())
+	rules := objs.Role.Rules
+	if len(rules) != 1 || !reflect.DeepEqual(rules[0].APIGroups, []string{""}) ||
+		!reflect.DeepEqual(rules[0].Resources, []string{"secrets", "configmaps"}) ||
+		!reflect.DeepEqual(rules[0].Verbs, []string{"get", "list", "watch"}) {
+		t.Errorf("role rules = %+v, want read-only secrets and configmaps", rules)
+	}
+	rb := objs.RoleBinding
+	if rb.RoleRef.Kind != "Role" || rb.RoleRef.Name != "mx-relay" || len(rb.Subjects) != 1 ||
+		rb.Subjects[0].Kind != "ServiceAccount" || rb.Subjects[0].Name != "mx-relay" || rb.Subjects[0].Namespace != "mail" {
+		t.Errorf("role binding = %+v %+v, want Role mx-relay to ServiceAccount mail/mx-relay", rb.RoleRef, rb.Subjects)
+	}
+}
+
+// restrictedViolations checks a pod spec against the PodSecurity
+// "restricted" profile (its pod-level and container-level controls). The
+// envtest suite also submits the rendered pod to a namespace that enforces
+// the profile.
+func restrictedViolations(spec corev1.PodSpec) []string {
+	var v []string
+	if spec.HostNetwork || spec.HostPID || spec.HostIPC {
+		v = append(v, "host namespaces")
+	}
+	for _, vol := range spec.Volumes {
+		s := vol.VolumeSource
+		if s.ConfigMap == nil && s.Secret == nil && s.EmptyDir == nil && s.Projected == nil &&
+			s.DownwardAPI == nil && s.PersistentVolumeClaim == nil && s.CSI == nil && s.Ephemeral == nil {
+			v = append(v, "volume type of "+vol.Name)
+		}
+	}
+	psc := spec.SecurityContext
+	podNonRoot := psc != nil && ptr.Deref(psc.RunAsNonRoot, false)
+	podSeccomp := psc != nil && psc.SeccompProfile != nil && psc.SeccompProfile.Type == corev1.SeccompProfileTypeRuntimeDefault
+	if psc != nil && psc.RunAsUser != nil && *psc.RunAsUser == 0 {
+		v = append(v, "pod runs as root")
+	}
+	for _, c := range spec.Containers {
+		sc := c.SecurityContext
+		if sc == nil {
+			v = append(v, c.Name+": no security context")
+			continue
+		}
+		if ptr.Deref(sc.Privileged, false) {
+			v = append(v, c.Name+": privileged")
+		}
+		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+			v = append(v, c.Name+": allowPrivilegeEscalation not false")
+		}
+		if !podNonRoot && !ptr.Deref(sc.RunAsNonRoot, false) {
+			v = append(v, c.Name+": runAsNonRoot not true")
+		}
+		if sc.RunAsUser != nil && *sc.RunAsUser == 0 {
+			v = append(v, c.Name+": runs as root")
+		}
+		if !podSeccomp && (sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault) {
+			v = append(v, c.Name+": seccomp not RuntimeDefault")
+		}
+		if sc.Capabilities == nil || !reflect.DeepEqual(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+			v = append(v, c.Name+": capabilities not dropping ALL")
+		}
+		if sc.Capabilities != nil {
+			for _, add := range sc.Capabilities.Add {
+				if add != "NET_BIND_SERVICE" {
+					v = append(v, c.Name+": adds "+string(add))
+				}
+			}
+		}
+		for _, p := range c.Ports {
+			if p.HostPort != 0 {
+				v = append(v, c.Name+": host port")
+			}
+		}
+	}
+	return v
+}
+
+func TestRenderRelayPodSecurity(t *testing.T) {
+	spec := mustRender(t, newTestRelay()).Deployment.Spec.Template.Spec
+	if v := restrictedViolations(spec); len(v) > 0 {
+		t.Errorf("pod is not PodSecurity restricted: %v", v)
+	}
+	c := spec.Containers[0].SecurityContext
+	if !ptr.Deref(c.ReadOnlyRootFilesystem, false) || ptr.Deref(c.RunAsUser, 0) != 65532 || len(c.Capabilities.Add) != 0 {
+		t.Errorf("container security = %+v, want read-only root, uid 65532, no added capabilities", c)
+	}
+	// No port below 1024 is bound inside the pod: the process has no
+	// capability that would allow it.
+	for _, p := range spec.Containers[0].Ports {
+		if p.ContainerPort < 1024 {
+			t.Errorf("container port %s = %d needs a capability", p.Name, p.ContainerPort)
+		}
+	}
+}
+
+func TestRelayConfigHash(t *testing.T) {
+	base := newTestRelay()
+	hash := func(r *v1.SmtpRelay) string {
+		return mustRender(t, r).Deployment.Spec.Template.Annotations[annotationConfigHash]
+	}
+	tests := []struct {
+		name    string
+		relay   *v1.SmtpRelay
+		changes bool
+	}{
+		{"same spec", newTestRelay(), false},
+		{"replicas only", newTestRelay(withReplicas(5)), false},
+		{"resources only", newTestRelay(withResources("1")), false},
+		{"hostname", newTestRelay(withHostname("mx.example.org")), true},
+		{"banner", newTestRelay(withBanner("other")), true},
+		{"listeners", newTestRelay(withListeners(v1.RelayListener{Name: "alt", Port: 2525})), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := hash(tt.relay) != hash(base); got != tt.changes {
+				t.Errorf("hash changed = %v, want %v", got, tt.changes)
+			}
+		})
+	}
+}
+
+func TestRenderRelayErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		relay   *v1.SmtpRelay
+		opts    RenderOptions
+		wantErr string
+	}{
+		{"no image anywhere", newTestRelay(), RenderOptions{}, "spec.image is empty"},
+		{"name is not a DNS label", newTestRelay(withName("mx.example")), testRenderOptions, "cannot name a Service"},
+		{"listener named metrics", newTestRelay(withListeners(v1.RelayListener{Name: "metrics", Port: 2525})), testRenderOptions, `listener "metrics"`},
+		{"listener on the metrics port", newTestRelay(withListeners(v1.RelayListener{Name: "m", Port: 9090})), testRenderOptions, "container port 9090"},
+		{"remapped port collides", newTestRelay(withListeners(
+			v1.RelayListener{Name: "smtp", Port: 25}, v1.RelayListener{Name: "high", Port: 10025})), testRenderOptions, "container port 10025"},
+		{"invalid port name", newTestRelay(withListeners(v1.RelayListener{Name: "a--b", Port: 2525})), testRenderOptions, "not a valid port name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := RenderRelay(tt.relay, tt.opts)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("err = %v, want one containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestRelayReadiness(t *testing.T) {
+	certWith := func(status cmmeta.ConditionStatus, msg string) *certmanagerv1.Certificate {
+		c := &certmanagerv1.Certificate{ObjectMeta: metav1.ObjectMeta{Name: "mx"}}
+		if status != "" {
+			c.Status.Conditions = []certmanagerv1.CertificateCondition{{Type: certmanagerv1.CertificateConditionReady, Status: status, Message: msg}}
+		}
+		return c
+	}
+	tests := []struct {
+		name       string
+		obs        relayObservation
+		wantReason string
+		wantInMsg  string
+	}{
+		{"issuer missing wins", relayObservation{missingIssuer: `ClusterIssuer "le"`, certificate: certWith("", ""), replicas: 2},
+			v1.ReasonIssuerNotFound, `ClusterIssuer "le" does not exist`},
+		{"certificate without conditions", relayObservation{certificate: certWith("", ""), replicas: 2},
+			v1.ReasonCertificateNotReady, `Certificate "mx" is not ready yet`},
+		{"certificate false passes cert-manager's message on", relayObservation{certificate: certWith(cmmeta.ConditionFalse, "Issuing certificate as Secret does not exist"), replicas: 2},
+			v1.ReasonCertificateNotReady, "Secret does not exist"},
+		{"own secret missing", relayObservation{missingSecret: "own-tls", replicas: 2},
+			v1.ReasonTLSSecretNotFound, `TLS Secret "own-tls"`},
+		{"pods not ready", relayObservation{certificate: certWith(cmmeta.ConditionTrue, ""), replicas: 3, readyReplicas: 1},
+			v1.ReasonReplicasNotReady, "1 of 3"},
+		{"ready", relayObservation{certificate: certWith(cmmeta.ConditionTrue, ""), replicas: 3, readyReplicas: 3},
+			v1.ReasonReady, "3 of 3"},
+		{"scaled to zero is ready", relayObservation{missingSecret: "", replicas: 0},
+			v1.ReasonReady, "0 of 0"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := relayReadiness(tt.obs)
+			if v.reason != tt.wantReason || v.ready != (tt.wantReason == v1.ReasonReady) || !strings.Contains(v.message, tt.wantInMsg) {
+				t.Errorf("verdict = %+v, want reason %s and a message containing %q", v, tt.wantReason, tt.wantInMsg)
+			}
+		})
+	}
+}
