@@ -308,14 +308,14 @@ func TestRenderedConfigLoads(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadRendered(t, mustRender(t, tt.relay).ConfigMap)
 			want := map[string]any{
-				"hostname":        "smtp.example.com",
-				"banner":          tt.wantBanner,
-				"certFile":        "/etc/mailfleet/tls/tls.crt",
-				"keyFile":         "/etc/mailfleet/tls/tls.key",
-				"credentials":     "mail/mx",
-				"spoolDir":        "/var/spool/mailfleet",
-				"metricsAddress":  ":9090",
-				"drain":           relayDrainGrace,
+				"hostname":       "smtp.example.com",
+				"banner":         tt.wantBanner,
+				"certFile":       "/etc/mailfleet/tls/tls.crt",
+				"keyFile":        "/etc/mailfleet/tls/tls.key",
+				"credentials":    "mail/mx",
+				"spoolDir":       "/var/spool/mailfleet",
+				"metricsAddress": ":9090",
+				"drain":          relayDrainGrace,
 			}
 			got := map[string]any{
 				"hostname": cfg.Hostname, "banner": cfg.Banner,
