@@ -78,22 +78,22 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	if err != nil {
 		return err
 	}
-	dir, err := spool.OpenDir(cfg.SpoolDir, log)
+	store, err := spool.OpenLog(cfg.SpoolDir, log)
 	if err != nil {
 		return err
 	}
-	defer dir.Close()
+	defer store.Close()
 	ids, err := queueid.New(cfg.Node)
 	if err != nil {
 		return err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	var sp spool.Spool = dir
+	var sp spool.Spool = store
 	if hooks.localMailDir != "" {
-		local := delivery.NewLocalDir(dir, hooks.localMailDir, log)
+		local := delivery.NewLocalDir(store, hooks.localMailDir, log)
 		go local.Run(ctx)
-		sp = notifyingSpool{Spool: dir, notify: local.Notify}
+		sp = notifyingSpool{Spool: store, notify: local.Notify}
 	}
 	srv, err := smtpd.New(smtpCfg, smtpd.Deps{
 		Auth:    credentials.NewVerifier(creds),

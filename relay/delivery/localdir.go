@@ -21,6 +21,17 @@ import (
 // calls Notify.
 const DefaultPollInterval = 200 * time.Millisecond
 
+// Source is what delivery needs from a spool: the committed messages, each
+// readable, and a way to drop one once it is delivered. *spool.Log is one.
+type Source interface {
+	// Pending lists the committed messages not yet removed, oldest first.
+	Pending() ([]string, error)
+	// Open returns a message's envelope and a reader of its body.
+	Open(id string) (spool.Envelope, io.ReadCloser, error)
+	// Remove drops a delivered message.
+	Remove(id string) error
+}
+
 // LocalDir is the development transport: it delivers each spooled message as
 // a file mailDir/<id>.eml, made of trace headers followed by the exact body
 // the client sent:
@@ -35,7 +46,7 @@ const DefaultPollInterval = 200 * time.Millisecond
 // neither loses nor duplicates mail. Only one LocalDir may deliver from a
 // spool (the spool's lock keeps a second process out).
 type LocalDir struct {
-	src      *spool.Dir
+	src      Source
 	mailDir  string
 	log      *slog.Logger
 	interval time.Duration
@@ -46,7 +57,7 @@ type LocalDir struct {
 }
 
 // NewLocalDir returns a transport from src into mailDir, which Run creates.
-func NewLocalDir(src *spool.Dir, mailDir string, log *slog.Logger) *LocalDir {
+func NewLocalDir(src Source, mailDir string, log *slog.Logger) *LocalDir {
 	return &LocalDir{
 		src:      src,
 		mailDir:  mailDir,

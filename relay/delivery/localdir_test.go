@@ -15,9 +15,9 @@ import (
 	"github.com/mailfleet/mailfleet/relay/spool"
 )
 
-func openSpool(t *testing.T) *spool.Dir {
+func openSpool(t *testing.T) *spool.Log {
 	t.Helper()
-	d, err := spool.OpenDir(t.TempDir(), slog.New(slog.DiscardHandler))
+	d, err := spool.OpenLog(t.TempDir(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func envelope(id string, opts ...func(*spool.Envelope)) spool.Envelope {
 func withLabel(l string) func(*spool.Envelope) { return func(e *spool.Envelope) { e.LabelID = l } }
 func withFrom(f string) func(*spool.Envelope)  { return func(e *spool.Envelope) { e.From = f } }
 
-func commit(t *testing.T, d *spool.Dir, env spool.Envelope, body []byte) {
+func commit(t *testing.T, d *spool.Log, env spool.Envelope, body []byte) {
 	t.Helper()
 	ctx := context.Background()
 	w, err := d.Begin(ctx, env)
@@ -88,7 +88,7 @@ func waitForFile(t *testing.T, path string, within time.Duration) []byte {
 	}
 }
 
-func assertSpoolEmpty(t *testing.T, d *spool.Dir) {
+func assertSpoolEmpty(t *testing.T, d *spool.Log) {
 	t.Helper()
 	ids, err := d.Pending()
 	if err != nil {
@@ -99,7 +99,7 @@ func assertSpoolEmpty(t *testing.T, d *spool.Dir) {
 	}
 }
 
-func waitSpoolEmpty(t *testing.T, d *spool.Dir, within time.Duration) {
+func waitSpoolEmpty(t *testing.T, d *spool.Log, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {

@@ -38,9 +38,9 @@ const (
 // relayEnv is a relay started on loopback with real credentials, spool,
 // budget and certificates, for one test.
 type relayEnv struct {
-	t      *testing.T
+	t      testing.TB
 	srv    *Server
-	spool  *spool.Dir
+	spool  *spool.Log
 	keys   map[string]string
 	tlsDir string
 	caPool *x509.CertPool
@@ -51,7 +51,7 @@ type relayEnv struct {
 
 type relayOption func(*Config, *Deps)
 
-func startRelay(t *testing.T, opts ...relayOption) *relayEnv {
+func startRelay(t testing.TB, opts ...relayOption) *relayEnv {
 	t.Helper()
 	dir := t.TempDir()
 	env := &relayEnv{t: t, keys: map[string]string{}, tlsDir: filepath.Join(dir, "tls"), logs: &syncBuffer{}}
@@ -75,7 +75,7 @@ func startRelay(t *testing.T, opts ...relayOption) *relayEnv {
 	t.Cleanup(cancel)
 	go env.certs.Run(ctx)
 
-	env.spool, err = spool.OpenDir(filepath.Join(dir, "spool"), log)
+	env.spool, err = spool.OpenLog(filepath.Join(dir, "spool"), log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ type storedMessage struct {
 	body []byte
 }
 
-func loadPool(t *testing.T, caFile string) *x509.CertPool {
+func loadPool(t testing.TB, caFile string) *x509.CertPool {
 	t.Helper()
 	pem, err := os.ReadFile(caFile)
 	if err != nil {

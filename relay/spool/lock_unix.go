@@ -10,7 +10,7 @@ import (
 )
 
 // lockPath takes an exclusive flock on path, failing at once if another
-// process (or another Dir in this one) holds it. The kernel drops the lock
+// process (or another Log in this one) holds it. The kernel drops the lock
 // when the holder dies, so a crashed relay never leaves the spool locked.
 func lockPath(path string) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
