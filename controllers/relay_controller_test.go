@@ -395,10 +395,11 @@ func TestRelayRenderFailed(t *testing.T) {
 	}
 }
 
-// playCertManager issues the relay's certificate as cert-manager would.
-func playCertManager(t *testing.T, ns, certName, secretName string) {
+// playCertManager issues the relay's certificate as cert-manager would and
+// returns the issuing CA's certificate (PEM).
+func playCertManager(t *testing.T, ns, certName, secretName string) []byte {
 	t.Helper()
-	createTestTLSSecret(t, ns, secretName)
+	caPEM := createTestTLSSecret(t, ns, secretName)
 	cert := &certmanagerv1.Certificate{}
 	eventually(t, relayWait, func() error { return getLive(cert, ns, certName) })
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
@@ -415,11 +416,12 @@ func playCertManager(t *testing.T, ns, certName, secretName string) {
 	if err != nil {
 		t.Fatalf("set certificate ready: %v", err)
 	}
+	return caPEM
 }
 
 // createTestTLSSecret writes a kubernetes.io/tls Secret for smtp.example.com,
-// signed by a CA made for the test.
-func createTestTLSSecret(t *testing.T, ns, name string) {
+// signed by a CA made for the test, and returns the CA's certificate (PEM).
+func createTestTLSSecret(t *testing.T, ns, name string) []byte {
 	t.Helper()
 	ca, err := certs.GenerateCA("mailfleet test CA")
 	if err != nil {
@@ -437,6 +439,7 @@ func createTestTLSSecret(t *testing.T, ns, name string) {
 	if err := testClient.Create(context.Background(), secret); err != nil {
 		t.Fatalf("create TLS secret: %v", err)
 	}
+	return ca.CertPEM
 }
 
 // playDeploymentController reports ready pods as the Deployment controller

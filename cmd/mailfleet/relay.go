@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/mailfleet/mailfleet/relay/budget"
 	"github.com/mailfleet/mailfleet/relay/certs"
@@ -69,11 +71,10 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	if err != nil {
 		return err
 	}
-	creds, err := credentials.OpenFile(cfg.CredentialsFile, log)
+	creds, credsReady, err := openCredentials(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	go creds.Run(ctx)
 	smtpCfg, err := smtpConfig(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -109,7 +110,7 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	if err := srv.Start(); err != nil {
 		return err
 	}
-	ops, err := serveOps(cfg.MetricsAddress, reg, srv, log)
+	ops, err := serveOps(cfg.MetricsAddress, reg, func() bool { return srv.Ready() && credsReady() }, log)
 	if err != nil {
 		srv.Shutdown(context.Background())
 		return err
@@ -158,6 +159,37 @@ func smtpConfig(ctx context.Context, cfg config.Config, log *slog.Logger) (smtpd
 	return out, nil
 }
 
+// openCredentials starts the configured credentials source: the file, or the
+// operator's shards in the relay's namespace. The returned func reports
+// whether it has loaded, for /readyz.
+func openCredentials(ctx context.Context, cfg config.Config, log *slog.Logger) (credentials.Source, func() bool, error) {
+	if cfg.CredentialsSecrets == nil {
+		file, err := credentials.OpenFile(cfg.CredentialsFile, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		go file.Run(ctx)
+		return file, func() bool { return true }, nil
+	}
+	// In a pod this is the service account's in-cluster config; elsewhere
+	// $KUBECONFIG (tests run the relay against envtest that way).
+	restCfg, err := clientcmd.BuildConfigFromFlags("", os.Getenv("KUBECONFIG"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes client config for credentials: %w", err)
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes client for credentials: %w", err)
+	}
+	src := credentials.NewSecrets(client, cfg.CredentialsSecrets.Namespace, cfg.CredentialsSecrets.Relay, log)
+	go func() {
+		if err := src.Run(ctx); err != nil {
+			log.Error("credentials watch stopped", "err", err)
+		}
+	}()
+	return src, src.Synced, nil
+}
+
 // notifyingSpool wakes local delivery after each commit instead of letting it
 // wait for its next poll.
 type notifyingSpool struct {
@@ -195,15 +227,15 @@ type opsServer struct {
 func (o *opsServer) Addr() net.Addr { return o.ln.Addr() }
 func (o *opsServer) Close() error   { return o.srv.Close() }
 
-func serveOps(addr string, reg *prometheus.Registry, relay *smtpd.Server, log *slog.Logger) (*opsServer, error) {
+func serveOps(addr string, reg *prometheus.Registry, ready func() bool, log *slog.Logger) (*opsServer, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !relay.Ready() {
-			http.Error(w, "draining", http.StatusServiceUnavailable)
+		if !ready() {
+			http.Error(w, "not ready: draining, or credentials not loaded yet", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

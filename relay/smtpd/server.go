@@ -173,6 +173,8 @@ func (s *Server) Start() error {
 		s.listeners[l.Name] = ln
 	}
 	for _, l := range s.cfg.Listeners {
+		s.deps.Log.Info("listening", "listener", l.Name, "address", s.listeners[l.Name].Addr().String(),
+			"implicit_tls", l.ImplicitTLS, "auth_requires_tls", l.AuthRequiresTLS)
 		s.wg.Add(1)
 		go s.accept(l, s.listeners[l.Name])
 	}

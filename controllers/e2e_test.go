@@ -1,0 +1,305 @@
+package controllers
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/smtp"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/yaml"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/relay/config"
+)
+
+// TestRenderedRelayServesAccounts is the fleet end to end, short of a
+// kubelet: the operator renders an SmtpRelay, and the test runs the relay
+// process from the very Deployment args, ConfigMap and TLS Secret it
+// rendered, with the identity of the relay's ServiceAccount (impersonated,
+// so the relay's Role is what is tested). Only what a pod would get from
+// the kubelet is remapped: mounted files go to a temp dir, and listeners
+// bind 127.0.0.1 on free ports. Then a tenant's SmtpAccount and SmtpLabel
+// log in over STARTTLS with the key from the operator's credentials Secret,
+// and a suspension locks them out.
+func TestRenderedRelayServesAccounts(t *testing.T) {
+	ctx := context.Background()
+	platform := newNamespace(t, nil)
+	tenant := newNamespace(t, nil)
+	startManager(t, func(mgr ctrl.Manager) error { return Setup(mgr, testRenderOptions) })
+	createTestIssuer(t, platform, "ca")
+	createRelay(t, withNamespace(platform), func(r *v1.SmtpRelay) {
+		r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll
+	})
+	caPEM := playCertManager(t, platform, "mx", "mx-tls")
+
+	relay := runRenderedRelay(t, platform, "mx")
+
+	mkAccount(t, tenant, "acme", platform, "mx")
+	if err := testClient.Create(ctx, &v1.SmtpLabel{
+		ObjectMeta: metav1.ObjectMeta{Name: "news", Namespace: tenant},
+		Spec:       v1.SmtpLabelSpec{AccountRef: "acme", LabelID: "1001"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var creds corev1.Secret
+	eventually(t, relayWait, func() error {
+		if err := getLive(&creds, tenant, "acme-smtp-credentials"); err != nil {
+			return err
+		}
+		if len(creds.Data[SecretKeyLabelUsernamePrefix+"1001"]) == 0 {
+			return fmt.Errorf("label username not in the credentials Secret yet")
+		}
+		return nil
+	})
+	username := string(creds.Data[SecretKeyLabelUsernamePrefix+"1001"])
+	key := string(creds.Data[SecretKeyPassword])
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	tlsCfg := &tls.Config{RootCAs: pool, ServerName: "smtp.example.com"}
+
+	eventually(t, relayWait, func() error { return submit(relay.addrs["submission"], tlsCfg, username, key) })
+	if !strings.Contains(relay.logs.String(), `"label":"1001"`) {
+		t.Fatalf("the relay did not log the label of the queued message:\n%s", relay.logs)
+	}
+
+	setSuspended(t, tenant, "acme", true)
+	eventually(t, relayWait, func() error {
+		err := submit(relay.addrs["submission"], tlsCfg, username, key)
+		if err == nil || !strings.Contains(err.Error(), "535") {
+			return fmt.Errorf("suspended account: got %v, want 535", err)
+		}
+		return nil
+	})
+	if strings.Contains(relay.logs.String(), key) {
+		t.Fatal("the key appears in the relay's logs")
+	}
+}
+
+// submit sends one message with Go's SMTP client: STARTTLS, AUTH PLAIN.
+func submit(addr string, tlsCfg *tls.Config, username, key string) error {
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.StartTLS(tlsCfg); err != nil {
+		return err
+	}
+	host := strings.Split(addr, ":")[0]
+	if err := c.Auth(smtp.PlainAuth("", username, key, host)); err != nil {
+		return err
+	}
+	if err := c.Mail("news@acme.example"); err != nil {
+		return err
+	}
+	if err := c.Rcpt("reader@example.com"); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	io.WriteString(w, "Subject: from the fleet\r\n\r\nhello\r\n")
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return c.Quit()
+}
+
+type renderedRelay struct {
+	addrs map[string]string // listener name -> host:port
+	logs  *logBuffer
+}
+
+// runRenderedRelay starts `mailfleet` with the rendered Deployment's args.
+func runRenderedRelay(t *testing.T, ns, name string) renderedRelay {
+	t.Helper()
+	var dep appsv1.Deployment
+	var cm corev1.ConfigMap
+	var tlsSecret corev1.Secret
+	eventually(t, relayWait, func() error {
+		if err := getLive(&dep, ns, name); err != nil {
+			return err
+		}
+		if err := getLive(&cm, ns, name+"-config"); err != nil {
+			return err
+		}
+		return getLive(&tlsSecret, ns, name+"-tls")
+	})
+	dir := t.TempDir()
+	cfgPath := materialiseConfig(t, dir, cm.Data["relay.yaml"], tlsSecret)
+	container := dep.Spec.Template.Spec.Containers[0]
+	args := append([]string(nil), container.Args...)
+	for i := range args {
+		if i > 0 && args[i-1] == "--config" {
+			args[i] = cfgPath
+		}
+	}
+	kubeconfig := impersonatingKubeconfig(t, dir, "system:serviceaccount:"+ns+":"+dep.Spec.Template.Spec.ServiceAccountName)
+
+	cmd := exec.Command(mailfleetBinary(t), args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	logs := &logBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("relay logs:\n%s", logs)
+		}
+	})
+	r := renderedRelay{addrs: map[string]string{}, logs: logs}
+	var metrics string
+	eventually(t, relayWait, func() error {
+		select {
+		case <-exited:
+			t.Fatalf("relay exited:\n%s", logs)
+		default:
+		}
+		for _, line := range strings.Split(logs.String(), "\n") {
+			var ev struct{ Msg, Listener, Address, Metrics string }
+			if json.Unmarshal([]byte(line), &ev) != nil {
+				continue
+			}
+			switch ev.Msg {
+			case "listening":
+				r.addrs[ev.Listener] = ev.Address
+			case "relay started":
+				metrics = ev.Metrics
+			}
+		}
+		if metrics == "" {
+			return fmt.Errorf("relay not started yet")
+		}
+		return nil
+	})
+	// Ready means the credentials shards were listed with the relay's own
+	// identity: the Role the operator rendered is enough.
+	eventually(t, relayWait, func() error {
+		resp, err := http.Get("http://" + metrics + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("readyz %d", resp.StatusCode)
+		}
+		return nil
+	})
+	return r
+}
+
+// materialiseConfig writes the mounted files a pod would see into dir and
+// returns the config path; listeners and metrics move to free loopback ports.
+func materialiseConfig(t *testing.T, dir, relayYAML string, tlsSecret corev1.Secret) string {
+	t.Helper()
+	var c config.Config
+	if err := yaml.UnmarshalStrict([]byte(relayYAML), &c); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{corev1.TLSCertKey, corev1.TLSPrivateKeyKey} {
+		if err := os.WriteFile(filepath.Join(dir, f), tlsSecret.Data[f], 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.TLS = &config.TLS{CertFile: filepath.Join(dir, corev1.TLSCertKey), KeyFile: filepath.Join(dir, corev1.TLSPrivateKeyKey)}
+	for i := range c.Listeners {
+		c.Listeners[i].Address = "127.0.0.1:0"
+	}
+	c.MetricsAddress = "127.0.0.1:0"
+	c.SpoolDir = filepath.Join(dir, "spool")
+	out, err := yaml.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "relay.yaml")
+	if err := os.WriteFile(path, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// impersonatingKubeconfig points at envtest as the given user.
+func impersonatingKubeconfig(t *testing.T, dir, user string) string {
+	t.Helper()
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: testCfg.Host, CertificateAuthorityData: testCfg.CAData}
+	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{
+		ClientCertificateData: testCfg.CertData, ClientKeyData: testCfg.KeyData, Token: testCfg.BearerToken,
+		Impersonate: user,
+	}
+	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
+	kc.CurrentContext = "envtest"
+	path := filepath.Join(dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// mailfleetBinary builds the one binary once per test run.
+func mailfleetBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "mailfleet-e2e")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "mailfleet")
+		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/mailfleet").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("build mailfleet: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// logBuffer collects the relay's output for the test to read.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
