@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/smtp"
 	"os"
@@ -14,9 +15,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
@@ -247,7 +251,7 @@ func impersonatingKubeconfig(t *testing.T, dir, user string) string {
 	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: testCfg.Host, CertificateAuthorityData: testCfg.CAData}
 	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{
 		ClientCertificateData: testCfg.CertData, ClientKeyData: testCfg.KeyData, Token: testCfg.BearerToken,
-		Impersonate: user,
+		Impersonate: user, // "" is the test's own admin identity
 	}
 	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
 	kc.CurrentContext = "envtest"
@@ -301,4 +305,84 @@ func (l *logBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// TestOperatorProcess runs `mailfleet operator` as a cluster would: it takes
+// the leader Lease, serves its probes, reconciles, and exits cleanly on
+// SIGTERM, releasing the Lease.
+func TestOperatorProcess(t *testing.T) {
+	ns := newNamespace(t, nil)
+	dir := t.TempDir()
+	kubeconfig := impersonatingKubeconfig(t, dir, "")
+	probes := freeLoopbackAddr(t)
+	cmd := exec.Command(mailfleetBinary(t), "operator",
+		"--leader-elect", "--leader-election-namespace", ns,
+		"--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", probes,
+		"--relay-image", "mailfleet:test")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	logs := &logBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("operator logs:\n%s", logs)
+		}
+	})
+	var lease coordinationv1.Lease
+	eventually(t, relayWait, func() error { return getLive(&lease, ns, "mailfleet-operator.mailfleet.io") })
+	eventually(t, relayWait, func() error {
+		resp, err := http.Get("http://" + probes + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("readyz %d", resp.StatusCode)
+		}
+		return nil
+	})
+	// It reconciles: an account in its namespace gets a status.
+	mkAccount(t, ns, "probe", ns, "absent")
+	eventually(t, relayWait, func() error {
+		var a v1.SmtpAccount
+		if err := getLive(&a, ns, "probe"); err != nil {
+			return err
+		}
+		if len(a.Status.Conditions) == 0 {
+			return fmt.Errorf("no status yet")
+		}
+		return nil
+	})
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("operator exit: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("operator did not exit within 30 s of SIGTERM")
+	}
+	if err := getLive(&lease, ns, "mailfleet-operator.mailfleet.io"); err != nil {
+		t.Fatal(err)
+	}
+	if lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity != "" {
+		t.Fatalf("lease still held by %q after shutdown", *lease.Spec.HolderIdentity)
+	}
+}
+
+// freeLoopbackAddr finds a free port on 127.0.0.1 for a child process that
+// must be told its address up front.
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
