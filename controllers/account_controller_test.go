@@ -273,10 +273,7 @@ func TestAccountKeyReusedAcrossRestart(t *testing.T) {
 
 	startManager(t, setupCredentialControllers)
 	// A spec change the new operator must observe proves it reconciled.
-	acc.Spec.BudgetPerMinute = ptr.To[int32](100)
-	if err := testClient.Update(context.Background(), acc); err != nil {
-		t.Fatal(err)
-	}
+	updateSpec(t, acc, func() { acc.Spec.BudgetPerMinute = ptr.To[int32](100) })
 	acc = waitReason(t, acc, v1.ReasonReady)
 	after := getSecretT(t, ns, "shop-smtp-credentials")
 	if string(after.Data[SecretKeyPassword]) != string(before.Data[SecretKeyPassword]) {
@@ -560,10 +557,7 @@ func TestAccountRelayNotFoundAndSuspended(t *testing.T) {
 		return nil
 	})
 
-	acc.Spec.Suspended = true
-	if err := testClient.Update(ctx, acc); err != nil {
-		t.Fatal(err)
-	}
+	updateSpec(t, acc, func() { acc.Spec.Suspended = true })
 	waitReason(t, acc, v1.ReasonSuspended)
 	getSecretT(t, ns, "shop-smtp-credentials") // kept
 }
@@ -578,10 +572,7 @@ func TestAccountSecretRenamed(t *testing.T) {
 	acc := waitReason(t, mkAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
 	key := string(getSecretT(t, ns, "shop-smtp-credentials").Data[SecretKeyPassword])
 
-	acc.Spec.SecretName = "mail-credentials"
-	if err := testClient.Update(ctx, acc); err != nil {
-		t.Fatal(err)
-	}
+	updateSpec(t, acc, func() { acc.Spec.SecretName = "mail-credentials" })
 	acc = waitReason(t, acc, v1.ReasonReady)
 	if acc.Status.SecretName != "mail-credentials" {
 		t.Errorf("status.secretName = %q", acc.Status.SecretName)

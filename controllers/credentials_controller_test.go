@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strconv"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/relay/credentials"
@@ -141,14 +143,14 @@ func waitForKey(t *testing.T, ns, name string) string {
 	return key
 }
 
+// setSuspended patches spec.suspended as kubectl patch would. An update of
+// an object read just before could conflict with the operator's status
+// writes, which may land in between.
 func setSuspended(t *testing.T, ns, name string, suspended bool) {
 	t.Helper()
-	var a v1.SmtpAccount
-	if err := testClient.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &a); err != nil {
-		t.Fatal(err)
-	}
-	a.Spec.Suspended = suspended
-	if err := testClient.Update(context.Background(), &a); err != nil {
+	a := &v1.SmtpAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	patch := []byte(`{"spec":{"suspended":` + strconv.FormatBool(suspended) + `}}`)
+	if err := testClient.Patch(context.Background(), a, client.RawPatch(types.MergePatchType, patch)); err != nil {
 		t.Fatal(err)
 	}
 }

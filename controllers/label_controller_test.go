@@ -67,10 +67,7 @@ func TestLabelLifecycle(t *testing.T) {
 	waitReason(t, first, v1.ReasonReady)
 
 	// Suspending the holder stops its logins: its username leaves the Secret.
-	first.Spec.Suspended = true
-	if err := testClient.Update(ctx, first); err != nil {
-		t.Fatal(err)
-	}
+	updateSpec(t, first, func() { first.Spec.Suspended = true })
 	waitReason(t, first, v1.ReasonSuspended)
 	secretHasLabel(t, ns, secret, "1001", "")
 
@@ -87,10 +84,7 @@ func TestLabelLifecycle(t *testing.T) {
 	secretHasLabel(t, ns, "later-smtp-credentials", "7", "later#7")
 
 	// An account that stops working takes its labels with it.
-	acc.Spec.Suspended = true
-	if err := testClient.Update(ctx, acc); err != nil {
-		t.Fatal(err)
-	}
+	updateSpec(t, acc, func() { acc.Spec.Suspended = true })
 	second = waitReason(t, second, v1.ReasonAccountNotReady)
 	if msg := labelMessage(second); !strings.Contains(msg, v1.ReasonSuspended) {
 		t.Errorf("message does not carry the account's reason: %q", msg)

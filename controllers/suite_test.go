@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -161,5 +162,21 @@ func eventually(t *testing.T, timeout time.Duration, check func() error) {
 			t.Fatalf("after %v: %v", timeout, err)
 		}
 		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// updateSpec changes obj as a user would: on the latest version, retrying
+// when the operator's status write got there first.
+func updateSpec(t *testing.T, obj client.Object, change func()) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := testClient.Get(context.Background(), client.ObjectKeyFromObject(obj), obj); err != nil {
+			return err
+		}
+		change()
+		return testClient.Update(context.Background(), obj)
+	})
+	if err != nil {
+		t.Fatalf("update %s: %v", obj.GetName(), err)
 	}
 }
