@@ -64,3 +64,11 @@ bench: test-deps
 
 clean:
 	rm -rf bin/
+
+## bench-operator: the operator at scale (hack/bench/operatorscale): 10,000
+## SmtpAccounts and 50,000 SmtpLabels against envtest; time to all-Ready,
+## peak RSS, propagation to a relay. BENCH_OPERATOR_FLAGS passes flags.
+.PHONY: bench-operator
+BENCH_OPERATOR_FLAGS ?=
+bench-operator: envtest
+	KUBEBUILDER_ASSETS=$(CURDIR)/bin/k8s go run ./hack/bench/operatorscale $(BENCH_OPERATOR_FLAGS)

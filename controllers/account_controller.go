@@ -14,6 +14,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
@@ -28,6 +29,16 @@ const secretWaitInterval = 10 * time.Second
 // defaultSecretRefKey is spec.key.secretRef.key when the API server has not
 // defaulted it.
 const defaultSecretRefKey = "api-key"
+
+// concurrentReconciles is how many accounts, and how many labels, are
+// reconciled at once. A reconcile spends nearly all its time waiting for the
+// API server (a Secret read, an apply, a status patch), so one worker caps a
+// controller at a few dozen objects a second, however idle the API server;
+// 10,000 accounts then take minutes to come Ready. Each object's key is
+// still handled by one worker at a time, and apiUser and labelId holders are
+// decided from creation order, not from status, so parallel reconciles of
+// rivals reach the same answer.
+const concurrentReconciles = 16
 
 // AccountReconciler turns an SmtpAccount into its credentials Secret and
 // status: it checks the account may attach to its relay and holds its
@@ -74,6 +85,7 @@ func (r *AccountReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("smtpaccount").
+		WithOptions(controller.Options{MaxConcurrentReconciles: concurrentReconciles}).
 		// Annotations carry rotation requests; status writes are ignored.
 		For(&v1.SmtpAccount{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).

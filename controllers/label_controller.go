@@ -15,6 +15,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -24,13 +25,14 @@ import (
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 )
 
-// Label indexes, shared with the account controller.
-const (
-	// indexLabelAccount: spec.accountRef, in the label's namespace.
-	indexLabelAccount = "mailfleet.io/label-account"
-	// indexLabelClaim: "<accountRef>/<labelId>", in the label's namespace.
-	indexLabelClaim = "mailfleet.io/label-claim"
-)
+// indexLabelAccount: spec.accountRef, in the label's namespace. Shared with
+// the account controller and the publisher.
+//
+// There is no index by labelId: rivals for a labelId are found among the
+// account's labels (labelsWithID). An account has few labels, and every
+// index value costs about 0.5 KiB of operator memory per label (a set for
+// the namespace and one for the cluster), some 25 MiB at 50,000 labels.
+const indexLabelAccount = "mailfleet.io/label-account"
 
 // LabelReconciler validates an SmtpLabel against its account: the account
 // exists in the label's namespace and is Ready, and no older label of the
@@ -60,6 +62,7 @@ func (r *LabelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("smtplabel").
+		WithOptions(controller.Options{MaxConcurrentReconciles: concurrentReconciles}).
 		For(&v1.SmtpLabel{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		// An account's readiness and apiUser decide its labels'.
 		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(r.labelsOfAccount)).
@@ -70,14 +73,8 @@ func (r *LabelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 
 // indexLabels registers the label indexes.
 func indexLabels(ctx context.Context, mgr manager.Manager) error {
-	if err := indexField(ctx, mgr, &v1.SmtpLabel{}, indexLabelAccount, func(o client.Object) []string {
+	return indexField(ctx, mgr, &v1.SmtpLabel{}, indexLabelAccount, func(o client.Object) []string {
 		return []string{o.(*v1.SmtpLabel).Spec.AccountRef}
-	}); err != nil {
-		return err
-	}
-	return indexField(ctx, mgr, &v1.SmtpLabel{}, indexLabelClaim, func(o client.Object) []string {
-		l := o.(*v1.SmtpLabel)
-		return []string{l.Spec.AccountRef + "/" + l.Spec.LabelID}
 	})
 }
 
@@ -91,13 +88,14 @@ func (r *LabelReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		return ctrl.Result{}, nil
 	}
 	out, username, err := r.evaluate(ctx, label)
-	if err != nil {
+	if err != nil || out == nil {
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{}, r.writeStatus(ctx, label, out, username)
 }
 
-// evaluate decides the label's Ready condition and username.
+// evaluate decides the label's Ready condition and username. A nil outcome
+// means there is nothing to record yet.
 func (r *LabelReconciler) evaluate(ctx context.Context, label *v1.SmtpLabel) (*readyOutcome, string, error) {
 	acc := &v1.SmtpAccount{}
 	key := types.NamespacedName{Namespace: label.Namespace, Name: label.Spec.AccountRef}
@@ -109,6 +107,16 @@ func (r *LabelReconciler) evaluate(ctx context.Context, label *v1.SmtpLabel) (*r
 		return nil, "", fmt.Errorf("get account %s: %w", key, err)
 	}
 	username := effectiveAPIUser(acc) + "#" + label.Spec.LabelID
+	// A label created together with its account usually finds the account
+	// not reconciled yet. Saying so would last only until the account's
+	// first status write, which enqueues the label again (labelsOfAccount),
+	// and would double the status writes of a bulk creation (20,000 labels
+	// with their accounts) for nothing a person could act on. A label that
+	// already has a condition is still updated, so none is left stale.
+	if meta.FindStatusCondition(acc.Status.Conditions, v1.ConditionReady) == nil &&
+		meta.FindStatusCondition(label.Status.Conditions, v1.ConditionReady) == nil {
+		return nil, username, nil
+	}
 	if out := accountNotReady(acc); out != nil {
 		return out, username, nil
 	}
@@ -165,12 +173,23 @@ func (r *LabelReconciler) writeStatus(ctx context.Context, label *v1.SmtpLabel, 
 // labelHolder returns the label that holds label's labelId within its
 // account: the oldest one that is not being deleted.
 func labelHolder(ctx context.Context, c client.Reader, label *v1.SmtpLabel) (*v1.SmtpLabel, error) {
-	var rivals v1.SmtpLabelList
-	if err := c.List(ctx, &rivals, client.InNamespace(label.Namespace),
-		client.MatchingFields{indexLabelClaim: label.Spec.AccountRef + "/" + label.Spec.LabelID}); err != nil {
+	rivals, err := labelsWithID(ctx, c, label)
+	if err != nil {
+		return nil, err
+	}
+	return oldestLabel(rivals), nil
+}
+
+// labelsWithID returns the labels of label's account that use its labelId,
+// label included. They are read without a deep copy, so they must not be
+// changed.
+func labelsWithID(ctx context.Context, c client.Reader, label *v1.SmtpLabel) ([]v1.SmtpLabel, error) {
+	var list v1.SmtpLabelList
+	if err := c.List(ctx, &list, client.InNamespace(label.Namespace),
+		client.MatchingFields{indexLabelAccount: label.Spec.AccountRef}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list labels of account %s/%s: %w", label.Namespace, label.Spec.AccountRef, err)
 	}
-	return oldestLabel(rivals.Items), nil
+	return slices.DeleteFunc(list.Items, func(l v1.SmtpLabel) bool { return l.Spec.LabelID != label.Spec.LabelID }), nil
 }
 
 func oldestLabel(labels []v1.SmtpLabel) *v1.SmtpLabel {
@@ -213,9 +232,16 @@ func (r *LabelReconciler) labelsOfAccount(ctx context.Context, o client.Object) 
 
 // rivalsOf enqueues the labels of the same account with the same labelId.
 func (r *LabelReconciler) rivalsOf(ctx context.Context, o client.Object) []reconcile.Request {
-	l := o.(*v1.SmtpLabel)
-	return labelRequests(ctx, r.Client, client.InNamespace(l.Namespace),
-		client.MatchingFields{indexLabelClaim: l.Spec.AccountRef + "/" + l.Spec.LabelID})
+	rivals, err := labelsWithID(ctx, r.Client, o.(*v1.SmtpLabel))
+	if err != nil {
+		log.FromContext(ctx).Error(err, "list labels to enqueue")
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(rivals))
+	for i := range rivals {
+		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&rivals[i])})
+	}
+	return reqs
 }
 
 func labelRequests(ctx context.Context, c client.Reader, opts ...client.ListOption) []reconcile.Request {

@@ -1,0 +1,145 @@
+// Command operatorscale is the operator's scale benchmark (issue 3): it runs
+// the real `mailfleet operator` binary against envtest's kube-apiserver and
+// etcd, creates 10,000 SmtpAccounts and 50,000 SmtpLabels, and reports the
+// time until all are Ready, the operator's peak RSS, and how fast a new,
+// changed, suspended or deleted account and a new label reach a relay's
+// credentials source at that scale (DESIGN.md §3).
+//
+// Run it from the repository root:
+//
+//	make bench-operator
+//	make bench-operator BENCH_OPERATOR_FLAGS='-accounts 2000 -rounds 5'
+//
+// or directly:
+//
+//	KUBEBUILDER_ASSETS=$PWD/bin/k8s go run ./hack/bench/operatorscale [flags]
+//
+// Targets: all-Ready under 60 s, peak RSS under 300 MiB, propagation under
+// 2 s. With -no-operator it only creates the objects, which shows how much
+// of the 60 s the API server on this machine needs for the creates alone. It is a benchmark, not a test: it prints the figures and exits 0 even
+// when a target is missed, unless -fail-on-miss is given. It needs about
+// 2 GiB of memory for the API server and etcd and takes a few minutes.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// options are the benchmark's flags.
+type options struct {
+	accounts         int
+	labelsPerAccount int
+	namespaces       int
+	workers          int
+	rounds           int
+	readyTimeout     time.Duration
+	operatorBinary   string
+	operatorLogLevel string
+	operatorArgs     string
+	keepDir          bool
+	failOnMiss       bool
+	noOperator       bool
+}
+
+// Targets from issue 3 and DESIGN.md §3.
+const (
+	targetAllReady    = 60 * time.Second
+	targetRSSMiB      = 300
+	targetPropagation = 2 * time.Second
+)
+
+func main() {
+	var o options
+	flag.IntVar(&o.accounts, "accounts", 10000, "SmtpAccounts to create")
+	flag.IntVar(&o.labelsPerAccount, "labels-per-account", 5, "SmtpLabels per account")
+	flag.IntVar(&o.namespaces, "namespaces", 20, "tenant namespaces the accounts are spread over")
+	flag.IntVar(&o.workers, "workers", 32, "concurrent create requests")
+	flag.IntVar(&o.rounds, "rounds", 10, "propagation measurements of each kind")
+	flag.DurationVar(&o.readyTimeout, "ready-timeout", 15*time.Minute, "give up waiting for all-Ready after this long")
+	flag.StringVar(&o.operatorBinary, "operator-binary", "", "use this mailfleet binary instead of building ./cmd/mailfleet")
+	flag.StringVar(&o.operatorLogLevel, "operator-log-level", "info", "the operator's --log-level")
+	flag.StringVar(&o.operatorArgs, "operator-args", "", "extra arguments for `mailfleet operator`, space-separated")
+	flag.BoolVar(&o.keepDir, "keep", false, "keep the work directory (operator log, kubeconfig) after the run")
+	flag.BoolVar(&o.failOnMiss, "fail-on-miss", false, "exit 1 when a target is missed")
+	flag.BoolVar(&o.noOperator, "no-operator", false, "only create the objects, with no operator running: how fast this API server takes the creates alone")
+	flag.Parse()
+	if o.accounts < 1 || o.namespaces < 1 || o.workers < 1 || o.labelsPerAccount < 0 || o.rounds < 0 {
+		fmt.Fprintln(os.Stderr, "operatorscale: -accounts, -namespaces and -workers must be positive; -labels-per-account and -rounds not negative")
+		os.Exit(2)
+	}
+
+	// Interrupting the run still stops the operator, the API server and etcd.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := run(ctx, o)
+	if rep != nil {
+		rep.print(os.Stdout)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			err = errors.New("interrupted")
+		}
+		fmt.Fprintln(os.Stderr, "operatorscale:", err)
+		os.Exit(1)
+	}
+	if o.failOnMiss && rep.missed() {
+		os.Exit(1)
+	}
+}
+
+// run sets up envtest and the operator, runs both phases and tears
+// everything down again, whatever happens.
+func run(ctx context.Context, o options) (rep *report, err error) {
+	rep = &report{opts: o, loadStart: readLoadAvg(), cpus: cpuCount()}
+	env, err := startCluster(ctx, o)
+	if env != nil {
+		defer func() {
+			if stopErr := env.stop(); stopErr != nil && err == nil {
+				err = stopErr
+			}
+		}()
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		// A failure keeps the operator's log; an interruption does not.
+		if err != nil && env.operator != nil && ctx.Err() == nil {
+			fmt.Fprintf(os.Stderr, "operator log: %s (kept)\n", env.operatorLog)
+			env.keep = true
+		}
+	}()
+
+	loadSampler := startLoadSampler()
+	defer func() { rep.loadMax, rep.loadEnd = loadSampler.stop() }()
+
+	if o.noOperator {
+		if err := runScale(ctx, env, o, rep); err != nil {
+			return rep, fmt.Errorf("create phase: %w", err)
+		}
+		return rep, nil
+	}
+	if err := env.startOperator(ctx, o); err != nil {
+		return rep, err
+	}
+	err = runScale(ctx, env, o, rep)
+	if err != nil {
+		err = fmt.Errorf("scale phase: %w", err)
+	} else if err = runPropagation(ctx, env, o, rep); err != nil {
+		err = fmt.Errorf("propagation phase: %w", err)
+	}
+	// Memory is read even after a failure: it may be why.
+	rss, rssErr := env.operator.final()
+	if rssErr != nil && !errors.Is(rssErr, errNoProc) && err == nil {
+		err = rssErr
+	}
+	rep.rss = rss
+	return rep, err
+}

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// requestCounts is apiserver_request_total summed by "VERB resource[/subresource]".
+type requestCounts map[string]float64
+
+// apiRequests reads the API server's request counters from /metrics.
+func apiRequests(ctx context.Context, c *cluster) (requestCounts, error) {
+	raw, err := c.clientset.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read API server metrics: %w", err)
+	}
+	out := requestCounts{}
+	sc := bufio.NewScanner(bytes.NewReader(raw))
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		line, ok := strings.CutPrefix(sc.Text(), "apiserver_request_total{")
+		if !ok {
+			continue
+		}
+		labels, value, ok := strings.Cut(line, "} ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err != nil {
+			continue
+		}
+		l := parseLabels(labels)
+		key := l["verb"] + " " + l["resource"]
+		if l["subresource"] != "" {
+			key += "/" + l["subresource"]
+		}
+		out[key] += v
+	}
+	return out, sc.Err()
+}
+
+// parseLabels reads name="value" pairs; the values apiserver_request_total
+// carries hold no commas or quotes.
+func parseLabels(s string) map[string]string {
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if ok {
+			out[k] = strings.Trim(v, `"`)
+		}
+	}
+	return out
+}
+
+// minus is the requests counted since before.
+func (r requestCounts) minus(before requestCounts) requestCounts {
+	out := requestCounts{}
+	for k, v := range r {
+		if d := v - before[k]; d > 0 {
+			out[k] = d
+		}
+	}
+	return out
+}
+
+func (r requestCounts) total() float64 {
+	t := 0.0
+	for _, v := range r {
+		t += v
+	}
+	return t
+}
+
+// top returns the n largest counters, largest first.
+func (r requestCounts) top(n int) []string {
+	keys := slices.Collect(maps.Keys(r))
+	slices.SortFunc(keys, func(a, b string) int {
+		if r[a] != r[b] {
+			if r[a] > r[b] {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a, b)
+	})
+	return keys[:min(n, len(keys))]
+}

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// report is everything the benchmark prints.
+type report struct {
+	opts options
+	cpus int
+
+	start                       time.Time // the first create
+	createDuration              time.Duration
+	accountsReady, labelsReady  time.Duration
+	allReady                    time.Duration
+	pollResolution              time.Duration // interval before the poll that found all Ready
+	relaySync, allPublished     time.Duration
+	settle                      time.Duration // until the operator was idle, after allPublished
+	rss                         memory
+	requests                    requestCounts // API server requests during the scale phase
+	benchRequests               int64         // of which the benchmark's own
+	prop                        propagation
+	loadStart, loadMax, loadEnd loadAvg
+}
+
+// missed reports whether any measured figure misses its target.
+func (r *report) missed() bool {
+	if r.allReady == 0 || r.allReady > targetAllReady || r.rss.HWMKiB > targetRSSMiB*1024 {
+		return true
+	}
+	for _, s := range r.series() {
+		if len(s.values) > 0 && slices.Max(s.values) > targetPropagation {
+			return true
+		}
+	}
+	return false
+}
+
+type series struct {
+	name   string
+	values []time.Duration
+	target bool // the 2 s target applies
+}
+
+func (r *report) series() []series {
+	p := r.prop
+	return []series{
+		{"key in the account's Secret", p.keyIssued, false},
+		{"new account authenticates", p.add, true},
+		{"new label authenticates", p.label, true},
+		{"suspended account refused", p.suspend, true},
+		{"resumed account authenticates", p.resume, true},
+		{"deleted account gone", p.remove, true},
+	}
+}
+
+func (r *report) print(w io.Writer) {
+	o := r.opts
+	labels := o.accounts * o.labelsPerAccount
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "== mailfleet operator scale benchmark ==")
+	fmt.Fprintf(w, "objects:          %d SmtpAccounts + %d SmtpLabels in %d namespaces, %d create workers, 1 SmtpRelay\n",
+		o.accounts, labels, o.namespaces, o.workers)
+	if r.createDuration > 0 {
+		fmt.Fprintf(w, "creates done:     %7.1f s (%.0f objects/s)\n", r.createDuration.Seconds(),
+			float64(o.accounts+labels)/r.createDuration.Seconds())
+	}
+	if o.noOperator {
+		fmt.Fprintln(w, "no operator:      the API server's time for the creates alone, a floor for all-Ready on this machine")
+	}
+	if r.allReady > 0 {
+		fmt.Fprintf(w, "all Ready:        %7.1f s  %s  (accounts %.1f s, labels %.1f s; %.0f accounts/s, %.0f objects/s; polled every %v)\n",
+			r.allReady.Seconds(), verdict(r.allReady <= targetAllReady, "60 s"),
+			r.accountsReady.Seconds(), r.labelsReady.Seconds(),
+			float64(o.accounts)/r.allReady.Seconds(), float64(o.accounts+labels)/r.allReady.Seconds(), r.pollResolution.Round(time.Millisecond))
+	}
+	if r.allPublished > 0 {
+		fmt.Fprintf(w, "all at the relay: %7.1f s after the first create (relay source's initial sync of the shards: %v)\n",
+			r.allPublished.Seconds(), r.relaySync.Round(time.Millisecond))
+	}
+	if r.rss.HWMKiB > 0 {
+		fmt.Fprintf(w, "operator memory:  peak RSS %.0f MiB (VmHWM)  %s  sampled peak %.0f MiB, at the end %.0f MiB; CPU used %.1f s\n",
+			float64(r.rss.HWMKiB)/1024, verdict(r.rss.HWMKiB <= targetRSSMiB*1024, "300 MiB"),
+			float64(r.rss.PeakSampledKiB)/1024, float64(r.rss.EndKiB)/1024, r.rss.CPU.Seconds())
+	}
+	if total := r.requests.total(); total > 0 {
+		op := total - float64(r.benchRequests)
+		fmt.Fprintf(w, "API requests:     %.0f during the scale phase, %d of them the benchmark's; the operator's ≈ %.0f (%.1f per account)\n",
+			total, r.benchRequests, op, op/float64(o.accounts))
+		for _, k := range r.requests.top(10) {
+			fmt.Fprintf(w, "  %-42s %8.0f\n", k, r.requests[k])
+		}
+	}
+	if len(r.prop.add) > 0 {
+		fmt.Fprintf(w, "propagation at full scale, %d rounds, once the operator was idle (another %.1f s) (p50 / max):\n",
+			len(r.prop.add), r.settle.Seconds())
+		for _, s := range r.series() {
+			if len(s.values) == 0 {
+				continue
+			}
+			p50, mx := quantile(s.values, 0.5), slices.Max(s.values)
+			v := ""
+			if s.target {
+				v = verdict(mx <= targetPropagation, "2 s")
+			}
+			fmt.Fprintf(w, "  %-30s %7.0f ms / %7.0f ms  %s\n", s.name, ms(p50), ms(mx), v)
+		}
+	}
+	fmt.Fprintf(w, "machine:          %d CPUs, load average at start %s, highest 1-min during the run %.2f, at the end %s\n",
+		r.cpus, r.loadStart, r.loadMax.one, r.loadEnd)
+	if out, err := exec.Command("uptime").Output(); err == nil {
+		fmt.Fprintf(w, "uptime:          %s\n", strings.TrimRight(string(out), "\n"))
+	}
+}
+
+func verdict(ok bool, target string) string {
+	if ok {
+		return "[ok: target " + target + "]"
+	}
+	return "[MISSED: target " + target + "]"
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// quantile is the nearest-rank q-quantile of ds.
+func quantile(ds []time.Duration, q float64) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(q*float64(len(s))+0.999999) - 1
+	return s[max(0, min(i, len(s)-1))]
+}
+
+// loadAvg is /proc/loadavg's three figures.
+type loadAvg struct{ one, five, fifteen float64 }
+
+func (l loadAvg) String() string { return fmt.Sprintf("%.2f %.2f %.2f", l.one, l.five, l.fifteen) }
+
+func readLoadAvg() loadAvg {
+	var l loadAvg
+	data, err := os.ReadFile("/proc/loadavg")
+	if err == nil {
+		fmt.Sscanf(string(data), "%f %f %f", &l.one, &l.five, &l.fifteen)
+	}
+	return l
+}
+
+func cpuCount() int { return runtime.NumCPU() }
+
+// loadSampler records the highest 1-minute load average of the run: the
+// machine is shared, and the figures mean little without it.
+type loadSampler struct {
+	done chan struct{}
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	max  loadAvg
+}
+
+func startLoadSampler() *loadSampler {
+	s := &loadSampler{done: make(chan struct{})}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			if l := readLoadAvg(); l.one > s.peek().one {
+				s.mu.Lock()
+				s.max = l
+				s.mu.Unlock()
+			}
+			select {
+			case <-s.done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return s
+}
+
+func (s *loadSampler) peek() loadAvg {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.max
+}
+
+// stop ends sampling and returns the highest and the current load.
+func (s *loadSampler) stop() (highest, now loadAvg) {
+	close(s.done)
+	s.wg.Wait()
+	return s.peek(), readLoadAvg()
+}

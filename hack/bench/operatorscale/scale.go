@@ -1,0 +1,356 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+)
+
+const (
+	// relayNamespace and relayName are the platform relay every account uses.
+	relayNamespace = "mailfleet-system"
+	relayName      = "mx"
+	// Readiness is counted every slowPollInterval, and every
+	// fastPollInterval once the end is near: the all-Ready figure is exact
+	// to within about fastPollInterval.
+	slowPollInterval = 10 * time.Second
+	fastPollInterval = time.Second
+	// labelProgressInterval is how often labels are counted, for the
+	// progress line only, before every account is Ready.
+	labelProgressInterval = 30 * time.Second
+	// progressInterval is how often a progress line is printed.
+	progressInterval = 10 * time.Second
+	// listPageSize bounds each readiness List, so that neither the API
+	// server nor the benchmark builds one 10,000-object response.
+	listPageSize = 2500
+)
+
+// benchRequests counts the requests the benchmark itself sends (creates
+// and readiness lists), to tell them from the operator's.
+var benchRequests atomic.Int64
+
+func tenantNamespace(i int) string { return fmt.Sprintf("tenant-%02d", i) }
+func accountName(i int) string     { return fmt.Sprintf("acct-%05d", i) }
+
+// runScale creates the relay, the tenants' namespaces, the accounts and
+// their labels, and waits until every account and label is Ready.
+func runScale(ctx context.Context, c *cluster, o options, rep *report) error {
+	if err := createRelay(ctx, c.client); err != nil {
+		return err
+	}
+	for i := range o.namespaces {
+		if err := createIgnoringExists(ctx, c.client, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: tenantNamespace(i)}}); err != nil {
+			return err
+		}
+	}
+	wantLabels := o.accounts * o.labelsPerAccount
+	fmt.Fprintf(os.Stderr, "creating %d SmtpAccounts and %d SmtpLabels in %d namespaces with %d workers …\n",
+		o.accounts, wantLabels, o.namespaces, o.workers)
+
+	before, err := apiRequests(ctx, c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	var created atomic.Int64
+	benchBefore := benchRequests.Load()
+	defer func() {
+		// Counted whatever the outcome: the mix may explain a slow run.
+		if after, err := apiRequests(context.WithoutCancel(ctx), c); err == nil {
+			rep.requests = after.minus(before)
+			rep.benchRequests = benchRequests.Load() - benchBefore
+		}
+	}()
+	rep.start = time.Now()
+	createDone := make(chan struct{})
+	go func() {
+		defer close(createDone)
+		if err := createAll(ctx, c.client, o, &created); err != nil {
+			cancel(err)
+			return
+		}
+		rep.createDuration = time.Since(rep.start)
+		fmt.Fprintf(os.Stderr, "all %d objects created after %v\n", o.accounts+wantLabels, rep.createDuration.Round(time.Millisecond))
+	}()
+
+	// Wait for the creating goroutine on every return, so that nothing
+	// outlives the phase and createDuration is safe to read.
+	defer func() {
+		cancel(nil)
+		<-createDone
+	}()
+
+	deadline := time.After(o.readyTimeout)
+	// The end of creation is itself a moment to look: everything may
+	// already be Ready then.
+	createFinished := createDone
+	lastProgress := time.Now()
+	var accountsReadyAt, labelsReadyAt time.Duration
+	var accReady, lblReady int
+	var prevReady int
+	var prevCountedLabels bool
+	prevAt, labelsCountedAt := time.Now(), time.Now()
+	interval := slowPollInterval
+	for {
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-deadline:
+			return fmt.Errorf("not all Ready after %v", o.readyTimeout)
+		case <-time.After(interval):
+		case <-createFinished:
+			createFinished = nil
+		}
+		if c.operator != nil {
+			if err := c.operator.running(); err != nil {
+				return err
+			}
+		}
+		// Nothing can be all-Ready before everything exists.
+		creating := true
+		select {
+		case <-createDone:
+			creating = false
+		default:
+		}
+		if c.operator == nil {
+			if !creating {
+				return nil // nothing will become Ready
+			}
+			continue
+		}
+		// A kind found all Ready is not listed again: nothing in this
+		// phase makes an object un-Ready.
+		var err error
+		if accountsReadyAt == 0 {
+			if accReady, err = countReady(ctx, c, "smtpaccounts"); err != nil {
+				return err
+			}
+		}
+		// A label is Ready only once its account is, so until every
+		// account is Ready the labels are counted for the progress line
+		// alone: they are two thirds of what a count lists.
+		if labelsReadyAt == 0 && (accountsReadyAt > 0 || time.Since(labelsCountedAt) >= labelProgressInterval) {
+			if lblReady, err = countReady(ctx, c, "smtplabels"); err != nil {
+				return err
+			}
+			labelsCountedAt = time.Now()
+		}
+		now := time.Since(rep.start)
+		if !creating && accountsReadyAt == 0 && accReady == o.accounts {
+			accountsReadyAt = now
+		}
+		if !creating && labelsReadyAt == 0 && lblReady == wantLabels {
+			labelsReadyAt = now
+		}
+		done := accountsReadyAt > 0 && labelsReadyAt > 0
+		if time.Since(lastProgress) >= progressInterval || done {
+			lastProgress = time.Now()
+			fmt.Fprintf(os.Stderr, "%6.1fs  created %6d/%d  ready: accounts %6d  labels %6d  operator RSS %5.0f MiB  load %s\n",
+				now.Seconds(), created.Load(), o.accounts+wantLabels, accReady, lblReady, c.operatorRSSMiB(), readLoadAvg().String())
+		}
+		if done {
+			rep.accountsReady, rep.labelsReady = accountsReadyAt, labelsReadyAt
+			rep.allReady = max(accountsReadyAt, labelsReadyAt)
+			rep.pollResolution = interval
+			return nil
+		}
+		// The end is near when the kind still counted is nearly Ready.
+		ready, want := accReady, o.accounts
+		if accountsReadyAt > 0 {
+			ready, want = lblReady, wantLabels
+		}
+		if countingLabels := accountsReadyAt > 0; countingLabels != prevCountedLabels {
+			// The accounts are all Ready now; the labels may follow at once.
+			interval, prevCountedLabels = fastPollInterval, countingLabels
+		} else {
+			interval = nextPollInterval(creating, want-ready, float64(ready-prevReady)/time.Since(prevAt).Seconds())
+		}
+		prevReady, prevAt = ready, time.Now()
+	}
+}
+
+// nextPollInterval polls slowly while the end is far off, and every
+// fastPollInterval as it nears. Listing 30,000 objects is real work for the
+// API server the operator depends on; polling them every second would slow
+// the very thing measured (a quarter of the API server's CPU, profiled;
+// about a tenth still when polled every 5 s).
+func nextPollInterval(creating bool, remaining int, perSecond float64) time.Duration {
+	if creating || perSecond <= 0 {
+		return slowPollInterval
+	}
+	eta := time.Duration(float64(remaining) / perSecond * float64(time.Second))
+	return min(slowPollInterval, max(fastPollInterval, (eta/5).Round(time.Second)))
+}
+
+// createRelay creates the platform namespace and an SmtpRelay that admits
+// accounts from every namespace. Its Certificate never becomes ready (there
+// is no cert-manager), which does not keep accounts from attaching.
+func createRelay(ctx context.Context, c client.Client) error {
+	if err := createIgnoringExists(ctx, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: relayNamespace}}); err != nil {
+		return err
+	}
+	relay := &v1.SmtpRelay{
+		ObjectMeta: metav1.ObjectMeta{Name: relayName, Namespace: relayNamespace},
+		Spec: v1.SmtpRelaySpec{
+			Replicas: ptr.To[int32](2),
+			Hostname: "smtp.bench.example",
+			TLS:      v1.RelayTLS{IssuerRef: &v1.IssuerReference{Name: "bench-ca"}},
+			Accounts: v1.RelayAccounts{Namespaces: v1.AccountNamespaces{From: v1.NamespacesFromAll}},
+		},
+	}
+	return createIgnoringExists(ctx, c, relay)
+}
+
+// createAll creates the accounts, each followed by its labels, from a
+// bounded pool of workers, as a GitOps tool applying a large repository would.
+func createAll(ctx context.Context, c client.Client, o options, created *atomic.Int64) error {
+	jobs := make(chan int)
+	errs := make(chan error, o.workers)
+	var wg sync.WaitGroup
+	for range o.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				if err := createAccount(ctx, c, o, i, created); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	var err error
+feed:
+	for i := range o.accounts {
+		select {
+		case jobs <- i:
+		case err = <-errs:
+			break feed
+		case <-ctx.Done():
+			err = ctx.Err()
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if err == nil && len(errs) > 0 {
+		err = <-errs
+	}
+	return err
+}
+
+// createAccount creates account i and its labels.
+func createAccount(ctx context.Context, c client.Client, o options, i int, created *atomic.Int64) error {
+	ns, name := tenantNamespace(i%o.namespaces), accountName(i)
+	acc := &v1.SmtpAccount{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: v1.SmtpAccountSpec{
+			RelayRef: v1.RelayReference{Name: relayName, Namespace: relayNamespace},
+			// A sender domain gives the published shards a realistic size.
+			AllowedSenderDomains: []string{ns + ".bench.example"},
+		},
+	}
+	if err := createIgnoringExists(ctx, c, acc); err != nil {
+		return err
+	}
+	created.Add(1)
+	for j := range o.labelsPerAccount {
+		label := &v1.SmtpLabel{
+			ObjectMeta: metav1.ObjectMeta{Name: name + "-l" + strconv.Itoa(j), Namespace: ns},
+			Spec:       v1.SmtpLabelSpec{AccountRef: name, LabelID: "l" + strconv.Itoa(j)},
+		}
+		if err := createIgnoringExists(ctx, c, label); err != nil {
+			return err
+		}
+		created.Add(1)
+	}
+	return nil
+}
+
+// createIgnoringExists creates obj, retrying what an overloaded API server
+// may answer (429, 5xx, timeouts); an object that exists already is fine.
+func createIgnoringExists(ctx context.Context, c client.Client, obj client.Object) error {
+	var err error
+	for attempt := range 6 {
+		benchRequests.Add(1)
+		err = c.Create(ctx, obj)
+		switch {
+		case err == nil, apierrors.IsAlreadyExists(err):
+			return nil
+		case apierrors.IsInvalid(err), apierrors.IsForbidden(err), apierrors.IsBadRequest(err), ctx.Err() != nil:
+			return fmt.Errorf("create %T %s/%s: %w", obj, obj.GetNamespace(), obj.GetName(), err)
+		}
+		time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
+	}
+	return fmt.Errorf("create %T %s/%s, after retries: %w", obj, obj.GetNamespace(), obj.GetName(), err)
+}
+
+// readinessList is the part of a List response the readiness count reads.
+// Decoding only these fields keeps the benchmark's own CPU use small next to
+// the operator's and the API server's on the same machine.
+type readinessList struct {
+	Metadata struct {
+		Continue string `json:"continue"`
+	} `json:"metadata"`
+	Items []struct {
+		Metadata struct {
+			Generation int64 `json:"generation"`
+		} `json:"metadata"`
+		Status struct {
+			Conditions []struct {
+				Type               string `json:"type"`
+				Status             string `json:"status"`
+				ObservedGeneration int64  `json:"observedGeneration"`
+			} `json:"conditions"`
+		} `json:"status"`
+	} `json:"items"`
+}
+
+// countReady lists every object of a mailfleet resource, in all namespaces,
+// and counts those whose Ready condition is True for their current
+// generation — the rule the operator itself applies.
+func countReady(ctx context.Context, c *cluster, resource string) (int, error) {
+	ready, cont := 0, ""
+	for {
+		req := c.clientset.CoreV1().RESTClient().Get().
+			AbsPath("/apis", v1.GroupVersion.Group, v1.GroupVersion.Version, resource).
+			Param("limit", strconv.Itoa(listPageSize))
+		if cont != "" {
+			req = req.Param("continue", cont)
+		}
+		benchRequests.Add(1)
+		raw, err := req.DoRaw(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("list %s: %w", resource, err)
+		}
+		var page readinessList
+		if err := json.Unmarshal(raw, &page); err != nil {
+			return 0, fmt.Errorf("decode %s list: %w", resource, err)
+		}
+		for _, it := range page.Items {
+			for _, cond := range it.Status.Conditions {
+				if cond.Type == v1.ConditionReady && cond.Status == string(metav1.ConditionTrue) &&
+					cond.ObservedGeneration == it.Metadata.Generation {
+					ready++
+				}
+			}
+		}
+		if cont = page.Metadata.Continue; cont == "" {
+			return ready, nil
+		}
+	}
+}
