@@ -19,7 +19,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(operatorCommand(), relayCommand(), devCommand(), versionCommand())
+	root.AddCommand(operatorCommand(), relayCommand(), ratelimitCommand(), devCommand(), versionCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "mailfleet:", err)
 		os.Exit(1)

@@ -88,6 +88,13 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	if err != nil {
 		return err
 	}
+	budgets, closeBudget, err := openBudget(cfg.Budget, log)
+	if err != nil {
+		return err
+	}
+	// Deferred before the server exists, so it runs after the drain: the
+	// sessions finishing during it still ask the budget.
+	defer closeBudget()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var sp spool.Spool = store
@@ -98,7 +105,7 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	}
 	srv, err := smtpd.New(smtpCfg, smtpd.Deps{
 		Auth:    credentials.NewVerifier(creds),
-		Budget:  budget.NewFixedWindow(),
+		Budget:  budgets,
 		Spool:   sp,
 		IDs:     ids,
 		Metrics: smtpd.NewMetrics(reg),
@@ -157,6 +164,24 @@ func smtpConfig(ctx context.Context, cfg config.Config, log *slog.Logger) (smtpd
 		out.TLS = certs.ServerTLSConfig(reloader.GetCertificate)
 	}
 	return out, nil
+}
+
+// openBudget returns where accounts' budgets are counted: the rate-limit
+// sidecar when the config names one, else an in-process window (dev mode,
+// a single relay).
+func openBudget(cfg config.Budget, log *slog.Logger) (budget.Budget, func(), error) {
+	if cfg.Sidecar == nil {
+		log.Info("budgets are counted in this process only")
+		return budget.NewFixedWindow(), func() {}, nil
+	}
+	s, err := budget.NewSidecar(budget.SidecarOptions{
+		Address: cfg.Sidecar.Address, Timeout: cfg.Sidecar.Timeout.Duration, Log: log,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info("budgets are counted by the rate-limit sidecar", "address", cfg.Sidecar.Address, "timeout", cfg.Sidecar.Timeout.Duration)
+	return s, func() { s.Close() }, nil
 }
 
 // openCredentials starts the configured credentials source: the file, or the

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"time"
 
@@ -35,6 +36,8 @@ type Config struct {
 	// DrainGracePeriod is how long open sessions may go on after SIGTERM.
 	DrainGracePeriod Duration `json:"drainGracePeriod,omitempty"`
 	Limits           Limits   `json:"limits,omitempty"`
+	// Budget says where accounts' budgets are counted.
+	Budget Budget `json:"budget,omitempty"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"logLevel,omitempty"`
 }
@@ -70,6 +73,29 @@ type Limits struct {
 	AuthFailureLimit  int      `json:"authFailureLimit,omitempty"`
 	AuthFailureWindow Duration `json:"authFailureWindow,omitempty"`
 }
+
+// Budget says where accounts' budgets are counted. Without a sidecar the
+// relay counts in-process, which holds for one relay process only (dev mode,
+// a single relay); a fleet asks the rate-limit sidecar in its pod.
+type Budget struct {
+	Sidecar *BudgetSidecar `json:"sidecar,omitempty"`
+}
+
+// BudgetSidecar is the rate-limit sidecar (mailfleet ratelimit) on loopback.
+type BudgetSidecar struct {
+	// Address is its gRPC address (default 127.0.0.1:8081).
+	Address string `json:"address,omitempty"`
+	// Timeout bounds one decision; past it the message gets 451 4.7.1
+	// (default 100ms: twice the sidecar's Redis deadline, so the sidecar's
+	// own failure mode answers first).
+	Timeout Duration `json:"timeout,omitempty"`
+}
+
+// Defaults for the budget sidecar.
+const (
+	DefaultSidecarAddress = "127.0.0.1:8081"
+	DefaultSidecarTimeout = 100 * time.Millisecond
+)
 
 // DefaultListeners are the contract's ports: STARTTLS on 25, 587 and 2525
 // (587 only lets AUTH in after STARTTLS, in RFC 8314's spirit) and implicit
@@ -118,6 +144,14 @@ func (c *Config) Defaults() {
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
+	if sc := c.Budget.Sidecar; sc != nil {
+		if sc.Address == "" {
+			sc.Address = DefaultSidecarAddress
+		}
+		if sc.Timeout.Duration == 0 {
+			sc.Timeout.Duration = DefaultSidecarTimeout
+		}
+	}
 }
 
 // Validate says what to fix.
@@ -151,6 +185,14 @@ func (c *Config) Validate() error {
 	}
 	if c.TLS != nil && (c.TLS.CertFile == "" || c.TLS.KeyFile == "") {
 		errs = append(errs, errors.New("tls: certFile and keyFile are both required"))
+	}
+	if sc := c.Budget.Sidecar; sc != nil {
+		if _, _, err := net.SplitHostPort(sc.Address); err != nil {
+			errs = append(errs, fmt.Errorf("budget.sidecar.address: %w", err))
+		}
+		if sc.Timeout.Duration < 0 {
+			errs = append(errs, errors.New("budget.sidecar.timeout: must be positive"))
+		}
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

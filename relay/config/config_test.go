@@ -46,6 +46,23 @@ func TestLoad(t *testing.T) {
 				t.Fatalf("credentialsSecrets = %+v", c.CredentialsSecrets)
 			}
 		}},
+		{name: "no budget section: counted in-process", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\n", check: func(t *testing.T, c Config) {
+			if c.Budget.Sidecar != nil {
+				t.Fatalf("budget = %+v, want no sidecar", c.Budget.Sidecar)
+			}
+		}},
+		{name: "budget sidecar with defaults", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {sidecar: {}}\n", check: func(t *testing.T, c Config) {
+			if sc := c.Budget.Sidecar; sc.Address != "127.0.0.1:8081" || sc.Timeout.Duration != 100*time.Millisecond {
+				t.Fatalf("budget.sidecar = %+v", sc)
+			}
+		}},
+		{name: "budget sidecar", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {sidecar: {address: '127.0.0.1:9000', timeout: 50ms}}\n", check: func(t *testing.T, c Config) {
+			if sc := c.Budget.Sidecar; sc.Address != "127.0.0.1:9000" || sc.Timeout.Duration != 50*time.Millisecond {
+				t.Fatalf("budget.sidecar = %+v", sc)
+			}
+		}},
+		{name: "budget sidecar address", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {sidecar: {address: sidecar}}\n", wantErr: "budget.sidecar.address"},
+		{name: "budget typo", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {sidecr: {}}\n", wantErr: `unknown field "sidecr"`},
 		{name: "duplicate listener", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}, {name: a, address: ':2'}]\n", wantErr: `name "a" is used twice`},
 		{name: "log level", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nlogLevel: loud\n", wantErr: `logLevel: "loud"`},
 	}

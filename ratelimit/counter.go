@@ -1,0 +1,114 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// takeScript is the whole shared-counter protocol, run atomically by Redis.
+//
+//   - The window comes from Redis TIME, not from the caller, so sidecars on
+//     nodes with skewed clocks still count into the same window.
+//   - A call that would take the count over the limit is refused and not
+//     counted, so a client hammering over budget does not eat into anything.
+//   - KEYS[1] is the hash tag "{<api_user>}"; the window's key is derived
+//     from it inside the script. Declaring the tag keeps the derived key in
+//     the declared key's cluster slot, which is what Redis Cluster requires of
+//     a script that touches a key it computes.
+//   - The key expires a little after its window, so Redis holds at most two
+//     windows of counters per active account.
+//
+// ARGV: hits, limit, window length in seconds, TTL slack in seconds.
+// Returns {allowed (0|1), count after the call, ms until the window ends, window number}.
+const takeScript = `
+local t = redis.call('TIME')
+local sec = tonumber(t[1])
+local ms = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
+local hits = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local len = tonumber(ARGV[3])
+local window = math.floor(sec / len)
+local key = KEYS[1] .. ':' .. string.format('%d', window)
+local reset = (window + 1) * len * 1000 - ms
+local current = tonumber(redis.call('GET', key) or 0)
+if current + hits > limit then
+  return {0, current, reset, window}
+end
+current = redis.call('INCRBY', key, hits)
+if current == hits then
+  redis.call('EXPIRE', key, len + tonumber(ARGV[4]))
+end
+return {1, current, reset, window}
+`
+
+// ttlSlack keeps a window's key a little past the window's end, so a late
+// reader never sees a key vanish in the middle of its own window.
+const ttlSlack = 10 * time.Second
+
+// Result is the answer for one api_user's window.
+type Result struct {
+	// Allowed says whether the hits were admitted (and counted).
+	Allowed bool
+	// Count is the window's count after this call.
+	Count int64
+	// Limit is the limit the call was checked against.
+	Limit int64
+	// ResetIn is the time left in the window.
+	ResetIn time.Duration
+	// Window numbers the window: unix seconds divided by the window length.
+	Window int64
+}
+
+// Remaining is what the window still admits, never negative (a limit lowered
+// mid-window can leave the count above it).
+func (r Result) Remaining() int64 {
+	return max(r.Limit-r.Count, 0)
+}
+
+// Counter is the shared fixed-window counter in Redis.
+type Counter struct {
+	client redis.Scripter
+	script *redis.Script
+	window time.Duration
+}
+
+// NewCounter counts in Redis in calendar-aligned windows of the given length
+// (whole seconds; a minute in production).
+func NewCounter(client redis.Scripter, window time.Duration) (*Counter, error) {
+	if window < time.Second || window%time.Second != 0 {
+		return nil, fmt.Errorf("counter window %v: want a whole number of seconds", window)
+	}
+	return &Counter{client: client, script: redis.NewScript(takeScript), window: window}, nil
+}
+
+// Key is the Redis key of an api_user's counter in a window: the api_user is
+// the hash tag, so every window of one account lives on one cluster slot.
+func Key(apiUser string, window int64) string {
+	return "{" + apiUser + "}:" + strconv.FormatInt(window, 10)
+}
+
+// Take adds hits to apiUser's count in the current window unless that would
+// exceed limit. It makes one round trip: EVALSHA, or EVAL when Redis has not
+// cached the script yet (after a restart, for instance).
+func (c *Counter) Take(ctx context.Context, apiUser string, hits, limit int64) (Result, error) {
+	vals, err := c.script.Run(ctx, c.client, []string{"{" + apiUser + "}"},
+		hits, limit, int64(c.window/time.Second), int64(ttlSlack/time.Second)).Int64Slice()
+	if err != nil {
+		return Result{}, fmt.Errorf("redis take: %w", err)
+	}
+	if len(vals) != 4 {
+		return Result{}, errors.New("redis take: the script returned an unexpected reply")
+	}
+	return Result{
+		Allowed: vals[0] == 1,
+		Count:   vals[1],
+		Limit:   limit,
+		ResetIn: time.Duration(vals[2]) * time.Millisecond,
+		Window:  vals[3],
+	}, nil
+}

@@ -1,0 +1,89 @@
+// Package ratelimittest starts in-process rate-limit sidecars on loopback
+// for the tests of the packages that call them.
+package ratelimittest
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mailfleet/mailfleet/ratelimit"
+)
+
+// Sidecar is an in-process rate-limit sidecar: a gRPC server on
+// 127.0.0.1:0 with its own Redis client, as each relay pod has its own.
+type Sidecar struct {
+	// Addr is the gRPC address.
+	Addr     string
+	Server   *ratelimit.Server
+	Registry *prometheus.Registry
+	Redis    *redis.Client
+}
+
+// quietRedis silences go-redis's process-wide logger once: the failure
+// tests make it print a line per failed dial.
+var quietRedis sync.Once
+
+// StartSidecar serves a ratelimit.Server counting in the Redis at redisAddr.
+// When opts.Metrics is nil the sidecar gets its own registry, so a test can
+// read one sidecar's metrics; when opts.Log is nil its log is shown if the
+// test fails. It is stopped in t.Cleanup.
+func StartSidecar(t testing.TB, redisAddr string, opts ratelimit.Options) *Sidecar {
+	t.Helper()
+	quietRedis.Do(func() {
+		ratelimit.LogRedisClientTo(slog.New(slog.DiscardHandler))
+	})
+	s := &Sidecar{Registry: prometheus.NewRegistry()}
+	if opts.Metrics == nil {
+		opts.Metrics = ratelimit.NewMetrics(s.Registry)
+	}
+	if opts.Log == nil {
+		var logs bytes.Buffer
+		var mu sync.Mutex
+		opts.Log = slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+		t.Cleanup(func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if t.Failed() && logs.Len() > 0 {
+				t.Logf("sidecar %s log:\n%s", s.Addr, logs.String())
+			}
+		})
+	}
+	deadline := opts.Deadline
+	if deadline == 0 {
+		deadline = ratelimit.DefaultDeadline
+	}
+	s.Redis = ratelimit.NewRedisClient(ratelimit.RedisOptions{Address: redisAddr, Timeout: ratelimit.SocketTimeout(deadline)})
+	t.Cleanup(func() { s.Redis.Close() })
+	var err error
+	s.Server, err = ratelimit.NewServer(s.Redis, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Addr = ln.Addr().String()
+	g := ratelimit.NewGRPCServer(s.Server)
+	go g.Serve(ln)
+	t.Cleanup(g.Stop)
+	return s
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
