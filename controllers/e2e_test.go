@@ -5,11 +5,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/smtp"
+	"net/textproto"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,10 +27,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/ratelimit/redistest"
 	"github.com/mailfleet/mailfleet/relay/config"
 )
 
@@ -95,6 +99,49 @@ func TestRenderedRelayServesAccounts(t *testing.T) {
 	}
 }
 
+// TestRenderedRelayWithRateLimitSidecar runs the relay and its rate-limit
+// sidecar from the rendered Deployment against a real redis-server: an
+// account with a budget of 3 per minute gets exactly 3 messages through the
+// fleet's counter, and the 4th is refused with 536 5.7.1.
+func TestRenderedRelayWithRateLimitSidecar(t *testing.T) {
+	ctx := context.Background()
+	redis := redistest.StartRedis(t)
+	platform := newNamespace(t, nil)
+	startManager(t, func(mgr ctrl.Manager) error { return Setup(mgr, testRenderOptions) })
+	createTestIssuer(t, platform, "ca")
+	createRelay(t, withNamespace(platform), withRateLimit(&v1.RelayRateLimit{
+		Redis: v1.RedisEndpoint{Address: redis.Addr}, FailureMode: v1.RateLimitFailureDeny,
+	}))
+	caPEM := playCertManager(t, platform, "mx", "mx-tls")
+	relay := runRenderedRelay(t, platform, "mx")
+
+	mkAccount(t, platform, "acme", platform, "mx", func(a *v1.SmtpAccount) { a.Spec.BudgetPerMinute = ptr.To[int32](3) })
+	var creds corev1.Secret
+	eventually(t, relayWait, func() error { return getLive(&creds, platform, "acme-smtp-credentials") })
+	username, key := string(creds.Data[SecretKeyUsername]), string(creds.Data[SecretKeyPassword])
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	tlsCfg := &tls.Config{RootCAs: pool, ServerName: "smtp.example.com"}
+
+	// The first message waits for the credentials to reach the relay; the
+	// rest must fall in the same calendar minute as it.
+	redistest.WaitForTimeLeft(time.Minute, 15*time.Second)
+	eventually(t, relayWait, func() error { return submit(relay.addrs["submission"], tlsCfg, username, key) })
+	for i := 2; i <= 3; i++ {
+		if err := submit(relay.addrs["submission"], tlsCfg, username, key); err != nil {
+			t.Fatalf("message %d of a budget of 3: %v", i, err)
+		}
+	}
+	err := submit(relay.addrs["submission"], tlsCfg, username, key)
+	var reply *textproto.Error
+	if !errors.As(err, &reply) || reply.Code != 536 || reply.Msg != "5.7.1 Frequency limited" {
+		t.Fatalf("message 4 of a budget of 3: got %v, want 536 5.7.1 Frequency limited", err)
+	}
+	if n, err := redis.Client().DBSize(ctx).Result(); err != nil || n == 0 {
+		t.Fatalf("redis holds %d keys (%v): the budget was not counted there", n, err)
+	}
+}
+
 // submit sends one message with Go's SMTP client: STARTTLS, AUTH PLAIN.
 func submit(addr string, tlsCfg *tls.Config, username, key string) error {
 	c, err := smtp.Dial(addr)
@@ -147,7 +194,13 @@ func runRenderedRelay(t *testing.T, ns, name string) renderedRelay {
 		return getLive(&tlsSecret, ns, name+"-tls")
 	})
 	dir := t.TempDir()
-	cfgPath := materialiseConfig(t, dir, cm.Data["relay.yaml"], tlsSecret)
+	sidecar := ""
+	for _, c := range dep.Spec.Template.Spec.InitContainers {
+		if c.Name == ratelimitContainerName {
+			sidecar = runRenderedSidecar(t, c, cm)
+		}
+	}
+	cfgPath := materialiseConfig(t, dir, cm.Data["relay.yaml"], tlsSecret, sidecar)
 	container := dep.Spec.Template.Spec.Containers[0]
 	args := append([]string(nil), container.Args...)
 	for i := range args {
@@ -214,9 +267,72 @@ func runRenderedRelay(t *testing.T, ns, name string) renderedRelay {
 	return r
 }
 
+// runRenderedSidecar starts the rate-limit sidecar with the rendered
+// container's args and env, moved to free loopback ports, waits for the
+// startup probe's path to answer, and returns its gRPC address.
+func runRenderedSidecar(t *testing.T, c corev1.Container, cm corev1.ConfigMap) string {
+	t.Helper()
+	grpcAddr, opsAddr := freeLoopbackAddr(t), freeLoopbackAddr(t)
+	args := append([]string(nil), c.Args...)
+	for i := 1; i < len(args); i++ {
+		switch args[i-1] {
+		case "--listen":
+			args[i] = grpcAddr
+		case "--metrics-address":
+			args[i] = opsAddr
+		case "--redis-password-file", "--redis-ca-file":
+			t.Fatalf("the test does not mount %s", args[i-1])
+		}
+	}
+	cmd := exec.Command(mailfleetBinary(t), args...)
+	cmd.Env = os.Environ()
+	for _, e := range c.Env {
+		v := e.Value
+		if e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil {
+			if e.ValueFrom.ConfigMapKeyRef.Name != cm.Name {
+				t.Fatalf("env %s comes from ConfigMap %s, not the relay's", e.Name, e.ValueFrom.ConfigMapKeyRef.Name)
+			}
+			v = cm.Data[e.ValueFrom.ConfigMapKeyRef.Key]
+		}
+		cmd.Env = append(cmd.Env, e.Name+"="+v)
+	}
+	logs := &logBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("sidecar logs:\n%s", logs)
+		}
+	})
+	path := c.StartupProbe.HTTPGet.Path
+	eventually(t, relayWait, func() error {
+		select {
+		case <-exited:
+			t.Fatalf("sidecar exited:\n%s", logs)
+		default:
+		}
+		resp, err := http.Get("http://" + opsAddr + path)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s %d", path, resp.StatusCode)
+		}
+		return nil
+	})
+	return grpcAddr
+}
+
 // materialiseConfig writes the mounted files a pod would see into dir and
 // returns the config path; listeners and metrics move to free loopback ports.
-func materialiseConfig(t *testing.T, dir, relayYAML string, tlsSecret corev1.Secret) string {
+func materialiseConfig(t *testing.T, dir, relayYAML string, tlsSecret corev1.Secret, sidecar string) string {
 	t.Helper()
 	var c config.Config
 	if err := yaml.UnmarshalStrict([]byte(relayYAML), &c); err != nil {
@@ -233,6 +349,12 @@ func materialiseConfig(t *testing.T, dir, relayYAML string, tlsSecret corev1.Sec
 	}
 	c.MetricsAddress = "127.0.0.1:0"
 	c.SpoolDir = filepath.Join(dir, "spool")
+	if c.Budget.Sidecar != nil {
+		if sidecar == "" {
+			t.Fatal("the relay config asks a sidecar the Deployment does not run")
+		}
+		c.Budget.Sidecar.Address = sidecar
+	}
 	out, err := yaml.Marshal(c)
 	if err != nil {
 		t.Fatal(err)

@@ -221,6 +221,11 @@ type relayObservation struct {
 	certificate *certmanagerv1.Certificate
 	// missingSecret names spec.tls.secretName when it does not exist.
 	missingSecret string
+	// fleetBudget is whether budgets are counted across the fleet (the
+	// rate-limit sidecar) rather than per pod.
+	fleetBudget bool
+	// missingRef is another Secret the pods mount that does not exist.
+	missingRef    *relaySecretRef
 	replicas      int32
 	readyReplicas int32
 }
@@ -230,6 +235,17 @@ func (r *RelayReconciler) observe(ctx context.Context, relay *v1.SmtpRelay, objs
 		certificate:   objs.Certificate,
 		replicas:      relayReplicas(relay),
 		readyReplicas: objs.Deployment.Status.ReadyReplicas,
+		fleetBudget:   relay.Spec.RateLimit != nil,
+	}
+	for _, ref := range relayReferencedSecrets(relay) {
+		found, err := r.secretExists(ctx, relay.Namespace, ref.name)
+		if err != nil {
+			return obs, err
+		}
+		if !found {
+			obs.missingRef = &ref
+			break
+		}
 	}
 	if ref := relay.Spec.TLS.IssuerRef; ref != nil {
 		found, err := r.issuerExists(ctx, relay.Namespace, ref)
@@ -315,12 +331,18 @@ func relayReadiness(obs relayObservation) relayVerdict {
 	case obs.missingSecret != "":
 		return relayVerdict{reason: v1.ReasonTLSSecretNotFound,
 			message: fmt.Sprintf("TLS Secret %q (spec.tls.secretName) does not exist in the relay's namespace", obs.missingSecret)}
+	case obs.missingRef != nil:
+		return relayVerdict{reason: v1.ReasonSecretNotFound,
+			message: fmt.Sprintf("Secret %q (%s) does not exist in the relay's namespace; the relay pods cannot start without it", obs.missingRef.name, obs.missingRef.field)}
 	case obs.readyReplicas < obs.replicas:
 		return relayVerdict{reason: v1.ReasonReplicasNotReady,
 			message: fmt.Sprintf("%d of %d relay pods are ready", obs.readyReplicas, obs.replicas)}
 	}
-	return relayVerdict{ready: true, reason: v1.ReasonReady,
-		message: fmt.Sprintf("%d of %d relay pods are ready", obs.readyReplicas, obs.replicas)}
+	msg := fmt.Sprintf("%d of %d relay pods are ready", obs.readyReplicas, obs.replicas)
+	if !obs.fleetBudget && obs.replicas > 1 {
+		msg += fmt.Sprintf("; without spec.rateLimit each pod admits 1/%d of every account's budget", obs.replicas)
+	}
+	return relayVerdict{ready: true, reason: v1.ReasonReady, message: msg}
 }
 
 func certificateCondition(cert *certmanagerv1.Certificate) *certmanagerv1.CertificateCondition {
@@ -367,7 +389,7 @@ func (r *RelayReconciler) updateStatus(ctx context.Context, relay, orig *v1.Smtp
 // status only: it fixes itself.
 func (r *RelayReconciler) recordEvent(relay *v1.SmtpRelay, v relayVerdict) {
 	switch v.reason {
-	case v1.ReasonIssuerNotFound, v1.ReasonTLSSecretNotFound, v1.ReasonRenderFailed:
+	case v1.ReasonIssuerNotFound, v1.ReasonTLSSecretNotFound, v1.ReasonSecretNotFound, v1.ReasonRenderFailed:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeWarning, v.reason, "Reconcile", "%s", v.message)
 	case v1.ReasonReady:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeNormal, v.reason, "Reconcile", "%s", v.message)
@@ -386,10 +408,15 @@ func indexRelayIssuer(obj client.Object) []string {
 }
 
 func indexRelaySecret(obj client.Object) []string {
-	if name := obj.(*v1.SmtpRelay).Spec.TLS.SecretName; name != "" {
-		return []string{name}
+	relay := obj.(*v1.SmtpRelay)
+	var names []string
+	if name := relay.Spec.TLS.SecretName; name != "" {
+		names = append(names, name)
 	}
-	return nil
+	for _, ref := range relayReferencedSecrets(relay) {
+		names = append(names, ref.name)
+	}
+	return names
 }
 
 func (r *RelayReconciler) relaysForIssuer(ctx context.Context, obj client.Object) []reconcile.Request {

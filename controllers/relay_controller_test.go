@@ -541,3 +541,32 @@ func startManagerWithConfig(t *testing.T, cfg *rest.Config) {
 		<-done
 	})
 }
+
+// TestRelayRateLimitSecrets checks that a relay whose sidecar needs a Redis
+// password Secret that does not exist says so, recovers once it exists, and
+// that the pod with the sidecar passes PodSecurity "restricted".
+func TestRelayRateLimitSecrets(t *testing.T) {
+	ns := newNamespace(t, map[string]string{"pod-security.kubernetes.io/enforce": "restricted"})
+	startRelayController(t)
+	createTestIssuer(t, ns, "ca")
+	relay := createRelay(t, withNamespace(ns), withRateLimit(&v1.RelayRateLimit{
+		Redis: v1.RedisEndpoint{Address: "redis:6379", PasswordSecretRef: &v1.SecretKeySelector{Name: "redis-auth", Key: "password"}},
+	}))
+	playCertManager(t, ns, "mx", "mx-tls")
+
+	got := waitReady(t, relay, metav1.ConditionFalse, v1.ReasonSecretNotFound)
+	msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message
+	if !strings.Contains(msg, `"redis-auth"`) || !strings.Contains(msg, "spec.rateLimit.redis.passwordSecretRef") {
+		t.Errorf("message %q does not name the Secret and the field", msg)
+	}
+	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonSecretNotFound)
+	checkPodAdmitted(t, ns)
+
+	if err := testClient.Create(context.Background(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "redis-auth", Namespace: ns},
+		StringData: map[string]string{"password": "not-used-here"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonReplicasNotReady)
+}

@@ -39,6 +39,7 @@ const (
 const (
 	relayContainerName   = "relay"
 	relayConfigKey       = "relay.yaml"
+	relayReplicasKey     = "replicas"
 	relayConfigPath      = "/etc/mailfleet/relay.yaml"
 	relayTLSDir          = "/etc/mailfleet/tls"
 	relaySpoolDir        = "/var/spool/mailfleet"
@@ -131,7 +132,7 @@ func RenderRelay(relay *v1.SmtpRelay, opts RenderOptions) (*RelayObjects, error)
 	if err != nil {
 		return nil, err
 	}
-	cm, err := relayConfigMap(relay, ports)
+	cm, configHash, err := relayConfigMap(relay, ports)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +142,7 @@ func RenderRelay(relay *v1.SmtpRelay, opts RenderOptions) (*RelayObjects, error)
 		Role:           relayRole(relay),
 		RoleBinding:    relayRoleBinding(relay),
 		Certificate:    relayCertificate(relay),
-		Deployment:     relayDeployment(relay, image, ports, relayConfigHash(cm)),
+		Deployment:     relayDeployment(relay, image, ports, configHash),
 		Service:        relayService(relay, ports),
 		PDB:            relayPDB(relay),
 	}, nil
@@ -264,6 +265,7 @@ func relayConfig(relay *v1.SmtpRelay, ports []relayPort) config.Config {
 		SpoolDir:           relaySpoolDir,
 		MetricsAddress:     ":" + strconv.Itoa(relayMetricsPort),
 		DrainGracePeriod:   config.Duration{Duration: relayDrainGrace},
+		Budget:             relayBudget(relay),
 	}
 	for _, p := range ports {
 		c.Listeners = append(c.Listeners, config.Listener{
@@ -276,21 +278,32 @@ func relayConfig(relay *v1.SmtpRelay, ports []relayPort) config.Config {
 	return c
 }
 
-func relayConfigMap(relay *v1.SmtpRelay, ports []relayPort) (*corev1.ConfigMap, error) {
-	data, err := yaml.Marshal(relayConfig(relay, ports))
+// relayConfigMap holds the relay's config file and the fleet's size, and
+// returns the digest that rolls the pods when the config changes. The
+// fleet's size only sets each pod's share of a budget (without the sidecar
+// in relay.yaml, with it the sidecar's fallback), so it is left out of the
+// digest: scaling must not restart every relay. A pod reads the size when
+// it starts, so pods older than a scale keep their old share until they are
+// replaced; spec.rateLimit is the exact count.
+func relayConfigMap(relay *v1.SmtpRelay, ports []relayPort) (*corev1.ConfigMap, string, error) {
+	c := relayConfig(relay, ports)
+	data, err := yaml.Marshal(c)
 	if err != nil {
-		return nil, fmt.Errorf("marshal relay config: %w", err)
+		return nil, "", fmt.Errorf("marshal relay config: %w", err)
 	}
+	c.Budget.PodShare = 0
+	stable, err := yaml.Marshal(c)
+	if err != nil {
+		return nil, "", fmt.Errorf("marshal relay config: %w", err)
+	}
+	sum := sha256.Sum256(stable)
 	return &corev1.ConfigMap{
 		ObjectMeta: relayObjectMeta(relay, relayConfigMapName(relay.Name)),
-		Data:       map[string]string{relayConfigKey: string(data)},
-	}, nil
-}
-
-// relayConfigHash digests what the relay reads at start.
-func relayConfigHash(cm *corev1.ConfigMap) string {
-	sum := sha256.Sum256([]byte(cm.Data[relayConfigKey]))
-	return hex.EncodeToString(sum[:])
+		Data: map[string]string{
+			relayConfigKey:   string(data),
+			relayReplicasKey: strconv.Itoa(int(max(relayReplicas(relay), 1))),
+		},
+	}, hex.EncodeToString(sum[:]), nil
 }
 
 func relayDeployment(relay *v1.SmtpRelay, image string, ports []relayPort, hash string) *appsv1.Deployment {
@@ -333,6 +346,7 @@ func relayPodSpec(relay *v1.SmtpRelay, image string, ports []relayPort) corev1.P
 			FSGroup:        ptr.To(int64(relayUID)),
 			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 		},
+		InitContainers:            ratelimitInitContainers(relay, image),
 		Containers:                []corev1.Container{relayContainer(relay, image, ports)},
 		Volumes:                   relayVolumes(relay),
 		TopologySpreadConstraints: relaySpread(relay),
@@ -415,7 +429,7 @@ func relayProbe(path string, period, failures int32) *corev1.Probe {
 }
 
 func relayVolumes(relay *v1.SmtpRelay) []corev1.Volume {
-	return []corev1.Volume{
+	return append([]corev1.Volume{
 		{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 			LocalObjectReference: corev1.LocalObjectReference{Name: relayConfigMapName(relay.Name)},
 		}}},
@@ -426,7 +440,7 @@ func relayVolumes(relay *v1.SmtpRelay) []corev1.Volume {
 		// The spool only holds messages until the queue has them, so it
 		// does not outlive the pod (the Deployment stays stateless).
 		{Name: "spool", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-	}
+	}, ratelimitVolumes(relay)...)
 }
 
 func relayService(relay *v1.SmtpRelay, ports []relayPort) *corev1.Service {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
@@ -463,7 +464,7 @@ func restrictedViolations(spec corev1.PodSpec) []string {
 	if psc != nil && psc.RunAsUser != nil && *psc.RunAsUser == 0 {
 		v = append(v, "pod runs as root")
 	}
-	for _, c := range spec.Containers {
+	for _, c := range append(append([]corev1.Container(nil), spec.InitContainers...), spec.Containers...) {
 		sc := c.SecurityContext
 		if sc == nil {
 			v = append(v, c.Name+": no security context")
@@ -508,6 +509,10 @@ func TestRenderRelayPodSecurity(t *testing.T) {
 	if v := restrictedViolations(spec); len(v) > 0 {
 		t.Errorf("pod is not PodSecurity restricted: %v", v)
 	}
+	withSidecar := mustRender(t, newTestRelay(withRateLimit(fullRateLimit()))).Deployment.Spec.Template.Spec
+	if v := restrictedViolations(withSidecar); len(v) > 0 {
+		t.Errorf("pod with the rate-limit sidecar is not PodSecurity restricted: %v", v)
+	}
 	c := spec.Containers[0].SecurityContext
 	if !ptr.Deref(c.ReadOnlyRootFilesystem, false) || ptr.Deref(c.RunAsUser, 0) != 65532 || len(c.Capabilities.Add) != 0 {
 		t.Errorf("container security = %+v, want read-only root, uid 65532, no added capabilities", c)
@@ -537,6 +542,9 @@ func TestRelayConfigHash(t *testing.T) {
 		{"hostname", newTestRelay(withHostname("mx.example.org")), true},
 		{"banner", newTestRelay(withBanner("other")), true},
 		{"listeners", newTestRelay(withListeners(v1.RelayListener{Name: "alt", Port: 2525})), true},
+	}
+	if hash(newTestRelay(withReplicas(5), withRateLimit(fullRateLimit()))) != hash(newTestRelay(withRateLimit(fullRateLimit()))) {
+		t.Error("scaling a relay with the sidecar changes the hash")
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -598,6 +606,12 @@ func TestRelayReadiness(t *testing.T) {
 			v1.ReasonReplicasNotReady, "1 of 3"},
 		{"ready", relayObservation{certificate: certWith(cmmeta.ConditionTrue, ""), replicas: 3, readyReplicas: 3},
 			v1.ReasonReady, "3 of 3"},
+		{"ready without a fleet-wide budget says so", relayObservation{replicas: 3, readyReplicas: 3},
+			v1.ReasonReady, "each pod admits 1/3 of every account's budget"},
+		{"ready with the sidecar", relayObservation{replicas: 3, readyReplicas: 3, fleetBudget: true},
+			v1.ReasonReady, "3 of 3 relay pods are ready"},
+		{"redis password missing", relayObservation{replicas: 2, missingRef: &relaySecretRef{field: "spec.rateLimit.redis.passwordSecretRef", name: "redis-auth"}},
+			v1.ReasonSecretNotFound, `Secret "redis-auth" (spec.rateLimit.redis.passwordSecretRef) does not exist`},
 		{"scaled to zero is ready", relayObservation{missingSecret: "", replicas: 0},
 			v1.ReasonReady, "0 of 0"},
 	}
@@ -609,4 +623,94 @@ func TestRelayReadiness(t *testing.T) {
 			}
 		})
 	}
+}
+
+func withRateLimit(rl *v1.RelayRateLimit) relayOption {
+	return func(r *v1.SmtpRelay) { r.Spec.RateLimit = rl }
+}
+
+func fullRateLimit() *v1.RelayRateLimit {
+	return &v1.RelayRateLimit{
+		Redis: v1.RedisEndpoint{
+			Address:           "redis.mail.svc:6379",
+			Username:          "mailfleet",
+			PasswordSecretRef: &v1.SecretKeySelector{Name: "redis-auth", Key: "pw"},
+			TLS:               &v1.RedisTLS{CASecretRef: &v1.SecretKeySelector{Name: "redis-ca", Key: "ca.pem"}},
+		},
+		FailureMode: v1.RateLimitFailureDeny,
+		Deadline:    &metav1.Duration{Duration: 20 * time.Millisecond},
+	}
+}
+
+func TestRenderRelayRateLimit(t *testing.T) {
+	t.Run("without a sidecar each pod counts its share", func(t *testing.T) {
+		objs := mustRender(t, newTestRelay(withReplicas(3)))
+		if n := len(objs.Deployment.Spec.Template.Spec.InitContainers); n != 0 {
+			t.Errorf("%d init containers, want none", n)
+		}
+		c := loadRendered(t, objs.ConfigMap)
+		if c.Budget.Sidecar != nil || c.Budget.PodShare != 3 {
+			t.Errorf("budget = %+v, want a share of 3 and no sidecar", c.Budget)
+		}
+	})
+	t.Run("sidecar", func(t *testing.T) {
+		relay := newTestRelay(withReplicas(3), withRateLimit(fullRateLimit()))
+		relay.Spec.DefaultBudgetPerMinute = 1200
+		objs := mustRender(t, relay)
+		c := loadRendered(t, objs.ConfigMap)
+		if c.Budget.Sidecar == nil || c.Budget.Sidecar.Address != "127.0.0.1:8081" || c.Budget.PodShare != 0 {
+			t.Errorf("budget = %+v, want the sidecar on 127.0.0.1:8081", c.Budget)
+		}
+		spec := objs.Deployment.Spec.Template.Spec
+		if len(spec.InitContainers) != 1 {
+			t.Fatalf("init containers = %d, want the sidecar", len(spec.InitContainers))
+		}
+		sc := spec.InitContainers[0]
+		if sc.Name != "ratelimit" || ptr.Deref(sc.RestartPolicy, "") != corev1.ContainerRestartPolicyAlways || sc.StartupProbe == nil {
+			t.Errorf("sidecar = %s restartPolicy %v startupProbe %v, want a native sidecar with a startup probe", sc.Name, sc.RestartPolicy, sc.StartupProbe)
+		}
+		want := []string{"ratelimit", "--listen", "127.0.0.1:8081", "--metrics-address", ":9091",
+			"--redis-address", "redis.mail.svc:6379", "--failure-mode", "deny", "--default-limit", "1200",
+			"--deadline", "20ms", "--redis-username", "mailfleet",
+			"--redis-password-file", "/etc/mailfleet/redis/password/password",
+			"--redis-tls", "--redis-ca-file", "/etc/mailfleet/redis/ca/ca.crt"}
+		if !reflect.DeepEqual(sc.Args, want) {
+			t.Errorf("sidecar args\n got %q\nwant %q", sc.Args, want)
+		}
+		if len(sc.Env) != 1 || sc.Env[0].Name != "MAILFLEET_RATELIMIT_REPLICAS" || sc.Env[0].ValueFrom == nil ||
+			sc.Env[0].ValueFrom.ConfigMapKeyRef == nil || sc.Env[0].ValueFrom.ConfigMapKeyRef.Key != "replicas" ||
+			sc.Env[0].ValueFrom.ConfigMapKeyRef.Name != objs.ConfigMap.Name {
+			t.Errorf("sidecar env = %+v, want MAILFLEET_RATELIMIT_REPLICAS from the ConfigMap's replicas", sc.Env)
+		}
+		if got := objs.ConfigMap.Data["replicas"]; got != "3" {
+			t.Errorf("ConfigMap replicas = %q, want 3", got)
+		}
+		vols := map[string]corev1.Volume{}
+		for _, v := range spec.Volumes {
+			vols[v.Name] = v
+		}
+		for name, want := range map[string][2]string{"redis-password": {"redis-auth", "pw"}, "redis-ca": {"redis-ca", "ca.pem"}} {
+			v, ok := vols[name]
+			if !ok || v.Secret == nil || v.Secret.SecretName != want[0] || len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != want[1] {
+				t.Errorf("volume %s = %+v, want only key %s of Secret %s", name, v.VolumeSource, want[1], want[0])
+			}
+		}
+		if got := relayReferencedSecrets(relay); len(got) != 2 {
+			t.Errorf("referenced secrets = %+v, want the password and the CA", got)
+		}
+	})
+	t.Run("defaults", func(t *testing.T) {
+		relay := newTestRelay(withRateLimit(&v1.RelayRateLimit{Redis: v1.RedisEndpoint{Address: "redis:6379"}}))
+		args := strings.Join(mustRender(t, relay).Deployment.Spec.Template.Spec.InitContainers[0].Args, " ")
+		for _, want := range []string{"--failure-mode allow", "--default-limit 30000"} {
+			if !strings.Contains(args, want) {
+				t.Errorf("args %q lack %q", args, want)
+			}
+		}
+		for _, unwanted := range []string{"--redis-tls", "--redis-password-file", "--deadline"} {
+			if strings.Contains(args, unwanted) {
+				t.Errorf("args %q have %q", args, unwanted)
+			}
+		}
+	})
 }

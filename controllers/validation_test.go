@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -66,6 +67,21 @@ func TestCRDValidation(t *testing.T) {
 		{"from=Selector without selector", relay(func(r *v1.SmtpRelay) {
 			r.Spec.Accounts.Namespaces = v1.AccountNamespaces{From: v1.NamespacesFromSelector}
 		}), "namespaces.selector is required when from is Selector"},
+		{"valid rate limit", relay(func(r *v1.SmtpRelay) {
+			r.Spec.RateLimit = &v1.RelayRateLimit{Redis: v1.RedisEndpoint{Address: "redis.mail.svc:6379"}, Deadline: &metav1.Duration{Duration: 50 * time.Millisecond}}
+		}), ""},
+		{"redis address without port", relay(func(r *v1.SmtpRelay) {
+			r.Spec.RateLimit = &v1.RelayRateLimit{Redis: v1.RedisEndpoint{Address: "redis://redis.mail.svc"}}
+		}), "redis.address must be host:port"},
+		{"rate limit failure mode", relay(func(r *v1.SmtpRelay) {
+			r.Spec.RateLimit = &v1.RelayRateLimit{Redis: v1.RedisEndpoint{Address: "redis:6379"}, FailureMode: "Sometimes"}
+		}), "spec.rateLimit.failureMode"},
+		{"rate limit deadline", relay(func(r *v1.SmtpRelay) {
+			r.Spec.RateLimit = &v1.RelayRateLimit{Redis: v1.RedisEndpoint{Address: "redis:6379"}, Deadline: &metav1.Duration{Duration: 5 * time.Second}}
+		}), "rateLimit.deadline must be between 1ms and 1s"},
+		{"redis password key", relay(func(r *v1.SmtpRelay) {
+			r.Spec.RateLimit = &v1.RelayRateLimit{Redis: v1.RedisEndpoint{Address: "redis:6379", PasswordSecretRef: &v1.SecretKeySelector{Name: "redis"}}}
+		}), "spec.rateLimit.redis.passwordSecretRef.key"},
 
 		{"valid account", account(func(*v1.SmtpAccount) {}), ""},
 		{"apiUser charset", account(func(a *v1.SmtpAccount) { a.Spec.APIUser = "bad#user" }), "spec.apiUser"},

@@ -52,6 +52,13 @@ type SmtpRelaySpec struct {
 	// +optional
 	DefaultBudgetPerMinute int32 `json:"defaultBudgetPerMinute,omitempty"`
 
+	// RateLimit counts accounts' budgets across the whole fleet in Redis,
+	// through a rate-limit sidecar in every relay pod. Without it, each pod
+	// counts on its own and admits 1/replicas of every budget, which holds
+	// only while the Service spreads connections evenly.
+	// +optional
+	RateLimit *RelayRateLimit `json:"rateLimit,omitempty"`
+
 	// Image overrides the relay image (default: the operator's own image).
 	// +optional
 	Image string `json:"image,omitempty"`
@@ -115,6 +122,78 @@ type IssuerReference struct {
 	// +kubebuilder:default=cert-manager.io
 	// +optional
 	Group string `json:"group,omitempty"`
+}
+
+// RelayRateLimit configures the rate-limit sidecar (mailfleet ratelimit)
+// that every relay pod asks before it accepts a message.
+type RelayRateLimit struct {
+	// Redis holds the counters, one key per api_user per minute.
+	Redis RedisEndpoint `json:"redis"`
+	// FailureMode is what the sidecar answers while Redis fails or misses
+	// the deadline: Allow admits up to each pod's share of the budget
+	// (budget/replicas), Deny refuses with 451 4.7.1 (try again later).
+	// +kubebuilder:validation:Enum=Allow;Deny
+	// +kubebuilder:default=Allow
+	// +optional
+	FailureMode RateLimitFailureMode `json:"failureMode,omitempty"`
+	// Deadline bounds one decision in Redis before the failure mode applies.
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1ms') && duration(self) <= duration('1s')",message="rateLimit.deadline must be between 1ms and 1s, such as 50ms"
+	// +optional
+	Deadline *metav1.Duration `json:"deadline,omitempty"`
+	// Resources of the sidecar container.
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+}
+
+// RateLimitFailureMode is the sidecar's policy while Redis is unavailable.
+type RateLimitFailureMode string
+
+// Failure modes.
+const (
+	RateLimitFailureAllow RateLimitFailureMode = "Allow"
+	RateLimitFailureDeny  RateLimitFailureMode = "Deny"
+)
+
+// RedisEndpoint is how the sidecar reaches Redis.
+type RedisEndpoint struct {
+	// Address is host:port, such as redis.mailfleet-system.svc:6379.
+	// +kubebuilder:validation:MinLength=3
+	// +kubebuilder:validation:MaxLength=261
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[^:/ ]+:[0-9]{1,5}$')",message="redis.address must be host:port, such as redis.mailfleet-system.svc:6379"
+	Address string `json:"address"`
+	// Username is the Redis ACL user (Redis 6 and later).
+	// +kubebuilder:validation:MaxLength=128
+	// +optional
+	Username string `json:"username,omitempty"`
+	// PasswordSecretRef names a key of a Secret in the relay's namespace that
+	// holds the password.
+	// +optional
+	PasswordSecretRef *SecretKeySelector `json:"passwordSecretRef,omitempty"`
+	// TLS connects over TLS.
+	// +optional
+	TLS *RedisTLS `json:"tls,omitempty"`
+}
+
+// RedisTLS is TLS towards Redis.
+type RedisTLS struct {
+	// CASecretRef names a key of a Secret in the relay's namespace holding
+	// the CA bundle that signs Redis's certificate; without it the system's
+	// roots are used.
+	// +optional
+	CASecretRef *SecretKeySelector `json:"caSecretRef,omitempty"`
+}
+
+// SecretKeySelector names one key of a Secret in the same namespace.
+type SecretKeySelector struct {
+	// Name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+	// Key in the Secret's data.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key"`
 }
 
 // RelayAccounts restricts where accounts may attach from, as Gateway API's

@@ -171,8 +171,8 @@ func smtpConfig(ctx context.Context, cfg config.Config, log *slog.Logger) (smtpd
 // a single relay).
 func openBudget(cfg config.Budget, log *slog.Logger) (budget.Budget, func(), error) {
 	if cfg.Sidecar == nil {
-		log.Info("budgets are counted in this process only")
-		return budget.NewFixedWindow(), func() {}, nil
+		log.Info("budgets are counted in this process only", "podShare", cfg.PodShare)
+		return budget.PodShare{Budget: budget.NewFixedWindow(), Pods: cfg.PodShare}, func() {}, nil
 	}
 	s, err := budget.NewSidecar(budget.SidecarOptions{
 		Address: cfg.Sidecar.Address, Timeout: cfg.Sidecar.Timeout.Duration, Log: log,

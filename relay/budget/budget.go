@@ -78,3 +78,21 @@ func (f *FixedWindow) Take(_ context.Context, req Request) Decision {
 	f.counts[req.APIUser]++
 	return Allow
 }
+
+// PodShare divides every budget evenly among Pods relay processes that each
+// count on their own: a fleet without the rate-limit sidecar still admits
+// about an account's budget in all, provided its Service spreads
+// connections evenly. Each share rounds up, so a small budget never becomes
+// zero.
+type PodShare struct {
+	Budget Budget
+	Pods   int
+}
+
+// Take asks the wrapped budget with this process's share of the limit.
+func (p PodShare) Take(ctx context.Context, req Request) Decision {
+	if p.Pods > 1 && req.Limit > 0 {
+		req.Limit = (req.Limit + p.Pods - 1) / p.Pods
+	}
+	return p.Budget.Take(ctx, req)
+}

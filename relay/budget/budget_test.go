@@ -33,3 +33,27 @@ func TestFixedWindowAdmitsExactlyTheLimitPerMinute(t *testing.T) {
 		t.Fatalf("zero budget: got %v, want over_limit", d)
 	}
 }
+
+func TestPodShareAdmitsEachPodItsShareRoundedUp(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct{ limit, pods, want int }{
+		{limit: 30, pods: 3, want: 10},
+		{limit: 10, pods: 3, want: 4},
+		{limit: 1, pods: 5, want: 1},
+		{limit: 7, pods: 1, want: 7},
+		{limit: 7, pods: 0, want: 7},
+	} {
+		window := NewFixedWindow()
+		window.now = func() time.Time { return time.Date(2026, 11, 28, 14, 0, 0, 0, time.UTC) }
+		share := PodShare{Budget: window, Pods: tc.pods}
+		admitted := 0
+		for range tc.limit * 2 {
+			if share.Take(ctx, Request{APIUser: "a", Limit: tc.limit}) == Allow {
+				admitted++
+			}
+		}
+		if admitted != tc.want {
+			t.Errorf("limit %d over %d pods: one pod admitted %d, want %d", tc.limit, tc.pods, admitted, tc.want)
+		}
+	}
+}

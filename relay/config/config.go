@@ -79,6 +79,9 @@ type Limits struct {
 // a single relay); a fleet asks the rate-limit sidecar in its pod.
 type Budget struct {
 	Sidecar *BudgetSidecar `json:"sidecar,omitempty"`
+	// PodShare, without a sidecar, divides every budget among this many
+	// relay processes that each count on their own (see budget.PodShare).
+	PodShare int `json:"podShare,omitempty"`
 }
 
 // BudgetSidecar is the rate-limit sidecar (mailfleet ratelimit) on loopback.
@@ -193,6 +196,9 @@ func (c *Config) Validate() error {
 		if sc.Timeout.Duration < 0 {
 			errs = append(errs, errors.New("budget.sidecar.timeout: must be positive"))
 		}
+	}
+	if c.Budget.PodShare < 0 || (c.Budget.PodShare > 0 && c.Budget.Sidecar != nil) {
+		errs = append(errs, errors.New("budget.podShare: must be positive, and only without budget.sidecar (the sidecar counts for the whole fleet)"))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

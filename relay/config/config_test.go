@@ -62,6 +62,12 @@ func TestLoad(t *testing.T) {
 			}
 		}},
 		{name: "budget sidecar address", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {sidecar: {address: sidecar}}\n", wantErr: "budget.sidecar.address"},
+		{name: "budget pod share", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {podShare: 3}\n", check: func(t *testing.T, c Config) {
+			if c.Budget.PodShare != 3 {
+				t.Fatalf("budget.podShare = %d, want 3", c.Budget.PodShare)
+			}
+		}},
+		{name: "budget pod share with sidecar", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {podShare: 3, sidecar: {}}\n", wantErr: "budget.podShare"},
 		{name: "budget typo", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {sidecr: {}}\n", wantErr: `unknown field "sidecr"`},
 		{name: "duplicate listener", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}, {name: a, address: ':2'}]\n", wantErr: `name "a" is used twice`},
 		{name: "log level", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nlogLevel: loud\n", wantErr: `logLevel: "loud"`},

@@ -1,0 +1,172 @@
+package controllers
+
+import (
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/relay/config"
+	"github.com/mailfleet/mailfleet/relay/credentials"
+)
+
+// The rate-limit sidecar inside the relay pod.
+const (
+	ratelimitContainerName   = "ratelimit"
+	ratelimitMetricsPortName = "rl-metrics"
+	ratelimitMetricsPort     = 9091
+	ratelimitSecretsDir      = "/etc/mailfleet/redis"
+	ratelimitPasswordFile    = ratelimitSecretsDir + "/password/password"
+	ratelimitCAFile          = ratelimitSecretsDir + "/ca/ca.crt"
+	// ratelimitReplicasEnv is the fleet size the sidecar divides budgets by
+	// while Redis is unavailable (the same name cmd/mailfleet reads).
+	ratelimitReplicasEnv = "MAILFLEET_RATELIMIT_REPLICAS"
+)
+
+// relayBudget is the relay's budget section: the sidecar on loopback when
+// the relay has one, else each pod's share of every budget.
+func relayBudget(relay *v1.SmtpRelay) config.Budget {
+	if relay.Spec.RateLimit == nil {
+		return config.Budget{PodShare: int(max(relayReplicas(relay), 1))}
+	}
+	return config.Budget{Sidecar: &config.BudgetSidecar{
+		Address: config.DefaultSidecarAddress,
+		Timeout: config.Duration{Duration: config.DefaultSidecarTimeout},
+	}}
+}
+
+// ratelimitInitContainers is the sidecar as a Kubernetes native sidecar (an
+// init container that keeps running): the kubelet starts it, and waits for
+// its startup probe, before the relay, and stops it only after the relay
+// has drained, so no message is ever asked about with nobody to answer.
+func ratelimitInitContainers(relay *v1.SmtpRelay, image string) []corev1.Container {
+	rl := relay.Spec.RateLimit
+	if rl == nil {
+		return nil
+	}
+	c := corev1.Container{
+		Name:          ratelimitContainerName,
+		Image:         image,
+		RestartPolicy: ptr.To(corev1.ContainerRestartPolicyAlways),
+		Args:          ratelimitArgs(relay),
+		// From the ConfigMap rather than written into the template, so that
+		// scaling does not roll the pods (see relayConfigMap).
+		Env: []corev1.EnvVar{{Name: ratelimitReplicasEnv, ValueFrom: &corev1.EnvVarSource{
+			ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+				LocalObjectReference: corev1.LocalObjectReference{Name: relayConfigMapName(relay.Name)},
+				Key:                  relayReplicasKey,
+			},
+		}}},
+		Ports: []corev1.ContainerPort{{Name: ratelimitMetricsPortName, ContainerPort: ratelimitMetricsPort, Protocol: corev1.ProtocolTCP}},
+		StartupProbe: &corev1.Probe{
+			ProbeHandler:     corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readyz", Port: intstr.FromString(ratelimitMetricsPortName)}},
+			PeriodSeconds:    1,
+			FailureThreshold: 30,
+		},
+		LivenessProbe: &corev1.Probe{
+			ProbeHandler:     corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString(ratelimitMetricsPortName)}},
+			PeriodSeconds:    10,
+			FailureThreshold: 3,
+		},
+		Resources:       rl.Resources,
+		SecurityContext: relayContainerSecurity(),
+	}
+	if ref := rl.Redis.PasswordSecretRef; ref != nil {
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "redis-password", MountPath: ratelimitSecretsDir + "/password", ReadOnly: true})
+	}
+	if rl.Redis.TLS != nil && rl.Redis.TLS.CASecretRef != nil {
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "redis-ca", MountPath: ratelimitSecretsDir + "/ca", ReadOnly: true})
+	}
+	return []corev1.Container{c}
+}
+
+func ratelimitArgs(relay *v1.SmtpRelay) []string {
+	rl := relay.Spec.RateLimit
+	args := []string{"ratelimit",
+		"--listen", config.DefaultSidecarAddress,
+		"--metrics-address", ":" + strconv.Itoa(ratelimitMetricsPort),
+		"--redis-address", rl.Redis.Address,
+		"--failure-mode", strings.ToLower(string(ratelimitFailureMode(rl))),
+		"--default-limit", strconv.Itoa(int(relayDefaultBudget(relay))),
+	}
+	if rl.Deadline != nil {
+		args = append(args, "--deadline", rl.Deadline.Duration.String())
+	}
+	if rl.Redis.Username != "" {
+		args = append(args, "--redis-username", rl.Redis.Username)
+	}
+	if rl.Redis.PasswordSecretRef != nil {
+		args = append(args, "--redis-password-file", ratelimitPasswordFile)
+	}
+	if tls := rl.Redis.TLS; tls != nil {
+		args = append(args, "--redis-tls")
+		if tls.CASecretRef != nil {
+			args = append(args, "--redis-ca-file", ratelimitCAFile)
+		}
+	}
+	return args
+}
+
+func ratelimitFailureMode(rl *v1.RelayRateLimit) v1.RateLimitFailureMode {
+	if rl.FailureMode == "" {
+		return v1.RateLimitFailureAllow
+	}
+	return rl.FailureMode
+}
+
+func relayDefaultBudget(relay *v1.SmtpRelay) int32 {
+	if relay.Spec.DefaultBudgetPerMinute > 0 {
+		return relay.Spec.DefaultBudgetPerMinute
+	}
+	return credentials.DefaultBudgetPerMinute
+}
+
+// ratelimitVolumes project only the referenced key of each Secret, so the
+// sidecar sees its password and CA and nothing else the Secret holds.
+func ratelimitVolumes(relay *v1.SmtpRelay) []corev1.Volume {
+	rl := relay.Spec.RateLimit
+	if rl == nil {
+		return nil
+	}
+	var vols []corev1.Volume
+	if ref := rl.Redis.PasswordSecretRef; ref != nil {
+		vols = append(vols, secretKeyVolume("redis-password", ref, "password"))
+	}
+	if rl.Redis.TLS != nil && rl.Redis.TLS.CASecretRef != nil {
+		vols = append(vols, secretKeyVolume("redis-ca", rl.Redis.TLS.CASecretRef, "ca.crt"))
+	}
+	return vols
+}
+
+func secretKeyVolume(name string, ref *v1.SecretKeySelector, path string) corev1.Volume {
+	return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+		SecretName:  ref.Name,
+		Items:       []corev1.KeyToPath{{Key: ref.Key, Path: path}},
+		DefaultMode: ptr.To(int32(0o440)),
+	}}}
+}
+
+// relaySecretRef is a Secret the relay's pods mount, with the field that names it.
+type relaySecretRef struct {
+	field, name string
+}
+
+// relayReferencedSecrets are the Secrets besides the TLS one that the pods
+// cannot start without.
+func relayReferencedSecrets(relay *v1.SmtpRelay) []relaySecretRef {
+	rl := relay.Spec.RateLimit
+	if rl == nil {
+		return nil
+	}
+	var refs []relaySecretRef
+	if ref := rl.Redis.PasswordSecretRef; ref != nil {
+		refs = append(refs, relaySecretRef{field: "spec.rateLimit.redis.passwordSecretRef", name: ref.Name})
+	}
+	if rl.Redis.TLS != nil && rl.Redis.TLS.CASecretRef != nil {
+		refs = append(refs, relaySecretRef{field: "spec.rateLimit.redis.tls.caSecretRef", name: rl.Redis.TLS.CASecretRef.Name})
+	}
+	return refs
+}
