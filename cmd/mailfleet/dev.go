@@ -41,8 +41,8 @@ func devCommand() *cobra.Command {
 		Short: "Run a relay on localhost with a demo account, for a first look",
 		Long: `dev runs everything on this machine, with no cluster and no root: a relay on
 127.0.0.1 (STARTTLS and implicit TLS) with a self-signed certificate, a demo
-account and label, an in-process budget, and delivery into DATA_DIR/mail as
-.eml files. It prints how to send a first message and writes
+account and label, an in-process budget, an embedded JetStream queue in
+DATA_DIR/queue, and delivery into DATA_DIR/mail as .eml files. It prints how to send a first message and writes
 DATA_DIR/credentials.env for scripts to source.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -53,7 +53,6 @@ DATA_DIR/credentials.env for scripts to source.`,
 				return err
 			}
 			return runRelay(ctx, cfg, relayHooks{
-				localMailDir: filepath.Join(o.dataDir, "mail"),
 				started: func(srv *smtpd.Server, metrics net.Addr) {
 					if err := announceDev(cmd.OutOrStdout(), o, key, srv, metrics); err != nil {
 						fmt.Fprintln(cmd.ErrOrStderr(), "mailfleet dev:", err)
@@ -109,7 +108,8 @@ func prepareDev(o devOptions) (config.Config, string, error) {
 		},
 		TLS:             &config.TLS{CertFile: files.CertFile, KeyFile: files.KeyFile},
 		CredentialsFile: credsFile,
-		SpoolDir:        filepath.Join(dir, "spool"),
+		SpoolDir:        filepath.Join(dir, "queue"),
+		Delivery:        config.Delivery{LocalDir: filepath.Join(dir, "mail")},
 		MetricsAddress:  o.metricsAddr,
 		LogLevel:        o.logLevel,
 	}

@@ -227,13 +227,17 @@ func TestRelayCountsThroughRatelimitProcess(t *testing.T) {
 
 func TestOpenBudget(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
-	b, closeBudget, err := openBudget(config.Budget{}, log)
+	b, closeBudget, err := openBudget(config.Budget{PodShare: 3}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	closeBudget()
-	if _, ok := b.(*budget.FixedWindow); !ok {
-		t.Fatalf("no sidecar configured: %T, want the in-process window", b)
+	share, ok := b.(budget.PodShare)
+	if !ok || share.Pods != 3 {
+		t.Fatalf("no sidecar configured: %#v, want this pod's share (1/3) of the in-process window", b)
+	}
+	if _, ok := share.Budget.(*budget.FixedWindow); !ok {
+		t.Fatalf("no sidecar configured: counted by %T, want the in-process window", share.Budget)
 	}
 	b, closeBudget, err = openBudget(config.Budget{Sidecar: &config.BudgetSidecar{Address: "127.0.0.1:8081"}}, log)
 	if err != nil {

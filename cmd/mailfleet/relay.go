@@ -23,10 +23,8 @@ import (
 	"github.com/mailfleet/mailfleet/relay/certs"
 	"github.com/mailfleet/mailfleet/relay/config"
 	"github.com/mailfleet/mailfleet/relay/credentials"
-	"github.com/mailfleet/mailfleet/relay/delivery"
 	"github.com/mailfleet/mailfleet/relay/queueid"
 	"github.com/mailfleet/mailfleet/relay/smtpd"
-	"github.com/mailfleet/mailfleet/relay/spool"
 )
 
 func relayCommand() *cobra.Command {
@@ -59,8 +57,6 @@ func relayCommand() *cobra.Command {
 
 // relayHooks let dev mode add to a relay run without a second copy of it.
 type relayHooks struct {
-	// localMailDir, when set, delivers spooled messages there as .eml files.
-	localMailDir string
 	// started is called once every listener is bound.
 	started func(srv *smtpd.Server, metrics net.Addr)
 }
@@ -79,11 +75,14 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	if err != nil {
 		return err
 	}
-	store, err := spool.OpenLog(cfg.SpoolDir, log)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	q, err := openQueue(ctx, cfg, reg, log)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	// Closed last, after the sessions drained and the workers stopped.
+	defer q.Close()
 	ids, err := queueid.New(cfg.Node)
 	if err != nil {
 		return err
@@ -95,18 +94,26 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	// Deferred before the server exists, so it runs after the drain: the
 	// sessions finishing during it still ask the budget.
 	defer closeBudget()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	var sp spool.Spool = store
-	if hooks.localMailDir != "" {
-		local := delivery.NewLocalDir(store, hooks.localMailDir, log)
-		go local.Run(ctx)
-		sp = notifyingSpool{Spool: store, notify: local.Notify}
+	transport, destination, closeTransport, err := openTransport(cfg, reg, log)
+	if err != nil {
+		return err
 	}
+	defer closeTransport()
+	dispatcher, err := newDispatcher(cfg, q, transport, destination, ids, reg, log)
+	if err != nil {
+		return err
+	}
+	dispatchCtx, stopDispatch := context.WithCancel(ctx)
+	defer stopDispatch()
+	dispatched := make(chan struct{})
+	go func() {
+		defer close(dispatched)
+		dispatcher.Run(dispatchCtx)
+	}()
 	srv, err := smtpd.New(smtpCfg, smtpd.Deps{
 		Auth:    credentials.NewVerifier(creds),
 		Budget:  budgets,
-		Spool:   sp,
+		Spool:   q,
 		IDs:     ids,
 		Metrics: smtpd.NewMetrics(reg),
 		Log:     log,
@@ -117,7 +124,7 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	if err := srv.Start(); err != nil {
 		return err
 	}
-	ops, err := serveOps(cfg.MetricsAddress, reg, func() bool { return srv.Ready() && credsReady() }, log)
+	ops, err := serveOps(cfg.MetricsAddress, reg, func() bool { return srv.Ready() && credsReady() && q.Ready() }, log)
 	if err != nil {
 		srv.Shutdown(context.Background())
 		return err
@@ -131,6 +138,14 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.DrainGracePeriod.Duration)
 	defer cancel()
 	err = srv.Shutdown(drainCtx)
+	// The workers took no new message since ctx ended; the deliveries in
+	// progress get what is left of the grace period. One still running then
+	// is handed out again once the queue's AckWait passes.
+	select {
+	case <-dispatched:
+	case <-drainCtx.Done():
+		log.Warn("deliveries still in progress at the end of the grace period; they will be retried")
+	}
 	ops.Close()
 	log.Info("relay stopped")
 	return err
@@ -215,34 +230,6 @@ func openCredentials(ctx context.Context, cfg config.Config, log *slog.Logger) (
 	return src, src.Synced, nil
 }
 
-// notifyingSpool wakes local delivery after each commit instead of letting it
-// wait for its next poll.
-type notifyingSpool struct {
-	spool.Spool
-	notify func()
-}
-
-func (n notifyingSpool) Begin(ctx context.Context, env spool.Envelope) (spool.Writer, error) {
-	w, err := n.Spool.Begin(ctx, env)
-	if err != nil {
-		return nil, err
-	}
-	return notifyingWriter{Writer: w, notify: n.notify}, nil
-}
-
-type notifyingWriter struct {
-	spool.Writer
-	notify func()
-}
-
-func (n notifyingWriter) Commit(ctx context.Context) error {
-	err := n.Writer.Commit(ctx)
-	if err == nil {
-		n.notify()
-	}
-	return err
-}
-
 // opsServer serves /metrics, /healthz and /readyz.
 type opsServer struct {
 	ln  net.Listener
@@ -260,7 +247,7 @@ func serveOps(addr string, reg *prometheus.Registry, ready func() bool, log *slo
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready() {
-			http.Error(w, "not ready: draining, or credentials not loaded yet", http.StatusServiceUnavailable)
+			http.Error(w, "not ready: draining, credentials not loaded yet, or the queue unreachable", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -29,8 +30,15 @@ type Config struct {
 	// CredentialsSecrets reads the shards the operator publishes for this
 	// relay from the API server, in the relay's own namespace.
 	CredentialsSecrets *CredentialsSecrets `json:"credentialsSecrets,omitempty"`
-	// SpoolDir is where accepted messages wait for delivery.
-	SpoolDir string `json:"spoolDir"`
+	// SpoolDir is the relay's data directory: the embedded queue's file
+	// store lives there unless queue.embedded.dir says otherwise. Not
+	// needed with queue.nats.
+	SpoolDir string `json:"spoolDir,omitempty"`
+	// Queue says where accepted messages wait for delivery (default: the
+	// embedded JetStream under spoolDir).
+	Queue Queue `json:"queue,omitempty"`
+	// Delivery configures the delivery workers and where they deliver.
+	Delivery Delivery `json:"delivery,omitempty"`
 	// MetricsAddress serves /metrics, /healthz and /readyz.
 	MetricsAddress string `json:"metricsAddress,omitempty"`
 	// DrainGracePeriod is how long open sessions may go on after SIGTERM.
@@ -94,6 +102,95 @@ type BudgetSidecar struct {
 	Timeout Duration `json:"timeout,omitempty"`
 }
 
+// Queue is the durable queue on NATS JetStream: embedded in the relay
+// process (dev, a single node) or an external cluster (a fleet). At most
+// one of Embedded and NATS is set; with neither, the queue is embedded.
+type Queue struct {
+	Embedded *EmbeddedQueue `json:"embedded,omitempty"`
+	NATS     *NATSQueue     `json:"nats,omitempty"`
+	// AckWait is how long a delivery may go silent before its message is
+	// handed to another worker (default 1m); workers report progress at a
+	// third of it.
+	AckWait Duration `json:"ackWait,omitempty"`
+}
+
+// EmbeddedQueue runs nats-server inside the relay with its file store in
+// Dir (default spoolDir), synced before every acknowledgement.
+type EmbeddedQueue struct {
+	Dir string `json:"dir,omitempty"`
+}
+
+// NATSQueue is an external JetStream. Its servers must sync before they
+// acknowledge (sync_interval: always), or run replicated streams.
+type NATSQueue struct {
+	// URL lists the servers: nats://host:4222, or tls:// for TLS.
+	URL string `json:"url"`
+	// CredentialsFile is a NATS .creds file (JWT and NKey seed).
+	CredentialsFile string `json:"credentialsFile,omitempty"`
+	// UserFile and PasswordFile hold a user name and password, each file
+	// its value (as a mounted Secret provides them).
+	UserFile     string `json:"userFile,omitempty"`
+	PasswordFile string `json:"passwordFile,omitempty"`
+	// CAFile holds the authorities that sign the servers' certificates.
+	CAFile string `json:"caFile,omitempty"`
+	// Stream names the queue stream (default MAILFLEET).
+	Stream string `json:"stream,omitempty"`
+	// Replicas of the streams the relay creates (default 3).
+	Replicas int `json:"replicas,omitempty"`
+}
+
+// Delivery configures the delivery workers. The transport is the smarthost
+// when one is set, else a local directory when set (dev), else each
+// recipient domain's MX hosts.
+type Delivery struct {
+	// Workers is how many messages each relay process delivers at once
+	// (default 16).
+	Workers int `json:"workers,omitempty"`
+	// PerDomain bounds deliveries to one recipient domain at once, per
+	// relay process (default 20).
+	PerDomain int `json:"perDomain,omitempty"`
+	// Backoff is the retry schedule of temporary failures.
+	Backoff Backoff `json:"backoff,omitempty"`
+	// Expiry is how long a message is retried before it bounces (default
+	// 120h, Postfix's maximal_queue_lifetime).
+	Expiry Duration `json:"expiry,omitempty"`
+	// LabelHeader names the header that carries the account and label to
+	// the next hop (default X-Mailfleet-Label); a value the client sent in
+	// it is removed.
+	LabelHeader string `json:"labelHeader,omitempty"`
+	// Smarthost hands every message to one server.
+	Smarthost *Smarthost `json:"smarthost,omitempty"`
+	// LocalDir writes every message as an .eml file there (dev mode).
+	LocalDir string `json:"localDir,omitempty"`
+}
+
+// Backoff is the retry schedule: Min doubling up to Max (defaults 5m and
+// 4000s, Postfix's), or the explicit Schedule, whose last entry repeats.
+type Backoff struct {
+	Min      Duration   `json:"min,omitempty"`
+	Max      Duration   `json:"max,omitempty"`
+	Schedule []Duration `json:"schedule,omitempty"`
+}
+
+// Smarthost is the server every message is handed to.
+type Smarthost struct {
+	// Name labels the delivery metrics (default: Host).
+	Name string `json:"name,omitempty"`
+	Host string `json:"host"`
+	// Port defaults to 465 with tls: implicit, else 587.
+	Port int `json:"port,omitempty"`
+	// TLS is opportunistic (default), required, implicit or none.
+	TLS string `json:"tls,omitempty"`
+	// CAFile holds the authorities that sign its certificate (default: the
+	// system's).
+	CAFile string `json:"caFile,omitempty"`
+	// UsernameFile and PasswordFile hold AUTH credentials, when it wants them.
+	UsernameFile string `json:"usernameFile,omitempty"`
+	PasswordFile string `json:"passwordFile,omitempty"`
+	// MaxConnections bounds the pooled sessions (default 20).
+	MaxConnections int `json:"maxConnections,omitempty"`
+}
+
 // Defaults for the budget sidecar.
 const (
 	DefaultSidecarAddress = "127.0.0.1:8081"
@@ -147,6 +244,15 @@ func (c *Config) Defaults() {
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
+	if c.Queue.NATS == nil && c.Queue.Embedded == nil {
+		c.Queue.Embedded = &EmbeddedQueue{}
+	}
+	if e := c.Queue.Embedded; e != nil && e.Dir == "" {
+		e.Dir = c.SpoolDir
+	}
+	if c.Queue.AckWait.Duration == 0 {
+		c.Queue.AckWait.Duration = time.Minute
+	}
 	if sc := c.Budget.Sidecar; sc != nil {
 		if sc.Address == "" {
 			sc.Address = DefaultSidecarAddress
@@ -168,9 +274,8 @@ func (c *Config) Validate() error {
 	case c.CredentialsSecrets != nil && (c.CredentialsSecrets.Namespace == "" || c.CredentialsSecrets.Relay == ""):
 		errs = append(errs, errors.New("credentialsSecrets: namespace and relay are both required"))
 	}
-	if c.SpoolDir == "" {
-		errs = append(errs, errors.New("spoolDir: required"))
-	}
+	errs = append(errs, c.validateQueue()...)
+	errs = append(errs, c.validateDelivery()...)
 	if len(c.Listeners) == 0 {
 		errs = append(errs, errors.New("listeners: at least one is required"))
 	}
@@ -206,6 +311,68 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("logLevel: %q is not one of debug, info, warn, error", c.LogLevel))
 	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) validateQueue() []error {
+	var errs []error
+	q := c.Queue
+	switch {
+	case q.Embedded != nil && q.NATS != nil:
+		errs = append(errs, errors.New("queue: set only one of embedded and nats"))
+	case q.Embedded != nil && q.Embedded.Dir == "":
+		errs = append(errs, errors.New("spoolDir or queue.embedded.dir: required for the embedded queue"))
+	case q.NATS != nil:
+		n := q.NATS
+		if n.URL == "" {
+			errs = append(errs, errors.New("queue.nats.url: required"))
+		}
+		if (n.UserFile == "") != (n.PasswordFile == "") {
+			errs = append(errs, errors.New("queue.nats.userFile and passwordFile: set both or neither"))
+		}
+		if n.Replicas < 0 || n.Replicas > 5 {
+			errs = append(errs, errors.New("queue.nats.replicas: between 1 and 5"))
+		}
+	}
+	if q.AckWait.Duration < 3*time.Second {
+		errs = append(errs, errors.New("queue.ackWait: at least 3s"))
+	}
+	return errs
+}
+
+func (c *Config) validateDelivery() []error {
+	var errs []error
+	d := c.Delivery
+	if d.Workers < 0 || d.PerDomain < 0 {
+		errs = append(errs, errors.New("delivery.workers and delivery.perDomain: must be positive"))
+	}
+	if d.Backoff.Min.Duration < 0 || d.Backoff.Max.Duration < 0 || d.Expiry.Duration < 0 {
+		errs = append(errs, errors.New("delivery.backoff and delivery.expiry: durations must be positive"))
+	}
+	if d.Backoff.Max.Duration > 0 && d.Backoff.Max.Duration < d.Backoff.Min.Duration {
+		errs = append(errs, errors.New("delivery.backoff.max: must not be below min"))
+	}
+	for i, s := range d.Backoff.Schedule {
+		if s.Duration <= 0 {
+			errs = append(errs, fmt.Errorf("delivery.backoff.schedule[%d]: must be positive", i))
+		}
+	}
+	if sh := d.Smarthost; sh != nil {
+		if sh.Host == "" {
+			errs = append(errs, errors.New("delivery.smarthost.host: required"))
+		}
+		if d.LocalDir != "" {
+			errs = append(errs, errors.New("delivery: set only one of smarthost and localDir"))
+		}
+		if (sh.UsernameFile == "") != (sh.PasswordFile == "") {
+			errs = append(errs, errors.New("delivery.smarthost.usernameFile and passwordFile: set both or neither"))
+		}
+		switch strings.ToLower(sh.TLS) {
+		case "", "opportunistic", "required", "implicit", "none":
+		default:
+			errs = append(errs, fmt.Errorf("delivery.smarthost.tls: %q is not one of opportunistic, required, implicit, none", sh.TLS))
+		}
+	}
+	return errs
 }
 
 // Duration is a time.Duration written as "30s" or "5m".

@@ -70,6 +70,29 @@ func TestLoad(t *testing.T) {
 		{name: "budget pod share with sidecar", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {podShare: 3, sidecar: {}}\n", wantErr: "budget.podShare"},
 		{name: "budget typo", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {sidecr: {}}\n", wantErr: `unknown field "sidecr"`},
 		{name: "duplicate listener", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}, {name: a, address: ':2'}]\n", wantErr: `name "a" is used twice`},
+		{name: "queue defaults to embedded under spoolDir", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\n", check: func(t *testing.T, c Config) {
+			if c.Queue.Embedded == nil || c.Queue.Embedded.Dir != "/s" || c.Queue.NATS != nil || c.Queue.AckWait.Duration != time.Minute {
+				t.Fatalf("queue = %+v", c.Queue)
+			}
+		}},
+		{name: "external queue needs no spoolDir", file: "credentialsFile: /c\nlisteners: [{name: a, address: ':1'}]\nqueue: {nats: {url: 'tls://nats:4222', credentialsFile: /n/user.creds, caFile: /n/ca.crt, stream: MAIL, replicas: 3}, ackWait: 2m}\n", check: func(t *testing.T, c Config) {
+			if n := c.Queue.NATS; n == nil || n.URL != "tls://nats:4222" || n.Stream != "MAIL" || n.Replicas != 3 || c.Queue.Embedded != nil || c.Queue.AckWait.Duration != 2*time.Minute {
+				t.Fatalf("queue = %+v", c.Queue)
+			}
+		}},
+		{name: "embedded queue needs a directory", file: "credentialsFile: /c\nlisteners: [{name: a, address: ':1'}]\n", wantErr: "spoolDir or queue.embedded.dir"},
+		{name: "two queues", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nqueue: {embedded: {}, nats: {url: 'nats://n:4222'}}\n", wantErr: "queue: set only one"},
+		{name: "nats user without password", file: "credentialsFile: /c\nlisteners: [{name: a, address: ':1'}]\nqueue: {nats: {url: 'nats://n:4222', userFile: /u}}\n", wantErr: "set both or neither"},
+		{name: "ack wait too short", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nqueue: {ackWait: 1s}\n", wantErr: "queue.ackWait"},
+		{name: "delivery", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {workers: 4, perDomain: 2, backoff: {schedule: [1s, 1m]}, expiry: 1h, smarthost: {host: smtp.example, port: 2525, tls: required}}\n", check: func(t *testing.T, c Config) {
+			d := c.Delivery
+			if d.Workers != 4 || d.PerDomain != 2 || len(d.Backoff.Schedule) != 2 || d.Backoff.Schedule[1].Duration != time.Minute || d.Expiry.Duration != time.Hour || d.Smarthost.Port != 2525 {
+				t.Fatalf("delivery = %+v", d)
+			}
+		}},
+		{name: "smarthost without host", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {smarthost: {port: 25}}\n", wantErr: "delivery.smarthost.host"},
+		{name: "smarthost TLS mode", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {smarthost: {host: h, tls: maybe}}\n", wantErr: "delivery.smarthost.tls"},
+		{name: "backoff max below min", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {backoff: {min: 1h, max: 1m}}\n", wantErr: "delivery.backoff.max"},
 		{name: "log level", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nlogLevel: loud\n", wantErr: `logLevel: "loud"`},
 	}
 	for _, tt := range tests {

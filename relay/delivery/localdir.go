@@ -1,5 +1,7 @@
-// Package delivery moves committed messages out of the spool to where they
-// are going.
+// Package delivery hands queued messages to the next hop: a smarthost
+// (Smarthost), the recipient domains' mail exchangers (MX), or, in
+// development, a local directory (LocalDir). Each is a Transport; the
+// dispatcher decides what to retry (Backoff) and what to bounce.
 package delivery
 
 import (
@@ -12,28 +14,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/mailfleet/mailfleet/relay/spool"
 )
 
-// DefaultPollInterval bounds how long a committed message waits when nobody
-// calls Notify.
-const DefaultPollInterval = 200 * time.Millisecond
-
-// Source is what delivery needs from a spool: the committed messages, each
-// readable, and a way to drop one once it is delivered. *spool.Log is one.
-type Source interface {
-	// Pending lists the committed messages not yet removed, oldest first.
-	Pending() ([]string, error)
-	// Open returns a message's envelope and a reader of its body.
-	Open(id string) (spool.Envelope, io.ReadCloser, error)
-	// Remove drops a delivered message.
-	Remove(id string) error
-}
-
-// LocalDir is the development transport: it delivers each spooled message as
-// a file mailDir/<id>.eml, made of trace headers followed by the exact body
+// LocalDir is the development transport: it delivers each message as a
+// file mailDir/<id>.eml, made of trace headers followed by the exact body
 // the client sent:
 //
 //	Return-Path: <from>\r\n
@@ -41,116 +27,65 @@ type Source interface {
 //	X-Mailfleet-Label: <label>\r\n   (only when the message has a label)
 //	<body, byte for byte>
 //
-// A message leaves the spool only after its .eml is durable, and a .eml that
-// already exists is never written again, so a crash between the two steps
-// neither loses nor duplicates mail. Only one LocalDir may deliver from a
-// spool (the spool's lock keeps a second process out).
+// The .eml is durable before Deliver reports it delivered, and a .eml that
+// already exists is never written again, so a crash between writing it and
+// acknowledging the message in the queue neither loses nor duplicates mail.
 type LocalDir struct {
-	src      Source
-	mailDir  string
-	log      *slog.Logger
-	interval time.Duration
-	wake     chan struct{}
-	// failed holds the errors of the previous pass by message id, so a
-	// message that keeps failing the same way is logged once, not every poll.
-	failed map[string]string
+	mailDir string
+	log     *slog.Logger
 }
 
-// NewLocalDir returns a transport from src into mailDir, which Run creates.
-func NewLocalDir(src Source, mailDir string, log *slog.Logger) *LocalDir {
-	return &LocalDir{
-		src:      src,
-		mailDir:  mailDir,
-		log:      log,
-		interval: DefaultPollInterval,
-		wake:     make(chan struct{}, 1),
-		failed:   make(map[string]string),
+// NewLocalDirTransport returns a transport into mailDir, which Deliver
+// creates when missing.
+func NewLocalDirTransport(mailDir string, log *slog.Logger) *LocalDir {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
+	return &LocalDir{mailDir: mailDir, log: log}
 }
 
-// Notify wakes Run early, typically right after a commit. It never blocks: a
-// wake-up already pending covers this one too.
-func (l *LocalDir) Notify() {
-	select {
-	case l.wake <- struct{}{}:
-	default:
+// Deliver implements Transport: it writes msg as mailDir/<id>.eml (durably,
+// see LocalDir) and delivers every recipient at once, or defers them all
+// when the file cannot be written. A .eml that already exists counts as
+// delivered, so a retry after a crash does not write the message twice.
+func (l *LocalDir) Deliver(_ context.Context, msg Message) []Result {
+	id := msg.Envelope.ID
+	outcome := func(o Outcome, code int, enhanced, text string) []Result {
+		out := make([]Result, len(msg.Envelope.To))
+		for i, rcpt := range msg.Envelope.To {
+			out[i] = Result{Recipient: rcpt, Outcome: o, Code: code, Enhanced: enhanced, Text: text}
+		}
+		return out
 	}
+	if id == "" || id != filepath.Base(id) || strings.HasPrefix(id, ".") {
+		return outcome(Deferred, 0, "4.3.0", fmt.Sprintf("message id %q cannot name a file", id))
+	}
+	final := filepath.Join(l.mailDir, id+".eml")
+	if err := l.deliverTo(final, msg); err != nil {
+		l.log.Error("local delivery failed", "id", id, "err", err)
+		return outcome(Deferred, 0, "4.3.0", err.Error())
+	}
+	l.log.Info("message delivered", "id", id, "apiUser", msg.Envelope.APIUser, "label", msg.Envelope.LabelID,
+		"recipients", len(msg.Envelope.To), "bytes", msg.Size)
+	return outcome(Delivered, 250, "2.0.0", "delivered to "+final)
 }
 
-// Run delivers pending messages until ctx ends, then returns nil. A message
-// that fails is logged and retried on the next pass; only failing to create
-// mailDir is returned.
-func (l *LocalDir) Run(ctx context.Context) error {
+func (l *LocalDir) deliverTo(final string, msg Message) error {
 	if err := os.MkdirAll(l.mailDir, 0o700); err != nil {
 		return fmt.Errorf("local delivery to %s: %w", l.mailDir, err)
 	}
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-l.wake:
-		case <-timer.C:
-		}
-		l.deliverPending(ctx)
-		timer.Reset(l.interval)
-	}
-}
-
-func (l *LocalDir) deliverPending(ctx context.Context) {
-	failing := make(map[string]string)
-	defer func() { l.failed = failing }()
-	ids, err := l.src.Pending()
-	if err != nil {
-		l.report(failing, "", err)
-		return
-	}
-	for _, id := range ids {
-		if ctx.Err() != nil {
-			return
-		}
-		if err := l.deliver(id); err != nil {
-			l.report(failing, id, err)
-		}
-	}
-}
-
-// report logs a failure unless the previous pass logged the same one.
-func (l *LocalDir) report(failing map[string]string, id string, err error) {
-	msg := err.Error()
-	failing[id] = msg
-	if l.failed[id] != msg {
-		l.log.Error("local delivery failed", "id", id, "err", err)
-	}
-}
-
-// deliver writes one message. An existing <id>.eml means an earlier run got
-// as far as the rename and crashed before removing it from the spool.
-func (l *LocalDir) deliver(id string) error {
-	final := filepath.Join(l.mailDir, id+".eml")
 	if _, err := os.Lstat(final); err == nil {
-		// The crash may have come before the directory fsync.
-		if err := syncDir(l.mailDir); err != nil {
-			return fmt.Errorf("deliver message %s: %w", id, err)
-		}
-		l.log.Info("message already delivered", "id", id)
-		return l.src.Remove(id)
+		// An earlier try wrote it; the directory fsync may not have run.
+		return syncDir(l.mailDir)
 	}
-	env, body, err := l.src.Open(id)
+	body, err := msg.Open()
 	if err != nil {
-		return err
+		return fmt.Errorf("open message %s: %w", msg.Envelope.ID, err)
 	}
 	defer body.Close()
-	size, err := l.writeFile(final, env, body)
-	if err != nil {
-		return fmt.Errorf("deliver message %s: %w", id, err)
+	if _, err := l.writeFile(final, msg.Envelope, body); err != nil {
+		return fmt.Errorf("deliver message %s: %w", msg.Envelope.ID, err)
 	}
-	if err := l.src.Remove(id); err != nil {
-		return err
-	}
-	l.log.Info("message delivered", "id", id, "apiUser", env.APIUser, "label", env.LabelID,
-		"recipients", len(env.To), "bytes", size)
 	return nil
 }
 

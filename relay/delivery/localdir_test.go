@@ -2,8 +2,8 @@ package delivery
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -14,16 +14,6 @@ import (
 
 	"github.com/mailfleet/mailfleet/relay/spool"
 )
-
-func openSpool(t *testing.T) *spool.Log {
-	t.Helper()
-	d, err := spool.OpenLog(t.TempDir(), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	return d
-}
 
 func envelope(id string, opts ...func(*spool.Envelope)) spool.Envelope {
 	env := spool.Envelope{
@@ -42,79 +32,14 @@ func envelope(id string, opts ...func(*spool.Envelope)) spool.Envelope {
 func withLabel(l string) func(*spool.Envelope) { return func(e *spool.Envelope) { e.LabelID = l } }
 func withFrom(f string) func(*spool.Envelope)  { return func(e *spool.Envelope) { e.From = f } }
 
-func commit(t *testing.T, d *spool.Log, env spool.Envelope, body []byte) {
-	t.Helper()
-	ctx := context.Background()
-	w, err := d.Begin(ctx, env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write(body); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// run starts l and stops it when the test ends, checking Run's result.
-func run(t *testing.T, l *LocalDir) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run = %v, want nil after cancel", err)
+// localMessage is a Message over body that counts how often it was opened.
+func localMessage(env spool.Envelope, body []byte, opens *int) Message {
+	return Message{Envelope: env, Size: int64(len(body)), Open: func() (io.ReadCloser, error) {
+		if opens != nil {
+			*opens++
 		}
-	})
-}
-
-// waitForFile polls for path until a deadline far beyond any poll interval
-// the test uses, so a pass means the file came, not that a sleep was long.
-func waitForFile(t *testing.T, path string, within time.Duration) []byte {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		b, err := os.ReadFile(path)
-		if err == nil {
-			return b
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not appear within %v: %v", path, within, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-func assertSpoolEmpty(t *testing.T, d *spool.Log) {
-	t.Helper()
-	ids, err := d.Pending()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ids) > 0 {
-		t.Errorf("spool still holds %q", ids)
-	}
-}
-
-func waitSpoolEmpty(t *testing.T, d *spool.Log, within time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		ids, err := d.Pending()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(ids) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("spool still holds %q after %v", ids, within)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return io.NopCloser(bytes.NewReader(body)), nil
+	}}
 }
 
 func randomBytes(n int) []byte {
@@ -160,18 +85,18 @@ func TestLocalDirDelivers(t *testing.T) {
 			wantHeaders: "Return-Path: <billing@acme.example>\r\nX-Mailfleet-Account: acme\r\n",
 		},
 	}
-	src := openSpool(t)
-	for _, tt := range tests {
-		commit(t, src, tt.env, tt.body)
-	}
 	mailDir := filepath.Join(t.TempDir(), "mail")
-	l := NewLocalDir(src, mailDir, slog.New(slog.DiscardHandler))
-	l.interval = 10 * time.Millisecond
-	run(t, l)
-
+	l := NewLocalDirTransport(mailDir, slog.New(slog.DiscardHandler))
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := waitForFile(t, filepath.Join(mailDir, tt.env.ID+".eml"), 10*time.Second)
+			rs := l.Deliver(ctxFor(t), localMessage(tt.env, tt.body, nil))
+			if outcomes(rs) != "a@example.org=delivered b@example.org=delivered" || rs[0].Code != 250 || rs[0].Enhanced != "2.0.0" {
+				t.Fatalf("%+v", rs)
+			}
+			got, err := os.ReadFile(filepath.Join(mailDir, tt.env.ID+".eml"))
+			if err != nil {
+				t.Fatal(err)
+			}
 			want := append([]byte(tt.wantHeaders), tt.body...)
 			if !bytes.Equal(got, want) {
 				t.Errorf(".eml differs: got %d bytes starting %q, want %d bytes starting %q",
@@ -179,8 +104,6 @@ func TestLocalDirDelivers(t *testing.T) {
 			}
 		})
 	}
-	// The .eml appears just before its message leaves the spool.
-	waitSpoolEmpty(t, src, 10*time.Second)
 	entries, err := os.ReadDir(mailDir)
 	if err != nil {
 		t.Fatal(err)
@@ -191,49 +114,30 @@ func TestLocalDirDelivers(t *testing.T) {
 }
 
 func TestLocalDirKeepsExistingEML(t *testing.T) {
-	src := openSpool(t)
 	mailDir := t.TempDir()
 	existing := filepath.Join(mailDir, "m1.eml")
-	// As if an earlier run crashed after the rename, before removing m1.
+	// As if an earlier try crashed after the rename, before the queue
+	// acknowledged m1.
 	if err := os.WriteFile(existing, []byte("first delivery"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	commit(t, src, envelope("m1"), []byte("second copy"))
-
-	l := NewLocalDir(src, mailDir, slog.New(slog.DiscardHandler))
-	l.deliverPending(context.Background())
-
+	opens := 0
+	rs := NewLocalDirTransport(mailDir, nil).Deliver(ctxFor(t), localMessage(envelope("m1"), []byte("second copy"), &opens))
+	if rs[0].Outcome != Delivered || opens != 0 {
+		t.Fatalf("%+v after %d opens", rs, opens)
+	}
 	if got, _ := os.ReadFile(existing); string(got) != "first delivery" {
 		t.Errorf("m1.eml = %q, want it untouched", got)
 	}
-	assertSpoolEmpty(t, src)
 	if entries, _ := os.ReadDir(mailDir); len(entries) != 1 {
 		t.Errorf("mailDir holds %d files, want 1", len(entries))
 	}
 }
 
-func TestLocalDirNotify(t *testing.T) {
-	src := openSpool(t)
-	mailDir := t.TempDir()
-	l := NewLocalDir(src, mailDir, slog.New(slog.DiscardHandler))
-	// Polling alone would take an hour: only Notify can deliver in time.
-	l.interval = time.Hour
-	commit(t, src, envelope("first"), []byte("a"))
-	run(t, l)
-	waitForFile(t, filepath.Join(mailDir, "first.eml"), 10*time.Second)
-
-	commit(t, src, envelope("second"), []byte("b"))
-	l.Notify()
-	l.Notify() // a second wake-up must not block
-	waitForFile(t, filepath.Join(mailDir, "second.eml"), 10*time.Second)
-}
-
 func TestLocalDirLogsDelivery(t *testing.T) {
-	src := openSpool(t)
 	var logs bytes.Buffer
-	l := NewLocalDir(src, t.TempDir(), slog.New(slog.NewJSONHandler(&logs, nil)))
-	commit(t, src, envelope("m1", withLabel("promo")), []byte("12345"))
-	l.deliverPending(context.Background())
+	l := NewLocalDirTransport(t.TempDir(), slog.New(slog.NewJSONHandler(&logs, nil)))
+	l.Deliver(ctxFor(t), localMessage(envelope("m1", withLabel("promo")), []byte("12345"), nil))
 
 	var got map[string]any
 	if err := json.Unmarshal(logs.Bytes(), &got); err != nil {
@@ -260,14 +164,28 @@ func TestTraceHeadersDropControls(t *testing.T) {
 	}
 }
 
-func TestLocalDirRunFailsOnBadMailDir(t *testing.T) {
-	src := openSpool(t)
+func TestLocalDirDefersWhenItCannotWrite(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "file")
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	l := NewLocalDir(src, filepath.Join(file, "mail"), slog.New(slog.DiscardHandler))
-	if err := l.Run(context.Background()); err == nil {
-		t.Error("Run succeeded with a mail directory under a regular file")
+	l := NewLocalDirTransport(filepath.Join(file, "mail"), nil)
+	rs := l.Deliver(ctxFor(t), localMessage(envelope("m1"), []byte("x"), nil))
+	if outcomes(rs) != "a@example.org=deferred b@example.org=deferred" || !strings.Contains(rs[0].Text, "local delivery") {
+		t.Fatalf("%+v", rs)
+	}
+}
+
+func TestLocalDirRefusesPathLikeIDs(t *testing.T) {
+	dir := t.TempDir()
+	l := NewLocalDirTransport(filepath.Join(dir, "mail"), nil)
+	for _, id := range []string{"../evil", "", ".hidden", "a/b"} {
+		rs := l.Deliver(ctxFor(t), localMessage(envelope(id), []byte("x"), nil))
+		if rs[0].Outcome != Deferred {
+			t.Fatalf("id %q: %+v", id, rs)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "evil.eml")); err == nil {
+		t.Fatal("a message escaped the mail directory")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	"github.com/mailfleet/mailfleet/relay/budget"
 	"github.com/mailfleet/mailfleet/relay/certs"
 	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/relay/queue"
 	"github.com/mailfleet/mailfleet/relay/queueid"
 	"github.com/mailfleet/mailfleet/relay/spool"
 )
@@ -38,15 +40,17 @@ const (
 // relayEnv is a relay started on loopback with real credentials, spool,
 // budget and certificates, for one test.
 type relayEnv struct {
-	t      testing.TB
-	srv    *Server
-	spool  *spool.Log
-	keys   map[string]string
-	tlsDir string
-	caPool *x509.CertPool
-	certs  *certs.Reloader
-	reg    *prometheus.Registry
-	logs   *syncBuffer
+	t     testing.TB
+	srv   *Server
+	spool *queue.Queue
+	// drained holds what stored took out of the queue so far.
+	drained map[string]storedMessage
+	keys    map[string]string
+	tlsDir  string
+	caPool  *x509.CertPool
+	certs   *certs.Reloader
+	reg     *prometheus.Registry
+	logs    *syncBuffer
 }
 
 type relayOption func(*Config, *Deps)
@@ -54,7 +58,8 @@ type relayOption func(*Config, *Deps)
 func startRelay(t testing.TB, opts ...relayOption) *relayEnv {
 	t.Helper()
 	dir := t.TempDir()
-	env := &relayEnv{t: t, keys: map[string]string{}, tlsDir: filepath.Join(dir, "tls"), logs: &syncBuffer{}}
+	env := &relayEnv{t: t, keys: map[string]string{}, tlsDir: filepath.Join(dir, "tls"), logs: &syncBuffer{},
+		drained: map[string]storedMessage{}}
 	log := slog.New(slog.NewJSONHandler(env.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
 	creds := env.writeCredentials(filepath.Join(dir, "credentials.yaml"))
@@ -75,7 +80,10 @@ func startRelay(t testing.TB, opts ...relayOption) *relayEnv {
 	t.Cleanup(cancel)
 	go env.certs.Run(ctx)
 
-	env.spool, err = spool.OpenLog(filepath.Join(dir, "spool"), log)
+	// The relay's real queue: the embedded JetStream, synced before each
+	// acknowledgement. Closed after the server's shutdown (cleanups run
+	// last-registered first).
+	env.spool, err = queue.Open(context.Background(), queue.Options{Dir: filepath.Join(dir, "queue"), Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,16 +175,27 @@ func (e *relayEnv) clientTLS() *tls.Config {
 	return &tls.Config{RootCAs: e.caPool, ServerName: "localhost"}
 }
 
-// stored returns the messages in the spool: envelope and body by id.
+// stored returns every message the relay queued so far: envelope and body
+// by id. It takes them out of the queue (and keeps them for later calls):
+// a committed message is in the queue before its 250, so once the queue is
+// empty every acknowledged message has been seen.
 func (e *relayEnv) stored() map[string]storedMessage {
 	e.t.Helper()
-	ids, err := e.spool.Pending()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	out := map[string]storedMessage{}
-	for _, id := range ids {
-		env, body, err := e.spool.Open(id)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		depth, err := e.spool.Depth(ctx)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if depth == 0 {
+			return maps.Clone(e.drained)
+		}
+		p, err := e.spool.Next(ctx)
+		if err != nil {
+			e.t.Fatalf("take a queued message: %v", err)
+		}
+		body, err := p.Open()
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -185,9 +204,11 @@ func (e *relayEnv) stored() map[string]storedMessage {
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		out[id] = storedMessage{env: env, body: b}
+		e.drained[p.Envelope().ID] = storedMessage{env: p.Envelope(), body: b}
+		if err := p.Done(ctx); err != nil {
+			e.t.Fatal(err)
+		}
 	}
-	return out
 }
 
 type storedMessage struct {

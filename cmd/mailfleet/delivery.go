@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailfleet/mailfleet/relay/config"
+	"github.com/mailfleet/mailfleet/relay/delivery"
+	"github.com/mailfleet/mailfleet/relay/dispatch"
+	"github.com/mailfleet/mailfleet/relay/dsn"
+	"github.com/mailfleet/mailfleet/relay/queue"
+	"github.com/mailfleet/mailfleet/relay/spool"
+)
+
+// openQueue opens the configured queue: the embedded JetStream, or an
+// external one.
+func openQueue(ctx context.Context, cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (*queue.Queue, error) {
+	o := queue.Options{AckWait: cfg.Queue.AckWait.Duration, Registerer: reg, Log: log}
+	if e := cfg.Queue.Embedded; e != nil {
+		o.Dir = e.Dir
+		log.Info("queue: embedded JetStream, synced before every acknowledgement", "dir", e.Dir)
+	} else {
+		n := cfg.Queue.NATS
+		o.URL, o.CredentialsFile, o.CAFile, o.Stream, o.Replicas = n.URL, n.CredentialsFile, n.CAFile, n.Stream, n.Replicas
+		if n.UserFile != "" {
+			var err error
+			if o.User, err = readSecretFile(n.UserFile); err != nil {
+				return nil, fmt.Errorf("queue.nats.userFile: %w", err)
+			}
+			if o.Password, err = readSecretFile(n.PasswordFile); err != nil {
+				return nil, fmt.Errorf("queue.nats.passwordFile: %w", err)
+			}
+		}
+		log.Info("queue: external JetStream", "stream", n.Stream, "replicas", n.Replicas)
+	}
+	return queue.Open(ctx, o)
+}
+
+// openTransport returns where the workers deliver: the smarthost, a local
+// directory (dev), or each recipient domain's MX hosts; with the name that
+// labels the delivery metrics, and what to call when the relay stops.
+func openTransport(cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (delivery.Transport, string, func(), error) {
+	hostname := cfg.Hostname
+	if hostname == "" {
+		hostname, _ = os.Hostname()
+	}
+	d := cfg.Delivery
+	switch {
+	case d.Smarthost != nil:
+		sh := d.Smarthost
+		mode, err := delivery.ParseTLSMode(sh.TLS)
+		if err != nil {
+			return nil, "", nil, fmt.Errorf("delivery.smarthost.tls: %w", err)
+		}
+		sc := delivery.SmarthostConfig{
+			Host: sh.Host, Port: sh.Port, TLS: mode, Hostname: hostname, LabelHeader: d.LabelHeader,
+			MaxConnections: sh.MaxConnections, Log: log, Metrics: delivery.NewMetrics(reg),
+		}
+		if sh.CAFile != "" {
+			pem, err := os.ReadFile(sh.CAFile)
+			if err != nil {
+				return nil, "", nil, fmt.Errorf("delivery.smarthost.caFile: %w", err)
+			}
+			sc.RootCAs = x509.NewCertPool()
+			if !sc.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, "", nil, fmt.Errorf("delivery.smarthost.caFile %s holds no certificate", sh.CAFile)
+			}
+		}
+		if sh.UsernameFile != "" {
+			if sc.Username, err = readSecretFile(sh.UsernameFile); err != nil {
+				return nil, "", nil, fmt.Errorf("delivery.smarthost.usernameFile: %w", err)
+			}
+			if sc.Password, err = readSecretFile(sh.PasswordFile); err != nil {
+				return nil, "", nil, fmt.Errorf("delivery.smarthost.passwordFile: %w", err)
+			}
+		}
+		t, err := delivery.NewSmarthost(sc)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		name := sh.Name
+		if name == "" {
+			name = sh.Host
+		}
+		log.Info("delivery: smarthost", "host", sh.Host, "port", sh.Port, "tls", mode.String())
+		return t, name, func() { t.Close() }, nil
+	case d.LocalDir != "":
+		log.Info("delivery: local directory", "dir", d.LocalDir)
+		return delivery.NewLocalDirTransport(d.LocalDir, log), "local", func() {}, nil
+	default:
+		t, err := delivery.NewMX(delivery.MXConfig{Hostname: hostname, LabelHeader: d.LabelHeader, Log: log, Metrics: delivery.NewMetrics(reg)})
+		if err != nil {
+			return nil, "", nil, err
+		}
+		log.Info("delivery: direct to each domain's MX hosts")
+		return t, "mx", func() {}, nil
+	}
+}
+
+// newDispatcher makes the delivery workers from the configuration.
+func newDispatcher(cfg config.Config, q *queue.Queue, t delivery.Transport, destination string, ids dispatch.IDs,
+	reg prometheus.Registerer, log *slog.Logger) (*dispatch.Dispatcher, error) {
+	d := cfg.Delivery
+	backoff := delivery.DefaultBackoff()
+	if d.Backoff.Min.Duration > 0 {
+		backoff.Min = d.Backoff.Min.Duration
+	}
+	if d.Backoff.Max.Duration > 0 {
+		backoff.Max = d.Backoff.Max.Duration
+	}
+	backoff.Max = max(backoff.Max, backoff.Min)
+	for _, s := range d.Backoff.Schedule {
+		backoff.Schedule = append(backoff.Schedule, s.Duration)
+	}
+	if d.Expiry.Duration > 0 {
+		backoff.Lifetime = d.Expiry.Duration
+	}
+	hostname := cfg.Hostname
+	if hostname == "" {
+		hostname, _ = os.Hostname()
+	}
+	return dispatch.New(dispatch.Config{
+		Workers: d.Workers, PerDomain: d.PerDomain, Backoff: backoff, Destination: destination,
+		TouchEvery: cfg.Queue.AckWait.Duration / 3,
+	}, dispatch.Deps{
+		Queue: q, Spool: q, Transport: t, DSN: buildDSN(hostname), IDs: ids, Registerer: reg, Log: log,
+	})
+}
+
+// buildDSN renders bounces with relay/dsn: the failed recipients and the
+// original header, reported by this relay's host name.
+func buildDSN(reportingMTA string) dispatch.BuildDSN {
+	return func(orig spool.Envelope, failed []delivery.Result, body io.Reader, now time.Time) ([]byte, error) {
+		header, err := dsn.HeaderSection(body)
+		if err != nil {
+			return nil, err
+		}
+		rcpts := make([]dsn.Recipient, len(failed))
+		for i, r := range failed {
+			rcpts[i] = dsn.FromResult(r, now)
+		}
+		n, err := dsn.Build(dsn.Report{
+			ReportingMTA: reportingMTA, QueueID: orig.ID, Sender: orig.From,
+			ArrivalDate: orig.ReceivedAt, Recipients: rcpts, Headers: header,
+		}, now)
+		if err != nil {
+			return nil, err
+		}
+		return n.Body, nil
+	}
+}
+
+// readSecretFile reads a mounted secret's value; a trailing newline, as
+// editors and `echo` leave, is not part of it.
+func readSecretFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}

@@ -1,0 +1,44 @@
+package delivery
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the transports' connection figures. Delivery outcomes are
+// counted by the dispatcher, which sees every transport's results. A nil
+// *Metrics records nothing.
+type Metrics struct {
+	opened *prometheus.CounterVec
+	open   *prometheus.GaugeVec
+}
+
+// NewMetrics registers the transport metrics with reg:
+// mailfleet_transport_connections_opened_total{transport} and
+// mailfleet_transport_connections{transport} (open now, busy or idle).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		opened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailfleet_transport_connections_opened_total",
+			Help: "SMTP connections opened to next hops, by transport (smarthost, mx).",
+		}, []string{"transport"}),
+		open: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mailfleet_transport_connections",
+			Help: "SMTP connections to next hops open now, busy or idle in a pool, by transport.",
+		}, []string{"transport"}),
+	}
+	reg.MustRegister(m.opened, m.open)
+	return m
+}
+
+func (m *Metrics) connOpened(transport string) {
+	if m == nil {
+		return
+	}
+	m.opened.WithLabelValues(transport).Inc()
+	m.open.WithLabelValues(transport).Inc()
+}
+
+func (m *Metrics) connClosed(transport string) {
+	if m == nil {
+		return
+	}
+	m.open.WithLabelValues(transport).Dec()
+}

@@ -1,0 +1,128 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	depth          prometheus.Gauge
+	oldest         prometheus.Gauge
+	publish        prometheus.Histogram
+	packSize       prometheus.Histogram
+	splitBatch     prometheus.Histogram
+	redeliveries   prometheus.Counter
+	reaped         prometheus.Counter
+	stale          prometheus.Counter
+	resplitAvoided prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		depth: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mailfleet_queue_depth",
+			Help: "Messages in the queue stream: accepted, waiting for delivery or for a retry, or being delivered.",
+		}),
+		oldest: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mailfleet_queue_oldest_age_seconds",
+			Help: "Age of the oldest message in the queue stream (a retried message counts from its latest retry).",
+		}),
+		publish: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mailfleet_queue_publish_seconds",
+			Help:    "Time from Commit to JetStream's acknowledgement of an accepted message (what the SMTP client waits for its 250).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		packSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mailfleet_queue_commit_messages",
+			Help:    "Messages written by one group commit (one stream message, one sync).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 10),
+		}),
+		splitBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mailfleet_queue_split_messages",
+			Help:    "Messages moved from accepted packs to delivery by one atomic batch.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
+		}),
+		redeliveries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailfleet_queue_redeliveries_total",
+			Help: "Messages handed out again because their previous delivery ended without Done or Retry (a crash, or AckWait passed without Touch); each may reach its recipients twice.",
+		}),
+		reaped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailfleet_queue_reaped_total",
+			Help: "Acknowledged messages the stream still held after a crash of the embedded server, and that were removed.",
+		}),
+		stale: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailfleet_queue_stale_copies_total",
+			Help: "Copies of already finished messages (split again after a crash) dropped because their body parts were gone.",
+		}),
+		resplitAvoided: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailfleet_queue_resplit_avoided_total",
+			Help: "Packs handed out again after a crash that had been split already, recognised by their marker.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.depth, m.oldest, m.publish, m.packSize, m.splitBatch, m.redeliveries, m.reaped, m.stale, m.resplitAvoided)
+	}
+	return m
+}
+
+// metricsLoop reads depth and age from the stream's state.
+func (q *Queue) metricsLoop() {
+	t := time.NewTicker(q.opts.MetricsInterval)
+	defer t.Stop()
+	for {
+		q.updateGauges()
+		select {
+		case <-q.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Depth is the number of messages in the queue stream: accepted, waiting
+// for delivery or for a retry, or being delivered. Split markers do not
+// count. The markers are counted first and the messages then, so a split
+// between the two reads counts a message twice rather than not at all.
+func (q *Queue) Depth(ctx context.Context) (uint64, error) {
+	d, _, err := q.depth(ctx)
+	return d, err
+}
+
+func (q *Queue) depth(ctx context.Context) (uint64, *jetstream.StreamInfo, error) {
+	markers, err := q.stream.Info(ctx, jetstream.WithSubjectFilter(q.subjSplit+".>"))
+	if err != nil {
+		return 0, nil, fmt.Errorf("read queue state: %w", err)
+	}
+	var n uint64
+	for _, c := range markers.State.Subjects {
+		n += c
+	}
+	info, err := q.stream.Info(ctx)
+	if err != nil {
+		return 0, nil, fmt.Errorf("read queue state: %w", err)
+	}
+	return info.State.Msgs - min(n, info.State.Msgs), info, nil
+}
+
+func (q *Queue) updateGauges() {
+	ctx, cancel := context.WithTimeout(q.ctx, 5*time.Second)
+	defer cancel()
+	depth, info, err := q.depth(ctx)
+	if err != nil {
+		if q.ctx.Err() == nil {
+			q.log.Warn("read queue state", "err", err)
+		}
+		return
+	}
+	age := 0.0
+	if depth > 0 && !info.State.FirstTime.IsZero() {
+		age = time.Since(info.State.FirstTime).Seconds()
+	}
+	q.metrics.depth.Set(float64(depth))
+	q.metrics.oldest.Set(age)
+}

@@ -1,0 +1,378 @@
+// Package queue is the relay's durable queue on NATS JetStream: the SMTP
+// server commits accepted messages to it (spool.Spool) and the delivery
+// workers take them from it (spool.Consumer). It runs against an external,
+// replicated JetStream for a fleet, or embeds nats-server in the process
+// with a file store for dev and single-node use.
+//
+// # Layout
+//
+// The queue stream (work-queue retention) has three kinds of subjects,
+// under a prefix that is the stream name in lower case:
+//
+//   - <prefix>.in: packs of freshly accepted messages, one stream message
+//     per group commit;
+//   - <prefix>.q: one stream message per message to deliver, what the
+//     delivery workers consume;
+//   - <prefix>.sched.<id>: a message waiting for its next retry, a JetStream
+//     message schedule that the server republishes to <prefix>.q when due;
+//   - <prefix>.split.<seq>: a marker, written with the split messages, that
+//     the pack at stream sequence seq has been split (it expires after
+//     twice AckWait, at least a minute).
+//
+// A second stream, <STREAM>_BODY (limits retention), holds the bodies of
+// large messages in parts, on <prefix>.body.<id>.<n>.
+//
+// # Why packs: the group commit
+//
+// A 250 is sent only after JetStream acknowledged the write, and every
+// JetStream we run syncs to disk before it acknowledges (sync_interval:
+// always, see DESIGN §5). On this project's 2-core machine one fsync takes
+// 2–4 ms, so one stream message per accepted message caps the relay at
+// about 500 messages/s, whatever the number of sessions. JetStream's atomic
+// batch publish coalesces a batch into one sync, but it stages every batch
+// in a temporary file store, about 15 ms each, and a batch can only hold the
+// messages whose sessions are waiting (at most one per session). So the
+// relay commits in groups itself: one committer takes every message whose
+// Commit is waiting and writes them as one pack, a single stream message
+// and a single sync; the messages that arrive meanwhile form the next pack.
+// A splitter in every relay pod then turns each pack into per-message
+// stream messages on <prefix>.q, many packs at a time in one atomic batch
+// (one sync for hundreds), so that each message is acknowledged, retried
+// and redelivered on its own. A splitter may die after the batch but before
+// its acknowledgement of the packs reached the disk; the batch also holds a
+// marker per pack, so a pack handed out again is recognised and only
+// acknowledged. (The split messages carry Nats-Msg-Id too, but the server's
+// duplicate detection forgets a message once it is delivered and removed.)
+//
+// # Why parts: large messages
+//
+// NATS' default max_payload is 1 MiB (the server's hard ceiling is 64 MiB),
+// while the relay accepts 16,000,000 bytes. Raising max_payload would work
+// for the embedded server but not for a cluster someone else runs, makes
+// every client and route buffer messages of that size in memory, and holds
+// a 16 MB write in the stream's single ingest path in front of every small
+// message's commit. So a body larger than a part (512 KiB, or less when the
+// server's max_payload is small) is published while DATA arrives, part by
+// part, to the body stream; the queued record then names its parts. A
+// session holds at most one part in memory, however large its message. The
+// cost is one sync per part (about 32 for a 16 MB message) and the body
+// stream's bookkeeping: parts are purged when the message is done, and
+// parts orphaned by a crash between the parts and the commit expire with
+// the body stream's MaxAge (default 14 days, longer than any message may
+// stay queued).
+//
+// # Retries
+//
+// Retry publishes a schedule (Nats-Schedule: @at <time>) holding the
+// updated record, only the remaining recipients and one more attempt, waits
+// for its acknowledgement, then acknowledges the message being delivered.
+// A crash between the two steps leaves both, so the remaining recipients
+// may get the message twice, never zero times.
+package queue
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailfleet/mailfleet/relay/spool"
+)
+
+// Defaults.
+const (
+	DefaultStream        = "MAILFLEET"
+	DefaultAckWait       = time.Minute
+	DefaultMaxAckPending = 10_000
+	DefaultBodyMaxAge    = 14 * 24 * time.Hour
+	// DefaultExternalReplicas is the replica count of streams the relay
+	// creates on an external JetStream: a quorum of 2 of 3 acknowledges.
+	DefaultExternalReplicas = 3
+	// maxPartSize is the largest body part; smaller when the server's
+	// max_payload leaves less room.
+	maxPartSize = 512 << 10
+	// publishTimeout bounds one JetStream write.
+	publishTimeout = 30 * time.Second
+	// maxSplitBatch is the most messages in one atomic batch (the server's
+	// default limit is 1000).
+	maxSplitBatch = 1000
+	// duplicateWindow is how long the server remembers Nats-Msg-Id.
+	duplicateWindow = 2 * time.Minute
+)
+
+// Options configure a Queue. Exactly one of Dir and URL is set.
+type Options struct {
+	// Dir embeds nats-server in this process with its JetStream file store
+	// under Dir, reachable only in-process.
+	Dir string
+	// URL is an external NATS server or cluster (nats://, tls://).
+	URL string
+	// CredentialsFile is a NATS .creds file (JWT and NKey seed).
+	CredentialsFile string
+	// User and Password authenticate with user and password.
+	User, Password string
+	// CAFile holds the authorities that sign the servers' certificates.
+	CAFile string
+	// Stream names the queue stream (default MAILFLEET); its subjects use
+	// the name in lower case.
+	Stream string
+	// Replicas of the streams the relay creates (default 1 embedded, 3
+	// external).
+	Replicas int
+	// AckWait is how long a delivery may go without Touch before the
+	// message is handed to another worker (default 1 min).
+	AckWait time.Duration
+	// MaxAckPending bounds the messages being delivered across the fleet
+	// (default 10,000); each pod bounds its own with its worker count.
+	MaxAckPending int
+	// BodyMaxAge is how long body parts are kept at most (default 14 days).
+	BodyMaxAge time.Duration
+	// MetricsInterval is how often queue depth and age are read (default 5 s).
+	MetricsInterval time.Duration
+	// Registerer receives the queue's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	Log        *slog.Logger
+}
+
+// Queue is the JetStream queue. It is a spool.Spool and a spool.Consumer.
+type Queue struct {
+	opts     Options
+	log      *slog.Logger
+	srv      *server.Server // nil for an external server
+	unlock   func() error
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	stream   jetstream.Stream
+	bodies   jetstream.Stream
+	deliver  jetstream.Consumer
+	split    jetstream.Consumer
+	metrics  *metrics
+	partSize int
+	packMax  int
+
+	subjIn, subjQ, subjSched, subjBody, subjSplit string
+
+	commits chan *commitReq
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+var (
+	_ spool.Spool    = (*Queue)(nil)
+	_ spool.Consumer = (*Queue)(nil)
+)
+
+// Open connects (or starts the embedded server), creates or updates the
+// streams and consumers, and starts the committer and the splitter.
+func Open(ctx context.Context, o Options) (*Queue, error) {
+	if (o.Dir == "") == (o.URL == "") {
+		return nil, errors.New("queue: set exactly one of an embedded directory and a NATS URL")
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Stream == "" {
+		o.Stream = DefaultStream
+	}
+	if o.Replicas == 0 {
+		o.Replicas = 1
+		if o.URL != "" {
+			o.Replicas = DefaultExternalReplicas
+		}
+	}
+	if o.AckWait == 0 {
+		o.AckWait = DefaultAckWait
+	}
+	if o.MaxAckPending == 0 {
+		o.MaxAckPending = DefaultMaxAckPending
+	}
+	if o.BodyMaxAge == 0 {
+		o.BodyMaxAge = DefaultBodyMaxAge
+	}
+	if o.MetricsInterval == 0 {
+		o.MetricsInterval = 5 * time.Second
+	}
+	q := &Queue{opts: o, log: o.Log.With("stream", o.Stream), commits: make(chan *commitReq, 1024)}
+	prefix := strings.ToLower(o.Stream)
+	q.subjIn, q.subjQ, q.subjSched, q.subjBody = prefix+".in", prefix+".q", prefix+".sched", prefix+".body"
+	q.subjSplit = prefix + ".split"
+	if err := q.connect(); err != nil {
+		return nil, errors.Join(err, q.closeConn())
+	}
+	if err := q.setup(ctx); err != nil {
+		return nil, errors.Join(err, q.closeConn())
+	}
+	q.metrics = newMetrics(o.Registerer)
+	q.ctx, q.cancel = context.WithCancel(context.Background())
+	q.wg.Add(4)
+	go func() { defer q.wg.Done(); q.reapLoop() }()
+	go func() { defer q.wg.Done(); q.commitLoop() }()
+	go func() { defer q.wg.Done(); q.splitLoop() }()
+	go func() { defer q.wg.Done(); q.metricsLoop() }()
+	return q, nil
+}
+
+func (q *Queue) connect() error {
+	o := q.opts
+	name := nats.Name("mailfleet-relay")
+	if o.Dir != "" {
+		srv, unlock, err := startEmbedded(o.Dir)
+		if err != nil {
+			return err
+		}
+		q.srv, q.unlock = srv, unlock
+		nc, err := nats.Connect("", nats.InProcessServer(srv), name)
+		if err != nil {
+			return fmt.Errorf("connect to the embedded NATS server: %w", err)
+		}
+		q.nc = nc
+	} else {
+		opts := []nats.Option{name, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(false)}
+		if o.CredentialsFile != "" {
+			opts = append(opts, nats.UserCredentials(o.CredentialsFile))
+		}
+		if o.User != "" {
+			opts = append(opts, nats.UserInfo(o.User, o.Password))
+		}
+		if o.CAFile != "" {
+			pem, err := os.ReadFile(o.CAFile)
+			if err != nil {
+				return fmt.Errorf("read NATS CA file: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("NATS CA file %s holds no certificate", o.CAFile)
+			}
+			opts = append(opts, nats.Secure(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+		}
+		opts = append(opts, nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			q.log.Warn("disconnected from NATS", "err", err)
+		}), nats.ReconnectHandler(func(nc *nats.Conn) {
+			q.log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted())
+		}))
+		nc, err := nats.Connect(o.URL, opts...)
+		if err != nil {
+			return fmt.Errorf("connect to NATS at %s: %w", redactURL(o.URL), err)
+		}
+		q.nc = nc
+	}
+	js, err := jetstream.New(q.nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	q.js = js
+	// A part and its headers must fit the server's max_payload, and so must
+	// a pack holding one inline message with its envelope.
+	q.partSize = min(maxPartSize, int(q.nc.MaxPayload())/2)
+	q.packMax = int(q.nc.MaxPayload()) - 4<<10
+	return nil
+}
+
+// setup creates or updates the streams and consumers; several relay pods
+// doing it at once agree, since they ask for the same configuration.
+func (q *Queue) setup(ctx context.Context) error {
+	o := q.opts
+	var err error
+	q.stream, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:               o.Stream,
+		Description:        "mailfleet: accepted messages waiting for delivery",
+		Subjects:           []string{q.subjIn, q.subjQ, q.subjSched + ".>", q.subjSplit + ".>"},
+		Retention:          jetstream.WorkQueuePolicy,
+		Storage:            jetstream.FileStorage,
+		Replicas:           o.Replicas,
+		Duplicates:         duplicateWindow,
+		AllowAtomicPublish: true,
+		AllowMsgSchedules:  true,
+		AllowMsgTTL:        true,
+	})
+	if err != nil {
+		return fmt.Errorf("create or update stream %s: %w", o.Stream, err)
+	}
+	q.bodies, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        o.Stream + "_BODY",
+		Description: "mailfleet: bodies of large queued messages, in parts",
+		Subjects:    []string{q.subjBody + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+		MaxAge:      o.BodyMaxAge,
+	})
+	if err != nil {
+		return fmt.Errorf("create or update stream %s_BODY: %w", o.Stream, err)
+	}
+	consumer := func(name, subject string) (jetstream.Consumer, error) {
+		c, err := q.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+			Durable:       name,
+			FilterSubject: subject,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       o.AckWait,
+			MaxAckPending: o.MaxAckPending,
+			MaxDeliver:    -1,
+			Replicas:      o.Replicas,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("create or update consumer %s: %w", name, err)
+		}
+		return c, nil
+	}
+	if q.deliver, err = consumer(o.Stream+"_deliver", q.subjQ); err != nil {
+		return err
+	}
+	q.split, err = consumer(o.Stream+"_split", q.subjIn)
+	return err
+}
+
+// Ready reports whether the queue can take messages: its connection to
+// NATS is up. A relay that is not ready gets no new sessions from its
+// Service, rather than answering them all with 451.
+func (q *Queue) Ready() bool {
+	return q.nc != nil && q.nc.IsConnected()
+}
+
+// Close stops the committer and the splitter, then closes the connection
+// and the embedded server. Commits still waiting fail.
+func (q *Queue) Close() error {
+	if q.cancel != nil {
+		q.cancel()
+		q.wg.Wait()
+	}
+	return q.closeConn()
+}
+
+func (q *Queue) closeConn() error {
+	if q.nc != nil {
+		q.nc.Close()
+	}
+	var err error
+	if q.srv != nil {
+		q.srv.Shutdown()
+		q.srv.WaitForShutdown()
+	}
+	if q.unlock != nil {
+		err = q.unlock()
+	}
+	return err
+}
+
+// redactURL drops user information from a NATS URL before it is logged.
+func redactURL(u string) string {
+	if at := strings.LastIndex(u, "@"); at >= 0 {
+		if scheme := strings.Index(u, "://"); scheme >= 0 && scheme < at {
+			return u[:scheme+3] + "[redacted]" + u[at:]
+		}
+		return "[redacted]" + u[at:]
+	}
+	return u
+}

@@ -1,0 +1,413 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"reflect"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/mailfleet/mailfleet/relay/spool"
+)
+
+// openQueue opens an embedded queue in dir; the test closes it.
+func openQueue(t *testing.T, dir string, tune func(*Options)) *Queue {
+	t.Helper()
+	o := Options{Dir: dir, AckWait: 30 * time.Second, Registerer: prometheus.NewRegistry(),
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), MetricsInterval: 100 * time.Millisecond}
+	if tune != nil {
+		tune(&o)
+	}
+	q, err := Open(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			q.Close()
+		}
+	})
+	return q
+}
+
+func envelope(id string, to ...string) spool.Envelope {
+	return spool.Envelope{
+		ID: id, APIUser: "acme", LabelID: "1001", From: "sender@acme.example", To: to,
+		ReceivedAt: time.Date(2026, 11, 28, 17, 0, 0, 123456789, time.UTC),
+		RemoteAddr: "127.0.0.1:4242", Helo: "client.test", TLS: true,
+	}
+}
+
+// commit writes body in pieces of chunk bytes and commits it.
+func commit(t testing.TB, q *Queue, env spool.Envelope, body []byte, chunk int) {
+	t.Helper()
+	w, err := q.Begin(context.Background(), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for b := body; len(b) > 0; {
+		n := min(chunk, len(b))
+		if _, err := w.Write(b[:n]); err != nil {
+			t.Fatal(err)
+		}
+		b = b[n:]
+	}
+	if err := w.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func next(t testing.TB, q *Queue, within time.Duration) spool.Pending {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	p, err := q.Next(ctx)
+	if err != nil {
+		t.Fatalf("next message: %v", err)
+	}
+	return p
+}
+
+func readBody(t testing.TB, p spool.Pending) []byte {
+	t.Helper()
+	r, err := p.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func randomBody(t testing.TB, n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+func msgs(t *testing.T, q *Queue) (queued, bodyParts uint64) {
+	t.Helper()
+	depth, err := q.Depth(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bi, err := q.bodies.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return depth, bi.State.Msgs
+}
+
+func TestRoundTripIsByteIdentical(t *testing.T) {
+	q := openQueue(t, t.TempDir(), nil)
+	cases := []struct {
+		name  string
+		size  int
+		chunk int
+		parts bool
+	}{
+		{"empty", 0, 1, false},
+		{"4 KiB", 4096, 4096, false},
+		{"one part exactly", maxPartSize, 1000, false},
+		{"one byte over a part", maxPartSize + 1, 64 << 10, true},
+		{"16,000,000 bytes", 16_000_000, 64 << 10, true},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			env := envelope(fmt.Sprintf("1764349200000_%08d.node.with.dots", i), "a@x.example", "b@y.example")
+			body := randomBody(t, c.size)
+			commit(t, q, env, body, c.chunk)
+			p := next(t, q, 10*time.Second)
+			if got := p.Envelope(); !reflect.DeepEqual(got, env) {
+				t.Fatalf("envelope:\n got %+v\nwant %+v", got, env)
+			}
+			if p.Size() != int64(c.size) || p.Attempts() != 0 {
+				t.Fatalf("size %d attempts %d", p.Size(), p.Attempts())
+			}
+			// Twice: a transport opens the body once per destination.
+			for range 2 {
+				if got := readBody(t, p); !bytes.Equal(got, body) {
+					t.Fatalf("body of %d bytes came back as %d bytes, differing", len(body), len(got))
+				}
+			}
+			if _, parts := msgs(t, q); (parts > 0) != c.parts {
+				t.Fatalf("%d body parts stored", parts)
+			}
+			if err := p.Done(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if queued, parts := msgs(t, q); queued != 0 || parts != 0 {
+				t.Fatalf("after Done: %d queued, %d body parts left", queued, parts)
+			}
+		})
+	}
+}
+
+// TestConcurrentCommitsArriveOnce commits from 20 writers at once, so the
+// group commit packs several messages together, and takes every one out.
+func TestConcurrentCommitsArriveOnce(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	q := openQueue(t, t.TempDir(), func(o *Options) { o.Registerer = reg })
+	const writers, each = 20, 25
+	bodies := sync.Map{}
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				id := fmt.Sprintf("id-%02d-%03d", w, i)
+				body := randomBody(t, 1000+w*100+i)
+				bodies.Store(id, body)
+				commit(t, q, envelope(id, "rcpt@x.example"), body, 512)
+			}
+		})
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for range writers * each {
+		p := next(t, q, 10*time.Second)
+		id := p.Envelope().ID
+		want, _ := bodies.Load(id)
+		if seen[id] || !bytes.Equal(readBody(t, p), want.([]byte)) {
+			t.Fatalf("message %s: seen before %v, or body differs", id, seen[id])
+		}
+		seen[id] = true
+		if err := p.Done(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := testutil.CollectAndCount(reg, "mailfleet_queue_publish_seconds"); n != 1 {
+		t.Fatalf("publish histogram: %d series", n)
+	}
+	if got := histogramCount(t, reg, "mailfleet_queue_publish_seconds"); got != writers*each {
+		t.Fatalf("publish histogram counted %d commits, want %d", got, writers*each)
+	}
+	if packs := histogramCount(t, reg, "mailfleet_queue_commit_messages"); packs >= writers*each {
+		t.Fatalf("%d packs for %d concurrent commits: nothing was grouped", packs, writers*each)
+	}
+}
+
+func histogramCount(t *testing.T, reg *prometheus.Registry, name string) int {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name {
+			return int(f.GetMetric()[0].GetHistogram().GetSampleCount())
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+func TestRetryKeepsOnlyRemainingRecipientsAndWaits(t *testing.T) {
+	for _, size := range []int{2048, 3 * maxPartSize} {
+		t.Run(fmt.Sprintf("%d bytes", size), func(t *testing.T) {
+			q := openQueue(t, t.TempDir(), nil)
+			env := envelope("retry-me", "a@x.example", "b@y.example", "c@z.example")
+			body := randomBody(t, size)
+			commit(t, q, env, body, 8192)
+			p := next(t, q, 10*time.Second)
+			const delay = 2 * time.Second
+			retried := time.Now()
+			if err := p.Retry(context.Background(), []string{"b@y.example"}, delay); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), delay/2)
+			defer cancel()
+			if early, err := q.Next(ctx); err == nil {
+				t.Fatalf("retried message %s came back before its delay", early.Envelope().ID)
+			}
+			p = next(t, q, 10*time.Second)
+			if waited := time.Since(retried); waited < delay {
+				t.Fatalf("came back after %v, want at least %v", waited, delay)
+			}
+			want := env
+			want.To = []string{"b@y.example"}
+			if got := p.Envelope(); !reflect.DeepEqual(got, want) || p.Attempts() != 1 {
+				t.Fatalf("after retry: %+v attempts %d", got, p.Attempts())
+			}
+			if !bytes.Equal(readBody(t, p), body) {
+				t.Fatal("body changed by the retry")
+			}
+			if err := p.Done(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if queued, parts := msgs(t, q); queued != 0 || parts != 0 {
+				t.Fatalf("after Done: %d queued, %d body parts left", queued, parts)
+			}
+		})
+	}
+}
+
+// TestUnackedMessageIsRedelivered: a worker that takes a message and dies
+// (here: drops it without Done, Retry or Touch) leaves it to the next.
+func TestUnackedMessageIsRedelivered(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	q := openQueue(t, t.TempDir(), func(o *Options) { o.AckWait = time.Second; o.Registerer = reg })
+	commit(t, q, envelope("dies", "a@x.example"), []byte("body\r\n"), 100)
+	first := next(t, q, 10*time.Second)
+	// Touch keeps it away from others while the delivery goes on.
+	for range 3 {
+		time.Sleep(500 * time.Millisecond)
+		if err := first.Touch(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	if _, err := q.Next(ctx); err == nil {
+		t.Fatal("a touched message was handed out twice")
+	}
+	// Now the worker "dies": no more Touch, no ack.
+	second := next(t, q, 5*time.Second)
+	if second.Envelope().ID != "dies" || string(readBody(t, second)) != "body\r\n" {
+		t.Fatalf("redelivered %+v", second.Envelope())
+	}
+	if got := testutil.ToFloat64(q.metrics.redeliveries); got != 1 {
+		t.Fatalf("redeliveries counted: %v", got)
+	}
+	if err := second.Done(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSecondOpenOfADirectoryFails(t *testing.T) {
+	dir := t.TempDir()
+	openQueue(t, dir, nil)
+	if q, err := Open(context.Background(), Options{Dir: dir}); err == nil {
+		q.Close()
+		t.Fatal("opened a queue directory twice")
+	}
+}
+
+func TestRestartKeepsCommittedMessages(t *testing.T) {
+	dir := t.TempDir()
+	q, err := Open(context.Background(), Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := q
+	t.Cleanup(func() { first.Close() }) // a second Close does nothing harmful
+	want := map[string][]byte{}
+	for i := range 50 {
+		id := fmt.Sprintf("keep-%02d", i)
+		want[id] = randomBody(t, 100+i)
+		commit(t, q, envelope(id, "a@x.example"), want[id], 64)
+	}
+	want["large"] = randomBody(t, 2*maxPartSize+17)
+	commit(t, q, envelope("large", "a@x.example"), want["large"], 32<<10)
+	next(t, q, 10*time.Second) // being delivered when the server stops
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q = openQueue(t, dir, func(o *Options) { o.AckWait = time.Second })
+	got := map[string]bool{}
+	for len(got) < len(want) {
+		p := next(t, q, 10*time.Second)
+		id := p.Envelope().ID
+		if !bytes.Equal(readBody(t, p), want[id]) {
+			t.Fatalf("message %s differs after restart", id)
+		}
+		got[id] = true
+		if err := p.Done(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A pack whose split was not acknowledged before the stop is split
+	// again, and every message in it is recognised as a duplicate.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		queued, parts := msgs(t, q)
+		if queued == 0 && parts == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after all Done: %d queued, %d parts", queued, parts)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if p, err := q.Next(ctx); err == nil {
+		t.Fatalf("message %s delivered twice", p.Envelope().ID)
+	}
+}
+
+func TestAbortLeavesNothing(t *testing.T) {
+	q := openQueue(t, t.TempDir(), nil)
+	for _, size := range []int{10, 3 * maxPartSize} {
+		w, err := q.Begin(context.Background(), envelope(fmt.Sprintf("abort-%d", size), "a@x.example"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(randomBody(t, size))
+		if err := w.Abort(); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Commit(context.Background()); !errors.Is(err, errFinished) {
+			t.Fatalf("commit after abort: %v", err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if queued, parts := msgs(t, q); queued != 0 || parts != 0 {
+		t.Fatalf("after aborts: %d queued, %d parts", queued, parts)
+	}
+}
+
+func TestGauges(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	q := openQueue(t, t.TempDir(), func(o *Options) { o.Registerer = reg })
+	for i := range 3 {
+		commit(t, q, envelope(fmt.Sprintf("g%d", i), "a@x.example"), []byte("x"), 1)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(q.metrics.depth) != 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("depth %v, want 3", testutil.ToFloat64(q.metrics.depth))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !q.Ready() {
+		t.Fatal("an open queue is not ready")
+	}
+	if age := testutil.ToFloat64(q.metrics.oldest); age < 0 || age > 60 {
+		t.Fatalf("oldest age %v", age)
+	}
+	names := []string{}
+	families, _ := reg.Gather()
+	for _, f := range families {
+		names = append(names, f.GetName())
+	}
+	for _, want := range []string{"mailfleet_queue_depth", "mailfleet_queue_oldest_age_seconds", "mailfleet_queue_publish_seconds"} {
+		if !slices.Contains(names, want) {
+			t.Fatalf("metric %s missing from %v", want, names)
+		}
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://user:secret@nats:4222": "nats://[redacted]@nats:4222",
+		"tls://nats.example:4222":      "tls://nats.example:4222",
+	} {
+		if got := redactURL(in); got != want {
+			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
