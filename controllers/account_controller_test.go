@@ -41,6 +41,7 @@ func mkRelay(t *testing.T, ns, name string, muts ...func(*v1.SmtpRelay)) *v1.Smt
 		Spec: v1.SmtpRelaySpec{
 			Hostname: "smtp.example.com",
 			TLS:      v1.RelayTLS{IssuerRef: &v1.IssuerReference{Name: "ca"}},
+			Queue:    v1.RelayQueue{NATS: v1.NATSQueue{URL: "nats://nats.mailfleet-system.svc:4222"}},
 		},
 	}
 	for _, m := range muts {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,6 +33,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/internal/natstest"
+	"github.com/mailfleet/mailfleet/internal/smtpsink"
 	"github.com/mailfleet/mailfleet/ratelimit/redistest"
 	"github.com/mailfleet/mailfleet/relay/config"
 )
@@ -51,7 +54,8 @@ func TestRenderedRelayServesAccounts(t *testing.T) {
 	tenant := newNamespace(t, nil)
 	startManager(t, func(mgr ctrl.Manager) error { return Setup(mgr, testRenderOptions) })
 	createTestIssuer(t, platform, "ca")
-	createRelay(t, withNamespace(platform), func(r *v1.SmtpRelay) {
+	sink := smtpsink.Start(t)
+	createRelay(t, withNamespace(platform), withQueueAndSink(t, sink), func(r *v1.SmtpRelay) {
 		r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll
 	})
 	caPEM := playCertManager(t, platform, "mx", "mx-tls")
@@ -85,6 +89,17 @@ func TestRenderedRelayServesAccounts(t *testing.T) {
 	if !strings.Contains(relay.logs.String(), `"label":"1001"`) {
 		t.Fatalf("the relay did not log the label of the queued message:\n%s", relay.logs)
 	}
+	// Through the JetStream queue to the smarthost the spec names, with
+	// the trace and label headers.
+	got := waitDelivered(t, sink, 1)[0]
+	for _, want := range []string{"Received: from ", "X-Mailfleet-Label: ", "1001", "Subject: from the fleet\r\n\r\nhello\r\n"} {
+		if !strings.Contains(string(got.Data), want) {
+			t.Errorf("delivered message lacks %q:\n%s", want, got.Data)
+		}
+	}
+	if got.From != "news@acme.example" || len(got.To) != 1 || got.To[0] != "reader@example.com" {
+		t.Errorf("delivered envelope = %s -> %v", got.From, got.To)
+	}
 
 	setSuspended(t, tenant, "acme", true)
 	eventually(t, relayWait, func() error {
@@ -109,7 +124,7 @@ func TestRenderedRelayWithRateLimitSidecar(t *testing.T) {
 	platform := newNamespace(t, nil)
 	startManager(t, func(mgr ctrl.Manager) error { return Setup(mgr, testRenderOptions) })
 	createTestIssuer(t, platform, "ca")
-	createRelay(t, withNamespace(platform), withRateLimit(&v1.RelayRateLimit{
+	createRelay(t, withNamespace(platform), withQueueAndSink(t, smtpsink.Start(t)), withRateLimit(&v1.RelayRateLimit{
 		Redis: v1.RedisEndpoint{Address: redis.Addr}, FailureMode: v1.RateLimitFailureDeny,
 	}))
 	caPEM := playCertManager(t, platform, "mx", "mx-tls")
@@ -140,6 +155,38 @@ func TestRenderedRelayWithRateLimitSidecar(t *testing.T) {
 	if n, err := redis.Client().DBSize(ctx).Result(); err != nil || n == 0 {
 		t.Fatalf("redis holds %d keys (%v): the budget was not counted there", n, err)
 	}
+}
+
+// withQueueAndSink points a relay at a JetStream on loopback and delivers
+// through a smarthost that is the test's sink: what the operator renders
+// then works unchanged outside a cluster.
+func withQueueAndSink(t *testing.T, sink *smtpsink.Sink) relayOption {
+	url := natstest.Start(t)
+	host, port, err := net.SplitHostPort(sink.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(r *v1.SmtpRelay) {
+		r.Spec.Queue.NATS = v1.NATSQueue{URL: url, Replicas: 1}
+		r.Spec.Delivery.Smarthost = &v1.Smarthost{Host: host, Port: int32(p), TLS: v1.SmarthostTLSNone}
+	}
+}
+
+// waitDelivered waits until the sink holds n messages and returns them.
+func waitDelivered(t *testing.T, sink *smtpsink.Sink, n int) []smtpsink.Message {
+	t.Helper()
+	var got []smtpsink.Message
+	eventually(t, relayWait, func() error {
+		if got = sink.Messages(); len(got) < n {
+			return fmt.Errorf("%d of %d messages delivered", len(got), n)
+		}
+		return nil
+	})
+	return got
 }
 
 // submit sends one message with Go's SMTP client: STARTTLS, AUTH PLAIN.
@@ -348,7 +395,6 @@ func materialiseConfig(t *testing.T, dir, relayYAML string, tlsSecret corev1.Sec
 		c.Listeners[i].Address = "127.0.0.1:0"
 	}
 	c.MetricsAddress = "127.0.0.1:0"
-	c.SpoolDir = filepath.Join(dir, "spool")
 	if c.Budget.Sidecar != nil {
 		if sidecar == "" {
 			t.Fatal("the relay config asks a sidecar the Deployment does not run")

@@ -157,11 +157,11 @@ type relaySecretRef struct {
 // relayReferencedSecrets are the Secrets besides the TLS one that the pods
 // cannot start without.
 func relayReferencedSecrets(relay *v1.SmtpRelay) []relaySecretRef {
+	refs := queueSecretRefs(relay)
 	rl := relay.Spec.RateLimit
 	if rl == nil {
-		return nil
+		return refs
 	}
-	var refs []relaySecretRef
 	if ref := rl.Redis.PasswordSecretRef; ref != nil {
 		refs = append(refs, relaySecretRef{field: "spec.rateLimit.redis.passwordSecretRef", name: ref.Name})
 	}

@@ -42,7 +42,6 @@ const (
 	relayReplicasKey     = "replicas"
 	relayConfigPath      = "/etc/mailfleet/relay.yaml"
 	relayTLSDir          = "/etc/mailfleet/tls"
-	relaySpoolDir        = "/var/spool/mailfleet"
 	relayMetricsPortName = "metrics"
 	relayMetricsPort     = 9090
 	// relayUID is the conventional "nonroot" user of distroless images.
@@ -262,10 +261,12 @@ func relayConfig(relay *v1.SmtpRelay, ports []relayPort) config.Config {
 		// The relay watches the shards CredentialsPublisher writes, in its
 		// own namespace (the Role below allows exactly that).
 		CredentialsSecrets: &config.CredentialsSecrets{Namespace: relay.Namespace, Relay: relay.Name},
-		SpoolDir:           relaySpoolDir,
-		MetricsAddress:     ":" + strconv.Itoa(relayMetricsPort),
-		DrainGracePeriod:   config.Duration{Duration: relayDrainGrace},
-		Budget:             relayBudget(relay),
+		// Accepted mail lives in the shared JetStream, never in the pod.
+		Queue:            relayQueueConfig(relay),
+		Delivery:         relayDeliveryConfig(relay),
+		MetricsAddress:   ":" + strconv.Itoa(relayMetricsPort),
+		DrainGracePeriod: config.Duration{Duration: relayDrainGrace},
+		Budget:           relayBudget(relay),
 	}
 	for _, p := range ports {
 		c.Listeners = append(c.Listeners, config.Listener{
@@ -389,16 +390,23 @@ func relayContainer(relay *v1.SmtpRelay, image string, ports []relayPort) corev1
 		LivenessProbe:   relayProbe("/healthz", 10, 3),
 		Lifecycle:       &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: int64(relayPreStopSleep / time.Second)}}},
 		SecurityContext: relayContainerSecurity(),
-		VolumeMounts: []corev1.VolumeMount{
+		VolumeMounts: append([]corev1.VolumeMount{
 			// subPath freezes the file, which is fine: the relay reads it
 			// once, and a change rolls the pods through the config hash.
 			{Name: "config", MountPath: relayConfigPath, SubPath: relayConfigKey, ReadOnly: true},
 			// No subPath here, so renewed certificates reach the relay,
 			// which reloads them without dropping sessions.
 			{Name: "tls", MountPath: relayTLSDir, ReadOnly: true},
-			{Name: "spool", MountPath: relaySpoolDir},
-		},
+		}, relaySecretVolumeMounts(relay)...),
 	}
+}
+
+func relaySecretVolumeMounts(relay *v1.SmtpRelay) []corev1.VolumeMount {
+	var out []corev1.VolumeMount
+	for _, m := range relayQueueMounts(relay) {
+		out = append(out, corev1.VolumeMount{Name: m.volume, MountPath: m.dir, ReadOnly: true})
+	}
+	return out
 }
 
 // relayContainerSecurity meets PodSecurity "restricted" with nothing to
@@ -437,10 +445,17 @@ func relayVolumes(relay *v1.SmtpRelay) []corev1.Volume {
 			SecretName:  relayTLSSecretName(relay),
 			DefaultMode: ptr.To(int32(0o440)),
 		}}},
-		// The spool only holds messages until the queue has them, so it
-		// does not outlive the pod (the Deployment stays stateless).
-		{Name: "spool", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-	}, ratelimitVolumes(relay)...)
+	}, append(relaySecretVolumes(relay), ratelimitVolumes(relay)...)...)
+}
+
+func relaySecretVolumes(relay *v1.SmtpRelay) []corev1.Volume {
+	var out []corev1.Volume
+	for _, m := range relayQueueMounts(relay) {
+		out = append(out, corev1.Volume{Name: m.volume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: m.secret, Items: m.items, DefaultMode: ptr.To(int32(0o440)),
+		}}})
+	}
+	return out
 }
 
 func relayService(relay *v1.SmtpRelay, ports []relayPort) *corev1.Service {

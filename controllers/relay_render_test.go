@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -37,6 +38,7 @@ func newTestRelay(opts ...relayOption) *v1.SmtpRelay {
 		Spec: v1.SmtpRelaySpec{
 			Hostname: "smtp.example.com",
 			TLS:      v1.RelayTLS{IssuerRef: &v1.IssuerReference{Name: "ca"}},
+			Queue:    v1.RelayQueue{NATS: v1.NATSQueue{URL: "nats://nats.mailfleet-system.svc:4222"}},
 		},
 	}
 	for _, o := range opts {
@@ -162,7 +164,8 @@ func TestRenderRelayDeployment(t *testing.T) {
 	for _, m := range c.VolumeMounts {
 		mounts[m.Name] = m.MountPath
 	}
-	wantMounts := map[string]string{"config": "/etc/mailfleet/relay.yaml", "tls": "/etc/mailfleet/tls", "spool": "/var/spool/mailfleet"}
+	// Nothing writable: accepted mail lives in the shared JetStream.
+	wantMounts := map[string]string{"config": "/etc/mailfleet/relay.yaml", "tls": "/etc/mailfleet/tls"}
 	if !reflect.DeepEqual(mounts, wantMounts) {
 		t.Errorf("mounts = %v, want %v", mounts, wantMounts)
 	}
@@ -172,9 +175,6 @@ func TestRenderRelayDeployment(t *testing.T) {
 	}
 	if cm := vols["config"].ConfigMap; cm == nil || cm.Name != "mx-config" {
 		t.Errorf("config volume = %+v, want ConfigMap mx-config", vols["config"])
-	}
-	if vols["spool"].EmptyDir == nil {
-		t.Errorf("spool volume = %+v, want an emptyDir", vols["spool"])
 	}
 	if s := vols["tls"].Secret; s == nil || s.SecretName != "mx-tls" {
 		t.Errorf("tls volume = %+v, want Secret mx-tls", vols["tls"])
@@ -314,14 +314,17 @@ func TestRenderedConfigLoads(t *testing.T) {
 				"certFile":       "/etc/mailfleet/tls/tls.crt",
 				"keyFile":        "/etc/mailfleet/tls/tls.key",
 				"credentials":    "mail/mx",
-				"spoolDir":       "/var/spool/mailfleet",
+				"queue":          "nats://nats.mailfleet-system.svc:4222 MAILFLEET_MAIL_MX 3",
+				"workers":        16,
 				"metricsAddress": ":9090",
 				"drain":          relayDrainGrace,
 			}
 			got := map[string]any{
 				"hostname": cfg.Hostname, "banner": cfg.Banner,
 				"certFile": cfg.TLS.CertFile, "keyFile": cfg.TLS.KeyFile,
-				"credentials": cfg.CredentialsSecrets.Namespace + "/" + cfg.CredentialsSecrets.Relay, "spoolDir": cfg.SpoolDir,
+				"credentials":    cfg.CredentialsSecrets.Namespace + "/" + cfg.CredentialsSecrets.Relay,
+				"queue":          fmt.Sprintf("%s %s %d", cfg.Queue.NATS.URL, cfg.Queue.NATS.Stream, cfg.Queue.NATS.Replicas),
+				"workers":        cfg.Delivery.Workers,
 				"metricsAddress": cfg.MetricsAddress, "drain": cfg.DrainGracePeriod.Duration,
 			}
 			if !reflect.DeepEqual(got, want) {
@@ -713,4 +716,84 @@ func TestRenderRelayRateLimit(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestRenderRelayQueueAndDelivery(t *testing.T) {
+	relay := newTestRelay(func(r *v1.SmtpRelay) {
+		r.Spec.Queue.NATS = v1.NATSQueue{
+			URL:                  "tls://nats-0:4222,tls://nats-1:4222",
+			CredentialsSecretRef: &v1.SecretKeySelector{Name: "nats-creds", Key: "relay.creds"},
+			CASecretRef:          &v1.SecretKeySelector{Name: "nats-ca", Key: "ca.pem"},
+			Stream:               "OUTBOUND",
+			Replicas:             5,
+		}
+		r.Spec.Delivery = v1.RelayDelivery{
+			Smarthost: &v1.Smarthost{
+				Host: "smtp.provider.example", Port: 2525, TLS: v1.SmarthostTLSImplicit,
+				AuthSecretRef: &v1.LocalSecretReference{Name: "provider"},
+				CASecretRef:   &v1.SecretKeySelector{Name: "provider-ca", Key: "ca.crt"},
+			},
+			Workers:     4,
+			Retry:       v1.RetrySchedule{MinBackoff: &metav1.Duration{Duration: time.Minute}, MaxBackoff: &metav1.Duration{Duration: time.Hour}, MaxAge: &metav1.Duration{Duration: 48 * time.Hour}},
+			LabelHeader: "X-Tenant-Label",
+		}
+	})
+	objs := mustRender(t, relay)
+	c := loadRendered(t, objs.ConfigMap)
+	q := c.Queue.NATS
+	if q == nil || q.URL != "tls://nats-0:4222,tls://nats-1:4222" || q.Stream != "OUTBOUND" || q.Replicas != 5 ||
+		q.CredentialsFile != "/etc/mailfleet/nats/creds/nats.creds" || q.CAFile != "/etc/mailfleet/nats/ca/ca.crt" || c.Queue.Embedded != nil {
+		t.Errorf("queue = %+v", c.Queue)
+	}
+	d := c.Delivery
+	sh := d.Smarthost
+	if sh == nil || sh.Host != "smtp.provider.example" || sh.Port != 2525 || sh.TLS != "implicit" ||
+		sh.UsernameFile != "/etc/mailfleet/smarthost/auth/username" || sh.PasswordFile != "/etc/mailfleet/smarthost/auth/password" ||
+		sh.CAFile != "/etc/mailfleet/smarthost/ca/ca.crt" {
+		t.Errorf("smarthost = %+v", sh)
+	}
+	if d.Workers != 4 || d.Backoff.Min.Duration != time.Minute || d.Backoff.Max.Duration != time.Hour ||
+		d.Expiry.Duration != 48*time.Hour || d.LabelHeader != "X-Tenant-Label" {
+		t.Errorf("delivery = %+v", d)
+	}
+
+	spec := objs.Deployment.Spec.Template.Spec
+	mounts := map[string]string{}
+	for _, m := range spec.Containers[0].VolumeMounts {
+		mounts[m.Name] = m.MountPath
+	}
+	vols := map[string]*corev1.SecretVolumeSource{}
+	for _, v := range spec.Volumes {
+		vols[v.Name] = v.Secret
+	}
+	for _, want := range []struct{ volume, dir, secret, keys string }{
+		{"nats-creds", "/etc/mailfleet/nats/creds", "nats-creds", "relay.creds>nats.creds"},
+		{"nats-ca", "/etc/mailfleet/nats/ca", "nats-ca", "ca.pem>ca.crt"},
+		{"smarthost-auth", "/etc/mailfleet/smarthost/auth", "provider", "username>username password>password"},
+		{"smarthost-ca", "/etc/mailfleet/smarthost/ca", "provider-ca", "ca.crt>ca.crt"},
+	} {
+		if mounts[want.volume] != want.dir {
+			t.Errorf("mount %s at %q, want %q", want.volume, mounts[want.volume], want.dir)
+		}
+		v := vols[want.volume]
+		if v == nil || v.SecretName != want.secret {
+			t.Errorf("volume %s = %+v, want Secret %s", want.volume, v, want.secret)
+			continue
+		}
+		var keys []string
+		for _, it := range v.Items {
+			keys = append(keys, it.Key+">"+it.Path)
+		}
+		if got := strings.Join(keys, " "); got != want.keys {
+			t.Errorf("volume %s projects %q, want %q", want.volume, got, want.keys)
+		}
+	}
+	if got := len(relayReferencedSecrets(relay)); got != 4 {
+		t.Errorf("%d referenced Secrets, want 4", got)
+	}
+
+	plain := loadRendered(t, mustRender(t, newTestRelay()).ConfigMap)
+	if plain.Delivery.Smarthost != nil || plain.Queue.NATS.Stream != "MAILFLEET_MAIL_MX" {
+		t.Errorf("defaults: delivery %+v, stream %q; want direct MX delivery and the relay's own stream", plain.Delivery, plain.Queue.NATS.Stream)
+	}
 }

@@ -23,6 +23,7 @@ func TestCRDValidation(t *testing.T) {
 			Spec: v1.SmtpRelaySpec{
 				Hostname: "smtp.example.com",
 				TLS:      v1.RelayTLS{IssuerRef: &v1.IssuerReference{Name: "ca"}},
+				Queue:    v1.RelayQueue{NATS: v1.NATSQueue{URL: "nats://nats.mailfleet-system.svc:4222"}},
 			},
 		}
 		mut(r)
@@ -67,6 +68,24 @@ func TestCRDValidation(t *testing.T) {
 		{"from=Selector without selector", relay(func(r *v1.SmtpRelay) {
 			r.Spec.Accounts.Namespaces = v1.AccountNamespaces{From: v1.NamespacesFromSelector}
 		}), "namespaces.selector is required when from is Selector"},
+		{"no queue", relay(func(r *v1.SmtpRelay) { r.Spec.Queue = v1.RelayQueue{} }), "queue.nats.url must be nats://host:port"},
+		{"queue url scheme", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.URL = "http://nats:4222" }), "queue.nats.url must be nats://host:port"},
+		{"several queue servers", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.URL = "nats://a:4222,tls://b:4222" }), ""},
+		{"queue stream name", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.Stream = "mail.queue" }), "spec.queue.nats.stream"},
+		{"queue replicas", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.Replicas = 7 }), "spec.queue.nats.replicas"},
+		{"valid smarthost", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Delivery = v1.RelayDelivery{Smarthost: &v1.Smarthost{Host: "smtp.provider.example", Port: 587, AuthSecretRef: &v1.LocalSecretReference{Name: "provider"}}}
+		}), ""},
+		{"smarthost TLS mode", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Delivery = v1.RelayDelivery{Smarthost: &v1.Smarthost{Host: "smtp.provider.example", TLS: "Sometimes"}}
+		}), "spec.delivery.smarthost.tls"},
+		{"retry backoffs reversed", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Delivery.Retry = v1.RetrySchedule{MinBackoff: &metav1.Duration{Duration: time.Hour}, MaxBackoff: &metav1.Duration{Duration: time.Minute}}
+		}), "retry.minBackoff must not exceed retry.maxBackoff"},
+		{"retry max age", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Delivery.Retry = v1.RetrySchedule{MaxAge: &metav1.Duration{Duration: time.Second}}
+		}), "retry.maxAge must be at least 1m"},
+		{"label header name", relay(func(r *v1.SmtpRelay) { r.Spec.Delivery.LabelHeader = "X-Label:" }), "spec.delivery.labelHeader"},
 		{"valid rate limit", relay(func(r *v1.SmtpRelay) {
 			r.Spec.RateLimit = &v1.RelayRateLimit{Redis: v1.RedisEndpoint{Address: "redis.mail.svc:6379"}, Deadline: &metav1.Duration{Duration: 50 * time.Millisecond}}
 		}), ""},

@@ -52,6 +52,16 @@ type SmtpRelaySpec struct {
 	// +optional
 	DefaultBudgetPerMinute int32 `json:"defaultBudgetPerMinute,omitempty"`
 
+	// Queue is the NATS JetStream that keeps accepted messages until they
+	// are delivered. Every pod of the fleet shares it, so a pod can go away
+	// (scale-in, eviction, crash) without taking mail with it.
+	Queue RelayQueue `json:"queue"`
+
+	// Delivery says where messages go: a smarthost, or (by default) each
+	// recipient domain's MX.
+	// +optional
+	Delivery RelayDelivery `json:"delivery,omitempty"`
+
 	// RateLimit counts accounts' budgets across the whole fleet in Redis,
 	// through a rate-limit sidecar in every relay pod. Without it, each pod
 	// counts on its own and admits 1/replicas of every budget, which holds
@@ -122,6 +132,137 @@ type IssuerReference struct {
 	// +kubebuilder:default=cert-manager.io
 	// +optional
 	Group string `json:"group,omitempty"`
+}
+
+// RelayQueue is the relay's queue.
+type RelayQueue struct {
+	// NATS is an external JetStream cluster, such as the chart's
+	// (nats.enabled) or your own. Its servers must run with
+	// sync_interval: always, or an acknowledged message can be lost when
+	// a node loses power.
+	NATS NATSQueue `json:"nats"`
+}
+
+// NATSQueue locates a JetStream and the stream the relay uses.
+// +kubebuilder:validation:XValidation:rule="!(has(self.credentialsSecretRef) && has(self.authSecretRef))",message="queue.nats: set credentialsSecretRef or authSecretRef, not both"
+type NATSQueue struct {
+	// URL is one or more comma-separated nats:// or tls:// server URLs.
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:XValidation:rule="self.matches('^(nats|tls)://[^,/ ]+(,(nats|tls)://[^,/ ]+)*$')",message="queue.nats.url must be nats://host:port or tls://host:port, comma-separated for several servers"
+	URL string `json:"url"`
+	// CredentialsSecretRef names a NATS .creds file (JWT and NKey seed) in a
+	// Secret in the relay's namespace.
+	// +optional
+	CredentialsSecretRef *SecretKeySelector `json:"credentialsSecretRef,omitempty"`
+	// AuthSecretRef names a Secret in the relay's namespace with the keys
+	// username and password, to log in with a user and password instead.
+	// +optional
+	AuthSecretRef *LocalSecretReference `json:"authSecretRef,omitempty"`
+	// CASecretRef names the CA bundle that signs the servers' certificates.
+	// +optional
+	CASecretRef *SecretKeySelector `json:"caSecretRef,omitempty"`
+	// Stream names the queue stream; the relay creates it when missing.
+	// Default: MAILFLEET_<NAMESPACE>_<NAME>, so relays sharing a JetStream
+	// never deliver each other's mail.
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9_-]+$`
+	// +optional
+	Stream string `json:"stream,omitempty"`
+	// Replicas of the stream: 3 survives the loss of one JetStream node.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=5
+	// +kubebuilder:default=3
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
+}
+
+// RelayDelivery is how queued messages leave the relay.
+type RelayDelivery struct {
+	// Smarthost hands every message to one server. Without it, the relay
+	// delivers to each recipient domain's MX on port 25.
+	// +optional
+	Smarthost *Smarthost `json:"smarthost,omitempty"`
+	// Workers is how many messages each pod delivers at once.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1024
+	// +kubebuilder:default=16
+	// +optional
+	Workers int32 `json:"workers,omitempty"`
+	// Retry is the schedule of temporary failures.
+	// +optional
+	Retry RetrySchedule `json:"retry,omitempty"`
+	// LabelHeader names the header that tells the next hop the account and
+	// label; any header of that name the client sent is removed.
+	// +kubebuilder:validation:Pattern=`^[!-9;-~]+$`
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:default=X-Mailfleet-Label
+	// +optional
+	LabelHeader string `json:"labelHeader,omitempty"`
+}
+
+// Smarthost is the server every message is handed to.
+type Smarthost struct {
+	// Host is its DNS name or IP address.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Host string `json:"host"`
+	// Port defaults to 465 with TLS Implicit, else 587.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +optional
+	Port int32 `json:"port,omitempty"`
+	// TLS is Required (STARTTLS with a verified certificate, else the
+	// message waits), Opportunistic (STARTTLS when offered, unverified),
+	// Implicit (TLS from the first byte, as on 465) or None.
+	// +kubebuilder:validation:Enum=Required;Opportunistic;Implicit;None
+	// +kubebuilder:default=Required
+	// +optional
+	TLS SmarthostTLS `json:"tls,omitempty"`
+	// AuthSecretRef names a Secret in the relay's namespace with the keys
+	// username and password, for AUTH.
+	// +optional
+	AuthSecretRef *LocalSecretReference `json:"authSecretRef,omitempty"`
+	// CASecretRef names the CA bundle that signs the smarthost's certificate
+	// (default: the system's roots).
+	// +optional
+	CASecretRef *SecretKeySelector `json:"caSecretRef,omitempty"`
+}
+
+// SmarthostTLS is how the relay protects its session with the smarthost.
+type SmarthostTLS string
+
+// Smarthost TLS modes.
+const (
+	SmarthostTLSRequired      SmarthostTLS = "Required"
+	SmarthostTLSOpportunistic SmarthostTLS = "Opportunistic"
+	SmarthostTLSImplicit      SmarthostTLS = "Implicit"
+	SmarthostTLSNone          SmarthostTLS = "None"
+)
+
+// LocalSecretReference names a Secret in the same namespace.
+type LocalSecretReference struct {
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+}
+
+// RetrySchedule is when temporary failures are tried again: MinBackoff
+// doubling up to MaxBackoff, until the message is MaxAge old and bounces.
+// The defaults are Postfix's.
+// +kubebuilder:validation:XValidation:rule="!has(self.minBackoff) || !has(self.maxBackoff) || duration(self.minBackoff) <= duration(self.maxBackoff)",message="retry.minBackoff must not exceed retry.maxBackoff"
+type RetrySchedule struct {
+	// MinBackoff is the first delay (default 5m).
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s')",message="retry.minBackoff must be at least 1s"
+	// +optional
+	MinBackoff *metav1.Duration `json:"minBackoff,omitempty"`
+	// MaxBackoff caps the delay (default 4000s).
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s')",message="retry.maxBackoff must be at least 1s"
+	// +optional
+	MaxBackoff *metav1.Duration `json:"maxBackoff,omitempty"`
+	// MaxAge is how long a message is retried before it bounces (default 120h).
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="retry.maxAge must be at least 1m"
+	// +optional
+	MaxAge *metav1.Duration `json:"maxAge,omitempty"`
 }
 
 // RelayRateLimit configures the rate-limit sidecar (mailfleet ratelimit)

@@ -209,6 +209,7 @@ func createRelay(ctx context.Context, c client.Client) error {
 			Replicas: ptr.To[int32](2),
 			Hostname: "smtp.bench.example",
 			TLS:      v1.RelayTLS{IssuerRef: &v1.IssuerReference{Name: "bench-ca"}},
+			Queue:    v1.RelayQueue{NATS: v1.NATSQueue{URL: "nats://nats.mailfleet-system.svc:4222"}},
 			Accounts: v1.RelayAccounts{Namespaces: v1.AccountNamespaces{From: v1.NamespacesFromAll}},
 		},
 	}

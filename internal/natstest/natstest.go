@@ -1,0 +1,42 @@
+// Package natstest runs a real NATS server with JetStream on loopback for
+// tests that start processes which must reach it over the network, as a
+// relay pod reaches the fleet's JetStream.
+package natstest
+
+import (
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// Start runs nats-server in this process on 127.0.0.1 with a free port and
+// its JetStream file store in a temporary directory, syncing every write
+// before it acknowledges, as every JetStream mailfleet documents does. It
+// returns the client URL; the server stops in t.Cleanup.
+func Start(t testing.TB) string {
+	t.Helper()
+	srv, err := server.NewServer(&server.Options{
+		ServerName: "natstest",
+		Host:       "127.0.0.1",
+		Port:       server.RANDOM_PORT,
+		JetStream:  true,
+		StoreDir:   t.TempDir(),
+		SyncAlways: true,
+		NoSigs:     true,
+		NoLog:      true,
+	})
+	if err != nil {
+		t.Fatalf("nats server: %v", err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(30 * time.Second) {
+		srv.Shutdown()
+		t.Fatal("nats server did not start within 30s")
+	}
+	t.Cleanup(func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	})
+	return srv.ClientURL()
+}
