@@ -75,8 +75,9 @@ clean:
 	rm -rf bin/
 
 ## bench-operator: the operator at scale (hack/bench/operatorscale): 10,000
-## SmtpAccounts and 50,000 SmtpLabels against envtest; time to all-Ready,
-## peak RSS, propagation to a relay. BENCH_OPERATOR_FLAGS passes flags.
+## SmtpAccounts and 20,000 SmtpLabels against envtest (-labels-per-account 5
+## for 50,000); time to all-Ready, peak RSS, propagation to a relay.
+## BENCH_OPERATOR_FLAGS passes flags.
 .PHONY: bench-operator
 BENCH_OPERATOR_FLAGS ?=
 bench-operator: envtest

@@ -1,0 +1,91 @@
+package dispatch
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mailfleet/mailfleet/internal/smtpsink"
+	"github.com/mailfleet/mailfleet/relay/delivery"
+	"github.com/mailfleet/mailfleet/relay/queue"
+	"github.com/mailfleet/mailfleet/relay/spool"
+)
+
+// BenchmarkEndToEnd measures the path after the 250: 20 writers commit 4 KiB
+// messages to the embedded queue (synced before each commit returns) while
+// 16 workers deliver them through the smarthost transport to an SMTP sink
+// on loopback. The figure is messages per second out of the sink's side.
+func BenchmarkEndToEnd(b *testing.B) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	sink := smtpsink.Start(b)
+	host, portStr, _ := net.SplitHostPort(sink.Addr)
+	port, _ := strconv.Atoi(portStr)
+	q, err := queue.Open(context.Background(), queue.Options{Dir: b.TempDir(), Log: log})
+	if err != nil {
+		b.Fatal(err)
+	}
+	transport, err := delivery.NewSmarthost(delivery.SmarthostConfig{Host: host, Port: port, TLS: delivery.TLSNone, Hostname: "relay.bench", Log: log})
+	if err != nil {
+		b.Fatal(err)
+	}
+	d, err := New(Config{Workers: 16, Destination: "bench"},
+		Deps{Queue: q, Spool: q, Transport: transport, DSN: fakeDSN, IDs: &counter{}, Log: log})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	b.Cleanup(func() {
+		cancel()
+		<-done
+		transport.Close()
+		q.Close()
+	})
+	body := "Subject: bench\r\n\r\n" + strings.Repeat(strings.Repeat("x", 78)+"\r\n", 4096/80) + "\r\n"
+
+	b.ResetTimer()
+	start := time.Now()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
+				w, err := q.Begin(context.Background(), spool.Envelope{ID: fmt.Sprintf("bench-%d", i), APIUser: "acme",
+					From: "app@acme.example", To: []string{"user@example.net"}, ReceivedAt: time.Now().UTC()})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				io.WriteString(w, body)
+				if err := w.Commit(context.Background()); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	accepted := time.Since(start)
+	for len(sink.Messages()) < b.N {
+		select {
+		case <-sink.Arrived():
+		case <-time.After(time.Minute):
+			b.Fatalf("%d of %d messages delivered after a minute without progress", len(sink.Messages()), b.N)
+		}
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/accepted.Seconds(), "accepted/s")
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "delivered/s")
+}
