@@ -524,18 +524,19 @@ func relayServiceAccount(relay *v1.SmtpRelay) *corev1.ServiceAccount {
 	return &corev1.ServiceAccount{ObjectMeta: relayObjectMeta(relay, relayServiceAccountName(relay.Name))}
 }
 
-// relayRole is all the relay may do: read Secrets and ConfigMaps (its
-// credentials shards) in its own namespace. A Role, never a ClusterRole, so
-// a relay can never read tenants' Secrets. Names are not listed because the
-// shards are created as accounts come and go, and list/watch ignore
-// resourceNames anyway.
+// relayRole is all the relay may do: list and watch Secrets (its
+// credentials shards, through an informer that never gets one by name) in
+// its own namespace. A Role, never a ClusterRole, so a relay can never read
+// tenants' Secrets. Names are not listed because the shards are created as
+// accounts come and go, and list/watch ignore resourceNames anyway. The
+// rate-limit sidecar needs no API access at all.
 func relayRole(relay *v1.SmtpRelay) *rbacv1.Role {
 	return &rbacv1.Role{
 		ObjectMeta: relayObjectMeta(relay, relayServiceAccountName(relay.Name)),
 		Rules: []rbacv1.PolicyRule{{
 			APIGroups: []string{""},
-			Resources: []string{"secrets", "configmaps"},
-			Verbs:     []string{"get", "list", "watch"},
+			Resources: []string{"secrets"},
+			Verbs:     []string{"list", "watch"},
 		}},
 	}
 }

@@ -434,9 +434,9 @@ func TestRenderRelayRole(t *testing.T) {
 	objs := mustRender(t, newTestRelay())
 	rules := objs.Role.Rules
 	if len(rules) != 1 || !reflect.DeepEqual(rules[0].APIGroups, []string{""}) ||
-		!reflect.DeepEqual(rules[0].Resources, []string{"secrets", "configmaps"}) ||
-		!reflect.DeepEqual(rules[0].Verbs, []string{"get", "list", "watch"}) {
-		t.Errorf("role rules = %+v, want read-only secrets and configmaps", rules)
+		!reflect.DeepEqual(rules[0].Resources, []string{"secrets"}) ||
+		!reflect.DeepEqual(rules[0].Verbs, []string{"list", "watch"}) {
+		t.Errorf("role rules = %+v, want list and watch of secrets only", rules)
 	}
 	rb := objs.RoleBinding
 	if rb.RoleRef.Kind != "Role" || rb.RoleRef.Name != "mx-relay" || len(rb.Subjects) != 1 ||
