@@ -33,6 +33,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/internal/loopback"
 	"github.com/mailfleet/mailfleet/internal/natstest"
 	"github.com/mailfleet/mailfleet/internal/smtpsink"
 	"github.com/mailfleet/mailfleet/ratelimit/redistest"
@@ -319,7 +320,7 @@ func runRenderedRelay(t *testing.T, ns, name string) renderedRelay {
 // startup probe's path to answer, and returns its gRPC address.
 func runRenderedSidecar(t *testing.T, c corev1.Container, cm corev1.ConfigMap) string {
 	t.Helper()
-	grpcAddr, opsAddr := freeLoopbackAddr(t), freeLoopbackAddr(t)
+	grpcAddr, opsAddr := loopback.FreeAddr(t), loopback.FreeAddr(t)
 	args := append([]string(nil), c.Args...)
 	for i := 1; i < len(args); i++ {
 		switch args[i-1] {
@@ -482,7 +483,7 @@ func TestOperatorProcess(t *testing.T) {
 	ns := newNamespace(t, nil)
 	dir := t.TempDir()
 	kubeconfig := impersonatingKubeconfig(t, dir, "")
-	probes := freeLoopbackAddr(t)
+	probes := loopback.FreeAddr(t)
 	cmd := exec.Command(mailfleetBinary(t), "operator",
 		"--leader-elect", "--leader-election-namespace", ns,
 		"--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", probes,
@@ -541,16 +542,4 @@ func TestOperatorProcess(t *testing.T) {
 	if lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity != "" {
 		t.Fatalf("lease still held by %q after shutdown", *lease.Spec.HolderIdentity)
 	}
-}
-
-// freeLoopbackAddr finds a free port on 127.0.0.1 for a child process that
-// must be told its address up front.
-func freeLoopbackAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }

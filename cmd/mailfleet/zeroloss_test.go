@@ -25,6 +25,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailfleet/mailfleet/internal/loopback"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
@@ -72,7 +73,7 @@ func TestZeroLoss(t *testing.T) {
 	}}); err != nil {
 		t.Fatal(err)
 	}
-	smtpAddr, metricsAddr := freeAddr(t), freeAddr(t)
+	smtpAddr, metricsAddr := loopback.FreeAddr(t), loopback.FreeAddr(t)
 	sinkHost, sinkPort, _ := net.SplitHostPort(sink.addr)
 	cfgFile := filepath.Join(dir, "relay.yaml")
 	cfg := fmt.Sprintf(`hostname: relay.test
@@ -393,18 +394,6 @@ func (p *relayProcess) logTail() string {
 		b = b[len(b)-8000:]
 	}
 	return string(b)
-}
-
-// freeAddr returns a loopback address with a port that was free a moment
-// ago; the relay binds it again after each restart.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // metricValue reads one unlabelled metric from a /metrics page.

@@ -2,7 +2,6 @@ package envtestkit
 
 import (
 	"fmt"
-	"net"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -64,18 +63,6 @@ func WriteKubeconfig(cfg *rest.Config, id Identity, path string) error {
 		return fmt.Errorf("write kubeconfig %s: %w", path, err)
 	}
 	return nil
-}
-
-// FreeLoopbackAddr finds a free port on 127.0.0.1 for a child process that
-// must be told its address up front.
-func FreeLoopbackAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // Eventually polls check until it returns nil, and fails the test with the

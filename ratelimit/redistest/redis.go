@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/mailfleet/mailfleet/internal/loopback"
 )
 
 // Redis is a redis-server process on 127.0.0.1 for one test, with nothing
@@ -48,7 +50,7 @@ func StartRedis(t testing.TB) *Redis {
 	// The port is found by binding port 0 and releasing it; another process
 	// could take it in between, so a failed start tries a new port.
 	for attempt := 0; ; attempt++ {
-		r.Addr = freeAddr(t)
+		r.Addr = loopback.FreeAddr(t)
 		err := r.start()
 		if err == nil {
 			return r
@@ -57,16 +59,6 @@ func StartRedis(t testing.TB) *Redis {
 			t.Fatalf("start redis-server: %v", err)
 		}
 	}
-}
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func (r *Redis) start() error {

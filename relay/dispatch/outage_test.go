@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/mailfleet/mailfleet/internal/loopback"
 	"github.com/mailfleet/mailfleet/internal/smtpsink"
 	"github.com/mailfleet/mailfleet/relay/delivery"
 	"github.com/mailfleet/mailfleet/relay/queue"
@@ -28,7 +29,7 @@ import (
 // smarthost again.
 func TestUpstreamOutage(t *testing.T) {
 	const messages = 40
-	addr := freeAddr(t) // nothing listens here until the sink comes back
+	addr := loopback.FreeAddr(t) // nothing listens here until the sink comes back
 	host, portStr, _ := net.SplitHostPort(addr)
 	port, _ := strconv.Atoi(portStr)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -112,14 +113,4 @@ func unique(msgs []smtpsink.Message) map[string]string {
 		out[id] = data
 	}
 	return out
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
+	"github.com/mailfleet/mailfleet/internal/loopback"
 )
 
 // installWait bounds each wait of the install test; waits end as soon as
@@ -133,7 +134,7 @@ func startOperator(t *testing.T, dep *appsv1.Deployment) *operatorProcess {
 	if len(c.Command) > 0 {
 		t.Fatalf("command %v: the image's entrypoint is the mailfleet binary, the Deployment should give args only", c.Command)
 	}
-	probes := envtestkit.FreeLoopbackAddr(t)
+	probes := loopback.FreeAddr(t)
 	remap := map[string]string{
 		"--metrics-bind-address=":      "127.0.0.1:0",
 		"--health-probe-bind-address=": probes,
