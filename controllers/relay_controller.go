@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -138,6 +139,8 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		return ctrl.Result{}, err
 	}
 	relay.Status.ReadyReplicas = obs.readyReplicas
+	relay.Status.Replicas = objs.Deployment.Status.Replicas
+	relay.Status.Selector = labels.SelectorFromSet(relaySelector(relay)).String()
 	relay.Status.Endpoint = relayEndpoint(relay)
 	return ctrl.Result{}, r.updateStatus(ctx, relay, orig, relayReadiness(obs))
 }

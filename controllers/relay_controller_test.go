@@ -14,6 +14,7 @@ import (
 	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -569,4 +570,51 @@ func TestRelayRateLimitSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonReplicasNotReady)
+}
+
+// TestRelayScaleSubresource scales an SmtpRelay the way a
+// HorizontalPodAutoscaler does, through its scale subresource: the
+// Deployment follows, and the scale's status reports the pods and the
+// selector an HPA reads their metrics with.
+func TestRelayScaleSubresource(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t, nil)
+	startRelayController(t)
+	createTestIssuer(t, ns, "ca")
+	relay := createRelay(t, withNamespace(ns))
+	eventually(t, relayWait, func() error { return getLive(&appsv1.Deployment{}, ns, "mx") })
+
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		scale := &autoscalingv1.Scale{}
+		if err := testClient.SubResource("scale").Get(ctx, relay, scale); err != nil {
+			return err
+		}
+		scale.Spec.Replicas = 5
+		return testClient.SubResource("scale").Update(ctx, relay, client.WithSubResourceBody(scale))
+	})
+	if err != nil {
+		t.Fatalf("scale the relay: %v", err)
+	}
+	eventually(t, relayWait, func() error {
+		d := &appsv1.Deployment{}
+		if err := getLive(d, ns, "mx"); err != nil {
+			return err
+		}
+		if got := ptr.Deref(d.Spec.Replicas, 0); got != 5 {
+			return fmt.Errorf("deployment replicas %d, want 5", got)
+		}
+		return nil
+	})
+	playDeploymentController(t, ns, "mx", 5)
+	eventually(t, relayWait, func() error {
+		scale := &autoscalingv1.Scale{}
+		if err := testClient.SubResource("scale").Get(ctx, relay, scale); err != nil {
+			return err
+		}
+		want := "app.kubernetes.io/instance=mx,app.kubernetes.io/name=mailfleet-relay,mailfleet.io/relay=mx"
+		if scale.Status.Replicas != 5 || scale.Status.Selector != want {
+			return fmt.Errorf("scale status = %+v, want 5 replicas and selector %q", scale.Status, want)
+		}
+		return nil
+	})
 }

@@ -375,9 +375,17 @@ type SmtpRelayStatus struct {
 	// +listMapKey=type
 	// +optional
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// Replicas is how many relay pods exist (the Deployment's count).
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
 	// ReadyReplicas of the relay Deployment.
 	// +optional
 	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+	// Selector selects the relay's pods, for the scale subresource: a
+	// HorizontalPodAutoscaler targets the SmtpRelay and reads pod metrics
+	// through it.
+	// +optional
+	Selector string `json:"selector,omitempty"`
 	// Endpoint is the in-cluster DNS name of the relay Service.
 	// +optional
 	Endpoint string `json:"endpoint,omitempty"`
@@ -389,6 +397,7 @@ type SmtpRelayStatus struct {
 // SmtpRelay is a fleet of authenticated SMTP relays.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
+// +kubebuilder:subresource:scale:specpath=.spec.replicas,statuspath=.status.replicas,selectorpath=.status.selector
 // +kubebuilder:resource:categories=mailfleet
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.status.readyReplicas`
