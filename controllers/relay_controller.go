@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 
 	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -128,6 +130,10 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		log.Info("relay cannot be rendered", "error", err.Error())
 		return ctrl.Result{}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: v1.ReasonRenderFailed, message: err.Error()})
 	}
+	missing, err := r.stampSecretVersions(ctx, relay, objs)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	if err := r.applyAll(ctx, relay, objs); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -138,6 +144,7 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	obs.missingRef = missing
 	relay.Status.ReadyReplicas = obs.readyReplicas
 	relay.Status.Replicas = objs.Deployment.Status.Replicas
 	relay.Status.Selector = labels.SelectorFromSet(relaySelector(relay)).String()
@@ -240,16 +247,6 @@ func (r *RelayReconciler) observe(ctx context.Context, relay *v1.SmtpRelay, objs
 		readyReplicas: objs.Deployment.Status.ReadyReplicas,
 		fleetBudget:   relay.Spec.RateLimit != nil,
 	}
-	for _, ref := range relayReferencedSecrets(relay) {
-		found, err := r.secretExists(ctx, relay.Namespace, ref.name)
-		if err != nil {
-			return obs, err
-		}
-		if !found {
-			obs.missingRef = &ref
-			break
-		}
-	}
 	if ref := relay.Spec.TLS.IssuerRef; ref != nil {
 		found, err := r.issuerExists(ctx, relay.Namespace, ref)
 		if err != nil {
@@ -296,16 +293,48 @@ func (r *RelayReconciler) issuerExists(ctx context.Context, ns string, ref *v1.I
 // secretExists reads only the Secret's metadata (from the metadata cache
 // the Secret watch fills).
 func (r *RelayReconciler) secretExists(ctx context.Context, ns, name string) (bool, error) {
+	version, err := r.secretVersion(ctx, ns, name)
+	return version != "", err
+}
+
+// secretVersion is the Secret's resourceVersion, "" when it does not exist.
+func (r *RelayReconciler) secretVersion(ctx context.Context, ns, name string) (string, error) {
 	secret := &metav1.PartialObjectMetadata{}
 	secret.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
 	err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, secret)
 	if apierrors.IsNotFound(err) {
-		return false, nil
+		return "", nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("get secret %s: %w", name, err)
+		return "", fmt.Errorf("get secret %s: %w", name, err)
 	}
-	return true, nil
+	return secret.ResourceVersion, nil
+}
+
+// stampSecretVersions annotates the pod template with a digest of the
+// versions of the Secrets the pods read once at start (queue, smarthost and
+// Redis credentials), so that rotating one rolls the pods onto it; the TLS
+// Secret is left out because the relay reloads its certificate live. It
+// returns the first referenced Secret that does not exist.
+func (r *RelayReconciler) stampSecretVersions(ctx context.Context, relay *v1.SmtpRelay, objs *RelayObjects) (*relaySecretRef, error) {
+	refs := relayReferencedSecrets(relay)
+	if len(refs) == 0 {
+		return nil, nil
+	}
+	h := sha256.New()
+	var missing *relaySecretRef
+	for _, ref := range refs {
+		version, err := r.secretVersion(ctx, relay.Namespace, ref.name)
+		if err != nil {
+			return nil, err
+		}
+		if version == "" && missing == nil {
+			missing = &ref
+		}
+		fmt.Fprintf(h, "%s=%s\n", ref.name, version)
+	}
+	objs.Deployment.Spec.Template.Annotations[annotationSecretsDigest] = hex.EncodeToString(h.Sum(nil))
+	return missing, nil
 }
 
 func describeIssuer(ns string, ref *v1.IssuerReference) string {

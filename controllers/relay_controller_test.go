@@ -618,3 +618,47 @@ func TestRelayScaleSubresource(t *testing.T) {
 		return nil
 	})
 }
+
+// TestRelayRollsOnCredentialsChange rotates the smarthost's password in its
+// Secret: the pods read it once at start, so the pod template must change
+// and roll them onto the new one.
+func TestRelayRollsOnCredentialsChange(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t, nil)
+	startRelayController(t)
+	createTestIssuer(t, ns, "ca")
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "provider", Namespace: ns},
+		StringData: map[string]string{"username": "relay", "password": "first"},
+	}
+	if err := testClient.Create(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	createRelay(t, withNamespace(ns), func(r *v1.SmtpRelay) {
+		r.Spec.Delivery.Smarthost = &v1.Smarthost{Host: "smtp.provider.example", AuthSecretRef: &v1.LocalSecretReference{Name: "provider"}}
+	})
+	digest := func() string {
+		d := &appsv1.Deployment{}
+		if err := getLive(d, ns, "mx"); err != nil {
+			return ""
+		}
+		return d.Spec.Template.Annotations["mailfleet.io/secrets-digest"]
+	}
+	var first string
+	eventually(t, relayWait, func() error {
+		if first = digest(); first == "" {
+			return errors.New("no secrets digest on the pod template yet")
+		}
+		return nil
+	})
+	secret.StringData = map[string]string{"username": "relay", "password": "second"}
+	if err := testClient.Update(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, relayWait, func() error {
+		if got := digest(); got == first {
+			return errors.New("the pod template did not change after the password was rotated")
+		}
+		return nil
+	})
+}

@@ -33,6 +33,9 @@ const (
 	// annotationConfigHash on the pod template carries a digest of relay.yaml,
 	// so a config change rolls the pods: the relay reads its file once.
 	annotationConfigHash = "mailfleet.io/config-hash"
+	// annotationSecretsDigest on the pod template digests the versions of
+	// the Secrets the pods read at start, so rotating one rolls the pods.
+	annotationSecretsDigest = "mailfleet.io/secrets-digest"
 )
 
 // Paths, ports and sizes inside the relay pod.
