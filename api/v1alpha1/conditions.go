@@ -5,6 +5,15 @@ package v1alpha1
 const (
 	// ConditionReady is true when the resource does what it declares.
 	ConditionReady = "Ready"
+	// ConditionReconciling is present (True) while the resource is not
+	// ready yet but will be without anyone's help: a certificate being
+	// issued, pods starting, a Secret another controller is writing.
+	ConditionReconciling = "Reconciling"
+	// ConditionStalled is present (True) when the resource cannot become
+	// ready until a person changes something; the message says what.
+	// Reconciling and Stalled are the conditions kstatus reads (Flux's
+	// health checks, cli-utils).
+	ConditionStalled = "Stalled"
 )
 
 // Condition reasons, CamelCase as metav1.Condition requires. Messages carry
