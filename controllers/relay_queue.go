@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/relay/config"
@@ -83,63 +84,53 @@ func relayDeliveryConfig(relay *v1.SmtpRelay) config.Delivery {
 	return out
 }
 
-// relaySecretMount is a Secret the relay container mounts, projected to
-// only the keys it reads.
-type relaySecretMount struct {
-	volume, dir, secret string
-	items               []corev1.KeyToPath
+// secretMount is a Secret a container of the relay pod mounts, projected
+// to only the keys it reads, with the spec field that names it (for the
+// relay's status when the Secret is missing).
+type secretMount struct {
+	field, volume, dir, secret string
+	items                      []corev1.KeyToPath
 }
 
-func relayQueueMounts(relay *v1.SmtpRelay) []relaySecretMount {
-	var m []relaySecretMount
+func (m secretMount) volumeMount() corev1.VolumeMount {
+	return corev1.VolumeMount{Name: m.volume, MountPath: m.dir, ReadOnly: true}
+}
+
+func (m secretMount) podVolume() corev1.Volume {
+	return corev1.Volume{Name: m.volume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+		SecretName: m.secret, Items: m.items, DefaultMode: ptr.To(int32(0o440)),
+	}}}
+}
+
+// relayQueueMounts are the relay container's Secrets: the queue's and the
+// smarthost's credentials and CAs.
+func relayQueueMounts(relay *v1.SmtpRelay) []secretMount {
+	var m []secretMount
 	n := relay.Spec.Queue.NATS
 	if ref := n.CredentialsSecretRef; ref != nil {
-		m = append(m, relaySecretMount{"nats-creds", dirOf(natsCredsFile), ref.Name, []corev1.KeyToPath{{Key: ref.Key, Path: "nats.creds"}}})
+		m = append(m, secretMount{"spec.queue.nats.credentialsSecretRef", "nats-creds", dirOf(natsCredsFile), ref.Name, keyItem(ref.Key, "nats.creds")})
 	}
 	if ref := n.AuthSecretRef; ref != nil {
-		m = append(m, relaySecretMount{"nats-auth", natsAuthDir, ref.Name, userPasswordItems()})
+		m = append(m, secretMount{"spec.queue.nats.authSecretRef", "nats-auth", natsAuthDir, ref.Name, userPasswordItems()})
 	}
 	if ref := n.CASecretRef; ref != nil {
-		m = append(m, relaySecretMount{"nats-ca", dirOf(natsCAFile), ref.Name, []corev1.KeyToPath{{Key: ref.Key, Path: "ca.crt"}}})
+		m = append(m, secretMount{"spec.queue.nats.caSecretRef", "nats-ca", dirOf(natsCAFile), ref.Name, keyItem(ref.Key, "ca.crt")})
 	}
 	if sh := relay.Spec.Delivery.Smarthost; sh != nil {
 		if ref := sh.AuthSecretRef; ref != nil {
-			m = append(m, relaySecretMount{"smarthost-auth", smarthostAuthDir, ref.Name, userPasswordItems()})
+			m = append(m, secretMount{"spec.delivery.smarthost.authSecretRef", "smarthost-auth", smarthostAuthDir, ref.Name, userPasswordItems()})
 		}
 		if ref := sh.CASecretRef; ref != nil {
-			m = append(m, relaySecretMount{"smarthost-ca", dirOf(smarthostCAFile), ref.Name, []corev1.KeyToPath{{Key: ref.Key, Path: "ca.crt"}}})
+			m = append(m, secretMount{"spec.delivery.smarthost.caSecretRef", "smarthost-ca", dirOf(smarthostCAFile), ref.Name, keyItem(ref.Key, "ca.crt")})
 		}
 	}
 	return m
 }
+
+func keyItem(key, path string) []corev1.KeyToPath { return []corev1.KeyToPath{{Key: key, Path: path}} }
 
 func userPasswordItems() []corev1.KeyToPath {
 	return []corev1.KeyToPath{{Key: secretUsernameKey, Path: secretUsernameKey}, {Key: secretPasswordKey, Path: secretPasswordKey}}
 }
 
 func dirOf(path string) string { return path[:strings.LastIndex(path, "/")] }
-
-// queueSecretRefs are the queue's and delivery's Secrets, with the field
-// that names each, for the relay's status.
-func queueSecretRefs(relay *v1.SmtpRelay) []relaySecretRef {
-	var refs []relaySecretRef
-	n := relay.Spec.Queue.NATS
-	if n.CredentialsSecretRef != nil {
-		refs = append(refs, relaySecretRef{"spec.queue.nats.credentialsSecretRef", n.CredentialsSecretRef.Name})
-	}
-	if n.AuthSecretRef != nil {
-		refs = append(refs, relaySecretRef{"spec.queue.nats.authSecretRef", n.AuthSecretRef.Name})
-	}
-	if n.CASecretRef != nil {
-		refs = append(refs, relaySecretRef{"spec.queue.nats.caSecretRef", n.CASecretRef.Name})
-	}
-	if sh := relay.Spec.Delivery.Smarthost; sh != nil {
-		if sh.AuthSecretRef != nil {
-			refs = append(refs, relaySecretRef{"spec.delivery.smarthost.authSecretRef", sh.AuthSecretRef.Name})
-		}
-		if sh.CASecretRef != nil {
-			refs = append(refs, relaySecretRef{"spec.delivery.smarthost.caSecretRef", sh.CASecretRef.Name})
-		}
-	}
-	return refs
-}

@@ -74,11 +74,8 @@ func ratelimitInitContainers(relay *v1.SmtpRelay, image string) []corev1.Contain
 		Resources:       rl.Resources,
 		SecurityContext: relayContainerSecurity(),
 	}
-	if ref := rl.Redis.PasswordSecretRef; ref != nil {
-		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "redis-password", MountPath: ratelimitSecretsDir + "/password", ReadOnly: true})
-	}
-	if rl.Redis.TLS != nil && rl.Redis.TLS.CASecretRef != nil {
-		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "redis-ca", MountPath: ratelimitSecretsDir + "/ca", ReadOnly: true})
+	for _, m := range ratelimitMounts(relay) {
+		c.VolumeMounts = append(c.VolumeMounts, m.volumeMount())
 	}
 	return []corev1.Container{c}
 }
@@ -124,29 +121,21 @@ func relayDefaultBudget(relay *v1.SmtpRelay) int32 {
 	return credentials.DefaultBudgetPerMinute
 }
 
-// ratelimitVolumes project only the referenced key of each Secret, so the
-// sidecar sees its password and CA and nothing else the Secret holds.
-func ratelimitVolumes(relay *v1.SmtpRelay) []corev1.Volume {
+// ratelimitMounts are the sidecar's Secrets: the Redis password and CA.
+func ratelimitMounts(relay *v1.SmtpRelay) []secretMount {
 	rl := relay.Spec.RateLimit
 	if rl == nil {
 		return nil
 	}
-	var vols []corev1.Volume
+	var m []secretMount
 	if ref := rl.Redis.PasswordSecretRef; ref != nil {
-		vols = append(vols, secretKeyVolume("redis-password", ref, "password"))
+		m = append(m, secretMount{"spec.rateLimit.redis.passwordSecretRef", "redis-password", dirOf(ratelimitPasswordFile), ref.Name, keyItem(ref.Key, "password")})
 	}
 	if rl.Redis.TLS != nil && rl.Redis.TLS.CASecretRef != nil {
-		vols = append(vols, secretKeyVolume("redis-ca", rl.Redis.TLS.CASecretRef, "ca.crt"))
+		ref := rl.Redis.TLS.CASecretRef
+		m = append(m, secretMount{"spec.rateLimit.redis.tls.caSecretRef", "redis-ca", dirOf(ratelimitCAFile), ref.Name, keyItem(ref.Key, "ca.crt")})
 	}
-	return vols
-}
-
-func secretKeyVolume(name string, ref *v1.SecretKeySelector, path string) corev1.Volume {
-	return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-		SecretName:  ref.Name,
-		Items:       []corev1.KeyToPath{{Key: ref.Key, Path: path}},
-		DefaultMode: ptr.To(int32(0o440)),
-	}}}
+	return m
 }
 
 // relaySecretRef is a Secret the relay's pods mount, with the field that names it.
@@ -155,18 +144,11 @@ type relaySecretRef struct {
 }
 
 // relayReferencedSecrets are the Secrets besides the TLS one that the pods
-// cannot start without.
+// cannot start without: those the relay and the sidecar mount.
 func relayReferencedSecrets(relay *v1.SmtpRelay) []relaySecretRef {
-	refs := queueSecretRefs(relay)
-	rl := relay.Spec.RateLimit
-	if rl == nil {
-		return refs
-	}
-	if ref := rl.Redis.PasswordSecretRef; ref != nil {
-		refs = append(refs, relaySecretRef{field: "spec.rateLimit.redis.passwordSecretRef", name: ref.Name})
-	}
-	if rl.Redis.TLS != nil && rl.Redis.TLS.CASecretRef != nil {
-		refs = append(refs, relaySecretRef{field: "spec.rateLimit.redis.tls.caSecretRef", name: rl.Redis.TLS.CASecretRef.Name})
+	var refs []relaySecretRef
+	for _, m := range append(relayQueueMounts(relay), ratelimitMounts(relay)...) {
+		refs = append(refs, relaySecretRef{field: m.field, name: m.secret})
 	}
 	return refs
 }

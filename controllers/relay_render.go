@@ -407,7 +407,7 @@ func relayContainer(relay *v1.SmtpRelay, image string, ports []relayPort) corev1
 func relaySecretVolumeMounts(relay *v1.SmtpRelay) []corev1.VolumeMount {
 	var out []corev1.VolumeMount
 	for _, m := range relayQueueMounts(relay) {
-		out = append(out, corev1.VolumeMount{Name: m.volume, MountPath: m.dir, ReadOnly: true})
+		out = append(out, m.volumeMount())
 	}
 	return out
 }
@@ -448,15 +448,14 @@ func relayVolumes(relay *v1.SmtpRelay) []corev1.Volume {
 			SecretName:  relayTLSSecretName(relay),
 			DefaultMode: ptr.To(int32(0o440)),
 		}}},
-	}, append(relaySecretVolumes(relay), ratelimitVolumes(relay)...)...)
+	}, relaySecretVolumes(relay)...)
 }
 
+// relaySecretVolumes are the Secrets the relay and the sidecar mount.
 func relaySecretVolumes(relay *v1.SmtpRelay) []corev1.Volume {
 	var out []corev1.Volume
-	for _, m := range relayQueueMounts(relay) {
-		out = append(out, corev1.Volume{Name: m.volume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-			SecretName: m.secret, Items: m.items, DefaultMode: ptr.To(int32(0o440)),
-		}}})
+	for _, m := range append(relayQueueMounts(relay), ratelimitMounts(relay)...) {
+		out = append(out, m.podVolume())
 	}
 	return out
 }
