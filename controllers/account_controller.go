@@ -10,6 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -108,6 +109,15 @@ type readyOutcome struct {
 	requeueAfter time.Duration
 	secretName   string // "" when the Secret was not written
 	key          keyState
+}
+
+// warnIfNew records the outcome as a Warning event on obj when a person
+// must act on it and the Ready condition before said something else, so a
+// problem is reported once, not on every reconcile.
+func (o *readyOutcome) warnIfNew(rec events.EventRecorder, obj runtime.Object, before *metav1.Condition) {
+	if o.warn && (before == nil || before.Reason != o.reason || before.Message != o.message) {
+		rec.Eventf(obj, nil, corev1.EventTypeWarning, o.reason, "Reconcile", "%s", o.message)
+	}
 }
 
 // problem is an outcome a person must fix.
@@ -376,9 +386,7 @@ func (r *AccountReconciler) writeStatus(ctx context.Context, acc *v1.SmtpAccount
 	if equality.Semantic.DeepEqual(acc.Status, *next) {
 		return nil
 	}
-	if out.warn && (before == nil || before.Reason != out.reason || before.Message != out.message) {
-		r.Recorder.Eventf(acc, nil, corev1.EventTypeWarning, out.reason, "Reconcile", "%s", out.message)
-	}
+	out.warnIfNew(r.Recorder, acc, before)
 	patch := client.MergeFrom(acc.DeepCopy())
 	acc.Status = *next
 	if err := r.Status().Patch(ctx, acc, patch); err != nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -159,9 +158,7 @@ func (r *LabelReconciler) writeStatus(ctx context.Context, label *v1.SmtpLabel, 
 	if equality.Semantic.DeepEqual(label.Status, *next) {
 		return nil
 	}
-	if out.warn && (before == nil || before.Reason != out.reason || before.Message != out.message) {
-		r.Recorder.Eventf(label, nil, corev1.EventTypeWarning, out.reason, "Reconcile", "%s", out.message)
-	}
+	out.warnIfNew(r.Recorder, label, before)
 	patch := client.MergeFrom(label.DeepCopy())
 	label.Status = *next
 	if err := r.Status().Patch(ctx, label, patch); err != nil {
