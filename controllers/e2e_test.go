@@ -260,20 +260,7 @@ func runRenderedRelay(t *testing.T, ns, name string) renderedRelay {
 
 	cmd := exec.Command(mailfleetBinary(t), args...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	logs := &logBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("relay logs:\n%s", logs)
-		}
-	})
+	logs, exited := startLogged(t, cmd, "relay")
 	r := renderedRelay{addrs: map[string]string{}, logs: logs}
 	var metrics string
 	eventually(t, relayWait, func() error {
@@ -301,17 +288,7 @@ func runRenderedRelay(t *testing.T, ns, name string) renderedRelay {
 	})
 	// Ready means the credentials shards were listed with the relay's own
 	// identity: the Role the operator rendered is enough.
-	eventually(t, relayWait, func() error {
-		resp, err := http.Get("http://" + metrics + "/readyz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("readyz %d", resp.StatusCode)
-		}
-		return nil
-	})
+	eventually(t, relayWait, func() error { return httpOK("http://" + metrics + "/readyz") })
 	return r
 }
 
@@ -344,20 +321,7 @@ func runRenderedSidecar(t *testing.T, c corev1.Container, cm corev1.ConfigMap) s
 		}
 		cmd.Env = append(cmd.Env, e.Name+"="+v)
 	}
-	logs := &logBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("sidecar logs:\n%s", logs)
-		}
-	})
+	logs, exited := startLogged(t, cmd, "sidecar")
 	path := c.StartupProbe.HTTPGet.Path
 	eventually(t, relayWait, func() error {
 		select {
@@ -365,15 +329,7 @@ func runRenderedSidecar(t *testing.T, c corev1.Container, cm corev1.ConfigMap) s
 			t.Fatalf("sidecar exited:\n%s", logs)
 		default:
 		}
-		resp, err := http.Get("http://" + opsAddr + path)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("%s %d", path, resp.StatusCode)
-		}
-		return nil
+		return httpOK("http://" + opsAddr + path)
 	})
 	return grpcAddr
 }
@@ -458,7 +414,42 @@ func mailfleetBinary(t *testing.T) string {
 	return binPath
 }
 
-// logBuffer collects the relay's output for the test to read.
+// httpOK is nil when url answers 200, as a kubelet probe wants.
+func httpOK(url string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %d", url, resp.StatusCode)
+	}
+	return nil
+}
+
+// startLogged starts cmd with its output collected, and kills it when the
+// test ends, printing the output if the test failed. exited closes when the
+// process ends.
+func startLogged(t *testing.T, cmd *exec.Cmd, name string) (logs *logBuffer, exited <-chan struct{}) {
+	t.Helper()
+	logs = &logBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+		if t.Failed() {
+			t.Logf("%s logs:\n%s", name, logs)
+		}
+	})
+	return logs, done
+}
+
+// logBuffer collects a child process's output for the test to read.
 type logBuffer struct {
 	mu sync.Mutex
 	b  strings.Builder
@@ -504,17 +495,7 @@ func TestOperatorProcess(t *testing.T) {
 	})
 	var lease coordinationv1.Lease
 	eventually(t, relayWait, func() error { return getLive(&lease, ns, "mailfleet-operator.mailfleet.io") })
-	eventually(t, relayWait, func() error {
-		resp, err := http.Get("http://" + probes + "/readyz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("readyz %d", resp.StatusCode)
-		}
-		return nil
-	})
+	eventually(t, relayWait, func() error { return httpOK("http://" + probes + "/readyz") })
 	// It reconciles: an account in its namespace gets a status.
 	mkAccount(t, ns, "probe", ns, "absent")
 	eventually(t, relayWait, func() error {
