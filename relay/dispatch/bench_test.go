@@ -36,20 +36,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	d, err := New(Config{Workers: 16, Destination: "bench"},
-		Deps{Queue: q, Spool: q, Transport: transport, DSN: fakeDSN, IDs: &counter{}, Log: log})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { d.Run(ctx); close(done) }()
-	b.Cleanup(func() {
-		cancel()
-		<-done
-		transport.Close()
-		q.Close()
-	})
+	runDispatcher(b, Config{Workers: 16, Destination: "bench"},
+		Deps{Queue: q, Spool: q, Transport: transport, DSN: fakeDSN, IDs: &counter{}, Log: log},
+		nil, func() { transport.Close(); q.Close() })
 	body := "Subject: bench\r\n\r\n" + strings.Repeat(strings.Repeat("x", 78)+"\r\n", 4096/80) + "\r\n"
 
 	b.ResetTimer()

@@ -142,20 +142,30 @@ func start(t *testing.T, cfg Config, tune func(*Deps)) *harness {
 	if tune != nil {
 		tune(&deps)
 	}
+	runDispatcher(t, cfg, deps, h.transport.release, func() { q.Close() })
+	return h
+}
+
+// runDispatcher makes a Dispatcher and runs it until the test ends. At
+// cleanup it is cancelled, unblock (when not nil) frees deliveries a test
+// transport holds, and once it has stopped, release closes what it used.
+func runDispatcher(tb testing.TB, cfg Config, deps Deps, unblock, release func()) {
+	tb.Helper()
 	d, err := New(cfg, deps)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { d.Run(ctx); close(done) }()
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		cancel()
-		h.transport.release()
+		if unblock != nil {
+			unblock()
+		}
 		<-done
-		q.Close()
+		release()
 	})
-	return h
 }
 
 func (h *harness) submit(t *testing.T, env spool.Envelope, body string) {
@@ -353,15 +363,8 @@ func TestTouchKeepsALongDeliveryOwned(t *testing.T) {
 	}
 	tr := newScripted()
 	tr.holding.Store(true)
-	d, err := New(Config{Workers: 2, TouchEvery: 200 * time.Millisecond, Destination: "test-smarthost"},
-		Deps{Queue: q, Spool: q, Transport: tr, DSN: fakeDSN, IDs: &counter{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { d.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); tr.release(); <-done; q.Close() })
+	runDispatcher(t, Config{Workers: 2, TouchEvery: 200 * time.Millisecond, Destination: "test-smarthost"},
+		Deps{Queue: q, Spool: q, Transport: tr, DSN: fakeDSN, IDs: &counter{}}, tr.release, func() { q.Close() })
 	w, _ := q.Begin(context.Background(), env("slow", "s@acme.example", "a@ok.example"))
 	io.WriteString(w, "x")
 	if err := w.Commit(context.Background()); err != nil {

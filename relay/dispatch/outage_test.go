@@ -45,23 +45,12 @@ func TestUpstreamOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	d, err := New(Config{
+	runDispatcher(t, Config{
 		Workers:     4,
 		Backoff:     delivery.Backoff{Schedule: []time.Duration{time.Second}, Lifetime: time.Hour},
 		Destination: "test-smarthost",
-	}, Deps{Queue: q, Spool: q, Transport: transport, DSN: fakeDSN, IDs: &counter{}, Registerer: reg, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { d.Run(ctx); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		transport.Close()
-		q.Close()
-	})
+	}, Deps{Queue: q, Spool: q, Transport: transport, DSN: fakeDSN, IDs: &counter{}, Registerer: reg, Log: log},
+		nil, func() { transport.Close(); q.Close() })
 
 	for i := range messages {
 		id := fmt.Sprintf("outage-%03d", i)
