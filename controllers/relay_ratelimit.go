@@ -26,11 +26,18 @@ const (
 	ratelimitReplicasEnv = "MAILFLEET_RATELIMIT_REPLICAS"
 )
 
+// relayBudgetShares is how many pods divide each budget among them: the
+// relay's own share without the sidecar, the sidecar's fallback with it.
+// A fleet scaled to zero still counts as one, so no share is ever empty.
+func relayBudgetShares(relay *v1.SmtpRelay) int {
+	return int(max(relayReplicas(relay), 1))
+}
+
 // relayBudget is the relay's budget section: the sidecar on loopback when
 // the relay has one, else each pod's share of every budget.
 func relayBudget(relay *v1.SmtpRelay) config.Budget {
 	if relay.Spec.RateLimit == nil {
-		return config.Budget{PodShare: int(max(relayReplicas(relay), 1))}
+		return config.Budget{PodShare: relayBudgetShares(relay)}
 	}
 	return config.Budget{Sidecar: &config.BudgetSidecar{
 		Address: config.DefaultSidecarAddress,

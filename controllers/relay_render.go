@@ -305,7 +305,7 @@ func relayConfigMap(relay *v1.SmtpRelay, ports []relayPort) (*corev1.ConfigMap, 
 		ObjectMeta: relayObjectMeta(relay, relayConfigMapName(relay.Name)),
 		Data: map[string]string{
 			relayConfigKey:   string(data),
-			relayReplicasKey: strconv.Itoa(int(max(relayReplicas(relay), 1))),
+			relayReplicasKey: strconv.Itoa(relayBudgetShares(relay)),
 		},
 	}, hex.EncodeToString(sum[:]), nil
 }
