@@ -4,11 +4,9 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -17,7 +15,6 @@ import (
 	"github.com/mailfleet/mailfleet/relay/dispatch"
 	"github.com/mailfleet/mailfleet/relay/dsn"
 	"github.com/mailfleet/mailfleet/relay/queue"
-	"github.com/mailfleet/mailfleet/relay/spool"
 )
 
 // openQueue opens the configured queue: the embedded JetStream, or an
@@ -48,10 +45,7 @@ func openQueue(ctx context.Context, cfg config.Config, reg prometheus.Registerer
 // directory (dev), or each recipient domain's MX hosts; with the name that
 // labels the delivery metrics, and what to call when the relay stops.
 func openTransport(cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (delivery.Transport, string, func(), error) {
-	hostname := cfg.Hostname
-	if hostname == "" {
-		hostname, _ = os.Hostname()
-	}
+	hostname := deliveryHostname(cfg)
 	d := cfg.Delivery
 	switch {
 	case d.Smarthost != nil:
@@ -123,39 +117,23 @@ func newDispatcher(cfg config.Config, q *queue.Queue, t delivery.Transport, dest
 	if d.Expiry.Duration > 0 {
 		backoff.Lifetime = d.Expiry.Duration
 	}
-	hostname := cfg.Hostname
-	if hostname == "" {
-		hostname, _ = os.Hostname()
-	}
 	return dispatch.New(dispatch.Config{
 		Workers: d.Workers, PerDomain: d.PerDomain, Backoff: backoff, Destination: destination,
 		TouchEvery: cfg.Queue.AckWait.Duration / 3,
 	}, dispatch.Deps{
-		Queue: q, Spool: q, Transport: t, DSN: buildDSN(hostname), IDs: ids, Registerer: reg, Log: log,
+		Queue: q, Spool: q, Transport: t, DSN: dsn.Builder(deliveryHostname(cfg)), IDs: ids, Registerer: reg, Log: log,
 	})
 }
 
-// buildDSN renders bounces with relay/dsn: the failed recipients and the
-// original header, reported by this relay's host name.
-func buildDSN(reportingMTA string) dispatch.BuildDSN {
-	return func(orig spool.Envelope, failed []delivery.Result, body io.Reader, now time.Time) ([]byte, error) {
-		header, err := dsn.HeaderSection(body)
-		if err != nil {
-			return nil, err
-		}
-		rcpts := make([]dsn.Recipient, len(failed))
-		for i, r := range failed {
-			rcpts[i] = dsn.FromResult(r, now)
-		}
-		n, err := dsn.Build(dsn.Report{
-			ReportingMTA: reportingMTA, QueueID: orig.ID, Sender: orig.From,
-			ArrivalDate: orig.ReceivedAt, Recipients: rcpts, Headers: header,
-		}, now)
-		if err != nil {
-			return nil, err
-		}
-		return n.Body, nil
+// deliveryHostname is the name this relay gives itself towards next hops
+// (EHLO, Received:) and in bounces: its configured hostname, else the
+// machine's.
+func deliveryHostname(cfg config.Config) string {
+	if cfg.Hostname != "" {
+		return cfg.Hostname
 	}
+	hostname, _ := os.Hostname()
+	return hostname
 }
 
 // readSecretFile reads a mounted secret's value; a trailing newline, as
