@@ -36,6 +36,7 @@ import (
 	"github.com/mailfleet/mailfleet/internal/loopback"
 	"github.com/mailfleet/mailfleet/internal/natstest"
 	"github.com/mailfleet/mailfleet/internal/smtpsink"
+	"github.com/mailfleet/mailfleet/internal/syncbuffer"
 	"github.com/mailfleet/mailfleet/ratelimit/redistest"
 	"github.com/mailfleet/mailfleet/relay/config"
 )
@@ -223,7 +224,7 @@ func submit(addr string, tlsCfg *tls.Config, username, key string) error {
 
 type renderedRelay struct {
 	addrs map[string]string // listener name -> host:port
-	logs  *logBuffer
+	logs  *syncbuffer.Buffer
 }
 
 // runRenderedRelay starts `mailfleet` with the rendered Deployment's args.
@@ -430,9 +431,9 @@ func httpOK(url string) error {
 // startLogged starts cmd with its output collected, and kills it when the
 // test ends, printing the output if the test failed. exited closes when the
 // process ends.
-func startLogged(t *testing.T, cmd *exec.Cmd, name string) (logs *logBuffer, exited <-chan struct{}) {
+func startLogged(t *testing.T, cmd *exec.Cmd, name string) (logs *syncbuffer.Buffer, exited <-chan struct{}) {
 	t.Helper()
-	logs = &logBuffer{}
+	logs = &syncbuffer.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -449,24 +450,6 @@ func startLogged(t *testing.T, cmd *exec.Cmd, name string) (logs *logBuffer, exi
 	return logs, done
 }
 
-// logBuffer collects a child process's output for the test to read.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestOperatorProcess runs `mailfleet operator` as a cluster would: it takes
 // the leader Lease, serves its probes, reconciles, and exits cleanly on
 // SIGTERM, releasing the Lease.
@@ -480,7 +463,7 @@ func TestOperatorProcess(t *testing.T) {
 		"--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", probes,
 		"--relay-image", "mailfleet:test")
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	logs := &logBuffer{}
+	logs := &syncbuffer.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -13,9 +13,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/mailfleet/mailfleet/internal/syncbuffer"
 )
 
 // binary is the mailfleet binary under test, built once by TestMain, so the
@@ -45,8 +46,8 @@ type devProcess struct {
 	dataDir string
 	env     map[string]string // credentials.env
 	metrics string            // host:port
-	stdout  *lockedBuffer
-	stderr  *lockedBuffer
+	stdout  *syncbuffer.Buffer
+	stderr  *syncbuffer.Buffer
 	exited  chan struct{} // closed when the process has exited
 	waitErr error         // its exit status, once exited is closed
 }
@@ -58,7 +59,7 @@ func startDev(t *testing.T) *devProcess {
 
 func startDevIn(t *testing.T, dataDir string) *devProcess {
 	t.Helper()
-	p := &devProcess{dataDir: dataDir, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	p := &devProcess{dataDir: dataDir, stdout: &syncbuffer.Buffer{}, stderr: &syncbuffer.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(binary, "dev", "--data-dir", p.dataDir,
 		"--smtp-port", "0", "--smtps-port", "0", "--metrics-address", "127.0.0.1:0")
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
@@ -161,22 +162,4 @@ func httpStatus(t *testing.T, url string) (int, string) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body)
-}
-
-// lockedBuffer collects a child's output while tests read it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/mailfleet/mailfleet/internal/syncbuffer"
 	"github.com/mailfleet/mailfleet/ratelimit/redistest"
 	"github.com/mailfleet/mailfleet/relay/budget"
 	"github.com/mailfleet/mailfleet/relay/config"
@@ -31,14 +32,14 @@ import (
 type process struct {
 	name    string
 	cmd     *exec.Cmd
-	stderr  *lockedBuffer
+	stderr  *syncbuffer.Buffer
 	exited  chan struct{}
 	waitErr error
 }
 
 func startProcess(t *testing.T, args ...string) *process {
 	t.Helper()
-	p := &process{name: args[0], cmd: exec.Command(binary, args...), stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	p := &process{name: args[0], cmd: exec.Command(binary, args...), stderr: &syncbuffer.Buffer{}, exited: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -3,7 +3,6 @@
 package redistest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -16,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailfleet/mailfleet/internal/loopback"
+	"github.com/mailfleet/mailfleet/internal/syncbuffer"
 )
 
 // Redis is a redis-server process on 127.0.0.1 for one test, with nothing
@@ -27,7 +27,7 @@ type Redis struct {
 	t    testing.TB
 	bin  string
 	dir  string
-	out  *syncBuffer
+	out  *syncbuffer.Buffer
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -40,7 +40,7 @@ func StartRedis(t testing.TB) *Redis {
 	if err != nil {
 		t.Fatal("redis-server is not installed: run hack/install-test-deps.sh (make test does)")
 	}
-	r := &Redis{t: t, bin: bin, dir: t.TempDir(), out: &syncBuffer{}}
+	r := &Redis{t: t, bin: bin, dir: t.TempDir(), out: &syncbuffer.Buffer{}}
 	t.Cleanup(func() {
 		r.Kill()
 		if t.Failed() {
@@ -152,24 +152,6 @@ func (r *Redis) Restart() {
 	if err := r.start(); err != nil {
 		r.t.Fatalf("restart redis-server: %v", err)
 	}
-}
-
-// syncBuffer collects the process's output.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
 }
 
 // WaitWindowStart sleeps until just after the next boundary of a

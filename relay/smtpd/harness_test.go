@@ -14,12 +14,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mailfleet/mailfleet/internal/syncbuffer"
 	"github.com/mailfleet/mailfleet/relay/budget"
 	"github.com/mailfleet/mailfleet/relay/certs"
 	"github.com/mailfleet/mailfleet/relay/credentials"
@@ -50,7 +50,7 @@ type relayEnv struct {
 	caPool  *x509.CertPool
 	certs   *certs.Reloader
 	reg     *prometheus.Registry
-	logs    *syncBuffer
+	logs    *syncbuffer.Buffer
 }
 
 type relayOption func(*Config, *Deps)
@@ -58,7 +58,7 @@ type relayOption func(*Config, *Deps)
 func startRelay(t testing.TB, opts ...relayOption) *relayEnv {
 	t.Helper()
 	dir := t.TempDir()
-	env := &relayEnv{t: t, keys: map[string]string{}, tlsDir: filepath.Join(dir, "tls"), logs: &syncBuffer{},
+	env := &relayEnv{t: t, keys: map[string]string{}, tlsDir: filepath.Join(dir, "tls"), logs: &syncbuffer.Buffer{},
 		drained: map[string]storedMessage{}}
 	log := slog.New(slog.NewJSONHandler(env.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
@@ -227,24 +227,6 @@ func loadPool(t testing.TB, caFile string) *x509.CertPool {
 		t.Fatal("no CA certificate in", caFile)
 	}
 	return pool
-}
-
-// syncBuffer is a log sink shared by the session goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
 }
 
 // rawClient speaks SMTP line by line, so tests see every reply exactly.

@@ -22,6 +22,7 @@ import (
 
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 	"github.com/mailfleet/mailfleet/internal/loopback"
+	"github.com/mailfleet/mailfleet/internal/syncbuffer"
 )
 
 // installWait bounds each wait of the install test; waits end as soon as
@@ -118,7 +119,7 @@ func waitCRDsEstablished(t *testing.T) {
 type operatorProcess struct {
 	cmd    *exec.Cmd
 	exited chan error
-	logs   *logBuffer
+	logs   *syncbuffer.Buffer
 	once   sync.Once
 }
 
@@ -163,7 +164,7 @@ func startOperator(t *testing.T, dep *appsv1.Deployment) *operatorProcess {
 		}
 		cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
 	}
-	p := &operatorProcess{cmd: cmd, exited: make(chan error, 1), logs: &logBuffer{}}
+	p := &operatorProcess{cmd: cmd, exited: make(chan error, 1), logs: &syncbuffer.Buffer{}}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -294,22 +295,4 @@ func checkNotes(t *testing.T, notes []byte) {
 			t.Errorf("NOTES.txt YAML refused: %v\n%s\n%s", err, out, b[1])
 		}
 	}
-}
-
-// logBuffer collects a child process's output.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
