@@ -116,7 +116,14 @@ func startManager(t *testing.T, setup func(mgr ctrl.Manager) error) ctrl.Manager
 // that restart the operator. Stopping twice is harmless.
 func runManager(t *testing.T, setup func(mgr ctrl.Manager) error) (ctrl.Manager, func()) {
 	t.Helper()
-	mgr, err := ctrl.NewManager(testCfg, ctrl.Options{
+	return runManagerAs(t, testCfg, setup)
+}
+
+// runManagerAs is runManager talking to the API server with cfg (such as
+// another user's identity).
+func runManagerAs(t *testing.T, cfg *rest.Config, setup func(mgr ctrl.Manager) error) (ctrl.Manager, func()) {
+	t.Helper()
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
