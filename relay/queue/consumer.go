@@ -14,9 +14,6 @@ import (
 	"github.com/mailfleet/mailfleet/relay/spool"
 )
 
-// pollWait bounds one pull request, so Next notices a closed queue.
-const pollWait = 5 * time.Second
-
 // Next waits for a message due for delivery. Each call pulls exactly one
 // message, so a pod never holds more than its workers are delivering: a
 // prefetched message would wait out its AckWait in a buffer.
@@ -66,13 +63,24 @@ func (q *Queue) Next(ctx context.Context) (spool.Pending, error) {
 	}
 }
 
-// fetchOne pulls one message, waiting at most pollWait, and gives up as
-// soon as ctx ends or the queue closes.
+// fetchOne pulls one message. The pull request's lifetime is the server's
+// to end (nats.go's default expiry, with heartbeats that notice a lost
+// connection): a client that stops waiting before the server expires its
+// request strands whatever the server hands out in between, unacknowledged
+// in an inbox nobody reads, until AckWait brings it back a minute later.
+// With a client-side deadline close to the server's expiry, a server a few
+// hundred milliseconds late (a loaded machine) opened that window at the
+// end of every poll, and a freshly committed pack or message fell into it.
+// So the pull carries no deadline; it is abandoned only when the caller
+// gives up (ctx ends) or the queue closes, and the server's expiry ends an
+// idle pull with nats.ErrTimeout.
 func (q *Queue) fetchOne(ctx context.Context, c jetstream.Consumer) (jetstream.Msg, error) {
-	fctx, cancel := context.WithTimeout(ctx, pollWait)
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	stop := context.AfterFunc(q.ctx, cancel)
-	defer stop()
+	stopCaller := context.AfterFunc(ctx, cancel)
+	defer stopCaller()
+	stopQueue := context.AfterFunc(q.ctx, cancel)
+	defer stopQueue()
 	return c.Next(jetstream.FetchContext(fctx))
 }
 
