@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -19,6 +20,37 @@ import (
 
 // openQueue opens the configured queue: the embedded JetStream, or an
 // external one.
+// waitForQueue opens the queue. An external JetStream that is not there yet
+// (a fresh install's NATS still electing its meta leader answers 503
+// "JetStream system temporarily unavailable"; a restarted node's NATS not
+// yet resolvable) is waited for with backoff, up to a minute between tries,
+// for as long as it takes: exiting would only restart the pod into the same
+// wait and, after a few tries, into CrashLoopBackOff's longer ones. It
+// returns nil, nil when ctx ends first.
+func waitForQueue(ctx context.Context, cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (*queue.Queue, error) {
+	backoff := time.Second
+	for attempt := 1; ; attempt++ {
+		q, err := openQueue(ctx, cfg, reg, log)
+		if err == nil {
+			if attempt > 1 {
+				log.Info("queue reachable", "attempts", attempt)
+			}
+			return q, nil
+		}
+		if cfg.Queue.Embedded != nil {
+			// A local directory does not fix itself by waiting.
+			return nil, err
+		}
+		log.Warn("queue not reachable yet; not ready until it is", "attempt", attempt, "retry_in", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Minute)
+	}
+}
+
 func openQueue(ctx context.Context, cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (*queue.Queue, error) {
 	o := queue.Options{AckWait: cfg.Queue.AckWait.Duration, Registerer: reg, Log: log}
 	if e := cfg.Queue.Embedded; e != nil {

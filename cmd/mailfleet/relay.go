@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -77,9 +78,25 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	q, err := openQueue(ctx, cfg, reg, log)
+	// /healthz and /readyz answer from the start: while the queue is out of
+	// reach the relay is alive but not ready, so kubelet neither restarts it
+	// nor sends it clients.
+	var ready atomic.Pointer[func() bool]
+	ops, err := serveOps(cfg.MetricsAddress, reg, func() bool {
+		f := ready.Load()
+		return f != nil && (*f)()
+	}, log)
 	if err != nil {
 		return err
+	}
+	defer ops.Close()
+	q, err := waitForQueue(ctx, cfg, reg, log)
+	if err != nil {
+		return err
+	}
+	if q == nil {
+		log.Info("relay stopped before its queue was reachable")
+		return nil
 	}
 	// Closed last, after the sessions drained and the workers stopped.
 	defer q.Close()
@@ -124,11 +141,8 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	if err := srv.Start(); err != nil {
 		return err
 	}
-	ops, err := serveOps(cfg.MetricsAddress, reg, func() bool { return srv.Ready() && credsReady() && q.Ready() }, log)
-	if err != nil {
-		srv.Shutdown(context.Background())
-		return err
-	}
+	isReady := func() bool { return srv.Ready() && credsReady() && q.Ready() }
+	ready.Store(&isReady)
 	log.Info("relay started", "hostname", smtpCfg.Hostname, "metrics", ops.Addr().String())
 	if hooks.started != nil {
 		hooks.started(srv, ops.Addr())
@@ -146,7 +160,6 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	case <-drainCtx.Done():
 		log.Warn("deliveries still in progress at the end of the grace period; they will be retried")
 	}
-	ops.Close()
 	log.Info("relay stopped")
 	return err
 }

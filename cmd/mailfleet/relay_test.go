@@ -1,0 +1,120 @@
+package main
+
+import (
+	"bufio"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/mailfleet/mailfleet/relay/credentials"
+)
+
+// TestRelayWaitsForJetStream: on a fresh install the relay pods often start
+// before NATS can serve JetStream. The relay must stay up, say it is alive
+// but not ready, and start serving once JetStream answers — never exit (on
+// a real cluster that exit was a crash loop of two to four restarts and
+// about 100 s before the first Ready).
+func TestRelayWaitsForJetStream(t *testing.T) {
+	dir := t.TempDir()
+	key, err := credentials.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	credsFile := filepath.Join(dir, "credentials.yaml")
+	err = credentials.WriteFile(credsFile, []credentials.Account{{APIUser: "acme", KeyDigests: []string{credentials.Digest(key)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A port where no NATS listens yet.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	natsPort := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	metricsAddr := freeAddr(t)
+
+	cfgFile := filepath.Join(dir, "relay.yaml")
+	cfg := fmt.Sprintf("hostname: mx.test\nlisteners: [{name: smtp, address: '127.0.0.1:0'}]\ncredentialsFile: %s\n"+
+		"metricsAddress: '%s'\nqueue: {nats: {url: 'nats://127.0.0.1:%d', replicas: 1}}\n"+
+		"delivery: {localDir: %s}\n", credsFile, metricsAddr, natsPort, filepath.Join(dir, "out"))
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	relay := startProcess(t, "relay", "--config", cfgFile)
+	relay.waitLog(t, "queue not reachable yet; not ready until it is")
+	if code := getStatus(t, "http://"+metricsAddr+"/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz = %d while waiting for the queue, want 200 (alive)", code)
+	}
+	if code := getStatus(t, "http://"+metricsAddr+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz = %d while waiting for the queue, want 503", code)
+	}
+
+	// JetStream arrives; the relay takes mail without having restarted.
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: natsPort, JetStream: true,
+		StoreDir: filepath.Join(dir, "nats"), NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	relay.waitLog(t, "queue reachable")
+	smtpAddr := relay.waitLog(t, "listening", "listener", "smtp")["address"].(string)
+	deadline := time.Now().Add(10 * time.Second)
+	for getStatus(t, "http://"+metricsAddr+"/readyz") != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz did not turn 200 once JetStream was up")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	conn, err := net.DialTimeout("tcp", smtpAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := &lineConn{t: t, conn: conn, r: bufio.NewReader(conn)}
+	c.reply()
+	c.cmd("EHLO client.test")
+	c.expectPrefix("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00acme\x00"+key)), "235 ")
+	c.expectPrefix("MAIL FROM:<me@example.com>", "250 ")
+	c.expectPrefix("RCPT TO:<you@example.com>", "250 ")
+	c.expectPrefix("DATA", "354 ")
+	c.write("Subject: late queue\r\n\r\nhello\r\n")
+	if got := c.cmd("."); !strings.HasPrefix(got, "250 ") || !strings.HasSuffix(got, "#Queued") {
+		t.Fatalf("DATA reply %q, want 250 #<id>#Queued", got)
+	}
+	c.expectPrefix("QUIT", "221 ")
+	relay.stop(t)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func getStatus(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
