@@ -1,9 +1,6 @@
 package controllers
 
 import (
-	"crypto/rand"
-	"encoding/base64"
-	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -147,15 +144,8 @@ func rotate(next keyState, oldKey, newKey string, p keyPlan) keyState {
 // stamp is Now as it is written down.
 func (p keyPlan) stamp() time.Time { return p.Now.UTC().Truncate(time.Second) }
 
-// newKey returns n bytes from crypto/rand in unpadded base64url, the format
-// of credentials.NewKey with a configurable length.
-func newKey(n int) (string, error) {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		return "", fmt.Errorf("generate key: %w", err)
-	}
-	return base64.RawURLEncoding.EncodeToString(b), nil
-}
+// newKey returns a key of n random bytes, in the relay's key format.
+func newKey(n int) (string, error) { return credentials.NewKeyOfSize(n) }
 
 func parseTime(s string) time.Time {
 	t, err := time.Parse(time.RFC3339, s)

@@ -35,12 +35,25 @@ func Digest(key string) string {
 
 // NewKey returns a fresh random key: 32 bytes from crypto/rand, in unpadded
 // base64url so it can be typed into an SMTP client's password field as is.
-func NewKey() (string, error) {
-	b := make([]byte, keyBytes)
-	if _, err := rand.Read(b); err != nil {
-		return "", fmt.Errorf("generate key: %w", err)
+func NewKey() (string, error) { return NewKeyOfSize(keyBytes) }
+
+// NewKeyOfSize returns a random key of n bytes from crypto/rand in unpadded
+// base64url whose first character is a letter or a digit. A key starting
+// with '-' (one in 64 of them) reads as an option to the tools people paste
+// it into: swaks fails with "Unknown option", even as --auth-password=KEY.
+// Drawing again until the first character is alphanumeric keeps the keys
+// uniform over what is accepted, at a cost of 0.05 bits of entropy.
+func NewKeyOfSize(n int) (string, error) {
+	b := make([]byte, n)
+	for {
+		if _, err := rand.Read(b); err != nil {
+			return "", fmt.Errorf("generate key: %w", err)
+		}
+		k := base64.RawURLEncoding.EncodeToString(b)
+		if c := k[0]; c != '-' && c != '_' {
+			return k, nil
+		}
 	}
-	return base64.RawURLEncoding.EncodeToString(b), nil
 }
 
 // MatchDigest reports whether key hashes to digest, comparing in constant

@@ -41,6 +41,25 @@ func TestNewKey(t *testing.T) {
 	}
 }
 
+// TestNewKeyStartsWithAlphanumeric: one key in 64 used to start with '-',
+// which swaks (and most command lines) take for an option.
+func TestNewKeyStartsWithAlphanumeric(t *testing.T) {
+	for _, n := range []int{16, 32} {
+		for range 2000 {
+			k, err := NewKeyOfSize(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c := k[0]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+				t.Fatalf("key %q starts with %q", k, c)
+			}
+			if raw, err := base64.RawURLEncoding.DecodeString(k); err != nil || len(raw) != n {
+				t.Fatalf("key %q: %d bytes, %v; want %d", k, len(raw), err, n)
+			}
+		}
+	}
+}
+
 func TestMatchDigest(t *testing.T) {
 	key := "correct horse"
 	good := Digest(key)
