@@ -2,10 +2,14 @@ package install
 
 import (
 	"fmt"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -61,4 +65,62 @@ func TestNATSConfig(t *testing.T) {
 	if opts.PidFile != "/tmp/nats.pid" {
 		t.Errorf("pid_file %q: the preStop hook signals lame duck mode through /tmp/nats.pid", opts.PidFile)
 	}
+}
+
+// TestNATSReadinessWaitsForJetStream: the basic NATS' readiness probe must
+// fail while the node has no JetStream meta leader, when every stream
+// operation answers 503 and a relay could not start. A node of a 3-node
+// cluster whose peers are not up yet is exactly that; the probe path is the
+// one the chart renders, asked of a real nats-server.
+func TestNATSReadinessWaitsForJetStream(t *testing.T) {
+	objs := splitYAML(t, renderChart(t, "mailfleet-system", "--set", "nats.enabled=true"))
+	sts := find(t, objs, "StatefulSet", 1)[0]
+	containers, _, _ := unstructured.NestedSlice(sts.Object, "spec", "template", "spec", "containers")
+	path, _, _ := unstructured.NestedString(containers[0].(map[string]any), "readinessProbe", "httpGet", "path")
+	if path == "" {
+		t.Fatal("the NATS container has no HTTP readiness probe")
+	}
+
+	// Two routes to ports where nobody listens: no quorum, no meta leader.
+	var routes []*url.URL
+	for range 2 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		routes = append(routes, &url.URL{Scheme: "nats", Host: ln.Addr().String()})
+		ln.Close()
+	}
+	srv, err := natsserver.NewServer(&natsserver.Options{
+		ServerName: "mailfleet-nats-0", Host: "127.0.0.1", Port: -1, HTTPHost: "127.0.0.1", HTTPPort: -1,
+		JetStream: true, StoreDir: t.TempDir(), Routes: routes, NoSigs: true, NoLog: true,
+		Cluster: natsserver.ClusterOpts{Name: "mailfleet-nats", Host: "127.0.0.1", Port: -1},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	monitor := "http://" + srv.MonitorAddr().String()
+	// The server itself is up: a liveness-style check passes ...
+	if code := httpGet(t, monitor+"/healthz?js-enabled-only=true"); code != http.StatusOK {
+		t.Fatalf("js-enabled-only = %d, want 200 from a running server", code)
+	}
+	// ... but it is not ready to hold a queue.
+	if code := httpGet(t, monitor+path); code == http.StatusOK {
+		t.Fatalf("readiness probe %s = 200 on a node without a JetStream meta leader", path)
+	}
+}
+
+func httpGet(t *testing.T, u string) int {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
