@@ -280,9 +280,11 @@ func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRel
 		return false, err
 	}
 	name := ShardName(relay.Name, i)
+	count := strconv.Itoa(len(accounts))
 	var existing corev1.Secret
 	err = p.Secrets.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: name}, &existing)
-	if err == nil && string(existing.Data[credentials.ShardDataKey]) == string(data) {
+	if err == nil && string(existing.Data[credentials.ShardDataKey]) == string(data) &&
+		existing.Annotations[AnnotationShardAccounts] == count {
 		return false, nil
 	}
 	if err != nil && !apierrors.IsNotFound(err) {
@@ -297,6 +299,7 @@ func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRel
 				LabelRelay:             relay.Name,
 				credentials.ShardLabel: relay.Name,
 			},
+			Annotations:     map[string]string{AnnotationShardAccounts: count},
 			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(relay, v1.GroupVersion.WithKind("SmtpRelay"))},
 		},
 		Type: corev1.SecretTypeOpaque,

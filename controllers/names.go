@@ -29,6 +29,11 @@ const (
 	// AnnotationPreviousKeyExpiresAt, on a credentials Secret, is when the key
 	// before the last rotation stops working (RFC 3339).
 	AnnotationPreviousKeyExpiresAt = "mailfleet.io/previous-key-expires-at"
+	// AnnotationShardAccounts, on a credentials shard Secret, is how many
+	// accounts it publishes: the relay's status.accounts is their sum, read
+	// from Secret metadata, which the operator caches, rather than from
+	// shard data, which it does not.
+	AnnotationShardAccounts = "mailfleet.io/accounts"
 )
 
 // Keys of the credentials Secret, after the Service Binding specification

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"strconv"
 
 	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
@@ -31,6 +32,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
 // Field indexes on SmtpRelay, so a change to an issuer or a Secret finds the
@@ -149,6 +151,9 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	relay.Status.Replicas = objs.Deployment.Status.Replicas
 	relay.Status.Selector = labels.SelectorFromSet(relaySelector(relay)).String()
 	relay.Status.Endpoint = relayEndpoint(relay)
+	if relay.Status.Accounts, err = r.publishedAccounts(ctx, relay); err != nil {
+		return ctrl.Result{}, err
+	}
 	return ctrl.Result{}, r.updateStatus(ctx, relay, orig, relayReadiness(obs))
 }
 
@@ -459,7 +464,31 @@ func (r *RelayReconciler) relaysForClusterIssuer(ctx context.Context, obj client
 	return r.relaysMatching(ctx, client.MatchingFields{relayIssuerIndex: clusterIssuerKind + "/" + obj.GetName()})
 }
 
+// publishedAccounts is how many accounts the relay's credentials shards
+// publish: the accounts its pods accept.
+func (r *RelayReconciler) publishedAccounts(ctx context.Context, relay *v1.SmtpRelay) (int32, error) {
+	var shards metav1.PartialObjectMetadataList
+	shards.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("SecretList"))
+	if err := r.Client.List(ctx, &shards, client.InNamespace(relay.Namespace),
+		client.MatchingLabels{credentials.ShardLabel: relay.Name}); err != nil {
+		return 0, fmt.Errorf("list credentials shards of relay %s: %w", relay.Name, err)
+	}
+	var n int32
+	for _, s := range shards.Items {
+		if !metav1.IsControlledBy(&s, relay) {
+			continue
+		}
+		c, _ := strconv.Atoi(s.Annotations[AnnotationShardAccounts])
+		n += int32(c)
+	}
+	return n, nil
+}
+
 func (r *RelayReconciler) relaysForSecret(ctx context.Context, obj client.Object) []reconcile.Request {
+	// A shard's account count feeds the relay's status.accounts.
+	if relay, ok := obj.GetLabels()[credentials.ShardLabel]; ok {
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: obj.GetNamespace(), Name: relay}}}
+	}
 	return r.relaysMatching(ctx, client.InNamespace(obj.GetNamespace()), client.MatchingFields{relaySecretIndex: obj.GetName()})
 }
 

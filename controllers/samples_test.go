@@ -411,6 +411,27 @@ func TestSamplesReady(t *testing.T) {
 		return // the credentials of a sample that is not Ready say nothing new
 	}
 	checkSampleCredentials(t, ns, byKind("SmtpAccount"), byKind("SmtpLabel"))
+
+	// The ACCOUNTS column of `kubectl get smtprelay`, which
+	// docs/quickstart.md shows: every sample account is published.
+	for _, r := range relays {
+		want := int32(0)
+		for _, a := range byKind("SmtpAccount") {
+			if name, _, _ := unstructured.NestedString(a.Object, "spec", "relayRef", "name"); name == r.GetName() {
+				want++
+			}
+		}
+		eventually(t, sampleWait, func() error {
+			live := &v1.SmtpRelay{}
+			if err := getLive(live, ns, r.GetName()); err != nil {
+				return err
+			}
+			if live.Status.Accounts != want {
+				return fmt.Errorf("relay %s: status.accounts = %d, want %d", r.GetName(), live.Status.Accounts, want)
+			}
+			return nil
+		})
+	}
 }
 
 // waitSampleReady waits for Ready=True at the object's current generation;
