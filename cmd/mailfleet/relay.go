@@ -72,20 +72,32 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	if err != nil {
 		return err
 	}
-	smtpCfg, err := smtpConfig(ctx, cfg, log)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	smtpCfg, err := smtpConfig(ctx, cfg, reg, log)
 	if err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// /healthz and /readyz answer from the start: while the queue is out of
 	// reach the relay is alive but not ready, so kubelet neither restarts it
 	// nor sends it clients.
 	var ready atomic.Pointer[func() bool]
-	ops, err := serveOps(cfg.MetricsAddress, reg, func() bool {
+	isReady := func() bool {
 		f := ready.Load()
 		return f != nil && (*f)()
-	}, log)
+	}
+	// /readyz as a series, for the RelayNotReady alert: kubelet's view
+	// is not in Prometheus without kube-state-metrics.
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "mailfleet_relay_ready",
+		Help: "1 when the relay is ready (listening, credentials loaded, queue reachable, not draining), else 0.",
+	}, func() float64 {
+		if isReady() {
+			return 1
+		}
+		return 0
+	}))
+	ops, err := serveOps(cfg.MetricsAddress, reg, isReady, log)
 	if err != nil {
 		return err
 	}
@@ -141,8 +153,8 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	if err := srv.Start(); err != nil {
 		return err
 	}
-	isReady := func() bool { return srv.Ready() && credsReady() && q.Ready() }
-	ready.Store(&isReady)
+	serving := func() bool { return srv.Ready() && credsReady() && q.Ready() }
+	ready.Store(&serving)
 	log.Info("relay started", "hostname", smtpCfg.Hostname, "metrics", ops.Addr().String())
 	if hooks.started != nil {
 		hooks.started(srv, ops.Addr())
@@ -164,7 +176,7 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	return err
 }
 
-func smtpConfig(ctx context.Context, cfg config.Config, log *slog.Logger) (smtpd.Config, error) {
+func smtpConfig(ctx context.Context, cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (smtpd.Config, error) {
 	l := cfg.Limits
 	out := smtpd.Config{
 		Hostname:          cfg.Hostname,
@@ -190,6 +202,13 @@ func smtpConfig(ctx context.Context, cfg config.Config, log *slog.Logger) (smtpd
 		}
 		go reloader.Run(ctx)
 		out.TLS = certs.ServerTLSConfig(reloader.GetCertificate)
+		// Read at each scrape, so a reloaded certificate shows at once:
+		// the alert on expiry watches what clients are served, whoever
+		// issued it.
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "mailfleet_relay_certificate_expiry_timestamp_seconds",
+			Help: "When the certificate the relay serves expires (Unix time).",
+		}, func() float64 { return float64(reloader.Leaf().NotAfter.Unix()) }))
 	}
 	return out, nil
 }

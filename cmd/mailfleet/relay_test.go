@@ -57,6 +57,10 @@ func TestRelayWaitsForJetStream(t *testing.T) {
 	if code := getStatus(t, "http://"+metricsAddr+"/readyz"); code != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz = %d while waiting for the queue, want 503", code)
 	}
+	// What the RelayNotReady alert watches.
+	if v := metricValue(t, "http://"+metricsAddr+"/metrics", "mailfleet_relay_ready"); v != "0" {
+		t.Fatalf("mailfleet_relay_ready = %q while waiting for the queue, want 0", v)
+	}
 
 	// JetStream arrives; the relay takes mail without having restarted.
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: natsPort, JetStream: true,
@@ -77,6 +81,10 @@ func TestRelayWaitsForJetStream(t *testing.T) {
 			t.Fatal("/readyz did not turn 200 once JetStream was up")
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+
+	if v := metricValue(t, "http://"+metricsAddr+"/metrics", "mailfleet_relay_ready"); v != "1" {
+		t.Fatalf("mailfleet_relay_ready = %q once serving, want 1", v)
 	}
 
 	conn, err := net.DialTimeout("tcp", smtpAddr, 5*time.Second)

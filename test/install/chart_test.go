@@ -59,7 +59,7 @@ func TestHelmTemplate(t *testing.T) {
 		kinds: map[string]int{
 			"CustomResourceDefinition": 3, "ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1,
 			"Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 1, "ConfigMap": 1,
-			"StatefulSet": 0, "ServiceMonitor": 0, "PodMonitor": 0, "PodDisruptionBudget": 0,
+			"StatefulSet": 0, "ServiceMonitor": 0, "PodMonitor": 0, "PrometheusRule": 0, "PodDisruptionBudget": 0,
 		},
 	}, {
 		name: "everything on",
@@ -67,7 +67,7 @@ func TestHelmTemplate(t *testing.T) {
 		kinds: map[string]int{
 			"CustomResourceDefinition": 3, "ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1,
 			"Role": 1, "RoleBinding": 1, "Deployment": 2, "Service": 4, "ConfigMap": 2,
-			"StatefulSet": 1, "ServiceMonitor": 1, "PodMonitor": 1, "PodDisruptionBudget": 1,
+			"StatefulSet": 1, "ServiceMonitor": 1, "PodMonitor": 1, "PrometheusRule": 1, "PodDisruptionBudget": 1,
 		},
 	}}
 	for i, tc := range cases {

@@ -58,6 +58,7 @@ func renderChart(t *testing.T, namespace string, args ...string) []byte {
 var allOptional = []string{
 	"--set", "serviceMonitor.enabled=true",
 	"--set", "relayPodMonitor.enabled=true",
+	"--set", "prometheusRule.enabled=true",
 	"--set", "grafanaDashboard.enabled=true",
 	"--set", "redis.enabled=true",
 	"--set", "redis.auth.existingSecret=mailfleet-redis-auth",
