@@ -3,7 +3,8 @@
 # and `version` are subcommands of one static binary.
 #
 #   docker build --build-arg VERSION=$(git describe --tags --always) -t mailfleet .
-#   (or: make image)
+#   (without a Docker engine: make image, which assembles the same content
+#   with hack/image; test/install/image_test.go checks the two agree)
 #
 # The build flags are the Makefile's `build` target's; test/install builds the
 # binary with the go build command below, exactly as written, and checks it

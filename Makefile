@@ -46,6 +46,7 @@ generate-check: generate manifests
 
 vet:
 	go vet ./...
+	go vet -tags e2e ./test/e2e
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v zz_generated)); \
@@ -108,7 +109,25 @@ docs: manifests
 docs-check: manifests
 	@go run ./hack/crdref -crds config/crd/bases -out docs/reference/crds.md -check
 
-## image: the one image for every subcommand (needs a Docker engine).
+## image-docker: the same image with a Docker engine, from the Dockerfile.
 IMAGE ?= ghcr.io/mailfleet/mailfleet:$(VERSION)
-image:
+.PHONY: image-docker
+image-docker:
 	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+## test-e2e: the chart as real pods on the single-node cluster of
+## hack/cluster (make cluster-up first; make cluster-down after): the images
+## built and loaded, cert-manager's own controllers, then test/e2e
+## (docs/testing.md). E2E_FLAGS passes flags to go test (e.g. -run).
+E2E_FLAGS ?=
+.PHONY: test-e2e
+test-e2e: test-deps envtest
+	hack/cluster/cert-manager/build.sh
+	VERSION=$(VERSION) hack/image/images.sh build
+	hack/image/images.sh load
+	cd hack/cluster/cert-manager && KUBEBUILDER_ASSETS=$(CURDIR)/bin/k8s go test -count=1 ./...
+	E2E_IMAGE_TAG=$(VERSION) go test -tags e2e -count=1 -v -timeout 60m $(E2E_FLAGS) ./test/e2e
+
+# Images without Docker (make image, images, images-load) and the
+# single-node cluster (make cluster-up, cluster-down).
+include hack/image/image.mk hack/cluster/cluster.mk
