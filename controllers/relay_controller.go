@@ -243,6 +243,9 @@ type relayObservation struct {
 	missingRef    *relaySecretRef
 	replicas      int32
 	readyReplicas int32
+	// rollout says what a rolling update still waits for; empty once every
+	// pod runs the current template.
+	rollout string
 }
 
 func (r *RelayReconciler) observe(ctx context.Context, relay *v1.SmtpRelay, objs *RelayObjects) (relayObservation, error) {
@@ -251,6 +254,7 @@ func (r *RelayReconciler) observe(ctx context.Context, relay *v1.SmtpRelay, objs
 		replicas:      relayReplicas(relay),
 		readyReplicas: objs.Deployment.Status.ReadyReplicas,
 		fleetBudget:   relay.Spec.RateLimit != nil,
+		rollout:       rolloutPending(objs.Deployment, relayReplicas(relay)),
 	}
 	if ref := relay.Spec.TLS.IssuerRef; ref != nil {
 		found, err := r.issuerExists(ctx, relay.Namespace, ref)
@@ -374,12 +378,35 @@ func relayReadiness(obs relayObservation) relayVerdict {
 	case obs.readyReplicas < obs.replicas:
 		return relayVerdict{reason: v1.ReasonReplicasNotReady,
 			message: fmt.Sprintf("%d of %d relay pods are ready", obs.readyReplicas, obs.replicas)}
+	case obs.rollout != "":
+		return relayVerdict{reason: v1.ReasonReplicasNotReady, message: obs.rollout}
 	}
 	msg := fmt.Sprintf("%d of %d relay pods are ready", obs.readyReplicas, obs.replicas)
 	if !obs.fleetBudget && obs.replicas > 1 {
 		msg += fmt.Sprintf("; without spec.rateLimit each pod admits 1/%d of every account's budget", obs.replicas)
 	}
 	return relayVerdict{ready: true, reason: v1.ReasonReady, message: msg}
+}
+
+// rolloutPending says what the relay's Deployment still waits for before
+// every pod runs its current template, as `kubectl rollout status` judges
+// it, or "" when the rollout is complete. Counting ready pods alone said
+// Ready in the middle of a rolling update (a real cluster showed it: three
+// pods, two of the old template), so `kubectl wait --for=condition=Ready`
+// returned while pods with the previous configuration still took mail.
+func rolloutPending(d *appsv1.Deployment, want int32) string {
+	st := d.Status
+	switch {
+	case st.ObservedGeneration < d.Generation:
+		return "rolling out: the Deployment controller has not seen the new pod template yet"
+	case st.UpdatedReplicas < want:
+		return fmt.Sprintf("rolling out: %d of %d relay pods run the current template", st.UpdatedReplicas, want)
+	case st.Replicas > st.UpdatedReplicas:
+		return fmt.Sprintf("rolling out: %d relay pods of the previous template still running", st.Replicas-st.UpdatedReplicas)
+	case st.AvailableReplicas < st.UpdatedReplicas:
+		return fmt.Sprintf("rolling out: %d of %d updated relay pods available", st.AvailableReplicas, st.UpdatedReplicas)
+	}
+	return ""
 }
 
 func certificateCondition(cert *certmanagerv1.Certificate) *certmanagerv1.CertificateCondition {

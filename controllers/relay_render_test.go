@@ -13,6 +13,7 @@ import (
 
 	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -617,12 +618,45 @@ func TestRelayReadiness(t *testing.T) {
 			v1.ReasonSecretNotFound, `Secret "redis-auth" (spec.rateLimit.redis.passwordSecretRef) does not exist`},
 		{"scaled to zero is ready", relayObservation{missingSecret: "", replicas: 0},
 			v1.ReasonReady, "0 of 0"},
+		{"enough ready pods in the middle of a rollout is not ready", relayObservation{replicas: 2, readyReplicas: 3, fleetBudget: true,
+			rollout: "rolling out: 1 relay pods of the previous template still running"},
+			v1.ReasonReplicasNotReady, "previous template"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			v := relayReadiness(tt.obs)
 			if v.reason != tt.wantReason || v.ready != (tt.wantReason == v1.ReasonReady) || !strings.Contains(v.message, tt.wantInMsg) {
 				t.Errorf("verdict = %+v, want reason %s and a message containing %q", v, tt.wantReason, tt.wantInMsg)
+			}
+		})
+	}
+}
+
+// TestRolloutPending: what a rolling update of the relay's Deployment
+// still waits for, as kubectl rollout status judges it. The case of a real
+// cluster: a spec change surged a third pod while the two old ones were
+// ready, and the relay said Ready.
+func TestRolloutPending(t *testing.T) {
+	dep := func(gen, observed int64, replicas, updated, available int32) *appsv1.Deployment {
+		return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Generation: gen}, Status: appsv1.DeploymentStatus{
+			ObservedGeneration: observed, Replicas: replicas, UpdatedReplicas: updated, ReadyReplicas: replicas, AvailableReplicas: available}}
+	}
+	tests := []struct {
+		name string
+		d    *appsv1.Deployment
+		want string
+	}{
+		{"new template not seen yet", dep(3, 2, 2, 2, 2), "not seen the new pod template"},
+		{"surge: old pods ready, new one starting", dep(3, 3, 3, 1, 2), "1 of 2 relay pods run the current template"},
+		{"old pod still running", dep(3, 3, 3, 2, 2), "1 relay pods of the previous template"},
+		{"updated but not yet available", dep(3, 3, 2, 2, 1), "1 of 2 updated relay pods available"},
+		{"complete", dep(3, 3, 2, 2, 2), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := rolloutPending(tt.d, 2)
+			if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) {
+				t.Errorf("rolloutPending = %q, want %q", got, tt.want)
 			}
 		})
 	}
