@@ -120,13 +120,16 @@ image-docker:
 ## built and loaded, cert-manager's own controllers, then test/e2e
 ## (docs/testing.md). E2E_FLAGS passes flags to go test (e.g. -run).
 E2E_FLAGS ?=
+# A tag per content: a rebuilt image under a reused tag would not replace
+# the pods' (IfNotPresent), so a dirty tree's tag carries a hash of its diff.
+E2E_IMAGE_TAG ?= $(shell git describe --tags --always)-$(shell git diff HEAD | sha256sum | cut -c1-8)
 .PHONY: test-e2e
 test-e2e: test-deps envtest
 	hack/cluster/cert-manager/build.sh
-	VERSION=$(VERSION) hack/image/images.sh build
+	VERSION=$(E2E_IMAGE_TAG) MAILFLEET_PLATFORMS=linux/$$(go env GOARCH) hack/image/images.sh build
 	hack/image/images.sh load
 	cd hack/cluster/cert-manager && KUBEBUILDER_ASSETS=$(CURDIR)/bin/k8s go test -count=1 ./...
-	E2E_IMAGE_TAG=$(VERSION) go test -tags e2e -count=1 -v -timeout 60m $(E2E_FLAGS) ./test/e2e
+	E2E_IMAGE_TAG=$(E2E_IMAGE_TAG) go test -tags e2e -count=1 -v -timeout 60m $(E2E_FLAGS) ./test/e2e
 
 # Images without Docker (make image, images, images-load) and the
 # single-node cluster (make cluster-up, cluster-down).

@@ -1,0 +1,188 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+const (
+	systemNS = "mailfleet-system"
+	tenantNS = "mail"
+	relay    = "smtp"
+)
+
+// TestFleet installs the chart and the samples as docs/quickstart.md says,
+// then runs the scenarios in order on that one installation: each prints
+// what it measured.
+func TestFleet(t *testing.T) {
+	dumpOnFailure(t, systemNS, tenantNS, "cert-manager")
+	start := time.Now()
+	if !t.Run("install", installFleet) {
+		t.FailNow()
+	}
+	t.Logf("installed, every resource Ready, in %v", time.Since(start).Round(time.Second))
+	env := newFleetEnv(t)
+	for _, s := range []struct {
+		name string
+		run  func(*testing.T, *fleetEnv)
+	}{
+		{"ready", scenarioReady},
+		{"submit", scenarioSubmit},
+		{"budget", scenarioBudget},
+		{"accounts", scenarioAccounts},
+	} {
+		if !t.Run(s.name, func(t *testing.T) { s.run(t, env) }) {
+			t.FailNow()
+		}
+	}
+}
+
+// imageRef asks hack/image/images.sh for the name of one of its images.
+func imageRef(t *testing.T, name string) (repo, tag string) {
+	t.Helper()
+	out, err := run(context.Background(), nil, "hack/image/images.sh", "ref", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := strings.TrimSpace(out)
+	i := strings.LastIndex(ref, ":")
+	return ref[:i], ref[i+1:]
+}
+
+// installFleet: cert-manager, the chart with its basic NATS and Redis, an
+// SMTP sink standing in for the smarthost, then config/samples — with the
+// restricted Pod Security level enforced on both namespaces.
+func installFleet(t *testing.T) {
+	kubectl(t, "apply", "--server-side", "-f", "bin/cluster/cert-manager-crds.yaml")
+	kubectl(t, "apply", "-f", "hack/cluster/manifests/cert-manager.yaml")
+	kubectl(t, "-n", "cert-manager", "rollout", "status", "deploy/cert-manager", "--timeout=5m")
+
+	for _, ns := range []string{systemNS, tenantNS} {
+		kubectlIn(t, restrictedNamespace(ns), "apply", "-f", "-")
+	}
+	natsRepo, natsTag := imageRef(t, "nats")
+	redisRepo, redisTag := imageRef(t, "redis")
+	helm(t, "upgrade", "--install", "mailfleet", "charts/mailfleet", "-n", systemNS,
+		"--set", "image.repository=mailfleet.test/mailfleet", "--set", "image.tag="+imageTag(t),
+		"--set", "nats.enabled=true", "--set", "nats.image.repository="+natsRepo, "--set", "nats.image.tag="+natsTag,
+		"--set", "redis.enabled=true", "--set", "redis.image.repository="+redisRepo, "--set", "redis.image.tag="+redisTag,
+		"--wait", "--timeout", "10m")
+
+	sinkRepo, sinkTag := imageRef(t, "smtpsink")
+	kubectlIn(t, sinkManifest(sinkRepo+":"+sinkTag), "apply", "-n", tenantNS, "-f", "-")
+	kubectl(t, "-n", tenantNS, "rollout", "status", "deploy/smtpsink", "--timeout=3m")
+
+	kubectl(t, "apply", "-n", tenantNS, "-k", "config/samples")
+	// The samples name a placeholder smarthost; here it is the sink.
+	kubectl(t, "patch", "-n", tenantNS, "smtprelay", relay, "--type=merge", "-p",
+		`{"spec":{"delivery":{"smarthost":{"host":"smtpsink.`+tenantNS+`.svc","port":2525,"tls":"None"}}}}`)
+	// After a helm upgrade the relay's status is the previous operator's
+	// until the new one reconciles: first wait for the relay pods to run
+	// this image, then for Ready at the current generation.
+	want := "mailfleet.test/mailfleet:" + imageTag(t)
+	eventually(t, 5*time.Minute, func() error {
+		got := kubectl(t, "get", "-n", tenantNS, "deploy", relay, "-o", "jsonpath={.spec.template.spec.containers[0].image}")
+		if got != want {
+			return fmt.Errorf("relay Deployment runs %q, want %q", got, want)
+		}
+		return nil
+	})
+	kubectl(t, "rollout", "status", "-n", tenantNS, "deploy/"+relay, "--timeout=10m")
+	waitReady(t, "smtprelay", relay, 10*time.Minute)
+	for _, name := range []string{"shop", "newsletter"} {
+		waitReady(t, "smtpaccount", name, 5*time.Minute)
+	}
+	waitReady(t, "smtplabel", "shop-receipts", 5*time.Minute)
+}
+
+// waitReady waits for Ready=True observed at the object's current
+// generation: `kubectl wait --for=condition=Ready` also takes a condition
+// written for the spec before the last change.
+func waitReady(t *testing.T, kind, name string, within time.Duration) {
+	t.Helper()
+	eventually(t, within, func() error {
+		var obj struct {
+			Metadata struct{ Generation int64 }
+			Status   struct {
+				Conditions []struct {
+					Type, Status, Reason, Message string
+					ObservedGeneration            int64
+				}
+			}
+		}
+		getJSON(t, &obj, "-n", tenantNS, kind, name)
+		for _, c := range obj.Status.Conditions {
+			if c.Type != "Ready" {
+				continue
+			}
+			if c.Status == "True" && c.ObservedGeneration == obj.Metadata.Generation {
+				return nil
+			}
+			return fmt.Errorf("%s %s: Ready=%s at generation %d of %d: %s: %s", kind, name, c.Status,
+				c.ObservedGeneration, obj.Metadata.Generation, c.Reason, c.Message)
+		}
+		return fmt.Errorf("%s %s has no Ready condition", kind, name)
+	})
+}
+
+func restrictedNamespace(ns string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata:
+  name: %s
+  labels:
+    pod-security.kubernetes.io/enforce: restricted
+    pod-security.kubernetes.io/enforce-version: latest
+`, ns)
+}
+
+// sinkManifest: test/e2e/smtpsink as a Deployment and Service, restricted.
+func sinkManifest(image string) string {
+	return fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: smtpsink
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: smtpsink}
+  template:
+    metadata:
+      labels: {app: smtpsink}
+    spec:
+      automountServiceAccountToken: false
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 65532
+        seccompProfile: {type: RuntimeDefault}
+      containers:
+        - name: sink
+          image: %s
+          imagePullPolicy: IfNotPresent
+          ports:
+            - {name: smtp, containerPort: 2525}
+            - {name: http, containerPort: 8080}
+          readinessProbe:
+            httpGet: {path: /healthz, port: http}
+            periodSeconds: 2
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities: {drop: [ALL]}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: smtpsink
+spec:
+  selector: {app: smtpsink}
+  ports:
+    - {name: smtp, port: 2525, targetPort: smtp}
+    - {name: http, port: 8080, targetPort: http}
+`, image)
+}
