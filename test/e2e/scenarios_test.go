@@ -332,7 +332,10 @@ func scenarioAccounts(t *testing.T, env *fleetEnv) {
 	key := secretValue(t, tenantNS, "shop-smtp-credentials", "password")
 	// Accepted or over budget both prove the login worked.
 	loginWorks := func(pod, k string) bool {
-		code := replyCode(func() error { _, err := submit(env, net.JoinHostPort(pod, env.podPort), "shop", k, "accounts"); return err }())
+		code := replyCode(func() error {
+			_, err := submit(env, net.JoinHostPort(pod, env.podPort), "shop", k, "accounts")
+			return err
+		}())
 		return code == 250 || code == 536
 	}
 	atBoth := func(what string, want func(pod string) bool) time.Duration {
