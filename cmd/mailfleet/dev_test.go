@@ -165,6 +165,22 @@ type lineConn struct {
 	r    *bufio.Reader
 }
 
+// dialLogin opens a plain SMTP session to addr and logs in with AUTH PLAIN;
+// the connection closes when the test ends.
+func dialLogin(t *testing.T, addr, user, key string) *lineConn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := &lineConn{t: t, conn: conn, r: bufio.NewReader(conn)}
+	c.reply()
+	c.cmd("EHLO client.test")
+	c.expectPrefix("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00"+user+"\x00"+key)), "235 ")
+	return c
+}
+
 func (c *lineConn) write(s string) {
 	c.t.Helper()
 	c.conn.SetDeadline(time.Now().Add(10 * time.Second))

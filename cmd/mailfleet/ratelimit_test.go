@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -201,15 +198,7 @@ func TestRelayCountsThroughRatelimitProcess(t *testing.T) {
 	relay.waitLog(t, "budgets are counted by the rate-limit sidecar", "address", grpcAddr)
 	smtpAddr := relay.waitLog(t, "listening", "listener", "smtp")["address"].(string)
 
-	conn, err := net.DialTimeout("tcp", smtpAddr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c := &lineConn{t: t, conn: conn, r: bufio.NewReader(conn)}
-	c.reply()
-	c.cmd("EHLO client.test")
-	c.expectPrefix("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00acme\x00"+key)), "235 ")
+	c := dialLogin(t, smtpAddr, "acme", key)
 	redistest.WaitForTimeLeft(time.Minute, 5*time.Second)
 	var got []string
 	for range 3 {

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"encoding/base64"
 	"fmt"
 	"net"
 	"net/http"
@@ -87,15 +85,7 @@ func TestRelayWaitsForJetStream(t *testing.T) {
 		t.Fatalf("mailfleet_relay_ready = %q once serving, want 1", v)
 	}
 
-	conn, err := net.DialTimeout("tcp", smtpAddr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c := &lineConn{t: t, conn: conn, r: bufio.NewReader(conn)}
-	c.reply()
-	c.cmd("EHLO client.test")
-	c.expectPrefix("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00acme\x00"+key)), "235 ")
+	c := dialLogin(t, smtpAddr, "acme", key)
 	c.expectPrefix("MAIL FROM:<me@example.com>", "250 ")
 	c.expectPrefix("RCPT TO:<you@example.com>", "250 ")
 	c.expectPrefix("DATA", "354 ")

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
 var (
@@ -112,21 +114,9 @@ func secretValue(t *testing.T, ns, name, key string) string {
 	return string(v)
 }
 
-// eventually retries f until it returns nil or the time is up.
-func eventually(t *testing.T, within time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", within, err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
+// eventually polls f until it returns nil, failing the test with the last
+// error once within has passed.
+var eventually = envtestkit.Eventually
 
 // dumpOnFailure prints what a person debugging a failed run looks at
 // first: the namespace's events, its pods, and the logs of every container.
