@@ -357,6 +357,13 @@ func TestRelayConditions(t *testing.T) {
 	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonTLSSecretNotFound)
 	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonTLSSecretNotFound)
 	createTestTLSSecret(t, ns, "own-tls")
+	// The new Secret changed the pod template: not Ready until the pods
+	// of the new template are.
+	got = waitReady(t, relay, metav1.ConditionFalse, v1.ReasonReplicasNotReady)
+	if msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message; !strings.Contains(msg, "rolling out") {
+		t.Errorf("message %q does not say the relay is rolling out", msg)
+	}
+	playDeploymentController(t, ns, "mx", 2)
 	waitReady(t, relay, metav1.ConditionTrue, v1.ReasonReady)
 }
 
