@@ -35,6 +35,9 @@ func TestFleet(t *testing.T) {
 		{"submit", scenarioSubmit},
 		{"budget", scenarioBudget},
 		{"accounts", scenarioAccounts},
+		{"certificate", scenarioCertificateRenewal},
+		{"kill-and-scale", scenarioKillAndScale},
+		{"upgrade", scenarioUpgradeUnderLoad},
 	} {
 		if !t.Run(s.name, func(t *testing.T) { s.run(t, env) }) {
 			t.FailNow()

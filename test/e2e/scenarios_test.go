@@ -56,36 +56,50 @@ func newFleetEnv(t *testing.T) *fleetEnv {
 	return env
 }
 
-func relayPodIPs(t *testing.T) []string {
+// relayPods are the relay's pods that serve: Running and Ready, and not
+// terminating (a pod draining after a rollout is still Ready until its next
+// probe).
+func relayPods(t *testing.T) (names, ips []string) {
 	t.Helper()
-	out := kubectl(t, "get", "pods", "-n", tenantNS, "-l", "mailfleet.io/relay="+relay,
-		"--field-selector=status.phase=Running", "-o", "jsonpath={.items[*].status.podIP}")
-	return strings.Fields(out)
-}
-
-// scenarioReady: every resource Ready, the relay pods Running and Ready
-// under the restricted Pod Security level, and the relay's ACCOUNTS column.
-func scenarioReady(t *testing.T, env *fleetEnv) {
 	var pods struct {
 		Items []struct {
-			Metadata struct{ Name string }
-			Status   struct {
+			Metadata struct {
+				Name              string
+				DeletionTimestamp *time.Time
+			}
+			Status struct {
 				Phase      string
+				PodIP      string
 				Conditions []struct{ Type, Status string }
 			}
 		}
 	}
 	getJSON(t, &pods, "pods", "-n", tenantNS, "-l", "mailfleet.io/relay="+relay)
-	ready := 0
 	for _, p := range pods.Items {
+		if p.Metadata.DeletionTimestamp != nil || p.Status.Phase != "Running" {
+			continue
+		}
 		for _, c := range p.Status.Conditions {
-			if c.Type == "Ready" && c.Status == "True" && p.Status.Phase == "Running" {
-				ready++
+			if c.Type == "Ready" && c.Status == "True" {
+				names = append(names, p.Metadata.Name)
+				ips = append(ips, p.Status.PodIP)
 			}
 		}
 	}
-	if ready != 2 || len(env.pods) != 2 {
-		t.Fatalf("%d relay pods Running and Ready (%d with an IP), want the sample's 2", ready, len(env.pods))
+	return names, ips
+}
+
+func relayPodIPs(t *testing.T) []string {
+	_, ips := relayPods(t)
+	return ips
+}
+
+// scenarioReady: every resource Ready, the relay pods Running and Ready
+// under the restricted Pod Security level, and the relay's ACCOUNTS column.
+func scenarioReady(t *testing.T, env *fleetEnv) {
+	names, _ := relayPods(t)
+	if len(names) != 2 || len(env.pods) != 2 {
+		t.Fatalf("relay pods serving: %v, want the sample's 2", names)
 	}
 	if got := kubectl(t, "get", "namespace", tenantNS, "-o", `jsonpath={.metadata.labels.pod-security\.kubernetes\.io/enforce}`); got != "restricted" {
 		t.Fatalf("namespace %s enforces %q, want restricted", tenantNS, got)
@@ -263,17 +277,24 @@ func replyCode(err error) int {
 }
 
 // scenarioBudget: two replicas share one budget through the rate-limit
-// sidecars and Redis. With the account's budget at 10 a minute, 16 messages
-// sent alternately to both pods get exactly 10 × 250 and 6 × 536.
+// sidecars and Redis. A fresh account with a budget of 10 a minute (so no
+// earlier message counts) sends 16 messages alternately to both pods: it
+// gets exactly 10 × 250 and 6 × 536.
 func scenarioBudget(t *testing.T, env *fleetEnv) {
 	const budget, sent = 10, 16
-	key := secretValue(t, tenantNS, "shop-smtp-credentials", "password")
-	kubectl(t, "patch", "smtpaccount", "-n", tenantNS, "shop", "--type=merge", "-p",
-		fmt.Sprintf(`{"spec":{"budgetPerMinute":%d}}`, budget))
-	t.Cleanup(func() {
-		kubectl(t, "patch", "smtpaccount", "-n", tenantNS, "shop", "--type=merge", "-p", `{"spec":{"budgetPerMinute":1000}}`)
-	})
-	waitPublished(t, "shop", fmt.Sprintf(`"budgetPerMinute":%d`, budget))
+	name := fmt.Sprintf("budget%d", time.Now().Unix())
+	kubectlIn(t, fmt.Sprintf(`apiVersion: mailfleet.io/v1alpha1
+kind: SmtpAccount
+metadata:
+  name: %s
+spec:
+  relayRef: {name: %s}
+  budgetPerMinute: %d
+`, name, relay, budget), "apply", "-n", tenantNS, "-f", "-")
+	t.Cleanup(func() { kubectl(t, "delete", "smtpaccount", "-n", tenantNS, name) })
+	waitReady(t, "smtpaccount", name, 2*time.Minute)
+	key := secretValue(t, tenantNS, name+"-smtp-credentials", "password")
+	waitPublished(t, name, fmt.Sprintf(`"budgetPerMinute":%d`, budget))
 	// Budgets are per calendar minute (Redis TIME): start with enough of
 	// the minute left for every message.
 	if left := time.Minute - time.Duration(time.Now().Second())*time.Second; left < 25*time.Second {
@@ -283,7 +304,7 @@ func scenarioBudget(t *testing.T, env *fleetEnv) {
 	byPod := map[string]map[int]int{}
 	for i := range sent {
 		pod := env.pods[i%len(env.pods)]
-		_, err := submit(env, net.JoinHostPort(pod, env.podPort), "shop", key, fmt.Sprintf("budget %d", i))
+		_, err := submit(env, net.JoinHostPort(pod, env.podPort), name, key, fmt.Sprintf("budget %d", i))
 		code := replyCode(err)
 		if code != 250 && code != 536 {
 			t.Fatalf("message %d at %s: %v", i, pod, err)
