@@ -125,6 +125,8 @@ type loadResult struct {
 	// cut counts messages whose DATA was sent but whose session ended
 	// without any reply: what a drain must never do.
 	cut int
+	// refused counts SMTP refusals by code (451 while the queue is away).
+	refused map[int]int
 }
 
 // runLoad sends n messages from `sessions` concurrent sessions to addr,
@@ -132,7 +134,7 @@ type loadResult struct {
 // an X-Test-Id; those answered 250 are recorded. progress is called with
 // the count acknowledged so far after each acknowledgement.
 func runLoad(ctx context.Context, env *fleetEnv, addr, key, runName string, n, sessions int, progress func(int)) *loadResult {
-	res := &loadResult{acked: map[string]bool{}}
+	res := &loadResult{acked: map[string]bool{}, refused: map[int]int{}}
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range sessions {
@@ -169,7 +171,9 @@ func runLoad(ctx context.Context, env *fleetEnv, addr, key, runName string, n, s
 					var se *smtp.SMTPError
 					res.mu.Lock()
 					res.errs++
-					if afterData && !errors.As(err, &se) {
+					if errors.As(err, &se) {
+						res.refused[se.Code]++
+					} else if afterData {
 						res.cut++
 					}
 					res.mu.Unlock()
@@ -346,4 +350,45 @@ func containerdSocket() string {
 		return s
 	}
 	return "/run/mailfleet-cluster/containerd/containerd.sock"
+}
+
+// scenarioBackendsLost: the chart's Redis pod and then one of the three
+// NATS pods are deleted while clients send. The promise: with failureMode
+// Allow, budgets fall back to each pod's share and mail keeps flowing; a
+// queue node lost leaves a quorum, so writes go on (a refusal is a 451 the
+// client retries, never a silent loss); every acknowledged message is
+// delivered.
+func scenarioBackendsLost(t *testing.T, env *fleetEnv) {
+	key := secretValue(t, tenantNS, "shop-smtp-credentials", "password")
+	kubectl(t, "patch", "smtpaccount", "-n", tenantNS, "shop", "--type=merge", "-p", `{"spec":{"budgetPerMinute":1000000}}`)
+	t.Cleanup(func() {
+		kubectl(t, "patch", "smtpaccount", "-n", tenantNS, "shop", "--type=merge", "-p", `{"spec":{"budgetPerMinute":1000}}`)
+	})
+	waitPublished(t, "shop", `"budgetPerMinute":1000000`)
+	clearSink(t, env)
+	runName := fmt.Sprintf("backends%d", time.Now().Unix())
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan *loadResult, 1)
+	go func() {
+		done <- runLoad(ctx, env, net.JoinHostPort(env.service, "587"), key, runName, 1_000_000, 20, nil)
+	}()
+	time.Sleep(3 * time.Second)
+	kubectl(t, "delete", "pod", "-n", systemNS, "-l", "app.kubernetes.io/component=redis", "--grace-period=0", "--force", "--wait=false")
+	time.Sleep(10 * time.Second)
+	kubectl(t, "delete", "pod", "-n", systemNS, "mailfleet-nats-1", "--grace-period=0", "--force", "--wait=false")
+	time.Sleep(15 * time.Second)
+	stop()
+	res := <-done
+	kubectl(t, "rollout", "status", "-n", systemNS, "deploy/mailfleet-redis", "--timeout=5m")
+	kubectl(t, "rollout", "status", "-n", systemNS, "statefulset/mailfleet-nats", "--timeout=5m")
+	t.Logf("Redis pod and NATS node 1 deleted under load: %d acknowledged in 28 s, refusals by code %v, %d sessions reopened, %d cut after DATA without a reply",
+		len(res.acked), res.refused, res.errs, res.cut)
+	if res.refused[536] > 0 {
+		t.Errorf("%d messages refused with 536 while Redis was away: failureMode Allow must fall back to the pod's share, and 536 means over budget", res.refused[536])
+	}
+	if res.cut > 0 {
+		t.Errorf("%d sessions cut after DATA without a reply", res.cut)
+	}
+	checkDelivered(t, env, runName, res, 5*time.Minute)
 }

@@ -38,6 +38,7 @@ func TestFleet(t *testing.T) {
 		{"certificate", scenarioCertificateRenewal},
 		{"kill-and-scale", scenarioKillAndScale},
 		{"upgrade", scenarioUpgradeUnderLoad},
+		{"backends-lost", scenarioBackendsLost},
 	} {
 		if !t.Run(s.name, func(t *testing.T) { s.run(t, env) }) {
 			t.FailNow()
