@@ -83,7 +83,10 @@ func startRelay(t testing.TB, opts ...relayOption) *relayEnv {
 	// The relay's real queue: the embedded JetStream, synced before each
 	// acknowledgement. Closed after the server's shutdown (cleanups run
 	// last-registered first).
-	env.spool, err = queue.Open(context.Background(), queue.Options{Dir: filepath.Join(dir, "queue"), Log: log})
+	// AckWait is short so that a message stranded by one of stored()'s
+	// short takes comes back in time; nothing here takes long to deliver.
+	env.spool, err = queue.Open(context.Background(), queue.Options{Dir: filepath.Join(dir, "queue"), Log: log,
+		AckWait: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,8 +180,18 @@ func (e *relayEnv) clientTLS() *tls.Config {
 
 // stored returns every message the relay queued so far: envelope and body
 // by id. It takes them out of the queue (and keeps them for later calls):
-// a committed message is in the queue before its 250, so once the queue is
-// empty every acknowledged message has been seen.
+// a committed message is in the queue's stream before its 250, so once
+// Depth is 0 every acknowledged message has been seen.
+//
+// Depth > 0 does not promise that Next finds something at once: JetStream
+// removes an acknowledged message from a work-queue stream asynchronously
+// (the stream's ack queue), so for a moment after Done the stream still
+// counts it; on a loaded machine that moment was long enough for a single
+// 30 s Next to fail (the flake of TestAuthForms on 2026-12-04). So each
+// take is short, and Depth is read again after one that finds nothing. A
+// pull abandoned at that short deadline may strand a message the server
+// handed out just then; the harness's AckWait of a few seconds brings it
+// back well within the overall 30 s.
 func (e *relayEnv) stored() map[string]storedMessage {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -191,9 +204,14 @@ func (e *relayEnv) stored() map[string]storedMessage {
 		if depth == 0 {
 			return maps.Clone(e.drained)
 		}
-		p, err := e.spool.Next(ctx)
+		tctx, tcancel := context.WithTimeout(ctx, time.Second)
+		p, err := e.spool.Next(tctx)
+		tcancel()
+		if err != nil && ctx.Err() == nil {
+			continue
+		}
 		if err != nil {
-			e.t.Fatalf("take a queued message: %v", err)
+			e.t.Fatalf("take a queued message: %v (depth %d)", err, depth)
 		}
 		body, err := p.Open()
 		if err != nil {
