@@ -30,7 +30,7 @@ import (
 
 // CredentialsPublisher publishes, for each SmtpRelay, the accounts that may
 // use it — api_user, key digests, labels, budget, sender domains — as the
-// shard Secrets its pods watch in their own namespace (DESIGN.md §3). Relay
+// shard Secrets its pods watch in their own namespace (README, "The operator"). Relay
 // pods thus never read tenants' Secrets, never see a key, and get a change
 // as soon as the operator writes it.
 //

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the binaries envtest needs (kube-apiserver, etcd) plus kubectl from the
-# Go module proxy into bin/k8s/ — there is no binary download (DESIGN.md §6).
+# Go module proxy into bin/k8s/ — there is no binary download.
 #
 # Usage: hack/build-envtest.sh [-f|--force] [kube-apiserver|etcd|kubectl ...]
 #   With no names it builds all three. -f rebuilds even when up to date.

@@ -12,7 +12,7 @@ import (
 // startEmbedded runs nats-server in this process with JetStream's file store
 // under dir. It listens on no port at all: the relay connects in-process, so
 // nothing outside the process can reach the queue. Every write is synced
-// before JetStream acknowledges it (sync_interval: always; DESIGN §5). A
+// before JetStream acknowledges it (sync_interval: always). A
 // lock file keeps a second process from opening the same store.
 func startEmbedded(dir string) (*server.Server, func() error, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {

@@ -26,7 +26,7 @@
 //
 // A 250 is sent only after JetStream acknowledged the write, and every
 // JetStream we run syncs to disk before it acknowledges (sync_interval:
-// always, see DESIGN §5). On this project's 2-core machine one fsync takes
+// always). On this project's 2-core machine one fsync takes
 // 2–4 ms, so one stream message per accepted message caps the relay at
 // about 500 messages/s, whatever the number of sessions. JetStream's atomic
 // batch publish coalesces a batch into one sync, but it stages every batch

@@ -8,7 +8,7 @@ import (
 
 var queuedReply = regexp.MustCompile(`^250 2\.0\.0 #(\d{13}_\d{8}_[0-9a-f]{6}\.test-node)#Queued$`)
 
-// TestSeedTranscript replays DESIGN.md §1 line by line.
+// TestSeedTranscript replays the submission contract's sample session line by line.
 func TestSeedTranscript(t *testing.T) {
 	env := startRelay(t)
 	c := dialRaw(t, env.addr("smtp"))

@@ -27,7 +27,7 @@ func (r Reply) With(a ...any) Reply {
 	return r
 }
 
-// The wire contract (DESIGN.md §1): every reply the relay sends is here, so
+// The wire contract: every reply the relay sends is here, so
 // the whole contract reads in one place and tests compare against the same
 // values. Texts with %s are completed where they are sent.
 var (

@@ -1,10 +1,10 @@
-// Package smtpd is the relay's SMTP submission server: the wire contract of
-// DESIGN.md §1 on plain (STARTTLS) and implicit-TLS listeners, with AUTH,
-// budgets and a durable spool behind it.
+// Package smtpd is the relay's SMTP submission server: the submission
+// contract (replies.go) on plain (STARTTLS) and implicit-TLS listeners, with
+// AUTH, budgets and a durable spool behind it.
 //
 // It speaks SMTP itself rather than through go-smtp's server, because the
 // contract fixes reply texts and codes that go-smtp hard-codes differently
-// (MAIL, RCPT, EHLO, QUIT, HELP, 235, 354, 530); see DESIGN.md's notes.
+// (MAIL, RCPT, EHLO, QUIT, HELP, 235, 354, 530).
 package smtpd
 
 import (

@@ -163,8 +163,8 @@ func envValue(c corev1.Container, name string) string {
 	return ""
 }
 
-// checkNATS: the basic JetStream fsyncs before it acknowledges (DESIGN.md
-// §5), and runs three nodes that route to each other.
+// checkNATS: the basic JetStream fsyncs before it acknowledges
+// (sync_interval: always), and runs three nodes that route to each other.
 func checkNATS(t *testing.T, objs []*unstructured.Unstructured) {
 	t.Helper()
 	var conf string

@@ -18,7 +18,7 @@ import (
 // TestNATSConfig parses the basic JetStream's rendered nats.conf with
 // nats-server's own parser (the module the relay's embedded queue uses), as
 // node mailfleet-nats-1 reads it: JetStream on, every write fsynced before
-// its acknowledgement (sync_interval: always, DESIGN.md §5), the node named
+// its acknowledgement (sync_interval: always), the node named
 // after its pod, and routes to all three nodes.
 func TestNATSConfig(t *testing.T) {
 	objs := splitYAML(t, renderChart(t, "mailfleet-system", "--set", "nats.enabled=true"))

@@ -4,7 +4,7 @@
 // -labels-per-account 5, the 50,000 labels of the propagation target), and
 // reports the time until all are Ready, the operator's peak RSS, and how fast a new,
 // changed, suspended or deleted account and a new label reach a relay's
-// credentials source at that scale (DESIGN.md §3).
+// credentials source at that scale.
 //
 // Run it from the repository root:
 //
@@ -49,7 +49,7 @@ type options struct {
 	noOperator       bool
 }
 
-// Targets from issue 3 and DESIGN.md §3.
+// Targets from issue 3.
 const (
 	targetAllReady    = 60 * time.Second
 	targetRSSMiB      = 300

@@ -41,7 +41,7 @@ type propagation struct {
 
 // runPropagation runs a relay's credentials source (credentials.Secrets,
 // what a relay pod runs) against envtest, waits until it holds every
-// account, then times single changes at full scale, as DESIGN.md §3 asks:
+// account, then times single changes at full scale:
 // a new account, a new label, a suspension, its reversal and a deletion.
 func runPropagation(ctx context.Context, c *cluster, o options, rep *report) error {
 	ctx, cancel := context.WithCancel(ctx)

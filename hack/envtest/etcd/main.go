@@ -1,5 +1,5 @@
 // Command etcd is upstream's etcd server, built from the Go module proxy so
-// envtest needs no binary download (see DESIGN.md §6).
+// envtest needs no binary download.
 // hack/build-envtest.sh builds it into bin/k8s/.
 package main
 

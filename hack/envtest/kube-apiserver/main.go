@@ -1,5 +1,5 @@
 // Command kube-apiserver is upstream's cmd/kube-apiserver, built from the Go
-// module proxy so envtest needs no binary download (see DESIGN.md §6).
+// module proxy so envtest needs no binary download.
 // hack/build-envtest.sh builds it into bin/k8s/.
 package main
 
