@@ -90,7 +90,11 @@ func installFleet(t *testing.T) {
 	// this image, then for Ready at the current generation.
 	want := "mailfleet.test/mailfleet:" + imageTag(t)
 	eventually(t, 5*time.Minute, func() error {
-		got := kubectl(t, "get", "-n", tenantNS, "deploy", relay, "-o", "jsonpath={.spec.template.spec.containers[0].image}")
+		// On a fresh install the operator has not made the Deployment yet.
+		got, err := run(context.Background(), nil, kubectlBin, "get", "-n", tenantNS, "deploy", relay, "-o", "jsonpath={.spec.template.spec.containers[0].image}")
+		if err != nil {
+			return err
+		}
 		if got != want {
 			return fmt.Errorf("relay Deployment runs %q, want %q", got, want)
 		}
