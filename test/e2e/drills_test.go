@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -37,14 +38,15 @@ func servedSerial(env *fleetEnv, addr string) (string, error) {
 	return serial, nil
 }
 
-// secretSerial is the serial of the certificate in the relay's TLS Secret.
+// secretSerial is the serial of the certificate in the relay's TLS Secret
+// (one read of the Secret: cert-manager may be writing it).
 func secretSerial(t *testing.T) string {
 	t.Helper()
-	cert, err := tls.X509KeyPair([]byte(secretValue(t, tenantNS, relay+"-tls", "tls.crt")), []byte(secretValue(t, tenantNS, relay+"-tls", "tls.key")))
-	if err != nil {
-		t.Fatal(err)
+	block, _ := pem.Decode([]byte(secretValue(t, tenantNS, relay+"-tls", "tls.crt")))
+	if block == nil {
+		t.Fatal("the relay's TLS Secret holds no PEM certificate")
 	}
-	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	leaf, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
 		t.Fatal(err)
 	}
