@@ -119,6 +119,20 @@ func sendOn(c *smtp.Client, subject string) error {
 	return w.Close()
 }
 
+// prepareLoad lifts the shop account's budget out of the way of a load run
+// (back to the sample's 1,000 when the test ends), empties the sink, and
+// returns the account's key.
+func prepareLoad(t *testing.T, env *fleetEnv) string {
+	t.Helper()
+	kubectl(t, "patch", "smtpaccount", "-n", tenantNS, "shop", "--type=merge", "-p", `{"spec":{"budgetPerMinute":1000000}}`)
+	t.Cleanup(func() {
+		kubectl(t, "patch", "smtpaccount", "-n", tenantNS, "shop", "--type=merge", "-p", `{"spec":{"budgetPerMinute":1000}}`)
+	})
+	waitPublished(t, "shop", `"budgetPerMinute":1000000`)
+	clearSink(t, env)
+	return secretValue(t, tenantNS, "shop-smtp-credentials", "password")
+}
+
 // loadResult is what a load run saw.
 type loadResult struct {
 	mu    sync.Mutex
@@ -257,17 +271,16 @@ func checkDelivered(t *testing.T, env *fleetEnv, runName string, res *loadResult
 // reach the sink.
 func scenarioKillAndScale(t *testing.T, env *fleetEnv) {
 	const n = 5000
-	key := secretValue(t, tenantNS, "shop-smtp-credentials", "password")
-	kubectl(t, "patch", "smtpaccount", "-n", tenantNS, "shop", "--type=merge", "-p", `{"spec":{"budgetPerMinute":1000000}}`)
-	t.Cleanup(func() {
-		kubectl(t, "patch", "smtpaccount", "-n", tenantNS, "shop", "--type=merge", "-p", `{"spec":{"budgetPerMinute":1000}}`)
-	})
-	waitPublished(t, "shop", `"budgetPerMinute":1000000`)
-	clearSink(t, env)
+	key := prepareLoad(t, env)
 	runName := fmt.Sprintf("kill%d", time.Now().Unix())
 
-	victim := strings.TrimSpace(kubectl(t, "get", "pods", "-n", tenantNS, "-l", "mailfleet.io/relay="+relay,
-		"-o", "jsonpath={.items[0].metadata.name}"))
+	// A serving pod: the first listed may be one of a finished rollout,
+	// already gone (the first full run from an empty cluster picked one).
+	names, _ := relayPods(t)
+	if len(names) == 0 {
+		t.Fatal("no relay pod serves")
+	}
+	victim := names[0]
 	var killed atomic.Bool
 	start := time.Now()
 	res := runLoad(context.Background(), env, net.JoinHostPort(env.service, "587"), key, runName, n, 20, func(acked int) {
@@ -298,13 +311,7 @@ func scenarioKillAndScale(t *testing.T, env *fleetEnv) {
 // SIGTERM and drains within its termination grace. No acknowledged message
 // is lost, and no client has its session cut after DATA without a reply.
 func scenarioUpgradeUnderLoad(t *testing.T, env *fleetEnv) {
-	key := secretValue(t, tenantNS, "shop-smtp-credentials", "password")
-	kubectl(t, "patch", "smtpaccount", "-n", tenantNS, "shop", "--type=merge", "-p", `{"spec":{"budgetPerMinute":1000000}}`)
-	t.Cleanup(func() {
-		kubectl(t, "patch", "smtpaccount", "-n", tenantNS, "shop", "--type=merge", "-p", `{"spec":{"budgetPerMinute":1000}}`)
-	})
-	waitPublished(t, "shop", `"budgetPerMinute":1000000`)
-	clearSink(t, env)
+	key := prepareLoad(t, env)
 	// The same image under a second tag: what changes is the tag, as in a
 	// release.
 	tag := imageTag(t)
@@ -361,13 +368,7 @@ func containerdSocket() string {
 // client retries, never a silent loss); every acknowledged message is
 // delivered.
 func scenarioBackendsLost(t *testing.T, env *fleetEnv) {
-	key := secretValue(t, tenantNS, "shop-smtp-credentials", "password")
-	kubectl(t, "patch", "smtpaccount", "-n", tenantNS, "shop", "--type=merge", "-p", `{"spec":{"budgetPerMinute":1000000}}`)
-	t.Cleanup(func() {
-		kubectl(t, "patch", "smtpaccount", "-n", tenantNS, "shop", "--type=merge", "-p", `{"spec":{"budgetPerMinute":1000}}`)
-	})
-	waitPublished(t, "shop", `"budgetPerMinute":1000000`)
-	clearSink(t, env)
+	key := prepareLoad(t, env)
 	runName := fmt.Sprintf("backends%d", time.Now().Unix())
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
