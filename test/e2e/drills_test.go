@@ -222,6 +222,25 @@ func sendTagged(c *smtp.Client, id string) (afterData bool, err error) {
 	return true, w.Close()
 }
 
+// startLoad sends without pause from 20 sessions through the relay's
+// Service until the returned finish is called; finish stops the load and
+// returns what it saw (calling it again returns the same).
+func startLoad(env *fleetEnv, key, runName string) (finish func() *loadResult) {
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan *loadResult, 1)
+	go func() {
+		done <- runLoad(ctx, env, net.JoinHostPort(env.service, "587"), key, runName, 1_000_000, 20, nil)
+	}()
+	var res *loadResult
+	return func() *loadResult {
+		stop()
+		if res == nil {
+			res = <-done
+		}
+		return res
+	}
+}
+
 // delivered counts the sink's messages per X-Test-Id with the run's prefix.
 func delivered(t *testing.T, env *fleetEnv, runName string) map[string]int {
 	t.Helper()
@@ -321,12 +340,8 @@ func scenarioUpgradeUnderLoad(t *testing.T, env *fleetEnv) {
 		t.Fatal(err)
 	}
 	runName := fmt.Sprintf("upgrade%d", time.Now().Unix())
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	done := make(chan *loadResult, 1)
-	go func() {
-		done <- runLoad(ctx, env, net.JoinHostPort(env.service, "587"), key, runName, 1_000_000, 20, nil)
-	}()
+	finish := startLoad(env, key, runName)
+	defer finish()
 	time.Sleep(3 * time.Second)
 	start := time.Now()
 	helm(t, "upgrade", "mailfleet", "charts/mailfleet", "-n", systemNS, "--reuse-values",
@@ -341,8 +356,7 @@ func scenarioUpgradeUnderLoad(t *testing.T, env *fleetEnv) {
 	kubectl(t, "rollout", "status", "-n", tenantNS, "deploy/"+relay, "--timeout=10m")
 	rolled := time.Since(start)
 	time.Sleep(3 * time.Second)
-	stop()
-	res := <-done
+	res := finish()
 	t.Logf("helm upgrade %s -> %s under load: relays rolled in %v; %d messages acknowledged, %d sessions reopened, %d cut after DATA without a reply",
 		tag, next, rolled.Round(time.Millisecond), len(res.acked), res.errs, res.cut)
 	if res.cut > 0 {
@@ -370,19 +384,14 @@ func containerdSocket() string {
 func scenarioBackendsLost(t *testing.T, env *fleetEnv) {
 	key := prepareLoad(t, env)
 	runName := fmt.Sprintf("backends%d", time.Now().Unix())
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	done := make(chan *loadResult, 1)
-	go func() {
-		done <- runLoad(ctx, env, net.JoinHostPort(env.service, "587"), key, runName, 1_000_000, 20, nil)
-	}()
+	finish := startLoad(env, key, runName)
+	defer finish()
 	time.Sleep(3 * time.Second)
 	kubectl(t, "delete", "pod", "-n", systemNS, "-l", "app.kubernetes.io/component=redis", "--grace-period=0", "--force", "--wait=false")
 	time.Sleep(10 * time.Second)
 	kubectl(t, "delete", "pod", "-n", systemNS, "mailfleet-nats-1", "--grace-period=0", "--force", "--wait=false")
 	time.Sleep(15 * time.Second)
-	stop()
-	res := <-done
+	res := finish()
 	kubectl(t, "rollout", "status", "-n", systemNS, "deploy/mailfleet-redis", "--timeout=5m")
 	kubectl(t, "rollout", "status", "-n", systemNS, "statefulset/mailfleet-nats", "--timeout=5m")
 	t.Logf("Redis pod and NATS node 1 deleted under load: %d acknowledged in 28 s, refusals by code %v, %d sessions reopened, %d cut after DATA without a reply",
