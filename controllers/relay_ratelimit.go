@@ -78,7 +78,7 @@ func ratelimitInitContainers(relay *v1.SmtpRelay, image string) []corev1.Contain
 			PeriodSeconds:    10,
 			FailureThreshold: 3,
 		},
-		Resources:       rl.Resources,
+		Resources:       withDefaultRequests(rl.Resources, ratelimitDefaultRequests),
 		SecurityContext: relayContainerSecurity(),
 	}
 	for _, m := range ratelimitMounts(relay) {

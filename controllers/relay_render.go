@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -64,12 +67,13 @@ const (
 	privilegedPortOffset = 10000
 
 	// relayDrainGrace is how long the relay lets open sessions finish after
-	// SIGTERM; relayPreStopSleep lets endpoints and kube-proxy stop sending
-	// new connections first. The pod's termination grace period covers both
-	// with room to spare, so the kubelet never kills a draining relay.
+	// SIGTERM unless spec.drainGracePeriod says otherwise; relayPreStopSleep
+	// lets endpoints and kube-proxy stop sending new connections first. The
+	// pod's termination grace period covers both and relayExitMargin more,
+	// so the kubelet never kills a draining relay.
 	relayDrainGrace        = 30 * time.Second
 	relayPreStopSleep      = 5 * time.Second
-	relayTerminationGrace  = 45 * time.Second
+	relayExitMargin        = 10 * time.Second
 	defaultRelayReplicas   = int32(2)
 	defaultRelayBanner     = "mailfleet"
 	certManagerGroup       = "cert-manager.io"
@@ -188,6 +192,54 @@ func relayEndpoint(relay *v1.SmtpRelay) string {
 	return relay.Name + "." + relay.Namespace + ".svc"
 }
 
+// relayDrain is how long a stopping relay lets open sessions finish.
+func relayDrain(relay *v1.SmtpRelay) time.Duration {
+	if d := relay.Spec.DrainGracePeriod; d != nil && d.Duration > 0 {
+		return d.Duration
+	}
+	return relayDrainGrace
+}
+
+// relayTerminationGraceSeconds covers the preStop sleep, the drain and the
+// margin for the last replies and the queue's close, rounded up.
+func relayTerminationGraceSeconds(relay *v1.SmtpRelay) int64 {
+	total := relayPreStopSleep + relayDrain(relay) + relayExitMargin
+	return int64((total + time.Second - 1) / time.Second)
+}
+
+// Requests given to a relay and its sidecar that declare none. Idle on the
+// e2e cluster each uses under 10 MiB (its pod-spec scenario prints it); the
+// requests leave room for a busy pod without reserving a node.
+var (
+	relayDefaultRequests = corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse("100m"),
+		corev1.ResourceMemory: resource.MustParse("128Mi"),
+	}
+	ratelimitDefaultRequests = corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse("50m"),
+		corev1.ResourceMemory: resource.MustParse("64Mi"),
+	}
+)
+
+// withDefaultRequests fills each request in defaults that r neither
+// requests nor limits (Kubernetes makes a limit without a request the
+// request, and a default below a user's limit must not override that).
+func withDefaultRequests(r corev1.ResourceRequirements, defaults corev1.ResourceList) corev1.ResourceRequirements {
+	out := *r.DeepCopy()
+	for name, q := range defaults {
+		_, requested := out.Requests[name]
+		_, limited := out.Limits[name]
+		if requested || limited {
+			continue
+		}
+		if out.Requests == nil {
+			out.Requests = corev1.ResourceList{}
+		}
+		out.Requests[name] = q
+	}
+	return out
+}
+
 func relayReplicas(relay *v1.SmtpRelay) int32 {
 	return ptr.Deref(relay.Spec.Replicas, defaultRelayReplicas)
 }
@@ -268,7 +320,7 @@ func relayConfig(relay *v1.SmtpRelay, ports []relayPort) config.Config {
 		Queue:            relayQueueConfig(relay),
 		Delivery:         relayDeliveryConfig(relay),
 		MetricsAddress:   ":" + strconv.Itoa(relayMetricsPort),
-		DrainGracePeriod: config.Duration{Duration: relayDrainGrace},
+		DrainGracePeriod: config.Duration{Duration: relayDrain(relay)},
 		Budget:           relayBudget(relay),
 	}
 	for _, p := range ports {
@@ -341,7 +393,7 @@ func relayPodSpec(relay *v1.SmtpRelay, image string, ports []relayPort) corev1.P
 		ServiceAccountName: relayServiceAccountName(relay.Name),
 		// The relay will read its credentials shards from the API server.
 		AutomountServiceAccountToken:  ptr.To(true),
-		TerminationGracePeriodSeconds: ptr.To(int64(relayTerminationGrace / time.Second)),
+		TerminationGracePeriodSeconds: ptr.To(relayTerminationGraceSeconds(relay)),
 		SecurityContext: &corev1.PodSecurityContext{
 			RunAsNonRoot: ptr.To(true),
 			RunAsUser:    ptr.To(int64(relayUID)),
@@ -388,7 +440,7 @@ func relayContainer(relay *v1.SmtpRelay, image string, ports []relayPort) corev1
 			envFromField("POD_NAME", "metadata.name"),
 			envFromField("POD_NAMESPACE", "metadata.namespace"),
 		},
-		Resources:       relay.Spec.Resources,
+		Resources:       withDefaultRequests(relay.Spec.Resources, relayDefaultRequests),
 		ReadinessProbe:  relayProbe("/readyz", 5, 2),
 		LivenessProbe:   relayProbe("/healthz", 10, 3),
 		Lifecycle:       &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: int64(relayPreStopSleep / time.Second)}}},
@@ -470,7 +522,8 @@ func relayService(relay *v1.SmtpRelay, ports []relayPort) *corev1.Service {
 			Protocol:   corev1.ProtocolTCP,
 		})
 	}
-	return &corev1.Service{
+	spec := relay.Spec.Service
+	svc := &corev1.Service{
 		ObjectMeta: relayObjectMeta(relay, relay.Name),
 		Spec: corev1.ServiceSpec{
 			Type:     corev1.ServiceTypeClusterIP,
@@ -478,6 +531,25 @@ func relayService(relay *v1.SmtpRelay, ports []relayPort) *corev1.Service {
 			Ports:    sports,
 		},
 	}
+	if len(spec.Annotations) > 0 {
+		svc.Annotations = maps.Clone(spec.Annotations)
+	}
+	if spec.Type == corev1.ServiceTypeClusterIP || spec.Type == "" {
+		return svc
+	}
+	svc.Spec.Type = spec.Type
+	// Local unless told otherwise: the relay's per-address limits and its
+	// Received header need the client's own address, which Cluster replaces
+	// with a node's.
+	svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	if spec.ExternalTrafficPolicy != "" {
+		svc.Spec.ExternalTrafficPolicy = spec.ExternalTrafficPolicy
+	}
+	if spec.Type == corev1.ServiceTypeLoadBalancer {
+		svc.Spec.LoadBalancerClass = spec.LoadBalancerClass
+		svc.Spec.LoadBalancerSourceRanges = slices.Clone(spec.LoadBalancerSourceRanges)
+	}
+	return svc
 }
 
 // relayCertificate asks cert-manager for the relay's certificate, or is nil

@@ -137,9 +137,6 @@ func TestRenderRelayDeployment(t *testing.T) {
 	if spec.ServiceAccountName != "mx-relay" || !ptr.Deref(spec.AutomountServiceAccountToken, false) {
 		t.Errorf("service account = %q automount %v, want mx-relay and true", spec.ServiceAccountName, spec.AutomountServiceAccountToken)
 	}
-	if got := *spec.TerminationGracePeriodSeconds; got <= int64(relayDrainGrace.Seconds()) {
-		t.Errorf("termination grace %ds does not exceed the relay's drain grace %v", got, relayDrainGrace)
-	}
 	if len(spec.Containers) != 1 {
 		t.Fatalf("containers = %d, want 1 (the relay)", len(spec.Containers))
 	}
@@ -431,6 +428,118 @@ func TestRenderRelayPDB(t *testing.T) {
 	}
 }
 
+func TestRenderRelayService(t *testing.T) {
+	lb := func(policy corev1.ServiceExternalTrafficPolicy) relayOption {
+		return func(r *v1.SmtpRelay) {
+			r.Spec.Service = v1.RelayService{
+				Type:                     corev1.ServiceTypeLoadBalancer,
+				ExternalTrafficPolicy:    policy,
+				Annotations:              map[string]string{"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"},
+				LoadBalancerClass:        ptr.To("example.com/lb"),
+				LoadBalancerSourceRanges: []string{"203.0.113.0/24"},
+			}
+		}
+	}
+	tests := []struct {
+		name        string
+		relay       *v1.SmtpRelay
+		wantType    corev1.ServiceType
+		wantPolicy  corev1.ServiceExternalTrafficPolicy
+		wantAnnot   string
+		wantLBClass string
+		wantRanges  []string
+	}{
+		{"default ClusterIP", newTestRelay(), corev1.ServiceTypeClusterIP, "", "", "", nil},
+		{"LoadBalancer keeps client addresses", newTestRelay(lb("")), corev1.ServiceTypeLoadBalancer,
+			corev1.ServiceExternalTrafficPolicyLocal, "nlb", "example.com/lb", []string{"203.0.113.0/24"}},
+		{"LoadBalancer told Cluster", newTestRelay(lb(corev1.ServiceExternalTrafficPolicyCluster)), corev1.ServiceTypeLoadBalancer,
+			corev1.ServiceExternalTrafficPolicyCluster, "nlb", "example.com/lb", []string{"203.0.113.0/24"}},
+		{"NodePort", newTestRelay(func(r *v1.SmtpRelay) { r.Spec.Service.Type = corev1.ServiceTypeNodePort }),
+			corev1.ServiceTypeNodePort, corev1.ServiceExternalTrafficPolicyLocal, "", "", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			svc := mustRender(t, tt.relay).Service
+			got := []any{svc.Spec.Type, svc.Spec.ExternalTrafficPolicy, svc.Annotations["service.beta.kubernetes.io/aws-load-balancer-type"],
+				ptr.Deref(svc.Spec.LoadBalancerClass, ""), svc.Spec.LoadBalancerSourceRanges}
+			want := []any{tt.wantType, tt.wantPolicy, tt.wantAnnot, tt.wantLBClass, tt.wantRanges}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("service (type, policy, annotation, class, ranges):\n got %v\nwant %v", got, want)
+			}
+			if !reflect.DeepEqual(svc.Labels, relayLabels(tt.relay)) {
+				t.Errorf("service labels %v, want the relay's %v", svc.Labels, relayLabels(tt.relay))
+			}
+		})
+	}
+}
+
+func TestRenderRelayResources(t *testing.T) {
+	withLimit := func(r *v1.SmtpRelay) {
+		r.Spec.Resources = corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}}
+	}
+	tests := []struct {
+		name             string
+		relay            *v1.SmtpRelay
+		wantCPU, wantMem string // requests; "" means none (a limit stands for it)
+	}{
+		{"defaults", newTestRelay(), "100m", "128Mi"},
+		{"cpu request kept, memory defaulted", newTestRelay(withResources("2")), "2", "128Mi"},
+		{"memory limit stands for its request", newTestRelay(withLimit), "100m", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := mustRender(t, tt.relay).Deployment.Spec.Template.Spec.Containers[0]
+			got := [2]string{}
+			if q, ok := c.Resources.Requests[corev1.ResourceCPU]; ok {
+				got[0] = q.String()
+			}
+			if q, ok := c.Resources.Requests[corev1.ResourceMemory]; ok {
+				got[1] = q.String()
+			}
+			if got != [2]string{tt.wantCPU, tt.wantMem} {
+				t.Errorf("requests (cpu, memory) = %v, want [%s %s]", got, tt.wantCPU, tt.wantMem)
+			}
+			if c.Resources.Limits.Cpu().Sign() != 0 {
+				t.Errorf("cpu limit %v set by default; a throttled relay misses SMTP timeouts", c.Resources.Limits.Cpu())
+			}
+		})
+	}
+	own := newTestRelay(withResources("2"))
+	mustRender(t, own)
+	if len(own.Spec.Resources.Requests) != 1 {
+		t.Errorf("rendering changed the relay's own spec: %v", own.Spec.Resources.Requests)
+	}
+}
+
+func TestRenderRelayDrain(t *testing.T) {
+	tests := []struct {
+		name      string
+		drain     *metav1.Duration
+		wantDrain time.Duration
+		wantGrace int64
+	}{
+		{"default", nil, 30 * time.Second, 45},
+		{"long DATA over slow links", &metav1.Duration{Duration: 10 * time.Minute}, 10 * time.Minute, 615},
+		{"fractions round up", &metav1.Duration{Duration: 1500 * time.Millisecond}, 1500 * time.Millisecond, 17},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			objs := mustRender(t, newTestRelay(func(r *v1.SmtpRelay) { r.Spec.DrainGracePeriod = tt.drain }))
+			if got := loadRendered(t, objs.ConfigMap).DrainGracePeriod.Duration; got != tt.wantDrain {
+				t.Errorf("relay drain = %v, want %v", got, tt.wantDrain)
+			}
+			pod := objs.Deployment.Spec.Template.Spec
+			if got := *pod.TerminationGracePeriodSeconds; got != tt.wantGrace {
+				t.Errorf("termination grace = %ds, want %ds (preStop + drain + margin)", got, tt.wantGrace)
+			}
+			preStop := pod.Containers[0].Lifecycle.PreStop.Sleep.Seconds
+			if float64(*pod.TerminationGracePeriodSeconds) < float64(preStop)+tt.wantDrain.Seconds()+5 {
+				t.Errorf("termination grace %ds leaves under 5s after preStop %ds and drain %v", *pod.TerminationGracePeriodSeconds, preStop, tt.wantDrain)
+			}
+		})
+	}
+}
+
 func TestRenderRelayRole(t *testing.T) {
 	objs := mustRender(t, newTestRelay())
 	rules := objs.Role.Rules
@@ -713,6 +822,9 @@ func TestRenderRelayRateLimit(t *testing.T) {
 			"--redis-tls", "--redis-ca-file", "/etc/mailfleet/redis/ca/ca.crt"}
 		if !reflect.DeepEqual(sc.Args, want) {
 			t.Errorf("sidecar args\n got %q\nwant %q", sc.Args, want)
+		}
+		if got := sc.Resources.Requests; got.Cpu().String() != "50m" || got.Memory().String() != "64Mi" {
+			t.Errorf("sidecar requests = %v, want the defaults 50m CPU and 64Mi", got)
 		}
 		if len(sc.Env) != 1 || sc.Env[0].Name != "MAILFLEET_RATELIMIT_REPLICAS" || sc.Env[0].ValueFrom == nil ||
 			sc.Env[0].ValueFrom.ConfigMapKeyRef == nil || sc.Env[0].ValueFrom.ConfigMapKeyRef.Key != "replicas" ||

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -68,6 +69,21 @@ func TestCRDValidation(t *testing.T) {
 		{"from=Selector without selector", relay(func(r *v1.SmtpRelay) {
 			r.Spec.Accounts.Namespaces = v1.AccountNamespaces{From: v1.NamespacesFromSelector}
 		}), "namespaces.selector is required when from is Selector"},
+		{"load balancer service", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Service = v1.RelayService{Type: corev1.ServiceTypeLoadBalancer, ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyCluster,
+				Annotations: map[string]string{"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"}, LoadBalancerSourceRanges: []string{"203.0.113.0/24"}}
+		}), ""},
+		{"traffic policy on ClusterIP", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Service = v1.RelayService{ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal}
+		}), "service.externalTrafficPolicy applies to NodePort and LoadBalancer only"},
+		{"source ranges on NodePort", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Service = v1.RelayService{Type: corev1.ServiceTypeNodePort, LoadBalancerSourceRanges: []string{"203.0.113.0/24"}}
+		}), "apply to type LoadBalancer only"},
+		{"source range not a CIDR", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Service = v1.RelayService{Type: corev1.ServiceTypeLoadBalancer, LoadBalancerSourceRanges: []string{"office"}}
+		}), "service.loadBalancerSourceRanges must be CIDRs"},
+		{"service type", relay(func(r *v1.SmtpRelay) { r.Spec.Service.Type = corev1.ServiceTypeExternalName }), "spec.service.type"},
+		{"drain too long", relay(func(r *v1.SmtpRelay) { r.Spec.DrainGracePeriod = &metav1.Duration{Duration: time.Hour} }), "drainGracePeriod must be between 1s and 15m"},
 		{"no queue", relay(func(r *v1.SmtpRelay) { r.Spec.Queue = v1.RelayQueue{} }), "queue.nats.url must be nats://host:port"},
 		{"queue url scheme", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.URL = "http://nats:4222" }), "queue.nats.url must be nats://host:port"},
 		{"several queue servers", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.URL = "nats://a:4222,tls://b:4222" }), ""},

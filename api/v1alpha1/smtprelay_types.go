@@ -73,9 +73,72 @@ type SmtpRelaySpec struct {
 	// +optional
 	Image string `json:"image,omitempty"`
 
-	// Resources of the relay container.
+	// Resources of the relay container. A CPU or memory request left unset
+	// (with no limit for it either) defaults to 100m CPU and 128Mi memory,
+	// so the scheduler never places a relay on a node with nothing to spare
+	// and the relay is not the first pod evicted under memory pressure. No
+	// limit is set by default: a memory limit below what 16 MB messages
+	// across many sessions need would kill the relay mid-DATA.
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// Service shapes the relay's Service: ClusterIP for clients inside the
+	// cluster, LoadBalancer or NodePort for clients outside it.
+	// +optional
+	Service RelayService `json:"service,omitempty"`
+
+	// DrainGracePeriod is how long a relay pod that is told to stop
+	// (rollout, scale-in, node drain) lets open sessions finish. A session
+	// between messages is told 421 at its next command at once; one still
+	// sending DATA when the period ends is told 421 and gets no 250, so its
+	// client keeps the message and retries. The pod's termination grace
+	// covers this period. Raise it, up to the 10-minute DATA timeout, for
+	// clients that send large messages over slow links; rollouts then take
+	// longer. Default 30s.
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('15m')",message="drainGracePeriod must be between 1s and 15m, such as 30s"
+	// +optional
+	DrainGracePeriod *metav1.Duration `json:"drainGracePeriod,omitempty"`
+}
+
+// RelayService is how the relay is exposed.
+// +kubebuilder:validation:XValidation:rule="!has(self.externalTrafficPolicy) || self.type != 'ClusterIP'",message="service.externalTrafficPolicy applies to NodePort and LoadBalancer only; set service.type or remove it"
+// +kubebuilder:validation:XValidation:rule="self.type == 'LoadBalancer' || (!has(self.loadBalancerClass) && !has(self.loadBalancerSourceRanges))",message="service.loadBalancerClass and service.loadBalancerSourceRanges apply to type LoadBalancer only"
+type RelayService struct {
+	// Type is ClusterIP (in-cluster clients only), NodePort, or
+	// LoadBalancer (a cloud load balancer in front of the relays).
+	// +kubebuilder:validation:Enum=ClusterIP;NodePort;LoadBalancer
+	// +kubebuilder:default=ClusterIP
+	// +optional
+	Type corev1.ServiceType `json:"type,omitempty"`
+
+	// ExternalTrafficPolicy for NodePort and LoadBalancer. Local (the
+	// default) keeps each client's own address, which the relay's per-address
+	// limits and Received header depend on; the load balancer sends only to
+	// nodes that run a relay. Cluster spreads over every node but shows
+	// every client as a node's address, so one busy client can lock out all.
+	// +kubebuilder:validation:Enum=Local;Cluster
+	// +optional
+	ExternalTrafficPolicy corev1.ServiceExternalTrafficPolicy `json:"externalTrafficPolicy,omitempty"`
+
+	// Annotations for the Service, read by cloud load balancer controllers
+	// (for example service.beta.kubernetes.io/aws-load-balancer-type: nlb)
+	// and external-dns.
+	// +kubebuilder:validation:MaxProperties=32
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+
+	// LoadBalancerClass picks the load balancer implementation.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	LoadBalancerClass *string `json:"loadBalancerClass,omitempty"`
+
+	// LoadBalancerSourceRanges limits which client networks the load
+	// balancer admits, as CIDRs.
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=43
+	// +kubebuilder:validation:XValidation:rule="self.all(c, isCIDR(c))",message="service.loadBalancerSourceRanges must be CIDRs such as 203.0.113.0/24"
+	// +optional
+	LoadBalancerSourceRanges []string `json:"loadBalancerSourceRanges,omitempty"`
 }
 
 // RelayListener is one SMTP port.
