@@ -157,10 +157,19 @@ func TestPipelining(t *testing.T) {
 	}
 }
 
+// TestDrain: a draining relay refuses new sessions, lets a message in
+// progress finish, and tells a session between messages 421 at its next
+// command, so a rollout waits for messages, not for idle clients.
 func TestDrain(t *testing.T) {
 	env := startRelay(t)
-	open := dialRaw(t, env.addr("smtp"))
-	open.login(userMain, env.keys[userMain])
+	busy := dialRaw(t, env.addr("smtp"))
+	busy.login(userMain, env.keys[userMain])
+	busy.expectPrefix("MAIL FROM:<a@ifaxin.com>", "250")
+	idle := dialRaw(t, env.addr("smtp"))
+	idle.login(userMain, env.keys[userMain])
+	leaving := dialRaw(t, env.addr("smtp"))
+	leaving.reply() // greeting
+	leaving.expectPrefix("EHLO client.test", "250")
 
 	done := make(chan error, 1)
 	go func() {
@@ -175,25 +184,37 @@ func TestDrain(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	const shuttingDown = "421 4.3.2 mx.test Service shutting down, try again later"
 	// New sessions are told to go elsewhere.
 	late := dialRaw(t, env.addr("smtp"))
-	if got := late.reply(); got != "421 4.3.2 mx.test Service shutting down, try again later" {
+	if got := late.reply(); got != shuttingDown {
 		t.Fatalf("new session while draining: %q", got)
 	}
-	// The open session finishes its work.
-	if got := open.send("a@ifaxin.com", "b@example.com", "Subject: x\r\n\r\nduring drain\r\n"); !queuedReply.MatchString(got) {
-		t.Fatalf("open session while draining: %q", got)
+	// A session between messages is sent elsewhere at its next command.
+	idle.expect("MAIL FROM:<a@ifaxin.com>", shuttingDown)
+	// QUIT is still answered as QUIT.
+	leaving.expect("QUIT", "221 2.0.0 mx.test closing connection")
+	// The message in progress is finished and acknowledged.
+	busy.expectPrefix("RCPT TO:<b@example.com>", "250")
+	busy.expect("DATA", "354 go ahead")
+	busy.write("Subject: x\r\n\r\nduring drain\r\n.\r\n")
+	if got := busy.reply(); !queuedReply.MatchString(got) {
+		t.Fatalf("message in progress while draining: %q", got)
 	}
 	select {
 	case <-done:
 		t.Fatal("Shutdown returned while a session was open")
 	case <-time.After(100 * time.Millisecond):
 	}
-	open.expect("QUIT", "221 2.0.0 mx.test closing connection")
+	// Then that session too is sent elsewhere, and the drain ends.
+	busy.expect("MAIL FROM:<a@ifaxin.com>", shuttingDown)
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Shutdown did not return after the last session ended")
+	}
+	if n := len(env.stored()); n != 1 {
+		t.Fatalf("stored %d messages, want the 1 acknowledged", n)
 	}
 }
 

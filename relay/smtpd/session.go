@@ -165,7 +165,16 @@ func (s *session) finalReply(r Reply) {
 // handle runs one command and reports whether the session goes on.
 func (s *session) handle(line string) bool {
 	verb, arg, _ := strings.Cut(line, " ")
-	switch strings.ToUpper(verb) {
+	verb = strings.ToUpper(verb)
+	if s.srv.draining.Load() && s.from == nil && verb != "QUIT" {
+		// Between messages, a draining relay sends the client to another
+		// relay now (RFC 5321 §3.8 allows 421 to any command) rather than
+		// keep an idle session, and with it the pod, until the drain ends.
+		s.srv.deps.Metrics.refused.WithLabelValues("draining").Inc()
+		s.reply(ReplyShuttingDown.With(s.srv.cfg.Hostname))
+		return false
+	}
+	switch verb {
 	case "EHLO":
 		return s.cmdHelo(arg, true)
 	case "HELO":
