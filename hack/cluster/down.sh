@@ -158,7 +158,7 @@ done
 # Connection tracking entries of pod, service and node addresses would only
 # time out; they go now.
 if command -v conntrack >/dev/null; then
-  for cidr in "$POD_CIDR" "$SERVICE_CIDR" "$NODE_IP/32"; do
+  for cidr in "$POD_CIDR" "$SERVICE_CIDR" "$NODE_NET"; do
     conntrack -D -s "$cidr" >/dev/null 2>&1 || true
     conntrack -D -d "$cidr" >/dev/null 2>&1 || true
   done

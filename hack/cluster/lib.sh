@@ -30,6 +30,10 @@ CONTAINERD_ADDRESS=$RUN/containerd/containerd.sock
 NODE_NAME=mailfleet-node
 NODE_BRIDGE=mf-node0
 NODE_IP=10.250.0.1
+# The node's network: its address and those of clients outside the cluster
+# that tests make in network namespaces of their own (test/e2e's service
+# scenario). Pods route it to the node, so replies reach such clients.
+NODE_NET=10.250.0.0/16
 POD_BRIDGE=mf-cni0
 POD_CIDR=10.244.0.0/24
 POD_GW=10.244.0.1

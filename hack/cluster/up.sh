@@ -137,6 +137,11 @@ contain_rules() { # TABLE
   for i in "${ext[@]}"; do
     iptables -t "$t" -A "$CONTAIN_CHAIN" -o "$i" -j DROP -m comment --comment "mailfleet cluster: nothing leaves via $i"
   done
+  # Replies to connections made to pods from the host side (a test's client
+  # network namespace reaching a node port) may go back; what they could
+  # leave through externally was dropped above.
+  iptables -t "$t" -A "$CONTAIN_CHAIN" -i "$POD_BRIDGE" -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN \
+    -m comment --comment "mailfleet cluster: replies to connections made to pods"
   iptables -t "$t" -A "$CONTAIN_CHAIN" -i "$POD_BRIDGE" ! -o "$POD_BRIDGE" -j DROP \
     -m comment --comment "mailfleet cluster: pods reach pods only"
   iptables -t "$t" -A "$CONTAIN_CHAIN" -s "$POD_CIDR" ! -o "$POD_BRIDGE" -j DROP \
@@ -241,7 +246,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 EOF
 
 # CNI: a bridge with host-local addresses. Pods get routes to the service
-# range and the node only, no default route, and no masquerading: nothing
+# range and the node's network only, no default route, and no masquerading: nothing
 # outside this machine is reachable from a pod even in principle.
 put "$CONF/cni/10-mailfleet.conflist" <<EOF
 {
@@ -260,7 +265,7 @@ put "$CONF/cni/10-mailfleet.conflist" <<EOF
         "ranges": [[{ "subnet": "$POD_CIDR", "gateway": "$POD_GW" }]],
         "routes": [
           { "dst": "$SERVICE_CIDR", "gw": "$POD_GW" },
-          { "dst": "$NODE_IP/32", "gw": "$POD_GW" }
+          { "dst": "$NODE_NET", "gw": "$POD_GW" }
         ]
       }
     }
