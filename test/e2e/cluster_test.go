@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -150,4 +151,13 @@ func errOrEmpty(err error) any {
 		return ""
 	}
 	return err
+}
+
+// redact keeps a key that was a command's argument out of the test's
+// output: a failed command's error repeats its arguments.
+func redact(err error, key string) error {
+	if err == nil || key == "" {
+		return err
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), key, "<key>"))
 }

@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -32,13 +33,17 @@ func TestFleet(t *testing.T) {
 		run  func(*testing.T, *fleetEnv)
 	}{
 		{"ready", scenarioReady},
+		{"pod-spec", scenarioPodSpec},
 		{"submit", scenarioSubmit},
 		{"budget", scenarioBudget},
 		{"accounts", scenarioAccounts},
+		{"service", scenarioService},
 		{"certificate", scenarioCertificateRenewal},
+		{"evictions", scenarioEvictions},
 		{"kill-and-scale", scenarioKillAndScale},
 		{"upgrade", scenarioUpgradeUnderLoad},
 		{"backends-lost", scenarioBackendsLost},
+		{"uninstall", scenarioUninstall},
 	} {
 		if !t.Run(s.name, func(t *testing.T) { s.run(t, env) }) {
 			t.FailNow()
@@ -193,4 +198,54 @@ spec:
     - {name: smtp, port: 2525, targetPort: smtp}
     - {name: http, port: 8080, targetPort: http}
 `, image)
+}
+
+// scenarioUninstall: `helm uninstall` removes the operator and the chart's
+// NATS and Redis, and keeps what docs/install.md says it keeps: the CRDs,
+// every SmtpRelay, SmtpAccount and SmtpLabel, the credentials Secrets (same
+// keys), the relay Deployments, and the NATS volumes with the queue. The
+// relays, their queue gone, stop taking mail (not Ready) rather than take
+// mail they could lose. Installing again brings the same fleet back with
+// the same credentials.
+func scenarioUninstall(t *testing.T, env *fleetEnv) {
+	key := secretValue(t, tenantNS, "shop-smtp-credentials", "password")
+	start := time.Now()
+	helm(t, "uninstall", "mailfleet", "-n", systemNS, "--wait", "--timeout", "5m")
+	removed := time.Since(start)
+	if out := strings.TrimSpace(kubectl(t, "get", "deploy,statefulset", "-n", systemNS, "-o", "name")); out != "" {
+		t.Errorf("left in %s after uninstall:\n%s", systemNS, out)
+	}
+	for _, crd := range []string{"smtprelays", "smtpaccounts", "smtplabels"} {
+		kubectl(t, "get", "crd", crd+".mailfleet.io")
+	}
+	// (The accounts scenario deleted the sample's newsletter account.)
+	kubectl(t, "get", "-n", tenantNS, "smtprelay/"+relay, "smtpaccount/shop", "smtplabel/shop-receipts", "deployment/"+relay, "service/"+relay)
+	if got := secretValue(t, tenantNS, "shop-smtp-credentials", "password"); got != key {
+		t.Error("the account's key changed across uninstall")
+	}
+	pvcs := strings.Fields(kubectl(t, "get", "pvc", "-n", systemNS, "-o", "name"))
+	if len(pvcs) != 3 {
+		t.Errorf("NATS volumes after uninstall: %v, want the 3 of the StatefulSet kept", pvcs)
+	}
+	eventually(t, 2*time.Minute, func() error {
+		if names, _ := relayPods(t); len(names) > 0 {
+			return fmt.Errorf("relay pods %v still Ready without their queue", names)
+		}
+		return nil
+	})
+	unready := time.Since(start)
+
+	if !t.Run("reinstall", installFleet) {
+		t.FailNow()
+	}
+	waitServing(t, 2)
+	back := time.Since(start)
+	env.service = strings.TrimSpace(kubectl(t, "get", "-n", tenantNS, "service", relay, "-o", "jsonpath={.spec.clusterIP}"))
+	env.pods = relayPodIPs(t)
+	reply, err := submit(env, net.JoinHostPort(env.service, "587"), "shop", key, "e2e reinstalled")
+	if err != nil || !strings.HasSuffix(reply, "#Queued") {
+		t.Fatalf("after reinstall, with the key from before: %q %v", reply, err)
+	}
+	t.Logf("uninstalled in %v (CRDs, resources, Secrets, relay Deployment and %d NATS volumes kept); relays not Ready %v after; reinstalled and serving with the same key %v after",
+		removed.Round(time.Millisecond), len(pvcs), unready.Round(time.Millisecond), back.Round(time.Millisecond))
 }

@@ -150,7 +150,7 @@ s.quit()
 `
 	out, err := run(context.Background(), nil, "python3", "-c", script, env.service, "587", env.caFile, "shop#receipts", key)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatal(redact(err, key))
 	}
 	if !queuedReply.MatchString(strings.TrimSpace(out)) {
 		t.Fatalf("Python smtplib: DATA reply %q, want 250 2.0.0 #<id>#Queued", out)
@@ -160,7 +160,7 @@ s.quit()
 		"--auth", "LOGIN", "--auth-user", "shop", "--auth-password", key,
 		"--from", "orders@example.com", "--to", "buyer@example.org", "--header", "Subject: e2e swaks")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatal(redact(err, key))
 	}
 	if !regexp.MustCompile(`(?m)^<~  250 2\.0\.0 #[^#\s]+#Queued$`).MatchString(out) {
 		t.Fatalf("swaks: no 250 2.0.0 #<id>#Queued in\n%s", out)
