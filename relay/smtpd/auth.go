@@ -23,12 +23,6 @@ func (s *session) cmdAuth(arg string) bool {
 	case !s.authAllowed():
 		return s.protocolError(ReplyAuthNeedsTLS)
 	}
-	ip := remoteIP(s.remote)
-	if s.srv.throttle.blocked(ip) {
-		s.srv.deps.Metrics.auth.WithLabelValues("", "throttled").Inc()
-		s.reply(ReplyAuthThrottled.With(s.srv.cfg.Hostname))
-		return false
-	}
 	mech, initial, _ := strings.Cut(strings.TrimSpace(arg), " ")
 	mech = strings.ToUpper(mech)
 	var identity credentials.Identity
@@ -51,7 +45,21 @@ func (s *session) cmdAuth(arg string) bool {
 	default:
 		return s.protocolError(ReplyAuthMechanism)
 	}
+	attempt, ok := s.srv.throttle.begin(remoteIP(s.remote))
+	if !ok {
+		s.srv.deps.Metrics.auth.WithLabelValues(mech, "throttled").Inc()
+		s.reply(ReplyAuthThrottled.With(s.srv.cfg.Hostname))
+		return false
+	}
 	err := s.exchange(server, initial)
+	switch {
+	case err == nil:
+		attempt.succeeded()
+	case errors.Is(err, credentials.ErrInvalid), errors.Is(err, sasl.ErrUnexpectedClientResponse):
+		attempt.failed()
+	default:
+		attempt.abandoned()
+	}
 	switch {
 	case err == nil:
 		s.identity = &identity
@@ -66,7 +74,6 @@ func (s *session) cmdAuth(arg string) bool {
 		s.srv.deps.Metrics.auth.WithLabelValues(mech, "malformed").Inc()
 		return s.protocolError(ReplyAuthSyntax)
 	case errors.Is(err, credentials.ErrInvalid), errors.Is(err, sasl.ErrUnexpectedClientResponse):
-		s.srv.throttle.fail(ip)
 		s.srv.deps.Metrics.auth.WithLabelValues(mech, "failure").Inc()
 		// The username is not logged: clients sometimes put the key there.
 		s.log.Info("authentication failed", "mechanism", mech)

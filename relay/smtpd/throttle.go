@@ -10,6 +10,11 @@ import (
 // IP that failed too often within a window, the way Postfix's anvil and
 // fail2ban jails do, so a password guesser gets a few tries per window, not
 // thousands.
+//
+// An attempt takes one of the address's failures before its key is checked
+// and gives it back only if the key was right or never tried. Checking the
+// count and recording the failure after the exchange would let an address
+// open many sessions at once and have every one of them pass the check.
 type authThrottle struct {
 	limit  int
 	window time.Duration
@@ -21,7 +26,8 @@ type authThrottle struct {
 }
 
 type throttleEntry struct {
-	failures int
+	failures int // within the window that began at since
+	pending  int // attempts under way, each holding a failure
 	since    time.Time
 }
 
@@ -29,43 +35,70 @@ func newAuthThrottle(limit int, window time.Duration) *authThrottle {
 	return &authThrottle{limit: limit, window: window, now: time.Now, entries: map[string]*throttleEntry{}}
 }
 
-// blocked reports whether ip has used up its failures for the window.
-func (t *authThrottle) blocked(ip string) bool {
-	if t.limit <= 0 {
-		return false
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	e, ok := t.entries[ip]
-	return ok && t.now().Sub(e.since) < t.window && e.failures >= t.limit
+// authAttempt is one authentication under way; exactly one of its methods
+// ends it.
+type authAttempt struct {
+	t  *authThrottle
+	ip string
 }
 
-// fail records a failure for ip.
-func (t *authThrottle) fail(ip string) {
+// begin reserves a failure for an authentication from ip about to be
+// tried, or reports false when ip has none left in the window.
+func (t *authThrottle) begin(ip string) (authAttempt, bool) {
 	if t.limit <= 0 {
-		return
+		return authAttempt{}, true
 	}
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.sweep(now)
 	e, ok := t.entries[ip]
-	if !ok || now.Sub(e.since) >= t.window {
+	if !ok {
 		e = &throttleEntry{since: now}
 		t.entries[ip] = e
 	}
-	e.failures++
+	if now.Sub(e.since) >= t.window {
+		e.failures, e.since = 0, now
+	}
+	if e.failures+e.pending >= t.limit {
+		return authAttempt{}, false
+	}
+	e.pending++
+	return authAttempt{t: t, ip: ip}, true
 }
 
-// sweep drops expired entries at most once per window, so the map stays
-// bounded by the IPs that failed recently.
+// failed turns the reservation into a failure.
+func (a authAttempt) failed() { a.end(func(e *throttleEntry) { e.failures++ }) }
+
+// succeeded forgives the address its failures: behind one NAT, a client
+// that logs in must not stay locked out by another that keeps failing.
+func (a authAttempt) succeeded() { a.end(func(e *throttleEntry) { e.failures = 0 }) }
+
+// abandoned gives the reservation back: no key was checked (cancelled,
+// malformed, or the connection went away first).
+func (a authAttempt) abandoned() { a.end(func(*throttleEntry) {}) }
+
+func (a authAttempt) end(f func(*throttleEntry)) {
+	if a.t == nil {
+		return
+	}
+	a.t.mu.Lock()
+	defer a.t.mu.Unlock()
+	if e, ok := a.t.entries[a.ip]; ok {
+		e.pending--
+		f(e)
+	}
+}
+
+// sweep drops expired entries with no attempt under way, at most once per
+// window, so the map stays bounded by the IPs that failed recently.
 func (t *authThrottle) sweep(now time.Time) {
 	if now.Sub(t.swept) < t.window {
 		return
 	}
 	t.swept = now
 	for ip, e := range t.entries {
-		if now.Sub(e.since) >= t.window {
+		if e.pending == 0 && (now.Sub(e.since) >= t.window || e.failures == 0) {
 			delete(t.entries, ip)
 		}
 	}

@@ -1,0 +1,90 @@
+package smtpd
+
+import (
+	"strings"
+	"testing"
+)
+
+// Attack (issue 12.1): many sessions from one address start AUTH at once,
+// so each passes the failure check before any failure is recorded, and the
+// address gets one guess per session instead of AuthFailureLimit. AUTH LOGIN
+// makes the race certain: every session is past the check (334) before the
+// first key is sent. A failure is now reserved when the exchange begins.
+func TestAttackParallelAuthGuesses(t *testing.T) {
+	const limit, sessions = 3, 12
+	env := startRelay(t, func(c *Config, _ *Deps) { c.AuthFailureLimit = limit })
+	var started []*rawClient
+	throttled := 0
+	for range sessions {
+		c := dialRaw(t, env.addr("smtp"))
+		c.reply()
+		c.expectPrefix("EHLO client.test", "250")
+		switch got := c.cmd("AUTH LOGIN"); {
+		case strings.HasPrefix(got, "334 "):
+			started = append(started, c)
+		case got == "421 4.7.0 mx.test Too many authentication failures, try again later":
+			throttled++
+		default:
+			t.Fatalf("AUTH LOGIN: %q", got)
+		}
+	}
+	guesses := 0
+	for _, c := range started {
+		c.expectPrefix(b64(userMain), "334 ")
+		if got := c.cmd(b64("wrong-key")); got == "535 5.7.8 Authentication credentials invalid" {
+			guesses++
+		}
+	}
+	if guesses > limit || throttled != sessions-limit {
+		t.Fatalf("%d parallel sessions from one address: %d keys checked and %d throttled, want at most %d checked",
+			sessions, guesses, throttled, limit)
+	}
+	late := dialRaw(t, env.addr("smtp"))
+	late.reply()
+	late.expectPrefix("EHLO client.test", "250")
+	late.expect("AUTH PLAIN "+b64("\x00"+userMain+"\x00wrong"), "421 4.7.0 mx.test Too many authentication failures, try again later")
+}
+
+// A successful login forgives its address's failures, so one client behind
+// a NAT that keeps failing does not lock out another that has the key
+// (issue 12.5); a cancelled exchange checks no key and costs nothing.
+func TestAuthSuccessForgivesAddress(t *testing.T) {
+	env := startRelay(t, func(c *Config, _ *Deps) { c.AuthFailureLimit = 3 })
+	bad := "AUTH PLAIN " + b64("\x00"+userMain+"\x00wrong")
+	c := dialRaw(t, env.addr("smtp"))
+	c.reply()
+	c.expectPrefix("EHLO client.test", "250")
+	c.expect(bad, "535 5.7.8 Authentication credentials invalid")
+	c.expect(bad, "535 5.7.8 Authentication credentials invalid")
+	for range 5 {
+		c.expectPrefix("AUTH LOGIN", "334 ")
+		c.expect("*", "501 5.7.0 Authentication cancelled")
+	}
+	good := dialRaw(t, env.addr("smtp"))
+	good.login(userMain, env.keys[userMain])
+	// Forgiven: three more failures before the address is shut out.
+	for range 3 {
+		c.expect(bad, "535 5.7.8 Authentication credentials invalid")
+	}
+	c.expect(bad, "421 4.7.0 mx.test Too many authentication failures, try again later")
+}
+
+// Attack (issue 12.4): a client, or a network neighbour replaying what it
+// sniffed, sends AUTH before STARTTLS. A listener with no setting (here
+// "submission"; every default listener renders that way) neither offers
+// AUTH nor checks a key sent in clear: a right key gets 530 like a wrong one.
+func TestAttackClearTextAuth(t *testing.T) {
+	env := startRelay(t)
+	c := dialRaw(t, env.addr("submission"))
+	c.reply()
+	if ehlo := c.cmd("EHLO client.test"); strings.Contains(ehlo, "AUTH") {
+		t.Fatalf("AUTH offered before TLS: %q", ehlo)
+	}
+	for _, line := range []string{
+		"AUTH PLAIN " + b64("\x00"+userMain+"\x00"+env.keys[userMain]),
+		"AUTH LOGIN " + b64(userMain),
+	} {
+		c.expect(line, "530 5.7.0 Must issue a STARTTLS command first")
+	}
+	c.expectPrefix("MAIL FROM:<a@ifaxin.com>", "530 ")
+}
