@@ -236,7 +236,7 @@ func TestRelayUpdates(t *testing.T) {
 	t.Run("listeners", func(t *testing.T) {
 		updateRelay(t, relay, func(r *v1.SmtpRelay) {
 			r.Spec.Listeners = []v1.RelayListener{
-				{Name: "submission", Port: 587, TLS: v1.ListenerStartTLS, AuthRequiresTLS: true},
+				{Name: "submission", Port: 587, TLS: v1.ListenerStartTLS, AuthRequiresTLS: ptr.To(true)},
 				{Name: "alt", Port: 2526, TLS: v1.ListenerStartTLS},
 			}
 		})

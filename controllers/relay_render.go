@@ -249,7 +249,7 @@ func relayReplicas(relay *v1.SmtpRelay) int32 {
 func defaultRelayListeners() []v1.RelayListener {
 	return []v1.RelayListener{
 		{Name: "smtp", Port: 25, TLS: v1.ListenerStartTLS},
-		{Name: "submission", Port: 587, TLS: v1.ListenerStartTLS, AuthRequiresTLS: true},
+		{Name: "submission", Port: 587, TLS: v1.ListenerStartTLS},
 		{Name: "alt", Port: 2525, TLS: v1.ListenerStartTLS},
 		{Name: "smtps", Port: 465, TLS: v1.ListenerImplicit},
 	}
@@ -328,7 +328,7 @@ func relayConfig(relay *v1.SmtpRelay, ports []relayPort) config.Config {
 			Name:            p.Name,
 			Address:         ":" + strconv.Itoa(int(p.ContainerPort)),
 			ImplicitTLS:     p.TLS == v1.ListenerImplicit,
-			AuthRequiresTLS: p.AuthRequiresTLS,
+			AuthRequiresTLS: ptr.To(ptr.Deref(p.AuthRequiresTLS, true)),
 		})
 	}
 	return c

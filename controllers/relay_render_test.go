@@ -214,20 +214,20 @@ func TestRenderRelayListeners(t *testing.T) {
 		name:  "defaults: privileged ports move up by 10000, 2525 stays",
 		relay: newTestRelay(),
 		want: []portView{
-			{name: "smtp", servicePort: 25, target: 10025, containerPort: 10025, configAddress: ":10025"},
+			{name: "smtp", servicePort: 25, target: 10025, containerPort: 10025, configAddress: ":10025", authTLS: true},
 			{name: "submission", servicePort: 587, target: 10587, containerPort: 10587, configAddress: ":10587", authTLS: true},
-			{name: "alt", servicePort: 2525, target: 2525, containerPort: 2525, configAddress: ":2525"},
-			{name: "smtps", servicePort: 465, target: 10465, containerPort: 10465, configAddress: ":10465", implicitTLS: true},
+			{name: "alt", servicePort: 2525, target: 2525, containerPort: 2525, configAddress: ":2525", authTLS: true},
+			{name: "smtps", servicePort: 465, target: 10465, containerPort: 10465, configAddress: ":10465", implicitTLS: true, authTLS: true},
 		},
 	}, {
 		name: "custom",
 		relay: newTestRelay(withListeners(
-			v1.RelayListener{Name: "submission", Port: 587, TLS: v1.ListenerStartTLS, AuthRequiresTLS: true},
+			v1.RelayListener{Name: "submission", Port: 587, TLS: v1.ListenerStartTLS, AuthRequiresTLS: ptr.To(false)},
 			v1.RelayListener{Name: "tls", Port: 4650, TLS: v1.ListenerImplicit},
 		)),
 		want: []portView{
-			{name: "submission", servicePort: 587, target: 10587, containerPort: 10587, configAddress: ":10587", authTLS: true},
-			{name: "tls", servicePort: 4650, target: 4650, containerPort: 4650, configAddress: ":4650", implicitTLS: true},
+			{name: "submission", servicePort: 587, target: 10587, containerPort: 10587, configAddress: ":10587"},
+			{name: "tls", servicePort: 4650, target: 4650, containerPort: 4650, configAddress: ":4650", implicitTLS: true, authTLS: true},
 		},
 	}}
 	for _, tt := range tests {
@@ -268,7 +268,7 @@ func portViews(t *testing.T, objs *RelayObjects) []portView {
 		out = append(out, portView{
 			name: sp.Name, servicePort: sp.Port, target: sp.TargetPort.IntVal,
 			containerPort: containerPorts[sp.Name],
-			configAddress: l.Address, implicitTLS: l.ImplicitTLS, authTLS: l.AuthRequiresTLS,
+			configAddress: l.Address, implicitTLS: l.ImplicitTLS, authTLS: l.AuthNeedsTLS(),
 		})
 	}
 	if len(cfg.Listeners) != len(out) {
@@ -350,6 +350,9 @@ func TestDefaultListenersMatchRelay(t *testing.T) {
 			tls = v1.ListenerImplicit
 		}
 		want = append(want, v1.RelayListener{Name: l.Name, Port: int32(n), TLS: tls, AuthRequiresTLS: l.AuthRequiresTLS})
+		if l.AuthRequiresTLS != nil {
+			t.Errorf("config.DefaultListeners sets authRequiresTLS on %s; its default is the API's default", l.Name)
+		}
 	}
 	if got := defaultRelayListeners(); !reflect.DeepEqual(got, want) {
 		t.Errorf("defaultRelayListeners() = %+v\nrelay's config.DefaultListeners() = %+v", got, want)

@@ -155,9 +155,12 @@ type RelayListener struct {
 	// +kubebuilder:default=StartTLS
 	// +optional
 	TLS ListenerTLS `json:"tls,omitempty"`
-	// AuthRequiresTLS refuses AUTH until the session is encrypted.
+	// AuthRequiresTLS neither offers nor accepts AUTH until the session is
+	// encrypted (530 5.7.0 before STARTTLS), as Postfix's
+	// smtpd_tls_auth_only. Default true; set false only for old clients on
+	// a network you trust, since their keys then cross it in clear.
 	// +optional
-	AuthRequiresTLS bool `json:"authRequiresTLS,omitempty"`
+	AuthRequiresTLS *bool `json:"authRequiresTLS,omitempty"`
 }
 
 // ListenerTLS is how a listener starts TLS.

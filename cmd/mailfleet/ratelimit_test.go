@@ -189,7 +189,9 @@ func TestRelayCountsThroughRatelimitProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfgFile := filepath.Join(dir, "relay.yaml")
-	cfg := "hostname: mx.test\nlisteners: [{name: smtp, address: '127.0.0.1:0'}]\ncredentialsFile: " + credsFile +
+	// Clients log in over clear text (authRequiresTLS: false): this test is
+	// about what follows AUTH, not about TLS.
+	cfg := "hostname: mx.test\nlisteners: [{name: smtp, address: '127.0.0.1:0', authRequiresTLS: false}]\ncredentialsFile: " + credsFile +
 		"\nspoolDir: " + filepath.Join(dir, "spool") + "\nmetricsAddress: '127.0.0.1:0'\nbudget: {sidecar: {address: '" + grpcAddr + "'}}\n"
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -192,7 +192,7 @@ func smtpConfig(ctx context.Context, cfg config.Config, reg prometheus.Registere
 	}
 	for _, lc := range cfg.Listeners {
 		out.Listeners = append(out.Listeners, smtpd.Listener{
-			Name: lc.Name, Addr: lc.Address, ImplicitTLS: lc.ImplicitTLS, AuthRequiresTLS: lc.AuthRequiresTLS,
+			Name: lc.Name, Addr: lc.Address, ImplicitTLS: lc.ImplicitTLS, AllowAuthWithoutTLS: !lc.AuthNeedsTLS(),
 		})
 	}
 	if cfg.TLS != nil {

@@ -41,7 +41,9 @@ func TestRelayWaitsForJetStream(t *testing.T) {
 	metricsAddr := freeAddr(t)
 
 	cfgFile := filepath.Join(dir, "relay.yaml")
-	cfg := fmt.Sprintf("hostname: mx.test\nlisteners: [{name: smtp, address: '127.0.0.1:0'}]\ncredentialsFile: %s\n"+
+	// Clients log in over clear text (authRequiresTLS: false): this test is
+	// about what follows AUTH, not about TLS.
+	cfg := fmt.Sprintf("hostname: mx.test\nlisteners: [{name: smtp, address: '127.0.0.1:0', authRequiresTLS: false}]\ncredentialsFile: %s\n"+
 		"metricsAddress: '%s'\nqueue: {nats: {url: 'nats://127.0.0.1:%d', replicas: 1}}\n"+
 		"delivery: {localDir: %s}\n", credsFile, metricsAddr, natsPort, filepath.Join(dir, "out"))
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {

@@ -52,11 +52,17 @@ type Config struct {
 
 // Listener is one SMTP port.
 type Listener struct {
-	Name            string `json:"name"`
-	Address         string `json:"address"`
-	ImplicitTLS     bool   `json:"implicitTLS,omitempty"`
-	AuthRequiresTLS bool   `json:"authRequiresTLS,omitempty"`
+	Name        string `json:"name"`
+	Address     string `json:"address"`
+	ImplicitTLS bool   `json:"implicitTLS,omitempty"`
+	// AuthRequiresTLS, true when unset, neither offers nor accepts AUTH
+	// before the session is encrypted. false lets keys cross the network in
+	// clear, for old clients on a network you trust.
+	AuthRequiresTLS *bool `json:"authRequiresTLS,omitempty"`
 }
+
+// AuthNeedsTLS reports whether the listener refuses AUTH before TLS.
+func (l Listener) AuthNeedsTLS() bool { return l.AuthRequiresTLS == nil || *l.AuthRequiresTLS }
 
 // CredentialsSecrets names the relay whose credentials shards to watch.
 type CredentialsSecrets struct {
@@ -198,12 +204,11 @@ const (
 )
 
 // DefaultListeners are the contract's ports: STARTTLS on 25, 587 and 2525
-// (587 only lets AUTH in after STARTTLS, in RFC 8314's spirit) and implicit
-// TLS on 465.
+// and implicit TLS on 465; each takes AUTH only once encrypted.
 func DefaultListeners() []Listener {
 	return []Listener{
 		{Name: "smtp", Address: ":25"},
-		{Name: "submission", Address: ":587", AuthRequiresTLS: true},
+		{Name: "submission", Address: ":587"},
 		{Name: "alt", Address: ":2525"},
 		{Name: "smtps", Address: ":465", ImplicitTLS: true},
 	}

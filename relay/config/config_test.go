@@ -19,7 +19,7 @@ func TestLoad(t *testing.T) {
 			name: "minimal file takes the contract's listeners",
 			file: "credentialsFile: /c.yaml\nspoolDir: /s\ntls: {certFile: /t.crt, keyFile: /t.key}\n",
 			check: func(t *testing.T, c Config) {
-				if len(c.Listeners) != 4 || !c.Listeners[1].AuthRequiresTLS || !c.Listeners[3].ImplicitTLS {
+				if len(c.Listeners) != 4 || !c.Listeners[0].AuthNeedsTLS() || !c.Listeners[1].AuthNeedsTLS() || !c.Listeners[3].ImplicitTLS {
 					t.Fatalf("listeners = %+v", c.Listeners)
 				}
 				if c.DrainGracePeriod.Duration != 30*time.Second {

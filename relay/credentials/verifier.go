@@ -102,15 +102,29 @@ func identityOf(acct *Account, labelID string) Identity {
 // depth; "*.example.com" does not match example.com itself, so list both when
 // both are wanted. The null sender "" and addresses without a domain are
 // refused, since they name no domain the account could be checked against.
+//
+// The address must already be a valid RFC 5321 mailbox: its domain is then
+// what follows the last '@'. A caller that has parsed the address passes
+// its domain to SenderDomainAllowed instead.
 func (id Identity) SenderAllowed(address string) bool {
+	at := strings.LastIndexByte(address, '@')
+	if at < 0 {
+		return id.SenderDomainAllowed("")
+	}
+	return id.SenderDomainAllowed(address[at+1:])
+}
+
+// SenderDomainAllowed reports whether the identity may send from domain, the
+// domain of a parsed envelope sender; "" (the null sender) passes only when
+// the account is not restricted.
+func (id Identity) SenderDomainAllowed(domain string) bool {
 	if len(id.AllowedSenderDomains) == 0 {
 		return true
 	}
-	at := strings.LastIndexByte(address, '@')
-	if at < 0 || at == len(address)-1 {
+	if domain == "" {
 		return false
 	}
-	domain := lowerASCII(address[at+1:])
+	domain = lowerASCII(domain)
 	for _, entry := range id.AllowedSenderDomains {
 		if domainMatches(lowerASCII(entry), domain) {
 			return true

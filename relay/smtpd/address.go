@@ -1,6 +1,7 @@
 package smtpd
 
 import (
+	"net/netip"
 	"strconv"
 	"strings"
 )
@@ -8,15 +9,24 @@ import (
 // maxPathLength is RFC 5321's limit on a path, angle brackets included.
 const maxPathLength = 256
 
-// parsePath parses `<address> [PARAM[=value] ...]` after FROM: or TO:. It is
-// lenient where clients commonly are (a space after the colon, an address
-// without angle brackets) and strict about what is stored: no spaces, control
-// characters or brackets inside the address.
+// RFC 5321 §4.5.3.1 limits.
+const (
+	maxLocalPart = 64
+	maxDomain    = 255
+)
+
+// parsePath parses `<mailbox> [PARAM[=value] ...]` after FROM: or TO:. It
+// is lenient where clients commonly are (a space after the colon, a mailbox
+// without angle brackets) and strict about the mailbox itself: exactly RFC
+// 5321's Mailbox grammar (see parseMailbox), nothing more. A source route
+// (<@a,@b:user@c>) is refused, not stripped: it has been obsolete since
+// 2001, and a relay that rewrote paths would check one address and send to
+// another.
 func parsePath(arg string) (addr string, params []string, ok bool) {
 	arg = strings.TrimLeft(arg, " ")
 	var rest string
 	if strings.HasPrefix(arg, "<") {
-		end := strings.IndexByte(arg, '>')
+		end := pathEnd(arg)
 		if end < 0 || end+1 > maxPathLength {
 			return "", nil, false
 		}
@@ -30,41 +40,133 @@ func parsePath(arg string) (addr string, params []string, ok bool) {
 			return "", nil, false
 		}
 	}
-	// A source route (<@a,@b:user@c>) is obsolete; keep the mailbox.
-	if strings.HasPrefix(addr, "@") {
-		_, mailbox, found := strings.Cut(addr, ":")
-		if !found {
+	if addr != "" {
+		if _, ok := parseMailbox(addr); !ok {
 			return "", nil, false
 		}
-		addr = mailbox
-	}
-	if !validAddress(addr) {
-		return "", nil, false
 	}
 	return addr, strings.Fields(rest), true
 }
 
-// validAddress accepts "" (the null path; callers decide where it is allowed)
-// or local@domain made of printable characters without spaces or brackets.
-func validAddress(addr string) bool {
-	if addr == "" {
-		return true
+// pathEnd is the index of the '>' that closes the path opened at arg[0],
+// skipping a quoted local part, or -1.
+func pathEnd(arg string) int {
+	quoted := false
+	for i := 1; i < len(arg); i++ {
+		switch c := arg[i]; {
+		case quoted && c == '\\':
+			i++
+		case c == '"':
+			quoted = !quoted
+		case !quoted && c == '>':
+			return i
+		}
 	}
-	at := strings.LastIndexByte(addr, '@')
-	if at <= 0 || at == len(addr)-1 {
-		return false
+	return -1
+}
+
+// mailbox is a parsed RFC 5321 Mailbox. domain is a domain name, or an
+// address literal with its brackets ("[192.0.2.1]", "[IPv6:2001:db8::1]").
+type mailbox struct {
+	local, domain string
+}
+
+func (m mailbox) literal() bool { return strings.HasPrefix(m.domain, "[") }
+
+// parseMailbox parses Mailbox = Local-part "@" ( Domain / address-literal ),
+// where Local-part is a Dot-string or a Quoted-string. Everything else is
+// refused: commas, spaces and '@' outside quotes, empty labels, 8-bit bytes
+// (SMTPUTF8 is not offered), general address literals, and parts over RFC
+// 5321's lengths. The domain is what follows the last '@', which the grammar
+// guarantees is the separator: a Domain never contains one.
+func parseMailbox(s string) (mailbox, bool) {
+	at := strings.LastIndexByte(s, '@')
+	if at <= 0 {
+		return mailbox{}, false
 	}
-	for i := 0; i < len(addr); i++ {
-		c := addr[i]
-		if c <= ' ' || c == 0x7f || c == '<' || c == '>' {
-			// UTF-8 (SMTPUTF8) is not advertised, so 8-bit bytes are refused too.
+	m := mailbox{local: s[:at], domain: s[at+1:]}
+	if len(m.local) > maxLocalPart || !validLocalPart(m.local) {
+		return mailbox{}, false
+	}
+	if m.literal() {
+		return m, validAddressLiteral(m.domain)
+	}
+	return m, len(m.domain) <= maxDomain && validDomain(m.domain)
+}
+
+func validLocalPart(s string) bool {
+	if strings.HasPrefix(s, `"`) {
+		return validQuotedString(s)
+	}
+	for _, atom := range strings.Split(s, ".") {
+		if atom == "" {
 			return false
 		}
-		if c >= 0x80 {
+		for i := 0; i < len(atom); i++ {
+			if !isAtext(atom[i]) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// isAtext is RFC 5322's atext: letters, digits and !#$%&'*+-/=?^_`{|}~.
+func isAtext(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+		strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0
+}
+
+// validQuotedString: DQUOTE *(qtextSMTP / "\" %d32-126) DQUOTE, where
+// qtextSMTP is %d32-33 / %d35-91 / %d93-126.
+func validQuotedString(s string) bool {
+	if len(s) < 2 || s[len(s)-1] != '"' {
+		return false
+	}
+	for i := 1; i < len(s)-1; i++ {
+		c := s[i]
+		switch {
+		case c == '\\':
+			i++
+			if i >= len(s)-1 || s[i] < 32 || s[i] > 126 {
+				return false
+			}
+		case c == '"' || c < 32 || c > 126:
 			return false
 		}
 	}
 	return true
+}
+
+// validDomain: sub-domain *("." sub-domain), each a letter or digit, then
+// letters, digits and hyphens, ending in a letter or digit.
+func validDomain(s string) bool {
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// validAddressLiteral: "[" IPv4 "]" or "[IPv6:" IPv6 "]" (RFC 5321 §4.1.3).
+func validAddressLiteral(s string) bool {
+	inner, ok := strings.CutSuffix(strings.TrimPrefix(s, "["), "]")
+	if !ok {
+		return false
+	}
+	if v6, ok := cutPrefixFold(inner, "IPv6:"); ok {
+		addr, err := netip.ParseAddr(v6)
+		return err == nil && addr.Is6() && addr.Zone() == ""
+	}
+	addr, err := netip.ParseAddr(inner)
+	return err == nil && addr.Is4()
 }
 
 // mailParams are the MAIL FROM parameters the relay understands.

@@ -98,8 +98,10 @@ func startRelay(t testing.TB, opts ...relayOption) *relayEnv {
 		Banner:   "mailfleet",
 		TLS:      certs.ServerTLSConfig(env.certs.GetCertificate),
 		Listeners: []Listener{
-			{Name: "smtp", Addr: "127.0.0.1:0"},
-			{Name: "submission", Addr: "127.0.0.1:0", AuthRequiresTLS: true},
+			// Most tests speak clear text on "smtp" to see the protocol
+			// itself, so it opts out of the default; "submission" keeps it.
+			{Name: "smtp", Addr: "127.0.0.1:0", AllowAuthWithoutTLS: true},
+			{Name: "submission", Addr: "127.0.0.1:0"},
 			{Name: "smtps", Addr: "127.0.0.1:0", ImplicitTLS: true},
 		},
 	}

@@ -33,8 +33,10 @@ type Listener struct {
 	// ImplicitTLS starts TLS on connect (port 465); otherwise STARTTLS is
 	// offered when a certificate is configured.
 	ImplicitTLS bool
-	// AuthRequiresTLS hides and refuses AUTH until the session is encrypted.
-	AuthRequiresTLS bool
+	// AllowAuthWithoutTLS offers AUTH before the session is encrypted. By
+	// default AUTH is neither offered nor accepted until it is, as Postfix's
+	// smtpd_tls_auth_only, so no key crosses the network in clear.
+	AllowAuthWithoutTLS bool
 }
 
 // Config is what the server needs besides its collaborators. Zero values take
@@ -174,7 +176,7 @@ func (s *Server) Start() error {
 	}
 	for _, l := range s.cfg.Listeners {
 		s.deps.Log.Info("listening", "listener", l.Name, "address", s.listeners[l.Name].Addr().String(),
-			"implicit_tls", l.ImplicitTLS, "auth_requires_tls", l.AuthRequiresTLS)
+			"implicit_tls", l.ImplicitTLS, "auth_without_tls", l.AllowAuthWithoutTLS)
 		s.wg.Add(1)
 		go s.accept(l, s.listeners[l.Name])
 	}

@@ -265,7 +265,7 @@ func (s *session) capabilities() []string {
 }
 
 func (s *session) authAllowed() bool {
-	return s.tls || !s.listener.AuthRequiresTLS
+	return s.tls || s.listener.AllowAuthWithoutTLS
 }
 
 func (s *session) cmdStartTLS(arg string) bool {
@@ -336,7 +336,7 @@ func (s *session) cmdMail(arg string) bool {
 		s.reply(ReplyTooBig)
 		return true
 	}
-	if !s.identity.SenderAllowed(addr) {
+	if !s.senderAllowed(addr) {
 		s.srv.deps.Metrics.rejected(s.identity.APIUser, s.identity.LabelID, reasonSenderNotAllowed)
 		s.reply(ReplySenderNotAllowed.With(addr))
 		return true
@@ -344,6 +344,16 @@ func (s *session) cmdMail(arg string) bool {
 	s.from = &addr
 	s.reply(ReplySenderOK.With(addr))
 	return true
+}
+
+// senderAllowed decides on the domain the parser found, never on a second
+// reading of the raw address.
+func (s *session) senderAllowed(addr string) bool {
+	mb, ok := parseMailbox(addr)
+	if !ok {
+		return s.identity.SenderDomainAllowed("") // the null sender
+	}
+	return s.identity.SenderDomainAllowed(mb.domain)
 }
 
 func (s *session) cmdRcpt(arg string) bool {

@@ -1,0 +1,107 @@
+package smtpd
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// Attack (issue 12.2): an account allowed only ifaxin.com names a foreign
+// sender in a path that a lenient parser accepts and whose last '@' is in an
+// allowed domain. Each must be refused as bad syntax (501 5.1.7) before the
+// sender check, or by the sender check on the domain the parser found.
+func TestAttackSenderDomainBypass(t *testing.T) {
+	env := startRelay(t)
+	// A session per refusal: the relay closes one after too many errors.
+	session := func() *rawClient {
+		c := dialRaw(t, env.addr("smtp"))
+		c.login(userRestricted, env.keys[userRestricted])
+		return c
+	}
+	for _, from := range []string{
+		"<ceo@bank.example,x@ifaxin.com>",
+		"<ceo@bank.example x@ifaxin.com>",
+		"<@bank.example:ceo@ifaxin.com>",
+		"<@ifaxin.com:ceo@bank.example>",
+		"<ceo@bank.example@ifaxin.com>",
+		"<ceo@bank.example.@ifaxin.com>",
+		"<ceo(@ifaxin.com)@bank.example>",
+		"<ceo@bank.example\x00@ifaxin.com>",
+		"<ceo@[ifaxin.com]>",
+		"<ceo@ifaxin.com.>",
+	} {
+		session().expect("MAIL FROM:"+from, "501 5.1.7 Bad address syntax")
+	}
+	c := session()
+	c.expect("MAIL FROM:<ceo@bank.example>", "553 5.7.1 Sender address <ceo@bank.example> not allowed for this account")
+	// A quoted local part may hold '@' and ','; the domain is still the one after it.
+	c.expect(`MAIL FROM:<"ceo@ifaxin.com,"@bank.example>`, `553 5.7.1 Sender address <"ceo@ifaxin.com,"@bank.example> not allowed for this account`)
+	c.expectPrefix(`MAIL FROM:<"a b>c"@IFAXIN.com>`, "250 ")
+	c.expect("RSET", "250 2.0.0 OK")
+	c.expectPrefix("MAIL FROM:<orders+eu@ifaxin.com>", "250 ")
+	// Recipients go through the same grammar.
+	for _, to := range []string{"<a@b.example,c@d.example>", "<@relay.example:a@b.example>", "<a@-b.example>", "<a@[300.1.1.1]>"} {
+		c := session()
+		c.expectPrefix("MAIL FROM:<orders@ifaxin.com>", "250 ")
+		c.expect("RCPT TO:"+to, "501 5.1.3 Bad recipient address syntax")
+	}
+	c.expectPrefix("RCPT TO:<a@[IPv6:2001:db8::1]>", "250 ")
+}
+
+// mailboxReference is RFC 5321's Mailbox ABNF written out as a regular
+// expression, independently of parseMailbox; address literals are checked
+// for a valid IP below it.
+var mailboxReference = func() *regexp.Regexp {
+	atext := "[A-Za-z0-9!#$%&'*+\\-/=?^_`{|}~]"
+	dotString := fmt.Sprintf(`%s+(?:\.%s+)*`, atext, atext)
+	quoted := `"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"`
+	subDomain := `[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?`
+	domain := fmt.Sprintf(`%s(?:\.%s)*`, subDomain, subDomain)
+	literal := `\[(?:[0-9.]+|[Ii][Pp][Vv]6:[0-9A-Fa-f:.]+)\]`
+	return regexp.MustCompile(fmt.Sprintf(`^(%s|%s)@(%s|%s)$`, dotString, quoted, domain, literal))
+}()
+
+func referenceMailbox(s string) bool {
+	m := mailboxReference.FindStringSubmatch(s)
+	if m == nil || len(m[1]) > maxLocalPart || len(m[2]) > maxDomain {
+		return false
+	}
+	if inner, ok := strings.CutPrefix(m[2], "["); ok {
+		inner = strings.TrimSuffix(inner, "]")
+		if len(inner) > 5 && strings.EqualFold(inner[:5], "IPv6:") {
+			a, err := netip.ParseAddr(inner[5:])
+			return err == nil && a.Is6() && a.Zone() == ""
+		}
+		a, err := netip.ParseAddr(inner)
+		return err == nil && a.Is4()
+	}
+	for _, label := range strings.Split(m[2], ".") {
+		if len(label) > 63 {
+			return false
+		}
+	}
+	return true
+}
+
+// FuzzMailboxAgainstGrammar: parseMailbox accepts exactly what the
+// reference grammar accepts, and the domain it reports is the grammar's.
+func FuzzMailboxAgainstGrammar(f *testing.F) {
+	for _, s := range []string{"a@b.example", `"a@b,c"@d.example`, "a@[192.0.2.1]", "a@[IPv6:2001:db8::1]",
+		"a@b.example,c@d.example", "@r:a@b", "a..b@c", "a@b-.c", `"a\"b"@c`, "a@[1.2.3]", "x@" + strings.Repeat("a", 64) + ".example"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		mb, ok := parseMailbox(s)
+		want := referenceMailbox(s)
+		if ok != want {
+			t.Fatalf("parseMailbox(%q) ok=%v, the grammar says %v", s, ok, want)
+		}
+		if ok {
+			if m := mailboxReference.FindStringSubmatch(s); mb.local != m[1] || mb.domain != m[2] {
+				t.Fatalf("parseMailbox(%q) = %q @ %q, the grammar says %q @ %q", s, mb.local, mb.domain, m[1], m[2])
+			}
+		}
+	})
+}
