@@ -16,7 +16,11 @@ import (
 	"testing"
 	"time"
 
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 )
 
 // scenarioPodSpec: what the operator renders, as the kubelet runs it. The
@@ -139,6 +143,7 @@ func scenarioEvictions(t *testing.T, env *fleetEnv) {
 	defer finish()
 	time.Sleep(3 * time.Second)
 
+	evict := evictor(t)
 	start := time.Now()
 	if err := evict(names[0]); err != nil {
 		t.Fatalf("evict %s: %v", names[0], err)
@@ -167,12 +172,26 @@ func scenarioEvictions(t *testing.T, env *fleetEnv) {
 	env.pods = relayPodIPs(t)
 }
 
-// evict asks the API server to evict a relay pod, as `kubectl drain` does.
-func evict(pod string) error {
-	body := fmt.Sprintf(`{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":%q,"namespace":%q}}`, pod, tenantNS)
-	_, err := run(context.Background(), []byte(body), kubectlBin, "create", "--raw",
-		"/api/v1/namespaces/"+tenantNS+"/pods/"+pod+"/eviction", "-f", "-")
-	return err
+// evictor returns a function that asks the API server to evict a relay
+// pod, as `kubectl drain` does. It calls the API directly: the second
+// eviction must reach the server before the first pod's replacement is
+// Ready, and starting a kubectl process on a loaded machine has taken
+// seconds.
+func evictor(t *testing.T) func(pod string) error {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(pod string) error {
+		return cs.PolicyV1().Evictions(tenantNS).Evict(context.Background(), &policyv1.Eviction{
+			ObjectMeta: metav1.ObjectMeta{Name: pod, Namespace: tenantNS},
+		})
+	}
 }
 
 // waitServing waits until n relay pods serve and none of them is one of
