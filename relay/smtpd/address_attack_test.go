@@ -105,3 +105,16 @@ func FuzzMailboxAgainstGrammar(f *testing.F) {
 		}
 	})
 }
+
+// Attack (issue 12.9): an EHLO name with control characters and escape
+// sequences, or of any length, is echoed in the reply, logged and stored
+// with the message. Only printable ASCII up to a domain's length goes on.
+func TestAttackHeloName(t *testing.T) {
+	env := startRelay(t)
+	c := dialRaw(t, env.addr("smtp"))
+	c.reply()
+	const sent = "evil\rX-Injected:\x1b[31m\x00"
+	const shown = "evil?X-Injected:?[31m?"
+	c.expect("HELO "+sent+strings.Repeat("a", 400), "250 mx.test Hello "+shown+strings.Repeat("a", 255-len(shown)))
+	c.expectPrefix("EHLO caf\xc3\xa9.example", "250-mx.test Hello caf??.example")
+}

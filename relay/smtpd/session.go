@@ -233,6 +233,10 @@ func (s *session) cmdHelo(arg string, extended bool) bool {
 	if i := strings.IndexByte(name, ' '); i > 0 {
 		name = name[:i]
 	}
+	// The name is echoed in the reply, logged and stored with each message:
+	// whatever the client sent, only printable ASCII of a domain's length
+	// goes on.
+	name = printableToken(name, maxHeloName)
 	s.helo = name
 	s.resetTransaction()
 	greeting := ReplyHelo.With(s.srv.cfg.Hostname, name)
@@ -249,6 +253,24 @@ func (s *session) cmdHelo(arg string, extended bool) bool {
 		fmt.Fprintf(s.bw, "250%s%s\r\n", sep, text)
 	}
 	return true
+}
+
+// maxHeloName is the longest EHLO/HELO name kept: a domain's 255 octets.
+const maxHeloName = 255
+
+// printableToken replaces every byte outside printable ASCII (control
+// characters, DEL, 8-bit) with '?' and cuts s to at most n bytes.
+func printableToken(s string, n int) string {
+	if len(s) > n {
+		s = s[:n]
+	}
+	b := []byte(s)
+	for i, c := range b {
+		if c <= ' ' || c >= 0x7f {
+			b[i] = '?'
+		}
+	}
+	return string(b)
 }
 
 // capabilities are the EHLO keywords of the contract, in its order.
