@@ -95,6 +95,9 @@ func ratelimitArgs(relay *v1.SmtpRelay) []string {
 		"--redis-address", rl.Redis.Address,
 		"--failure-mode", strings.ToLower(string(ratelimitFailureMode(rl))),
 		"--default-limit", strconv.Itoa(int(relayDefaultBudget(relay))),
+		// Relays sharing one Redis, or api_users of one name in two
+		// namespaces, must not share a budget.
+		"--scope", relay.Namespace + "/" + relay.Name,
 	}
 	if rl.Deadline != nil {
 		args = append(args, "--deadline", rl.Deadline.Duration.String())

@@ -820,7 +820,7 @@ func TestRenderRelayRateLimit(t *testing.T) {
 		}
 		want := []string{"ratelimit", "--listen", "127.0.0.1:8081", "--metrics-address", ":9091",
 			"--redis-address", "redis.mail.svc:6379", "--failure-mode", "deny", "--default-limit", "1200",
-			"--deadline", "20ms", "--redis-username", "mailfleet",
+			"--scope", "mail/mx", "--deadline", "20ms", "--redis-username", "mailfleet",
 			"--redis-password-file", "/etc/mailfleet/redis/password/password",
 			"--redis-tls", "--redis-ca-file", "/etc/mailfleet/redis/ca/ca.crt"}
 		if !reflect.DeepEqual(sc.Args, want) {

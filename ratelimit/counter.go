@@ -75,6 +75,7 @@ type Counter struct {
 	client redis.Scripter
 	script *redis.Script
 	window time.Duration
+	scope  string
 }
 
 // NewCounter counts in Redis in calendar-aligned windows of the given length
@@ -86,17 +87,35 @@ func NewCounter(client redis.Scripter, window time.Duration) (*Counter, error) {
 	return &Counter{client: client, script: redis.NewScript(takeScript), window: window}, nil
 }
 
-// Key is the Redis key of an api_user's counter in a window: the api_user is
-// the hash tag, so every window of one account lives on one cluster slot.
-func Key(apiUser string, window int64) string {
-	return "{" + apiUser + "}:" + strconv.FormatInt(window, 10)
+// Scoped makes c count in scope: counters of different scopes never share a
+// key, so two fleets (or two tenants' relays) with an api_user of the same
+// name in one Redis keep separate budgets.
+func (c *Counter) Scoped(scope string) *Counter {
+	scoped := *c
+	scoped.scope = scope
+	return &scoped
+}
+
+// Key is the Redis key of an api_user's counter in a window of a scope ("",
+// or the relay's namespace/name). The scope and api_user are the hash tag,
+// so every window of one account lives on one cluster slot. '|' appears in
+// neither a Kubernetes name nor an api_user, so keys cannot collide.
+func Key(scope, apiUser string, window int64) string {
+	return tag(scope, apiUser) + ":" + strconv.FormatInt(window, 10)
+}
+
+func tag(scope, apiUser string) string {
+	if scope == "" {
+		return "{" + apiUser + "}"
+	}
+	return "{" + scope + "|" + apiUser + "}"
 }
 
 // Take adds hits to apiUser's count in the current window unless that would
 // exceed limit. It makes one round trip: EVALSHA, or EVAL when Redis has not
 // cached the script yet (after a restart, for instance).
 func (c *Counter) Take(ctx context.Context, apiUser string, hits, limit int64) (Result, error) {
-	vals, err := c.script.Run(ctx, c.client, []string{"{" + apiUser + "}"},
+	vals, err := c.script.Run(ctx, c.client, []string{tag(c.scope, apiUser)},
 		hits, limit, int64(c.window/time.Second), int64(ttlSlack/time.Second)).Int64Slice()
 	if err != nil {
 		return Result{}, fmt.Errorf("redis take: %w", err)

@@ -124,7 +124,7 @@ func TestCounterWindowFromRedisTime(t *testing.T) {
 	if got, want := res.ResetIn, end.Sub(before)+time.Millisecond; got <= 0 || got > want {
 		t.Fatalf("reset in %v, want (0, %v]", got, want)
 	}
-	key := Key("acme", res.Window)
+	key := Key("", "acme", res.Window)
 	if n, err := admin.Get(ctx, key).Int64(); err != nil || n != 2 {
 		t.Fatalf("GET %s = %d, %v; want 2", key, n, err)
 	}

@@ -169,7 +169,7 @@ func waitCountedInRedis(t *testing.T, r *redistest.Redis, sc *ratelimittest.Side
 		o := callTimed(t, c, apiUser, 1)[0]
 		if o.code == codes.OK && metric(t, sc, "mailfleet_ratelimit_decisions_total", "outcome", ratelimit.OutcomeOK) > before {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			n, err := admin.Get(ctx, ratelimit.Key(apiUser, o.window)).Int64()
+			n, err := admin.Get(ctx, ratelimit.Key("", apiUser, o.window)).Int64()
 			cancel()
 			if err != nil || n < 1 {
 				t.Fatalf("%s: answered from Redis, but its key holds %d (%v)", apiUser, n, err)

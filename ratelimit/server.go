@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"strings"
 	"time"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
@@ -81,6 +82,10 @@ type Options struct {
 	// Cooldown is how long decisions skip Redis after it failed repeatedly
 	// (default one second).
 	Cooldown time.Duration
+	// Scope names the fleet whose budgets this server counts, the relay's
+	// namespace/name: fleets sharing one Redis never share a counter. Empty
+	// counts by api_user alone.
+	Scope string
 	// Limits, when set, gives per-account budgets for descriptors without a
 	// limit override (the relay always sends one; a gateway may not).
 	Limits credentials.Source
@@ -135,6 +140,9 @@ func (o *Options) validate() error {
 	if o.DefaultLimit < 0 || o.DefaultLimit > math.MaxUint32 {
 		errs = append(errs, fmt.Errorf("default limit %d: want 0 to %d", o.DefaultLimit, uint32(math.MaxUint32)))
 	}
+	if strings.ContainsAny(o.Scope, "{}|") {
+		errs = append(errs, fmt.Errorf("scope %q: must not contain '{', '}' or '|'", o.Scope))
+	}
 	if o.Replicas < 1 {
 		errs = append(errs, fmt.Errorf("replicas %d: want at least 1", o.Replicas))
 	}
@@ -165,7 +173,7 @@ func NewServer(client redis.Scripter, opts Options) (*Server, error) {
 	}
 	s := &Server{
 		opts:     opts,
-		counter:  counter,
+		counter:  counter.Scoped(opts.Scope),
 		fallback: newFallback(opts.Window, opts.Replicas),
 		breaker:  breaker{cooldown: opts.Cooldown},
 	}

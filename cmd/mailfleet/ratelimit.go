@@ -39,6 +39,7 @@ type ratelimitOptions struct {
 	defaultLimit                           int64
 	replicas                               int
 	credentialsFile, secretsNS, secretsFor string
+	scope                                  string
 }
 
 func ratelimitCommand() *cobra.Command {
@@ -83,6 +84,7 @@ relay turns into 451 4.7.1 (try again later).`,
 	f.StringVar(&o.credentialsFile, "credentials-file", "", "optional: accounts' budgets from a relay credentials file, for callers that send no limit")
 	f.StringVar(&o.secretsNS, "credentials-secrets-namespace", "", "optional: accounts' budgets from the operator's shards in this namespace (with --credentials-secrets-relay)")
 	f.StringVar(&o.secretsFor, "credentials-secrets-relay", "", "the SmtpRelay whose shards to read")
+	f.StringVar(&o.scope, "scope", "", "the fleet whose budgets this sidecar counts (the relay's namespace/name): fleets sharing one Redis never share a counter")
 	f.DurationVar(&o.window, "window", ratelimit.DefaultWindow, "counting window (tests only)")
 	f.DurationVar(&o.stopGrace, "stop-grace-period", 5*time.Second, "after SIGTERM, how long in-flight calls may finish")
 	_ = f.MarkHidden("window")
@@ -200,6 +202,7 @@ func (o ratelimitOptions) serverOptions(ctx context.Context, reg prometheus.Regi
 		FailureMode:  mode,
 		DefaultLimit: o.defaultLimit,
 		Replicas:     o.replicas,
+		Scope:        o.scope,
 		Cooldown:     o.cooldown,
 		Metrics:      ratelimit.NewMetrics(reg),
 		Log:          log,
