@@ -200,9 +200,16 @@ func (r *AccountReconciler) attach(ctx context.Context, acc *v1.SmtpAccount) (*v
 		return nil, nil, err
 	}
 	if holder != nil && holder.UID != acc.UID {
+		// Another tenant's namespace and names are not this tenant's to
+		// learn: name the holder only when it is in the same namespace.
+		if holder.Namespace == acc.Namespace {
+			return nil, problem(v1.ReasonConflict,
+				"apiUser %q on SmtpRelay %s is already held by SmtpAccount %q (the oldest claim wins); choose another spec.apiUser",
+				apiUser, key, holder.Name), nil
+		}
 		return nil, problem(v1.ReasonConflict,
-			"apiUser %q on SmtpRelay %s is already held by SmtpAccount %q in namespace %q (the oldest claim wins); choose another spec.apiUser",
-			apiUser, key, holder.Name, holder.Namespace), nil
+			"apiUser %q on SmtpRelay %s is taken by an account in another namespace; choose another spec.apiUser",
+			apiUser, key), nil
 	}
 	return relay, nil, nil
 }

@@ -514,10 +514,19 @@ func TestAccountAPIUserConflict(t *testing.T) {
 	holder := waitReason(t, mkAccount(t, nsA, "first", platform, "mx", acme), v1.ReasonReady)
 	waitNextSecond(holder)
 	later := waitReason(t, mkAccount(t, nsB, "second", platform, "mx", acme), v1.ReasonConflict)
-	if msg := readyMessage(later); !strings.Contains(msg, nsA) || !strings.Contains(msg, `"first"`) {
-		t.Errorf("conflict message does not name the holder: %q", msg)
+	// Issue 12.23: another tenant's namespace and account name stay hidden.
+	if msg := readyMessage(later); strings.Contains(msg, nsA) || strings.Contains(msg, "first") || !strings.Contains(msg, "another namespace") {
+		t.Errorf("conflict message across namespaces: %q, want it to say only that the apiUser is taken", msg)
 	}
 	waitEventAbout(t, later, v1.ReasonConflict)
+	// In the holder's own namespace, the message names it.
+	sibling := waitReason(t, mkAccount(t, nsA, "sibling", platform, "mx", acme), v1.ReasonConflict)
+	if msg := readyMessage(sibling); !strings.Contains(msg, `SmtpAccount "first"`) {
+		t.Errorf("conflict message in the holder's namespace does not name it: %q", msg)
+	}
+	if err := testClient.Delete(ctx, sibling); err != nil {
+		t.Fatal(err)
+	}
 	if s, err := getSecret(ctx, testClient, nsB, "second-smtp-credentials"); err != nil || s != nil {
 		t.Errorf("the later claimant got credentials (%v)", err)
 	}
