@@ -148,12 +148,29 @@ func announceDev(out io.Writer, o devOptions, key string, srv *smtpd.Server, met
 	if err := os.WriteFile(filepath.Join(dir, "credentials.env"), []byte(env), 0o600); err != nil {
 		return fmt.Errorf("write credentials.env: %w", err)
 	}
+	// The key is shown only to a person at a terminal; output that goes to
+	// a file or a CI log refers to credentials.env instead.
+	shown, shell, python := key, key, strconv.Quote(key)
+	if !isTerminal(out) {
+		shown = "$MAILFLEET_API_KEY (in credentials.env; shown only on a terminal)"
+		shell, python = "$MAILFLEET_API_KEY", `os.environ["MAILFLEET_API_KEY"]`
+	}
 	_, err := fmt.Fprintf(out, devAnnouncement,
-		smtpPort, smtpsPort, metrics, devAPIUser, key, devLabelID, caFile,
+		smtpPort, smtpsPort, metrics, devAPIUser, shown, devLabelID, caFile,
 		filepath.Join(dir, "mail"), filepath.Join(dir, "credentials.env"),
-		smtpPort, caFile, devAPIUser, devLabelID, key,
-		smtpPort, caFile, devAPIUser, devLabelID, key)
+		smtpPort, caFile, devAPIUser, devLabelID, shell,
+		smtpPort, caFile, devAPIUser, devLabelID, python)
 	return err
+}
+
+// isTerminal reports whether w is a character device such as a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 const devAnnouncement = `
@@ -172,19 +189,19 @@ mailfleet dev is running.
 Send a message with swaks:
 
   swaks --server 127.0.0.1 --port %d --tls --tls-verify --tls-ca-path '%s' \
-    --auth LOGIN --auth-user '%s#%s' --auth-password '%s' \
+    --auth LOGIN --auth-user '%s#%s' --auth-password "%s" \
     --from me@example.com --to you@example.com
 
 or with Python:
 
-  import smtplib, ssl
+  import os, smtplib, ssl
   from email.message import EmailMessage
   msg = EmailMessage()
   msg["From"], msg["To"], msg["Subject"] = "me@example.com", "you@example.com", "hello"
   msg.set_content("first message through mailfleet")
   with smtplib.SMTP("127.0.0.1", %d) as s:
       s.starttls(context=ssl.create_default_context(cafile=%q))
-      s.login(%q + "#" + %q, %q)
+      s.login(%q + "#" + %q, %s)
       s.send_message(msg)
 
 Press Ctrl-C to stop.

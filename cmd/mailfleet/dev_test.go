@@ -70,6 +70,27 @@ func TestDevWithSwaks(t *testing.T) {
 	if strings.Contains(p.stderr.String(), e["MAILFLEET_API_KEY"]) {
 		t.Fatal("the key appears in the relay's log")
 	}
+	// Issue 12.9: stdout here is a pipe, as in a CI log or a file.
+	if out := p.stdout.String(); strings.Contains(out, e["MAILFLEET_API_KEY"]) || !strings.Contains(out, `--auth-password "$MAILFLEET_API_KEY"`) {
+		t.Fatalf("the announcement on a non-terminal shows the key, or does not refer to credentials.env:\n%s", out)
+	}
+}
+
+func TestIsTerminal(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	if isTerminal(w) || isTerminal(&strings.Builder{}) || !isTerminal(null) {
+		t.Fatal("isTerminal: want false for a pipe and a buffer, true for a character device")
+	}
 }
 
 // TestDevKeepsItsKey restarts dev on the same data directory: scripts that
