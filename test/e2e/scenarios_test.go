@@ -101,6 +101,19 @@ func scenarioReady(t *testing.T, env *fleetEnv) {
 	if len(names) != 2 || len(env.pods) != 2 {
 		t.Fatalf("relay pods serving: %v, want the sample's 2", names)
 	}
+	// A relay waits for JetStream instead of exiting (it used to crash-loop
+	// two to four times on every fresh install).
+	restarts := kubectl(t, "get", "pods", "-n", tenantNS, "-l", "mailfleet.io/relay="+relay,
+		"-o", `jsonpath={range .items[*]}{.metadata.name}{" "}{range .status.containerStatuses[*]}{.restartCount}{" "}{end}{range .status.initContainerStatuses[*]}{.restartCount}{" "}{end}{"\n"}{end}`)
+	for _, line := range strings.Split(strings.TrimSpace(restarts), "\n") {
+		f := strings.Fields(line)
+		for _, n := range f[1:] {
+			if n != "0" {
+				t.Errorf("relay pod %s restarted (restart counts %v)", f[0], f[1:])
+				break
+			}
+		}
+	}
 	if got := kubectl(t, "get", "namespace", tenantNS, "-o", `jsonpath={.metadata.labels.pod-security\.kubernetes\.io/enforce}`); got != "restricted" {
 		t.Fatalf("namespace %s enforces %q, want restricted", tenantNS, got)
 	}
