@@ -20,8 +20,9 @@ type SmtpAccountSpec struct {
 	// +optional
 	APIUser string `json:"apiUser,omitempty"`
 
-	// BudgetPerMinute is how many messages this account may submit per
-	// minute across the fleet. Default: the relay's defaultBudgetPerMinute.
+	// BudgetPerMinute is how many recipients this account may send to per
+	// minute across the fleet; a message spends one unit per recipient, all
+	// or none. Default: the relay's defaultBudgetPerMinute.
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=10000000
 	// +optional

@@ -46,7 +46,8 @@ type SmtpRelaySpec struct {
 	Accounts RelayAccounts `json:"accounts,omitempty"`
 
 	// DefaultBudgetPerMinute is the budget of an account that sets none:
-	// messages per api_user per minute across the whole fleet.
+	// recipients per api_user per minute across the whole fleet (a message
+	// to five recipients spends five).
 	// +kubebuilder:default=30000
 	// +kubebuilder:validation:Minimum=1
 	// +optional

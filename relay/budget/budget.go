@@ -37,9 +37,16 @@ func (d Decision) String() string {
 type Request struct {
 	APIUser string
 	LabelID string
-	// Limit is the account's budget of calls per minute.
+	// Limit is the account's budget per minute.
 	Limit int
+	// Hits is what this message spends: one unit per recipient, as the
+	// services whose contract mailfleet speaks count them, so one message to
+	// a thousand recipients is not one unit. 0 counts as 1.
+	Hits int
 }
+
+// hits is the request's spend, at least 1.
+func (r Request) hits() int { return max(r.Hits, 1) }
 
 // Budget is asked once per message.
 type Budget interface {
@@ -72,10 +79,10 @@ func (f *FixedWindow) Take(_ context.Context, req Request) Decision {
 		f.window = minute
 		clear(f.counts)
 	}
-	if req.Limit <= 0 || f.counts[req.APIUser] >= req.Limit {
+	if req.Limit <= 0 || f.counts[req.APIUser]+req.hits() > req.Limit {
 		return OverLimit
 	}
-	f.counts[req.APIUser]++
+	f.counts[req.APIUser] += req.hits()
 	return Allow
 }
 

@@ -132,7 +132,8 @@ func sidecarRequest(req Request) *rlsv3.RateLimitRequest {
 		entries = append(entries, &ratelimitv3.RateLimitDescriptor_Entry{Key: "label", Value: req.LabelID})
 	}
 	return &rlsv3.RateLimitRequest{
-		Domain: SidecarDomain,
+		Domain:     SidecarDomain,
+		HitsAddend: uint32(min(int64(req.hits()), math.MaxUint32)),
 		Descriptors: []*ratelimitv3.RateLimitDescriptor{{
 			Entries: entries,
 			Limit: &ratelimitv3.RateLimitDescriptor_RateLimitOverride{

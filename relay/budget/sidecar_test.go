@@ -121,16 +121,17 @@ func TestSidecarRequest(t *testing.T) {
 	tests := []struct {
 		req     Request
 		entries map[string]string
+		hits    uint32
 	}{
-		{Request{APIUser: "acme", LabelID: "1001", Limit: 20000}, map[string]string{"api_user": "acme", "label": "1001"}},
-		{Request{APIUser: "acme", Limit: 5}, map[string]string{"api_user": "acme"}},
+		{Request{APIUser: "acme", LabelID: "1001", Limit: 20000}, map[string]string{"api_user": "acme", "label": "1001"}, 1},
+		{Request{APIUser: "acme", Limit: 5, Hits: 3}, map[string]string{"api_user": "acme"}, 3},
 	}
 	for _, tt := range tests {
 		if d := s.Take(context.Background(), tt.req); d != Allow {
 			t.Fatalf("%+v: %v", tt.req, d)
 		}
 		got := f.lastRequest()
-		if got.GetDomain() != SidecarDomain || len(got.GetDescriptors()) != 1 {
+		if got.GetDomain() != SidecarDomain || len(got.GetDescriptors()) != 1 || got.GetHitsAddend() != tt.hits {
 			t.Fatalf("%+v: request %v", tt.req, got)
 		}
 		d := got.GetDescriptors()[0]

@@ -118,3 +118,30 @@ func TestAttackHeloName(t *testing.T) {
 	c.expect("HELO "+sent+strings.Repeat("a", 400), "250 mx.test Hello "+shown+strings.Repeat("a", 255-len(shown)))
 	c.expectPrefix("EHLO caf\xc3\xa9.example", "250-mx.test Hello caf??.example")
 }
+
+// Attack (issue 12.6): the budget counted messages, so one message to many
+// recipients spent one unit. Each recipient is now a unit: an account with
+// a budget of 2 a minute cannot send one message to 5.
+func TestAttackBudgetPerRecipient(t *testing.T) {
+	env := startRelay(t)
+	c := dialRaw(t, env.addr("smtp"))
+	c.login(userTiny, env.keys[userTiny])
+	send := func(rcpts int) string {
+		c.expectPrefix("MAIL FROM:<a@ifaxin.com>", "250 ")
+		for i := range rcpts {
+			c.expectPrefix(fmt.Sprintf("RCPT TO:<r%d@example.com>", i), "250 ")
+		}
+		c.expect("DATA", "354 go ahead")
+		c.write("Subject: x\r\n\r\nbody\r\n.\r\n")
+		return c.reply()
+	}
+	if got := send(5); got != "536 5.7.1 Frequency limited" {
+		t.Fatalf("5 recipients on a budget of 2: %q, want 536", got)
+	}
+	if got := send(2); !queuedReply.MatchString(got) {
+		t.Fatalf("2 recipients on a budget of 2: %q", got)
+	}
+	if got := send(1); got != "536 5.7.1 Frequency limited" {
+		t.Fatalf("a third recipient in the minute: %q, want 536", got)
+	}
+}

@@ -475,7 +475,8 @@ func (s *session) receive(env spool.Envelope) (Reply, error) {
 	case res.tooLong:
 		return reject(ReplyDataLineLong.With(s.srv.cfg.MaxLineLength), reasonLineTooLong)
 	}
-	switch s.srv.deps.Budget.Take(ctx, budget.Request{APIUser: user, LabelID: label, Limit: s.identity.BudgetPerMinute}) {
+	spend := budget.Request{APIUser: user, LabelID: label, Limit: s.identity.BudgetPerMinute, Hits: len(env.To)}
+	switch s.srv.deps.Budget.Take(ctx, spend) {
 	case budget.OverLimit:
 		return reject(ReplyFrequency, reasonOverBudget)
 	case budget.Unavailable:
