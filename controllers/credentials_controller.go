@@ -204,6 +204,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 			APIUser:              acc.Status.APIUser,
 			KeyDigests:           digests,
 			BudgetPerMinute:      budgetOf(acc, relay),
+			MaxRecipients:        maxRecipientsOf(acc),
 			AllowedSenderDomains: acc.Spec.AllowedSenderDomains,
 			Labels:               labels,
 		})
@@ -227,6 +228,15 @@ func (p *CredentialsPublisher) readyLabels(ctx context.Context, acc *v1.SmtpAcco
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
+}
+
+// maxRecipientsOf is the account's cap, or 0 for the relay's default (so
+// shards of accounts that set none are what they were before the field).
+func maxRecipientsOf(acc *v1.SmtpAccount) int {
+	if acc.Spec.Limits == nil || acc.Spec.Limits.MaxRecipients == nil {
+		return 0
+	}
+	return int(*acc.Spec.Limits.MaxRecipients)
 }
 
 func budgetOf(acc *v1.SmtpAccount, relay *v1.SmtpRelay) int {

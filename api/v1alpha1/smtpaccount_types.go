@@ -28,6 +28,10 @@ type SmtpAccountSpec struct {
 	// +optional
 	BudgetPerMinute *int32 `json:"budgetPerMinute,omitempty"`
 
+	// Limits caps what one message of this account may do.
+	// +optional
+	Limits *AccountLimits `json:"limits,omitempty"`
+
 	// AllowedSenderDomains restricts MAIL FROM to these domains; an entry
 	// "*.example.com" allows its subdomains. Empty: any sender.
 	// +kubebuilder:validation:MaxItems=100
@@ -54,6 +58,17 @@ type SmtpAccountSpec struct {
 	// SecretTemplate adds labels and annotations to the credentials Secret.
 	// +optional
 	SecretTemplate *SecretTemplate `json:"secretTemplate,omitempty"`
+}
+
+// AccountLimits caps one message.
+type AccountLimits struct {
+	// MaxRecipients is how many RCPT TO one message may have; the next gets
+	// 452 4.5.3 Too many recipients and the client sends the rest in another
+	// message. Default 100 (the relay's own maxRecipients still applies).
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	MaxRecipients *int32 `json:"maxRecipients,omitempty"`
 }
 
 // RelayReference names an SmtpRelay.

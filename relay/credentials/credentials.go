@@ -15,11 +15,17 @@ var ErrInvalid = errors.New("invalid credentials")
 // DefaultBudgetPerMinute is the budget of an account that sets none (the seeds' figure).
 const DefaultBudgetPerMinute = 30000
 
+// DefaultMaxRecipients caps the recipients of one message of an account
+// that sets no cap, as SES and the seeds' services do; a client sends the
+// rest in another transaction after 452 4.5.3.
+const DefaultMaxRecipients = 100
+
 // Account is one sender, as the relay sees it.
 type Account struct {
 	APIUser              string   `json:"apiUser"`
 	KeyDigests           []string `json:"keyDigests"`
 	BudgetPerMinute      int      `json:"budgetPerMinute,omitempty"`
+	MaxRecipients        int      `json:"maxRecipients,omitempty"`
 	AllowedSenderDomains []string `json:"allowedSenderDomains,omitempty"`
 	Suspended            bool     `json:"suspended,omitempty"`
 	Labels               []Label  `json:"labels,omitempty"`
@@ -36,6 +42,7 @@ type Identity struct {
 	APIUser              string
 	LabelID              string // empty when the client logged in without a label
 	BudgetPerMinute      int
+	MaxRecipients        int
 	AllowedSenderDomains []string
 }
 

@@ -45,6 +45,7 @@ type document struct {
 //	- apiUser: demo
 //	  keyDigests: ["sha256:<64 hex digits>"]
 //	  budgetPerMinute: 30000        # optional; 0 means DefaultBudgetPerMinute
+//	  maxRecipients: 100            # optional; 0 means DefaultMaxRecipients
 //	  allowedSenderDomains: [example.com, "*.example.org"]  # optional
 //	  suspended: false              # optional
 //	  labels:                       # optional
@@ -180,6 +181,9 @@ func checkAccount(a Account) []error {
 		if !validDigest(d) {
 			add("keyDigests[%d]: %s", j, wantDigest)
 		}
+	}
+	if a.MaxRecipients < 0 {
+		add("maxRecipients %d: want 0 (meaning %d) or more", a.MaxRecipients, DefaultMaxRecipients)
 	}
 	if a.BudgetPerMinute < 0 {
 		add("budgetPerMinute %d: want 0 (meaning %d) or more", a.BudgetPerMinute, DefaultBudgetPerMinute)

@@ -85,10 +85,15 @@ func identityOf(acct *Account, labelID string) Identity {
 	if budget <= 0 {
 		budget = DefaultBudgetPerMinute
 	}
+	maxRcpts := acct.MaxRecipients
+	if maxRcpts <= 0 {
+		maxRcpts = DefaultMaxRecipients
+	}
 	return Identity{
 		APIUser:              acct.APIUser,
 		LabelID:              labelID,
 		BudgetPerMinute:      budget,
+		MaxRecipients:        maxRcpts,
 		AllowedSenderDomains: slices.Clone(acct.AllowedSenderDomains),
 	}
 }

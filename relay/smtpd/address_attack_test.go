@@ -145,3 +145,34 @@ func TestAttackBudgetPerRecipient(t *testing.T) {
 		t.Fatalf("a third recipient in the minute: %q, want 536", got)
 	}
 }
+
+// Issue 12.6: an account's messages have at most its maxRecipients (100
+// unless set); the next RCPT gets 452 4.5.3 and the message goes on with
+// the recipients already accepted.
+func TestAccountRecipientCap(t *testing.T) {
+	env := startRelay(t)
+	c := dialRaw(t, env.addr("smtp"))
+	c.login(userMain, env.keys[userMain])
+	c.expectPrefix("MAIL FROM:<a@ifaxin.com>", "250 ")
+	var rcpts strings.Builder
+	for i := range 100 {
+		fmt.Fprintf(&rcpts, "RCPT TO:<r%d@example.com>\r\n", i)
+	}
+	c.write(rcpts.String())
+	for range 100 {
+		if got := c.reply(); !strings.HasPrefix(got, "250 ") {
+			t.Fatalf("RCPT within the cap: %q", got)
+		}
+	}
+	c.expect("RCPT TO:<r100@example.com>", "452 4.5.3 Too many recipients")
+	c.expect("DATA", "354 go ahead")
+	c.write("Subject: x\r\n\r\nbody\r\n.\r\n")
+	if got := c.reply(); !queuedReply.MatchString(got) {
+		t.Fatalf("DATA after the cap: %q", got)
+	}
+	for _, m := range env.stored() {
+		if len(m.env.To) != 100 {
+			t.Fatalf("queued with %d recipients, want the 100 accepted", len(m.env.To))
+		}
+	}
+}

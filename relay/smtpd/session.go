@@ -393,7 +393,7 @@ func (s *session) cmdRcpt(arg string) bool {
 	if len(params) > 0 {
 		return s.protocolError(ReplyParam.With(params[0]))
 	}
-	if len(s.rcpts) >= s.srv.cfg.MaxRecipients {
+	if len(s.rcpts) >= min(s.srv.cfg.MaxRecipients, s.identity.MaxRecipients) {
 		s.reply(ReplyTooManyRcpts)
 		return true
 	}
