@@ -118,7 +118,13 @@ func keepPublishedFields(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	s.ManagedFields, s.OwnerReferences = nil, nil
+	s.ManagedFields = nil
+	// The controller reference alone says which account a Secret belongs to.
+	var owner []metav1.OwnerReference
+	if ref := metav1.GetControllerOfNoCopy(s); ref != nil {
+		owner = []metav1.OwnerReference{*ref}
+	}
+	s.OwnerReferences = owner
 	// A new map: deleting keys would not shrink the old one.
 	kept := make(map[string][]byte, 2)
 	for _, k := range []string{SecretKeyPassword, SecretKeyPreviousPasswordDigest, credentials.ShardDataKey} {
@@ -174,19 +180,26 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 	var nextExpiry time.Time
 	for i := range list.Items {
 		acc := &list.Items[i]
-		// The shard check keeps an api_user in one shard only, should a
-		// status ever disagree with the spec the index was built from.
-		if !readyNow(acc.Status.Conditions, acc.Generation) || acc.Status.APIUser == "" ||
-			credentials.ShardOf(acc.Status.APIUser) != shard {
+		apiUser := effectiveAPIUser(acc)
+		entitled, err := p.entitled(ctx, relay, acc, apiUser, shard)
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		if !entitled {
 			continue
 		}
 		var secret corev1.Secret
-		err := p.Secrets.Get(ctx, types.NamespacedName{Namespace: acc.Namespace, Name: acc.Status.SecretName}, &secret)
+		err = p.Secrets.Get(ctx, types.NamespacedName{Namespace: acc.Namespace, Name: credentialsSecretName(acc)}, &secret)
 		if apierrors.IsNotFound(err) {
 			continue
 		}
 		if err != nil {
 			return nil, time.Time{}, fmt.Errorf("read credentials of account %s/%s: %w", acc.Namespace, acc.Name, err)
+		}
+		// A Secret of that name that this account does not control (another
+		// account's, or an unrelated one) does not hold this account's key.
+		if !metav1.IsControlledBy(&secret, acc) {
+			continue
 		}
 		digests := accountKeyDigests(&secret, now)
 		if len(digests) == 0 {
@@ -201,7 +214,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 			return nil, time.Time{}, err
 		}
 		out = append(out, credentials.Account{
-			APIUser:              acc.Status.APIUser,
+			APIUser:              apiUser,
 			KeyDigests:           digests,
 			BudgetPerMinute:      budgetOf(acc, relay),
 			MaxRecipients:        maxRecipientsOf(acc),
@@ -228,6 +241,26 @@ func (p *CredentialsPublisher) readyLabels(ctx context.Context, acc *v1.SmtpAcco
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
+}
+
+// entitled decides from the account's spec and the operator's own checks
+// whether it is published: a tenant may write its account's status (any
+// role with */status can), so status is never trusted for that. Ready at the
+// current generation is required too, but only ever withholds.
+func (p *CredentialsPublisher) entitled(ctx context.Context, relay *v1.SmtpRelay, acc *v1.SmtpAccount, apiUser string, shard int) (bool, error) {
+	if acc.Spec.Suspended || acc.DeletionTimestamp != nil || credentials.ShardOf(apiUser) != shard ||
+		!readyNow(acc.Status.Conditions, acc.Generation) {
+		return false, nil
+	}
+	admitted, _, err := relayAdmitsNamespace(ctx, p.Client, relay, acc.Namespace)
+	if err != nil || !admitted {
+		return false, err
+	}
+	holder, err := apiUserHolder(ctx, p.Client, relay, apiUser)
+	if err != nil {
+		return false, err
+	}
+	return holder != nil && holder.UID == acc.UID, nil
 }
 
 // maxRecipientsOf is the account's cap, or 0 for the relay's default (so

@@ -1,0 +1,85 @@
+package controllers
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/relay/credentials"
+)
+
+// Attack (issue 12.13): a tenant whose namespace the relay does not admit
+// writes its account's status (any role with */status can) to say Ready,
+// with the api_user of an account it wants to impersonate, and provides a
+// credentials Secret of its own. The publisher used to trust status and put
+// the tenant's key on the relay. It decides from spec and its own checks
+// now, so neither the tenant's nor the victim's api_user gets that key.
+func TestAttackStatusTrusted(t *testing.T) {
+	ctx := context.Background()
+	platform, tenant := newNamespace(t, nil), newNamespace(t, nil)
+	startManager(t, func(mgr ctrl.Manager) error {
+		for _, s := range []func(ctrl.Manager) error{
+			(&AccountReconciler{}).SetupWithManager,
+			(&LabelReconciler{}).SetupWithManager,
+			(&CredentialsPublisher{}).SetupWithManager,
+		} {
+			if err := s(mgr); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	mkRelay(t, platform, "mx") // admits its own namespace only
+	src := credentials.NewSecrets(kubernetes.NewForConfigOrDie(testCfg), platform, "mx", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srcCtx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	go src.Run(srcCtx)
+	verifier := credentials.NewVerifier(src)
+
+	victim := waitReason(t, mkAccount(t, platform, "billing", platform, "mx"), v1.ReasonReady)
+	rogue := waitReason(t, mkAccount(t, tenant, "rogue", platform, "mx"), v1.ReasonNamespaceNotAllowed)
+	const stolenKey = "k3y-the-tenant-chose-0123456789abcdef"
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: credentialsSecretName(rogue), Namespace: tenant,
+			Labels:          map[string]string{LabelManagedBy: ManagedByValue},
+			OwnerReferences: []metav1.OwnerReference{accountOwnerRef(rogue)},
+		},
+		Data: map[string][]byte{SecretKeyPassword: []byte(stolenKey)},
+	}
+	if err := testClient.Create(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	for _, apiUser := range []string{"rogue", effectiveAPIUser(victim)} {
+		rogue.Status.APIUser, rogue.Status.SecretName = apiUser, secret.Name
+		meta.SetStatusCondition(&rogue.Status.Conditions, metav1.Condition{
+			Type: v1.ConditionReady, Status: metav1.ConditionTrue, Reason: v1.ReasonReady, ObservedGeneration: rogue.Generation,
+		})
+		if err := testClient.Status().Update(ctx, rogue); err != nil {
+			t.Fatal(err)
+		}
+		// The old publisher put the key on the relay within a second.
+		deadline := time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) {
+			for _, user := range []string{"rogue", effectiveAPIUser(victim)} {
+				if _, err := verifier.Authenticate(user, stolenKey); err == nil {
+					t.Fatalf("with status.apiUser %q forged, the tenant's key logs in as %q", apiUser, user)
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err := testClient.Get(ctx, client.ObjectKeyFromObject(rogue), rogue); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
