@@ -219,7 +219,7 @@ func TestAccountGeneratedKey(t *testing.T) {
 	acc := mkAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
 		a.Spec.Key.Generated = &v1.GeneratedKey{Bytes: 48}
 		a.Spec.SecretTemplate = &v1.SecretTemplate{
-			Labels:      map[string]string{"team": "checkout", labelInstance: "argo-app"},
+			Labels:      map[string]v1.LabelValue{"team": "checkout", labelInstance: "argo-app"},
 			Annotations: map[string]string{"reloader.stakater.com/match": "true"},
 		}
 	})

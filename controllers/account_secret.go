@@ -106,7 +106,9 @@ func renderCredentialsSecret(in credentialsInput) *corev1.Secret {
 	labels := map[string]string{}
 	if t := acc.Spec.SecretTemplate; t != nil {
 		maps.Copy(annotations, t.Annotations)
-		maps.Copy(labels, t.Labels)
+		for k, v := range t.Labels {
+			labels[k] = string(v)
+		}
 	}
 	delete(labels, labelInstance)
 	labels[LabelManagedBy] = ManagedByValue

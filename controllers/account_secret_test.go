@@ -56,7 +56,7 @@ func TestAccountRenderSecret(t *testing.T) {
 	acc := testAccountObject()
 	acc.Spec.APIUser = "acme"
 	acc.Spec.SecretTemplate = &v1.SecretTemplate{
-		Labels: map[string]string{"team": "shop", labelInstance: "argo-app", LabelAccount: "forged"},
+		Labels: map[string]v1.LabelValue{"team": "shop", labelInstance: "argo-app", LabelAccount: "forged"},
 		Annotations: map[string]string{"reloader.stakater.com/match": "true",
 			AnnotationPreviousKeyExpiresAt: "forged"},
 	}

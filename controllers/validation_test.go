@@ -120,6 +120,22 @@ func TestCRDValidation(t *testing.T) {
 
 		{"valid account", account(func(*v1.SmtpAccount) {}), ""},
 		{"apiUser charset", account(func(a *v1.SmtpAccount) { a.Spec.APIUser = "bad#user" }), "spec.apiUser"},
+		// Issue 12.17: refused at admission rather than failing at reconcile.
+		{"account name too long", account(func(a *v1.SmtpAccount) { a.Name = strings.Repeat("a", 64) }), "name must be at most 63 characters"},
+		{"template label key", account(func(a *v1.SmtpAccount) {
+			a.Spec.SecretTemplate = &v1.SecretTemplate{Labels: map[string]v1.LabelValue{"bad key!": "x"}}
+		}), "secretTemplate.labels: keys must be label keys"},
+		{"template label value", account(func(a *v1.SmtpAccount) {
+			a.Spec.SecretTemplate = &v1.SecretTemplate{Labels: map[string]v1.LabelValue{"team": v1.LabelValue(strings.Repeat("x", 64))}}
+		}), "spec.secretTemplate.labels.team"},
+		{"template annotation key", account(func(a *v1.SmtpAccount) {
+			a.Spec.SecretTemplate = &v1.SecretTemplate{Annotations: map[string]string{"/x": "y"}}
+		}), "secretTemplate.annotations: keys must be annotation keys"},
+		{"valid template", account(func(a *v1.SmtpAccount) {
+			a.Spec.SecretTemplate = &v1.SecretTemplate{Labels: map[string]v1.LabelValue{"example.com/team": "mail-1", "empty": ""},
+				Annotations: map[string]string{"reloader.stakater.com/match": "true"}}
+		}), ""},
+		{"recipient cap", account(func(a *v1.SmtpAccount) { a.Spec.Limits = &v1.AccountLimits{MaxRecipients: ptr.To[int32](5000)} }), "spec.limits.maxRecipients"},
 		{"apiUser length", account(func(a *v1.SmtpAccount) { a.Spec.APIUser = strings.Repeat("a", 65) }), "spec.apiUser"},
 		{"budget zero", account(func(a *v1.SmtpAccount) { a.Spec.BudgetPerMinute = ptr.To[int32](0) }), "spec.budgetPerMinute"},
 		{"generated and secretRef", account(func(a *v1.SmtpAccount) {

@@ -120,11 +120,23 @@ type SecretKeyReference struct {
 
 // SecretTemplate is copied onto a generated Secret.
 type SecretTemplate struct {
+	// Labels of the credentials Secret. The operator's own labels win.
+	// +kubebuilder:validation:MaxProperties=32
+	// +kubebuilder:validation:XValidation:rule="self.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))",message="secretTemplate.labels: keys must be label keys such as team or example.com/team"
 	// +optional
-	Labels map[string]string `json:"labels,omitempty"`
+	Labels map[string]LabelValue `json:"labels,omitempty"`
+	// Annotations of the credentials Secret.
+	// +kubebuilder:validation:MaxProperties=32
+	// +kubebuilder:validation:XValidation:rule="self.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))",message="secretTemplate.annotations: keys must be annotation keys such as example.com/owner"
 	// +optional
 	Annotations map[string]string `json:"annotations,omitempty"`
 }
+
+// LabelValue is a Kubernetes label value: at most 63 letters, digits, '-',
+// '_' or '.', beginning and ending with a letter or digit, or empty.
+// +kubebuilder:validation:MaxLength=63
+// +kubebuilder:validation:Pattern=`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$`
+type LabelValue string
 
 // SmtpAccountStatus is what the operator observed.
 type SmtpAccountStatus struct {
@@ -157,6 +169,7 @@ type SmtpAccountStatus struct {
 // +kubebuilder:printcolumn:name="API User",type=string,JSONPath=`.status.apiUser`
 // +kubebuilder:printcolumn:name="Secret",type=string,JSONPath=`.status.secretName`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="an SmtpAccount's name must be at most 63 characters: it labels the account's credentials Secret"
 type SmtpAccount struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
