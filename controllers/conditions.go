@@ -20,6 +20,7 @@ var stalledReasons = map[string]bool{
 	v1.ReasonIssuerNotFound:      true,
 	v1.ReasonTLSSecretNotFound:   true,
 	v1.ReasonRenderFailed:        true,
+	v1.ReasonNameConflict:        true,
 }
 
 // setReady records the Ready condition for the given generation, with

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strconv"
+	"time"
 
 	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
@@ -51,6 +52,10 @@ type RelayReconciler struct {
 	Client   client.Client
 	Scheme   *runtime.Scheme
 	Recorder events.EventRecorder
+	// Reader reads objects the relay does not own yet, uncached (default:
+	// the manager's API reader): only their metadata, only to refuse to
+	// take them over, so no informer holds every Service of the cluster.
+	Reader client.Reader
 	// Options are passed to RenderRelay.
 	Options RenderOptions
 }
@@ -82,6 +87,9 @@ func (r *RelayReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	if r.Recorder == nil {
 		r.Recorder = mgr.GetEventRecorder(FieldManager)
+	}
+	if r.Reader == nil {
+		r.Reader = mgr.GetAPIReader()
 	}
 	ctx := context.Background()
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &v1.SmtpRelay{}, relayIssuerIndex, indexRelayIssuer); err != nil {
@@ -136,6 +144,18 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	foreign, err := r.foreignObject(ctx, relay, objs)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if foreign != "" {
+		// Never take over what someone else made: server-side apply with
+		// force would, and the garbage collector would delete it with the
+		// relay.
+		// No watch sees the other object go away: look again later.
+		return ctrl.Result{RequeueAfter: nameConflictRecheck}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: v1.ReasonNameConflict,
+			message: foreign + " already exists and is not this relay's; rename the SmtpRelay or remove that object"})
+	}
 	if err := r.applyAll(ctx, relay, objs); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -155,6 +175,34 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{}, r.updateStatus(ctx, relay, orig, relayReadiness(obs))
+}
+
+// nameConflictRecheck is how soon a relay blocked by someone else's object
+// looks again.
+const nameConflictRecheck = 30 * time.Second
+
+// foreignObject names ("Service db") the first object the relay would write
+// that exists without the relay as its controller, or returns "".
+func (r *RelayReconciler) foreignObject(ctx context.Context, relay *v1.SmtpRelay, objs *RelayObjects) (string, error) {
+	for _, obj := range objs.List() {
+		gvk, err := apiutil.GVKForObject(obj, r.Scheme)
+		if err != nil {
+			return "", fmt.Errorf("kind of %T: %w", obj, err)
+		}
+		existing := &metav1.PartialObjectMetadata{}
+		existing.SetGroupVersionKind(gvk)
+		err = r.Reader.Get(ctx, client.ObjectKeyFromObject(obj), existing)
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("read %s %s: %w", gvk.Kind, obj.GetName(), err)
+		}
+		if !metav1.IsControlledBy(existing, relay) {
+			return gvk.Kind + " " + obj.GetName(), nil
+		}
+	}
+	return "", nil
 }
 
 // applyAll applies the rendered objects, each owned by the relay.
@@ -453,7 +501,7 @@ func (r *RelayReconciler) updateStatus(ctx context.Context, relay, orig *v1.Smtp
 // status only: it fixes itself.
 func (r *RelayReconciler) recordEvent(relay *v1.SmtpRelay, v relayVerdict) {
 	switch v.reason {
-	case v1.ReasonIssuerNotFound, v1.ReasonTLSSecretNotFound, v1.ReasonSecretNotFound, v1.ReasonRenderFailed:
+	case v1.ReasonIssuerNotFound, v1.ReasonTLSSecretNotFound, v1.ReasonSecretNotFound, v1.ReasonRenderFailed, v1.ReasonNameConflict:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeWarning, v.reason, "Reconcile", "%s", v.message)
 	case v1.ReasonReady:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeNormal, v.reason, "Reconcile", "%s", v.message)

@@ -34,4 +34,5 @@ const (
 	ReasonTLSSecretNotFound   = "TLSSecretNotFound"
 	ReasonReplicasNotReady    = "ReplicasNotReady"
 	ReasonRenderFailed        = "RenderFailed"
+	ReasonNameConflict        = "NameConflict"
 )
