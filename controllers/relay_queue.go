@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -54,7 +55,8 @@ func relayQueueConfig(relay *v1.SmtpRelay) config.Queue {
 
 func relayDeliveryConfig(relay *v1.SmtpRelay) config.Delivery {
 	d := relay.Spec.Delivery
-	out := config.Delivery{Workers: int(d.Workers), LabelHeader: d.LabelHeader}
+	out := config.Delivery{Workers: int(d.Workers), LabelHeader: d.LabelHeader,
+		AllowedDestinations: slices.Clone(d.AllowedDestinations), AllowAddressLiterals: d.AllowAddressLiterals}
 	if out.Workers == 0 {
 		out.Workers = defaultDeliveryWorker
 	}

@@ -882,9 +882,11 @@ func TestRenderRelayQueueAndDelivery(t *testing.T) {
 				AuthSecretRef: &v1.LocalSecretReference{Name: "provider"},
 				CASecretRef:   &v1.SecretKeySelector{Name: "provider-ca", Key: "ca.crt"},
 			},
-			Workers:     4,
-			Retry:       v1.RetrySchedule{MinBackoff: &metav1.Duration{Duration: time.Minute}, MaxBackoff: &metav1.Duration{Duration: time.Hour}, MaxAge: &metav1.Duration{Duration: 48 * time.Hour}},
-			LabelHeader: "X-Tenant-Label",
+			Workers:              4,
+			Retry:                v1.RetrySchedule{MinBackoff: &metav1.Duration{Duration: time.Minute}, MaxBackoff: &metav1.Duration{Duration: time.Hour}, MaxAge: &metav1.Duration{Duration: 48 * time.Hour}},
+			LabelHeader:          "X-Tenant-Label",
+			AllowedDestinations:  []string{"10.20.0.0/16"},
+			AllowAddressLiterals: true,
 		}
 	})
 	objs := mustRender(t, relay)
@@ -902,7 +904,8 @@ func TestRenderRelayQueueAndDelivery(t *testing.T) {
 		t.Errorf("smarthost = %+v", sh)
 	}
 	if d.Workers != 4 || d.Backoff.Min.Duration != time.Minute || d.Backoff.Max.Duration != time.Hour ||
-		d.Expiry.Duration != 48*time.Hour || d.LabelHeader != "X-Tenant-Label" {
+		d.Expiry.Duration != 48*time.Hour || d.LabelHeader != "X-Tenant-Label" ||
+		len(d.AllowedDestinations) != 1 || d.AllowedDestinations[0] != "10.20.0.0/16" || !d.AllowAddressLiterals {
 		t.Errorf("delivery = %+v", d)
 	}
 

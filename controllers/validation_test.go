@@ -83,6 +83,8 @@ func TestCRDValidation(t *testing.T) {
 			r.Spec.Service = v1.RelayService{Type: corev1.ServiceTypeLoadBalancer, LoadBalancerSourceRanges: []string{"office"}}
 		}), "service.loadBalancerSourceRanges must be CIDRs"},
 		{"service type", relay(func(r *v1.SmtpRelay) { r.Spec.Service.Type = corev1.ServiceTypeExternalName }), "spec.service.type"},
+		{"allowed destination not a CIDR", relay(func(r *v1.SmtpRelay) { r.Spec.Delivery.AllowedDestinations = []string{"intranet"} }),
+			"delivery.allowedDestinations must be CIDRs"},
 		{"drain too long", relay(func(r *v1.SmtpRelay) { r.Spec.DrainGracePeriod = &metav1.Duration{Duration: time.Hour} }), "drainGracePeriod must be between 1s and 15m"},
 		{"no queue", relay(func(r *v1.SmtpRelay) { r.Spec.Queue = v1.RelayQueue{} }), "queue.nats.url must be nats://host:port"},
 		{"queue url scheme", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.URL = "http://nats:4222" }), "queue.nats.url must be nats://host:port"},

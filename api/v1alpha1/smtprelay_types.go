@@ -265,6 +265,21 @@ type RelayDelivery struct {
 	// +kubebuilder:default=X-Mailfleet-Label
 	// +optional
 	LabelHeader string `json:"labelHeader,omitempty"`
+	// AllowedDestinations are special-purpose networks (private, loopback,
+	// link-local, shared address space, ...) that direct MX delivery may
+	// reach anyway, such as an internal mail host. By default a recipient
+	// domain whose MX resolves only there bounces: anyone who may send could
+	// otherwise make the relay connect to the cluster's own services.
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MaxLength=43
+	// +kubebuilder:validation:XValidation:rule="self.all(c, isCIDR(c))",message="delivery.allowedDestinations must be CIDRs such as 10.20.0.0/16"
+	// +optional
+	AllowedDestinations []string `json:"allowedDestinations,omitempty"`
+	// AllowAddressLiterals delivers directly to recipients such as
+	// user@[192.0.2.1] (still only to allowed destinations); by default
+	// they bounce.
+	// +optional
+	AllowAddressLiterals bool `json:"allowAddressLiterals,omitempty"`
 }
 
 // Smarthost is the server every message is handed to.

@@ -122,7 +122,12 @@ func openTransport(cfg config.Config, reg prometheus.Registerer, log *slog.Logge
 		log.Info("delivery: local directory", "dir", d.LocalDir)
 		return delivery.NewLocalDirTransport(d.LocalDir, log), "local", func() {}, nil
 	default:
-		t, err := delivery.NewMX(delivery.MXConfig{Hostname: hostname, LabelHeader: d.LabelHeader, Log: log, Metrics: delivery.NewMetrics(reg)})
+		allowed, err := d.DestinationPrefixes()
+		if err != nil {
+			return nil, "", nil, err
+		}
+		t, err := delivery.NewMX(delivery.MXConfig{Hostname: hostname, LabelHeader: d.LabelHeader, Log: log, Metrics: delivery.NewMetrics(reg),
+			AllowedDestinations: allowed, AllowAddressLiterals: d.AllowAddressLiterals})
 		if err != nil {
 			return nil, "", nil, err
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -168,6 +169,26 @@ type Delivery struct {
 	Smarthost *Smarthost `json:"smarthost,omitempty"`
 	// LocalDir writes every message as an .eml file there (dev mode).
 	LocalDir string `json:"localDir,omitempty"`
+	// AllowedDestinations are special-purpose networks (CIDRs: private,
+	// loopback, link-local, ...) that direct MX delivery may reach anyway;
+	// by default it reaches public addresses only.
+	AllowedDestinations []string `json:"allowedDestinations,omitempty"`
+	// AllowAddressLiterals delivers directly to recipients such as
+	// user@[192.0.2.1]; by default they bounce.
+	AllowAddressLiterals bool `json:"allowAddressLiterals,omitempty"`
+}
+
+// DestinationPrefixes parses AllowedDestinations.
+func (d Delivery) DestinationPrefixes() ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(d.AllowedDestinations))
+	for i, s := range d.AllowedDestinations {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("delivery.allowedDestinations[%d] %q: want a CIDR such as 10.20.0.0/16", i, s)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // Backoff is the retry schedule: Min doubling up to Max (defaults 5m and
@@ -355,6 +376,9 @@ func (c *Config) validateDelivery() []error {
 	}
 	if d.Backoff.Max.Duration > 0 && d.Backoff.Max.Duration < d.Backoff.Min.Duration {
 		errs = append(errs, errors.New("delivery.backoff.max: must not be below min"))
+	}
+	if _, err := d.DestinationPrefixes(); err != nil {
+		errs = append(errs, err)
 	}
 	for i, s := range d.Backoff.Schedule {
 		if s.Duration <= 0 {

@@ -90,6 +90,7 @@ func TestLoad(t *testing.T) {
 				t.Fatalf("delivery = %+v", d)
 			}
 		}},
+		{name: "allowed destination not a CIDR", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {allowedDestinations: [intranet]}\n", wantErr: "want a CIDR such as 10.20.0.0/16"},
 		{name: "smarthost without host", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {smarthost: {port: 25}}\n", wantErr: "delivery.smarthost.host"},
 		{name: "smarthost TLS mode", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {smarthost: {host: h, tls: maybe}}\n", wantErr: "delivery.smarthost.tls"},
 		{name: "backoff max below min", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {backoff: {min: 1h, max: 1m}}\n", wantErr: "delivery.backoff.max"},

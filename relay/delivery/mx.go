@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,6 +45,15 @@ type MXConfig struct {
 	DialTimeout    time.Duration
 	CommandTimeout time.Duration
 	DataTimeout    time.Duration
+	// AllowedDestinations are special-purpose networks (loopback, private,
+	// link-local, shared, documentation, ...) that direct delivery may reach
+	// all the same, such as an internal mail host. Without them a recipient
+	// domain whose MX resolves there is not delivered: anyone who can send
+	// could otherwise make the relay connect to the cluster's own services.
+	AllowedDestinations []netip.Prefix
+	// AllowAddressLiterals delivers to recipients such as user@[192.0.2.1]
+	// (still subject to AllowedDestinations); without it they bounce.
+	AllowAddressLiterals bool
 	// Dial opens connections (default: a net.Dialer).
 	Dial    func(ctx context.Context, network, addr string) (net.Conn, error)
 	Log     *slog.Logger
@@ -216,12 +226,15 @@ func allDeferred(rs []Result) bool {
 // non-nil when the answer decides every recipient's outcome already.
 func (m *MX) route(ctx context.Context, domain string, rcpts []string) (targets []target, final []Result) {
 	if strings.HasPrefix(domain, "[") && strings.HasSuffix(domain, "]") {
+		if !m.cfg.AllowAddressLiterals {
+			return nil, localResults(rcpts, Failed, "5.7.1", "address-literal recipients are not delivered directly: "+domain, "")
+		}
 		lit := strings.TrimPrefix(domain[1:len(domain)-1], "ipv6:")
 		ip := net.ParseIP(lit)
 		if ip == nil {
 			return nil, localResults(rcpts, Failed, "5.1.2", "bad address literal "+domain, "")
 		}
-		return []target{{host: domain, ip: ip}}, nil
+		return m.reachable(domain, []target{{host: domain, ip: ip}}, rcpts)
 	}
 	mxs, err := m.cfg.Resolver.LookupMX(ctx, domain)
 	if err != nil {
@@ -244,7 +257,7 @@ func (m *MX) route(ctx context.Context, domain string, rcpts []string) (targets 
 		case len(ips) == 0:
 			return nil, localResults(rcpts, Failed, "5.4.4", "recipient domain "+domain+" has neither MX nor address records", "")
 		}
-		return m.limit(targetsFor(domain, ips)), nil
+		return m.reachable(domain, targetsFor(domain, ips), rcpts)
 	}
 	slices.SortFunc(mxs, func(a, b *net.MX) int { return int(a.Pref) - int(b.Pref) })
 	shuffleEqualPrefs(mxs)
@@ -271,7 +284,69 @@ func (m *MX) route(ctx context.Context, domain string, rcpts []string) (targets 
 		}
 		return nil, localResults(rcpts, Deferred, "4.4.4", reason, "")
 	}
-	return m.limit(targets), nil
+	return m.reachable(domain, targets, rcpts)
+}
+
+// reachable drops targets in special-purpose networks that are not allowed
+// and limits the rest; with none left, the recipients bounce.
+func (m *MX) reachable(domain string, ts []target, rcpts []string) ([]target, []Result) {
+	kept := ts[:0:0]
+	for _, t := range ts {
+		if m.destinationAllowed(t.ip) {
+			kept = append(kept, t)
+		}
+	}
+	if len(kept) == 0 {
+		return nil, localResults(rcpts, Failed, "5.4.4", "the mail exchangers of "+domain+" are in special-purpose networks that direct delivery does not reach", "")
+	}
+	return m.limit(kept), nil
+}
+
+// destinationAllowed: a public unicast address, or one in an allowed network.
+func (m *MX) destinationAllowed(ip net.IP) bool {
+	addr, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return false
+	}
+	addr = addr.Unmap()
+	for _, p := range m.cfg.AllowedDestinations {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return !specialPurpose(addr)
+}
+
+// specialNetworks are the IANA special-purpose ranges not caught by
+// netip.Addr's own predicates.
+var specialNetworks = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),       // "this network"
+	netip.MustParsePrefix("100.64.0.0/10"),   // shared address space (CGNAT)
+	netip.MustParsePrefix("192.0.0.0/24"),    // IETF protocol assignments
+	netip.MustParsePrefix("192.0.2.0/24"),    // documentation
+	netip.MustParsePrefix("198.18.0.0/15"),   // benchmarking
+	netip.MustParsePrefix("198.51.100.0/24"), // documentation
+	netip.MustParsePrefix("203.0.113.0/24"),  // documentation
+	netip.MustParsePrefix("240.0.0.0/4"),     // reserved, and broadcast
+	netip.MustParsePrefix("64:ff9b::/96"),    // NAT64: reaches IPv4 behind it
+	netip.MustParsePrefix("64:ff9b:1::/48"),  // local-use NAT64
+	netip.MustParsePrefix("100::/64"),        // discard
+	netip.MustParsePrefix("2001::/23"),       // IETF protocol assignments
+	netip.MustParsePrefix("2001:db8::/32"),   // documentation
+	netip.MustParsePrefix("2002::/16"),       // 6to4: embeds an IPv4 address
+}
+
+func specialPurpose(a netip.Addr) bool {
+	if a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() || a.IsMulticast() ||
+		a.IsUnspecified() || a.IsInterfaceLocalMulticast() || a.IsLinkLocalMulticast() {
+		return true
+	}
+	for _, p := range specialNetworks {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 func (m *MX) limit(ts []target) []target {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,6 +100,8 @@ func newMXForTest(t *testing.T, d *dnsServer, port int, opts ...func(*MXConfig))
 		Hostname: "relay.mailfleet.test",
 		Resolver: &DNSResolver{Servers: []string{d.addr}, Timeout: 2 * time.Second},
 		Port:     port, DialTimeout: 2 * time.Second,
+		// The sinks listen on loopback, a special-purpose network.
+		AllowedDestinations: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 	}
 	for _, o := range opts {
 		o(&cfg)
