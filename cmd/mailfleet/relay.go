@@ -179,16 +179,18 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 func smtpConfig(ctx context.Context, cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (smtpd.Config, error) {
 	l := cfg.Limits
 	out := smtpd.Config{
-		Hostname:          cfg.Hostname,
-		Banner:            cfg.Banner,
-		MaxMessageBytes:   l.MaxMessageBytes,
-		MaxRecipients:     l.MaxRecipients,
-		MaxLineLength:     l.MaxLineLength,
-		MaxConnections:    l.MaxConnections,
-		CommandTimeout:    l.CommandTimeout.Duration,
-		DataTimeout:       l.DataTimeout.Duration,
-		AuthFailureLimit:  l.AuthFailureLimit,
-		AuthFailureWindow: l.AuthFailureWindow.Duration,
+		Hostname:                cfg.Hostname,
+		Banner:                  cfg.Banner,
+		MaxMessageBytes:         l.MaxMessageBytes,
+		MaxRecipients:           l.MaxRecipients,
+		MaxLineLength:           l.MaxLineLength,
+		MaxConnections:          l.MaxConnections,
+		MaxConnectionsPerClient: l.MaxConnectionsPerClient,
+		ConnectionRatePerClient: l.ConnectionRatePerClient,
+		CommandTimeout:          l.CommandTimeout.Duration,
+		DataTimeout:             l.DataTimeout.Duration,
+		AuthFailureLimit:        l.AuthFailureLimit,
+		AuthFailureWindow:       l.AuthFailureWindow.Duration,
 	}
 	for _, lc := range cfg.Listeners {
 		out.Listeners = append(out.Listeners, smtpd.Listener{

@@ -79,14 +79,19 @@ type TLS struct {
 
 // Limits bound what one client may do; zero means the relay's default.
 type Limits struct {
-	MaxMessageBytes   int64    `json:"maxMessageBytes,omitempty"`
-	MaxRecipients     int      `json:"maxRecipients,omitempty"`
-	MaxLineLength     int      `json:"maxLineLength,omitempty"`
-	MaxConnections    int      `json:"maxConnections,omitempty"`
-	CommandTimeout    Duration `json:"commandTimeout,omitempty"`
-	DataTimeout       Duration `json:"dataTimeout,omitempty"`
-	AuthFailureLimit  int      `json:"authFailureLimit,omitempty"`
-	AuthFailureWindow Duration `json:"authFailureWindow,omitempty"`
+	MaxMessageBytes int64 `json:"maxMessageBytes,omitempty"`
+	MaxRecipients   int   `json:"maxRecipients,omitempty"`
+	MaxLineLength   int   `json:"maxLineLength,omitempty"`
+	MaxConnections  int   `json:"maxConnections,omitempty"`
+	// MaxConnectionsPerClient caps one client address's open sessions
+	// (default 50); ConnectionRatePerClient its new connections per minute
+	// (default 0: no cap). -1 turns a cap off.
+	MaxConnectionsPerClient int      `json:"maxConnectionsPerClient,omitempty"`
+	ConnectionRatePerClient int      `json:"connectionRatePerClient,omitempty"`
+	CommandTimeout          Duration `json:"commandTimeout,omitempty"`
+	DataTimeout             Duration `json:"dataTimeout,omitempty"`
+	AuthFailureLimit        int      `json:"authFailureLimit,omitempty"`
+	AuthFailureWindow       Duration `json:"authFailureWindow,omitempty"`
 }
 
 // Budget says where accounts' budgets are counted. Without a sidecar the

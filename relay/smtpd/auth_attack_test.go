@@ -3,6 +3,7 @@ package smtpd
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // Attack (issue 12.1): many sessions from one address start AUTH at once,
@@ -87,4 +88,57 @@ func TestAttackClearTextAuth(t *testing.T) {
 		c.expect(line, "530 5.7.0 Must issue a STARTTLS command first")
 	}
 	c.expectPrefix("MAIL FROM:<a@ifaxin.com>", "530 ")
+}
+
+// Attack (issue 12.5): one address opens sessions until the relay has none
+// left for anyone else, or opens connections as fast as it can. Each
+// address gets MaxConnectionsPerClient open sessions and, when set,
+// ConnectionRatePerClient new connections a minute; beyond, 421 4.7.0.
+func TestAttackOneClientTakesEverySession(t *testing.T) {
+	env := startRelay(t, func(c *Config, _ *Deps) { c.MaxConnectionsPerClient = 2 })
+	for range 2 {
+		dialRaw(t, env.addr("smtp")).reply()
+	}
+	over := dialRaw(t, env.addr("smtp"))
+	if got := over.reply(); got != "421 4.7.0 mx.test Too many connections from your address, try again later" {
+		t.Fatalf("third session from one address: %q", got)
+	}
+}
+
+func TestClientConnectionRate(t *testing.T) {
+	env := startRelay(t, func(c *Config, _ *Deps) { c.ConnectionRatePerClient = 3 })
+	for range 3 {
+		c := dialRaw(t, env.addr("smtp"))
+		c.reply()
+		c.expect("QUIT", "221 2.0.0 mx.test closing connection")
+	}
+	if got := dialRaw(t, env.addr("smtp")).reply(); got != "421 4.7.0 mx.test Too many connections from your address in the last minute, try again later" {
+		t.Fatalf("fourth connection in a minute: %q", got)
+	}
+}
+
+func TestAnvilForgetsAndFrees(t *testing.T) {
+	a := newAnvil(1, 2)
+	now := time.Unix(1000, 0)
+	a.now = func() time.Time { return now }
+	if r := a.connect("192.0.2.1"); r != "" {
+		t.Fatalf("first: %q", r)
+	}
+	if r := a.connect("192.0.2.1"); r != anvilTooMany {
+		t.Fatalf("second open: %q, want %s", r, anvilTooMany)
+	}
+	a.disconnect("192.0.2.1")
+	if r := a.connect("192.0.2.1"); r != anvilTooFast {
+		t.Fatalf("third in the minute: %q, want %s", r, anvilTooFast)
+	}
+	now = now.Add(time.Minute)
+	if r := a.connect("192.0.2.1"); r != "" {
+		t.Fatalf("after the window: %q", r)
+	}
+	a.disconnect("192.0.2.1")
+	now = now.Add(2 * time.Minute)
+	a.connect("192.0.2.2") // sweeps
+	if _, ok := a.clients["192.0.2.1"]; ok {
+		t.Fatal("an idle address was not forgotten")
+	}
 }

@@ -32,22 +32,24 @@ func (r Reply) With(a ...any) Reply {
 // values. Texts with %s are completed where they are sent.
 var (
 	// Session.
-	ReplyGreeting     = Reply{220, "", "%s ESMTP %s ready"} // hostname, banner
-	ReplyHelo         = Reply{250, "", "%s Hello %s"}       // hostname, client's name
-	ReplyQuit         = Reply{221, "2.0.0", "%s closing connection"}
-	ReplyOK           = Reply{250, "2.0.0", "OK"}
-	ReplyVrfy         = Reply{252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"}
-	ReplyExpn         = Reply{502, "5.5.1", "EXPN not supported"}
-	ReplyHelp         = Reply{214, "2.0.0", "Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT"}
-	ReplyHeloFirst    = Reply{503, "5.5.1", "Send EHLO first"}
-	ReplyHeloSyntax   = Reply{501, "5.5.4", "Syntax: EHLO hostname"}
-	ReplyUnknown      = Reply{500, "5.5.2", "Command not recognized"}
-	ReplyLineTooLong  = Reply{500, "5.5.2", "Line too long"}
-	ReplyNoParams     = Reply{501, "5.5.4", "Syntax: no parameters allowed"}
-	ReplyTooManyError = Reply{421, "4.7.0", "%s Too many errors, closing connection"}
-	ReplyTimeout      = Reply{421, "4.4.2", "%s Timeout exceeded, closing connection"}
-	ReplyBusy         = Reply{421, "4.3.2", "%s Too many connections, try again later"}
-	ReplyShuttingDown = Reply{421, "4.3.2", "%s Service shutting down, try again later"}
+	ReplyGreeting      = Reply{220, "", "%s ESMTP %s ready"} // hostname, banner
+	ReplyHelo          = Reply{250, "", "%s Hello %s"}       // hostname, client's name
+	ReplyQuit          = Reply{221, "2.0.0", "%s closing connection"}
+	ReplyOK            = Reply{250, "2.0.0", "OK"}
+	ReplyVrfy          = Reply{252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"}
+	ReplyExpn          = Reply{502, "5.5.1", "EXPN not supported"}
+	ReplyHelp          = Reply{214, "2.0.0", "Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT"}
+	ReplyHeloFirst     = Reply{503, "5.5.1", "Send EHLO first"}
+	ReplyHeloSyntax    = Reply{501, "5.5.4", "Syntax: EHLO hostname"}
+	ReplyUnknown       = Reply{500, "5.5.2", "Command not recognized"}
+	ReplyLineTooLong   = Reply{500, "5.5.2", "Line too long"}
+	ReplyNoParams      = Reply{501, "5.5.4", "Syntax: no parameters allowed"}
+	ReplyTooManyError  = Reply{421, "4.7.0", "%s Too many errors, closing connection"}
+	ReplyTimeout       = Reply{421, "4.4.2", "%s Timeout exceeded, closing connection"}
+	ReplyBusy          = Reply{421, "4.3.2", "%s Too many connections, try again later"}
+	ReplyClientBusy    = Reply{421, "4.7.0", "%s Too many connections from your address, try again later"}
+	ReplyClientTooFast = Reply{421, "4.7.0", "%s Too many connections from your address in the last minute, try again later"}
+	ReplyShuttingDown  = Reply{421, "4.3.2", "%s Service shutting down, try again later"}
 
 	// STARTTLS (RFC 3207).
 	ReplyStartTLS       = Reply{220, "2.0.0", "Ready to start TLS"}

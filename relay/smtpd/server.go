@@ -55,9 +55,14 @@ type Config struct {
 	// capped at maxCommandLine.
 	MaxLineLength  int
 	MaxConnections int
-	MaxErrors      int
-	CommandTimeout time.Duration
-	DataTimeout    time.Duration
+	// MaxConnectionsPerClient caps one address's open sessions (default
+	// 50, Postfix's); ConnectionRatePerClient caps its new connections per
+	// minute (default 0: no cap). Negative turns a cap off.
+	MaxConnectionsPerClient int
+	ConnectionRatePerClient int
+	MaxErrors               int
+	CommandTimeout          time.Duration
+	DataTimeout             time.Duration
 	// AuthFailureLimit failed logins from one IP within AuthFailureWindow shut
 	// that IP out until the window passes.
 	AuthFailureLimit  int
@@ -89,6 +94,7 @@ func (c *Config) Defaults() {
 	def(&c.MaxRecipients, 1000)
 	def(&c.MaxLineLength, 8192)
 	def(&c.MaxConnections, 1000)
+	def(&c.MaxConnectionsPerClient, 50)
 	def(&c.MaxErrors, 10)
 	def(&c.AuthFailureLimit, 10)
 	defDur(&c.CommandTimeout, 5*time.Minute)
@@ -119,6 +125,7 @@ type Server struct {
 	cfg      Config
 	deps     Deps
 	throttle *authThrottle
+	anvil    *anvil
 
 	active   atomic.Int64
 	draining atomic.Bool
@@ -152,6 +159,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		cfg:       cfg,
 		deps:      deps,
 		throttle:  newAuthThrottle(cfg.AuthFailureLimit, cfg.AuthFailureWindow),
+		anvil:     newAnvil(max(cfg.MaxConnectionsPerClient, 0), max(cfg.ConnectionRatePerClient, 0)),
 		ctx:       ctx,
 		cancel:    cancel,
 		listeners: map[string]net.Listener{},
@@ -276,6 +284,15 @@ func (s *Server) admit(l Listener, conn net.Conn) {
 	case s.active.Load() >= int64(s.cfg.MaxConnections):
 		reason, reply = "max_connections", ReplyBusy.With(s.cfg.Hostname)
 	}
+	ip := remoteIP(conn.RemoteAddr())
+	if reason == "" {
+		switch reason = s.anvil.connect(ip); reason {
+		case anvilTooMany:
+			reply = ReplyClientBusy.With(s.cfg.Hostname)
+		case anvilTooFast:
+			reply = ReplyClientTooFast.With(s.cfg.Hostname)
+		}
+	}
 	if reason != "" {
 		s.deps.Metrics.refused.WithLabelValues(reason).Inc()
 		go refuse(conn, l.ImplicitTLS, reply)
@@ -297,6 +314,7 @@ func (s *Server) admit(l Listener, conn net.Conn) {
 		s.mu.Unlock()
 		s.deps.Metrics.active.WithLabelValues(l.Name).Dec()
 		s.active.Add(-1)
+		s.anvil.disconnect(ip)
 	}()
 }
 
