@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
 // secretWaitInterval is how often an account re-reads a referenced Secret
@@ -242,6 +243,12 @@ func (r *AccountReconciler) referencedKey(ctx context.Context, acc *v1.SmtpAccou
 			"Secret %q has no key %q (spec.key.secretRef.key), or it is empty", ref.Name, dataKey)
 		out.requeueAfter = secretWaitInterval
 		return "", out, nil
+	}
+	if len(key) < credentials.MinKeyLength {
+		// The length only: nothing of the key itself goes into status.
+		return "", problem(v1.ReasonKeyTooShort,
+			"the key in Secret %q (key %q) has %d characters; use at least %d, such as the output of `openssl rand -base64 32`",
+			ref.Name, dataKey, len(key), credentials.MinKeyLength), nil
 	}
 	return key, nil, nil
 }

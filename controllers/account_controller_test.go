@@ -372,9 +372,19 @@ func TestAccountReferencedSecret(t *testing.T) {
 		t.Errorf("message does not name the key: %q", msg)
 	}
 
+	// Issue 12.19: a key too short to resist guessing is refused, by length.
+	ref.Data = map[string][]byte{"api-key": []byte("hunter2")}
+	if err := testClient.Update(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	acc = waitReason(t, acc, v1.ReasonKeyTooShort)
+	if msg := readyMessage(acc); !strings.Contains(msg, "has 7 characters; use at least 32") || strings.Contains(msg, "hunter2") {
+		t.Errorf("message %q should give the length and the minimum, never the key", msg)
+	}
+
 	// The watch on Secrets picks the key up at once, well before the 10 s retry.
 	start := time.Now()
-	ref.Data = map[string][]byte{"api-key": []byte("first-referenced-key")}
+	ref.Data = map[string][]byte{"api-key": []byte("first-referenced-key-0123456789abcdef")}
 	if err := testClient.Update(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
@@ -383,27 +393,27 @@ func TestAccountReferencedSecret(t *testing.T) {
 		t.Errorf("picked up after %v", d)
 	}
 	s := getSecretT(t, ns, "shop-smtp-credentials")
-	if got := string(s.Data[SecretKeyPassword]); got != "first-referenced-key" {
+	if got := string(s.Data[SecretKeyPassword]); got != "first-referenced-key-0123456789abcdef" {
 		t.Errorf("password = %q", got)
 	}
 	waitEventAbout(t, acc, "KeyImported")
 
 	// Changing the referenced key is a rotation, with the same grace.
-	ref.Data = map[string][]byte{"api-key": []byte("second-referenced-key")}
+	ref.Data = map[string][]byte{"api-key": []byte("second-referenced-key-0123456789abcdef")}
 	if err := testClient.Update(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
 	s = waitSecret(t, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
-		if string(s.Data[SecretKeyPassword]) != "second-referenced-key" {
+		if string(s.Data[SecretKeyPassword]) != "second-referenced-key-0123456789abcdef" {
 			return fmt.Errorf("password not updated")
 		}
 		return nil
 	})
-	if got, want := string(s.Data[SecretKeyPreviousPasswordDigest]), credentials.Digest("first-referenced-key"); got != want {
+	if got, want := string(s.Data[SecretKeyPreviousPasswordDigest]), credentials.Digest("first-referenced-key-0123456789abcdef"); got != want {
 		t.Errorf("previous digest = %q, want %q", got, want)
 	}
 	waitEventAbout(t, acc, "KeyRotated")
-	assertNoKeyLeak(t, ns, "first-referenced-key", "second-referenced-key")
+	assertNoKeyLeak(t, ns, "first-referenced-key-0123456789abcdef", "second-referenced-key-0123456789abcdef")
 }
 
 func TestAccountForeignSecret(t *testing.T) {

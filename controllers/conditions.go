@@ -21,6 +21,7 @@ var stalledReasons = map[string]bool{
 	v1.ReasonTLSSecretNotFound:   true,
 	v1.ReasonRenderFailed:        true,
 	v1.ReasonNameConflict:        true,
+	v1.ReasonKeyTooShort:         true,
 }
 
 // setReady records the Ready condition for the given generation, with

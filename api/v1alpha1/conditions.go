@@ -35,4 +35,5 @@ const (
 	ReasonReplicasNotReady    = "ReplicasNotReady"
 	ReasonRenderFailed        = "RenderFailed"
 	ReasonNameConflict        = "NameConflict"
+	ReasonKeyTooShort         = "KeyTooShort"
 )

@@ -15,6 +15,10 @@ var ErrInvalid = errors.New("invalid credentials")
 // DefaultBudgetPerMinute is the budget of an account that sets none (the seeds' figure).
 const DefaultBudgetPerMinute = 30000
 
+// MinKeyLength is the shortest key an account may bring of its own: 32
+// characters carry at least 128 bits as hex, and more in base64.
+const MinKeyLength = 32
+
 // DefaultMaxRecipients caps the recipients of one message of an account
 // that sets no cap, as SES and the seeds' services do; a client sends the
 // rest in another transaction after 452 4.5.3.
