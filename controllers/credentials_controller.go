@@ -218,6 +218,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 			KeyDigests:           digests,
 			BudgetPerMinute:      budgetOf(acc, relay),
 			MaxRecipients:        maxRecipientsOf(acc),
+			SenderPolicy:         senderPolicyOf(acc),
 			AllowedSenderDomains: acc.Spec.AllowedSenderDomains,
 			Labels:               labels,
 		})
@@ -261,6 +262,15 @@ func (p *CredentialsPublisher) entitled(ctx context.Context, relay *v1.SmtpRelay
 		return false, err
 	}
 	return holder != nil && holder.UID == acc.UID, nil
+}
+
+// senderPolicyOf is what the shard carries: only the non-default policy, so
+// shards of accounts that set none are unchanged.
+func senderPolicyOf(acc *v1.SmtpAccount) string {
+	if acc.Spec.SenderPolicy == credentials.SenderPolicyEnvelope {
+		return credentials.SenderPolicyEnvelope
+	}
+	return ""
 }
 
 // maxRecipientsOf is the account's cap, or 0 for the relay's default (so

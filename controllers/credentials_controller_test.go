@@ -56,6 +56,7 @@ func TestCredentialsReachTheRelay(t *testing.T) {
 	mkAccount(t, tenant, "acme", platform, "mx", func(a *v1.SmtpAccount) {
 		a.Spec.BudgetPerMinute = ptr.To[int32](42)
 		a.Spec.Limits = &v1.AccountLimits{MaxRecipients: ptr.To[int32](7)}
+		a.Spec.SenderPolicy = credentials.SenderPolicyEnvelope
 		a.Spec.AllowedSenderDomains = []string{"acme.example"}
 	})
 	key := waitForKey(t, tenant, "acme-smtp-credentials")
@@ -65,7 +66,7 @@ func TestCredentialsReachTheRelay(t *testing.T) {
 	})
 	t.Logf("new account usable at the relay after %v", time.Since(start))
 	id, _ := verifier.Authenticate("acme", key)
-	if id.BudgetPerMinute != 42 || id.MaxRecipients != 7 || len(id.AllowedSenderDomains) != 1 {
+	if id.BudgetPerMinute != 42 || id.MaxRecipients != 7 || id.CheckHeaderFrom || len(id.AllowedSenderDomains) != 1 {
 		t.Fatalf("published identity %+v", id)
 	}
 	if _, err := verifier.Authenticate("acme", "wrong"); err == nil {

@@ -40,6 +40,14 @@ type SmtpAccountSpec struct {
 	// +optional
 	AllowedSenderDomains []string `json:"allowedSenderDomains,omitempty"`
 
+	// SenderPolicy says what allowedSenderDomains is checked against:
+	// EnvelopeAndHeader (the default) checks MAIL FROM and every address of
+	// the message's From header, which is what recipients see; Envelope
+	// checks MAIL FROM only.
+	// +kubebuilder:validation:Enum=Envelope;EnvelopeAndHeader
+	// +optional
+	SenderPolicy string `json:"senderPolicy,omitempty"`
+
 	// Suspended stops the account from authenticating, without deleting it.
 	// +optional
 	Suspended bool `json:"suspended,omitempty"`

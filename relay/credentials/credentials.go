@@ -31,6 +31,9 @@ type Account struct {
 	BudgetPerMinute      int      `json:"budgetPerMinute,omitempty"`
 	MaxRecipients        int      `json:"maxRecipients,omitempty"`
 	AllowedSenderDomains []string `json:"allowedSenderDomains,omitempty"`
+	// SenderPolicy is SenderPolicyEnvelope to check only MAIL FROM against
+	// AllowedSenderDomains; empty checks the header From too.
+	SenderPolicy string `json:"senderPolicy,omitempty"`
 	Suspended            bool     `json:"suspended,omitempty"`
 	Labels               []Label  `json:"labels,omitempty"`
 }
@@ -48,7 +51,14 @@ type Identity struct {
 	BudgetPerMinute      int
 	MaxRecipients        int
 	AllowedSenderDomains []string
+	// CheckHeaderFrom: the message's From addresses must be in
+	// AllowedSenderDomains too.
+	CheckHeaderFrom bool
 }
+
+// SenderPolicyEnvelope checks only the envelope sender; the default checks
+// the header From as well, which is what recipients see.
+const SenderPolicyEnvelope = "Envelope"
 
 // Source answers lookups of accounts by api_user. The file source lives in
 // this package; the Kubernetes source is added behind the same interface.

@@ -94,6 +94,7 @@ func identityOf(acct *Account, labelID string) Identity {
 		LabelID:              labelID,
 		BudgetPerMinute:      budget,
 		MaxRecipients:        maxRcpts,
+		CheckHeaderFrom:      acct.SenderPolicy != SenderPolicyEnvelope,
 		AllowedSenderDomains: slices.Clone(acct.AllowedSenderDomains),
 	}
 }

@@ -176,3 +176,43 @@ func TestAccountRecipientCap(t *testing.T) {
 		}
 	}
 }
+
+// Attack (issue 12.3): an account allowed only ifaxin.com sends with an
+// allowed envelope and From: ceo@bank.example, which is what recipients
+// see. With the default sender policy every From address must be allowed
+// too; an account whose policy is Envelope checks MAIL FROM only.
+func TestAttackHeaderFromSpoofing(t *testing.T) {
+	env := startRelay(t)
+	send := func(user, header string) string {
+		c := dialRaw(t, env.addr("smtp"))
+		c.login(user, env.keys[user])
+		return c.send("orders@ifaxin.com", "buyer@example.org", header+"Subject: x\r\n\r\nbody\r\n")
+	}
+	for _, tc := range []struct{ header, want string }{
+		{"From: CEO <ceo@bank.example>\r\n", "550 5.7.1 From header address <ceo@bank.example> not allowed for this account"},
+		{"From: orders@ifaxin.com, ceo@bank.example\r\n", "550 5.7.1 From header address <ceo@bank.example> not allowed for this account"},
+		{"From: orders@ifaxin.com\r\nFrom: ceo@bank.example\r\n", "550 5.7.1 From header address <ceo@bank.example> not allowed for this account"},
+		{"From: =?utf-8?q?orders=40ifaxin.com?= <ceo@bank.example>\r\n", "550 5.7.1 From header address <ceo@bank.example> not allowed for this account"},
+		{"To: buyer@example.org\r\n", "550 5.6.0 The message has no From header this account may use"},
+		{"From: not an address\r\n", "550 5.6.0 The message has no From header this account may use"},
+	} {
+		if got := send(userRestricted, tc.header); got != tc.want {
+			t.Errorf("%q: got %q, want %q", tc.header, got, tc.want)
+		}
+	}
+	for _, header := range []string{
+		"From: Orders <orders@IFAXIN.com>\r\n",
+		"From: =?utf-8?q?B=C3=BCro?= <buero@ifaxin.com>\r\n",
+		"From: \"ceo@bank.example\" <orders@ifaxin.com>\r\n",
+	} {
+		if got := send(userRestricted, header); !queuedReply.MatchString(got) {
+			t.Errorf("%q: got %q, want 250", header, got)
+		}
+	}
+	if got := send(userEnvelope, "From: CEO <ceo@bank.example>\r\n"); !queuedReply.MatchString(got) {
+		t.Errorf("sender policy Envelope: got %q, want 250", got)
+	}
+	if got := send(userMain, "From: CEO <ceo@bank.example>\r\n"); !queuedReply.MatchString(got) {
+		t.Errorf("an account with no allowed domains: got %q, want 250", got)
+	}
+}

@@ -33,6 +33,7 @@ const (
 	userMain       = "ifaxin"    // labels 1001 (active) and 1002 (suspended)
 	userOther      = "other"     // label 2001
 	userRestricted = "sender"    // may only send from ifaxin.com
+	userEnvelope   = "envonly"   // ifaxin.com, checked in MAIL FROM only
 	userTiny       = "tiny"      // budget 2 per minute
 	userSuspended  = "suspended" // suspended account
 )
@@ -138,6 +139,7 @@ func (e *relayEnv) writeCredentials(path string) string {
 		{APIUser: userMain, Labels: []credentials.Label{{ID: "1001"}, {ID: "1002", Suspended: true}}},
 		{APIUser: userOther, Labels: []credentials.Label{{ID: "2001"}}},
 		{APIUser: userRestricted, AllowedSenderDomains: []string{"ifaxin.com"}},
+		{APIUser: userEnvelope, AllowedSenderDomains: []string{"ifaxin.com"}, SenderPolicy: credentials.SenderPolicyEnvelope},
 		{APIUser: userTiny, BudgetPerMinute: 2},
 		{APIUser: userSuspended, Suspended: true},
 	}

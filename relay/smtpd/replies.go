@@ -81,6 +81,8 @@ var (
 	ReplyNeedRcpt         = Reply{503, "5.5.1", "Need RCPT command first"}
 	ReplyParam            = Reply{555, "5.5.4", "Unsupported parameter %s"}
 	ReplySenderNotAllowed = Reply{553, "5.7.1", "Sender address <%s> not allowed for this account"}
+	ReplyFromNotAllowed   = Reply{550, "5.7.1", "From header address <%s> not allowed for this account"}
+	ReplyFromMissing      = Reply{550, "5.6.0", "The message has no From header this account may use"}
 	ReplyTooManyRcpts     = Reply{452, "4.5.3", "Too many recipients"}
 
 	// DATA.

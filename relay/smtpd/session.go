@@ -456,7 +456,8 @@ func (s *session) receive(env spool.Envelope) (Reply, error) {
 		w = discardWriter{}
 	}
 	s.setDeadline(s.srv.cfg.DataTimeout)
-	res, readErr := readData(s.br, w, s.srv.cfg.MaxMessageBytes, s.srv.cfg.MaxLineLength)
+	header := &headerCapture{w: w}
+	res, readErr := readData(s.br, header, s.srv.cfg.MaxMessageBytes, s.srv.cfg.MaxLineLength)
 	reject := func(r Reply, reason string) (Reply, error) {
 		w.Abort()
 		m.rejected(user, label, reason)
@@ -474,6 +475,9 @@ func (s *session) receive(env spool.Envelope) (Reply, error) {
 		return reject(ReplyTooBig, reasonTooBig)
 	case res.tooLong:
 		return reject(ReplyDataLineLong.With(s.srv.cfg.MaxLineLength), reasonLineTooLong)
+	}
+	if r, ok := s.headerFromAllowed(header.bytes()); !ok {
+		return reject(r, reasonSenderNotAllowed)
 	}
 	spend := budget.Request{APIUser: user, LabelID: label, Limit: s.identity.BudgetPerMinute, Hits: len(env.To)}
 	switch s.srv.deps.Budget.Take(ctx, spend) {
