@@ -33,9 +33,9 @@ type Account struct {
 	AllowedSenderDomains []string `json:"allowedSenderDomains,omitempty"`
 	// SenderPolicy is SenderPolicyEnvelope to check only MAIL FROM against
 	// AllowedSenderDomains; empty checks the header From too.
-	SenderPolicy string `json:"senderPolicy,omitempty"`
-	Suspended            bool     `json:"suspended,omitempty"`
-	Labels               []Label  `json:"labels,omitempty"`
+	SenderPolicy string  `json:"senderPolicy,omitempty"`
+	Suspended    bool    `json:"suspended,omitempty"`
+	Labels       []Label `json:"labels,omitempty"`
 }
 
 // Label is a sub-identity of an account, used as api_user#label_id.
