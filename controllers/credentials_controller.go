@@ -213,7 +213,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 		if err != nil {
 			return nil, time.Time{}, err
 		}
-		out = append(out, credentials.Account{
+		entry := credentials.Account{
 			APIUser:              apiUser,
 			KeyDigests:           digests,
 			BudgetPerMinute:      budgetOf(acc, relay),
@@ -221,7 +221,14 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 			SenderPolicy:         senderPolicyOf(acc),
 			AllowedSenderDomains: acc.Spec.AllowedSenderDomains,
 			Labels:               labels,
-		})
+		}
+		// One account the relay would refuse must not stop every other
+		// account of its shard from being published.
+		if err := credentials.CheckAccount(entry); err != nil {
+			log.FromContext(ctx).Error(err, "account left out of its credentials shard", "account", acc.Namespace+"/"+acc.Name)
+			continue
+		}
+		out = append(out, entry)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].APIUser < out[j].APIUser })
 	return out, nextExpiry, nil

@@ -123,6 +123,14 @@ func TestCRDValidation(t *testing.T) {
 		{"valid account", account(func(*v1.SmtpAccount) {}), ""},
 		{"apiUser charset", account(func(a *v1.SmtpAccount) { a.Spec.APIUser = "bad#user" }), "spec.apiUser"},
 		// Issue 12.17: refused at admission rather than failing at reconcile.
+		// Issue 12.11: what the relay's parser refuses is refused here too,
+		// so one account cannot freeze its credentials shard.
+		{"sender domain label over 63", account(func(a *v1.SmtpAccount) {
+			a.Spec.AllowedSenderDomains = []string{strings.Repeat("a", 64) + ".example"}
+		}), "spec.allowedSenderDomains[0]"},
+		{"sender domain over 253", account(func(a *v1.SmtpAccount) {
+			a.Spec.AllowedSenderDomains = []string{strings.Repeat("abcdefghi.", 26) + "example"}
+		}), "spec.allowedSenderDomains[0]"},
 		{"account name too long", account(func(a *v1.SmtpAccount) { a.Name = strings.Repeat("a", 64) }), "name must be at most 63 characters"},
 		{"template label key", account(func(a *v1.SmtpAccount) {
 			a.Spec.SecretTemplate = &v1.SecretTemplate{Labels: map[string]v1.LabelValue{"bad key!": "x"}}

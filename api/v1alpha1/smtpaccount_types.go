@@ -35,7 +35,8 @@ type SmtpAccountSpec struct {
 	// AllowedSenderDomains restricts MAIL FROM to these domains; an entry
 	// "*.example.com" allows its subdomains. Empty: any sender.
 	// +kubebuilder:validation:MaxItems=100
-	// +kubebuilder:validation:items:Pattern=`^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)+$`
+	// +kubebuilder:validation:items:MaxLength=253
+	// +kubebuilder:validation:items:Pattern=`^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?([.][a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)+$`
 	// +listType=set
 	// +optional
 	AllowedSenderDomains []string `json:"allowedSenderDomains,omitempty"`

@@ -162,6 +162,13 @@ func accountRef(i int, apiUser string) string {
 	return fmt.Sprintf("accounts[%d]", i)
 }
 
+// CheckAccount says what is wrong with one account, or nil: the publisher
+// leaves an account the relay would refuse out of its shard instead of
+// failing the whole shard.
+func CheckAccount(a Account) error {
+	return joinProblems(checkAccount(a))
+}
+
 // checkAccount returns the problems with a single account.
 func checkAccount(a Account) []error {
 	var problems []error
