@@ -48,6 +48,9 @@ func TestMain(m *testing.M) {
 	cfg, err := env.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start envtest:", err)
+		// Start fails after the API server is up when a CRD is refused (a
+		// CEL rule over its cost budget, say): stop what it started.
+		env.Stop()
 		os.Exit(1)
 	}
 	testCfg = cfg

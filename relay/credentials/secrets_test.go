@@ -23,6 +23,7 @@ func TestSecretsSourceAgainstAPIServer(t *testing.T) {
 	env := &envtest.Environment{}
 	cfg, err := env.Start()
 	if err != nil {
+		env.Stop()
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { env.Stop() })

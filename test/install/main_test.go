@@ -72,6 +72,7 @@ func run(m *testing.M) int {
 	testCfg, err = env.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start envtest:", err)
+		env.Stop() // a refused CRD fails Start after the API server is up
 		return 1
 	}
 	defer func() {

@@ -90,6 +90,7 @@ func TestCertManagerController(t *testing.T) {
 	}
 	cfg, err := env.Start()
 	if err != nil {
+		env.Stop() // a refused CRD fails Start after the API server is up
 		t.Fatalf("starting envtest: %v", err)
 	}
 	t.Cleanup(func() {
