@@ -188,31 +188,43 @@ func (r *AccountReconciler) attach(ctx context.Context, acc *v1.SmtpAccount) (*v
 		}
 		return nil, nil, fmt.Errorf("get relay %s: %w", key, err)
 	}
-	ok, why, err := relayAdmitsNamespace(ctx, r.Client, relay, acc.Namespace)
-	if err != nil {
-		return nil, nil, err
-	}
-	if !ok {
-		return nil, problem(v1.ReasonNamespaceNotAllowed, "%s", why), nil
-	}
-	apiUser := effectiveAPIUser(acc)
-	holder, err := apiUserHolder(ctx, r.Client, relay, apiUser)
-	if err != nil {
-		return nil, nil, err
-	}
-	if holder != nil && holder.UID != acc.UID {
-		// Another tenant's namespace and names are not this tenant's to
-		// learn: name the holder only when it is in the same namespace.
-		if holder.Namespace == acc.Namespace {
-			return nil, problem(v1.ReasonConflict,
-				"apiUser %q on SmtpRelay %s is already held by SmtpAccount %q (the oldest claim wins); choose another spec.apiUser",
-				apiUser, key, holder.Name), nil
-		}
-		return nil, problem(v1.ReasonConflict,
-			"apiUser %q on SmtpRelay %s is taken by an account in another namespace; choose another spec.apiUser",
-			apiUser, key), nil
+	out, err := claim(ctx, r.Client, relay, acc)
+	if err != nil || out != nil {
+		return nil, out, err
 	}
 	return relay, nil, nil
+}
+
+// claim checks that relay admits acc's namespace and that acc holds its
+// apiUser there; a non-nil outcome says why not. The account controller
+// reports it; the publisher withholds the account's credentials for it.
+func claim(ctx context.Context, c client.Reader, relay *v1.SmtpRelay, acc *v1.SmtpAccount) (*readyOutcome, error) {
+	ok, why, err := relayAdmitsNamespace(ctx, c, relay, acc.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return problem(v1.ReasonNamespaceNotAllowed, "%s", why), nil
+	}
+	apiUser := effectiveAPIUser(acc)
+	holder, err := apiUserHolder(ctx, c, relay, apiUser)
+	if err != nil {
+		return nil, err
+	}
+	if holder == nil || holder.UID == acc.UID {
+		return nil, nil
+	}
+	key := client.ObjectKeyFromObject(relay)
+	// Another tenant's namespace and names are not this tenant's to learn:
+	// name the holder only when it is in the same namespace.
+	if holder.Namespace == acc.Namespace {
+		return problem(v1.ReasonConflict,
+			"apiUser %q on SmtpRelay %s is already held by SmtpAccount %q (the oldest claim wins); choose another spec.apiUser",
+			apiUser, key, holder.Name), nil
+	}
+	return problem(v1.ReasonConflict,
+		"apiUser %q on SmtpRelay %s is taken by an account in another namespace; choose another spec.apiUser",
+		apiUser, key), nil
 }
 
 // referencedKey reads the key of a secretRef account; "" for generated keys.

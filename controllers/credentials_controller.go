@@ -260,15 +260,8 @@ func (p *CredentialsPublisher) entitled(ctx context.Context, relay *v1.SmtpRelay
 		!readyNow(acc.Status.Conditions, acc.Generation) {
 		return false, nil
 	}
-	admitted, _, err := relayAdmitsNamespace(ctx, p.Client, relay, acc.Namespace)
-	if err != nil || !admitted {
-		return false, err
-	}
-	holder, err := apiUserHolder(ctx, p.Client, relay, apiUser)
-	if err != nil {
-		return false, err
-	}
-	return holder != nil && holder.UID == acc.UID, nil
+	out, err := claim(ctx, p.Client, relay, acc)
+	return err == nil && out == nil, err
 }
 
 // senderPolicyOf is what the shard carries: only the non-default policy, so

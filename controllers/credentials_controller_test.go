@@ -30,27 +30,12 @@ func TestCredentialsReachTheRelay(t *testing.T) {
 	ctx := context.Background()
 	platform := newNamespace(t, nil)
 	tenant := newNamespace(t, nil)
-	startManager(t, func(mgr ctrl.Manager) error {
-		for _, s := range []func(ctrl.Manager) error{
-			(&AccountReconciler{}).SetupWithManager,
-			(&LabelReconciler{}).SetupWithManager,
-			(&CredentialsPublisher{}).SetupWithManager,
-		} {
-			if err := s(mgr); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	startPublishing(t)
 	mkRelay(t, platform, "mx", func(r *v1.SmtpRelay) {
 		r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll
 		r.Spec.DefaultBudgetPerMinute = 500
 	})
-	src := credentials.NewSecrets(kubernetes.NewForConfigOrDie(testCfg), platform, "mx", slog.New(slog.NewTextHandler(io.Discard, nil)))
-	srcCtx, cancel := context.WithCancel(ctx)
-	t.Cleanup(cancel)
-	go src.Run(srcCtx)
-	verifier := credentials.NewVerifier(src)
+	src, verifier := relayCredentials(t, platform, "mx")
 
 	start := time.Now()
 	mkAccount(t, tenant, "acme", platform, "mx", func(a *v1.SmtpAccount) {
@@ -160,3 +145,31 @@ func setSuspended(t *testing.T, ns, name string, suspended bool) {
 type errStill string
 
 func (e errStill) Error() string { return string(e) }
+
+// startPublishing runs the account, label and publisher controllers.
+func startPublishing(t *testing.T) {
+	t.Helper()
+	startManager(t, func(mgr ctrl.Manager) error {
+		for _, s := range []func(ctrl.Manager) error{
+			(&AccountReconciler{}).SetupWithManager,
+			(&LabelReconciler{}).SetupWithManager,
+			(&CredentialsPublisher{}).SetupWithManager,
+		} {
+			if err := s(mgr); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// relayCredentials runs the Secrets source a pod of relay runs, and a
+// verifier on it, until the test ends.
+func relayCredentials(t *testing.T, ns, relay string) (*credentials.Secrets, *credentials.Verifier) {
+	t.Helper()
+	src := credentials.NewSecrets(kubernetes.NewForConfigOrDie(testCfg), ns, relay, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go src.Run(ctx)
+	return src, credentials.NewVerifier(src)
+}

@@ -2,20 +2,15 @@ package controllers
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
 // Attack (issue 12.13): a tenant whose namespace the relay does not admit
@@ -27,24 +22,9 @@ import (
 func TestAttackStatusTrusted(t *testing.T) {
 	ctx := context.Background()
 	platform, tenant := newNamespace(t, nil), newNamespace(t, nil)
-	startManager(t, func(mgr ctrl.Manager) error {
-		for _, s := range []func(ctrl.Manager) error{
-			(&AccountReconciler{}).SetupWithManager,
-			(&LabelReconciler{}).SetupWithManager,
-			(&CredentialsPublisher{}).SetupWithManager,
-		} {
-			if err := s(mgr); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	startPublishing(t)
 	mkRelay(t, platform, "mx") // admits its own namespace only
-	src := credentials.NewSecrets(kubernetes.NewForConfigOrDie(testCfg), platform, "mx", slog.New(slog.NewTextHandler(io.Discard, nil)))
-	srcCtx, cancel := context.WithCancel(ctx)
-	t.Cleanup(cancel)
-	go src.Run(srcCtx)
-	verifier := credentials.NewVerifier(src)
+	_, verifier := relayCredentials(t, platform, "mx")
 
 	victim := waitReason(t, mkAccount(t, platform, "billing", platform, "mx"), v1.ReasonReady)
 	rogue := waitReason(t, mkAccount(t, tenant, "rogue", platform, "mx"), v1.ReasonNamespaceNotAllowed)
