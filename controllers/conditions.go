@@ -22,6 +22,7 @@ var stalledReasons = map[string]bool{
 	v1.ReasonRenderFailed:        true,
 	v1.ReasonNameConflict:        true,
 	v1.ReasonKeyTooShort:         true,
+	v1.ReasonStreamConflict:      true,
 }
 
 // setReady records the Ready condition for the given generation, with

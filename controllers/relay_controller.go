@@ -133,6 +133,14 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		return ctrl.Result{}, nil // the garbage collector removes what the relay owns
 	}
 	orig := relay.DeepCopy()
+	conflict, err := r.chooseStream(ctx, relay)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if conflict != "" {
+		// Nothing tells this relay when the other one lets go of the stream.
+		return ctrl.Result{RequeueAfter: nameConflictRecheck}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: v1.ReasonStreamConflict, message: conflict})
+	}
 	objs, err := RenderRelay(relay, r.Options)
 	if err != nil {
 		// Retrying cannot help; the spec has to change, and that triggers
@@ -501,7 +509,7 @@ func (r *RelayReconciler) updateStatus(ctx context.Context, relay, orig *v1.Smtp
 // status only: it fixes itself.
 func (r *RelayReconciler) recordEvent(relay *v1.SmtpRelay, v relayVerdict) {
 	switch v.reason {
-	case v1.ReasonIssuerNotFound, v1.ReasonTLSSecretNotFound, v1.ReasonSecretNotFound, v1.ReasonRenderFailed, v1.ReasonNameConflict:
+	case v1.ReasonIssuerNotFound, v1.ReasonTLSSecretNotFound, v1.ReasonSecretNotFound, v1.ReasonRenderFailed, v1.ReasonNameConflict, v1.ReasonStreamConflict:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeWarning, v.reason, "Reconcile", "%s", v.message)
 	case v1.ReasonReady:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeNormal, v.reason, "Reconcile", "%s", v.message)

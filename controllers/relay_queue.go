@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"slices"
 	"strings"
 
@@ -25,14 +27,36 @@ const (
 	defaultDeliveryWorker = 16
 )
 
-// relayStream is the queue stream's name: unique per relay, so relays that
-// share a JetStream never take each other's messages.
+// relayStream is the queue stream's name: the one the user chose, else the
+// one the relay already uses (status.stream), else the default.
 func relayStream(relay *v1.SmtpRelay) string {
 	if s := relay.Spec.Queue.NATS.Stream; s != "" {
 		return s
 	}
-	name := strings.ToUpper(relay.Namespace + "_" + relay.Name)
-	return defaultStreamPrefix + strings.ReplaceAll(name, "-", "_")
+	if s := relay.Status.Stream; s != "" {
+		return s
+	}
+	return defaultStream(relay.Namespace, relay.Name)
+}
+
+// maxStreamName keeps the default within the length a user-chosen stream
+// may have.
+const maxStreamName = 128
+
+// defaultStream derives a stream name that no other relay can have: a
+// namespace holds only [a-z0-9-] and a relay name only [a-z0-9.-], so upper
+// case keeps them apart from the separator "_", and "." (not allowed in a
+// stream name) can become "_" because only the name may hold it. The
+// earlier default turned "-" into "_" as well, and team-a/mx and team/a-mx
+// shared one stream. Names too long for that get a hash instead, which is
+// as distinct in practice.
+func defaultStream(namespace, name string) string {
+	s := defaultStreamPrefix + strings.ToUpper(namespace) + "_" + strings.ToUpper(strings.ReplaceAll(name, ".", "_"))
+	if len(s) <= maxStreamName {
+		return s
+	}
+	sum := sha256.Sum256([]byte(namespace + "/" + name))
+	return defaultStreamPrefix + hex.EncodeToString(sum[:16])
 }
 
 func relayQueueConfig(relay *v1.SmtpRelay) config.Queue {

@@ -36,4 +36,5 @@ const (
 	ReasonRenderFailed        = "RenderFailed"
 	ReasonNameConflict        = "NameConflict"
 	ReasonKeyTooShort         = "KeyTooShort"
+	ReasonStreamConflict      = "StreamConflict"
 )

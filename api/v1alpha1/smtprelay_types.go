@@ -229,8 +229,10 @@ type NATSQueue struct {
 	// +optional
 	CASecretRef *SecretKeySelector `json:"caSecretRef,omitempty"`
 	// Stream names the queue stream; the relay creates it when missing.
-	// Default: MAILFLEET_<NAMESPACE>_<NAME>, so relays sharing a JetStream
-	// never deliver each other's mail.
+	// Default: MAILFLEET_<NAMESPACE>_<NAME> (upper case, "." in the name
+	// as "_"), distinct for every relay, so relays sharing a JetStream never
+	// deliver each other's mail. A stream another SmtpRelay already uses is
+	// refused (Ready=False, reason StreamConflict).
 	// +kubebuilder:validation:MaxLength=128
 	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9_-]+$`
 	// +optional
@@ -474,6 +476,12 @@ type SmtpRelayStatus struct {
 	// Accounts is how many accounts are attached and usable.
 	// +optional
 	Accounts int32 `json:"accounts,omitempty"`
+	// Stream is the JetStream stream the relay's pods use. The operator
+	// keeps it once chosen, while spec.queue.nats.stream is unset, so a
+	// change in the default naming never strands queued mail in a stream
+	// no pod reads.
+	// +optional
+	Stream string `json:"stream,omitempty"`
 }
 
 // SmtpRelay is a fleet of authenticated SMTP relays.

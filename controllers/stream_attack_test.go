@@ -1,0 +1,128 @@
+package controllers
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"sigs.k8s.io/yaml"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/relay/config"
+)
+
+// Attack (issue 12.12): team-a/mx and team/a-mx rendered the same stream,
+// MAILFLEET_TEAM_A_MX, so each relay delivered, and acknowledged, the
+// other's mail. The default is now injective.
+func TestDefaultStreamInjective(t *testing.T) {
+	pairs := [][2][2]string{
+		{{"team-a", "mx"}, {"team", "a-mx"}},
+		{{"team", "a.mx"}, {"team", "a-mx"}},
+		{{"a", "b.c"}, {"a-b", "c"}},
+	}
+	for _, p := range pairs {
+		a, b := defaultStream(p[0][0], p[0][1]), defaultStream(p[1][0], p[1][1])
+		if a == b {
+			t.Errorf("%s/%s and %s/%s share stream %s", p[0][0], p[0][1], p[1][0], p[1][1], a)
+		}
+	}
+	long := strings.Repeat("n", 200)
+	if s := defaultStream("mail", long); len(s) > maxStreamName || s == defaultStream("mail", long+"x") {
+		t.Errorf("long names: %q", s)
+	}
+	if s := defaultStream("mail", "mx"); s != "MAILFLEET_MAIL_MX" {
+		t.Errorf("simple name became %q", s)
+	}
+}
+
+// Attack (issue 12.12): an SmtpRelay naming another relay's stream in
+// spec.queue.nats.stream read that relay's queue. The second claimant now
+// stops at StreamConflict, without naming the holder, and renders nothing.
+func TestAttackStreamTakenByAnotherRelay(t *testing.T) {
+	prefix := "s" + rand.String(6)
+	nsA, nsB := newNamedNamespace(t, prefix+"-a"), newNamedNamespace(t, prefix)
+	startRelayController(t)
+	first := createRelay(t, withNamespace(nsA), withName("mx"))
+	second := createRelay(t, withNamespace(nsB), withName("a-mx"))
+	gotFirst := waitReady(t, first, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	gotSecond := waitReady(t, second, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	if gotFirst.Status.Stream == gotSecond.Status.Stream {
+		t.Fatalf("%s/mx and %s/a-mx share stream %s", nsA, nsB, gotFirst.Status.Stream)
+	}
+	if s := renderedConfig(t, nsB, "a-mx").Queue.NATS.Stream; s != gotSecond.Status.Stream {
+		t.Fatalf("rendered stream %q, status says %q", s, gotSecond.Status.Stream)
+	}
+
+	nsC := newNamespace(t, nil)
+	thief := createRelay(t, withNamespace(nsC), func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.Stream = gotFirst.Status.Stream })
+	got := waitReady(t, thief, metav1.ConditionFalse, v1.ReasonStreamConflict)
+	msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message
+	if strings.Contains(msg, nsA) || !strings.Contains(msg, "spec.queue.nats.stream") {
+		t.Errorf("message %q: want no other relay named, and what to change", msg)
+	}
+	waitRelayEvent(t, thief, corev1.EventTypeWarning, v1.ReasonStreamConflict)
+	if got.Status.Stream != "" {
+		t.Errorf("the thief recorded stream %q", got.Status.Stream)
+	}
+	if err := getLive(&corev1.ConfigMap{}, nsC, relayConfigMapName(thief.Name)); err == nil {
+		t.Error("the thief's config was rendered")
+	}
+	// The holder is not disturbed by a newer claimant.
+	waitReady(t, first, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+}
+
+// A relay whose pods an earlier operator configured keeps the stream in
+// that config, though the default naming changed: its queued mail is there.
+func TestRelayKeepsRenderedStream(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t, nil)
+	relay := createRelay(t, withNamespace(ns), withName("a-b"))
+	legacy := config.Config{Queue: config.Queue{NATS: &config.NATSQueue{URL: "nats://nats:4222", Stream: "MAILFLEET_" + strings.ToUpper(ns) + "_A_B"}}}
+	data, err := yaml.Marshal(legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: relayConfigMapName(relay.Name), Namespace: ns,
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(relay, v1.GroupVersion.WithKind("SmtpRelay"))}},
+		Data: map[string]string{relayConfigKey: string(data)},
+	}
+	if err := testClient.Create(ctx, cm); err != nil {
+		t.Fatal(err)
+	}
+	startRelayController(t)
+	got := waitReady(t, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	if got.Status.Stream != legacy.Queue.NATS.Stream {
+		t.Fatalf("status.stream %q, want the rendered %q", got.Status.Stream, legacy.Queue.NATS.Stream)
+	}
+	if s := renderedConfig(t, ns, relay.Name).Queue.NATS.Stream; s != legacy.Queue.NATS.Stream {
+		t.Fatalf("re-rendered stream %q, want %q", s, legacy.Queue.NATS.Stream)
+	}
+}
+
+func newNamedNamespace(t *testing.T, name string) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if err := testClient.Create(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { testClient.Delete(context.Background(), ns) })
+	return name
+}
+
+func renderedConfig(t *testing.T, ns, relay string) config.Config {
+	t.Helper()
+	cm := &corev1.ConfigMap{}
+	if err := getLive(cm, ns, relayConfigMapName(relay)); err != nil {
+		t.Fatal(err)
+	}
+	var c config.Config
+	if err := yaml.Unmarshal([]byte(cm.Data[relayConfigKey]), &c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
