@@ -23,6 +23,7 @@ var stalledReasons = map[string]bool{
 	v1.ReasonNameConflict:        true,
 	v1.ReasonKeyTooShort:         true,
 	v1.ReasonStreamConflict:      true,
+	v1.ReasonImageNotAllowed:     true,
 }
 
 // setReady records the Ready condition for the given generation, with

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -139,7 +138,7 @@ func keepPublishedFields(obj any) (any, error) {
 // Reconcile rewrites one shard Secret, named by the request, when its
 // content changed.
 func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	relayName, shard, ok := parseShardName(req.Name)
+	relayName, shard, ok := credentials.ParseShardSecretName(req.Name)
 	if !ok {
 		return ctrl.Result{}, nil // not a request this controller makes
 	}
@@ -299,31 +298,9 @@ func readyNow(conds []metav1.Condition, generation int64) bool {
 	return c != nil && c.Status == metav1.ConditionTrue && c.ObservedGeneration == generation
 }
 
-// shardInfix separates the relay's name from the shard number in a shard
-// Secret's name.
-const shardInfix = "-credentials-"
-
-// ShardName is the name of a relay's shard Secret.
-func ShardName(relay string, shard int) string {
-	return fmt.Sprintf("%s%s%02d", relay, shardInfix, shard)
-}
-
-// parseShardName is ShardName's inverse.
-func parseShardName(name string) (relay string, shard int, ok bool) {
-	i := strings.LastIndex(name, shardInfix)
-	if i <= 0 {
-		return "", 0, false
-	}
-	n, err := strconv.Atoi(name[i+len(shardInfix):])
-	if err != nil || n < 0 || n >= credentials.ShardCount {
-		return "", 0, false
-	}
-	return name[:i], n, true
-}
-
 // shardRequest is the request that rebuilds one shard of relay.
 func shardRequest(relay types.NamespacedName, shard int) reconcile.Request {
-	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: relay.Namespace, Name: ShardName(relay.Name, shard)}}
+	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: relay.Namespace, Name: credentials.ShardSecretName(relay.Name, shard)}}
 }
 
 // writeShard applies one shard when its content differs from what is there.
@@ -332,7 +309,7 @@ func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRel
 	if err != nil {
 		return false, err
 	}
-	name := ShardName(relay.Name, i)
+	name := credentials.ShardSecretName(relay.Name, i)
 	count := strconv.Itoa(len(accounts))
 	var existing corev1.Secret
 	err = p.Secrets.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: name}, &existing)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -146,7 +147,11 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		// Retrying cannot help; the spec has to change, and that triggers
 		// a new reconcile.
 		log.Info("relay cannot be rendered", "error", err.Error())
-		return ctrl.Result{}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: v1.ReasonRenderFailed, message: err.Error()})
+		reason := v1.ReasonRenderFailed
+		if errors.Is(err, errImageNotAllowed) {
+			reason = v1.ReasonImageNotAllowed
+		}
+		return ctrl.Result{}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: reason, message: err.Error()})
 	}
 	missing, err := r.stampSecretVersions(ctx, relay, objs)
 	if err != nil {
@@ -509,7 +514,7 @@ func (r *RelayReconciler) updateStatus(ctx context.Context, relay, orig *v1.Smtp
 // status only: it fixes itself.
 func (r *RelayReconciler) recordEvent(relay *v1.SmtpRelay, v relayVerdict) {
 	switch v.reason {
-	case v1.ReasonIssuerNotFound, v1.ReasonTLSSecretNotFound, v1.ReasonSecretNotFound, v1.ReasonRenderFailed, v1.ReasonNameConflict, v1.ReasonStreamConflict:
+	case v1.ReasonIssuerNotFound, v1.ReasonTLSSecretNotFound, v1.ReasonSecretNotFound, v1.ReasonRenderFailed, v1.ReasonNameConflict, v1.ReasonStreamConflict, v1.ReasonImageNotAllowed:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeWarning, v.reason, "Reconcile", "%s", v.message)
 	case v1.ReasonReady:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeNormal, v.reason, "Reconcile", "%s", v.message)

@@ -27,6 +27,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/relay/config"
+	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
 // Label values and annotations only the relay's objects carry.
@@ -88,6 +89,28 @@ type RenderOptions struct {
 	// Image is the operator's image, used when spec.image is empty: one
 	// binary serves both the operator and the relay.
 	Image string
+	// AllowedImages are the images an SmtpRelay may choose in spec.image
+	// besides Image: exact references, or prefixes ending in "/", ":" or
+	// "@" ("registry.example/mailfleet:" allows every tag). Only the
+	// administrator who runs the operator picks what relay pods execute,
+	// with the relay's ServiceAccount and the cluster's network.
+	AllowedImages []string
+}
+
+// errImageNotAllowed marks a spec.image outside RenderOptions.AllowedImages.
+var errImageNotAllowed = errors.New("image not allowed")
+
+// imageAllowed reports whether an SmtpRelay may run image.
+func (o RenderOptions) imageAllowed(image string) bool {
+	if image == o.Image {
+		return true
+	}
+	for _, a := range o.AllowedImages {
+		if image == a || (a != "" && strings.ContainsAny(a[len(a)-1:], "/:@") && strings.HasPrefix(image, a)) {
+			return true
+		}
+	}
+	return false
 }
 
 // RelayObjects is everything an SmtpRelay becomes. Certificate is nil when
@@ -130,6 +153,9 @@ func RenderRelay(relay *v1.SmtpRelay, opts RenderOptions) (*RelayObjects, error)
 	image := relay.Spec.Image
 	if image == "" {
 		image = opts.Image
+	}
+	if !opts.imageAllowed(image) {
+		return nil, fmt.Errorf("%w: spec.image %q is not among the images the operator allows (--relay-allowed-images); remove spec.image to run the operator's own, or ask the cluster administrator to allow it", errImageNotAllowed, image)
 	}
 	if image == "" {
 		return nil, errors.New("spec.image is empty and the operator has no default image")
@@ -598,19 +624,21 @@ func relayServiceAccount(relay *v1.SmtpRelay) *corev1.ServiceAccount {
 	return &corev1.ServiceAccount{ObjectMeta: relayObjectMeta(relay, relayServiceAccountName(relay.Name))}
 }
 
-// relayRole is all the relay may do: list and watch Secrets (its
-// credentials shards, through an informer that never gets one by name) in
-// its own namespace. A Role, never a ClusterRole, so a relay can never read
-// tenants' Secrets. Names are not listed because the shards are created as
-// accounts come and go, and list/watch ignore resourceNames anyway. The
-// rate-limit sidecar needs no API access at all.
+// relayRole is all the relay may do: list and watch its own credentials
+// shards, each by name, in its own namespace. A Role, never a ClusterRole,
+// and resourceNames, never all Secrets: a relay's token reads no tenant's
+// Secret and no other relay's shards. The shard names are fixed
+// (credentials.ShardSecretNames), and the relay watches each with a
+// metadata.name field selector, the form of list and watch RBAC
+// authorises by name. The rate-limit sidecar reads the same shards.
 func relayRole(relay *v1.SmtpRelay) *rbacv1.Role {
 	return &rbacv1.Role{
 		ObjectMeta: relayObjectMeta(relay, relayServiceAccountName(relay.Name)),
 		Rules: []rbacv1.PolicyRule{{
-			APIGroups: []string{""},
-			Resources: []string{"secrets"},
-			Verbs:     []string{"list", "watch"},
+			APIGroups:     []string{""},
+			Resources:     []string{"secrets"},
+			ResourceNames: credentials.ShardSecretNames(relay.Name),
+			Verbs:         []string{"list", "watch"},
 		}},
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/relay/config"
+	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
 const testImage = "registry.example.com/mailfleet:test"
@@ -186,11 +187,19 @@ func TestRenderRelayImage(t *testing.T) {
 		want  string
 	}{
 		{"operator's image by default", newTestRelay(), testImage},
-		{"spec.image wins", newTestRelay(withImage("example.com/relay:v2")), "example.com/relay:v2"},
+		{"spec.image naming the operator's image", newTestRelay(withImage(testImage)), testImage},
+		{"an allowed image", newTestRelay(withImage("example.com/relay:v2")), "example.com/relay:v2"},
+		{"a tag under an allowed prefix", newTestRelay(withImage("registry.example/mailfleet:1.2.3")), "registry.example/mailfleet:1.2.3"},
 	}
+	opts := testRenderOptions
+	opts.AllowedImages = []string{"example.com/relay:v2", "registry.example/mailfleet:"}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := mustRender(t, tt.relay).Deployment.Spec.Template.Spec.Containers[0].Image; got != tt.want {
+			objs, err := RenderRelay(tt.relay, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := objs.Deployment.Spec.Template.Spec.Containers[0].Image; got != tt.want {
 				t.Errorf("image = %q, want %q", got, tt.want)
 			}
 		})
@@ -548,8 +557,9 @@ func TestRenderRelayRole(t *testing.T) {
 	rules := objs.Role.Rules
 	if len(rules) != 1 || !reflect.DeepEqual(rules[0].APIGroups, []string{""}) ||
 		!reflect.DeepEqual(rules[0].Resources, []string{"secrets"}) ||
-		!reflect.DeepEqual(rules[0].Verbs, []string{"list", "watch"}) {
-		t.Errorf("role rules = %+v, want list and watch of secrets only", rules)
+		!reflect.DeepEqual(rules[0].Verbs, []string{"list", "watch"}) ||
+		!reflect.DeepEqual(rules[0].ResourceNames, credentials.ShardSecretNames("mx")) {
+		t.Errorf("role rules = %+v, want list and watch of the relay's own shards only", rules)
 	}
 	rb := objs.RoleBinding
 	if rb.RoleRef.Kind != "Role" || rb.RoleRef.Name != "mx-relay" || len(rb.Subjects) != 1 ||

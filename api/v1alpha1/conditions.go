@@ -37,4 +37,5 @@ const (
 	ReasonNameConflict        = "NameConflict"
 	ReasonKeyTooShort         = "KeyTooShort"
 	ReasonStreamConflict      = "StreamConflict"
+	ReasonImageNotAllowed     = "ImageNotAllowed"
 )

@@ -71,6 +71,9 @@ type SmtpRelaySpec struct {
 	RateLimit *RelayRateLimit `json:"rateLimit,omitempty"`
 
 	// Image overrides the relay image (default: the operator's own image).
+	// Only images the operator allows (its --relay-allowed-images, the
+	// chart's relayAllowedImages) are run; any other stops the relay at
+	// Ready=False, reason ImageNotAllowed.
 	// +optional
 	Image string `json:"image,omitempty"`
 

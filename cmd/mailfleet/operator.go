@@ -22,6 +22,7 @@ type operatorOptions struct {
 	leaderElect      bool
 	leaderElectionNS string
 	relayImage       string
+	allowedImages    []string
 	logLevel         string
 	shutdownTimeout  time.Duration
 }
@@ -42,6 +43,7 @@ func operatorCommand() *cobra.Command {
 	f.BoolVar(&o.leaderElect, "leader-elect", true, "elect a leader so only one replica reconciles")
 	f.StringVar(&o.leaderElectionNS, "leader-election-namespace", "", "namespace of the leader election Lease (default: the pod's)")
 	f.StringVar(&o.relayImage, "relay-image", os.Getenv("MAILFLEET_IMAGE"), "image of relay pods when an SmtpRelay sets none (default $MAILFLEET_IMAGE)")
+	f.StringSliceVar(&o.allowedImages, "relay-allowed-images", nil, "images an SmtpRelay may name in spec.image besides --relay-image: exact references, or prefixes ending in /, : or @")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info or error")
 	f.DurationVar(&o.shutdownTimeout, "graceful-shutdown-timeout", 30*time.Second, "how long running reconciles may take to finish on shutdown")
 	return cmd
@@ -64,7 +66,7 @@ func runOperator(o operatorOptions) error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
-	if err := controllers.Setup(mgr, controllers.RenderOptions{Image: o.relayImage}); err != nil {
+	if err := controllers.Setup(mgr, controllers.RenderOptions{Image: o.relayImage, AllowedImages: o.allowedImages}); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {

@@ -11,8 +11,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 )
@@ -24,6 +25,7 @@ import (
 type Secrets struct {
 	client    kubernetes.Interface
 	namespace string
+	relay     string
 	selector  string
 	log       *slog.Logger
 
@@ -44,6 +46,7 @@ func NewSecrets(client kubernetes.Interface, namespace, relay string, log *slog.
 	s := &Secrets{
 		client:    client,
 		namespace: namespace,
+		relay:     relay,
 		selector:  labels.Set{ShardLabel: relay}.String(),
 		log:       log.With("source", "secrets", "namespace", namespace, "selector", ShardLabel+"="+relay),
 		shards:    map[string][]Account{},
@@ -68,28 +71,38 @@ func (s *Secrets) Generation() uint64 { return s.gen.Load() }
 // Len returns the number of accounts.
 func (s *Secrets) Len() int { return len(s.snap.Load().accounts) }
 
-// Run watches the shards until ctx ends.
+// Run watches the shards until ctx ends. Each shard is watched by name
+// (a metadata.name field selector), which is what lets the relay's Role
+// grant exactly these Secrets: RBAC authorises a list or watch narrowed to
+// one name by that name, and refuses a relay any other Secret.
 func (s *Secrets) Run(ctx context.Context) error {
-	factory := informers.NewSharedInformerFactoryWithOptions(s.client, 10*time.Minute,
-		informers.WithNamespace(s.namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = s.selector }))
-	informer := factory.Core().V1().Secrets().Informer()
-	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.apply(obj, false) },
-		UpdateFunc: func(_, obj any) { s.apply(obj, false) },
-		DeleteFunc: func(obj any) { s.apply(obj, true) },
-	})
-	if err != nil {
-		return fmt.Errorf("watch credentials shards: %w", err)
+	names := ShardSecretNames(s.relay)
+	synced := make([]cache.InformerSynced, 0, len(names))
+	var running sync.WaitGroup
+	defer running.Wait()
+	for _, name := range names {
+		informer := coreinformers.NewFilteredSecretInformer(s.client, s.namespace, 10*time.Minute, cache.Indexers{},
+			func(o *metav1.ListOptions) {
+				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
+				o.LabelSelector = s.selector
+			})
+		_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { s.apply(obj, false) },
+			UpdateFunc: func(_, obj any) { s.apply(obj, false) },
+			DeleteFunc: func(obj any) { s.apply(obj, true) },
+		})
+		if err != nil {
+			return fmt.Errorf("watch credentials shard %s: %w", name, err)
+		}
+		running.Go(func() { informer.RunWithContext(ctx) })
+		synced = append(synced, informer.HasSynced)
 	}
-	factory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("watch credentials shards in %s: %w", s.namespace, ctx.Err())
 	}
 	s.synced.Store(true)
 	s.log.Info("credentials shards synced", "accounts", s.Len())
 	<-ctx.Done()
-	factory.Shutdown()
 	return nil
 }
 

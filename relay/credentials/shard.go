@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strconv"
+	"strings"
 )
 
 // A fleet's credentials are published by the operator as shards: Secrets in
@@ -21,6 +23,39 @@ const (
 	// ShardLabel selects a relay's shards; its value is the relay's name.
 	ShardLabel = "mailfleet.io/credentials-for"
 )
+
+// shardInfix separates the relay's name from the shard number in a shard
+// Secret's name.
+const shardInfix = "-credentials-"
+
+// ShardSecretName is the name of a relay's shard Secret. The names are
+// fixed, so the relay's Role can name each one (resourceNames) and a relay
+// reads no other Secret.
+func ShardSecretName(relay string, shard int) string {
+	return fmt.Sprintf("%s%s%02d", relay, shardInfix, shard)
+}
+
+// ParseShardSecretName is ShardSecretName's inverse.
+func ParseShardSecretName(name string) (relay string, shard int, ok bool) {
+	i := strings.LastIndex(name, shardInfix)
+	if i <= 0 {
+		return "", 0, false
+	}
+	n, err := strconv.Atoi(name[i+len(shardInfix):])
+	if err != nil || n < 0 || n >= ShardCount || name != ShardSecretName(name[:i], n) {
+		return "", 0, false
+	}
+	return name[:i], n, true
+}
+
+// ShardSecretNames are all of a relay's shard Secrets.
+func ShardSecretNames(relay string) []string {
+	names := make([]string, ShardCount)
+	for i := range names {
+		names[i] = ShardSecretName(relay, i)
+	}
+	return names
+}
 
 // ShardOf returns the shard an api_user belongs to.
 func ShardOf(apiUser string) int {

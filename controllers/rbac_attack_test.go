@@ -1,0 +1,120 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/relay/credentials"
+)
+
+// Attack (issue 12.14): the relay's Role let its token list and watch every
+// Secret in its namespace: a compromised relay pod read the platform's
+// other Secrets and other relays' shards. The Role now names the relay's
+// own shards, and the relay's shard watch works within it.
+func TestAttackRelayTokenReadsOtherSecrets(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t, nil)
+	startRelayController(t)
+	relay := createRelay(t, withNamespace(ns))
+	eventually(t, relayWait, func() error { return getLive(&rbacv1.RoleBinding{}, ns, relayServiceAccountName(relay.Name)) })
+
+	admin := kubernetes.NewForConfigOrDie(testCfg)
+	account := credentials.Account{APIUser: "acme", KeyDigests: []string{credentials.Digest("a-key-of-thirty-two-characters!!")}}
+	data, err := credentials.MarshalShard([]credentials.Account{account})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := credentials.ShardSecretName(relay.Name, credentials.ShardOf("acme"))
+	for name, labels := range map[string]map[string]string{
+		own:                                  {credentials.ShardLabel: relay.Name},
+		"database-password":                  nil,
+		credentials.ShardSecretName("db", 0): {credentials.ShardLabel: "db"},
+	} {
+		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
+			Data: map[string][]byte{credentials.ShardDataKey: data}}
+		if _, err := admin.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	cfg := rest.CopyConfig(testCfg)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + relayServiceAccountName(relay.Name)}
+	asRelay := kubernetes.NewForConfigOrDie(cfg)
+	secrets := asRelay.CoreV1().Secrets(ns)
+	byName := func(name string) metav1.ListOptions {
+		return metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", name).String()}
+	}
+	attempts := map[string]error{}
+	_, attempts["get database-password"] = secrets.Get(ctx, "database-password", metav1.GetOptions{})
+	_, attempts["list all secrets"] = secrets.List(ctx, metav1.ListOptions{})
+	_, attempts["list by shard label"] = secrets.List(ctx, metav1.ListOptions{LabelSelector: credentials.ShardLabel + "=" + relay.Name})
+	_, attempts["list database-password by name"] = secrets.List(ctx, byName("database-password"))
+	_, attempts["list another relay's shard"] = secrets.List(ctx, byName(credentials.ShardSecretName("db", 0)))
+	_, attempts["get own shard"] = secrets.Get(ctx, own, metav1.GetOptions{})
+	_, attempts["list in another namespace"] = asRelay.CoreV1().Secrets("default").List(ctx, byName(own))
+	for what, err := range attempts {
+		if !apierrors.IsForbidden(err) {
+			t.Errorf("%s as the relay: %v, want Forbidden", what, err)
+		}
+	}
+
+	// What the relay does need still works: its shard watch, by name.
+	src := credentials.NewSecrets(asRelay, ns, relay.Name, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- src.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, relayWait, func() error {
+		if _, ok := src.Lookup("acme"); !ok || !src.Synced() {
+			return errors.New("the relay's shard watch has not seen acme")
+		}
+		return nil
+	})
+}
+
+// Attack (issue 12.14): whoever could write an SmtpRelay chose the image
+// its pods run, with the relay's token and the cluster's network. Only the
+// images the operator's administrator allows run now.
+func TestAttackRelayImageNotAllowed(t *testing.T) {
+	opts := testRenderOptions
+	opts.AllowedImages = []string{"example.com/relay:v2", "registry.example/mailfleet:", "registry.example/mailfleet"}
+	for _, image := range []string{
+		"attacker.example/miner:latest",
+		"example.com/relay:v2-evil",
+		"registry.example/mailfleet-evil:1", // the entry without a separator is exact
+		"registry.example/mailfleet",        // allowed exactly, so take the next
+	} {
+		_, err := RenderRelay(newTestRelay(withImage(image)), opts)
+		if image == "registry.example/mailfleet" {
+			if err != nil {
+				t.Errorf("%s: %v", image, err)
+			}
+			continue
+		}
+		if !errors.Is(err, errImageNotAllowed) || !strings.Contains(err.Error(), "--relay-allowed-images") {
+			t.Errorf("%s: err %v, want ImageNotAllowed saying how to allow it", image, err)
+		}
+	}
+	ns := newNamespace(t, nil)
+	startRelayController(t)
+	relay := createRelay(t, withNamespace(ns), withImage("attacker.example/miner:latest"))
+	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonImageNotAllowed)
+	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonImageNotAllowed)
+	if err := getLive(&appsv1.Deployment{}, ns, relay.Name); !apierrors.IsNotFound(err) {
+		t.Errorf("deployment of a relay with a refused image: %v", err)
+	}
+}
