@@ -242,7 +242,7 @@ func (p *CredentialsPublisher) readyLabels(ctx context.Context, acc *v1.SmtpAcco
 	var out []credentials.Label
 	for i := range list.Items {
 		l := &list.Items[i]
-		if readyNow(l.Status.Conditions, l.Generation) {
+		if !l.Spec.Suspended && readySome(l.Status.Conditions) {
 			out = append(out, credentials.Label{ID: l.Spec.LabelID})
 		}
 	}
@@ -252,11 +252,16 @@ func (p *CredentialsPublisher) readyLabels(ctx context.Context, acc *v1.SmtpAcco
 
 // entitled decides from the account's spec and the operator's own checks
 // whether it is published: a tenant may write its account's status (any
-// role with */status can), so status is never trusted for that. Ready at the
-// current generation is required too, but only ever withholds.
+// role with */status can), so status is never trusted for that. A Ready
+// condition is required too, but only ever withholds. It may speak of an
+// earlier generation: an edit must not unpublish the account until the
+// account controller has looked at it (that made every edit a moment of
+// 535s). Until then the spec is published as edited, and the key is the
+// one the account controller last wrote, since every check of the spec
+// that could unpublish it is made here again.
 func (p *CredentialsPublisher) entitled(ctx context.Context, relay *v1.SmtpRelay, acc *v1.SmtpAccount, apiUser string, shard int) (bool, error) {
 	if acc.Spec.Suspended || acc.DeletionTimestamp != nil || credentials.ShardOf(apiUser) != shard ||
-		!readyNow(acc.Status.Conditions, acc.Generation) {
+		!readySome(acc.Status.Conditions) {
 		return false, nil
 	}
 	out, err := claim(ctx, p.Client, relay, acc)
@@ -292,10 +297,9 @@ func budgetOf(acc *v1.SmtpAccount, relay *v1.SmtpRelay) int {
 	}
 }
 
-// readyNow reports a Ready=True condition that speaks of the current generation.
-func readyNow(conds []metav1.Condition, generation int64) bool {
-	c := meta.FindStatusCondition(conds, v1.ConditionReady)
-	return c != nil && c.Status == metav1.ConditionTrue && c.ObservedGeneration == generation
+// readySome reports a Ready=True condition, of whichever generation.
+func readySome(conds []metav1.Condition) bool {
+	return meta.IsStatusConditionTrue(conds, v1.ConditionReady)
 }
 
 // shardRequest is the request that rebuilds one shard of relay.
