@@ -281,6 +281,11 @@ func (r *AccountReconciler) applySecret(ctx context.Context, acc *v1.SmtpAccount
 		return nil, err
 	}
 	plan := planFor(acc, refKey, r.now())
+	if existing == nil && prev.Key == "" {
+		if prev, err = r.graceForLostKey(ctx, acc, plan); err != nil {
+			return nil, err
+		}
+	}
 	next, change, err := nextKey(prev, plan)
 	if err != nil {
 		return nil, err
@@ -309,7 +314,7 @@ func (r *AccountReconciler) applySecret(ctx context.Context, acc *v1.SmtpAccount
 // notOwned refuses a Secret of the credentials name that this account does
 // not control: it may be someone's data, so it is never overwritten.
 func notOwned(acc *v1.SmtpAccount, s *corev1.Secret) *readyOutcome {
-	if s == nil || metav1.IsControlledBy(s, acc) {
+	if s == nil || accountHolds(s, acc) {
 		return nil
 	}
 	return problem(v1.ReasonSecretNotOwned,
@@ -327,6 +332,34 @@ func (r *AccountReconciler) currentKey(ctx context.Context, acc *v1.SmtpAccount,
 	return keyStateFromSecret(old), err
 }
 
+// graceForLostKey is the key state to start from when the account's
+// credentials Secret is gone (someone deleted it) after a key was
+// published: the published key stays valid for the rotation grace period
+// beside the new one, as with any rotation, so its senders are not cut off
+// between the deletion and their picking up the new key. The digest comes
+// from the shard the operator wrote, never from anything a tenant writes;
+// status.secretName only says whether to look.
+func (r *AccountReconciler) graceForLostKey(ctx context.Context, acc *v1.SmtpAccount, plan keyPlan) (keyState, error) {
+	if acc.Status.SecretName == "" || plan.Grace == 0 {
+		return keyState{}, nil
+	}
+	relay, apiUser := accountRelay(acc), effectiveAPIUser(acc)
+	shard, err := getSecret(ctx, r.APIReader, relay.Namespace, credentials.ShardSecretName(relay.Name, credentials.ShardOf(apiUser)))
+	if err != nil || shard == nil {
+		return keyState{}, err
+	}
+	accounts, err := credentials.ParseShard(shard.Data[credentials.ShardDataKey])
+	if err != nil {
+		return keyState{}, nil // nothing usable published: no grace to give
+	}
+	for _, a := range accounts {
+		if a.APIUser == apiUser && len(a.KeyDigests) > 0 && (plan.RefKey == "" || a.KeyDigests[0] != credentials.Digest(plan.RefKey)) {
+			return keyState{PreviousDigest: a.KeyDigests[0], PreviousExpiry: plan.stamp().Add(plan.Grace)}, nil
+		}
+	}
+	return keyState{}, nil
+}
+
 // renamedSecret is the account's previous credentials Secret when
 // spec.secretName changed, if this account controls it.
 func (r *AccountReconciler) renamedSecret(ctx context.Context, acc *v1.SmtpAccount) (*corev1.Secret, error) {
@@ -335,15 +368,19 @@ func (r *AccountReconciler) renamedSecret(ctx context.Context, acc *v1.SmtpAccou
 		return nil, nil
 	}
 	s, err := getSecret(ctx, r.APIReader, acc.Namespace, old)
-	if err != nil || s == nil || !metav1.IsControlledBy(s, acc) {
+	if err != nil || s == nil || !accountHolds(s, acc) {
 		return nil, err
 	}
 	return s, nil
 }
 
 // dropRenamedSecret deletes the previous credentials Secret once its key
-// lives under the new name.
+// lives under the new name, when the account's secretRetention is Delete;
+// with Retain it stays, as it would if the account were deleted.
 func (r *AccountReconciler) dropRenamedSecret(ctx context.Context, acc *v1.SmtpAccount, name string) error {
+	if acc.Spec.SecretRetention != v1.SecretRetentionDelete {
+		return nil
+	}
 	old, err := r.renamedSecret(ctx, acc)
 	if err != nil || old == nil {
 		return err

@@ -236,8 +236,8 @@ func TestAccountGeneratedKey(t *testing.T) {
 			t.Errorf("data[%s] = %q, want %q", k, got, v)
 		}
 	}
-	if !metav1.IsControlledBy(s, acc) {
-		t.Errorf("Secret not controlled by the account: %+v", s.OwnerReferences)
+	if !accountHolds(s, acc) || len(s.OwnerReferences) != 0 {
+		t.Errorf("Secret not retained for the account: owners %+v, labels %v", s.OwnerReferences, s.Labels)
 	}
 	if _, ok := s.Labels[labelInstance]; ok {
 		t.Errorf("Secret carries %s: %v", labelInstance, s.Labels)
@@ -444,7 +444,7 @@ func TestAccountForeignSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	acc = waitReason(t, acc, v1.ReasonReady)
-	if s := getSecretT(t, ns, "shop-smtp-credentials"); !metav1.IsControlledBy(s, acc) {
+	if s := getSecretT(t, ns, "shop-smtp-credentials"); !accountHolds(s, acc) {
 		t.Error("the new Secret is not the account's")
 	}
 }
@@ -583,13 +583,19 @@ func TestAccountRelayNotFoundAndSuspended(t *testing.T) {
 }
 
 // TestAccountSecretRenamed: changing spec.secretName moves the key to the
-// new Secret instead of issuing another, and removes the old Secret.
+// new Secret instead of issuing another, and removes the old Secret when
+// secretRetention is Delete (TestAccountSecretRetained: kept by default).
 func TestAccountSecretRenamed(t *testing.T) {
 	ctx := context.Background()
 	startManager(t, setupCredentialControllers)
 	ns := newNamespace(t, nil)
 	mkRelay(t, ns, "mx")
-	acc := waitReason(t, mkAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
+	acc := waitReason(t, mkAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
+		a.Spec.SecretRetention = v1.SecretRetentionDelete
+	}), v1.ReasonReady)
+	if s := getSecretT(t, ns, "shop-smtp-credentials"); !metav1.IsControlledBy(s, acc) {
+		t.Errorf("secretRetention Delete: the Secret is not controlled by the account: %+v", s.OwnerReferences)
+	}
 	key := string(getSecretT(t, ns, "shop-smtp-credentials").Data[SecretKeyPassword])
 
 	updateSpec(t, acc, func() { acc.Spec.SecretName = "mail-credentials" })

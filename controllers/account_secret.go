@@ -117,17 +117,34 @@ func renderCredentialsSecret(in credentialsInput) *corev1.Secret {
 	if in.Key.PreviousDigest != "" {
 		data[SecretKeyPreviousPasswordDigest] = []byte(in.Key.PreviousDigest)
 	}
+	var owners []metav1.OwnerReference
+	if acc.Spec.SecretRetention == v1.SecretRetentionDelete {
+		owners = []metav1.OwnerReference{accountOwnerRef(acc)}
+	}
 	return &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:            credentialsSecretName(acc),
 			Namespace:       acc.Namespace,
 			Labels:          labels,
 			Annotations:     annotations,
-			OwnerReferences: []metav1.OwnerReference{accountOwnerRef(acc)},
+			OwnerReferences: owners,
 		},
 		Type: credentialsSecretType,
 		Data: data,
 	}
+}
+
+// accountHolds reports whether s is the account's credentials Secret to
+// read and write: controlled by the account (secretRetention Delete), or
+// retained for an account of its name (Retain), which is how an account
+// deleted and created again gets its Secret, and its key, back. Anything
+// else of that name may be someone's data and is never touched.
+func accountHolds(s *corev1.Secret, acc *v1.SmtpAccount) bool {
+	if metav1.IsControlledBy(s, acc) {
+		return true
+	}
+	return metav1.GetControllerOf(s) == nil &&
+		s.Labels[LabelManagedBy] == ManagedByValue && s.Labels[LabelAccount] == acc.Name
 }
 
 // setKeyAnnotations records the rotation state beside the key, so that it
@@ -191,6 +208,9 @@ func secretUpToDate(existing, desired *corev1.Secret) bool {
 		!maps.Equal(existing.Annotations, desired.Annotations) ||
 		!equality.Semantic.DeepEqual(existing.Data, desired.Data) {
 		return false
+	}
+	if len(existing.OwnerReferences) != len(desired.OwnerReferences) {
+		return false // an owner to add, or one to drop (secretRetention changed)
 	}
 	for _, want := range desired.OwnerReferences {
 		found := false

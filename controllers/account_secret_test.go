@@ -87,10 +87,19 @@ func TestAccountRenderSecret(t *testing.T) {
 	if !maps.Equal(s.Annotations, wantAnn) {
 		t.Errorf("annotations = %v, want %v", s.Annotations, wantAnn)
 	}
-	if len(s.OwnerReferences) != 1 || !*s.OwnerReferences[0].Controller || s.OwnerReferences[0].UID != "uid-1" ||
-		s.OwnerReferences[0].Kind != "SmtpAccount" || s.OwnerReferences[0].APIVersion != "mailfleet.io/v1alpha1" {
-		t.Errorf("owner references = %+v", s.OwnerReferences)
+	if len(s.OwnerReferences) != 0 {
+		t.Errorf("owner references = %+v; a retained Secret (the default) has none", s.OwnerReferences)
 	}
+	acc.Spec.SecretRetention = v1.SecretRetentionDelete
+	owned := renderCredentialsSecret(credentialsInput{Account: acc, Relay: relay, Key: keyState{Key: "k", IssuedAt: now}})
+	if len(owned.OwnerReferences) != 1 || !*owned.OwnerReferences[0].Controller || owned.OwnerReferences[0].UID != "uid-1" ||
+		owned.OwnerReferences[0].Kind != "SmtpAccount" || owned.OwnerReferences[0].APIVersion != "mailfleet.io/v1alpha1" {
+		t.Errorf("secretRetention Delete: owner references = %+v", owned.OwnerReferences)
+	}
+	if secretUpToDate(s, owned) || secretUpToDate(owned, s) {
+		t.Error("a change of secretRetention is not a change of the Secret")
+	}
+	acc.Spec.SecretRetention = ""
 	if !secretUpToDate(s, renderCredentialsSecret(credentialsInput{Account: acc, Relay: relay, LabelIDs: []string{"1001", "news"},
 		Key: keyState{Key: "k", IssuedAt: now}})) {
 		t.Error("a Secret is not up to date with its own rendering")

@@ -177,6 +177,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 	now := p.Now()
 	var out []credentials.Account
 	var nextExpiry time.Time
+	var published map[string]credentials.Account // the shard as it is, read once when needed
 	for i := range list.Items {
 		acc := &list.Items[i]
 		apiUser := effectiveAPIUser(acc)
@@ -190,6 +191,16 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 		var secret corev1.Secret
 		err = p.Secrets.Get(ctx, types.NamespacedName{Namespace: acc.Namespace, Name: credentialsSecretName(acc)}, &secret)
 		if apierrors.IsNotFound(err) {
+			// Deleted under a published account: keep what is published
+			// until the account controller writes the Secret again, with
+			// the lost key's digest for the grace period (graceForLostKey
+			// reads it from this shard).
+			if published == nil {
+				published = p.publishedAccounts(ctx, relay, shard)
+			}
+			if old, ok := published[apiUser]; ok {
+				out = append(out, old)
+			}
 			continue
 		}
 		if err != nil {
@@ -197,7 +208,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 		}
 		// A Secret of that name that this account does not control (another
 		// account's, or an unrelated one) does not hold this account's key.
-		if !metav1.IsControlledBy(&secret, acc) {
+		if !accountHolds(&secret, acc) {
 			continue
 		}
 		digests := accountKeyDigests(&secret, now)
@@ -231,6 +242,24 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].APIUser < out[j].APIUser })
 	return out, nextExpiry, nil
+}
+
+// publishedAccounts is the content of one of the relay's shards as the
+// cache has it, by api_user; empty when it is missing or unreadable.
+func (p *CredentialsPublisher) publishedAccounts(ctx context.Context, relay *v1.SmtpRelay, shard int) map[string]credentials.Account {
+	out := map[string]credentials.Account{}
+	var s corev1.Secret
+	if err := p.Secrets.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: credentials.ShardSecretName(relay.Name, shard)}, &s); err != nil {
+		return out
+	}
+	accounts, err := credentials.ParseShard(s.Data[credentials.ShardDataKey])
+	if err != nil {
+		return out
+	}
+	for _, a := range accounts {
+		out[a.APIUser] = a
+	}
+	return out
 }
 
 func (p *CredentialsPublisher) readyLabels(ctx context.Context, acc *v1.SmtpAccount) ([]credentials.Label, error) {

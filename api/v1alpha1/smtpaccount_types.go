@@ -4,6 +4,16 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
+// SecretRetention is what happens to an account's credentials Secret when
+// the account no longer uses it.
+type SecretRetention string
+
+// Secret retention policies.
+const (
+	SecretRetentionRetain SecretRetention = "Retain"
+	SecretRetentionDelete SecretRetention = "Delete"
+)
+
 // SmtpAccountSpec declares a sender: who may submit mail through a relay,
 // with which key and within which budget.
 // +kubebuilder:validation:XValidation:rule="has(oldSelf.apiUser) == has(self.apiUser)",message="apiUser cannot be added or removed after creation; create a new SmtpAccount instead"
@@ -63,6 +73,17 @@ type SmtpAccountSpec struct {
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
 	// +optional
 	SecretName string `json:"secretName,omitempty"`
+
+	// SecretRetention says what becomes of the credentials Secret when the
+	// account is deleted or spec.secretName changes. Retain (the default,
+	// as cert-manager keeps a Certificate's Secret) leaves it, labelled
+	// with the account's name, and an account of that name created again
+	// adopts it with its key; Delete lets the garbage collector remove it
+	// with the account.
+	// +kubebuilder:validation:Enum=Retain;Delete
+	// +kubebuilder:default=Retain
+	// +optional
+	SecretRetention SecretRetention `json:"secretRetention,omitempty"`
 
 	// SecretTemplate adds labels and annotations to the credentials Secret.
 	// +optional

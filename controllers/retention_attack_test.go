@@ -1,0 +1,114 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/relay/credentials"
+)
+
+// Issue 12.21: deleting an account, or renaming its Secret, deleted the
+// credentials Secret, and the key with it; applications mounting it broke,
+// and an account re-created by a GitOps tool got a new key. By default the
+// Secret is now retained, and an account of the same name adopts it with
+// its key.
+func TestAccountSecretRetained(t *testing.T) {
+	ctx := context.Background()
+	startManager(t, setupCredentialControllers)
+	ns := newNamespace(t, nil)
+	mkRelay(t, ns, "mx")
+	acc := waitReason(t, mkAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
+	key := string(getSecretT(t, ns, "shop-smtp-credentials").Data[SecretKeyPassword])
+
+	updateSpec(t, acc, func() { acc.Spec.SecretName = "mail-credentials" })
+	waitReason(t, acc, v1.ReasonReady)
+	if got := string(getSecretT(t, ns, "mail-credentials").Data[SecretKeyPassword]); got != key {
+		t.Error("renaming the Secret changed the key")
+	}
+	getSecretT(t, ns, "shop-smtp-credentials") // retained
+
+	if err := testClient.Delete(ctx, acc); err != nil {
+		t.Fatal(err)
+	}
+	kept := getSecretT(t, ns, "mail-credentials")
+	if len(kept.OwnerReferences) != 0 {
+		t.Fatalf("a retained Secret has owners the garbage collector would follow: %+v", kept.OwnerReferences)
+	}
+	waitReason(t, mkAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) { a.Spec.SecretName = "mail-credentials" }), v1.ReasonReady)
+	if got := string(getSecretT(t, ns, "mail-credentials").Data[SecretKeyPassword]); got != key {
+		t.Error("the account created again got a new key instead of its retained one")
+	}
+	// Another account cannot adopt what was retained for "shop".
+	other := waitReason(t, mkAccount(t, ns, "other", "", "mx", func(a *v1.SmtpAccount) { a.Spec.SecretName = "shop-smtp-credentials" }),
+		v1.ReasonSecretNotOwned)
+	if s := getSecretT(t, ns, "shop-smtp-credentials"); string(s.Data[SecretKeyPassword]) != key || s.Labels[LabelAccount] != "shop" {
+		t.Errorf("account %s took over the Secret retained for shop", other.Name)
+	}
+}
+
+// Issue 12.21: deleting the credentials Secret minted a new key at once,
+// cutting off every sender of the old one. The lost key now stays valid
+// for the rotation grace period, and no version of the shard lacks it
+// in between.
+func TestAccountLostSecretGrace(t *testing.T) {
+	ctx := context.Background()
+	startManager(t, func(mgr ctrl.Manager) error {
+		if err := setupCredentialControllers(mgr); err != nil {
+			return err
+		}
+		return (&CredentialsPublisher{}).SetupWithManager(mgr)
+	})
+	ns := newNamespace(t, nil)
+	mkRelay(t, ns, "mx")
+	waitReason(t, mkAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
+	secret := getSecretT(t, ns, "shop-smtp-credentials")
+	lost := credentials.Digest(string(secret.Data[SecretKeyPassword]))
+	shard := credentials.ShardSecretName("mx", credentials.ShardOf("shop"))
+	waitSecret(t, ns, shard, func(s *corev1.Secret) error { return shardHasDigest(s, lost) })
+
+	versions := watchShard(t, ns, shard)
+	if err := testClient.Delete(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	renewed := waitSecret(t, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
+		if s.UID == secret.UID {
+			return fmt.Errorf("not written again yet")
+		}
+		return nil
+	})
+	fresh := credentials.Digest(string(renewed.Data[SecretKeyPassword]))
+	if string(renewed.Data[SecretKeyPreviousPasswordDigest]) != lost {
+		t.Errorf("the new Secret does not carry the lost key's digest for the grace period")
+	}
+	waitSecret(t, ns, shard, func(s *corev1.Secret) error {
+		if err := shardHasDigest(s, fresh); err != nil {
+			return err
+		}
+		return shardHasDigest(s, lost)
+	})
+	for i, content := range versions() {
+		if !strings.Contains(content, lost) {
+			t.Fatalf("shard version %d leaves the lost key out before its grace period: %s", i+1, content)
+		}
+	}
+}
+
+func shardHasDigest(s *corev1.Secret, digest string) error {
+	accounts, err := credentials.ParseShard(s.Data[credentials.ShardDataKey])
+	if err != nil {
+		return err
+	}
+	for _, a := range accounts {
+		if slices.Contains(a.KeyDigests, digest) {
+			return nil
+		}
+	}
+	return fmt.Errorf("shard %s lacks digest %.8s…", s.Name, digest)
+}
