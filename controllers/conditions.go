@@ -24,6 +24,7 @@ var stalledReasons = map[string]bool{
 	v1.ReasonKeyTooShort:         true,
 	v1.ReasonStreamConflict:      true,
 	v1.ReasonImageNotAllowed:     true,
+	v1.ReasonCertManagerMissing:  true,
 }
 
 // setReady records the Ready condition for the given generation, with

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -23,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -30,6 +32,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -59,6 +62,12 @@ type RelayReconciler struct {
 	Reader client.Reader
 	// Options are passed to RenderRelay.
 	Options RenderOptions
+	// CertManagerPoll is how often to look for cert-manager while it is
+	// missing (default 30s).
+	CertManagerPoll time.Duration
+
+	// certManager is set once cert-manager's CRDs are served and watched.
+	certManager atomic.Bool
 }
 
 // The relay controller's permissions. The Role it creates for relay pods
@@ -99,14 +108,23 @@ func (r *RelayReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &v1.SmtpRelay{}, relaySecretIndex, indexRelaySecret); err != nil {
 		return fmt.Errorf("index smtprelays by TLS secret: %w", err)
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	disco, err := discovery.NewDiscoveryClientForConfig(mgr.GetConfig())
+	if err != nil {
+		return fmt.Errorf("discovery client: %w", err)
+	}
+	served, err := certManagerServed(disco)
+	if err != nil {
+		return err
+	}
+	c, err := ctrl.NewControllerManagedBy(mgr).
 		Named("smtprelay").
 		// Status writes do not change the generation, so the controller
 		// does not wake itself up.
 		For(&v1.SmtpRelay{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		// The Deployment's and Certificate's status feed the relay's.
+		// The Deployment's status feeds the relay's; so does the
+		// Certificate's, watched once cert-manager is there
+		// (watchForCertManager).
 		Owns(&appsv1.Deployment{}).
-		Owns(&certmanagerv1.Certificate{}).
 		// For the rest, any change is drift to put back; metadata is
 		// enough to notice it and keeps the cache small.
 		Owns(&corev1.ConfigMap{}, builder.OnlyMetadata).
@@ -115,11 +133,17 @@ func (r *RelayReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&rbacv1.Role{}, builder.OnlyMetadata).
 		Owns(&rbacv1.RoleBinding{}, builder.OnlyMetadata).
 		Owns(&policyv1.PodDisruptionBudget{}, builder.OnlyMetadata).
-		Watches(&certmanagerv1.Issuer{}, handler.EnqueueRequestsFromMapFunc(r.relaysForIssuer)).
-		Watches(&certmanagerv1.ClusterIssuer{}, handler.EnqueueRequestsFromMapFunc(r.relaysForClusterIssuer)).
 		// Only whether a Secret exists matters here: never cache Secret data.
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.relaysForSecret), builder.OnlyMetadata).
-		Complete(r)
+		Build(r)
+	if err != nil {
+		return err
+	}
+	if served {
+		r.certManager.Store(true)
+		return r.addCertManagerWatches(mgr, c)
+	}
+	return mgr.Add(manager.RunnableFunc(func(ctx context.Context) error { return r.watchForCertManager(ctx, mgr, c, disco) }))
 }
 
 // Reconcile renders the relay, applies every object, then records in
@@ -141,6 +165,10 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	if conflict != "" {
 		// Nothing tells this relay when the other one lets go of the stream.
 		return ctrl.Result{RequeueAfter: nameConflictRecheck}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: v1.ReasonStreamConflict, message: conflict})
+	}
+	if relay.Spec.TLS.IssuerRef != nil && !r.certManager.Load() {
+		return ctrl.Result{RequeueAfter: r.certManagerPoll()}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: v1.ReasonCertManagerMissing,
+			message: "spec.tls.issuerRef needs cert-manager, whose CRDs are not installed; install cert-manager (the operator picks it up without a restart) or set spec.tls.secretName to a TLS Secret of your own"})
 	}
 	objs, err := RenderRelay(relay, r.Options)
 	if err != nil {
@@ -266,8 +294,8 @@ func applyObject(ctx context.Context, c client.Client, scheme *runtime.Scheme, o
 // pruneCertificate deletes the relay's Certificate once the relay has
 // switched to its own Secret: server-side apply only ever adds.
 func (r *RelayReconciler) pruneCertificate(ctx context.Context, relay *v1.SmtpRelay, objs *RelayObjects) error {
-	if objs.Certificate != nil {
-		return nil
+	if objs.Certificate != nil || !r.certManager.Load() {
+		return nil // without cert-manager there is no Certificate to prune
 	}
 	cert := &certmanagerv1.Certificate{}
 	err := r.Client.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: relay.Name}, cert)
@@ -514,7 +542,7 @@ func (r *RelayReconciler) updateStatus(ctx context.Context, relay, orig *v1.Smtp
 // status only: it fixes itself.
 func (r *RelayReconciler) recordEvent(relay *v1.SmtpRelay, v relayVerdict) {
 	switch v.reason {
-	case v1.ReasonIssuerNotFound, v1.ReasonTLSSecretNotFound, v1.ReasonSecretNotFound, v1.ReasonRenderFailed, v1.ReasonNameConflict, v1.ReasonStreamConflict, v1.ReasonImageNotAllowed:
+	case v1.ReasonIssuerNotFound, v1.ReasonTLSSecretNotFound, v1.ReasonSecretNotFound, v1.ReasonRenderFailed, v1.ReasonNameConflict, v1.ReasonStreamConflict, v1.ReasonImageNotAllowed, v1.ReasonCertManagerMissing:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeWarning, v.reason, "Reconcile", "%s", v.message)
 	case v1.ReasonReady:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeNormal, v.reason, "Reconcile", "%s", v.message)

@@ -38,4 +38,5 @@ const (
 	ReasonKeyTooShort         = "KeyTooShort"
 	ReasonStreamConflict      = "StreamConflict"
 	ReasonImageNotAllowed     = "ImageNotAllowed"
+	ReasonCertManagerMissing  = "CertManagerMissing"
 )

@@ -1,0 +1,106 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+)
+
+// Issue 12.22: the operator did not start on a cluster without
+// cert-manager. On an API server without cert-manager's CRDs it now starts,
+// serves a relay that brings its own TLS Secret, stops a relay that names an
+// issuer at CertManagerMissing, and picks cert-manager up, without a
+// restart, once its CRDs are installed.
+func TestRelayWithoutCertManager(t *testing.T) {
+	ctx := context.Background()
+	env := &envtest.Environment{CRDDirectoryPaths: []string{filepath.Join("..", "config", "crd", "bases")}, ErrorIfCRDPathMissing: true}
+	cfg, err := env.Start()
+	if err != nil {
+		env.Stop()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Stop() })
+	c, err := client.New(cfg, client.Options{Scheme: Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runManagerAs(t, cfg, (&RelayReconciler{Options: testRenderOptions, CertManagerPoll: 200 * time.Millisecond}).SetupWithManager)
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mail"}}); err != nil {
+		t.Fatal(err)
+	}
+	tlsSecret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "own-tls", Namespace: "mail"}, Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{corev1.TLSCertKey: []byte("cert"), corev1.TLSPrivateKeyKey: []byte("key")}}
+	own := newTestRelay(withName("own"), withSecretName("own-tls"))
+	issued := newTestRelay(withName("issued"))
+	for _, obj := range []client.Object{tlsSecret, own, issued} {
+		if err := c.Create(ctx, obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ready := func(name string) (*metav1.Condition, error) {
+		var r v1.SmtpRelay
+		if err := c.Get(ctx, client.ObjectKey{Namespace: "mail", Name: name}, &r); err != nil {
+			return nil, err
+		}
+		if cond := meta.FindStatusCondition(r.Status.Conditions, v1.ConditionReady); cond != nil && cond.ObservedGeneration == r.Generation {
+			return cond, nil
+		}
+		return nil, fmt.Errorf("relay %s not reconciled yet", name)
+	}
+	eventually(t, relayWait, func() error {
+		cond, err := ready("own")
+		if err != nil {
+			return err
+		}
+		if cond.Reason != v1.ReasonReplicasNotReady {
+			return fmt.Errorf("own TLS relay: %s %s", cond.Reason, cond.Message)
+		}
+		return c.Get(ctx, client.ObjectKey{Namespace: "mail", Name: "own"}, &appsv1.Deployment{})
+	})
+	eventually(t, relayWait, func() error {
+		cond, err := ready("issued")
+		if err != nil {
+			return err
+		}
+		if cond.Reason != v1.ReasonCertManagerMissing {
+			return fmt.Errorf("issuer relay: %s %s", cond.Reason, cond.Message)
+		}
+		var events eventsv1.EventList
+		if err := c.List(ctx, &events, client.InNamespace("mail")); err != nil {
+			return err
+		}
+		for _, e := range events.Items {
+			if e.Regarding.Name == "issued" && e.Reason == v1.ReasonCertManagerMissing && e.Type == corev1.EventTypeWarning {
+				return nil
+			}
+		}
+		return fmt.Errorf("no CertManagerMissing event")
+	})
+
+	if _, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{certManagerCRDs()}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, relayWait, func() error {
+		cond, err := ready("issued")
+		if err != nil {
+			return err
+		}
+		if cond.Reason != v1.ReasonIssuerNotFound {
+			return fmt.Errorf("after installing cert-manager: %s %s", cond.Reason, cond.Message)
+		}
+		return c.Get(ctx, client.ObjectKey{Namespace: "mail", Name: "issued"}, &certmanagerv1.Certificate{})
+	})
+}
