@@ -192,6 +192,13 @@ func (r *AccountReconciler) attach(ctx context.Context, acc *v1.SmtpAccount) (*v
 	if err != nil || out != nil {
 		return nil, out, err
 	}
+	// What admission let through but the relay would refuse (the two
+	// share a test table, so this is a backstop): the publisher leaves the
+	// account out, and this says why.
+	probe := accountEntry(acc, relay, []string{credentials.Digest(acc.Name)}, nil)
+	if err := credentials.CheckAccount(probe); err != nil {
+		return nil, problem(v1.ReasonInvalidSpec, "the relay would refuse this account (%s); correct the spec", err), nil
+	}
 	return relay, nil, nil
 }
 

@@ -25,6 +25,7 @@ var stalledReasons = map[string]bool{
 	v1.ReasonStreamConflict:      true,
 	v1.ReasonImageNotAllowed:     true,
 	v1.ReasonCertManagerMissing:  true,
+	v1.ReasonInvalidSpec:         true,
 }
 
 // setReady records the Ready condition for the given generation, with

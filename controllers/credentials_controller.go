@@ -223,17 +223,10 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 		if err != nil {
 			return nil, time.Time{}, err
 		}
-		entry := credentials.Account{
-			APIUser:              apiUser,
-			KeyDigests:           digests,
-			BudgetPerMinute:      budgetOf(acc, relay),
-			MaxRecipients:        maxRecipientsOf(acc),
-			SenderPolicy:         senderPolicyOf(acc),
-			AllowedSenderDomains: acc.Spec.AllowedSenderDomains,
-			Labels:               labels,
-		}
+		entry := accountEntry(acc, relay, digests, labels)
 		// One account the relay would refuse must not stop every other
-		// account of its shard from being published.
+		// account of its shard from being published; the account
+		// controller reports it as InvalidSpec.
 		if err := credentials.CheckAccount(entry); err != nil {
 			log.FromContext(ctx).Error(err, "account left out of its credentials shard", "account", acc.Namespace+"/"+acc.Name)
 			continue
@@ -295,6 +288,19 @@ func (p *CredentialsPublisher) entitled(ctx context.Context, relay *v1.SmtpRelay
 	}
 	out, err := claim(ctx, p.Client, relay, acc)
 	return err == nil && out == nil, err
+}
+
+// accountEntry is what a shard says of an account.
+func accountEntry(acc *v1.SmtpAccount, relay *v1.SmtpRelay, digests []string, labels []credentials.Label) credentials.Account {
+	return credentials.Account{
+		APIUser:              effectiveAPIUser(acc),
+		KeyDigests:           digests,
+		BudgetPerMinute:      budgetOf(acc, relay),
+		MaxRecipients:        maxRecipientsOf(acc),
+		SenderPolicy:         senderPolicyOf(acc),
+		AllowedSenderDomains: acc.Spec.AllowedSenderDomains,
+		Labels:               labels,
+	}
 }
 
 // senderPolicyOf is what the shard carries: only the non-default policy, so

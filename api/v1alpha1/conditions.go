@@ -39,4 +39,5 @@ const (
 	ReasonStreamConflict      = "StreamConflict"
 	ReasonImageNotAllowed     = "ImageNotAllowed"
 	ReasonCertManagerMissing  = "CertManagerMissing"
+	ReasonInvalidSpec         = "InvalidSpec"
 )
