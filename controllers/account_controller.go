@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -303,6 +304,9 @@ func (r *AccountReconciler) applySecret(ctx context.Context, acc *v1.SmtpAccount
 	}
 	desired := renderCredentialsSecret(credentialsInput{Account: acc, Relay: relay, LabelIDs: labelIDs, Key: next})
 	if err := r.write(ctx, existing, desired); err != nil {
+		if out := writeRefused(desired.Name, err); out != nil {
+			return out, nil
+		}
 		return nil, err
 	}
 	r.keyEvent(acc, desired, change, next)
@@ -316,6 +320,24 @@ func (r *AccountReconciler) applySecret(ctx context.Context, acc *v1.SmtpAccount
 		out.requeueAfter = next.PreviousExpiry.Sub(plan.Now) + 100*time.Millisecond
 	}
 	return out, nil
+}
+
+// writeRefused turns an API server's refusal to store the credentials
+// Secret (a ResourceQuota, an admission policy, a label it will not take)
+// into a condition and an Event a person can act on; retrying alone would
+// only log. Transient errors (nil here) are retried as usual.
+func writeRefused(name string, err error) *readyOutcome {
+	if !apierrors.IsForbidden(err) && !apierrors.IsInvalid(err) && !apierrors.IsRequestEntityTooLargeError(err) {
+		return nil
+	}
+	var status apierrors.APIStatus
+	msg := err.Error()
+	if errors.As(err, &status) {
+		msg = status.Status().Message
+	}
+	out := problem(v1.ReasonSecretWriteFailed, "the API server refused to write Secret %q: %s", name, msg)
+	out.requeueAfter = secretWaitInterval
+	return out
 }
 
 // notOwned refuses a Secret of the credentials name that this account does

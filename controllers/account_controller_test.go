@@ -93,8 +93,14 @@ type conditioned interface {
 // the object as then read.
 func waitReason[T conditioned](t *testing.T, obj T, reason string) T {
 	t.Helper()
+	return waitReasonWithin(t, obj, reason, wait)
+}
+
+// waitReasonWithin is waitReason with a timeout of its own.
+func waitReasonWithin[T conditioned](t *testing.T, obj T, reason string, timeout time.Duration) T {
+	t.Helper()
 	key := client.ObjectKeyFromObject(obj)
-	eventually(t, wait, func() error {
+	eventually(t, timeout, func() error {
 		if err := testClient.Get(context.Background(), key, obj); err != nil {
 			return err
 		}

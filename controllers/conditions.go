@@ -26,6 +26,7 @@ var stalledReasons = map[string]bool{
 	v1.ReasonImageNotAllowed:     true,
 	v1.ReasonCertManagerMissing:  true,
 	v1.ReasonInvalidSpec:         true,
+	v1.ReasonSecretWriteFailed:   true,
 }
 
 // setReady records the Ready condition for the given generation, with

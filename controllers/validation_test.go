@@ -88,6 +88,9 @@ func TestCRDValidation(t *testing.T) {
 		{"drain too long", relay(func(r *v1.SmtpRelay) { r.Spec.DrainGracePeriod = &metav1.Duration{Duration: time.Hour} }), "drainGracePeriod must be between 1s and 15m"},
 		{"no queue", relay(func(r *v1.SmtpRelay) { r.Spec.Queue = v1.RelayQueue{} }), "queue.nats.url must be nats://host:port"},
 		{"queue url scheme", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.URL = "http://nats:4222" }), "queue.nats.url must be nats://host:port"},
+		// Issue 12.23: a password in the URL ended up in a ConfigMap.
+		{"queue url with a password", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.URL = "nats://relay:hunter2@nats:4222" }), "without a user or password"},
+		{"second queue url with a user", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.URL = "nats://nats-0:4222,tls://relay@nats-1:4222" }), "authSecretRef"},
 		{"several queue servers", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.URL = "nats://a:4222,tls://b:4222" }), ""},
 		{"queue stream name", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.Stream = "mail.queue" }), "spec.queue.nats.stream"},
 		{"queue replicas", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.Replicas = 7 }), "spec.queue.nats.replicas"},

@@ -40,4 +40,5 @@ const (
 	ReasonImageNotAllowed     = "ImageNotAllowed"
 	ReasonCertManagerMissing  = "CertManagerMissing"
 	ReasonInvalidSpec         = "InvalidSpec"
+	ReasonSecretWriteFailed   = "SecretWriteFailed"
 )

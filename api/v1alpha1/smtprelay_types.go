@@ -218,7 +218,9 @@ type RelayQueue struct {
 type NATSQueue struct {
 	// URL is one or more comma-separated nats:// or tls:// server URLs.
 	// +kubebuilder:validation:MaxLength=1024
-	// +kubebuilder:validation:XValidation:rule="self.matches('^(nats|tls)://[^,/ ]+(,(nats|tls)://[^,/ ]+)*$')",message="queue.nats.url must be nats://host:port or tls://host:port, comma-separated for several servers"
+	// A user and password in the URL are refused: the URL is written into
+	// the relay's ConfigMap, which is not a Secret.
+	// +kubebuilder:validation:XValidation:rule="self.matches('^(nats|tls)://[^,/ @]+(,(nats|tls)://[^,/ @]+)*$')",message="queue.nats.url must be nats://host:port or tls://host:port, comma-separated for several servers, without a user or password (put those in authSecretRef or credentialsSecretRef)"
 	URL string `json:"url"`
 	// CredentialsSecretRef names a NATS .creds file (JWT and NKey seed) in a
 	// Secret in the relay's namespace.
