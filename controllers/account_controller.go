@@ -288,7 +288,7 @@ func (r *AccountReconciler) applySecret(ctx context.Context, acc *v1.SmtpAccount
 	if err != nil {
 		return nil, err
 	}
-	plan := planFor(acc, refKey, r.now())
+	plan := planFor(acc, client.ObjectKeyFromObject(relay), refKey, r.now())
 	if existing == nil && prev.Key == "" {
 		if prev, err = r.graceForLostKey(ctx, acc, plan); err != nil {
 			return nil, err
@@ -382,7 +382,7 @@ func (r *AccountReconciler) graceForLostKey(ctx context.Context, acc *v1.SmtpAcc
 		return keyState{}, nil // nothing usable published: no grace to give
 	}
 	for _, a := range accounts {
-		if a.APIUser == apiUser && len(a.KeyDigests) > 0 && (plan.RefKey == "" || a.KeyDigests[0] != credentials.Digest(plan.RefKey)) {
+		if a.APIUser == apiUser && len(a.KeyDigests) > 0 && (plan.RefKey == "" || !credentials.MatchDigest(a.KeyDigests[0], plan.RefKey)) {
 			return keyState{PreviousDigest: a.KeyDigests[0], PreviousExpiry: plan.stamp().Add(plan.Grace)}, nil
 		}
 	}

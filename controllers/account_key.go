@@ -4,6 +4,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/relay/credentials"
@@ -71,11 +72,15 @@ type keyPlan struct {
 	Now time.Time
 	// NewKey makes a generated key of n random bytes.
 	NewKey func(n int) (string, error)
+	// Salt is the account's digest salt on its relay (keyDigestSalt): a
+	// rotated-out key is kept as the digest the relay is given.
+	Salt []byte
 }
 
 // planFor derives an account's keyPlan; refKey is "" for generated keys.
-func planFor(acc *v1.SmtpAccount, refKey string, now time.Time) keyPlan {
+func planFor(acc *v1.SmtpAccount, relay types.NamespacedName, refKey string, now time.Time) keyPlan {
 	p := keyPlan{
+		Salt:   keyDigestSalt(relay, effectiveAPIUser(acc)),
 		RefKey: refKey,
 		Rotate: acc.Annotations[AnnotationRotateKey],
 		Bytes:  defaultKeyBytes,
@@ -133,7 +138,7 @@ func nextKey(cur keyState, p keyPlan) (keyState, keyChange, error) {
 // rotate replaces the key and keeps the old one's digest for the grace period.
 func rotate(next keyState, oldKey, newKey string, p keyPlan) keyState {
 	next.Key, next.IssuedAt = newKey, p.stamp()
-	next.PreviousDigest = credentials.Digest(oldKey)
+	next.PreviousDigest = credentials.SaltedDigest(oldKey, p.Salt)
 	next.PreviousExpiry = next.IssuedAt.Add(p.Grace)
 	if p.Grace == 0 {
 		next.PreviousDigest, next.PreviousExpiry = "", time.Time{}
@@ -143,6 +148,11 @@ func rotate(next keyState, oldKey, newKey string, p keyPlan) keyState {
 
 // stamp is Now as it is written down.
 func (p keyPlan) stamp() time.Time { return p.Now.UTC().Truncate(time.Second) }
+
+// keyDigestSalt is the salt of an account's key digests on a relay.
+func keyDigestSalt(relay types.NamespacedName, apiUser string) []byte {
+	return credentials.DigestSalt(relay.Namespace+"/"+relay.Name, apiUser)
+}
 
 // newKey returns a key of n random bytes, in the relay's key format.
 func newKey(n int) (string, error) { return credentials.NewKeyOfSize(n) }

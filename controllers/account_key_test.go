@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/relay/credentials"
@@ -20,7 +21,7 @@ func TestAccountNextKey(t *testing.T) {
 	earlier := now.Add(-time.Hour)
 	fixed := func(n int) (string, error) { return fmt.Sprintf("new-%d", n), nil }
 	plan := func(mut func(*keyPlan)) keyPlan {
-		p := keyPlan{Bytes: 32, Grace: 24 * time.Hour, Now: now, NewKey: fixed}
+		p := keyPlan{Bytes: 32, Grace: 24 * time.Hour, Now: now, NewKey: fixed, Salt: testSalt}
 		if mut != nil {
 			mut(&p)
 		}
@@ -71,7 +72,7 @@ func TestAccountNextKey(t *testing.T) {
 			cur:  keyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
 			plan: plan(func(p *keyPlan) { p.Rotate = "v2" }),
 			want: keyState{Key: "new-32", IssuedAt: now, RotateHandled: "v2",
-				PreviousDigest: credentials.Digest("old"), PreviousExpiry: now.Add(24 * time.Hour)},
+				PreviousDigest: credentials.SaltedDigest("old", testSalt), PreviousExpiry: now.Add(24 * time.Hour)},
 			change: keyRotated,
 		},
 		{
@@ -113,7 +114,7 @@ func TestAccountNextKey(t *testing.T) {
 			cur:  keyState{Key: "ref", IssuedAt: earlier},
 			plan: plan(func(p *keyPlan) { p.RefKey = "ref2" }),
 			want: keyState{Key: "ref2", IssuedAt: now,
-				PreviousDigest: credentials.Digest("ref"), PreviousExpiry: now.Add(24 * time.Hour)},
+				PreviousDigest: credentials.SaltedDigest("ref", testSalt), PreviousExpiry: now.Add(24 * time.Hour)},
 			change: keyRotated,
 		},
 		{
@@ -155,15 +156,18 @@ func TestAccountNewKey(t *testing.T) {
 	}
 }
 
+// testSalt is a key digest salt, as planFor derives one.
+var testSalt = keyDigestSalt(types.NamespacedName{Namespace: "mail", Name: "mx"}, "acme")
+
 func TestAccountKeyPlanDefaults(t *testing.T) {
 	acc := &v1.SmtpAccount{}
-	p := planFor(acc, "", time.Now())
-	if p.Bytes != 32 || p.Grace != 24*time.Hour {
+	p := planFor(acc, types.NamespacedName{Namespace: "mail", Name: "mx"}, "", time.Now())
+	if p.Bytes != 32 || p.Grace != 24*time.Hour || len(p.Salt) == 0 {
 		t.Errorf("defaults: bytes %d, grace %v", p.Bytes, p.Grace)
 	}
 	acc.Spec.Key = v1.AccountKey{Generated: &v1.GeneratedKey{Bytes: 20}, RotationGracePeriod: &metav1.Duration{Duration: time.Minute}}
 	acc.Annotations = map[string]string{AnnotationRotateKey: "x"}
-	p = planFor(acc, "", time.Now())
+	p = planFor(acc, types.NamespacedName{Namespace: "mail", Name: "mx"}, "", time.Now())
 	if p.Bytes != 20 || p.Grace != time.Minute || p.Rotate != "x" {
 		t.Errorf("from spec: %+v", p)
 	}

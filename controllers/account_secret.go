@@ -13,7 +13,6 @@ import (
 	"k8s.io/utils/ptr"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
 // credentialsSecretType follows the Service Binding specification's
@@ -227,15 +226,15 @@ func secretUpToDate(existing, desired *corev1.Secret) bool {
 }
 
 // accountKeyDigests returns the digests of the keys a credentials Secret
-// makes valid at now: the current key's and, during a rotation's grace
-// period, the previous one's. This is what relays are given; they never see
-// a key.
-func accountKeyDigests(s *corev1.Secret, now time.Time) []string {
+// makes valid at now, as the relays are given them: the current key's,
+// salted with salt (keyDigestSalt), and, during a rotation's grace period,
+// the previous one's as it was kept. Relays never see a key.
+func accountKeyDigests(s *corev1.Secret, now time.Time, digest func(key string) string) []string {
 	st := keyStateFromSecret(s)
 	if st.Key == "" {
 		return nil
 	}
-	digests := []string{credentials.Digest(st.Key)}
+	digests := []string{digest(st.Key)}
 	if st.PreviousDigest != "" && now.Before(st.PreviousExpiry) {
 		digests = append(digests, st.PreviousDigest)
 	}

@@ -123,14 +123,15 @@ func TestAccountRenderDefaults(t *testing.T) {
 
 func TestAccountKeyDigests(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	k := keyState{Key: "new", IssuedAt: now, PreviousDigest: credentials.Digest("old"), PreviousExpiry: now.Add(time.Minute)}
+	k := keyState{Key: "new", IssuedAt: now, PreviousDigest: credentials.SaltedDigest("old", testSalt), PreviousExpiry: now.Add(time.Minute)}
 	s := renderCredentialsSecret(credentialsInput{Account: testAccountObject(), Relay: testRelayObject(), Key: k})
-	got := accountKeyDigests(s, now)
-	if want := []string{credentials.Digest("new"), credentials.Digest("old")}; !slices.Equal(got, want) {
+	salted := func(key string) string { return credentials.SaltedDigest(key, testSalt) }
+	got := accountKeyDigests(s, now, salted)
+	if want := []string{salted("new"), salted("old")}; !slices.Equal(got, want) {
 		t.Errorf("during grace: %v, want %v", got, want)
 	}
-	got = accountKeyDigests(s, now.Add(time.Minute))
-	if want := []string{credentials.Digest("new")}; !slices.Equal(got, want) {
+	got = accountKeyDigests(s, now.Add(time.Minute), salted)
+	if want := []string{salted("new")}; !slices.Equal(got, want) {
 		t.Errorf("after grace: %v, want %v", got, want)
 	}
 }

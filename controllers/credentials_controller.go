@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -49,6 +50,38 @@ type CredentialsPublisher struct {
 	Secrets client.Reader
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+
+	// digests remembers salted digests: each costs a fraction of a
+	// millisecond, and a shard rebuild would otherwise pay it for every
+	// account of the shard.
+	digests digestCache
+}
+
+// digestCache maps a key's plain SHA-256 and a salt to its salted digest.
+// It holds no key, and is emptied when it reaches maxCachedDigests.
+type digestCache struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+const maxCachedDigests = 1 << 17
+
+func (c *digestCache) get(key string, salt []byte) string {
+	id := credentials.Digest(key) + string(salt)
+	c.mu.Lock()
+	d, ok := c.m[id]
+	c.mu.Unlock()
+	if ok {
+		return d
+	}
+	d = credentials.SaltedDigest(key, salt)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxCachedDigests {
+		c.m = map[string]string{}
+	}
+	c.m[id] = d
+	return d
 }
 
 // +kubebuilder:rbac:groups=mailfleet.io,resources=smtprelays;smtpaccounts;smtplabels,verbs=get;list;watch
@@ -211,7 +244,8 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 		if !accountHolds(&secret, acc) {
 			continue
 		}
-		digests := accountKeyDigests(&secret, now)
+		salt := keyDigestSalt(client.ObjectKeyFromObject(relay), apiUser)
+		digests := accountKeyDigests(&secret, now, func(key string) string { return p.digests.get(key, salt) })
 		if len(digests) == 0 {
 			continue
 		}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
@@ -69,7 +70,8 @@ func TestAccountLostSecretGrace(t *testing.T) {
 	mkRelay(t, ns, "mx")
 	waitReason(t, mkAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
 	secret := getSecretT(t, ns, "shop-smtp-credentials")
-	lost := credentials.Digest(string(secret.Data[SecretKeyPassword]))
+	salt := keyDigestSalt(types.NamespacedName{Namespace: ns, Name: "mx"}, "shop")
+	lost := credentials.SaltedDigest(string(secret.Data[SecretKeyPassword]), salt)
 	shard := credentials.ShardSecretName("mx", credentials.ShardOf("shop"))
 	waitSecret(t, ns, shard, func(s *corev1.Secret) error { return shardHasDigest(s, lost) })
 
@@ -83,7 +85,7 @@ func TestAccountLostSecretGrace(t *testing.T) {
 		}
 		return nil
 	})
-	fresh := credentials.Digest(string(renewed.Data[SecretKeyPassword]))
+	fresh := credentials.SaltedDigest(string(renewed.Data[SecretKeyPassword]), salt)
 	if string(renewed.Data[SecretKeyPreviousPasswordDigest]) != lost {
 		t.Errorf("the new Secret does not carry the lost key's digest for the grace period")
 	}

@@ -27,7 +27,7 @@ const maxDomainLen = 253 + 2
 
 const (
 	wantID     = "want 1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
-	wantDigest = "want sha256:<64 lowercase hex digits>"
+	wantDigest = "want sha256:<64 lowercase hex digits> or pbkdf2-sha256:<iterations>:<salt hex>:<64 lowercase hex digits>"
 	wantQuoted = `want a quoted string, e.g. "1001" (unquoted, YAML reads 0010 as 8 and yes as true)`
 	wantDomain = "want a domain such as example.com or *.example.com (IDNs in xn-- form)"
 )

@@ -3,6 +3,7 @@ package credentials
 import (
 	"slices"
 	"strings"
+	"sync"
 )
 
 // labelSeparator joins an api_user and a label id in a SMTP AUTH username.
@@ -13,20 +14,31 @@ const labelSeparator = "#"
 // known one and response timing does not reveal which users exist. No
 // account can be reached through it: Authenticate fails whenever the user is
 // unknown, whatever the comparison says.
-var dummyDigest = Digest("mailfleet: no such api_user")
+// It is salted, as what the operator publishes is.
+var dummyDigest = SaltedDigest("mailfleet: no such api_user", DigestSalt("", ""))
 
 // dummyDigests holds dummyDigest as a list, built once rather than per call.
 var dummyDigests = []string{dummyDigest}
+
+// maxVerified bounds the cache of successful logins; past it the cache
+// starts again, which costs each client one slow comparison.
+const maxVerified = 1 << 16
 
 // Verifier checks the username and key a client presents in SMTP AUTH against
 // a Source.
 type Verifier struct {
 	src Source
+
+	mu sync.Mutex
+	// verified holds stored digest + SHA-256 of a key that matched it, so
+	// a client that logs in again skips the salted hash: the slow hash
+	// protects what is stored, not a process that has already seen the key.
+	verified map[string]struct{}
 }
 
 // NewVerifier returns a Verifier that looks accounts up in src.
 func NewVerifier(src Source) *Verifier {
-	return &Verifier{src: src}
+	return &Verifier{src: src, verified: map[string]struct{}{}}
 }
 
 // Authenticate checks username and key and returns who they identify.
@@ -47,7 +59,7 @@ func (v *Verifier) Authenticate(username, key string) (Identity, error) {
 	if found {
 		digests = acct.KeyDigests
 	}
-	keyOK := matchAny(digests, Digest(key))
+	keyOK := v.matchAny(digests, key)
 
 	if !found || !keyOK || acct.Suspended {
 		return Identity{}, ErrInvalid
@@ -58,14 +70,37 @@ func (v *Verifier) Authenticate(username, key string) (Identity, error) {
 	return identityOf(acct, labelID), nil
 }
 
-// matchAny compares presented with every digest, without stopping at the
-// first match, so the time taken depends only on how many digests there are.
-func matchAny(digests []string, presented string) bool {
+// matchAny compares key with every digest, without stopping at the first
+// match, so the time a failure takes depends only on how many digests there
+// are. A success seen before is answered from the cache.
+func (v *Verifier) matchAny(digests []string, key string) bool {
+	plain := Digest(key)
+	v.mu.Lock()
+	for _, d := range digests {
+		if _, ok := v.verified[d+plain]; ok {
+			v.mu.Unlock()
+			return true
+		}
+	}
+	v.mu.Unlock()
 	match := 0
 	for _, d := range digests {
-		match |= compareDigest(d, presented)
+		m := compareDigest(d, key, plain)
+		if m == 1 {
+			v.remember(d + plain)
+		}
+		match |= m
 	}
 	return match == 1
+}
+
+func (v *Verifier) remember(entry string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(v.verified) >= maxVerified {
+		clear(v.verified)
+	}
+	v.verified[entry] = struct{}{}
 }
 
 // labelActive reports whether acct has a label id that is not suspended.
