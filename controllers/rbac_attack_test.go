@@ -118,3 +118,36 @@ func TestAttackRelayImageNotAllowed(t *testing.T) {
 		t.Errorf("deployment of a relay with a refused image: %v", err)
 	}
 }
+
+// Attack (issue 12.23): whoever could write an SmtpRelay could have any
+// ClusterIssuer sign a certificate for any name. The operator's allow
+// lists now bound both; Issuers in the relay's own namespace stay allowed.
+func TestAttackRelayCertificateNotAllowed(t *testing.T) {
+	opts := testRenderOptions
+	opts.AllowedClusterIssuers = []string{"letsencrypt"}
+	opts.AllowedHostnames = []string{"*.mail.example", "smtp.example.com"}
+	tests := []struct {
+		name  string
+		relay *v1.SmtpRelay
+		ok    bool
+	}{
+		{"allowed ClusterIssuer and name", newTestRelay(withIssuer("ClusterIssuer", "letsencrypt"), withHostname("a.mail.example")), true},
+		{"namespace Issuer", newTestRelay(withIssuer("Issuer", "anything"), withHostname("smtp.example.com")), true},
+		{"own TLS Secret, any name", newTestRelay(withSecretName("own"), withHostname("www.bank.example")), true},
+		{"other ClusterIssuer", newTestRelay(withIssuer("ClusterIssuer", "corp-ca"), withHostname("a.mail.example")), false},
+		{"name outside the list", newTestRelay(withIssuer("Issuer", "ca"), withHostname("www.bank.example")), false},
+		{"the wildcard's own apex", newTestRelay(withIssuer("Issuer", "ca"), withHostname("mail.example")), false},
+		{"suffix without a dot", newTestRelay(withIssuer("Issuer", "ca"), withHostname("evilmail.example")), false},
+	}
+	for _, tt := range tests {
+		_, err := RenderRelay(tt.relay, opts)
+		if tt.ok != (err == nil) || (err != nil && !errors.Is(err, errCertificateNotAllowed)) {
+			t.Errorf("%s: %v", tt.name, err)
+		}
+	}
+	ns := newNamespace(t, nil)
+	startManager(t, (&RelayReconciler{Options: opts}).SetupWithManager)
+	relay := createRelay(t, withNamespace(ns), withIssuer("ClusterIssuer", "corp-ca"), withHostname("a.mail.example"))
+	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonCertificateNotAllowed)
+	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonCertificateNotAllowed)
+}

@@ -176,8 +176,11 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		// a new reconcile.
 		log.Info("relay cannot be rendered", "error", err.Error())
 		reason := v1.ReasonRenderFailed
-		if errors.Is(err, errImageNotAllowed) {
+		switch {
+		case errors.Is(err, errImageNotAllowed):
 			reason = v1.ReasonImageNotAllowed
+		case errors.Is(err, errCertificateNotAllowed):
+			reason = v1.ReasonCertificateNotAllowed
 		}
 		return ctrl.Result{}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: reason, message: err.Error()})
 	}
@@ -542,7 +545,7 @@ func (r *RelayReconciler) updateStatus(ctx context.Context, relay, orig *v1.Smtp
 // status only: it fixes itself.
 func (r *RelayReconciler) recordEvent(relay *v1.SmtpRelay, v relayVerdict) {
 	switch v.reason {
-	case v1.ReasonIssuerNotFound, v1.ReasonTLSSecretNotFound, v1.ReasonSecretNotFound, v1.ReasonRenderFailed, v1.ReasonNameConflict, v1.ReasonStreamConflict, v1.ReasonImageNotAllowed, v1.ReasonCertManagerMissing:
+	case v1.ReasonIssuerNotFound, v1.ReasonTLSSecretNotFound, v1.ReasonSecretNotFound, v1.ReasonRenderFailed, v1.ReasonNameConflict, v1.ReasonStreamConflict, v1.ReasonImageNotAllowed, v1.ReasonCertManagerMissing, v1.ReasonCertificateNotAllowed:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeWarning, v.reason, "Reconcile", "%s", v.message)
 	case v1.ReasonReady:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeNormal, v.reason, "Reconcile", "%s", v.message)

@@ -95,6 +95,46 @@ type RenderOptions struct {
 	// administrator who runs the operator picks what relay pods execute,
 	// with the relay's ServiceAccount and the cluster's network.
 	AllowedImages []string
+	// AllowedClusterIssuers, when not nil, are the ClusterIssuers an
+	// SmtpRelay may name: a ClusterIssuer signs for the whole cluster, and
+	// whoever may write an SmtpRelay in one namespace should not obtain a
+	// certificate for any name through it. Issuers in the relay's own
+	// namespace are always allowed.
+	AllowedClusterIssuers []string
+	// AllowedHostnames, when not nil, are the names a relay may ask a
+	// certificate for: "mail.example.com", or "*.example.com" for any name
+	// under example.com.
+	AllowedHostnames []string
+}
+
+// errCertificateNotAllowed marks an issuer or hostname outside the lists.
+var errCertificateNotAllowed = errors.New("certificate not allowed")
+
+// certificateAllowed says why the relay's certificate request is refused,
+// or returns nil.
+func (o RenderOptions) certificateAllowed(relay *v1.SmtpRelay) error {
+	ref := relay.Spec.TLS.IssuerRef
+	if ref == nil {
+		return nil
+	}
+	if o.AllowedClusterIssuers != nil && issuerRefKind(ref) == clusterIssuerKind && !slices.Contains(o.AllowedClusterIssuers, ref.Name) {
+		return fmt.Errorf("%w: ClusterIssuer %q is not among the ClusterIssuers the operator allows (--relay-allowed-cluster-issuers); use an Issuer in the relay's namespace, or ask the cluster administrator", errCertificateNotAllowed, ref.Name)
+	}
+	if o.AllowedHostnames != nil && !hostnameAllowed(o.AllowedHostnames, relay.Spec.Hostname) {
+		return fmt.Errorf("%w: spec.hostname %q is not among the names the operator issues certificates for (--relay-allowed-hostnames)", errCertificateNotAllowed, relay.Spec.Hostname)
+	}
+	return nil
+}
+
+func hostnameAllowed(patterns []string, host string) bool {
+	host = strings.ToLower(host)
+	for _, p := range patterns {
+		p = strings.ToLower(p)
+		if suffix, wild := strings.CutPrefix(p, "*."); wild && strings.HasSuffix(host, "."+suffix) || host == p {
+			return true
+		}
+	}
+	return false
 }
 
 // errImageNotAllowed marks a spec.image outside RenderOptions.AllowedImages.
@@ -159,6 +199,9 @@ func RenderRelay(relay *v1.SmtpRelay, opts RenderOptions) (*RelayObjects, error)
 	}
 	if image == "" {
 		return nil, errors.New("spec.image is empty and the operator has no default image")
+	}
+	if err := opts.certificateAllowed(relay); err != nil {
+		return nil, err
 	}
 	ports, err := relayPorts(relayListeners(relay))
 	if err != nil {
