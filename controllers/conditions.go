@@ -28,6 +28,7 @@ var stalledReasons = map[string]bool{
 	v1.ReasonInvalidSpec:           true,
 	v1.ReasonSecretWriteFailed:     true,
 	v1.ReasonCertificateNotAllowed: true,
+	v1.ReasonTooManyLabels:         true,
 }
 
 // setReady records the Ready condition for the given generation, with

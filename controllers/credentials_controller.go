@@ -290,14 +290,12 @@ func (p *CredentialsPublisher) publishedAccounts(ctx context.Context, relay *v1.
 }
 
 func (p *CredentialsPublisher) readyLabels(ctx context.Context, acc *v1.SmtpAccount) ([]credentials.Label, error) {
-	var list v1.SmtpLabelList
-	if err := p.Client.List(ctx, &list, client.InNamespace(acc.Namespace),
-		client.MatchingFields{indexLabelAccount: acc.Name}, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, fmt.Errorf("list labels of account %s/%s: %w", acc.Namespace, acc.Name, err)
+	all, err := accountLabels(ctx, p.Client, acc.Namespace, acc.Name)
+	if err != nil {
+		return nil, err
 	}
 	var out []credentials.Label
-	for i := range list.Items {
-		l := &list.Items[i]
+	for _, l := range servedLabels(all) {
 		if !l.Spec.Suspended && readySome(l.Status.Conditions) {
 			out = append(out, credentials.Label{ID: l.Spec.LabelID})
 		}

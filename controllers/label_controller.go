@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -28,9 +29,10 @@ import (
 // the account controller and the publisher.
 //
 // There is no index by labelId: rivals for a labelId are found among the
-// account's labels (labelsWithID). An account has few labels, and every
-// index value costs about 0.5 KiB of operator memory per label (a set for
-// the namespace and one for the cluster), some 25 MiB at 50,000 labels.
+// account's labels (accountLabels), of which at most MaxLabelsPerAccount
+// are served, and every index value costs about 0.5 KiB of operator memory
+// per label (a set for the namespace and one for the cluster), some 25 MiB
+// at 50,000 labels.
 const indexLabelAccount = "mailfleet.io/label-account"
 
 // LabelReconciler validates an SmtpLabel against its account: the account
@@ -119,13 +121,18 @@ func (r *LabelReconciler) evaluate(ctx context.Context, label *v1.SmtpLabel) (*r
 	if out := accountNotReady(acc); out != nil {
 		return out, username, nil
 	}
-	holder, err := labelHolder(ctx, r.Client, label)
+	all, err := accountLabels(ctx, r.Client, label.Namespace, label.Spec.AccountRef)
 	if err != nil {
 		return nil, "", err
 	}
+	holder := oldestLabel(slices.DeleteFunc(slices.Clone(all), func(l v1.SmtpLabel) bool { return l.Spec.LabelID != label.Spec.LabelID }))
 	if holder != nil && holder.UID != label.UID {
 		return problem(v1.ReasonConflict, "labelId %q of SmtpAccount %q is already used by SmtpLabel %q (the oldest label wins); choose another labelId",
 			label.Spec.LabelID, acc.Name, holder.Name), username, nil
+	}
+	if !slices.ContainsFunc(servedLabels(all), func(l *v1.SmtpLabel) bool { return l.UID == label.UID }) {
+		return problem(v1.ReasonTooManyLabels, "SmtpAccount %q has more than %d labels and only the %d oldest are served; delete labels or move some to another account",
+			acc.Name, MaxLabelsPerAccount, MaxLabelsPerAccount), username, nil
 	}
 	if label.Spec.Suspended {
 		return &readyOutcome{reason: v1.ReasonSuspended, message: "spec.suspended is true: logins as " + username + " are refused"}, username, nil
@@ -167,28 +174,6 @@ func (r *LabelReconciler) writeStatus(ctx context.Context, label *v1.SmtpLabel, 
 	return nil
 }
 
-// labelHolder returns the label that holds label's labelId within its
-// account: the oldest one that is not being deleted.
-func labelHolder(ctx context.Context, c client.Reader, label *v1.SmtpLabel) (*v1.SmtpLabel, error) {
-	rivals, err := labelsWithID(ctx, c, label)
-	if err != nil {
-		return nil, err
-	}
-	return oldestLabel(rivals), nil
-}
-
-// labelsWithID returns the labels of label's account that use its labelId,
-// label included. They are read without a deep copy, so they must not be
-// changed.
-func labelsWithID(ctx context.Context, c client.Reader, label *v1.SmtpLabel) ([]v1.SmtpLabel, error) {
-	var list v1.SmtpLabelList
-	if err := c.List(ctx, &list, client.InNamespace(label.Namespace),
-		client.MatchingFields{indexLabelAccount: label.Spec.AccountRef}, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, fmt.Errorf("list labels of account %s/%s: %w", label.Namespace, label.Spec.AccountRef, err)
-	}
-	return slices.DeleteFunc(list.Items, func(l v1.SmtpLabel) bool { return l.Spec.LabelID != label.Spec.LabelID }), nil
-}
-
 func oldestLabel(labels []v1.SmtpLabel) *v1.SmtpLabel {
 	var holder *v1.SmtpLabel
 	for i := range labels {
@@ -204,22 +189,55 @@ func oldestLabel(labels []v1.SmtpLabel) *v1.SmtpLabel {
 // labelId's holder, unless it is suspended. This is the label controller's
 // rule without the account's own readiness, which the caller has checked.
 func publishedLabels(ctx context.Context, c client.Reader, acc *v1.SmtpAccount) ([]string, error) {
-	var list v1.SmtpLabelList
-	if err := c.List(ctx, &list, client.InNamespace(acc.Namespace), client.MatchingFields{indexLabelAccount: acc.Name}); err != nil {
-		return nil, fmt.Errorf("list labels of account %s/%s: %w", acc.Namespace, acc.Name, err)
-	}
-	byID := map[string][]v1.SmtpLabel{}
-	for _, l := range list.Items {
-		byID[l.Spec.LabelID] = append(byID[l.Spec.LabelID], l)
+	all, err := accountLabels(ctx, c, acc.Namespace, acc.Name)
+	if err != nil {
+		return nil, err
 	}
 	var ids []string
-	for id, rivals := range byID {
-		if h := oldestLabel(rivals); h != nil && !h.Spec.Suspended {
-			ids = append(ids, id)
+	for _, l := range servedLabels(all) {
+		if !l.Spec.Suspended {
+			ids = append(ids, l.Spec.LabelID)
 		}
 	}
 	slices.Sort(ids)
 	return ids, nil
+}
+
+// MaxLabelsPerAccount bounds the labels one account is served with: each
+// adds a username to the credentials Secret and an entry to a shard, both
+// under the API server's 1 MiB object limit, and a tenant must not be able
+// to grow them without end. The oldest labels are served. A ResourceQuota on
+// count/smtplabels.mailfleet.io bounds how many a namespace may create.
+const MaxLabelsPerAccount = 1000
+
+// accountLabels lists an account's labels from the cache, without a deep
+// copy: they must not be changed.
+func accountLabels(ctx context.Context, c client.Reader, ns, account string) ([]v1.SmtpLabel, error) {
+	var list v1.SmtpLabelList
+	if err := c.List(ctx, &list, client.InNamespace(ns), client.MatchingFields{indexLabelAccount: account}, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, fmt.Errorf("list labels of account %s/%s: %w", ns, account, err)
+	}
+	return list.Items, nil
+}
+
+// servedLabels are the labels of one account that hold their labelId (the
+// oldest of each), oldest first, at most MaxLabelsPerAccount of them.
+func servedLabels(all []v1.SmtpLabel) []*v1.SmtpLabel {
+	holders := map[string]*v1.SmtpLabel{}
+	for i := range all {
+		l := &all[i]
+		if h := holders[l.Spec.LabelID]; l.DeletionTimestamp == nil && (h == nil || createdBefore(l, h)) {
+			holders[l.Spec.LabelID] = l
+		}
+	}
+	served := slices.Collect(maps.Values(holders))
+	slices.SortFunc(served, func(a, b *v1.SmtpLabel) int {
+		if createdBefore(a, b) {
+			return -1
+		}
+		return 1
+	})
+	return served[:min(len(served), MaxLabelsPerAccount)]
 }
 
 // labelsOfAccount enqueues an account's labels.
@@ -227,12 +245,19 @@ func (r *LabelReconciler) labelsOfAccount(ctx context.Context, o client.Object) 
 	return labelRequests(ctx, r.Client, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexLabelAccount: o.GetName()})
 }
 
-// rivalsOf enqueues the labels of the same account with the same labelId.
+// rivalsOf enqueues the labels of the same account with the same labelId,
+// or, when the account is at its label cap, all its labels: one coming or
+// going may then move another into or out of the served ones.
 func (r *LabelReconciler) rivalsOf(ctx context.Context, o client.Object) []reconcile.Request {
-	rivals, err := labelsWithID(ctx, r.Client, o.(*v1.SmtpLabel))
+	label := o.(*v1.SmtpLabel)
+	all, err := accountLabels(ctx, r.Client, label.Namespace, label.Spec.AccountRef)
 	if err != nil {
 		log.FromContext(ctx).Error(err, "list labels to enqueue")
 		return nil
+	}
+	rivals := all
+	if len(all) < MaxLabelsPerAccount {
+		rivals = slices.DeleteFunc(slices.Clone(all), func(l v1.SmtpLabel) bool { return l.Spec.LabelID != label.Spec.LabelID })
 	}
 	reqs := make([]reconcile.Request, 0, len(rivals))
 	for i := range rivals {

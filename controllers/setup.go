@@ -3,7 +3,14 @@ package controllers
 import (
 	"fmt"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // Setup registers every mailfleet controller with mgr.
@@ -24,4 +31,27 @@ func Setup(mgr ctrl.Manager, opts RenderOptions) error {
 		}
 	}
 	return nil
+}
+
+// CacheOptions are the manager's cache options the controllers are built
+// for. The kinds a relay owns are cached only when the operator made them
+// (its managed-by label): a cluster's every Deployment, ConfigMap, Service,
+// ServiceAccount, Role, RoleBinding and PodDisruptionBudget would otherwise
+// sit in the operator's memory, at any tenant's whim. Secrets are cached as
+// metadata only (the controllers watch them that way and read data live).
+// Managed fields are dropped from everything, since nothing reads them.
+func CacheOptions() cache.Options {
+	mine := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedByValue})}
+	return cache.Options{
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&appsv1.Deployment{}:            mine,
+			&corev1.ConfigMap{}:             mine,
+			&corev1.Service{}:               mine,
+			&corev1.ServiceAccount{}:        mine,
+			&rbacv1.Role{}:                  mine,
+			&rbacv1.RoleBinding{}:           mine,
+			&policyv1.PodDisruptionBudget{}: mine,
+		},
+	}
 }

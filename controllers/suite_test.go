@@ -129,6 +129,7 @@ func runManagerAs(t *testing.T, cfg *rest.Config, setup func(mgr ctrl.Manager) e
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
+		Cache:                  CacheOptions(),
 		HealthProbeBindAddress: "0",
 		// Every test starts the same controllers in a manager of its own;
 		// controller-runtime otherwise refuses a name used before in the process.

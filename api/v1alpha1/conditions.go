@@ -42,4 +42,5 @@ const (
 	ReasonInvalidSpec           = "InvalidSpec"
 	ReasonSecretWriteFailed     = "SecretWriteFailed"
 	ReasonCertificateNotAllowed = "CertificateNotAllowed"
+	ReasonTooManyLabels         = "TooManyLabels"
 )

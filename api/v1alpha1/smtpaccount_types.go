@@ -158,6 +158,7 @@ type SecretTemplate struct {
 	// Annotations of the credentials Secret.
 	// +kubebuilder:validation:MaxProperties=32
 	// +kubebuilder:validation:XValidation:rule="self.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))",message="secretTemplate.annotations: keys must be annotation keys such as example.com/owner"
+	// +kubebuilder:validation:XValidation:rule="self.all(k, size(self[k]) <= 4096)",message="secretTemplate.annotations: values may have at most 4096 characters"
 	// +optional
 	Annotations map[string]string `json:"annotations,omitempty"`
 }
