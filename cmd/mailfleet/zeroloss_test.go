@@ -5,12 +5,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -415,6 +417,49 @@ type countingSink struct {
 	mu   sync.Mutex
 	seen map[int64]int
 	bad  []string
+	// held counts messages read but not answered while holding; release
+	// is closed when the held sessions may end.
+	holding bool
+	held    int
+	release chan struct{}
+}
+
+// hold makes the sink read each message and then wait, without a reply and
+// without counting it, until releaseHeld: the relay is left delivering.
+func (s *countingSink) hold(t *testing.T) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.holding, s.release = true, make(chan struct{})
+	// Held sessions must end before the sink can close.
+	t.Cleanup(s.releaseHeld)
+}
+
+// releaseHeld ends the held sessions with an error and accepts what
+// follows.
+func (s *countingSink) releaseHeld() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.holding {
+		s.holding = false
+		close(s.release)
+	}
+}
+
+func (s *countingSink) waitHeld(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s.mu.Lock()
+		held := s.held
+		s.mu.Unlock()
+		if held >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d messages reached the holding sink", held, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 var testIDHeader = regexp.MustCompile(`(?m)^X-Test-Id: (\d+)\r$`)
@@ -494,6 +539,112 @@ func (s *sinkSession) Data(r io.Reader) error {
 	if err != nil {
 		return err
 	}
+	s.sink.mu.Lock()
+	holding, release := s.sink.holding, s.sink.release
+	if holding {
+		s.sink.held++
+	}
+	s.sink.mu.Unlock()
+	if holding {
+		<-release
+		return errors.New("held until the relay was gone")
+	}
 	s.sink.receive(data)
 	return nil
+}
+
+// TestRedeliveryCountedAfterSIGKILL: a relay SIGKILLed while it delivers
+// leaves those messages unacknowledged in JetStream; the restarted relay
+// hands them out again, and its /metrics must say so in
+// mailfleet_queue_redeliveries_total (the alert on duplicates watches it).
+func TestRedeliveryCountedAfterSIGKILL(t *testing.T) {
+	const messages = 3
+	sink := startCountingSink(t)
+	sink.hold(t)
+	dir := t.TempDir()
+	key, err := credentials.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	credsFile := filepath.Join(dir, "credentials.yaml")
+	if err := credentials.WriteFile(credsFile, []credentials.Account{{APIUser: "zl", KeyDigests: []string{credentials.Digest(key)}}}); err != nil {
+		t.Fatal(err)
+	}
+	smtpAddr, metricsAddr := loopback.FreeAddr(t), loopback.FreeAddr(t)
+	sinkHost, sinkPort, _ := net.SplitHostPort(sink.addr)
+	cfgFile := filepath.Join(dir, "relay.yaml")
+	cfg := fmt.Sprintf(`hostname: relay.test
+node: drill
+listeners: [{name: smtp, address: %q, authRequiresTLS: false}]
+credentialsFile: %s
+spoolDir: %s
+metricsAddress: %q
+logLevel: warn
+queue: {ackWait: 3s}
+delivery: {smarthost: {name: sink, host: %s, port: %s, tls: none}}
+`, smtpAddr, credsFile, filepath.Join(dir, "queue"), metricsAddr, sinkHost, sinkPort)
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	relay := &relayProcess{t: t, config: cfgFile, logFile: filepath.Join(dir, "relay.log")}
+	relay.start()
+	t.Cleanup(relay.kill)
+	waitHTTP(t, "http://"+metricsAddr+"/readyz")
+
+	id := int64(0)
+	err = submitSession(context.Background(), smtpAddr, key, func() (int64, bool) {
+		id++
+		return id, id <= messages
+	}, func(id int64, reply string, err error) {
+		if err != nil || !strings.HasPrefix(reply, "250 ") {
+			t.Errorf("message %d: %q %v", id, reply, err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every message is at the sink, which holds its reply: each is being
+	// delivered, unacknowledged, when the relay dies.
+	sink.waitHeld(t, messages)
+	relay.kill()
+	sink.releaseHeld()
+
+	relay.start()
+	waitHTTP(t, "http://"+metricsAddr+"/readyz")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, unique := sink.totals()
+		if unique == messages {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d messages delivered after the restart\n%s", unique, messages, relay.logTail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Each held message was handed out once more, and nothing else was.
+	want := strconv.Itoa(messages)
+	if got := metricValue(t, "http://"+metricsAddr+"/metrics", "mailfleet_queue_redeliveries_total"); got != want {
+		t.Fatalf("mailfleet_queue_redeliveries_total = %s after %d messages were redelivered, want %s\n%s", got, messages, want, relay.logTail())
+	}
+	relay.stop()
+}
+
+// waitHTTP waits until url answers 200.
+func waitHTTP(t *testing.T, url string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not answer 200: %v", url, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

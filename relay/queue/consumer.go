@@ -113,12 +113,24 @@ func (q *Queue) pending(msg jetstream.Msg) (*pending, error) {
 	if err != nil {
 		return nil, err
 	}
-	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 1 {
-		// The previous holder died or took longer than AckWait without
-		// Touch: its recipients may get this message twice.
-		q.metrics.redeliveries.Inc()
+	if md, err := msg.Metadata(); err == nil {
+		q.countHandOut(m.Envelope.ID, md)
 	}
 	return &pending{q: q, msg: msg, meta: m, body: body}, nil
+}
+
+// countHandOut counts a redelivery: the previous holder died or took longer
+// than AckWait without Touch, so its recipients may get this message twice.
+// NumDelivered says so unless the embedded server died with the previous
+// holder and forgot it handed the message out (see handedOut).
+func (q *Queue) countHandOut(id string, md *jetstream.MsgMetadata) {
+	seq := md.Sequence.Stream
+	if md.NumDelivered > 1 || q.handed.handedBefore(seq) {
+		q.metrics.redeliveries.Inc()
+	}
+	if err := q.handed.record(seq); err != nil {
+		q.log.Warn("a redelivery after a crash may go uncounted", "id", id, "err", err)
+	}
 }
 
 // pending is one message being delivered.

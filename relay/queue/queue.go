@@ -78,6 +78,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -158,6 +159,7 @@ type Queue struct {
 	deliver  jetstream.Consumer
 	split    jetstream.Consumer
 	metrics  *metrics
+	handed   *handedOut // nil for an external server
 	partSize int
 	packMax  int
 
@@ -212,6 +214,9 @@ func Open(ctx context.Context, o Options) (*Queue, error) {
 		return nil, errors.Join(err, q.closeConn())
 	}
 	if err := q.setup(ctx); err != nil {
+		return nil, errors.Join(err, q.closeConn())
+	}
+	if err := q.openHandedOut(ctx); err != nil {
 		return nil, errors.Join(err, q.closeConn())
 	}
 	q.metrics = newMetrics(o.Registerer)
@@ -334,6 +339,20 @@ func (q *Queue) setup(ctx context.Context) error {
 	return err
 }
 
+// openHandedOut reads what an earlier process of an embedded queue handed
+// out (see handedOut).
+func (q *Queue) openHandedOut(ctx context.Context) error {
+	if q.opts.Dir == "" {
+		return nil
+	}
+	info, err := q.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("read stream %s: %w", q.opts.Stream, err)
+	}
+	q.handed, err = openHandedOut(filepath.Join(q.opts.Dir, handedOutFile), info.State.LastSeq)
+	return err
+}
+
 // Ready reports whether the queue can take messages: its connection to
 // NATS is up. A relay that is not ready gets no new sessions from its
 // Service, rather than answering them all with 451.
@@ -355,13 +374,13 @@ func (q *Queue) closeConn() error {
 	if q.nc != nil {
 		q.nc.Close()
 	}
-	var err error
+	err := q.handed.close()
 	if q.srv != nil {
 		q.srv.Shutdown()
 		q.srv.WaitForShutdown()
 	}
 	if q.unlock != nil {
-		err = q.unlock()
+		err = errors.Join(err, q.unlock())
 	}
 	return err
 }
