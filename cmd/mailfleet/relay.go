@@ -2,20 +2,17 @@ package main
 
 import (
 	"context"
-	"errors"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -24,6 +21,7 @@ import (
 	"github.com/mailfleet/mailfleet/relay/certs"
 	"github.com/mailfleet/mailfleet/relay/config"
 	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/relay/ops"
 	"github.com/mailfleet/mailfleet/relay/queueid"
 	"github.com/mailfleet/mailfleet/relay/smtpd"
 )
@@ -97,11 +95,11 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 		}
 		return 0
 	}))
-	ops, err := serveOps(cfg.MetricsAddress, reg, isReady, log)
+	opsSrv, err := serveRelayOps(ctx, cfg, reg, isReady, log)
 	if err != nil {
 		return err
 	}
-	defer ops.Close()
+	defer opsSrv.Close()
 	q, err := waitForQueue(ctx, cfg, reg, log)
 	if err != nil {
 		return err
@@ -155,9 +153,9 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	}
 	serving := func() bool { return srv.Ready() && credsReady() && q.Ready() }
 	ready.Store(&serving)
-	log.Info("relay started", "hostname", smtpCfg.Hostname, "metrics", ops.Addr().String())
+	log.Info("relay started", "hostname", smtpCfg.Hostname, "probes", opsSrv.Addr().String(), "metrics", opsSrv.MetricsAddr().String())
 	if hooks.started != nil {
-		hooks.started(srv, ops.Addr())
+		hooks.started(srv, opsSrv.MetricsAddr())
 	}
 	<-ctx.Done()
 	log.Info("shutting down", "grace_period", cfg.DrainGracePeriod.Duration)
@@ -193,8 +191,14 @@ func smtpConfig(ctx context.Context, cfg config.Config, reg prometheus.Registere
 		AuthFailureWindow:       l.AuthFailureWindow.Duration,
 	}
 	for _, lc := range cfg.Listeners {
+		// Validated when the config was loaded.
+		trusted, err := lc.TrustedProxyPrefixes()
+		if err != nil {
+			return smtpd.Config{}, fmt.Errorf("listener %s: %w", lc.Name, err)
+		}
 		out.Listeners = append(out.Listeners, smtpd.Listener{
 			Name: lc.Name, Addr: lc.Address, ImplicitTLS: lc.ImplicitTLS, AllowAuthWithoutTLS: !lc.AuthNeedsTLS(),
+			ProxyProtocol: lc.ProxyProtocol, TrustedProxies: trusted,
 		})
 	}
 	if cfg.TLS != nil {
@@ -264,39 +268,43 @@ func openCredentials(ctx context.Context, cfg config.Config, log *slog.Logger) (
 	return src, src.Synced, nil
 }
 
-// opsServer serves /metrics, /healthz and /readyz.
-type opsServer struct {
-	ln  net.Listener
-	srv *http.Server
+// serveOps serves /metrics, /healthz and /readyz on addr, in clear.
+func serveOps(addr string, reg *prometheus.Registry, ready func() bool, log *slog.Logger) (*ops.Server, error) {
+	return ops.Serve(ops.Options{Addr: addr, Registry: reg, Ready: ready, Log: log})
 }
 
-func (o *opsServer) Addr() net.Addr { return o.ln.Addr() }
-func (o *opsServer) Close() error   { return o.srv.Close() }
-
-func serveOps(addr string, reg *prometheus.Registry, ready func() bool, log *slog.Logger) (*opsServer, error) {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready() {
-			http.Error(w, "not ready: draining, credentials not loaded yet, or the queue unreachable", http.StatusServiceUnavailable)
-			return
+// serveRelayOps serves the probes on metricsAddress and /metrics where and
+// as the config's metrics section says.
+func serveRelayOps(ctx context.Context, cfg config.Config, reg *prometheus.Registry, ready func() bool, log *slog.Logger) (*ops.Server, error) {
+	o := ops.Options{Addr: cfg.MetricsAddress, Registry: reg, Ready: ready, Log: log}
+	if m := cfg.Metrics; m != nil {
+		o.BearerTokenFile = m.BearerTokenFile
+		if m.SeparateAddress(cfg.MetricsAddress) {
+			o.MetricsAddr = m.Address
 		}
-		fmt.Fprintln(w, "ok")
-	})
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen metrics on %s: %w", addr, err)
+		if m.TLS != nil {
+			var err error
+			if o.TLS, err = metricsTLS(ctx, cfg, log); err != nil {
+				return nil, err
+			}
+		}
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server failed", "err", err)
-		}
-	}()
-	return &opsServer{ln: ln, srv: srv}, nil
+	return ops.Serve(o)
+}
+
+// metricsTLS serves the metrics section's certificate files, or the
+// relay's when it names none, reloading them as they change.
+func metricsTLS(ctx context.Context, cfg config.Config, log *slog.Logger) (*tls.Config, error) {
+	files := *cfg.Metrics.TLS
+	if files.CertFile == "" && cfg.TLS != nil {
+		files = *cfg.TLS
+	}
+	reloader, err := certs.NewReloader(files.CertFile, files.KeyFile, log)
+	if err != nil {
+		return nil, fmt.Errorf("metrics TLS: %w", err)
+	}
+	go reloader.Run(ctx)
+	return certs.ServerTLSConfig(reloader.GetCertificate), nil
 }
 
 func newLogger(level string) (*slog.Logger, error) {

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/mailfleet/mailfleet/relay/certs"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
@@ -96,6 +100,73 @@ func TestRelayWaitsForJetStream(t *testing.T) {
 		t.Fatalf("DATA reply %q, want 250 #<id>#Queued", got)
 	}
 	c.expectPrefix("QUIT", "221 ")
+	relay.stop(t)
+}
+
+// TestRelayProtectsMetrics: the relay binary with a metrics section serves
+// /metrics on its own address, over TLS with the relay's certificate and
+// behind the bearer token, while the probes answer in clear without one.
+func TestRelayProtectsMetrics(t *testing.T) {
+	dir := t.TempDir()
+	files, err := certs.WriteSelfSigned(filepath.Join(dir, "tls"), []string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	credsFile, tokenFile := filepath.Join(dir, "credentials.yaml"), filepath.Join(dir, "metrics-token")
+	if err := credentials.WriteFile(credsFile, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tokenFile, []byte("scrape-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	probeAddr, metricsAddr := freeAddr(t), freeAddr(t)
+	cfgFile := filepath.Join(dir, "relay.yaml")
+	cfg := fmt.Sprintf("hostname: mx.test\nlisteners: [{name: smtp, address: '127.0.0.1:0'}]\ncredentialsFile: %s\nspoolDir: %s\n"+
+		"tls: {certFile: %s, keyFile: %s}\nmetricsAddress: '%s'\nmetrics: {address: '%s', tls: {}, bearerTokenFile: %s}\n"+
+		"delivery: {localDir: %s}\n", credsFile, filepath.Join(dir, "queue"), files.CertFile, files.KeyFile,
+		probeAddr, metricsAddr, tokenFile, filepath.Join(dir, "out"))
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	relay := startProcess(t, "relay", "--config", cfgFile)
+	relay.waitLog(t, "relay started")
+	waitHTTP(t, "http://"+probeAddr+"/readyz")
+	if code := getStatus(t, "http://"+probeAddr+"/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz in clear = %d, want 200", code)
+	}
+
+	pem, err := os.ReadFile(files.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	defer client.CloseIdleConnections()
+	scrape := func(token string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, "https://"+metricsAddr+"/metrics", nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("scrape over TLS: %v", err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	for _, token := range []string{"", "wrong-token"} {
+		if code, body := scrape(token); code != http.StatusUnauthorized || strings.Contains(body, "mailfleet_relay_ready") {
+			t.Fatalf("scrape with token %q: %d, want 401 without metrics", token, code)
+		}
+	}
+	if code, body := scrape("scrape-token"); code != http.StatusOK || !strings.Contains(body, "mailfleet_relay_ready 1") {
+		t.Fatalf("scrape with the token: %d %q", code, body)
+	}
+	if code := getStatus(t, "http://"+probeAddr+"/metrics"); code != http.StatusNotFound {
+		t.Fatalf("/metrics on the probe address = %d, want 404 (it moved)", code)
+	}
 	relay.stop(t)
 }
 

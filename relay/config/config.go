@@ -40,8 +40,11 @@ type Config struct {
 	Queue Queue `json:"queue,omitempty"`
 	// Delivery configures the delivery workers and where they deliver.
 	Delivery Delivery `json:"delivery,omitempty"`
-	// MetricsAddress serves /metrics, /healthz and /readyz.
+	// MetricsAddress serves /healthz and /readyz in clear, for kubelet's
+	// probes, and /metrics too unless metrics.address moves it.
 	MetricsAddress string `json:"metricsAddress,omitempty"`
+	// Metrics protects /metrics: an address of its own, TLS, a bearer token.
+	Metrics *Metrics `json:"metrics,omitempty"`
 	// DrainGracePeriod is how long open sessions may go on after SIGTERM.
 	DrainGracePeriod Duration `json:"drainGracePeriod,omitempty"`
 	Limits           Limits   `json:"limits,omitempty"`
@@ -60,10 +63,66 @@ type Listener struct {
 	// before the session is encrypted. false lets keys cross the network in
 	// clear, for old clients on a network you trust.
 	AuthRequiresTLS *bool `json:"authRequiresTLS,omitempty"`
+	// ProxyProtocol expects a PROXY protocol header (v1 or v2) at the start
+	// of every connection, from a peer in TrustedProxies, and takes the
+	// client's address from it; other connections are closed. For a load
+	// balancer that terminates TCP and would otherwise show every client as
+	// itself. Without it a header is never parsed.
+	ProxyProtocol bool `json:"proxyProtocol,omitempty"`
+	// TrustedProxies are the load balancers' source ranges (CIDRs), required
+	// with proxyProtocol.
+	TrustedProxies []string `json:"trustedProxies,omitempty"`
 }
 
 // AuthNeedsTLS reports whether the listener refuses AUTH before TLS.
 func (l Listener) AuthNeedsTLS() bool { return l.AuthRequiresTLS == nil || *l.AuthRequiresTLS }
+
+// TrustedProxyPrefixes parses TrustedProxies.
+func (l Listener) TrustedProxyPrefixes() ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(l.TrustedProxies))
+	for i, s := range l.TrustedProxies {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("trustedProxies[%d] %q: want a CIDR such as 10.0.0.0/8 or 192.0.2.10/32", i, s)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+func (l Listener) validateProxy() error {
+	switch {
+	case l.ProxyProtocol && len(l.TrustedProxies) == 0:
+		return errors.New("proxyProtocol needs trustedProxies: the load balancers' source ranges")
+	case !l.ProxyProtocol && len(l.TrustedProxies) > 0:
+		return errors.New("trustedProxies is only read with proxyProtocol: true")
+	}
+	_, err := l.TrustedProxyPrefixes()
+	return err
+}
+
+// Metrics says where and how /metrics is served. Queue depth, accounts'
+// traffic and certificate expiry are for the platform team, not for
+// whoever reaches the pod.
+type Metrics struct {
+	// Address serves /metrics alone; empty (or metricsAddress) serves it
+	// beside the probes.
+	Address string `json:"address,omitempty"`
+	// TLS serves Address over TLS 1.2 or newer: with certFile and keyFile
+	// that pair, with neither ({}) the relay's tls files. Reloaded when the
+	// files change. It needs an address of its own, so that the probes stay
+	// in clear.
+	TLS *TLS `json:"tls,omitempty"`
+	// BearerTokenFile holds the token a scrape must send (Authorization:
+	// Bearer <token>); read at each scrape, so a rotated Secret takes
+	// effect at once. Without TLS the token crosses the network in clear.
+	BearerTokenFile string `json:"bearerTokenFile,omitempty"`
+}
+
+// SeparateAddress reports whether /metrics has a listener of its own.
+func (m *Metrics) SeparateAddress(metricsAddress string) bool {
+	return m != nil && m.Address != "" && m.Address != metricsAddress
+}
 
 // CredentialsSecrets names the relay whose credentials shards to watch.
 type CredentialsSecrets struct {
@@ -320,11 +379,15 @@ func (c *Config) Validate() error {
 		case l.ImplicitTLS && c.TLS == nil:
 			errs = append(errs, fmt.Errorf("listeners[%d] (%s): implicitTLS needs tls.certFile and tls.keyFile", i, l.Name))
 		}
+		if err := l.validateProxy(); err != nil {
+			errs = append(errs, fmt.Errorf("listeners[%d] (%s): %w", i, l.Name, err))
+		}
 		names[l.Name] = true
 	}
 	if c.TLS != nil && (c.TLS.CertFile == "" || c.TLS.KeyFile == "") {
 		errs = append(errs, errors.New("tls: certFile and keyFile are both required"))
 	}
+	errs = append(errs, c.validateMetrics()...)
 	if sc := c.Budget.Sidecar; sc != nil {
 		if _, _, err := net.SplitHostPort(sc.Address); err != nil {
 			errs = append(errs, fmt.Errorf("budget.sidecar.address: %w", err))
@@ -366,6 +429,24 @@ func (c *Config) validateQueue() []error {
 	}
 	if q.AckWait.Duration < 3*time.Second {
 		errs = append(errs, errors.New("queue.ackWait: at least 3s"))
+	}
+	return errs
+}
+
+func (c *Config) validateMetrics() []error {
+	m := c.Metrics
+	if m == nil || m.TLS == nil {
+		return nil
+	}
+	var errs []error
+	if !m.SeparateAddress(c.MetricsAddress) {
+		errs = append(errs, errors.New("metrics.tls: needs metrics.address, other than metricsAddress, so that /healthz and /readyz stay in clear for kubelet's probes"))
+	}
+	switch {
+	case (m.TLS.CertFile == "") != (m.TLS.KeyFile == ""):
+		errs = append(errs, errors.New("metrics.tls: set both certFile and keyFile, or neither to use the relay's tls files"))
+	case m.TLS.CertFile == "" && c.TLS == nil:
+		errs = append(errs, errors.New("metrics.tls: without certFile and keyFile it uses the relay's tls files, and tls is not set"))
 	}
 	return errs
 }

@@ -94,6 +94,34 @@ func TestLoad(t *testing.T) {
 		{name: "smarthost without host", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {smarthost: {port: 25}}\n", wantErr: "delivery.smarthost.host"},
 		{name: "smarthost TLS mode", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {smarthost: {host: h, tls: maybe}}\n", wantErr: "delivery.smarthost.tls"},
 		{name: "backoff max below min", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {backoff: {min: 1h, max: 1m}}\n", wantErr: "delivery.backoff.max"},
+		{name: "metricsAddress alone serves everything, as before", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nmetricsAddress: ':9100'\n", check: func(t *testing.T, c Config) {
+			if c.MetricsAddress != ":9100" || c.Metrics.SeparateAddress(c.MetricsAddress) {
+				t.Fatalf("metricsAddress = %q, metrics = %+v", c.MetricsAddress, c.Metrics)
+			}
+		}},
+		{name: "metrics protected with the relay's certificate", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ntls: {certFile: /t.crt, keyFile: /t.key}\nmetrics: {address: ':9443', tls: {}, bearerTokenFile: /m/token}\n", check: func(t *testing.T, c Config) {
+			if m := c.Metrics; !m.SeparateAddress(c.MetricsAddress) || m.TLS == nil || m.TLS.CertFile != "" || m.BearerTokenFile != "/m/token" || c.MetricsAddress != ":9090" {
+				t.Fatalf("metrics = %+v, metricsAddress %q", m, c.MetricsAddress)
+			}
+		}},
+		{name: "metrics with a certificate of its own", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nmetrics: {address: ':9443', tls: {certFile: /m.crt, keyFile: /m.key}}\n", check: func(t *testing.T, c Config) {
+			if c.Metrics.TLS.CertFile != "/m.crt" {
+				t.Fatalf("metrics = %+v", c.Metrics)
+			}
+		}},
+		{name: "metrics TLS beside the probes", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ntls: {certFile: /t.crt, keyFile: /t.key}\nmetrics: {tls: {}}\n", wantErr: "metrics.tls: needs metrics.address"},
+		{name: "metrics TLS on metricsAddress", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ntls: {certFile: /t.crt, keyFile: /t.key}\nmetrics: {address: ':9090', tls: {}}\n", wantErr: "metrics.tls: needs metrics.address"},
+		{name: "metrics TLS without the relay's", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nmetrics: {address: ':9443', tls: {}}\n", wantErr: "tls is not set"},
+		{name: "metrics TLS half a pair", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nmetrics: {address: ':9443', tls: {certFile: /m.crt}}\n", wantErr: "set both certFile and keyFile"},
+		{name: "PROXY protocol listener", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1', proxyProtocol: true, trustedProxies: [10.0.0.0/8, '192.0.2.10/32', 'fd00::/8']}]\n", check: func(t *testing.T, c Config) {
+			p, err := c.Listeners[0].TrustedProxyPrefixes()
+			if err != nil || !c.Listeners[0].ProxyProtocol || len(p) != 3 || p[1].String() != "192.0.2.10/32" {
+				t.Fatalf("listener = %+v, prefixes %v %v", c.Listeners[0], p, err)
+			}
+		}},
+		{name: "PROXY protocol without trusted proxies", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1', proxyProtocol: true}]\n", wantErr: "proxyProtocol needs trustedProxies"},
+		{name: "trusted proxies without PROXY protocol", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1', trustedProxies: [10.0.0.0/8]}]\n", wantErr: "only read with proxyProtocol"},
+		{name: "trusted proxy not a CIDR", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1', proxyProtocol: true, trustedProxies: [lb.example]}]\n", wantErr: `trustedProxies[0] "lb.example"`},
 		{name: "log level", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nlogLevel: loud\n", wantErr: `logLevel: "loud"`},
 	}
 	for _, tt := range tests {

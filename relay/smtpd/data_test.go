@@ -130,16 +130,28 @@ func TestReadData(t *testing.T) {
 	}
 }
 
+// TestMessageLineLimit: a message line over maxLineLength (CRLF excluded)
+// refuses the message with 500 5.5.2, whether the line fits the session's
+// read buffer or not; the body is read to its end, so the session goes on
+// and its next message, with lines of exactly the limit, is queued.
 func TestMessageLineLimit(t *testing.T) {
 	env := startRelay(t, func(c *Config, _ *Deps) { c.MaxLineLength = 100 })
 	c := dialRaw(t, env.addr("smtp"))
 	c.login(userMain, env.keys[userMain])
-	got := c.send("a@ifaxin.com", "b@example.com", strings.Repeat("x", 101)+"\r\n")
-	if got != "500 5.5.2 Message line too long (limit 100 bytes)" {
-		t.Fatalf("got %q", got)
+	for _, n := range []int{101, 10_000} {
+		got := c.send("a@ifaxin.com", "b@example.com", "Subject: long\r\n\r\n"+strings.Repeat("x", n)+"\r\nafter\r\n")
+		if got != "500 5.5.2 Message line too long (limit 100 bytes)" {
+			t.Fatalf("line of %d bytes: got %q", n, got)
+		}
+		if len(env.stored()) != 0 {
+			t.Fatal("a refused message was spooled")
+		}
 	}
-	if len(env.stored()) != 0 {
-		t.Fatal("a refused message was spooled")
+	if got := c.send("a@ifaxin.com", "b@example.com", "Subject: fits\r\n\r\n"+strings.Repeat("y", 100)+"\r\n"); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("after the refusals, a message with lines at the limit: got %q, want 250", got)
+	}
+	if len(env.stored()) != 1 {
+		t.Fatalf("%d messages spooled, want the one that fits", len(env.stored()))
 	}
 }
 
