@@ -27,7 +27,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"listener"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailfleet_relay_connections_refused_total",
-			Help: "Connections answered with 421 and closed, by reason (max_connections, client_connections, client_rate, draining).",
+			Help: "Connections answered with 421 and closed, by reason (max_connections, client_connections, client_rate, draining), or closed at once on a PROXY protocol listener (proxy_untrusted: not from a trusted load balancer; proxy_header: no valid header).",
 		}, []string{"reason"}),
 		tlsFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailfleet_relay_tls_handshake_failures_total",

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,12 @@ type Listener struct {
 	// default AUTH is neither offered nor accepted until it is, as Postfix's
 	// smtpd_tls_auth_only, so no key crosses the network in clear.
 	AllowAuthWithoutTLS bool
+	// ProxyProtocol expects every connection to open with a PROXY protocol
+	// header (v1 or v2) from a peer in TrustedProxies, and takes the client
+	// address from it; connections from elsewhere are closed. Without it no
+	// header is ever parsed.
+	ProxyProtocol  bool
+	TrustedProxies []netip.Prefix
 }
 
 // Config is what the server needs besides its collaborators. Zero values take
@@ -137,6 +144,7 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[string]net.Listener
 	sessions  map[*session]struct{}
+	headers   headerWaits
 	wg        sync.WaitGroup
 }
 
@@ -152,6 +160,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	for _, l := range cfg.Listeners {
 		if l.ImplicitTLS && cfg.TLS == nil {
 			return nil, fmt.Errorf("listener %s: implicit TLS needs a certificate", l.Name)
+		}
+		if l.ProxyProtocol && len(l.TrustedProxies) == 0 {
+			return nil, fmt.Errorf("listener %s: PROXY protocol needs the load balancers' address ranges", l.Name)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -184,7 +195,7 @@ func (s *Server) Start() error {
 	}
 	for _, l := range s.cfg.Listeners {
 		s.deps.Log.Info("listening", "listener", l.Name, "address", s.listeners[l.Name].Addr().String(),
-			"implicit_tls", l.ImplicitTLS, "auth_without_tls", l.AllowAuthWithoutTLS)
+			"implicit_tls", l.ImplicitTLS, "auth_without_tls", l.AllowAuthWithoutTLS, "proxy_protocol", l.ProxyProtocol)
 		s.wg.Add(1)
 		go s.accept(l, s.listeners[l.Name])
 	}
@@ -243,6 +254,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		ln.Close()
 	}
 	s.mu.Unlock()
+	s.headers.stop()
 	s.wg.Wait()
 	s.cancel()
 	return nil
@@ -271,6 +283,12 @@ func (s *Server) accept(l Listener, ln net.Listener) {
 			continue
 		}
 		delay = 0
+		if l.ProxyProtocol {
+			// Added here, while accept's own count holds the group open.
+			s.wg.Add(1)
+			go s.admitProxied(l, conn)
+			continue
+		}
 		s.admit(l, conn)
 	}
 }

@@ -41,6 +41,9 @@ type session struct {
 func newSession(srv *Server, l Listener, conn net.Conn) *session {
 	s := &session{srv: srv, listener: l, remote: conn.RemoteAddr()}
 	s.log = srv.deps.Log.With("listener", l.Name, "remote", s.remote.String())
+	if pc, ok := conn.(*proxiedConn); ok {
+		s.log = s.log.With("proxy", pc.proxy.String())
+	}
 	s.setConn(conn)
 	return s
 }
