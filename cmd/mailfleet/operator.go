@@ -1,16 +1,19 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap/zapcore"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/mailfleet/mailfleet/controllers"
@@ -18,11 +21,15 @@ import (
 
 type operatorOptions struct {
 	metricsAddr      string
+	metricsSecure    bool
+	metricsCertDir   string
 	probeAddr        string
 	leaderElect      bool
 	leaderElectionNS string
 	relayImage       string
 	allowedImages    []string
+	allowedIssuers   []string
+	allowedHosts     []string
 	logLevel         string
 	shutdownTimeout  time.Duration
 }
@@ -39,11 +46,15 @@ func operatorCommand() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint")
+	f.BoolVar(&o.metricsSecure, "metrics-secure", true, "serve metrics over HTTPS to clients whose bearer token the API server authenticates (TokenReview) and authorizes for GET /metrics (SubjectAccessReview); false serves plain HTTP to anyone")
+	f.StringVar(&o.metricsCertDir, "metrics-cert-dir", "", "directory with tls.crt and tls.key for the metrics endpoint, reloaded when they change (default: a self-signed certificate made at start)")
 	f.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	f.BoolVar(&o.leaderElect, "leader-elect", true, "elect a leader so only one replica reconciles")
 	f.StringVar(&o.leaderElectionNS, "leader-election-namespace", "", "namespace of the leader election Lease (default: the pod's)")
 	f.StringVar(&o.relayImage, "relay-image", os.Getenv("MAILFLEET_IMAGE"), "image of relay pods when an SmtpRelay sets none (default $MAILFLEET_IMAGE)")
 	f.StringSliceVar(&o.allowedImages, "relay-allowed-images", nil, "images an SmtpRelay may name in spec.image besides --relay-image: exact references, or prefixes ending in /, : or @")
+	f.StringSliceVar(&o.allowedIssuers, "relay-allowed-cluster-issuers", nil, "ClusterIssuers an SmtpRelay may name (default: any; set it where relays are written by other teams)")
+	f.StringSliceVar(&o.allowedHosts, "relay-allowed-hostnames", nil, "hostnames relays may get certificates for: mail.example.com, or *.example.com (default: any)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info or error")
 	f.DurationVar(&o.shutdownTimeout, "graceful-shutdown-timeout", 30*time.Second, "how long running reconciles may take to finish on shutdown")
 	return cmd
@@ -58,6 +69,9 @@ func runOperator(o operatorOptions) error {
 	if o.relayImage == "" {
 		return fmt.Errorf("--relay-image (or $MAILFLEET_IMAGE) is required: relay pods run the operator's image")
 	}
+	if err := checkMetricsCertDir(o); err != nil {
+		return err
+	}
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
 		return fmt.Errorf("kubernetes client config: %w", err)
@@ -66,7 +80,7 @@ func runOperator(o operatorOptions) error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
-	if err := controllers.Setup(mgr, controllers.RenderOptions{Image: o.relayImage, AllowedImages: o.allowedImages}); err != nil {
+	if err := controllers.Setup(mgr, o.renderOptions()); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
@@ -86,16 +100,81 @@ func managerOptions(o operatorOptions) ctrl.Options {
 	shutdown := o.shutdownTimeout
 	return ctrl.Options{
 		Scheme:                        controllers.Scheme(),
-		Metrics:                       metricsserver.Options{BindAddress: o.metricsAddr},
+		Metrics:                       metricsOptions(o),
 		HealthProbeBindAddress:        o.probeAddr,
 		LeaderElection:                o.leaderElect,
 		LeaderElectionID:              "mailfleet-operator.mailfleet.io",
 		LeaderElectionNamespace:       o.leaderElectionNS,
 		LeaderElectionReleaseOnCancel: true,
 		GracefulShutdownTimeout:       &shutdown,
-		// The main cache holds Secrets as metadata only (the controllers
-		// watch them that way and read data live); managed fields are
-		// dropped from everything, since nothing reads them.
-		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		Cache:                         controllers.CacheOptions(),
+	}
+}
+
+// metricsOptions serves /metrics over HTTPS behind the API server's own
+// authentication and authorization unless --metrics-secure=false. Over
+// plain HTTP anything that reaches the pod reads how the operator and its
+// API server are doing (reconcile errors, API requests by status code,
+// process details) and can make it render them as often as it likes; with
+// this, the cluster's RBAC decides who reads them.
+func metricsOptions(o operatorOptions) metricsserver.Options {
+	opts := metricsserver.Options{BindAddress: o.metricsAddr}
+	if !o.metricsSecure {
+		return opts
+	}
+	opts.SecureServing = true
+	// TokenReview for who the caller is, SubjectAccessReview for whether it
+	// may GET /metrics: the operator's ServiceAccount needs create on both,
+	// the scraper a ClusterRole with nonResourceURLs /metrics (the chart's
+	// <release>-metrics-reader).
+	opts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	// controller-runtime's default CertDir is under the temp directory and
+	// falls back to a self-signed certificate made in memory when it holds
+	// nothing, which is what the read-only root filesystem needs; a
+	// directory given on the command line is checked at start instead.
+	if o.metricsCertDir != "" {
+		opts.CertDir = o.metricsCertDir
+	}
+	return opts
+}
+
+// checkMetricsCertDir refuses a --metrics-cert-dir without its key pair:
+// controller-runtime would quietly serve a self-signed certificate instead,
+// and the scraper that trusts the configured CA would fail with nothing in
+// the operator's log to say why.
+func checkMetricsCertDir(o operatorOptions) error {
+	if o.metricsCertDir == "" {
+		return nil
+	}
+	if !o.metricsSecure {
+		return errors.New("--metrics-cert-dir needs --metrics-secure: plain HTTP uses no certificate")
+	}
+	for _, name := range []string{"tls.crt", "tls.key"} {
+		path := filepath.Join(o.metricsCertDir, name)
+		if _, err := os.Stat(path); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("--metrics-cert-dir %s has no %s (a kubernetes.io/tls Secret mounted there has both tls.crt and tls.key)", o.metricsCertDir, name)
+			}
+			return fmt.Errorf("metrics certificate %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// renderOptions are the administrator's choices for what relays may run and
+// request. An empty issuer or hostname list allows anything, as the chart's
+// values say; an empty image list allows only the relay image.
+func (o operatorOptions) renderOptions() controllers.RenderOptions {
+	orAny := func(list []string) []string {
+		if len(list) == 0 {
+			return nil
+		}
+		return list
+	}
+	return controllers.RenderOptions{
+		Image:                 o.relayImage,
+		AllowedImages:         orAny(o.allowedImages),
+		AllowedClusterIssuers: orAny(o.allowedIssuers),
+		AllowedHostnames:      orAny(o.allowedHosts),
 	}
 }

@@ -77,6 +77,8 @@ func TestChartInstall(t *testing.T) {
 	})
 
 	checkNotes(t, notes)
+	t.Run("tenant roles", func(t *testing.T) { checkTenantRoles(t) })
+	t.Run("metrics", func(t *testing.T) { checkOperatorMetrics(t, op) })
 
 	samples := createNamespace(t, "samples", nil)
 	applySamplesReady(t, samples)
@@ -121,6 +123,8 @@ type operatorProcess struct {
 	exited chan error
 	logs   *syncbuffer.Buffer
 	once   sync.Once
+	// metrics is the loopback address its metrics endpoint listens on.
+	metrics string
 }
 
 // startOperator runs the image's binary with the Deployment's args and env,
@@ -135,9 +139,9 @@ func startOperator(t *testing.T, dep *appsv1.Deployment) *operatorProcess {
 	if len(c.Command) > 0 {
 		t.Fatalf("command %v: the image's entrypoint is the mailfleet binary, the Deployment should give args only", c.Command)
 	}
-	probes := loopback.FreeAddr(t)
+	probes, metrics := loopback.FreeAddr(t), loopback.FreeAddr(t)
 	remap := map[string]string{
-		"--metrics-bind-address=":      "127.0.0.1:0",
+		"--metrics-bind-address=":      metrics,
 		"--health-probe-bind-address=": probes,
 	}
 	args := append([]string(nil), c.Args...)
@@ -164,7 +168,7 @@ func startOperator(t *testing.T, dep *appsv1.Deployment) *operatorProcess {
 		}
 		cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
 	}
-	p := &operatorProcess{cmd: cmd, exited: make(chan error, 1), logs: &syncbuffer.Buffer{}}
+	p := &operatorProcess{cmd: cmd, exited: make(chan error, 1), logs: &syncbuffer.Buffer{}, metrics: metrics}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -57,17 +57,23 @@ func TestHelmTemplate(t *testing.T) {
 	}{{
 		name: "defaults",
 		kinds: map[string]int{
-			"CustomResourceDefinition": 3, "ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1,
+			// ClusterRoles: the operator's, its metrics reviews, metrics
+			// reader, the tenants' edit and view.
+			"CustomResourceDefinition": 3, "ServiceAccount": 1, "ClusterRole": 5, "ClusterRoleBinding": 2,
 			"Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 1, "ConfigMap": 1,
 			"StatefulSet": 0, "ServiceMonitor": 0, "PodMonitor": 0, "PrometheusRule": 0, "PodDisruptionBudget": 0,
+			"NetworkPolicy": 0, "Secret": 0,
 		},
 	}, {
 		name: "everything on",
 		args: allOptional,
 		kinds: map[string]int{
-			"CustomResourceDefinition": 3, "ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1,
+			"CustomResourceDefinition": 3, "ServiceAccount": 1, "ClusterRole": 5, "ClusterRoleBinding": 2,
 			"Role": 1, "RoleBinding": 1, "Deployment": 2, "Service": 4, "ConfigMap": 2,
 			"StatefulSet": 1, "ServiceMonitor": 1, "PodMonitor": 1, "PrometheusRule": 1, "PodDisruptionBudget": 1,
+			// NATS' and Redis'; the generated NATS credentials (Redis's
+			// come from an existingSecret).
+			"NetworkPolicy": 2, "Secret": 1,
 		},
 	}}
 	for i, tc := range cases {
@@ -120,7 +126,7 @@ func checkOperatorDeployment(t *testing.T, objs []*unstructured.Unstructured) {
 	if c.Name != "manager" || len(c.Args) == 0 || c.Args[0] != "operator" {
 		t.Errorf("container %s args %v, want manager running the operator subcommand", c.Name, c.Args)
 	}
-	for _, want := range []string{"--leader-elect=true", "--leader-election-namespace=" + d.Namespace, "--log-level=info"} {
+	for _, want := range []string{"--leader-elect=true", "--leader-election-namespace=" + d.Namespace, "--log-level=info", "--metrics-secure=true"} {
 		if !slices.Contains(c.Args, want) {
 			t.Errorf("args %v lack %s", c.Args, want)
 		}
@@ -266,17 +272,36 @@ func TestChartFromConfig(t *testing.T) {
 		t.Errorf("the chart renders %d CRDs, config/crd/bases has %d", len(crds), len(files))
 	}
 
-	for _, pair := range []struct{ kind, file string }{
-		{"ClusterRole", "role.yaml"},
-		{"Role", "leader_election_role.yaml"},
+	for _, pair := range []struct{ kind, name, file string }{
+		{"ClusterRole", "mailfleet-operator", "role.yaml"},
+		{"Role", "mailfleet-leader-election", "leader_election_role.yaml"},
 	} {
 		var got, want struct {
 			Rules []rbacv1.PolicyRule `json:"rules"`
 		}
-		fromUnstructured(t, find(t, objs, pair.kind, 1)[0], &got)
+		fromUnstructured(t, byName(t, objs, pair.kind, pair.name), &got)
 		fromUnstructured(t, readYAML(t, filepath.Join(repoRoot, "config", "rbac", pair.file)), &want)
 		if len(want.Rules) == 0 || !reflect.DeepEqual(got.Rules, want.Rules) {
 			t.Errorf("%s rules differ from config/rbac/%s; run make chart-sync\nchart:  %+v\nconfig: %+v", pair.kind, pair.file, got.Rules, want.Rules)
+		}
+	}
+	// Written by hand in both places (make chart-sync copies only what
+	// controller-gen generates): the metrics endpoint's roles must agree.
+	for _, pair := range []struct{ name, file string }{
+		{"mailfleet-operator-metrics-auth", "metrics_auth_role.yaml"},
+		{"mailfleet-metrics-reader", "metrics_reader_role.yaml"},
+	} {
+		var want *unstructured.Unstructured
+		for _, o := range readYAMLDocs(t, filepath.Join(repoRoot, "config", "rbac", pair.file)) {
+			if o.GetKind() == "ClusterRole" && o.GetName() == pair.name {
+				want = o
+			}
+		}
+		if want == nil {
+			t.Fatalf("config/rbac/%s has no ClusterRole %s", pair.file, pair.name)
+		}
+		if got := rulesOf(t, byName(t, objs, "ClusterRole", pair.name)); !reflect.DeepEqual(got, rulesOf(t, want)) {
+			t.Errorf("ClusterRole %s: the chart's rules differ from config/rbac/%s\nchart:  %+v\nconfig: %+v", pair.name, pair.file, got, rulesOf(t, want))
 		}
 	}
 }
@@ -302,5 +327,30 @@ func fromUnstructured(t *testing.T, u *unstructured.Unstructured, into any) {
 	}
 	if err := yaml.Unmarshal(data, into); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestChartRelayAllowLists: the chart passes the administrator's allow lists
+// for what relays may run and request to the operator, and none by default.
+func TestChartRelayAllowLists(t *testing.T) {
+	args := func(set ...string) []string {
+		objs := splitYAML(t, renderChart(t, "mailfleet-system", set...))
+		return operatorDeployment(t, objs).Spec.Template.Spec.Containers[0].Args
+	}
+	for _, a := range args() {
+		if strings.HasPrefix(a, "--relay-allowed-") {
+			t.Errorf("default args carry %s", a)
+		}
+	}
+	got := args("--set", "relayAllowedImages={registry.example/mailfleet:,registry.example/relay:v2}",
+		"--set", "relayAllowedClusterIssuers={letsencrypt}", "--set", "relayAllowedHostnames={*.mail.example,smtp.example.com}")
+	for _, want := range []string{
+		"--relay-allowed-images=registry.example/mailfleet:,registry.example/relay:v2",
+		"--relay-allowed-cluster-issuers=letsencrypt",
+		"--relay-allowed-hostnames=*.mail.example,smtp.example.com",
+	} {
+		if !slices.Contains(got, want) {
+			t.Errorf("args %v lack %s", got, want)
+		}
 	}
 }

@@ -18,6 +18,11 @@ func TestKustomizeDefaultDryRun(t *testing.T) {
 	for _, want := range []string{
 		"customresourcedefinition.apiextensions.k8s.io/smtprelays.mailfleet.io",
 		"clusterrole.rbac.authorization.k8s.io/mailfleet-operator",
+		"clusterrole.rbac.authorization.k8s.io/mailfleet-operator-metrics-auth",
+		"clusterrolebinding.rbac.authorization.k8s.io/mailfleet-operator-metrics-auth",
+		"clusterrole.rbac.authorization.k8s.io/mailfleet-metrics-reader",
+		"clusterrole.rbac.authorization.k8s.io/mailfleet-edit",
+		"clusterrole.rbac.authorization.k8s.io/mailfleet-view",
 		"deployment.apps/mailfleet-operator",
 	} {
 		if !strings.Contains(string(out), want) {

@@ -31,6 +31,10 @@ func TestValuesSchemaRefuses(t *testing.T) {
 		{"port out of range", "metrics.port=70000", []string{"metrics/port", "maximum"}, false},
 		// Not the schema's: the templates refuse what needs two values together.
 		{"replicas without leader election", "replicaCount=2,leaderElection.enabled=false", []string{"replicaCount > 1 needs leaderElection.enabled"}, true},
+		{"a metrics certificate for plain HTTP", "metrics.secure=false,metrics.tls.secretName=tls", []string{"metrics.tls.secretName needs metrics.secure"}, true},
+		{"copies of a Secret the chart does not generate", "nats.enabled=true,nats.auth.existingSecret=mine,nats.auth.copyToNamespaces={mail}", []string{"nats.auth.copyToNamespaces copies the Secret the chart generates"}, true},
+		{"copies without authentication", "redis.enabled=true,redis.auth.copyToNamespaces={mail}", []string{"redis.auth.copyToNamespaces"}, true},
+		{"a namespace that is not a DNS label", "redis.auth.copyToNamespaces={Mail_NS}", []string{"redis/auth/copyToNamespaces", "does not match pattern"}, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

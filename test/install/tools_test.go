@@ -63,6 +63,7 @@ var allOptional = []string{
 	"--set", "redis.enabled=true",
 	"--set", "redis.auth.existingSecret=mailfleet-redis-auth",
 	"--set", "nats.enabled=true",
+	"--set", "nats.auth.enabled=true",
 	"--set", "replicaCount=2",
 }
 

@@ -77,3 +77,34 @@ capabilities:
 {{- define "mailfleet.natsName" -}}
 {{- printf "%s-nats" (include "mailfleet.fullname" .) -}}
 {{- end -}}
+
+{{/*
+The Secret the basic engines take their credentials from: the user's
+existingSecret, else the one the chart generates when auth.enabled, else
+empty (no authentication).
+*/}}
+{{- define "mailfleet.redisAuthSecret" -}}
+{{- if .Values.redis.auth.existingSecret -}}
+{{- .Values.redis.auth.existingSecret -}}
+{{- else if .Values.redis.auth.enabled -}}
+{{- printf "%s-auth" (include "mailfleet.redisName" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mailfleet.natsAuthSecret" -}}
+{{- if .Values.nats.auth.existingSecret -}}
+{{- .Values.nats.auth.existingSecret -}}
+{{- else if .Values.nats.auth.enabled -}}
+{{- printf "%s-auth" (include "mailfleet.natsName" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The labels the operator puts on every relay pod (controllers/names.go and
+relay_render.go: app.kubernetes.io/name=mailfleet-relay, managed-by
+mailfleet-operator); the engines' NetworkPolicies admit pods with both.
+*/}}
+{{- define "mailfleet.relayPodLabels" -}}
+app.kubernetes.io/name: mailfleet-relay
+app.kubernetes.io/managed-by: mailfleet-operator
+{{- end -}}
