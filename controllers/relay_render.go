@@ -398,6 +398,8 @@ func relayConfig(relay *v1.SmtpRelay, ports []relayPort) config.Config {
 			Address:         ":" + strconv.Itoa(int(p.ContainerPort)),
 			ImplicitTLS:     p.TLS == v1.ListenerImplicit,
 			AuthRequiresTLS: ptr.To(ptr.Deref(p.AuthRequiresTLS, true)),
+			ProxyProtocol:   p.ProxyProtocol,
+			TrustedProxies:  slices.Clone(p.TrustedProxies),
 		})
 	}
 	return c

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -957,5 +958,24 @@ func TestRenderRelayQueueAndDelivery(t *testing.T) {
 	plain := loadRendered(t, mustRender(t, newTestRelay()).ConfigMap)
 	if plain.Delivery.Smarthost != nil || plain.Queue.NATS.Stream != "MAILFLEET_MAIL_MX" {
 		t.Errorf("defaults: delivery %+v, stream %q; want direct MX delivery and the relay's own stream", plain.Delivery, plain.Queue.NATS.Stream)
+	}
+}
+
+// TestRenderRelayProxyProtocol: a listener behind a PROXY-protocol load
+// balancer reaches relay.yaml with its trusted sources.
+func TestRenderRelayProxyProtocol(t *testing.T) {
+	relay := newTestRelay(withListeners(
+		v1.RelayListener{Name: "submission", Port: 587, ProxyProtocol: true, TrustedProxies: []string{"10.0.0.0/8", "fd00::/8"}},
+		v1.RelayListener{Name: "smtps", Port: 465, TLS: v1.ListenerImplicit}))
+	cfg := loadRendered(t, mustRender(t, relay).ConfigMap)
+	got := map[string]config.Listener{}
+	for _, l := range cfg.Listeners {
+		got[l.Name] = l
+	}
+	if l := got["submission"]; !l.ProxyProtocol || !slices.Equal(l.TrustedProxies, []string{"10.0.0.0/8", "fd00::/8"}) {
+		t.Errorf("submission: %+v", l)
+	}
+	if l := got["smtps"]; l.ProxyProtocol || l.TrustedProxies != nil {
+		t.Errorf("smtps: %+v", l)
 	}
 }

@@ -88,6 +88,12 @@ func TestCRDValidation(t *testing.T) {
 		{"drain too long", relay(func(r *v1.SmtpRelay) { r.Spec.DrainGracePeriod = &metav1.Duration{Duration: time.Hour} }), "drainGracePeriod must be between 1s and 15m"},
 		{"no queue", relay(func(r *v1.SmtpRelay) { r.Spec.Queue = v1.RelayQueue{} }), "queue.nats.url must be nats://host:port"},
 		{"queue url scheme", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.URL = "http://nats:4222" }), "queue.nats.url must be nats://host:port"},
+		{"proxy protocol without trusted sources", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Listeners = []v1.RelayListener{{Name: "submission", Port: 587, ProxyProtocol: true}}
+		}), "proxyProtocol needs trustedProxies"},
+		{"trusted sources that are not CIDRs", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Listeners = []v1.RelayListener{{Name: "submission", Port: 587, ProxyProtocol: true, TrustedProxies: []string{"10.0.0.1"}}}
+		}), "must be a CIDR"},
 		// Issue 12.23: a password in the URL ended up in a ConfigMap.
 		{"queue url with a password", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.URL = "nats://relay:hunter2@nats:4222" }), "without a user or password"},
 		{"second queue url with a user", relay(func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.URL = "nats://nats-0:4222,tls://relay@nats-1:4222" }), "authSecretRef"},

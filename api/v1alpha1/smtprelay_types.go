@@ -146,6 +146,7 @@ type RelayService struct {
 }
 
 // RelayListener is one SMTP port.
+// +kubebuilder:validation:XValidation:rule="has(self.proxyProtocol) && self.proxyProtocol ? has(self.trustedProxies) && size(self.trustedProxies) > 0 : !has(self.trustedProxies) || size(self.trustedProxies) == 0",message="listeners: proxyProtocol needs trustedProxies (the load balancers' CIDRs), and trustedProxies needs proxyProtocol: true"
 type RelayListener struct {
 	// Name labels the port (Service port name, metrics).
 	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]{0,13}[a-z0-9])?$`
@@ -165,6 +166,23 @@ type RelayListener struct {
 	// a network you trust, since their keys then cross it in clear.
 	// +optional
 	AuthRequiresTLS *bool `json:"authRequiresTLS,omitempty"`
+	// ProxyProtocol expects an HAProxy PROXY protocol header (v1 or v2) at
+	// the start of every connection, sent by a load balancer in
+	// TrustedProxies, and uses the client address it names for throttles,
+	// logs and the Received header. A connection from anywhere else, or
+	// without a header, is closed. Turn it on only together with the load
+	// balancer's own setting (for example the
+	// service.beta.kubernetes.io/aws-load-balancer-proxy-protocol annotation
+	// in spec.service.annotations).
+	// +optional
+	ProxyProtocol bool `json:"proxyProtocol,omitempty"`
+	// TrustedProxies are the load balancers' source ranges (CIDRs) that may
+	// send a PROXY header; required with proxyProtocol.
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MaxLength=43
+	// +kubebuilder:validation:XValidation:rule="self.all(c, isCIDR(c))",message="trustedProxies: each entry must be a CIDR such as 10.0.0.0/8"
+	// +optional
+	TrustedProxies []string `json:"trustedProxies,omitempty"`
 }
 
 // ListenerTLS is how a listener starts TLS.
