@@ -2,9 +2,12 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -45,6 +49,8 @@ import (
 // running, and held tens of megabytes in flight.
 type CredentialsPublisher struct {
 	Client client.Client
+	// Recorder tells an account's owner it was left out of a full shard.
+	Recorder events.EventRecorder
 	// Secrets reads the operator's own Secrets, with their data, from a
 	// cache that holds nothing else.
 	Secrets client.Reader
@@ -103,6 +109,9 @@ func (p *CredentialsPublisher) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	if p.Now == nil {
 		p.Now = time.Now
+	}
+	if p.Recorder == nil {
+		p.Recorder = mgr.GetEventRecorder(FieldManager)
 	}
 	owned, err := cache.New(mgr.GetConfig(), cache.Options{
 		Scheme:           mgr.GetScheme(),
@@ -180,9 +189,18 @@ func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) 
 		// A deleted relay's shards go with it: they are owned by it.
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	accounts, nextExpiry, err := p.usableAccounts(ctx, &relay, shard)
+	entries, nextExpiry, err := p.usableAccounts(ctx, &relay, shard)
 	if err != nil {
 		return ctrl.Result{}, err
+	}
+	accounts, leftOut := fitShard(entries, maxShardBytes)
+	for _, e := range leftOut {
+		// Only Events say so: the account's Ready condition is the
+		// account controller's, which cannot see the shard fill.
+		log.FromContext(ctx).Error(nil, "credentials shard full; account left out", "account", e.namespace+"/"+e.name, "shard", shard)
+		p.Recorder.Eventf(e.object, nil, corev1.EventTypeWarning, "ShardFull", "Publish",
+			"credentials shard %d of SmtpRelay %s/%s is full (%d KiB); the newest accounts in it are not published: make accounts smaller (labels, sender domains) or move some to another relay",
+			shard, relay.Namespace, relay.Name, maxShardBytes>>10)
 	}
 	changed, err := p.writeShard(ctx, &relay, shard, accounts)
 	if err != nil {
@@ -198,17 +216,66 @@ func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) 
 	return ctrl.Result{RequeueAfter: nextExpiry.Sub(p.Now()) + time.Second}, nil
 }
 
+// maxShardBytes keeps a shard, with its Secret's metadata, under the API
+// server's 1 MiB object limit. 10,000 accounts of a typical size fill a
+// sixteenth of it per shard (TestFitShard).
+const maxShardBytes = 900 << 10
+
+// shardEntry is an account as a shard publishes it, with what decides who
+// is left out of a full shard.
+type shardEntry struct {
+	account         credentials.Account
+	namespace, name string
+	created         metav1.Time
+	object          *v1.SmtpAccount
+}
+
+// fitShard returns the accounts of entries, by api_user, that fit in limit
+// bytes of shard, and the entries left out: the newest, so that accounts
+// already sending keep sending when another grows the shard.
+func fitShard(entries []shardEntry, limit int) ([]credentials.Account, []shardEntry) {
+	accounts := make([]credentials.Account, 0, len(entries))
+	for _, e := range entries {
+		accounts = append(accounts, e.account)
+	}
+	byUser := func(a, b credentials.Account) int { return strings.Compare(a.APIUser, b.APIUser) }
+	slices.SortFunc(accounts, byUser)
+	if data, err := credentials.MarshalShard(accounts); err == nil && len(data) <= limit {
+		return accounts, nil
+	}
+	byAge := slices.Clone(entries)
+	slices.SortStableFunc(byAge, func(a, b shardEntry) int {
+		if c := a.created.Compare(b.created.Time); c != 0 {
+			return c
+		}
+		return strings.Compare(a.namespace+"/"+a.name, b.namespace+"/"+b.name)
+	})
+	size := len(`{"accounts":[]}`)
+	kept := accounts[:0]
+	var leftOut []shardEntry
+	for _, e := range byAge {
+		entry, err := json.Marshal(e.account)
+		if err != nil || size+len(entry)+1 > limit {
+			leftOut = append(leftOut, e)
+			continue
+		}
+		size += len(entry) + 1
+		kept = append(kept, e.account)
+	}
+	slices.SortFunc(kept, byUser)
+	return kept, leftOut
+}
+
 // usableAccounts returns the published accounts of one of the relay's
-// shards, sorted by api_user, and the earliest time a previous key's digest
-// must be withdrawn.
-func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.SmtpRelay, shard int) ([]credentials.Account, time.Time, error) {
+// shards and the earliest time a previous key's digest must be withdrawn.
+func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.SmtpRelay, shard int) ([]shardEntry, time.Time, error) {
 	var list v1.SmtpAccountList
 	if err := p.Client.List(ctx, &list, client.MatchingFields{indexAccountShard: shardKey(relay.Namespace, relay.Name, shard)},
 		client.UnsafeDisableDeepCopy); err != nil {
 		return nil, time.Time{}, fmt.Errorf("list accounts of relay %s, shard %d: %w", relay.Name, shard, err)
 	}
 	now := p.Now()
-	var out []credentials.Account
+	var out []shardEntry
 	var nextExpiry time.Time
 	var published map[string]credentials.Account // the shard as it is, read once when needed
 	for i := range list.Items {
@@ -232,7 +299,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 				published = p.publishedAccounts(ctx, relay, shard)
 			}
 			if old, ok := published[apiUser]; ok {
-				out = append(out, old)
+				out = append(out, entryOf(old, acc))
 			}
 			continue
 		}
@@ -265,10 +332,13 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 			log.FromContext(ctx).Error(err, "account left out of its credentials shard", "account", acc.Namespace+"/"+acc.Name)
 			continue
 		}
-		out = append(out, entry)
+		out = append(out, entryOf(entry, acc))
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].APIUser < out[j].APIUser })
 	return out, nextExpiry, nil
+}
+
+func entryOf(a credentials.Account, acc *v1.SmtpAccount) shardEntry {
+	return shardEntry{account: a, namespace: acc.Namespace, name: acc.Name, created: acc.CreationTimestamp, object: acc}
 }
 
 // publishedAccounts is the content of one of the relay's shards as the

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -69,6 +70,11 @@ func (r *LabelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(r.labelsOfAccount)).
 		// A label's arrival or departure decides which of its rivals holds the labelId.
 		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(r.rivalsOf), builder.WithPredicates(specOrDeletion)).
+		// A departure (or a labelId given up) may let a label of an account
+		// at its cap be served. A creation never does, since the newcomer
+		// is the youngest: at startup every label arrives as a creation,
+		// and enqueueing all of an account's labels for each was n².
+		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(r.labelsAtCap), builder.WithPredicates(departureOrSpec)).
 		Complete(r)
 }
 
@@ -245,9 +251,29 @@ func (r *LabelReconciler) labelsOfAccount(ctx context.Context, o client.Object) 
 	return labelRequests(ctx, r.Client, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexLabelAccount: o.GetName()})
 }
 
-// rivalsOf enqueues the labels of the same account with the same labelId,
-// or, when the account is at its label cap, all its labels: one coming or
-// going may then move another into or out of the served ones.
+// labelsAtCap enqueues every label of the account of o when the account has
+// at least MaxLabelsPerAccount of them.
+func (r *LabelReconciler) labelsAtCap(ctx context.Context, o client.Object) []reconcile.Request {
+	label := o.(*v1.SmtpLabel)
+	all, err := accountLabels(ctx, r.Client, label.Namespace, label.Spec.AccountRef)
+	if err != nil {
+		log.FromContext(ctx).Error(err, "list labels to enqueue")
+		return nil
+	}
+	if len(all) < MaxLabelsPerAccount {
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(all))
+	for i := range all {
+		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&all[i])})
+	}
+	return reqs
+}
+
+// departureOrSpec passes deletions and spec changes, not creations.
+var departureOrSpec = predicate.And(specOrDeletion, predicate.Funcs{CreateFunc: func(event.CreateEvent) bool { return false }})
+
+// rivalsOf enqueues the labels of the same account with the same labelId.
 func (r *LabelReconciler) rivalsOf(ctx context.Context, o client.Object) []reconcile.Request {
 	label := o.(*v1.SmtpLabel)
 	all, err := accountLabels(ctx, r.Client, label.Namespace, label.Spec.AccountRef)
@@ -255,10 +281,7 @@ func (r *LabelReconciler) rivalsOf(ctx context.Context, o client.Object) []recon
 		log.FromContext(ctx).Error(err, "list labels to enqueue")
 		return nil
 	}
-	rivals := all
-	if len(all) < MaxLabelsPerAccount {
-		rivals = slices.DeleteFunc(slices.Clone(all), func(l v1.SmtpLabel) bool { return l.Spec.LabelID != label.Spec.LabelID })
-	}
+	rivals := slices.DeleteFunc(slices.Clone(all), func(l v1.SmtpLabel) bool { return l.Spec.LabelID != label.Spec.LabelID })
 	reqs := make([]reconcile.Request, 0, len(rivals))
 	for i := range rivals {
 		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&rivals[i])})

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 )
@@ -29,6 +30,12 @@ func TestAttackTooManyLabels(t *testing.T) {
 	// The first label is created before the others, and among labels of one
 	// timestamp second the name decides, so it is among the oldest for certain.
 	waitReason(t, mkLabel(t, ns, "l-0000", "shop", "0"), v1.ReasonReady)
+	// envtest runs no namespace controller: remove what later tests'
+	// managers would otherwise reconcile again.
+	t.Cleanup(func() {
+		testClient.DeleteAllOf(context.Background(), &v1.SmtpLabel{}, client.InNamespace(ns))
+		testClient.DeleteAllOf(context.Background(), &v1.SmtpAccount{}, client.InNamespace(ns))
+	})
 	const n = MaxLabelsPerAccount + 5
 	var wg sync.WaitGroup
 	errs := make(chan error, n)

@@ -1,0 +1,76 @@
+package controllers
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/mailfleet/mailfleet/relay/credentials"
+)
+
+// TestFitShard (issue 12.11): 10,000 accounts of a typical size fill each of
+// the 16 shards to well under the API server's 1 MiB object limit, and when
+// accounts outgrow a shard the newest are left out, the shard stays under
+// the limit and the relay can read it.
+func TestFitShard(t *testing.T) {
+	digest := credentials.SaltedDigest("a-key-of-thirty-two-characters!!", []byte("0123456789abcdef"))
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	entry := func(i int, domains int) shardEntry {
+		a := credentials.Account{APIUser: fmt.Sprintf("account-%05d", i), KeyDigests: []string{digest},
+			Labels: []credentials.Label{{ID: "1001"}, {ID: "1002"}}, AllowedSenderDomains: []string{"acme.example"}}
+		for d := range domains {
+			a.AllowedSenderDomains = append(a.AllowedSenderDomains, fmt.Sprintf("%s.d%03d.example", strings.Repeat("x", 60), d))
+		}
+		return shardEntry{account: a, namespace: "tenant", name: a.APIUser, created: metav1.NewTime(base.Add(time.Duration(i) * time.Second))}
+	}
+
+	shards := make([][]shardEntry, credentials.ShardCount)
+	for i := range 10000 {
+		e := entry(i, 0)
+		s := credentials.ShardOf(e.account.APIUser)
+		shards[s] = append(shards[s], e)
+	}
+	largest := 0
+	for s, entries := range shards {
+		kept, leftOut := fitShard(entries, maxShardBytes)
+		if len(leftOut) != 0 || len(kept) != len(entries) {
+			t.Fatalf("shard %d: %d of %d accounts left out", s, len(leftOut), len(entries))
+		}
+		data, err := credentials.MarshalShard(kept)
+		if err != nil {
+			t.Fatal(err)
+		}
+		largest = max(largest, len(data))
+	}
+	if largest > maxShardBytes/4 {
+		t.Errorf("10,000 typical accounts: the largest shard has %d bytes, over a quarter of the cap", largest)
+	}
+	t.Logf("10,000 typical accounts: largest shard %d KiB of %d", largest>>10, maxShardBytes>>10)
+
+	// Accounts with 100 long sender domains each: 10,000 of them would need
+	// some 70 MiB; one shard keeps the oldest that fit.
+	var big []shardEntry
+	for i := range 2000 {
+		big = append(big, entry(i, 100))
+	}
+	kept, leftOut := fitShard(big, maxShardBytes)
+	data, err := credentials.MarshalShard(kept)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) > maxShardBytes || len(kept)+len(leftOut) != len(big) || len(kept) == 0 {
+		t.Fatalf("kept %d (%d bytes), left out %d", len(kept), len(data), len(leftOut))
+	}
+	if _, err := credentials.ParseShard(data); err != nil {
+		t.Fatalf("the relay refuses the capped shard: %v", err)
+	}
+	for _, e := range leftOut {
+		if e.created.Before(&big[len(kept)-1].created) {
+			t.Fatalf("%s was left out while newer accounts were kept", e.name)
+		}
+	}
+	t.Logf("oversized accounts: %d of %d kept in %d KiB", len(kept), len(big), len(data)>>10)
+}
