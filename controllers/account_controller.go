@@ -56,6 +56,8 @@ type AccountReconciler struct {
 	Recorder  events.EventRecorder
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// MaxLabels is the per-account label cap (default MaxLabelsPerAccount).
+	MaxLabels int
 }
 
 // +kubebuilder:rbac:groups=mailfleet.io,resources=smtpaccounts,verbs=get;list;watch
@@ -298,7 +300,7 @@ func (r *AccountReconciler) applySecret(ctx context.Context, acc *v1.SmtpAccount
 	if err != nil {
 		return nil, err
 	}
-	labelIDs, err := publishedLabels(ctx, r.Client, acc)
+	labelIDs, err := publishedLabels(ctx, r.Client, acc, r.MaxLabels)
 	if err != nil {
 		return nil, err
 	}

@@ -51,6 +51,8 @@ type CredentialsPublisher struct {
 	Client client.Client
 	// Recorder tells an account's owner it was left out of a full shard.
 	Recorder events.EventRecorder
+	// MaxLabels is the per-account label cap (default MaxLabelsPerAccount).
+	MaxLabels int
 	// Secrets reads the operator's own Secrets, with their data, from a
 	// cache that holds nothing else.
 	Secrets client.Reader
@@ -365,7 +367,7 @@ func (p *CredentialsPublisher) readyLabels(ctx context.Context, acc *v1.SmtpAcco
 		return nil, err
 	}
 	var out []credentials.Label
-	for _, l := range servedLabels(all) {
+	for _, l := range servedLabels(all, p.MaxLabels) {
 		if !l.Spec.Suspended && readySome(l.Status.Conditions) {
 			out = append(out, credentials.Label{ID: l.Spec.LabelID})
 		}

@@ -16,7 +16,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -43,6 +42,8 @@ const indexLabelAccount = "mailfleet.io/label-account"
 type LabelReconciler struct {
 	client.Client
 	Recorder events.EventRecorder
+	// MaxLabels is the per-account cap (default MaxLabelsPerAccount).
+	MaxLabels int
 }
 
 // +kubebuilder:rbac:groups=mailfleet.io,resources=smtplabels,verbs=get;list;watch
@@ -70,11 +71,12 @@ func (r *LabelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(r.labelsOfAccount)).
 		// A label's arrival or departure decides which of its rivals holds the labelId.
 		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(r.rivalsOf), builder.WithPredicates(specOrDeletion)).
-		// A departure (or a labelId given up) may let a label of an account
-		// at its cap be served. A creation never does, since the newcomer
-		// is the youngest: at startup every label arrives as a creation,
-		// and enqueueing all of an account's labels for each was n².
-		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(r.labelsAtCap), builder.WithPredicates(departureOrSpec)).
+		// Past an account's cap, any label coming or going may move another
+		// into or out of the served ones (labels of one second are ordered
+		// by name, and the cache sees them in any order). This costs n² list
+		// work for an account over its cap, at each start too: bound the
+		// labels a namespace may create with a ResourceQuota.
+		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(r.labelsAtCap), builder.WithPredicates(specOrDeletion)).
 		Complete(r)
 }
 
@@ -136,9 +138,9 @@ func (r *LabelReconciler) evaluate(ctx context.Context, label *v1.SmtpLabel) (*r
 		return problem(v1.ReasonConflict, "labelId %q of SmtpAccount %q is already used by SmtpLabel %q (the oldest label wins); choose another labelId",
 			label.Spec.LabelID, acc.Name, holder.Name), username, nil
 	}
-	if !slices.ContainsFunc(servedLabels(all), func(l *v1.SmtpLabel) bool { return l.UID == label.UID }) {
+	if !slices.ContainsFunc(servedLabels(all, r.MaxLabels), func(l *v1.SmtpLabel) bool { return l.UID == label.UID }) {
 		return problem(v1.ReasonTooManyLabels, "SmtpAccount %q has more than %d labels and only the %d oldest are served; delete labels or move some to another account",
-			acc.Name, MaxLabelsPerAccount, MaxLabelsPerAccount), username, nil
+			acc.Name, labelCap(r.MaxLabels), labelCap(r.MaxLabels)), username, nil
 	}
 	if label.Spec.Suspended {
 		return &readyOutcome{reason: v1.ReasonSuspended, message: "spec.suspended is true: logins as " + username + " are refused"}, username, nil
@@ -194,13 +196,13 @@ func oldestLabel(labels []v1.SmtpLabel) *v1.SmtpLabel {
 // publishedLabels returns the labelIds an account's Secret lists: each
 // labelId's holder, unless it is suspended. This is the label controller's
 // rule without the account's own readiness, which the caller has checked.
-func publishedLabels(ctx context.Context, c client.Reader, acc *v1.SmtpAccount) ([]string, error) {
+func publishedLabels(ctx context.Context, c client.Reader, acc *v1.SmtpAccount, maxLabels int) ([]string, error) {
 	all, err := accountLabels(ctx, c, acc.Namespace, acc.Name)
 	if err != nil {
 		return nil, err
 	}
 	var ids []string
-	for _, l := range servedLabels(all) {
+	for _, l := range servedLabels(all, maxLabels) {
 		if !l.Spec.Suspended {
 			ids = append(ids, l.Spec.LabelID)
 		}
@@ -227,8 +229,9 @@ func accountLabels(ctx context.Context, c client.Reader, ns, account string) ([]
 }
 
 // servedLabels are the labels of one account that hold their labelId (the
-// oldest of each), oldest first, at most MaxLabelsPerAccount of them.
-func servedLabels(all []v1.SmtpLabel) []*v1.SmtpLabel {
+// oldest of each), oldest first, at most maxLabels of them (0: the
+// default cap).
+func servedLabels(all []v1.SmtpLabel, maxLabels int) []*v1.SmtpLabel {
 	holders := map[string]*v1.SmtpLabel{}
 	for i := range all {
 		l := &all[i]
@@ -243,7 +246,15 @@ func servedLabels(all []v1.SmtpLabel) []*v1.SmtpLabel {
 		}
 		return 1
 	})
-	return served[:min(len(served), MaxLabelsPerAccount)]
+	return served[:min(len(served), labelCap(maxLabels))]
+}
+
+// labelCap is maxLabels, or MaxLabelsPerAccount when it is 0.
+func labelCap(maxLabels int) int {
+	if maxLabels > 0 {
+		return maxLabels
+	}
+	return MaxLabelsPerAccount
 }
 
 // labelsOfAccount enqueues an account's labels.
@@ -252,7 +263,7 @@ func (r *LabelReconciler) labelsOfAccount(ctx context.Context, o client.Object) 
 }
 
 // labelsAtCap enqueues every label of the account of o when the account has
-// at least MaxLabelsPerAccount of them.
+// at least its cap of them.
 func (r *LabelReconciler) labelsAtCap(ctx context.Context, o client.Object) []reconcile.Request {
 	label := o.(*v1.SmtpLabel)
 	all, err := accountLabels(ctx, r.Client, label.Namespace, label.Spec.AccountRef)
@@ -260,8 +271,8 @@ func (r *LabelReconciler) labelsAtCap(ctx context.Context, o client.Object) []re
 		log.FromContext(ctx).Error(err, "list labels to enqueue")
 		return nil
 	}
-	if len(all) < MaxLabelsPerAccount {
-		return nil
+	if len(all) < labelCap(r.MaxLabels) {
+		return nil // all served, before and after
 	}
 	reqs := make([]reconcile.Request, 0, len(all))
 	for i := range all {
@@ -269,9 +280,6 @@ func (r *LabelReconciler) labelsAtCap(ctx context.Context, o client.Object) []re
 	}
 	return reqs
 }
-
-// departureOrSpec passes deletions and spec changes, not creations.
-var departureOrSpec = predicate.And(specOrDeletion, predicate.Funcs{CreateFunc: func(event.CreateEvent) bool { return false }})
 
 // rivalsOf enqueues the labels of the same account with the same labelId.
 func (r *LabelReconciler) rivalsOf(ctx context.Context, o client.Object) []reconcile.Request {

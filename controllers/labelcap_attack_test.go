@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
@@ -19,11 +20,24 @@ import (
 // Attack (issue 12.20): a tenant could give one account any number of
 // labels, each a username in its credentials Secret and an entry in a
 // shard, until the 1 MiB object limit broke the account and its whole
-// shard. The oldest MaxLabelsPerAccount labels are served; the rest say
-// TooManyLabels.
+// shard. The oldest maxLabels labels are served (here a cap of
+// 20, so the test stays quick); the rest say TooManyLabels, and deleting
+// a served label lets the next one in.
 func TestAttackTooManyLabels(t *testing.T) {
 	ctx := context.Background()
-	startManager(t, setupCredentialControllers)
+	const maxLabels = 20
+	startManager(t, func(mgr ctrl.Manager) error {
+		for _, setup := range []func(ctrl.Manager) error{
+			(&AccountReconciler{MaxLabels: maxLabels}).SetupWithManager,
+			(&LabelReconciler{MaxLabels: maxLabels}).SetupWithManager,
+			(&CredentialsPublisher{MaxLabels: maxLabels}).SetupWithManager,
+		} {
+			if err := setup(mgr); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	ns := newNamespace(t, nil)
 	mkRelay(t, ns, "mx")
 	waitReason(t, mkAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
@@ -36,7 +50,7 @@ func TestAttackTooManyLabels(t *testing.T) {
 		testClient.DeleteAllOf(context.Background(), &v1.SmtpLabel{}, client.InNamespace(ns))
 		testClient.DeleteAllOf(context.Background(), &v1.SmtpAccount{}, client.InNamespace(ns))
 	})
-	const n = MaxLabelsPerAccount + 5
+	const n = maxLabels + 5
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	for w := range 8 {
@@ -56,12 +70,37 @@ func TestAttackTooManyLabels(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
+	waitServed(t, ns, maxLabels, n-maxLabels)
+	waitSecret(t, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
+		names := 0
+		for k := range s.Data {
+			if strings.HasPrefix(k, SecretKeyLabelUsernamePrefix) {
+				names++
+			}
+		}
+		if names != maxLabels || len(s.Data[SecretKeyLabelUsernamePrefix+"0"]) == 0 {
+			return fmt.Errorf("%d label usernames in the Secret (the oldest present: %v), want %d", names, len(s.Data[SecretKeyLabelUsernamePrefix+"0"]) > 0, maxLabels)
+		}
+		return nil
+	})
+	// A served label leaves: the oldest of the rest takes its place.
+	if err := testClient.Delete(ctx, &v1.SmtpLabel{ObjectMeta: metav1.ObjectMeta{Name: "l-0000", Namespace: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	waitServed(t, ns, maxLabels, n-1-maxLabels)
+}
+
+// waitServed waits until ready labels of ns are Ready and tooMany say
+// TooManyLabels.
+func waitServed(t *testing.T, ns string, ready, tooMany int) {
+	t.Helper()
+	ctx := context.Background()
 	eventually(t, 60*time.Second, func() error {
 		var list v1.SmtpLabelList
 		if err := testClient.List(ctx, &list); err != nil {
 			return err
 		}
-		tooMany, ready := 0, 0
+		gotTooMany, gotReady := 0, 0
 		for _, l := range list.Items {
 			if l.Namespace != ns {
 				continue
@@ -70,25 +109,13 @@ func TestAttackTooManyLabels(t *testing.T) {
 			case c == nil:
 				return fmt.Errorf("label %s not reconciled yet", l.Name)
 			case c.Reason == v1.ReasonTooManyLabels:
-				tooMany++
+				gotTooMany++
 			case c.Reason == v1.ReasonReady:
-				ready++
+				gotReady++
 			}
 		}
-		if ready != MaxLabelsPerAccount || tooMany != n-MaxLabelsPerAccount {
-			return fmt.Errorf("%d ready, %d TooManyLabels; want %d and %d", ready, tooMany, MaxLabelsPerAccount, n-MaxLabelsPerAccount)
-		}
-		return nil
-	})
-	waitSecret(t, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
-		names := 0
-		for k := range s.Data {
-			if strings.HasPrefix(k, SecretKeyLabelUsernamePrefix) {
-				names++
-			}
-		}
-		if names != MaxLabelsPerAccount || len(s.Data[SecretKeyLabelUsernamePrefix+"0"]) == 0 {
-			return fmt.Errorf("%d label usernames in the Secret (the oldest present: %v), want %d", names, len(s.Data[SecretKeyLabelUsernamePrefix+"0"]) > 0, MaxLabelsPerAccount)
+		if gotReady != ready || gotTooMany != tooMany {
+			return fmt.Errorf("%d ready, %d TooManyLabels; want %d and %d", gotReady, gotTooMany, ready, tooMany)
 		}
 		return nil
 	})
