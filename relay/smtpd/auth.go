@@ -25,10 +25,29 @@ func (s *session) cmdAuth(arg string) bool {
 	}
 	mech, initial, _ := strings.Cut(strings.TrimSpace(arg), " ")
 	mech = strings.ToUpper(mech)
+	ip := remoteIP(s.remote)
+	if !s.srv.throttle.open(ip) {
+		return s.throttled(mech)
+	}
 	var identity credentials.Identity
 	authenticate := func(username, key string) error {
+		// The failure is reserved around the key check alone, not the
+		// exchange: a client's pool of sessions logging in at once must
+		// not be refused for attempts still waiting on the network.
+		attempt, ok := s.srv.throttle.begin(ip)
+		if !ok {
+			return errThrottled
+		}
 		id, err := s.srv.deps.Auth.Authenticate(username, key)
 		identity = id
+		switch {
+		case err == nil:
+			attempt.succeeded()
+		case errors.Is(err, credentials.ErrInvalid):
+			attempt.failed()
+		default:
+			attempt.abandoned()
+		}
 		return err
 	}
 	var server sasl.Server
@@ -45,22 +64,10 @@ func (s *session) cmdAuth(arg string) bool {
 	default:
 		return s.protocolError(ReplyAuthMechanism)
 	}
-	attempt, ok := s.srv.throttle.begin(remoteIP(s.remote))
-	if !ok {
-		s.srv.deps.Metrics.auth.WithLabelValues(mech, "throttled").Inc()
-		s.reply(ReplyAuthThrottled.With(s.srv.cfg.Hostname))
-		return false
-	}
 	err := s.exchange(server, initial)
 	switch {
-	case err == nil:
-		attempt.succeeded()
-	case errors.Is(err, credentials.ErrInvalid), errors.Is(err, sasl.ErrUnexpectedClientResponse):
-		attempt.failed()
-	default:
-		attempt.abandoned()
-	}
-	switch {
+	case errors.Is(err, errThrottled):
+		return s.throttled(mech)
 	case err == nil:
 		s.identity = &identity
 		s.srv.deps.Metrics.auth.WithLabelValues(mech, "success").Inc()
@@ -121,8 +128,18 @@ func (s *session) exchange(server sasl.Server, initial string) error {
 
 // saslError maps go-sasl's own errors (a malformed PLAIN message) to the
 // session's; authentication errors pass through.
+// errThrottled means the client's address has no failures left.
+var errThrottled = errors.New("authentication throttled")
+
+// throttled answers an address that failed too often, and ends the session.
+func (s *session) throttled(mech string) bool {
+	s.srv.deps.Metrics.auth.WithLabelValues(mech, "throttled").Inc()
+	s.reply(ReplyAuthThrottled.With(s.srv.cfg.Hostname))
+	return false
+}
+
 func saslError(err error) error {
-	if err == nil || errors.Is(err, credentials.ErrInvalid) || errors.Is(err, sasl.ErrUnexpectedClientResponse) {
+	if err == nil || errors.Is(err, credentials.ErrInvalid) || errors.Is(err, sasl.ErrUnexpectedClientResponse) || errors.Is(err, errThrottled) {
 		return err
 	}
 	return errSASLSyntax

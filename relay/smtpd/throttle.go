@@ -13,14 +13,19 @@ import (
 //
 // An attempt takes one of the address's failures before its key is checked
 // and gives it back only if the key was right or never tried. Checking the
-// count and recording the failure after the exchange would let an address
+// count and recording the failure after the check would let an address
 // open many sessions at once and have every one of them pass the check.
+// When only attempts under way stand between an address and its limit, the
+// next one waits for them (a key check, not the network) rather than being
+// refused: ten sessions of one client logging in at once all get in, and
+// ten parallel guesses still end at the limit.
 type authThrottle struct {
 	limit  int
 	window time.Duration
 	now    func() time.Time
 
 	mu      sync.Mutex
+	settled *sync.Cond // an attempt ended
 	entries map[string]*throttleEntry
 	swept   time.Time
 }
@@ -32,7 +37,22 @@ type throttleEntry struct {
 }
 
 func newAuthThrottle(limit int, window time.Duration) *authThrottle {
-	return &authThrottle{limit: limit, window: window, now: time.Now, entries: map[string]*throttleEntry{}}
+	t := &authThrottle{limit: limit, window: window, now: time.Now, entries: map[string]*throttleEntry{}}
+	t.settled = sync.NewCond(&t.mu)
+	return t
+}
+
+// open reports whether ip has failures left, without reserving one: an
+// address already shut out gets its 421 before it sends a key.
+func (t *authThrottle) open(ip string) bool {
+	if t.limit <= 0 {
+		return true
+	}
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.entries[ip]
+	return !ok || now.Sub(e.since) >= t.window || e.failures < t.limit
 }
 
 // authAttempt is one authentication under way; exactly one of its methods
@@ -52,19 +72,27 @@ func (t *authThrottle) begin(ip string) (authAttempt, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.sweep(now)
-	e, ok := t.entries[ip]
-	if !ok {
-		e = &throttleEntry{since: now}
-		t.entries[ip] = e
+	for {
+		// Looked up again after every wait: a sweep may have dropped the
+		// entry once nothing was under way.
+		e, ok := t.entries[ip]
+		if !ok {
+			e = &throttleEntry{since: now}
+			t.entries[ip] = e
+		}
+		if now.Sub(e.since) >= t.window {
+			e.failures, e.since = 0, now
+		}
+		if e.failures >= t.limit {
+			return authAttempt{}, false
+		}
+		if e.failures+e.pending < t.limit {
+			e.pending++
+			return authAttempt{t: t, ip: ip}, true
+		}
+		t.settled.Wait()
+		now = t.now()
 	}
-	if now.Sub(e.since) >= t.window {
-		e.failures, e.since = 0, now
-	}
-	if e.failures+e.pending >= t.limit {
-		return authAttempt{}, false
-	}
-	e.pending++
-	return authAttempt{t: t, ip: ip}, true
 }
 
 // failed turns the reservation into a failure.
@@ -88,6 +116,7 @@ func (a authAttempt) end(f func(*throttleEntry)) {
 		e.pending--
 		f(e)
 	}
+	a.t.settled.Broadcast()
 }
 
 // sweep drops expired entries with no attempt under way, at most once per
