@@ -540,14 +540,15 @@ func (r *RelayReconciler) updateStatus(ctx context.Context, relay, orig *v1.Smtp
 	return nil
 }
 
-// recordEvent tells a person what they must fix, and when the relay
+// recordEvent tells a person what they must fix (the stalled reasons, and
+// a Secret the pods mount that does not exist yet), and when the relay
 // becomes ready. Progress (certificate being issued, pods starting) is in
 // status only: it fixes itself.
 func (r *RelayReconciler) recordEvent(relay *v1.SmtpRelay, v relayVerdict) {
-	switch v.reason {
-	case v1.ReasonIssuerNotFound, v1.ReasonTLSSecretNotFound, v1.ReasonSecretNotFound, v1.ReasonRenderFailed, v1.ReasonNameConflict, v1.ReasonStreamConflict, v1.ReasonImageNotAllowed, v1.ReasonCertManagerMissing, v1.ReasonCertificateNotAllowed:
+	switch {
+	case stalledReasons[v.reason] || v.reason == v1.ReasonSecretNotFound:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeWarning, v.reason, "Reconcile", "%s", v.message)
-	case v1.ReasonReady:
+	case v.reason == v1.ReasonReady:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeNormal, v.reason, "Reconcile", "%s", v.message)
 	}
 }
