@@ -199,7 +199,7 @@ func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) 
 	for _, e := range leftOut {
 		// Only Events say so: the account's Ready condition is the
 		// account controller's, which cannot see the shard fill.
-		log.FromContext(ctx).Error(nil, "credentials shard full; account left out", "account", e.namespace+"/"+e.name, "shard", shard)
+		log.FromContext(ctx).Error(nil, "credentials shard full; account left out", "account", client.ObjectKeyFromObject(e.object), "shard", shard)
 		p.Recorder.Eventf(e.object, nil, corev1.EventTypeWarning, "ShardFull", "Publish",
 			"credentials shard %d of SmtpRelay %s/%s is full (%d KiB); the newest accounts in it are not published: make accounts smaller (labels, sender domains) or move some to another relay",
 			shard, relay.Namespace, relay.Name, maxShardBytes>>10)
@@ -223,13 +223,11 @@ func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) 
 // sixteenth of it per shard (TestFitShard).
 const maxShardBytes = 900 << 10
 
-// shardEntry is an account as a shard publishes it, with what decides who
-// is left out of a full shard.
+// shardEntry is an account as a shard publishes it, beside the SmtpAccount
+// it comes from, whose age decides who is left out of a full shard.
 type shardEntry struct {
-	account         credentials.Account
-	namespace, name string
-	created         metav1.Time
-	object          *v1.SmtpAccount
+	account credentials.Account
+	object  *v1.SmtpAccount
 }
 
 // fitShard returns the accounts of entries, by api_user, that fit in limit
@@ -246,11 +244,11 @@ func fitShard(entries []shardEntry, limit int) ([]credentials.Account, []shardEn
 		return accounts, nil
 	}
 	byAge := slices.Clone(entries)
-	slices.SortStableFunc(byAge, func(a, b shardEntry) int {
-		if c := a.created.Compare(b.created.Time); c != 0 {
-			return c
+	slices.SortFunc(byAge, func(a, b shardEntry) int {
+		if createdBefore(a.object, b.object) {
+			return -1
 		}
-		return strings.Compare(a.namespace+"/"+a.name, b.namespace+"/"+b.name)
+		return 1
 	})
 	size := len(`{"accounts":[]}`)
 	kept := accounts[:0]
@@ -340,7 +338,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 }
 
 func entryOf(a credentials.Account, acc *v1.SmtpAccount) shardEntry {
-	return shardEntry{account: a, namespace: acc.Namespace, name: acc.Name, created: acc.CreationTimestamp, object: acc}
+	return shardEntry{account: a, object: acc}
 }
 
 // publishedAccounts is the content of one of the relay's shards as the

@@ -8,6 +8,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
@@ -24,7 +25,8 @@ func TestFitShard(t *testing.T) {
 		for d := range domains {
 			a.AllowedSenderDomains = append(a.AllowedSenderDomains, fmt.Sprintf("%s.d%03d.example", strings.Repeat("x", 60), d))
 		}
-		return shardEntry{account: a, namespace: "tenant", name: a.APIUser, created: metav1.NewTime(base.Add(time.Duration(i) * time.Second))}
+		return shardEntry{account: a, object: &v1.SmtpAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant", Name: a.APIUser,
+			CreationTimestamp: metav1.NewTime(base.Add(time.Duration(i) * time.Second))}}}
 	}
 
 	shards := make([][]shardEntry, credentials.ShardCount)
@@ -68,8 +70,8 @@ func TestFitShard(t *testing.T) {
 		t.Fatalf("the relay refuses the capped shard: %v", err)
 	}
 	for _, e := range leftOut {
-		if e.created.Before(&big[len(kept)-1].created) {
-			t.Fatalf("%s was left out while newer accounts were kept", e.name)
+		if createdBefore(e.object, big[len(kept)-1].object) {
+			t.Fatalf("%s was left out while newer accounts were kept", e.object.Name)
 		}
 	}
 	t.Logf("oversized accounts: %d of %d kept in %d KiB", len(kept), len(big), len(data)>>10)
