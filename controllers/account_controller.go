@@ -379,16 +379,11 @@ func (r *AccountReconciler) graceForLostKey(ctx context.Context, acc *v1.SmtpAcc
 	if err != nil || shard == nil {
 		return keyState{}, err
 	}
-	accounts, err := credentials.ParseShard(shard.Data[credentials.ShardDataKey])
-	if err != nil {
-		return keyState{}, nil // nothing usable published: no grace to give
+	a, ok := shardAccounts(shard)[apiUser]
+	if !ok || len(a.KeyDigests) == 0 || (plan.RefKey != "" && credentials.MatchDigest(a.KeyDigests[0], plan.RefKey)) {
+		return keyState{}, nil // nothing published, or the same key: no grace to give
 	}
-	for _, a := range accounts {
-		if a.APIUser == apiUser && len(a.KeyDigests) > 0 && (plan.RefKey == "" || !credentials.MatchDigest(a.KeyDigests[0], plan.RefKey)) {
-			return keyState{PreviousDigest: a.KeyDigests[0], PreviousExpiry: plan.stamp().Add(plan.Grace)}, nil
-		}
-	}
-	return keyState{}, nil
+	return keyState{PreviousDigest: a.KeyDigests[0], PreviousExpiry: plan.stamp().Add(plan.Grace)}, nil
 }
 
 // renamedSecret is the account's previous credentials Secret when

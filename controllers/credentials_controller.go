@@ -344,11 +344,17 @@ func entryOf(a credentials.Account, acc *v1.SmtpAccount) shardEntry {
 // publishedAccounts is the content of one of the relay's shards as the
 // cache has it, by api_user; empty when it is missing or unreadable.
 func (p *CredentialsPublisher) publishedAccounts(ctx context.Context, relay *v1.SmtpRelay, shard int) map[string]credentials.Account {
-	out := map[string]credentials.Account{}
 	var s corev1.Secret
 	if err := p.Secrets.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: credentials.ShardSecretName(relay.Name, shard)}, &s); err != nil {
-		return out
+		return map[string]credentials.Account{}
 	}
+	return shardAccounts(&s)
+}
+
+// shardAccounts is what a shard Secret publishes, by api_user; empty when
+// it holds nothing the relay could read.
+func shardAccounts(s *corev1.Secret) map[string]credentials.Account {
+	out := map[string]credentials.Account{}
 	accounts, err := credentials.ParseShard(s.Data[credentials.ShardDataKey])
 	if err != nil {
 		return out
