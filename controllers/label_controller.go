@@ -133,7 +133,7 @@ func (r *LabelReconciler) evaluate(ctx context.Context, label *v1.SmtpLabel) (*r
 	if err != nil {
 		return nil, "", err
 	}
-	holder := oldestLabel(slices.DeleteFunc(slices.Clone(all), func(l v1.SmtpLabel) bool { return l.Spec.LabelID != label.Spec.LabelID }))
+	holder := oldestLabel(withLabelID(all, label.Spec.LabelID))
 	if holder != nil && holder.UID != label.UID {
 		return problem(v1.ReasonConflict, "labelId %q of SmtpAccount %q is already used by SmtpLabel %q (the oldest label wins); choose another labelId",
 			label.Spec.LabelID, acc.Name, holder.Name), username, nil
@@ -249,6 +249,11 @@ func servedLabels(all []v1.SmtpLabel, maxLabels int) []*v1.SmtpLabel {
 	return served[:min(len(served), labelCap(maxLabels))]
 }
 
+// withLabelID returns, in a slice of its own, the labels of all that use id.
+func withLabelID(all []v1.SmtpLabel, id string) []v1.SmtpLabel {
+	return slices.DeleteFunc(slices.Clone(all), func(l v1.SmtpLabel) bool { return l.Spec.LabelID != id })
+}
+
 // labelCap is maxLabels, or MaxLabelsPerAccount when it is 0.
 func labelCap(maxLabels int) int {
 	if maxLabels > 0 {
@@ -289,7 +294,7 @@ func (r *LabelReconciler) rivalsOf(ctx context.Context, o client.Object) []recon
 		log.FromContext(ctx).Error(err, "list labels to enqueue")
 		return nil
 	}
-	rivals := slices.DeleteFunc(slices.Clone(all), func(l v1.SmtpLabel) bool { return l.Spec.LabelID != label.Spec.LabelID })
+	rivals := withLabelID(all, label.Spec.LabelID)
 	reqs := make([]reconcile.Request, 0, len(rivals))
 	for i := range rivals {
 		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&rivals[i])})
