@@ -13,6 +13,7 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -26,17 +27,7 @@ import (
 // restart, once its CRDs are installed.
 func TestRelayWithoutCertManager(t *testing.T) {
 	ctx := context.Background()
-	env := &envtest.Environment{CRDDirectoryPaths: []string{filepath.Join("..", "config", "crd", "bases")}, ErrorIfCRDPathMissing: true}
-	cfg, err := env.Start()
-	if err != nil {
-		env.Stop()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Stop() })
-	c, err := client.New(cfg, client.Options{Scheme: Scheme()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, c := startOwnAPIServer(t, filepath.Join("..", "config", "crd", "bases"))
 	runManagerAs(t, cfg, (&RelayReconciler{Options: testRenderOptions, CertManagerPoll: 200 * time.Millisecond}).SetupWithManager)
 	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mail"}}); err != nil {
 		t.Fatal(err)
@@ -103,4 +94,22 @@ func TestRelayWithoutCertManager(t *testing.T) {
 		}
 		return c.Get(ctx, client.ObjectKey{Namespace: "mail", Name: "issued"}, &certmanagerv1.Certificate{})
 	})
+}
+
+// startOwnAPIServer starts an API server for one test, apart from the
+// suite's, with the CRDs under crdDirs, and returns its config and a client.
+func startOwnAPIServer(t *testing.T, crdDirs ...string) (*rest.Config, client.Client) {
+	t.Helper()
+	env := &envtest.Environment{CRDDirectoryPaths: crdDirs, ErrorIfCRDPathMissing: true}
+	cfg, err := env.Start()
+	if err != nil {
+		env.Stop()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Stop() })
+	c, err := client.New(cfg, client.Options{Scheme: Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, c
 }

@@ -13,7 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/relay/credentials"
@@ -45,17 +44,7 @@ func TestAccountInvalidSpecLeftOut(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	env := &envtest.Environment{CRDDirectoryPaths: []string{dir, certManagerCRDs()}, ErrorIfCRDPathMissing: true}
-	cfg, err := env.Start()
-	if err != nil {
-		env.Stop()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Stop() })
-	c, err := client.New(cfg, client.Options{Scheme: Scheme()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, c := startOwnAPIServer(t, dir, certManagerCRDs())
 	runManagerAs(t, cfg, func(mgr ctrl.Manager) error {
 		if err := (&AccountReconciler{}).SetupWithManager(mgr); err != nil {
 			return err
