@@ -21,7 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // secretWaitInterval is how often an account re-reads a referenced Secret
@@ -198,8 +198,8 @@ func (r *AccountReconciler) attach(ctx context.Context, acc *v1.SmtpAccount) (*v
 	// What admission let through but the relay would refuse (the two
 	// share a test table, so this is a backstop): the publisher leaves the
 	// account out, and this says why.
-	probe := accountEntry(acc, relay, []string{credentials.Digest(acc.Name)}, nil)
-	if err := credentials.CheckAccount(probe); err != nil {
+	probe := accountEntry(acc, relay, []string{wire.Digest(acc.Name)}, nil)
+	if err := wire.CheckAccount(probe); err != nil {
 		return nil, problem(v1.ReasonInvalidSpec, "the relay would refuse this account (%s); correct the spec", err), nil
 	}
 	return relay, nil, nil
@@ -266,11 +266,11 @@ func (r *AccountReconciler) referencedKey(ctx context.Context, acc *v1.SmtpAccou
 		out.requeueAfter = secretWaitInterval
 		return "", out, nil
 	}
-	if len(key) < credentials.MinKeyLength {
+	if len(key) < wire.MinKeyLength {
 		// The length only: nothing of the key itself goes into status.
 		return "", problem(v1.ReasonKeyTooShort,
 			"the key in Secret %q (key %q) has %d characters; use at least %d, such as the output of `openssl rand -base64 32`",
-			ref.Name, dataKey, len(key), credentials.MinKeyLength), nil
+			ref.Name, dataKey, len(key), wire.MinKeyLength), nil
 	}
 	return key, nil, nil
 }
@@ -375,12 +375,12 @@ func (r *AccountReconciler) graceForLostKey(ctx context.Context, acc *v1.SmtpAcc
 		return keyState{}, nil
 	}
 	relay, apiUser := accountRelay(acc), effectiveAPIUser(acc)
-	shard, err := getSecret(ctx, r.APIReader, relay.Namespace, credentials.ShardSecretName(relay.Name, credentials.ShardOf(apiUser)))
+	shard, err := getSecret(ctx, r.APIReader, relay.Namespace, wire.ShardSecretName(relay.Name, wire.ShardOf(apiUser)))
 	if err != nil || shard == nil {
 		return keyState{}, err
 	}
 	a, ok := shardAccounts(shard)[apiUser]
-	if !ok || len(a.KeyDigests) == 0 || (plan.RefKey != "" && credentials.MatchDigest(a.KeyDigests[0], plan.RefKey)) {
+	if !ok || len(a.KeyDigests) == 0 || (plan.RefKey != "" && wire.MatchDigest(a.KeyDigests[0], plan.RefKey)) {
 		return keyState{}, nil // nothing published, or the same key: no grace to give
 	}
 	return keyState{PreviousDigest: a.KeyDigests[0], PreviousExpiry: plan.stamp().Add(plan.Grace)}, nil

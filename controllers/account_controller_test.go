@@ -18,7 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // wait is how long a test gives the controllers to converge.
@@ -313,7 +313,7 @@ func TestAccountKeyRotation(t *testing.T) {
 		}
 		return nil
 	})
-	if got := string(rotated.Data[SecretKeyPreviousPasswordDigest]); !credentials.MatchDigest(got, old) || !strings.HasPrefix(got, "pbkdf2-sha256:") {
+	if got := string(rotated.Data[SecretKeyPreviousPasswordDigest]); !wire.MatchDigest(got, old) || !strings.HasPrefix(got, "pbkdf2-sha256:") {
 		want := "the salted digest of the old key"
 		t.Errorf("previous digest = %q, want %q", got, want)
 	}
@@ -416,7 +416,7 @@ func TestAccountReferencedSecret(t *testing.T) {
 		}
 		return nil
 	})
-	if got := string(s.Data[SecretKeyPreviousPasswordDigest]); !credentials.MatchDigest(got, "first-referenced-key-0123456789abcdef") {
+	if got := string(s.Data[SecretKeyPreviousPasswordDigest]); !wire.MatchDigest(got, "first-referenced-key-0123456789abcdef") {
 		want := "the digest of the first key"
 		t.Errorf("previous digest = %q, want %q", got, want)
 	}

@@ -7,7 +7,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // Defaults of spec.key that the API server cannot fill in when spec.key is
@@ -138,7 +138,7 @@ func nextKey(cur keyState, p keyPlan) (keyState, keyChange, error) {
 // rotate replaces the key and keeps the old one's digest for the grace period.
 func rotate(next keyState, oldKey, newKey string, p keyPlan) keyState {
 	next.Key, next.IssuedAt = newKey, p.stamp()
-	next.PreviousDigest = credentials.SaltedDigest(oldKey, p.Salt)
+	next.PreviousDigest = wire.SaltedDigest(oldKey, p.Salt)
 	next.PreviousExpiry = next.IssuedAt.Add(p.Grace)
 	if p.Grace == 0 {
 		next.PreviousDigest, next.PreviousExpiry = "", time.Time{}
@@ -151,11 +151,11 @@ func (p keyPlan) stamp() time.Time { return p.Now.UTC().Truncate(time.Second) }
 
 // keyDigestSalt is the salt of an account's key digests on a relay.
 func keyDigestSalt(relay types.NamespacedName, apiUser string) []byte {
-	return credentials.DigestSalt(relay.Namespace+"/"+relay.Name, apiUser)
+	return wire.DigestSalt(relay.Namespace+"/"+relay.Name, apiUser)
 }
 
 // newKey returns a key of n random bytes, in the relay's key format.
-func newKey(n int) (string, error) { return credentials.NewKeyOfSize(n) }
+func newKey(n int) (string, error) { return wire.NewKeyOfSize(n) }
 
 func parseTime(s string) time.Time {
 	t, err := time.Parse(time.RFC3339, s)

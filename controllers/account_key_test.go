@@ -11,7 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // TestAccountNextKey is the key life cycle as a table: what is kept, what is
@@ -72,7 +72,7 @@ func TestAccountNextKey(t *testing.T) {
 			cur:  keyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
 			plan: plan(func(p *keyPlan) { p.Rotate = "v2" }),
 			want: keyState{Key: "new-32", IssuedAt: now, RotateHandled: "v2",
-				PreviousDigest: credentials.SaltedDigest("old", testSalt), PreviousExpiry: now.Add(24 * time.Hour)},
+				PreviousDigest: wire.SaltedDigest("old", testSalt), PreviousExpiry: now.Add(24 * time.Hour)},
 			change: keyRotated,
 		},
 		{
@@ -114,7 +114,7 @@ func TestAccountNextKey(t *testing.T) {
 			cur:  keyState{Key: "ref", IssuedAt: earlier},
 			plan: plan(func(p *keyPlan) { p.RefKey = "ref2" }),
 			want: keyState{Key: "ref2", IssuedAt: now,
-				PreviousDigest: credentials.SaltedDigest("ref", testSalt), PreviousExpiry: now.Add(24 * time.Hour)},
+				PreviousDigest: wire.SaltedDigest("ref", testSalt), PreviousExpiry: now.Add(24 * time.Hour)},
 			change: keyRotated,
 		},
 		{
@@ -178,7 +178,7 @@ func TestAccountKeyPlanDefaults(t *testing.T) {
 func TestAccountKeyStateRoundTrip(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	k := keyState{Key: "k", IssuedAt: now, RotateHandled: "v3",
-		PreviousDigest: credentials.Digest("old"), PreviousExpiry: now.Add(time.Hour)}
+		PreviousDigest: wire.Digest("old"), PreviousExpiry: now.Add(time.Hour)}
 	s := renderCredentialsSecret(credentialsInput{Account: testAccountObject(), Relay: testRelayObject(), Key: k})
 	if got := keyStateFromSecret(s); got != k {
 		t.Errorf("round trip: %+v, want %+v", got, k)

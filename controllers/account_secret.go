@@ -13,6 +13,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // credentialsSecretType follows the Service Binding specification's
@@ -99,7 +100,7 @@ func renderCredentialsSecret(in credentialsInput) *corev1.Secret {
 		SecretKeyPassword: []byte(in.Key.Key),
 	}
 	for _, id := range in.LabelIDs {
-		data[SecretKeyLabelUsernamePrefix+id] = []byte(apiUser + "#" + id)
+		data[SecretKeyLabelUsernamePrefix+id] = []byte(wire.Username(apiUser, id))
 	}
 	annotations := map[string]string{}
 	labels := map[string]string{}

@@ -9,7 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // testAccountObject and testRelayObject are in-memory fixtures for render
@@ -123,9 +123,9 @@ func TestAccountRenderDefaults(t *testing.T) {
 
 func TestAccountKeyDigests(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	k := keyState{Key: "new", IssuedAt: now, PreviousDigest: credentials.SaltedDigest("old", testSalt), PreviousExpiry: now.Add(time.Minute)}
+	k := keyState{Key: "new", IssuedAt: now, PreviousDigest: wire.SaltedDigest("old", testSalt), PreviousExpiry: now.Add(time.Minute)}
 	s := renderCredentialsSecret(credentialsInput{Account: testAccountObject(), Relay: testRelayObject(), Key: k})
-	salted := func(key string) string { return credentials.SaltedDigest(key, testSalt) }
+	salted := func(key string) string { return wire.SaltedDigest(key, testSalt) }
 	got := accountKeyDigests(s, now, salted)
 	if want := []string{salted("new"), salted("old")}; !slices.Equal(got, want) {
 		t.Errorf("during grace: %v, want %v", got, want)

@@ -29,7 +29,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // CredentialsPublisher publishes, for each SmtpRelay, the accounts that may
@@ -75,14 +75,14 @@ type digestCache struct {
 const maxCachedDigests = 1 << 17
 
 func (c *digestCache) get(key string, salt []byte) string {
-	id := credentials.Digest(key) + string(salt)
+	id := wire.Digest(key) + string(salt)
 	c.mu.Lock()
 	d, ok := c.m[id]
 	c.mu.Unlock()
 	if ok {
 		return d
 	}
-	d = credentials.SaltedDigest(key, salt)
+	d = wire.SaltedDigest(key, salt)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil || len(c.m) >= maxCachedDigests {
@@ -137,7 +137,7 @@ func (p *CredentialsPublisher) SetupWithManager(mgr ctrl.Manager) error {
 	if err := indexField(context.Background(), mgr, &v1.SmtpAccount{}, indexAccountShard, func(o client.Object) []string {
 		a := o.(*v1.SmtpAccount)
 		r := accountRelay(a)
-		return []string{shardKey(r.Namespace, r.Name, credentials.ShardOf(effectiveAPIUser(a)))}
+		return []string{shardKey(r.Namespace, r.Name, wire.ShardOf(effectiveAPIUser(a)))}
 	}); err != nil {
 		return fmt.Errorf("index accounts by shard: %w", err)
 	}
@@ -170,7 +170,7 @@ func keepPublishedFields(obj any) (any, error) {
 	s.OwnerReferences = owner
 	// A new map: deleting keys would not shrink the old one.
 	kept := make(map[string][]byte, 2)
-	for _, k := range []string{SecretKeyPassword, SecretKeyPreviousPasswordDigest, credentials.ShardDataKey} {
+	for _, k := range []string{SecretKeyPassword, SecretKeyPreviousPasswordDigest, wire.ShardDataKey} {
 		if v, ok := s.Data[k]; ok {
 			kept[k] = v
 		}
@@ -182,7 +182,7 @@ func keepPublishedFields(obj any) (any, error) {
 // Reconcile rewrites one shard Secret, named by the request, when its
 // content changed.
 func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	relayName, shard, ok := credentials.ParseShardSecretName(req.Name)
+	relayName, shard, ok := wire.ParseShardSecretName(req.Name)
 	if !ok {
 		return ctrl.Result{}, nil // not a request this controller makes
 	}
@@ -226,21 +226,21 @@ const maxShardBytes = 900 << 10
 // shardEntry is an account as a shard publishes it, beside the SmtpAccount
 // it comes from, whose age decides who is left out of a full shard.
 type shardEntry struct {
-	account credentials.Account
+	account wire.Account
 	object  *v1.SmtpAccount
 }
 
 // fitShard returns the accounts of entries, by api_user, that fit in limit
 // bytes of shard, and the entries left out: the newest, so that accounts
 // already sending keep sending when another grows the shard.
-func fitShard(entries []shardEntry, limit int) ([]credentials.Account, []shardEntry) {
-	accounts := make([]credentials.Account, 0, len(entries))
+func fitShard(entries []shardEntry, limit int) ([]wire.Account, []shardEntry) {
+	accounts := make([]wire.Account, 0, len(entries))
 	for _, e := range entries {
 		accounts = append(accounts, e.account)
 	}
-	byUser := func(a, b credentials.Account) int { return strings.Compare(a.APIUser, b.APIUser) }
+	byUser := func(a, b wire.Account) int { return strings.Compare(a.APIUser, b.APIUser) }
 	slices.SortFunc(accounts, byUser)
-	if data, err := credentials.MarshalShard(accounts); err == nil && len(data) <= limit {
+	if data, err := wire.MarshalShard(accounts); err == nil && len(data) <= limit {
 		return accounts, nil
 	}
 	byAge := slices.Clone(entries)
@@ -277,7 +277,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 	now := p.Now()
 	var out []shardEntry
 	var nextExpiry time.Time
-	var published map[string]credentials.Account // the shard as it is, read once when needed
+	var published map[string]wire.Account // the shard as it is, read once when needed
 	for i := range list.Items {
 		acc := &list.Items[i]
 		apiUser := effectiveAPIUser(acc)
@@ -328,7 +328,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 		// One account the relay would refuse must not stop every other
 		// account of its shard from being published; the account
 		// controller reports it as InvalidSpec.
-		if err := credentials.CheckAccount(entry); err != nil {
+		if err := wire.CheckAccount(entry); err != nil {
 			log.FromContext(ctx).Error(err, "account left out of its credentials shard", "account", acc.Namespace+"/"+acc.Name)
 			continue
 		}
@@ -337,25 +337,25 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 	return out, nextExpiry, nil
 }
 
-func entryOf(a credentials.Account, acc *v1.SmtpAccount) shardEntry {
+func entryOf(a wire.Account, acc *v1.SmtpAccount) shardEntry {
 	return shardEntry{account: a, object: acc}
 }
 
 // publishedAccounts is the content of one of the relay's shards as the
 // cache has it, by api_user; empty when it is missing or unreadable.
-func (p *CredentialsPublisher) publishedAccounts(ctx context.Context, relay *v1.SmtpRelay, shard int) map[string]credentials.Account {
+func (p *CredentialsPublisher) publishedAccounts(ctx context.Context, relay *v1.SmtpRelay, shard int) map[string]wire.Account {
 	var s corev1.Secret
-	if err := p.Secrets.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: credentials.ShardSecretName(relay.Name, shard)}, &s); err != nil {
-		return map[string]credentials.Account{}
+	if err := p.Secrets.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: wire.ShardSecretName(relay.Name, shard)}, &s); err != nil {
+		return map[string]wire.Account{}
 	}
 	return shardAccounts(&s)
 }
 
 // shardAccounts is what a shard Secret publishes, by api_user; empty when
 // it holds nothing the relay could read.
-func shardAccounts(s *corev1.Secret) map[string]credentials.Account {
-	out := map[string]credentials.Account{}
-	accounts, err := credentials.ParseShard(s.Data[credentials.ShardDataKey])
+func shardAccounts(s *corev1.Secret) map[string]wire.Account {
+	out := map[string]wire.Account{}
+	accounts, err := wire.ParseShard(s.Data[wire.ShardDataKey])
 	if err != nil {
 		return out
 	}
@@ -365,15 +365,15 @@ func shardAccounts(s *corev1.Secret) map[string]credentials.Account {
 	return out
 }
 
-func (p *CredentialsPublisher) readyLabels(ctx context.Context, acc *v1.SmtpAccount) ([]credentials.Label, error) {
+func (p *CredentialsPublisher) readyLabels(ctx context.Context, acc *v1.SmtpAccount) ([]wire.Label, error) {
 	all, err := accountLabels(ctx, p.Client, acc.Namespace, acc.Name)
 	if err != nil {
 		return nil, err
 	}
-	var out []credentials.Label
+	var out []wire.Label
 	for _, l := range servedLabels(all, p.MaxLabels) {
 		if !l.Spec.Suspended && readySome(l.Status.Conditions) {
-			out = append(out, credentials.Label{ID: l.Spec.LabelID})
+			out = append(out, wire.Label{ID: l.Spec.LabelID})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
@@ -390,7 +390,7 @@ func (p *CredentialsPublisher) readyLabels(ctx context.Context, acc *v1.SmtpAcco
 // one the account controller last wrote, since every check of the spec
 // that could unpublish it is made here again.
 func (p *CredentialsPublisher) entitled(ctx context.Context, relay *v1.SmtpRelay, acc *v1.SmtpAccount, apiUser string, shard int) (bool, error) {
-	if acc.Spec.Suspended || acc.DeletionTimestamp != nil || credentials.ShardOf(apiUser) != shard ||
+	if acc.Spec.Suspended || acc.DeletionTimestamp != nil || wire.ShardOf(apiUser) != shard ||
 		!readySome(acc.Status.Conditions) {
 		return false, nil
 	}
@@ -399,8 +399,8 @@ func (p *CredentialsPublisher) entitled(ctx context.Context, relay *v1.SmtpRelay
 }
 
 // accountEntry is what a shard says of an account.
-func accountEntry(acc *v1.SmtpAccount, relay *v1.SmtpRelay, digests []string, labels []credentials.Label) credentials.Account {
-	return credentials.Account{
+func accountEntry(acc *v1.SmtpAccount, relay *v1.SmtpRelay, digests []string, labels []wire.Label) wire.Account {
+	return wire.Account{
 		APIUser:              effectiveAPIUser(acc),
 		KeyDigests:           digests,
 		BudgetPerMinute:      budgetOf(acc, relay),
@@ -414,8 +414,8 @@ func accountEntry(acc *v1.SmtpAccount, relay *v1.SmtpRelay, digests []string, la
 // senderPolicyOf is what the shard carries: only the non-default policy, so
 // shards of accounts that set none are unchanged.
 func senderPolicyOf(acc *v1.SmtpAccount) string {
-	if acc.Spec.SenderPolicy == credentials.SenderPolicyEnvelope {
-		return credentials.SenderPolicyEnvelope
+	if acc.Spec.SenderPolicy == wire.SenderPolicyEnvelope {
+		return wire.SenderPolicyEnvelope
 	}
 	return ""
 }
@@ -436,7 +436,7 @@ func budgetOf(acc *v1.SmtpAccount, relay *v1.SmtpRelay) int {
 	case relay.Spec.DefaultBudgetPerMinute > 0:
 		return int(relay.Spec.DefaultBudgetPerMinute)
 	default:
-		return credentials.DefaultBudgetPerMinute
+		return wire.DefaultBudgetPerMinute
 	}
 }
 
@@ -447,20 +447,20 @@ func readySome(conds []metav1.Condition) bool {
 
 // shardRequest is the request that rebuilds one shard of relay.
 func shardRequest(relay types.NamespacedName, shard int) reconcile.Request {
-	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: relay.Namespace, Name: credentials.ShardSecretName(relay.Name, shard)}}
+	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: relay.Namespace, Name: wire.ShardSecretName(relay.Name, shard)}}
 }
 
 // writeShard applies one shard when its content differs from what is there.
-func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRelay, i int, accounts []credentials.Account) (bool, error) {
-	data, err := credentials.MarshalShard(accounts)
+func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRelay, i int, accounts []wire.Account) (bool, error) {
+	data, err := wire.MarshalShard(accounts)
 	if err != nil {
 		return false, err
 	}
-	name := credentials.ShardSecretName(relay.Name, i)
+	name := wire.ShardSecretName(relay.Name, i)
 	count := strconv.Itoa(len(accounts))
 	var existing corev1.Secret
 	err = p.Secrets.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: name}, &existing)
-	if err == nil && string(existing.Data[credentials.ShardDataKey]) == string(data) &&
+	if err == nil && string(existing.Data[wire.ShardDataKey]) == string(data) &&
 		existing.Annotations[AnnotationShardAccounts] == count {
 		return false, nil
 	}
@@ -472,15 +472,15 @@ func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRel
 			Name:      name,
 			Namespace: relay.Namespace,
 			Labels: map[string]string{
-				LabelManagedBy:         ManagedByValue,
-				LabelRelay:             relay.Name,
-				credentials.ShardLabel: relay.Name,
+				LabelManagedBy:  ManagedByValue,
+				LabelRelay:      relay.Name,
+				wire.ShardLabel: relay.Name,
 			},
 			Annotations:     map[string]string{AnnotationShardAccounts: count},
 			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(relay, v1.GroupVersion.WithKind("SmtpRelay"))},
 		},
 		Type: corev1.SecretTypeOpaque,
-		Data: map[string][]byte{credentials.ShardDataKey: data},
+		Data: map[string][]byte{wire.ShardDataKey: data},
 	}
 	if err := p.Client.Apply(ctx, secretApplyConfiguration(shard), client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
 		return false, fmt.Errorf("apply shard %s: %w", name, err)
@@ -492,7 +492,7 @@ func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRel
 // budget is in every shard), or that was created.
 func allShards(_ context.Context, o client.Object) []reconcile.Request {
 	relay := client.ObjectKeyFromObject(o)
-	reqs := make([]reconcile.Request, credentials.ShardCount)
+	reqs := make([]reconcile.Request, wire.ShardCount)
 	for i := range reqs {
 		reqs[i] = shardRequest(relay, i)
 	}
@@ -502,7 +502,7 @@ func allShards(_ context.Context, o client.Object) []reconcile.Request {
 // shardOfAccount rebuilds the shard that publishes the account.
 func shardOfAccount(_ context.Context, o client.Object) []reconcile.Request {
 	acc := o.(*v1.SmtpAccount)
-	return []reconcile.Request{shardRequest(accountRelay(acc), credentials.ShardOf(effectiveAPIUser(acc)))}
+	return []reconcile.Request{shardRequest(accountRelay(acc), wire.ShardOf(effectiveAPIUser(acc)))}
 }
 
 func (p *CredentialsPublisher) shardOfLabel(ctx context.Context, o client.Object) []reconcile.Request {

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
@@ -41,7 +42,7 @@ func TestCredentialsReachTheRelay(t *testing.T) {
 	mkAccount(t, tenant, "acme", platform, "mx", func(a *v1.SmtpAccount) {
 		a.Spec.BudgetPerMinute = ptr.To[int32](42)
 		a.Spec.Limits = &v1.AccountLimits{MaxRecipients: ptr.To[int32](7)}
-		a.Spec.SenderPolicy = credentials.SenderPolicyEnvelope
+		a.Spec.SenderPolicy = wire.SenderPolicyEnvelope
 		a.Spec.AllowedSenderDomains = []string{"acme.example"}
 	})
 	key := waitForKey(t, tenant, "acme-smtp-credentials")
@@ -105,8 +106,8 @@ func TestCredentialsReachTheRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range shards.Items {
-		if s.Namespace == platform && string(s.Data[credentials.ShardDataKey]) != "" {
-			if bytes.Contains(s.Data[credentials.ShardDataKey], []byte(key)) {
+		if s.Namespace == platform && string(s.Data[wire.ShardDataKey]) != "" {
+			if bytes.Contains(s.Data[wire.ShardDataKey], []byte(key)) {
 				t.Fatalf("shard %s holds a key", s.Name)
 			}
 		}

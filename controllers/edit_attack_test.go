@@ -23,8 +23,8 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/internal/smtpsink"
-	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
 // Attack (issue 12.18): every edit of an account unpublished it until the
@@ -62,7 +62,7 @@ func TestAttackEditsNeverRevoke(t *testing.T) {
 		eventually(t, relayWait, func() error { return login(relay.addrs["submission"], tlsCfg, u, key) })
 	}
 
-	shard := credentials.ShardSecretName("mx", credentials.ShardOf("acme"))
+	shard := wire.ShardSecretName("mx", wire.ShardOf("acme"))
 	shardVersions := watchShard(t, platform, shard)
 	var logins, refused atomic.Int64
 	var firstRefusal atomic.Value
@@ -154,7 +154,7 @@ func watchShard(t *testing.T, ns, name string) func() []string {
 		defer close(done)
 		for ev := range w.ResultChan() {
 			if s, ok := ev.Object.(*corev1.Secret); ok && ev.Type != watch.Error {
-				versions = append(versions, string(s.Data[credentials.ShardDataKey]))
+				versions = append(versions, string(s.Data[wire.ShardDataKey]))
 			}
 		}
 	}()

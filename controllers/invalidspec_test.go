@@ -15,7 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // Issue 12.11: an account the relay cannot parse used to make its whole
@@ -85,10 +85,10 @@ func TestAccountInvalidSpecLeftOut(t *testing.T) {
 	})
 	eventually(t, relayWait, func() error {
 		var shard corev1.Secret
-		if err := c.Get(ctx, client.ObjectKey{Namespace: "mail", Name: credentials.ShardSecretName("mx", credentials.ShardOf(good))}, &shard); err != nil {
+		if err := c.Get(ctx, client.ObjectKey{Namespace: "mail", Name: wire.ShardSecretName("mx", wire.ShardOf(good))}, &shard); err != nil {
 			return err
 		}
-		published, err := credentials.ParseShard(shard.Data[credentials.ShardDataKey])
+		published, err := wire.ParseShard(shard.Data[wire.ShardDataKey])
 		if err != nil {
 			return err
 		}
@@ -103,7 +103,7 @@ func TestAccountInvalidSpecLeftOut(t *testing.T) {
 func sameShardUsers() (string, string) {
 	first := "bad-0"
 	for i := 1; ; i++ {
-		if other := fmt.Sprintf("good-%d", i); credentials.ShardOf(other) == credentials.ShardOf(first) {
+		if other := fmt.Sprintf("good-%d", i); wire.ShardOf(other) == wire.ShardOf(first) {
 			return first, other
 		}
 	}

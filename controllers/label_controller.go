@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // indexLabelAccount: spec.accountRef, in the label's namespace. Shared with
@@ -115,7 +116,7 @@ func (r *LabelReconciler) evaluate(ctx context.Context, label *v1.SmtpLabel) (*r
 		}
 		return nil, "", fmt.Errorf("get account %s: %w", key, err)
 	}
-	username := effectiveAPIUser(acc) + "#" + label.Spec.LabelID
+	username := wire.Username(effectiveAPIUser(acc), label.Spec.LabelID)
 	// A label created together with its account usually finds the account
 	// not reconciled yet. Saying so would last only until the account's
 	// first status write, which enqueues the label again (labelsOfAccount),

@@ -48,7 +48,7 @@ const (
 	SecretKeyPassword = "password"
 	// SecretKeyLabelUsernamePrefix + labelId holds api_user#label_id, one per label.
 	SecretKeyLabelUsernamePrefix = "username-"
-	// SecretKeyPreviousPasswordDigest holds the digest (credentials.Digest
+	// SecretKeyPreviousPasswordDigest holds the digest (wire.Digest
 	// format), never the key, of the key before the last rotation while its
 	// grace period runs.
 	SecretKeyPreviousPasswordDigest = "previous-password-sha256"

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
@@ -33,19 +34,19 @@ func TestAttackRelayTokenReadsOtherSecrets(t *testing.T) {
 	eventually(t, relayWait, func() error { return getLive(&rbacv1.RoleBinding{}, ns, relayServiceAccountName(relay.Name)) })
 
 	admin := kubernetes.NewForConfigOrDie(testCfg)
-	account := credentials.Account{APIUser: "acme", KeyDigests: []string{credentials.Digest("a-key-of-thirty-two-characters!!")}}
-	data, err := credentials.MarshalShard([]credentials.Account{account})
+	account := wire.Account{APIUser: "acme", KeyDigests: []string{wire.Digest("a-key-of-thirty-two-characters!!")}}
+	data, err := wire.MarshalShard([]wire.Account{account})
 	if err != nil {
 		t.Fatal(err)
 	}
-	own := credentials.ShardSecretName(relay.Name, credentials.ShardOf("acme"))
+	own := wire.ShardSecretName(relay.Name, wire.ShardOf("acme"))
 	for name, labels := range map[string]map[string]string{
-		own:                                  {credentials.ShardLabel: relay.Name},
-		"database-password":                  nil,
-		credentials.ShardSecretName("db", 0): {credentials.ShardLabel: "db"},
+		own:                           {wire.ShardLabel: relay.Name},
+		"database-password":           nil,
+		wire.ShardSecretName("db", 0): {wire.ShardLabel: "db"},
 	} {
 		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
-			Data: map[string][]byte{credentials.ShardDataKey: data}}
+			Data: map[string][]byte{wire.ShardDataKey: data}}
 		if _, err := admin.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -61,9 +62,9 @@ func TestAttackRelayTokenReadsOtherSecrets(t *testing.T) {
 	attempts := map[string]error{}
 	_, attempts["get database-password"] = secrets.Get(ctx, "database-password", metav1.GetOptions{})
 	_, attempts["list all secrets"] = secrets.List(ctx, metav1.ListOptions{})
-	_, attempts["list by shard label"] = secrets.List(ctx, metav1.ListOptions{LabelSelector: credentials.ShardLabel + "=" + relay.Name})
+	_, attempts["list by shard label"] = secrets.List(ctx, metav1.ListOptions{LabelSelector: wire.ShardLabel + "=" + relay.Name})
 	_, attempts["list database-password by name"] = secrets.List(ctx, byName("database-password"))
-	_, attempts["list another relay's shard"] = secrets.List(ctx, byName(credentials.ShardSecretName("db", 0)))
+	_, attempts["list another relay's shard"] = secrets.List(ctx, byName(wire.ShardSecretName("db", 0)))
 	_, attempts["get own shard"] = secrets.Get(ctx, own, metav1.GetOptions{})
 	_, attempts["list in another namespace"] = asRelay.CoreV1().Secrets("default").List(ctx, byName(own))
 	for what, err := range attempts {

@@ -37,7 +37,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // Field indexes on SmtpRelay, so a change to an issuer or a Secret finds the
@@ -590,7 +590,7 @@ func (r *RelayReconciler) publishedAccounts(ctx context.Context, relay *v1.SmtpR
 	var shards metav1.PartialObjectMetadataList
 	shards.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("SecretList"))
 	if err := r.Client.List(ctx, &shards, client.InNamespace(relay.Namespace),
-		client.MatchingLabels{credentials.ShardLabel: relay.Name}); err != nil {
+		client.MatchingLabels{wire.ShardLabel: relay.Name}); err != nil {
 		return 0, fmt.Errorf("list credentials shards of relay %s: %w", relay.Name, err)
 	}
 	var n int32
@@ -606,7 +606,7 @@ func (r *RelayReconciler) publishedAccounts(ctx context.Context, relay *v1.SmtpR
 
 func (r *RelayReconciler) relaysForSecret(ctx context.Context, obj client.Object) []reconcile.Request {
 	// A shard's account count feeds the relay's status.accounts.
-	if relay, ok := obj.GetLabels()[credentials.ShardLabel]; ok {
+	if relay, ok := obj.GetLabels()[wire.ShardLabel]; ok {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: obj.GetNamespace(), Name: relay}}}
 	}
 	return r.relaysMatching(ctx, client.InNamespace(obj.GetNamespace()), client.MatchingFields{relaySecretIndex: obj.GetName()})

@@ -1,8 +1,6 @@
 package controllers
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"slices"
 	"strings"
 
@@ -10,6 +8,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/config"
 )
 
@@ -23,7 +22,6 @@ const (
 	secretUsernameKey     = "username"
 	secretPasswordKey     = "password"
 	defaultQueueReplicas  = 3
-	defaultStreamPrefix   = "MAILFLEET_"
 	defaultDeliveryWorker = 16
 )
 
@@ -36,27 +34,7 @@ func relayStream(relay *v1.SmtpRelay) string {
 	if s := relay.Status.Stream; s != "" {
 		return s
 	}
-	return defaultStream(relay.Namespace, relay.Name)
-}
-
-// maxStreamName keeps the default within the length a user-chosen stream
-// may have.
-const maxStreamName = 128
-
-// defaultStream derives a stream name that no other relay can have: a
-// namespace holds only [a-z0-9-] and a relay name only [a-z0-9.-], so upper
-// case keeps them apart from the separator "_", and "." (not allowed in a
-// stream name) can become "_" because only the name may hold it. The
-// earlier default turned "-" into "_" as well, and team-a/mx and team/a-mx
-// shared one stream. Names too long for that get a hash instead, which is
-// as distinct in practice.
-func defaultStream(namespace, name string) string {
-	s := defaultStreamPrefix + strings.ToUpper(namespace) + "_" + strings.ToUpper(strings.ReplaceAll(name, ".", "_"))
-	if len(s) <= maxStreamName {
-		return s
-	}
-	sum := sha256.Sum256([]byte(namespace + "/" + name))
-	return defaultStreamPrefix + hex.EncodeToString(sum[:16])
+	return wire.StreamFor(relay.Namespace, relay.Name)
 }
 
 func relayQueueConfig(relay *v1.SmtpRelay) config.Queue {

@@ -9,8 +9,8 @@ import (
 	"k8s.io/utils/ptr"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/config"
-	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
 // The rate-limit sidecar inside the relay pod.
@@ -128,7 +128,7 @@ func relayDefaultBudget(relay *v1.SmtpRelay) int32 {
 	if relay.Spec.DefaultBudgetPerMinute > 0 {
 		return relay.Spec.DefaultBudgetPerMinute
 	}
-	return credentials.DefaultBudgetPerMinute
+	return wire.DefaultBudgetPerMinute
 }
 
 // ratelimitMounts are the sidecar's Secrets: the Redis password and CA.

@@ -26,8 +26,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/config"
-	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
 // Label values and annotations only the relay's objects carry.
@@ -673,7 +673,7 @@ func relayServiceAccount(relay *v1.SmtpRelay) *corev1.ServiceAccount {
 // shards, each by name, in its own namespace. A Role, never a ClusterRole,
 // and resourceNames, never all Secrets: a relay's token reads no tenant's
 // Secret and no other relay's shards. The shard names are fixed
-// (credentials.ShardSecretNames), and the relay watches each with a
+// (wire.ShardSecretNames), and the relay watches each with a
 // metadata.name field selector, the form of list and watch RBAC
 // authorises by name. The rate-limit sidecar reads the same shards.
 func relayRole(relay *v1.SmtpRelay) *rbacv1.Role {
@@ -682,7 +682,7 @@ func relayRole(relay *v1.SmtpRelay) *rbacv1.Role {
 		Rules: []rbacv1.PolicyRule{{
 			APIGroups:     []string{""},
 			Resources:     []string{"secrets"},
-			ResourceNames: credentials.ShardSecretNames(relay.Name),
+			ResourceNames: wire.ShardSecretNames(relay.Name),
 			Verbs:         []string{"list", "watch"},
 		}},
 	}

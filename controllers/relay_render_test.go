@@ -22,8 +22,8 @@ import (
 	"k8s.io/utils/ptr"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/config"
-	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
 const testImage = "registry.example.com/mailfleet:test"
@@ -559,7 +559,7 @@ func TestRenderRelayRole(t *testing.T) {
 	if len(rules) != 1 || !reflect.DeepEqual(rules[0].APIGroups, []string{""}) ||
 		!reflect.DeepEqual(rules[0].Resources, []string{"secrets"}) ||
 		!reflect.DeepEqual(rules[0].Verbs, []string{"list", "watch"}) ||
-		!reflect.DeepEqual(rules[0].ResourceNames, credentials.ShardSecretNames("mx")) {
+		!reflect.DeepEqual(rules[0].ResourceNames, wire.ShardSecretNames("mx")) {
 		t.Errorf("role rules = %+v, want list and watch of the relay's own shards only", rules)
 	}
 	rb := objs.RoleBinding

@@ -12,7 +12,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // Issue 12.21: deleting an account, or renaming its Secret, deleted the
@@ -71,8 +71,8 @@ func TestAccountLostSecretGrace(t *testing.T) {
 	waitReason(t, mkAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
 	secret := getSecretT(t, ns, "shop-smtp-credentials")
 	salt := keyDigestSalt(types.NamespacedName{Namespace: ns, Name: "mx"}, "shop")
-	lost := credentials.SaltedDigest(string(secret.Data[SecretKeyPassword]), salt)
-	shard := credentials.ShardSecretName("mx", credentials.ShardOf("shop"))
+	lost := wire.SaltedDigest(string(secret.Data[SecretKeyPassword]), salt)
+	shard := wire.ShardSecretName("mx", wire.ShardOf("shop"))
 	waitSecret(t, ns, shard, func(s *corev1.Secret) error { return shardHasDigest(s, lost) })
 
 	versions := watchShard(t, ns, shard)
@@ -85,7 +85,7 @@ func TestAccountLostSecretGrace(t *testing.T) {
 		}
 		return nil
 	})
-	fresh := credentials.SaltedDigest(string(renewed.Data[SecretKeyPassword]), salt)
+	fresh := wire.SaltedDigest(string(renewed.Data[SecretKeyPassword]), salt)
 	if string(renewed.Data[SecretKeyPreviousPasswordDigest]) != lost {
 		t.Errorf("the new Secret does not carry the lost key's digest for the grace period")
 	}
@@ -103,7 +103,7 @@ func TestAccountLostSecretGrace(t *testing.T) {
 }
 
 func shardHasDigest(s *corev1.Secret, digest string) error {
-	accounts, err := credentials.ParseShard(s.Data[credentials.ShardDataKey])
+	accounts, err := wire.ParseShard(s.Data[wire.ShardDataKey])
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // TestFitShard (issue 12.11): 10,000 accounts of a typical size fill each of
@@ -17,11 +17,11 @@ import (
 // accounts outgrow a shard the newest are left out, the shard stays under
 // the limit and the relay can read it.
 func TestFitShard(t *testing.T) {
-	digest := credentials.SaltedDigest("a-key-of-thirty-two-characters!!", []byte("0123456789abcdef"))
+	digest := wire.SaltedDigest("a-key-of-thirty-two-characters!!", []byte("0123456789abcdef"))
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	entry := func(i int, domains int) shardEntry {
-		a := credentials.Account{APIUser: fmt.Sprintf("account-%05d", i), KeyDigests: []string{digest},
-			Labels: []credentials.Label{{ID: "1001"}, {ID: "1002"}}, AllowedSenderDomains: []string{"acme.example"}}
+		a := wire.Account{APIUser: fmt.Sprintf("account-%05d", i), KeyDigests: []string{digest},
+			Labels: []wire.Label{{ID: "1001"}, {ID: "1002"}}, AllowedSenderDomains: []string{"acme.example"}}
 		for d := range domains {
 			a.AllowedSenderDomains = append(a.AllowedSenderDomains, fmt.Sprintf("%s.d%03d.example", strings.Repeat("x", 60), d))
 		}
@@ -29,10 +29,10 @@ func TestFitShard(t *testing.T) {
 			CreationTimestamp: metav1.NewTime(base.Add(time.Duration(i) * time.Second))}}}
 	}
 
-	shards := make([][]shardEntry, credentials.ShardCount)
+	shards := make([][]shardEntry, wire.ShardCount)
 	for i := range 10000 {
 		e := entry(i, 0)
-		s := credentials.ShardOf(e.account.APIUser)
+		s := wire.ShardOf(e.account.APIUser)
 		shards[s] = append(shards[s], e)
 	}
 	largest := 0
@@ -41,7 +41,7 @@ func TestFitShard(t *testing.T) {
 		if len(leftOut) != 0 || len(kept) != len(entries) {
 			t.Fatalf("shard %d: %d of %d accounts left out", s, len(leftOut), len(entries))
 		}
-		data, err := credentials.MarshalShard(kept)
+		data, err := wire.MarshalShard(kept)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -59,14 +59,14 @@ func TestFitShard(t *testing.T) {
 		big = append(big, entry(i, 100))
 	}
 	kept, leftOut := fitShard(big, maxShardBytes)
-	data, err := credentials.MarshalShard(kept)
+	data, err := wire.MarshalShard(kept)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(data) > maxShardBytes || len(kept)+len(leftOut) != len(big) || len(kept) == 0 {
 		t.Fatalf("kept %d (%d bytes), left out %d", len(kept), len(data), len(leftOut))
 	}
-	if _, err := credentials.ParseShard(data); err != nil {
+	if _, err := wire.ParseShard(data); err != nil {
 		t.Fatalf("the relay refuses the capped shard: %v", err)
 	}
 	for _, e := range leftOut {

@@ -15,30 +15,6 @@ import (
 	"github.com/mailfleet/mailfleet/relay/config"
 )
 
-// Attack (issue 12.12): team-a/mx and team/a-mx rendered the same stream,
-// MAILFLEET_TEAM_A_MX, so each relay delivered, and acknowledged, the
-// other's mail. The default is now injective.
-func TestDefaultStreamInjective(t *testing.T) {
-	pairs := [][2][2]string{
-		{{"team-a", "mx"}, {"team", "a-mx"}},
-		{{"team", "a.mx"}, {"team", "a-mx"}},
-		{{"a", "b.c"}, {"a-b", "c"}},
-	}
-	for _, p := range pairs {
-		a, b := defaultStream(p[0][0], p[0][1]), defaultStream(p[1][0], p[1][1])
-		if a == b {
-			t.Errorf("%s/%s and %s/%s share stream %s", p[0][0], p[0][1], p[1][0], p[1][1], a)
-		}
-	}
-	long := strings.Repeat("n", 200)
-	if s := defaultStream("mail", long); len(s) > maxStreamName || s == defaultStream("mail", long+"x") {
-		t.Errorf("long names: %q", s)
-	}
-	if s := defaultStream("mail", "mx"); s != "MAILFLEET_MAIL_MX" {
-		t.Errorf("simple name became %q", s)
-	}
-}
-
 // Attack (issue 12.12): an SmtpRelay naming another relay's stream in
 // spec.queue.nats.stream read that relay's queue. The second claimant now
 // stops at StreamConflict, without naming the holder, and renders nothing.

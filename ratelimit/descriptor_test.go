@@ -10,18 +10,18 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // limitsSource is a credentials.Source with fixed accounts.
 type limitsSource map[string]int
 
-func (l limitsSource) Lookup(apiUser string) (*credentials.Account, bool) {
+func (l limitsSource) Lookup(apiUser string) (*wire.Account, bool) {
 	b, ok := l[apiUser]
 	if !ok {
 		return nil, false
 	}
-	return &credentials.Account{APIUser: apiUser, BudgetPerMinute: b}, true
+	return &wire.Account{APIUser: apiUser, BudgetPerMinute: b}, true
 }
 
 func entries(kv ...string) []*ratelimitv3.RateLimitDescriptor_Entry {

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
@@ -113,7 +114,7 @@ func (o *Options) defaults() {
 		o.FailureMode = FailureAllow
 	}
 	if o.DefaultLimit == 0 {
-		o.DefaultLimit = credentials.DefaultBudgetPerMinute
+		o.DefaultLimit = wire.DefaultBudgetPerMinute
 	}
 	if o.Replicas == 0 {
 		o.Replicas = 1

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/certs"
 	"github.com/mailfleet/mailfleet/relay/config"
 	"github.com/mailfleet/mailfleet/relay/credentials"
@@ -90,10 +91,10 @@ func prepareDev(o devOptions) (config.Config, string, error) {
 		return config.Config{}, "", err
 	}
 	credsFile := filepath.Join(dir, "credentials.yaml")
-	err = credentials.WriteFile(credsFile, []credentials.Account{{
+	err = credentials.WriteFile(credsFile, []wire.Account{{
 		APIUser:    devAPIUser,
-		KeyDigests: []string{credentials.Digest(key)},
-		Labels:     []credentials.Label{{ID: devLabelID}},
+		KeyDigests: []string{wire.Digest(key)},
+		Labels:     []wire.Label{{ID: devLabelID}},
 	}})
 	if err != nil {
 		return config.Config{}, "", err
@@ -121,7 +122,7 @@ func prepareDev(o devOptions) (config.Config, string, error) {
 func devKey(envFile string) (string, error) {
 	f, err := os.Open(envFile)
 	if os.IsNotExist(err) {
-		return credentials.NewKey()
+		return wire.NewKey()
 	}
 	if err != nil {
 		return "", fmt.Errorf("read %s: %w", envFile, err)
@@ -133,7 +134,7 @@ func devKey(envFile string) (string, error) {
 			return strings.Trim(v, "'"), nil
 		}
 	}
-	return credentials.NewKey()
+	return wire.NewKey()
 }
 
 // announceDev writes credentials.env and tells the person how to send mail.

@@ -20,9 +20,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/ratelimit"
 	"github.com/mailfleet/mailfleet/relay/config"
-	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
 // replicasEnv lets the pod spec pass the fleet's size without templating
@@ -79,7 +79,7 @@ relay turns into 451 4.7.1 (try again later).`,
 	f.StringVar(&o.failureMode, "failure-mode", string(ratelimit.FailureAllow), "when Redis fails: allow (per-pod fallback at limit/replicas) or deny (451 4.7.1)")
 	f.DurationVar(&o.deadline, "deadline", ratelimit.DefaultDeadline, "time Redis gets for one decision before the failure mode applies")
 	f.DurationVar(&o.cooldown, "redis-cooldown", ratelimit.DefaultCooldown, "after repeated Redis failures, how long decisions skip Redis")
-	f.Int64Var(&o.defaultLimit, "default-limit", credentials.DefaultBudgetPerMinute, "calls per minute for an account whose request carries no limit and that the credentials do not know")
+	f.Int64Var(&o.defaultLimit, "default-limit", wire.DefaultBudgetPerMinute, "calls per minute for an account whose request carries no limit and that the credentials do not know")
 	f.IntVar(&o.replicas, "replicas", 1, "relay pods sharing the budget, for the fallback's share (or $"+replicasEnv+")")
 	f.StringVar(&o.credentialsFile, "credentials-file", "", "optional: accounts' budgets from a relay credentials file, for callers that send no limit")
 	f.StringVar(&o.secretsNS, "credentials-secrets-namespace", "", "optional: accounts' budgets from the operator's shards in this namespace (with --credentials-secrets-relay)")

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/internal/syncbuffer"
 	"github.com/mailfleet/mailfleet/ratelimit/redistest"
 	"github.com/mailfleet/mailfleet/relay/budget"
@@ -179,12 +180,12 @@ func TestRelayCountsThroughRatelimitProcess(t *testing.T) {
 	r := redistest.StartRedis(t)
 	_, grpcAddr, _ := startRatelimit(t, r.Addr)
 	dir := t.TempDir()
-	key, err := credentials.NewKey()
+	key, err := wire.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	credsFile := filepath.Join(dir, "credentials.yaml")
-	err = credentials.WriteFile(credsFile, []credentials.Account{{APIUser: "acme", KeyDigests: []string{credentials.Digest(key)}, BudgetPerMinute: 2}})
+	err = credentials.WriteFile(credsFile, []wire.Account{{APIUser: "acme", KeyDigests: []string{wire.Digest(key)}, BudgetPerMinute: 2}})
 	if err != nil {
 		t.Fatal(err)
 	}

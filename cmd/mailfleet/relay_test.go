@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/certs"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 )
@@ -26,12 +27,12 @@ import (
 // about 100 s before the first Ready).
 func TestRelayWaitsForJetStream(t *testing.T) {
 	dir := t.TempDir()
-	key, err := credentials.NewKey()
+	key, err := wire.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	credsFile := filepath.Join(dir, "credentials.yaml")
-	err = credentials.WriteFile(credsFile, []credentials.Account{{APIUser: "acme", KeyDigests: []string{credentials.Digest(key)}}})
+	err = credentials.WriteFile(credsFile, []wire.Account{{APIUser: "acme", KeyDigests: []string{wire.Digest(key)}}})
 	if err != nil {
 		t.Fatal(err)
 	}

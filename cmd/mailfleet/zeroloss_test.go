@@ -27,6 +27,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/internal/loopback"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 )
@@ -65,13 +66,13 @@ func TestZeroLoss(t *testing.T) {
 	if d := os.Getenv("ZL_DEBUG_DIR"); d != "" {
 		dir = d
 	}
-	key, err := credentials.NewKey()
+	key, err := wire.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	credsFile := filepath.Join(dir, "credentials.yaml")
-	if err := credentials.WriteFile(credsFile, []credentials.Account{{
-		APIUser: "zl", KeyDigests: []string{credentials.Digest(key)}, BudgetPerMinute: 100_000_000,
+	if err := credentials.WriteFile(credsFile, []wire.Account{{
+		APIUser: "zl", KeyDigests: []string{wire.Digest(key)}, BudgetPerMinute: 100_000_000,
 	}}); err != nil {
 		t.Fatal(err)
 	}
@@ -562,12 +563,12 @@ func TestRedeliveryCountedAfterSIGKILL(t *testing.T) {
 	sink := startCountingSink(t)
 	sink.hold(t)
 	dir := t.TempDir()
-	key, err := credentials.NewKey()
+	key, err := wire.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	credsFile := filepath.Join(dir, "credentials.yaml")
-	if err := credentials.WriteFile(credsFile, []credentials.Account{{APIUser: "zl", KeyDigests: []string{credentials.Digest(key)}}}); err != nil {
+	if err := credentials.WriteFile(credsFile, []wire.Account{{APIUser: "zl", KeyDigests: []string{wire.Digest(key)}}}); err != nil {
 		t.Fatal(err)
 	}
 	smtpAddr, metricsAddr := loopback.FreeAddr(t), loopback.FreeAddr(t)

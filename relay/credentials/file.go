@@ -1,6 +1,8 @@
 package credentials
 
 import (
+	"github.com/mailfleet/mailfleet/api/wire"
+
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -218,7 +220,7 @@ func WriteFile(path string, accounts []Account) error {
 	if accounts == nil {
 		accounts = []Account{} // "accounts: null" would read back as missing
 	}
-	data, err := yaml.Marshal(document{Accounts: &accounts})
+	data, err := yaml.Marshal(wire.Shard{Accounts: &accounts})
 	if err == nil {
 		_, err = Parse(data)
 	}

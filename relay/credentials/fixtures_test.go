@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"testing"
+
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // accountOpt changes one aspect of a test account, so each test shows only
@@ -25,7 +27,7 @@ func account(apiUser string, opts ...accountOpt) Account {
 func withKeys(keys ...string) accountOpt {
 	return func(a *Account) {
 		for _, k := range keys {
-			a.KeyDigests = append(a.KeyDigests, Digest(k))
+			a.KeyDigests = append(a.KeyDigests, wire.Digest(k))
 		}
 	}
 }
@@ -74,7 +76,7 @@ func (m mapSource) Lookup(apiUser string) (*Account, bool) {
 // newTestKey returns a fresh key, failing the test if none can be made.
 func newTestKey(t testing.TB) string {
 	t.Helper()
-	k, err := NewKey()
+	k, err := wire.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,40 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"regexp"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
-// maxProblems caps how many validation problems one error lists, so a badly
-// broken file yields a readable message rather than one line per account.
-const maxProblems = 10
-
-// idPattern is what api_users and label ids may look like. It excludes '#',
-// which separates them in a SMTP AUTH username.
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-
-// domainPattern is a DNS name in lowercase, optionally "*." for any subdomain.
-// Internationalised names must be written in their xn-- form, because
-// envelope senders are compared byte by byte.
-var domainPattern = regexp.MustCompile(`^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
-
-// maxDomainLen is the longest DNS name (RFC 1035), plus room for "*.".
-const maxDomainLen = 253 + 2
-
-const (
-	wantID     = "want 1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
-	wantDigest = "want sha256:<64 lowercase hex digits> or pbkdf2-sha256:<iterations>:<salt hex>:<64 lowercase hex digits>"
-	wantQuoted = `want a quoted string, e.g. "1001" (unquoted, YAML reads 0010 as 8 and yes as true)`
-	wantDomain = "want a domain such as example.com or *.example.com (IDNs in xn-- form)"
-)
-
-// document is the shape of a credentials file. Accounts is a pointer so that
-// a file without the key (empty, or cut short while being written) is told
-// apart from an explicit empty list.
-type document struct {
-	Accounts *[]Account `json:"accounts"`
-}
+// wantQuoted is what YAML ids must look like.
+const wantQuoted = `want a quoted string, e.g. "1001" (unquoted, YAML reads 0010 as 8 and yes as true)`
 
 // Parse decodes and validates a credentials document, YAML or JSON:
 //
@@ -64,7 +38,7 @@ func Parse(data []byte) ([]Account, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, errors.New("empty document: want a mapping with an accounts list")
 	}
-	var doc document
+	var doc wire.Shard
 	if err := yaml.UnmarshalStrict(data, &doc); err != nil {
 		return nil, err
 	}
@@ -75,11 +49,11 @@ func Parse(data []byte) ([]Account, error) {
 		return nil, err
 	}
 	accounts := *doc.Accounts
-	if err := validate(accounts); err != nil {
+	if err := wire.Validate(accounts); err != nil {
 		return nil, err
 	}
 	for i := range accounts {
-		lowercaseDomains(&accounts[i])
+		wire.LowercaseDomains(&accounts[i])
 	}
 	return accounts, nil
 }
@@ -117,7 +91,7 @@ func checkIDsQuoted(data []byte) error {
 			}
 		}
 	}
-	return joinProblems(problems)
+	return wire.JoinProblems(problems)
 }
 
 // isStringOrNull reports whether v decoded from a string or was absent;
@@ -125,109 +99,4 @@ func checkIDsQuoted(data []byte) error {
 func isStringOrNull(v any) bool {
 	_, ok := v.(string)
 	return ok || v == nil
-}
-
-// lowercaseDomains normalises a's sender domains, which DNS treats without
-// regard to case.
-func lowercaseDomains(a *Account) {
-	for j, d := range a.AllowedSenderDomains {
-		a.AllowedSenderDomains[j] = lowerASCII(d)
-	}
-}
-
-// validate checks every account and that api_users are unique.
-func validate(accounts []Account) error {
-	var problems []error
-	seen := make(map[string]int, len(accounts))
-	for i, a := range accounts {
-		where := accountRef(i, a.APIUser)
-		for _, p := range checkAccount(a) {
-			problems = append(problems, fmt.Errorf("%s: %w", where, p))
-		}
-		if first, dup := seen[a.APIUser]; dup {
-			problems = append(problems, fmt.Errorf("%s: apiUser already used by accounts[%d]", where, first))
-		} else if a.APIUser != "" {
-			seen[a.APIUser] = i
-		}
-	}
-	return joinProblems(problems)
-}
-
-// accountRef names an account in an error: by index, and by api_user when
-// that is well formed (a malformed one is reported by its own problem).
-func accountRef(i int, apiUser string) string {
-	if idPattern.MatchString(apiUser) {
-		return fmt.Sprintf("accounts[%d] (%s)", i, apiUser)
-	}
-	return fmt.Sprintf("accounts[%d]", i)
-}
-
-// CheckAccount says what is wrong with one account, or nil: the publisher
-// leaves an account the relay would refuse out of its shard instead of
-// failing the whole shard.
-func CheckAccount(a Account) error {
-	return joinProblems(checkAccount(a))
-}
-
-// checkAccount returns the problems with a single account.
-func checkAccount(a Account) []error {
-	var problems []error
-	add := func(format string, args ...any) {
-		problems = append(problems, fmt.Errorf(format, args...))
-	}
-	switch {
-	case a.APIUser == "":
-		add("apiUser: required")
-	case !idPattern.MatchString(a.APIUser):
-		add("apiUser %.40q: %s", a.APIUser, wantID)
-	}
-	if len(a.KeyDigests) == 0 {
-		add("keyDigests: at least one required")
-	}
-	for j, d := range a.KeyDigests {
-		if !validDigest(d) {
-			add("keyDigests[%d]: %s", j, wantDigest)
-		}
-	}
-	if a.MaxRecipients < 0 {
-		add("maxRecipients %d: want 0 (meaning %d) or more", a.MaxRecipients, DefaultMaxRecipients)
-	}
-	if a.BudgetPerMinute < 0 {
-		add("budgetPerMinute %d: want 0 (meaning %d) or more", a.BudgetPerMinute, DefaultBudgetPerMinute)
-	}
-	for j, d := range a.AllowedSenderDomains {
-		if len(d) > maxDomainLen || !domainPattern.MatchString(lowerASCII(d)) {
-			add("allowedSenderDomains[%d] %.40q: %s", j, d, wantDomain)
-		}
-	}
-	return append(problems, checkLabels(a.Labels)...)
-}
-
-// checkLabels returns the problems with an account's labels.
-func checkLabels(labels []Label) []error {
-	var problems []error
-	seen := make(map[string]int, len(labels))
-	for k, l := range labels {
-		switch first, dup := seen[l.ID]; {
-		case l.ID == "":
-			problems = append(problems, fmt.Errorf("labels[%d]: id required", k))
-		case !idPattern.MatchString(l.ID):
-			problems = append(problems, fmt.Errorf("labels[%d]: id %.40q: %s", k, l.ID, wantID))
-		case dup:
-			problems = append(problems, fmt.Errorf("labels[%d]: id %s already used by labels[%d]", k, l.ID, first))
-		default:
-			seen[l.ID] = k
-		}
-	}
-	return problems
-}
-
-// joinProblems combines problems into one error, keeping the first
-// maxProblems and counting the rest.
-func joinProblems(problems []error) error {
-	if len(problems) > maxProblems {
-		more := fmt.Errorf("and %d more problems", len(problems)-maxProblems)
-		problems = append(problems[:maxProblems:maxProblems], more)
-	}
-	return errors.Join(problems...)
 }

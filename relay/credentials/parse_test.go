@@ -7,11 +7,13 @@ import (
 	"testing"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 var (
-	digestA = Digest("key-a")
-	digestB = Digest("key-b")
+	digestA = wire.Digest("key-a")
+	digestB = wire.Digest("key-b")
 )
 
 func TestParseValid(t *testing.T) {
@@ -151,7 +153,7 @@ func TestParseErrors(t *testing.T) {
 
 func TestParseCapsProblems(t *testing.T) {
 	var accounts []Account
-	for i := range 3 * maxProblems {
+	for i := range 3 * wire.MaxProblems {
 		accounts = append(accounts, account(fmt.Sprintf("u%d", i)))
 	}
 	_, err := Parse([]byte(docOf(accounts...)))
@@ -159,10 +161,10 @@ func TestParseCapsProblems(t *testing.T) {
 		t.Fatal("Parse accepted accounts without keys")
 	}
 	lines := strings.Split(err.Error(), "\n")
-	if len(lines) != maxProblems+1 {
-		t.Errorf("error has %d lines, want %d", len(lines), maxProblems+1)
+	if len(lines) != wire.MaxProblems+1 {
+		t.Errorf("error has %d lines, want %d", len(lines), wire.MaxProblems+1)
 	}
-	if want := fmt.Sprintf("and %d more problems", 2*maxProblems); lines[len(lines)-1] != want {
+	if want := fmt.Sprintf("and %d more problems", 2*wire.MaxProblems); lines[len(lines)-1] != want {
 		t.Errorf("last line %q, want %q", lines[len(lines)-1], want)
 	}
 }
@@ -177,7 +179,7 @@ func docOf(accounts ...Account) string {
 	if accounts == nil {
 		accounts = []Account{}
 	}
-	data, err := yaml.Marshal(document{Accounts: &accounts})
+	data, err := yaml.Marshal(wire.Shard{Accounts: &accounts})
 	if err != nil {
 		panic(err) // plain structs always marshal
 	}
@@ -235,7 +237,7 @@ func checkAccepted(t *testing.T, accounts []Account) {
 			t.Fatalf("accounts[%d]: accepted without key digests", i)
 		}
 		for _, d := range a.KeyDigests {
-			if !validDigest(d) {
+			if !wire.ValidDigest(d) {
 				t.Fatalf("accounts[%d]: malformed digest %q accepted", i, d)
 			}
 		}
@@ -274,17 +276,4 @@ func equalAccounts(a, b []Account) bool {
 		return out
 	}
 	return reflect.DeepEqual(norm(a), norm(b))
-}
-
-// What the publisher leaves out of a shard, one account at a time.
-func TestCheckAccount(t *testing.T) {
-	good := Account{APIUser: "shop", KeyDigests: []string{Digest("0123456789abcdef0123456789abcdef")}, AllowedSenderDomains: []string{"shop.example"}}
-	if err := CheckAccount(good); err != nil {
-		t.Fatalf("valid account: %v", err)
-	}
-	bad := good
-	bad.AllowedSenderDomains = []string{strings.Repeat("a", 64) + ".example"}
-	if err := CheckAccount(bad); err == nil || !strings.Contains(err.Error(), "allowedSenderDomains[0]") {
-		t.Fatalf("label over 63 characters: %v", err)
-	}
 }

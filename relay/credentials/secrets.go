@@ -1,6 +1,8 @@
 package credentials
 
 import (
+	"github.com/mailfleet/mailfleet/api/wire"
+
 	"context"
 	"fmt"
 	"log/slog"
@@ -47,8 +49,8 @@ func NewSecrets(client kubernetes.Interface, namespace, relay string, log *slog.
 		client:    client,
 		namespace: namespace,
 		relay:     relay,
-		selector:  labels.Set{ShardLabel: relay}.String(),
-		log:       log.With("source", "secrets", "namespace", namespace, "selector", ShardLabel+"="+relay),
+		selector:  labels.Set{wire.ShardLabel: relay}.String(),
+		log:       log.With("source", "secrets", "namespace", namespace, "selector", wire.ShardLabel+"="+relay),
 		shards:    map[string][]Account{},
 	}
 	s.snap.Store(&snapshot{accounts: map[string]*Account{}})
@@ -76,7 +78,7 @@ func (s *Secrets) Len() int { return len(s.snap.Load().accounts) }
 // grant exactly these Secrets: RBAC authorises a list or watch narrowed to
 // one name by that name, and refuses a relay any other Secret.
 func (s *Secrets) Run(ctx context.Context) error {
-	names := ShardSecretNames(s.relay)
+	names := wire.ShardSecretNames(s.relay)
 	synced := make([]cache.InformerSynced, 0, len(names))
 	var running sync.WaitGroup
 	defer running.Wait()
@@ -119,7 +121,7 @@ func (s *Secrets) apply(obj any, deleted bool) {
 	if deleted {
 		delete(s.shards, secret.Name)
 	} else {
-		accounts, err := ParseShard(secret.Data[ShardDataKey])
+		accounts, err := wire.ParseShard(secret.Data[wire.ShardDataKey])
 		if err != nil {
 			// Keep serving the shard's last valid content: a bad write
 			// must not lock every account of the shard out.

@@ -12,6 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // TestSecretsSourceAgainstAPIServer runs the shard watch against a real
@@ -36,17 +38,17 @@ func TestSecretsSourceAgainstAPIServer(t *testing.T) {
 		}
 	}
 	shard := func(ns, name, relay string, accounts ...Account) *corev1.Secret {
-		data, err := MarshalShard(accounts)
+		data, err := wire.MarshalShard(accounts)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{ShardLabel: relay}},
-			Data:       map[string][]byte{ShardDataKey: data},
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{wire.ShardLabel: relay}},
+			Data:       map[string][]byte{wire.ShardDataKey: data},
 		}
 	}
-	acme := Account{APIUser: "acme", KeyDigests: []string{Digest("k1")}, Labels: []Label{{ID: "1001"}}}
-	beta := Account{APIUser: "beta", KeyDigests: []string{Digest("k2")}}
+	acme := Account{APIUser: "acme", KeyDigests: []string{wire.Digest("k1")}, Labels: []Label{{ID: "1001"}}}
+	beta := Account{APIUser: "beta", KeyDigests: []string{wire.Digest("k2")}}
 	secrets := client.CoreV1().Secrets("platform")
 	if _, err := secrets.Create(ctx, shard("platform", "mx-credentials-00", "mx", acme), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -89,7 +91,7 @@ func TestSecretsSourceAgainstAPIServer(t *testing.T) {
 	// An invalid shard keeps the last valid content.
 	gen := src.Generation()
 	bad := s.DeepCopy()
-	bad.Data[ShardDataKey] = []byte(`{"accounts":[{"apiUser":"x"}]}`)
+	bad.Data[wire.ShardDataKey] = []byte(`{"accounts":[{"apiUser":"x"}]}`)
 	if _, err := secrets.Update(ctx, bad, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}

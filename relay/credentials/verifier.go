@@ -4,10 +4,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
-)
 
-// labelSeparator joins an api_user and a label id in a SMTP AUTH username.
-const labelSeparator = "#"
+	"github.com/mailfleet/mailfleet/api/wire"
+)
 
 // dummyDigest stands in for the key digests of an api_user that does not
 // exist, so that an unknown user costs the same hash and comparison as a
@@ -15,7 +14,7 @@ const labelSeparator = "#"
 // account can be reached through it: Authenticate fails whenever the user is
 // unknown, whatever the comparison says.
 // It is salted, as what the operator publishes is.
-var dummyDigest = SaltedDigest("mailfleet: no such api_user", DigestSalt("", ""))
+var dummyDigest = wire.SaltedDigest("mailfleet: no such api_user", wire.DigestSalt("", ""))
 
 // dummyDigests holds dummyDigest as a list, built once rather than per call.
 var dummyDigests = []string{dummyDigest}
@@ -49,7 +48,7 @@ func NewVerifier(src Source) *Verifier {
 // suspended. Every failure returns ErrInvalid and nothing else, so a client
 // cannot tell which part was wrong.
 func (v *Verifier) Authenticate(username, key string) (Identity, error) {
-	apiUser, labelID, hasLabel := strings.Cut(username, labelSeparator)
+	apiUser, labelID, hasLabel := wire.SplitUsername(username)
 	acct, found := v.src.Lookup(apiUser)
 	found = found && acct != nil
 
@@ -74,7 +73,7 @@ func (v *Verifier) Authenticate(username, key string) (Identity, error) {
 // match, so the time a failure takes depends only on how many digests there
 // are. A success seen before is answered from the cache.
 func (v *Verifier) matchAny(digests []string, key string) bool {
-	plain := Digest(key)
+	plain := wire.Digest(key)
 	v.mu.Lock()
 	for _, d := range digests {
 		if _, ok := v.verified[d+plain]; ok {
@@ -85,7 +84,7 @@ func (v *Verifier) matchAny(digests []string, key string) bool {
 	v.mu.Unlock()
 	match := 0
 	for _, d := range digests {
-		m := compareDigest(d, key, plain)
+		m := wire.CompareDigest(d, key, plain)
 		if m == 1 {
 			v.remember(d + plain)
 		}
@@ -118,18 +117,18 @@ func labelActive(acct *Account, id string) bool {
 func identityOf(acct *Account, labelID string) Identity {
 	budget := acct.BudgetPerMinute
 	if budget <= 0 {
-		budget = DefaultBudgetPerMinute
+		budget = wire.DefaultBudgetPerMinute
 	}
 	maxRcpts := acct.MaxRecipients
 	if maxRcpts <= 0 {
-		maxRcpts = DefaultMaxRecipients
+		maxRcpts = wire.DefaultMaxRecipients
 	}
 	return Identity{
 		APIUser:              acct.APIUser,
 		LabelID:              labelID,
 		BudgetPerMinute:      budget,
 		MaxRecipients:        maxRcpts,
-		CheckHeaderFrom:      acct.SenderPolicy != SenderPolicyEnvelope,
+		CheckHeaderFrom:      acct.SenderPolicy != wire.SenderPolicyEnvelope,
 		AllowedSenderDomains: slices.Clone(acct.AllowedSenderDomains),
 	}
 }
@@ -165,25 +164,13 @@ func (id Identity) SenderDomainAllowed(domain string) bool {
 	if domain == "" {
 		return false
 	}
-	domain = lowerASCII(domain)
+	domain = wire.CanonicalDomain(domain)
 	for _, entry := range id.AllowedSenderDomains {
-		if domainMatches(lowerASCII(entry), domain) {
+		if domainMatches(wire.CanonicalDomain(entry), domain) {
 			return true
 		}
 	}
 	return false
-}
-
-// lowerASCII lowercases only A-Z. Domains are compared as ASCII (IDNs in
-// their xn-- form); Unicode case mapping would turn, for instance, the Kelvin
-// sign into "k" and let a look-alike domain match an allowed one.
-func lowerASCII(s string) string {
-	return strings.Map(func(r rune) rune {
-		if 'A' <= r && r <= 'Z' {
-			return r + ('a' - 'A')
-		}
-		return r
-	}, s)
 }
 
 // domainMatches reports whether domain is covered by entry; both are lowercase.

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 func TestAuthenticate(t *testing.T) {
@@ -26,18 +28,18 @@ func TestAuthenticate(t *testing.T) {
 		want     Identity // zero when ErrInvalid is expected
 	}{
 		{"account", "demo", demoKey,
-			Identity{APIUser: "demo", BudgetPerMinute: 500, MaxRecipients: DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}}},
+			Identity{APIUser: "demo", BudgetPerMinute: 500, MaxRecipients: wire.DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}}},
 		{"account and label", "demo#1001", demoKey,
-			Identity{APIUser: "demo", LabelID: "1001", BudgetPerMinute: 500, MaxRecipients: DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}}},
+			Identity{APIUser: "demo", LabelID: "1001", BudgetPerMinute: 500, MaxRecipients: wire.DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}}},
 		{"rotated key still valid", "demo", demoNewKey,
-			Identity{APIUser: "demo", BudgetPerMinute: 500, MaxRecipients: DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}}},
+			Identity{APIUser: "demo", BudgetPerMinute: 500, MaxRecipients: wire.DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}}},
 		{"rotated key with label", "demo#1001", demoNewKey,
-			Identity{APIUser: "demo", LabelID: "1001", BudgetPerMinute: 500, MaxRecipients: DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}}},
+			Identity{APIUser: "demo", LabelID: "1001", BudgetPerMinute: 500, MaxRecipients: wire.DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}}},
 		{"default budget", "plain", plainKey,
-			Identity{APIUser: "plain", BudgetPerMinute: DefaultBudgetPerMinute, MaxRecipients: DefaultMaxRecipients, CheckHeaderFrom: true}},
+			Identity{APIUser: "plain", BudgetPerMinute: wire.DefaultBudgetPerMinute, MaxRecipients: wire.DefaultMaxRecipients, CheckHeaderFrom: true}},
 		{"wrong key", "demo", otherKey, Identity{}},
 		{"empty key", "demo", "", Identity{}},
-		{"digest as key", "demo", Digest(demoKey), Identity{}},
+		{"digest as key", "demo", wire.Digest(demoKey), Identity{}},
 		{"unknown user", "nobody", demoKey, Identity{}},
 		{"unknown user with label", "nobody#1001", demoKey, Identity{}},
 		{"empty username", "", demoKey, Identity{}},

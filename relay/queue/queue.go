@@ -88,12 +88,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/spool"
 )
 
 // Defaults.
 const (
-	DefaultStream        = "MAILFLEET"
 	DefaultAckWait       = time.Minute
 	DefaultMaxAckPending = 10_000
 	DefaultBodyMaxAge    = 14 * 24 * time.Hour
@@ -186,7 +186,7 @@ func Open(ctx context.Context, o Options) (*Queue, error) {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	if o.Stream == "" {
-		o.Stream = DefaultStream
+		o.Stream = wire.DefaultStream
 	}
 	if o.Replicas == 0 {
 		o.Replicas = 1
@@ -207,9 +207,8 @@ func Open(ctx context.Context, o Options) (*Queue, error) {
 		o.MetricsInterval = 5 * time.Second
 	}
 	q := &Queue{opts: o, log: o.Log.With("stream", o.Stream), commits: make(chan *commitReq, 1024)}
-	prefix := strings.ToLower(o.Stream)
-	q.subjIn, q.subjQ, q.subjSched, q.subjBody = prefix+".in", prefix+".q", prefix+".sched", prefix+".body"
-	q.subjSplit = prefix + ".split"
+	subj := wire.SubjectsOf(o.Stream)
+	q.subjIn, q.subjQ, q.subjSched, q.subjBody, q.subjSplit = subj.In, subj.Queue, subj.Sched, subj.Body, subj.Split
 	if err := q.connect(); err != nil {
 		return nil, errors.Join(err, q.closeConn())
 	}
@@ -306,7 +305,7 @@ func (q *Queue) setup(ctx context.Context) error {
 		return fmt.Errorf("create or update stream %s: %w", o.Stream, err)
 	}
 	q.bodies, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        o.Stream + "_BODY",
+		Name:        wire.BodyStream(o.Stream),
 		Description: "mailfleet: bodies of large queued messages, in parts",
 		Subjects:    []string{q.subjBody + ".>"},
 		Retention:   jetstream.LimitsPolicy,

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/controllers"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 )
@@ -191,7 +192,7 @@ func probeRound(ctx context.Context, c *cluster, verifier *credentials.Verifier,
 	if err := c.client.Create(ctx, label); err != nil {
 		return fmt.Errorf("create label of %s: %w", name, err)
 	}
-	if err := measure(ctx, start, &p.label, "new label", authenticates(name+"#"+probeLabelID, key)); err != nil {
+	if err := measure(ctx, start, &p.label, "new label", authenticates(wire.Username(name, probeLabelID), key)); err != nil {
 		return err
 	}
 

@@ -1,4 +1,4 @@
-package credentials
+package wire
 
 import (
 	"encoding/base64"
@@ -20,8 +20,8 @@ func TestDigest(t *testing.T) {
 			if got := Digest(tt.key); got != tt.want {
 				t.Errorf("Digest(%q) = %q, want %q", tt.key, got, tt.want)
 			}
-			if !validDigest(Digest(tt.key)) {
-				t.Errorf("Digest(%q) is not accepted by validDigest", tt.key)
+			if !ValidDigest(Digest(tt.key)) {
+				t.Errorf("Digest(%q) is not accepted by ValidDigest", tt.key)
 			}
 		})
 	}
@@ -84,4 +84,13 @@ func TestMatchDigest(t *testing.T) {
 			}
 		})
 	}
+}
+
+func newTestKey(t testing.TB) string {
+	t.Helper()
+	k, err := NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

@@ -1,4 +1,4 @@
-package credentials
+package wire
 
 import (
 	"crypto/pbkdf2"
@@ -124,15 +124,15 @@ func parseSalted(s string) (iterations int, salt []byte, ok bool) {
 // MatchDigest reports whether key hashes to digest, comparing in constant
 // time. A digest of an unknown scheme never matches.
 func MatchDigest(digest, key string) bool {
-	return compareDigest(digest, key, Digest(key)) == 1
+	return CompareDigest(digest, key, Digest(key)) == 1
 }
 
-// compareDigest returns 1 when stored is a digest of key and 0 otherwise;
+// CompareDigest returns 1 when stored is a digest of key and 0 otherwise;
 // plain is Digest(key), computed once by the caller. It returns an int
 // rather than a bool so callers can fold several results together without a
 // data-dependent branch. The branch on the scheme depends on what is
 // stored, not on the key.
-func compareDigest(stored, key, plain string) int {
+func CompareDigest(stored, key, plain string) int {
 	if strings.HasPrefix(stored, digestScheme) {
 		return subtle.ConstantTimeCompare([]byte(stored), []byte(plain))
 	}
@@ -143,10 +143,10 @@ func compareDigest(stored, key, plain string) int {
 	return subtle.ConstantTimeCompare([]byte(stored), []byte(saltedDigest(key, salt, iterations)))
 }
 
-// validDigest reports whether s is a digest as Digest or SaltedDigest
+// ValidDigest reports whether s is a digest as Digest or SaltedDigest
 // writes it. Uppercase hex is refused because comparisons are byte-wise:
 // such a digest could never match.
-func validDigest(s string) bool {
+func ValidDigest(s string) bool {
 	if strings.HasPrefix(s, saltedScheme) {
 		_, _, ok := parseSalted(s)
 		return ok

@@ -1,0 +1,145 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// MaxProblems caps how many validation problems one error lists, so a badly
+// broken document yields a readable message rather than one line per account.
+const MaxProblems = 10
+
+var idPattern = regexp.MustCompile(IDPattern)
+
+// domainPattern is a DNS name in lowercase, optionally "*." for any subdomain.
+// Internationalised names must be written in their xn-- form, because
+// envelope senders are compared byte by byte.
+var domainPattern = regexp.MustCompile(`^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+
+// maxDomainLen is the longest DNS name (RFC 1035), plus room for "*.".
+const maxDomainLen = 253 + 2
+
+const (
+	wantID     = "want 1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
+	wantDigest = "want sha256:<64 lowercase hex digits> or pbkdf2-sha256:<iterations>:<salt hex>:<64 lowercase hex digits>"
+	wantDomain = "want a domain such as example.com or *.example.com (IDNs in xn-- form)"
+)
+
+// LowercaseDomains normalises a's sender domains, which DNS treats without
+// regard to case.
+func LowercaseDomains(a *Account) {
+	for j, d := range a.AllowedSenderDomains {
+		a.AllowedSenderDomains[j] = CanonicalDomain(d)
+	}
+}
+
+// Validate checks every account and that api_users are unique.
+func Validate(accounts []Account) error {
+	var problems []error
+	seen := make(map[string]int, len(accounts))
+	for i, a := range accounts {
+		where := accountRef(i, a.APIUser)
+		for _, p := range checkAccount(a) {
+			problems = append(problems, fmt.Errorf("%s: %w", where, p))
+		}
+		if first, dup := seen[a.APIUser]; dup {
+			problems = append(problems, fmt.Errorf("%s: apiUser already used by accounts[%d]", where, first))
+		} else if a.APIUser != "" {
+			seen[a.APIUser] = i
+		}
+	}
+	return JoinProblems(problems)
+}
+
+// accountRef names an account in an error: by index, and by api_user when
+// that is well formed (a malformed one is reported by its own problem).
+func accountRef(i int, apiUser string) string {
+	if idPattern.MatchString(apiUser) {
+		return fmt.Sprintf("accounts[%d] (%s)", i, apiUser)
+	}
+	return fmt.Sprintf("accounts[%d]", i)
+}
+
+// CheckAccount says what is wrong with one account, or nil: the publisher
+// leaves an account the relay would refuse out of its shard instead of
+// failing the whole shard.
+func CheckAccount(a Account) error {
+	return JoinProblems(checkAccount(a))
+}
+
+// checkAccount returns the problems with a single account.
+func checkAccount(a Account) []error {
+	var problems []error
+	add := func(format string, args ...any) {
+		problems = append(problems, fmt.Errorf(format, args...))
+	}
+	switch {
+	case a.APIUser == "":
+		add("apiUser: required")
+	case !idPattern.MatchString(a.APIUser):
+		add("apiUser %.40q: %s", a.APIUser, wantID)
+	}
+	if len(a.KeyDigests) == 0 {
+		add("keyDigests: at least one required")
+	}
+	for j, d := range a.KeyDigests {
+		if !ValidDigest(d) {
+			add("keyDigests[%d]: %s", j, wantDigest)
+		}
+	}
+	if a.MaxRecipients < 0 {
+		add("maxRecipients %d: want 0 (meaning %d) or more", a.MaxRecipients, DefaultMaxRecipients)
+	}
+	if a.BudgetPerMinute < 0 {
+		add("budgetPerMinute %d: want 0 (meaning %d) or more", a.BudgetPerMinute, DefaultBudgetPerMinute)
+	}
+	for j, d := range a.AllowedSenderDomains {
+		if len(d) > maxDomainLen || !domainPattern.MatchString(CanonicalDomain(d)) {
+			add("allowedSenderDomains[%d] %.40q: %s", j, d, wantDomain)
+		}
+	}
+	return append(problems, checkLabels(a.Labels)...)
+}
+
+// checkLabels returns the problems with an account's labels.
+func checkLabels(labels []Label) []error {
+	var problems []error
+	seen := make(map[string]int, len(labels))
+	for k, l := range labels {
+		switch first, dup := seen[l.ID]; {
+		case l.ID == "":
+			problems = append(problems, fmt.Errorf("labels[%d]: id required", k))
+		case !idPattern.MatchString(l.ID):
+			problems = append(problems, fmt.Errorf("labels[%d]: id %.40q: %s", k, l.ID, wantID))
+		case dup:
+			problems = append(problems, fmt.Errorf("labels[%d]: id %s already used by labels[%d]", k, l.ID, first))
+		default:
+			seen[l.ID] = k
+		}
+	}
+	return problems
+}
+
+// JoinProblems combines problems into one error, keeping the first
+// MaxProblems and counting the rest.
+func JoinProblems(problems []error) error {
+	if len(problems) > MaxProblems {
+		more := fmt.Errorf("and %d more problems", len(problems)-MaxProblems)
+		problems = append(problems[:MaxProblems:MaxProblems], more)
+	}
+	return errors.Join(problems...)
+}
+
+// CanonicalDomain lowercases only A-Z. Domains are compared as ASCII (IDNs
+// in their xn-- form); Unicode case mapping would turn, for instance, the
+// Kelvin sign into "k" and let a look-alike domain match an allowed one.
+func CanonicalDomain(s string) string {
+	return strings.Map(func(r rune) rune {
+		if 'A' <= r && r <= 'Z' {
+			return r + ('a' - 'A')
+		}
+		return r
+	}, s)
+}
