@@ -20,6 +20,7 @@ import (
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
 )
 
 // TestCredentialsReachTheRelay runs the account, label and publisher
@@ -166,9 +167,9 @@ func startPublishing(t *testing.T) {
 
 // relayCredentials runs the Secrets source a pod of relay runs, and a
 // verifier on it, until the test ends.
-func relayCredentials(t *testing.T, ns, relay string) (*credentials.Secrets, *credentials.Verifier) {
+func relayCredentials(t *testing.T, ns, relay string) (*kubesource.Secrets, *credentials.Verifier) {
 	t.Helper()
-	src := credentials.NewSecrets(kubernetes.NewForConfigOrDie(testCfg), ns, relay, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	src := kubesource.NewSecrets(kubernetes.NewForConfigOrDie(testCfg), ns, relay, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go src.Run(ctx)

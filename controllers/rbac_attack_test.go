@@ -19,7 +19,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
-	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
 )
 
 // Attack (issue 12.14): the relay's Role let its token list and watch every
@@ -74,7 +74,7 @@ func TestAttackRelayTokenReadsOtherSecrets(t *testing.T) {
 	}
 
 	// What the relay does need still works: its shard watch, by name.
-	src := credentials.NewSecrets(asRelay, ns, relay.Name, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	src := kubesource.NewSecrets(asRelay, ns, relay.Name, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- src.Run(runCtx) }()

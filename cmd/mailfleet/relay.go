@@ -21,6 +21,7 @@ import (
 	"github.com/mailfleet/mailfleet/relay/certs"
 	"github.com/mailfleet/mailfleet/relay/config"
 	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
 	"github.com/mailfleet/mailfleet/relay/ops"
 	"github.com/mailfleet/mailfleet/relay/queueid"
 	"github.com/mailfleet/mailfleet/relay/smtpd"
@@ -259,7 +260,7 @@ func openCredentials(ctx context.Context, cfg config.Config, log *slog.Logger) (
 	if err != nil {
 		return nil, nil, fmt.Errorf("kubernetes client for credentials: %w", err)
 	}
-	src := credentials.NewSecrets(client, cfg.CredentialsSecrets.Namespace, cfg.CredentialsSecrets.Relay, log)
+	src := kubesource.NewSecrets(client, cfg.CredentialsSecrets.Namespace, cfg.CredentialsSecrets.Relay, log)
 	go func() {
 		if err := src.Run(ctx); err != nil {
 			log.Error("credentials watch stopped", "err", err)

@@ -19,6 +19,7 @@ import (
 	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/controllers"
 	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
 )
 
 const (
@@ -40,14 +41,14 @@ type propagation struct {
 	keyIssued, add, label, suspend, resume, remove []time.Duration
 }
 
-// runPropagation runs a relay's credentials source (credentials.Secrets,
+// runPropagation runs a relay's credentials source (kubesource.Secrets,
 // what a relay pod runs) against envtest, waits until it holds every
 // account, then times single changes at full scale:
 // a new account, a new label, a suspension, its reversal and a deletion.
 func runPropagation(ctx context.Context, c *cluster, o options, rep *report) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	src := credentials.NewSecrets(c.clientset, relayNamespace, relayName, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	src := kubesource.NewSecrets(c.clientset, relayNamespace, relayName, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	srcStart := time.Now()
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- src.Run(ctx) }()
@@ -135,7 +136,7 @@ func waitIdle(ctx context.Context, p *operatorProcess) error {
 
 // publishedEverything reports whether the source has every benchmark
 // account with all its labels.
-func publishedEverything(src *credentials.Secrets, o options) bool {
+func publishedEverything(src *kubesource.Secrets, o options) bool {
 	if src.Len() < o.accounts {
 		return false
 	}
@@ -150,7 +151,7 @@ func publishedEverything(src *credentials.Secrets, o options) bool {
 
 // probeRound creates one account and times each change until the relay
 // source reflects it.
-func probeRound(ctx context.Context, c *cluster, verifier *credentials.Verifier, src *credentials.Secrets, i int, p *propagation) error {
+func probeRound(ctx context.Context, c *cluster, verifier *credentials.Verifier, src *kubesource.Secrets, i int, p *propagation) error {
 	ns, name := tenantNamespace(0), fmt.Sprintf("probe-%02d", i)
 	authenticates := func(user, key string) func() (bool, error) {
 		return func() (bool, error) {
@@ -292,4 +293,4 @@ func last(ds []time.Duration) time.Duration {
 }
 
 // Compile-time check that the relay-side source is what a relay pod uses.
-var _ credentials.Source = (*credentials.Secrets)(nil)
+var _ credentials.Source = (*kubesource.Secrets)(nil)

@@ -1,7 +1,12 @@
-package credentials
+// Package kubesource is the relay's one window onto the Kubernetes API: a
+// credentials.Source that watches the shards the operator publishes. It lives
+// apart from relay/credentials so that the SMTP server, which needs the
+// verifier, depends on nothing of Kubernetes (docs/architecture.md, "Rules").
+package kubesource
 
 import (
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/relay/credentials"
 
 	"context"
 	"fmt"
@@ -20,8 +25,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// Secrets is a Source backed by the credentials shards the operator publishes
-// for one relay (see ShardCount). It watches them in the relay's own
+// Secrets is a credentials.Source backed by the credentials shards the
+// operator publishes for one relay (see wire.ShardCount). It watches them in the relay's own
 // namespace only: relay pods never read tenants' Secrets, and the watch
 // delivers a change within milliseconds of the operator writing it.
 type Secrets struct {
@@ -31,12 +36,12 @@ type Secrets struct {
 	selector  string
 	log       *slog.Logger
 
-	snap   atomic.Pointer[snapshot]
+	snap   atomic.Pointer[map[string]*credentials.Account]
 	gen    atomic.Uint64
 	synced atomic.Bool
 
 	mu     sync.Mutex
-	shards map[string][]Account // by Secret name; the last valid content of each
+	shards map[string][]credentials.Account // by Secret name; the last valid content of each
 }
 
 // NewSecrets returns a source for the shards of relay in namespace. Nothing
@@ -51,15 +56,15 @@ func NewSecrets(client kubernetes.Interface, namespace, relay string, log *slog.
 		relay:     relay,
 		selector:  labels.Set{wire.ShardLabel: relay}.String(),
 		log:       log.With("source", "secrets", "namespace", namespace, "selector", wire.ShardLabel+"="+relay),
-		shards:    map[string][]Account{},
+		shards:    map[string][]credentials.Account{},
 	}
-	s.snap.Store(&snapshot{accounts: map[string]*Account{}})
+	s.snap.Store(&map[string]*credentials.Account{})
 	return s
 }
 
-// Lookup implements Source.
-func (s *Secrets) Lookup(apiUser string) (*Account, bool) {
-	a, ok := s.snap.Load().accounts[apiUser]
+// Lookup implements credentials.Source.
+func (s *Secrets) Lookup(apiUser string) (*credentials.Account, bool) {
+	a, ok := (*s.snap.Load())[apiUser]
 	return a, ok
 }
 
@@ -71,7 +76,7 @@ func (s *Secrets) Synced() bool { return s.synced.Load() }
 func (s *Secrets) Generation() uint64 { return s.gen.Load() }
 
 // Len returns the number of accounts.
-func (s *Secrets) Len() int { return len(s.snap.Load().accounts) }
+func (s *Secrets) Len() int { return len(*s.snap.Load()) }
 
 // Run watches the shards until ctx ends. Each shard is watched by name
 // (a metadata.name field selector), which is what lets the relay's Role
@@ -144,7 +149,7 @@ func (s *Secrets) rebuild() {
 		total += len(accounts)
 	}
 	sort.Strings(names)
-	m := make(map[string]*Account, total)
+	m := make(map[string]*credentials.Account, total)
 	for _, name := range names {
 		accounts := s.shards[name]
 		for i := range accounts {
@@ -155,6 +160,6 @@ func (s *Secrets) rebuild() {
 			m[accounts[i].APIUser] = &accounts[i]
 		}
 	}
-	s.snap.Store(&snapshot{accounts: m})
+	s.snap.Store(&m)
 	s.gen.Add(1)
 }

@@ -1,4 +1,4 @@
-package credentials
+package kubesource
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
 // TestSecretsSourceAgainstAPIServer runs the shard watch against a real
@@ -37,7 +38,7 @@ func TestSecretsSourceAgainstAPIServer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	shard := func(ns, name, relay string, accounts ...Account) *corev1.Secret {
+	shard := func(ns, name, relay string, accounts ...credentials.Account) *corev1.Secret {
 		data, err := wire.MarshalShard(accounts)
 		if err != nil {
 			t.Fatal(err)
@@ -47,8 +48,8 @@ func TestSecretsSourceAgainstAPIServer(t *testing.T) {
 			Data:       map[string][]byte{wire.ShardDataKey: data},
 		}
 	}
-	acme := Account{APIUser: "acme", KeyDigests: []string{wire.Digest("k1")}, Labels: []Label{{ID: "1001"}}}
-	beta := Account{APIUser: "beta", KeyDigests: []string{wire.Digest("k2")}}
+	acme := credentials.Account{APIUser: "acme", KeyDigests: []string{wire.Digest("k1")}, Labels: []credentials.Label{{ID: "1001"}}}
+	beta := credentials.Account{APIUser: "beta", KeyDigests: []string{wire.Digest("k2")}}
 	secrets := client.CoreV1().Secrets("platform")
 	if _, err := secrets.Create(ctx, shard("platform", "mx-credentials-00", "mx", acme), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -67,7 +68,7 @@ func TestSecretsSourceAgainstAPIServer(t *testing.T) {
 	if _, ok := src.Lookup("beta"); ok {
 		t.Fatal("beta comes from another relay's or another namespace's shard")
 	}
-	v := NewVerifier(src)
+	v := credentials.NewVerifier(src)
 	if _, err := v.Authenticate("acme#1001", "k1"); err != nil {
 		t.Fatalf("authenticate from a shard: %v", err)
 	}
@@ -104,5 +105,16 @@ func TestSecretsSourceAgainstAPIServer(t *testing.T) {
 	}
 	if a, ok := src.Lookup("acme"); !ok || !a.Suspended {
 		t.Fatal("the invalid update replaced the shard's last valid content")
+	}
+}
+
+// waitFor polls cond for up to ten seconds: a watch delivers within
+// milliseconds, so the bound only matters on a machine under heavy load.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
 	}
 }
