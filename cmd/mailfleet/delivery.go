@@ -16,6 +16,7 @@ import (
 	"github.com/mailfleet/mailfleet/relay/dispatch"
 	"github.com/mailfleet/mailfleet/relay/dsn"
 	"github.com/mailfleet/mailfleet/relay/queue"
+	"github.com/mailfleet/mailfleet/relay/smtpclient"
 )
 
 // openQueue opens the configured queue: the embedded JetStream, or an
@@ -82,7 +83,7 @@ func openTransport(cfg config.Config, reg prometheus.Registerer, log *slog.Logge
 	switch {
 	case d.Smarthost != nil:
 		sh := d.Smarthost
-		mode, err := delivery.ParseTLSMode(sh.TLS)
+		mode, err := smtpclient.ParseTLSMode(sh.TLS)
 		if err != nil {
 			return nil, "", nil, fmt.Errorf("delivery.smarthost.tls: %w", err)
 		}

@@ -1,7 +1,10 @@
 // Package delivery hands queued messages to the next hop: a smarthost
 // (Smarthost), the recipient domains' mail exchangers (MX), or, in
 // development, a local directory (LocalDir). Each is a Transport; the
-// dispatcher decides what to retry (Backoff) and what to bounce.
+// dispatcher decides what to retry (Backoff) and what to bounce. The network
+// transports speak SMTP with relay/smtpclient; this package decides where
+// to (MX routes, without special-purpose networks), how many at once per
+// domain (DomainLimiter), and what the replies mean (Result).
 package delivery
 
 import (

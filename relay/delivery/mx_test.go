@@ -268,10 +268,10 @@ func TestMXBoundsConnectionsPerDomain(t *testing.T) {
 	if n := len(sinks[0].got()); n != 12 {
 		t.Fatalf("sink got %d", n)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if len(m.domains) != 0 {
-		t.Fatalf("%d domain limiters kept after use", len(m.domains))
+	m.domains.mu.Lock()
+	defer m.domains.mu.Unlock()
+	if len(m.domains.slots) != 0 {
+		t.Fatalf("%d domain limiters kept after use", len(m.domains.slots))
 	}
 }
 

@@ -2,65 +2,16 @@ package delivery
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
-	"strings"
 	"time"
+
+	"github.com/mailfleet/mailfleet/relay/smtpclient"
 )
-
-// TLSMode says how a transport protects a session with TLS.
-type TLSMode int
-
-const (
-	// TLSOpportunistic uses STARTTLS when the server offers it, without
-	// verifying the certificate (Postfix's "may"): it defeats passive
-	// eavesdropping, and a handshake that fails is retried in plain text.
-	TLSOpportunistic TLSMode = iota
-	// TLSRequired insists on STARTTLS with a verified certificate; a
-	// server that does not offer it, or fails the handshake, defers the
-	// message.
-	TLSRequired
-	// TLSImplicit speaks TLS from the first byte (port 465, RFC 8314),
-	// verifying the certificate.
-	TLSImplicit
-	// TLSNone never uses TLS.
-	TLSNone
-)
-
-// ParseTLSMode reads a mode as configuration spells it: "opportunistic"
-// (also ""), "required", "implicit" or "none".
-func ParseTLSMode(s string) (TLSMode, error) {
-	switch strings.ToLower(s) {
-	case "", "opportunistic":
-		return TLSOpportunistic, nil
-	case "required":
-		return TLSRequired, nil
-	case "implicit":
-		return TLSImplicit, nil
-	case "none":
-		return TLSNone, nil
-	}
-	return 0, fmt.Errorf("unknown TLS mode %q (want opportunistic, required, implicit or none)", s)
-}
-
-func (m TLSMode) String() string {
-	switch m {
-	case TLSOpportunistic:
-		return "opportunistic"
-	case TLSRequired:
-		return "required"
-	case TLSImplicit:
-		return "implicit"
-	case TLSNone:
-		return "none"
-	}
-	return "TLSMode(" + strconv.Itoa(int(m)) + ")"
-}
 
 // Defaults of the network transports, after Postfix's smtp(8) where it has
 // one.
@@ -87,7 +38,7 @@ type SmarthostConfig struct {
 	// TLSImplicit and 587 otherwise.
 	Host string
 	Port int
-	TLS  TLSMode
+	TLS  smtpclient.TLSMode
 	// ServerName is the name its certificate must carry (default Host);
 	// RootCAs the authorities to trust (default: the system's).
 	ServerName string
@@ -118,11 +69,10 @@ type SmarthostConfig struct {
 // Smarthost hands every message to one relay server over pooled, reused
 // sessions.
 type Smarthost struct {
-	cfg    SmarthostConfig
-	params dialParams
 	trace  Trace
-	pool   *pool
+	pool   *smtpclient.Pool
 	log    *slog.Logger
+	addr   string
 	remote string
 }
 
@@ -135,9 +85,24 @@ func NewSmarthost(cfg SmarthostConfig) (*Smarthost, error) {
 	if cfg.Hostname == "" {
 		return nil, errors.New("smarthost: no hostname configured for EHLO")
 	}
+	cfg = cfg.withDefaults()
+	addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
+	s := &Smarthost{
+		trace:  Trace{Hostname: cfg.Hostname, LabelHeader: cfg.LabelHeader},
+		log:    cfg.Log.With("transport", defaultSmarthostTransport, "smarthost", addr),
+		addr:   addr,
+		remote: cfg.Host,
+	}
+	params := s.params(cfg)
+	s.pool = smtpclient.NewPool(cfg.MaxConnections, cfg.IdleTimeout, cfg.MaxConnectionAge,
+		func(ctx context.Context) (*smtpclient.Client, error) { return smtpclient.Dial(ctx, params) })
+	return s, nil
+}
+
+func (cfg SmarthostConfig) withDefaults() SmarthostConfig {
 	if cfg.Port == 0 {
 		cfg.Port = 587
-		if cfg.TLS == TLSImplicit {
+		if cfg.TLS == smtpclient.TLSImplicit {
 			cfg.Port = 465
 		}
 	}
@@ -153,60 +118,32 @@ func NewSmarthost(cfg SmarthostConfig) (*Smarthost, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Dial == nil {
-		cfg.Dial = (&net.Dialer{}).DialContext
-	}
-	s := &Smarthost{
-		cfg:    cfg,
-		trace:  Trace{Hostname: cfg.Hostname, LabelHeader: cfg.LabelHeader},
-		log:    cfg.Log.With("transport", defaultSmarthostTransport, "smarthost", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))),
-		remote: cfg.Host,
-	}
-	s.params = dialParams{
-		host:        cfg.Host,
-		addr:        net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)),
-		localName:   cfg.Hostname,
-		tls:         cfg.TLS,
-		tlsConfig:   tlsConfig(cfg.TLS, cfg.ServerName, cfg.RootCAs),
-		username:    cfg.Username,
-		password:    cfg.Password,
-		authNoTLS:   cfg.AllowAuthWithoutTLS,
-		dialTimeout: cfg.DialTimeout,
-		cmdTimeout:  cfg.CommandTimeout,
-		dataTimeout: cfg.DataTimeout,
-		dialContext: cfg.Dial,
-		onOpened:    func() { cfg.Metrics.connOpened(defaultSmarthostTransport) },
-		onClosed:    func() { cfg.Metrics.connClosed(defaultSmarthostTransport) },
-	}
-	s.pool = newPool(cfg.MaxConnections, cfg.IdleTimeout, cfg.MaxConnectionAge, s.connect,
-		func(*client) { cfg.Metrics.connClosed(defaultSmarthostTransport) })
-	return s, nil
-}
-
-// tlsConfig is the client TLS configuration for mode.
-func tlsConfig(mode TLSMode, serverName string, roots *x509.CertPool) *tls.Config {
-	cfg := &tls.Config{ServerName: serverName, RootCAs: roots, MinVersion: tls.VersionTLS12}
-	if mode == TLSOpportunistic {
-		// Opportunistic TLS only protects against passive listeners; an
-		// unverifiable certificate must not make mail fall back to plain
-		// text, which would protect against nothing (RFC 7435).
-		cfg.InsecureSkipVerify = true
-	}
 	return cfg
 }
 
-// connect opens a session; in opportunistic mode a failed handshake is
-// retried once in plain text, as the alternative is not delivering at all.
-func (s *Smarthost) connect(ctx context.Context) (*client, error) {
-	c, err := dial(ctx, s.params)
-	var se *sessionError
-	if err != nil && s.cfg.TLS == TLSOpportunistic && errors.As(err, &se) && se.tlsFailed {
-		s.log.Warn("TLS handshake failed, retrying without TLS", "err", err)
-		p := s.params
-		p.forcePlain = true
-		return dial(ctx, p)
+// params say how to open a session with the smarthost; the plain-text retry
+// after a failed opportunistic handshake is logged.
+func (s *Smarthost) params(cfg SmarthostConfig) smtpclient.Params {
+	return smtpclient.Params{
+		Host:                cfg.Host,
+		Addr:                s.addr,
+		LocalName:           cfg.Hostname,
+		TLS:                 cfg.TLS,
+		ServerName:          cfg.ServerName,
+		RootCAs:             cfg.RootCAs,
+		Username:            cfg.Username,
+		Password:            cfg.Password,
+		AllowAuthWithoutTLS: cfg.AllowAuthWithoutTLS,
+		DialTimeout:         cfg.DialTimeout,
+		CommandTimeout:      cfg.CommandTimeout,
+		DataTimeout:         cfg.DataTimeout,
+		Dial:                cfg.Dial,
+		OnOpened:            func() { cfg.Metrics.connOpened(defaultSmarthostTransport) },
+		OnClosed:            func() { cfg.Metrics.connClosed(defaultSmarthostTransport) },
+		OnPlainRetry: func(err error) {
+			s.log.Warn("TLS handshake failed, retrying without TLS", "err", err)
+		},
 	}
-	return c, err
 }
 
 // Deliver sends msg to the smarthost and returns one Result per recipient.
@@ -223,18 +160,17 @@ func (s *Smarthost) Deliver(ctx context.Context, msg Message) []Result {
 		strip:   s.trace.headerName(),
 	}
 	for attempt := 0; ; attempt++ {
-		c, reused, err := s.pool.get(ctx)
+		c, reused, err := s.pool.Get(ctx)
 		if err != nil {
 			s.log.Warn("no session with the smarthost", "id", msg.Envelope.ID, "err", err)
-			return errorResults(rcpts, fmt.Errorf("smarthost %s: %w", s.params.addr, err), s.remote)
+			return errorResults(rcpts, fmt.Errorf("smarthost %s: %w", s.addr, err), s.remote)
 		}
-		t.reset = reused
-		results, broken, retryable := c.transact(ctx, t)
+		results, broken, retryable := transact(ctx, c, t, reused)
 		if broken == nil {
-			s.pool.put(c)
+			s.pool.Put(c)
 			return results
 		}
-		s.pool.discard(c)
+		s.pool.Discard(c)
 		if reused && retryable && attempt == 0 && ctx.Err() == nil {
 			s.log.Info("pooled session was dead, retrying on a new one", "id", msg.Envelope.ID, "err", broken)
 			continue
@@ -247,7 +183,7 @@ func (s *Smarthost) Deliver(ctx context.Context, msg Message) []Result {
 // Close ends the idle sessions; sessions busy with a delivery close when it
 // ends.
 func (s *Smarthost) Close() error {
-	s.pool.shut()
+	s.pool.Close()
 	return nil
 }
 

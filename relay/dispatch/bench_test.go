@@ -16,6 +16,7 @@ import (
 	"github.com/mailfleet/mailfleet/internal/smtpsink"
 	"github.com/mailfleet/mailfleet/relay/delivery"
 	"github.com/mailfleet/mailfleet/relay/queue"
+	"github.com/mailfleet/mailfleet/relay/smtpclient"
 	"github.com/mailfleet/mailfleet/relay/spool"
 )
 
@@ -32,7 +33,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	transport, err := delivery.NewSmarthost(delivery.SmarthostConfig{Host: host, Port: port, TLS: delivery.TLSNone, Hostname: "relay.bench", Log: log})
+	transport, err := delivery.NewSmarthost(delivery.SmarthostConfig{Host: host, Port: port, TLS: smtpclient.TLSNone, Hostname: "relay.bench", Log: log})
 	if err != nil {
 		b.Fatal(err)
 	}

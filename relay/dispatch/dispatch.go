@@ -82,7 +82,7 @@ type Dispatcher struct {
 	deps    Deps
 	log     *slog.Logger
 	now     func() time.Time
-	domains *domainLimiter
+	domains *delivery.DomainLimiter
 	metrics *metrics
 }
 
@@ -124,7 +124,7 @@ func New(cfg Config, deps Deps) (*Dispatcher, error) {
 	}
 	return &Dispatcher{
 		cfg: cfg, deps: deps, log: deps.Log, now: deps.Now,
-		domains: newDomainLimiter(cfg.PerDomain),
+		domains: delivery.NewDomainLimiter(cfg.PerDomain),
 		metrics: newMetrics(deps.Registerer),
 	}, nil
 }
@@ -262,8 +262,9 @@ func (d *Dispatcher) keepTouching(ctx context.Context, p spool.Pending, log *slo
 func (d *Dispatcher) deliver(ctx context.Context, p spool.Pending, env spool.Envelope) []delivery.Result {
 	byRcpt := make(map[string]delivery.Result, len(env.To))
 	for _, g := range groupByDomain(env.To) {
-		release, err := d.domains.acquire(ctx, g.domain)
+		release, err := d.domains.Acquire(ctx, g.domain)
 		if err != nil {
+			err = fmt.Errorf("wait for a delivery slot to %s: %w", g.domain, err)
 			for _, rcpt := range g.rcpts {
 				byRcpt[rcpt] = delivery.Result{Recipient: rcpt, Outcome: delivery.Deferred, Enhanced: "4.3.0", Text: err.Error()}
 			}
@@ -363,55 +364,4 @@ func groupByDomain(rcpts []string) []domainGroup {
 		groups[i].rcpts = append(groups[i].rcpts, r)
 	}
 	return groups
-}
-
-// domainLimiter bounds the deliveries in progress per domain.
-type domainLimiter struct {
-	max   int
-	mu    sync.Mutex
-	slots map[string]*domainSlot
-}
-
-type domainSlot struct {
-	sem   chan struct{}
-	users int // holders and waiters; the slot goes when it is 0
-}
-
-func newDomainLimiter(max int) *domainLimiter {
-	return &domainLimiter{max: max, slots: map[string]*domainSlot{}}
-}
-
-func (l *domainLimiter) acquire(ctx context.Context, domain string) (func(), error) {
-	l.mu.Lock()
-	s := l.slots[domain]
-	if s == nil {
-		s = &domainSlot{sem: make(chan struct{}, l.max)}
-		l.slots[domain] = s
-	}
-	s.users++
-	l.mu.Unlock()
-	leave := func() {
-		l.mu.Lock()
-		if s.users--; s.users == 0 {
-			delete(l.slots, domain)
-		}
-		l.mu.Unlock()
-	}
-	select {
-	case s.sem <- struct{}{}:
-		return func() { <-s.sem; leave() }, nil
-	case <-ctx.Done():
-		leave()
-		return nil, fmt.Errorf("wait for a delivery slot to %s: %w", domain, ctx.Err())
-	}
-}
-
-// inUse reports the deliveries in progress to domain, for tests.
-func (l *domainLimiter) inUse(domain string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if s := l.slots[domain]; s != nil {
-		return len(s.sem)
-	}
-	return 0
 }

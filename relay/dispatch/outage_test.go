@@ -18,6 +18,7 @@ import (
 	"github.com/mailfleet/mailfleet/internal/smtpsink"
 	"github.com/mailfleet/mailfleet/relay/delivery"
 	"github.com/mailfleet/mailfleet/relay/queue"
+	"github.com/mailfleet/mailfleet/relay/smtpclient"
 	"github.com/mailfleet/mailfleet/relay/spool"
 )
 
@@ -38,7 +39,7 @@ func TestUpstreamOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	transport, err := delivery.NewSmarthost(delivery.SmarthostConfig{
-		Host: host, Port: port, TLS: delivery.TLSNone, Hostname: "relay.test",
+		Host: host, Port: port, TLS: smtpclient.TLSNone, Hostname: "relay.test",
 		DialTimeout: time.Second, Log: log,
 	})
 	if err != nil {
