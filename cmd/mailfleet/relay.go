@@ -25,6 +25,7 @@ import (
 	"github.com/mailfleet/mailfleet/relay/ops"
 	"github.com/mailfleet/mailfleet/relay/queueid"
 	"github.com/mailfleet/mailfleet/relay/smtpd"
+	"github.com/mailfleet/mailfleet/relay/submission"
 )
 
 func relayCommand() *cobra.Command {
@@ -138,14 +139,20 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 		defer close(dispatched)
 		dispatcher.Run(dispatchCtx)
 	}()
-	srv, err := smtpd.New(smtpCfg, smtpd.Deps{
+	backend, err := submission.New(submission.Config{
+		AuthFailureLimit:  cfg.Limits.AuthFailureLimit,
+		AuthFailureWindow: cfg.Limits.AuthFailureWindow.Duration,
+	}, submission.Deps{
 		Auth:    credentials.NewVerifier(creds),
 		Budget:  budgets,
 		Spool:   q,
 		IDs:     ids,
-		Metrics: smtpd.NewMetrics(reg),
-		Log:     log,
+		Metrics: submission.NewMetrics(reg),
 	})
+	if err != nil {
+		return err
+	}
+	srv, err := smtpd.New(smtpCfg, smtpd.Deps{Backend: backend, Metrics: smtpd.NewMetrics(reg), Log: log})
 	if err != nil {
 		return err
 	}
@@ -188,8 +195,6 @@ func smtpConfig(ctx context.Context, cfg config.Config, reg prometheus.Registere
 		ConnectionRatePerClient: l.ConnectionRatePerClient,
 		CommandTimeout:          l.CommandTimeout.Duration,
 		DataTimeout:             l.DataTimeout.Duration,
-		AuthFailureLimit:        l.AuthFailureLimit,
-		AuthFailureWindow:       l.AuthFailureWindow.Duration,
 	}
 	for _, lc := range cfg.Listeners {
 		// Validated when the config was loaded.

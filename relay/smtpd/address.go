@@ -41,7 +41,7 @@ func parsePath(arg string) (addr string, params []string, ok bool) {
 		}
 	}
 	if addr != "" {
-		if _, ok := parseMailbox(addr); !ok {
+		if _, ok := ParseMailbox(addr); !ok {
 			return "", nil, false
 		}
 	}
@@ -65,33 +65,55 @@ func pathEnd(arg string) int {
 	return -1
 }
 
-// mailbox is a parsed RFC 5321 Mailbox. domain is a domain name, or an
+// Mailbox is a parsed RFC 5321 Mailbox. Domain is a domain name, or an
 // address literal with its brackets ("[192.0.2.1]", "[IPv6:2001:db8::1]").
-type mailbox struct {
-	local, domain string
+type Mailbox struct {
+	Local, Domain string
 }
 
-func (m mailbox) literal() bool { return strings.HasPrefix(m.domain, "[") }
+func (m Mailbox) literal() bool { return strings.HasPrefix(m.Domain, "[") }
 
-// parseMailbox parses Mailbox = Local-part "@" ( Domain / address-literal ),
+// ParseMailbox parses Mailbox = Local-part "@" ( Domain / address-literal ),
 // where Local-part is a Dot-string or a Quoted-string. Everything else is
 // refused: commas, spaces and '@' outside quotes, empty labels, 8-bit bytes
 // (SMTPUTF8 is not offered), general address literals, and parts over RFC
 // 5321's lengths. The domain is what follows the last '@', which the grammar
 // guarantees is the separator: a Domain never contains one.
-func parseMailbox(s string) (mailbox, bool) {
+//
+// A policy that decides on an address's domain must take it from here,
+// never from a second, more lenient reading of the address.
+func ParseMailbox(s string) (Mailbox, bool) {
 	at := strings.LastIndexByte(s, '@')
 	if at <= 0 {
-		return mailbox{}, false
+		return Mailbox{}, false
 	}
-	m := mailbox{local: s[:at], domain: s[at+1:]}
-	if len(m.local) > maxLocalPart || !validLocalPart(m.local) {
-		return mailbox{}, false
+	m := Mailbox{Local: s[:at], Domain: s[at+1:]}
+	if len(m.Local) > maxLocalPart || !validLocalPart(m.Local) {
+		return Mailbox{}, false
 	}
 	if m.literal() {
-		return m, validAddressLiteral(m.domain)
+		return m, validAddressLiteral(m.Domain)
 	}
-	return m, len(m.domain) <= maxDomain && validDomain(m.domain)
+	return m, len(m.Domain) <= maxDomain && validDomain(m.Domain)
+}
+
+// PrintableAddress is an address fit to echo in a reply or a log, whatever
+// the client sent: printable ASCII, at most a path's length.
+func PrintableAddress(s string) string { return printableToken(s, maxPathLength) }
+
+// printableToken replaces every byte outside printable ASCII (control
+// characters, DEL, 8-bit) with '?' and cuts s to at most n bytes.
+func printableToken(s string, n int) string {
+	if len(s) > n {
+		s = s[:n]
+	}
+	b := []byte(s)
+	for i, c := range b {
+		if c <= ' ' || c >= 0x7f {
+			b[i] = '?'
+		}
+	}
+	return string(b)
 }
 
 func validLocalPart(s string) bool {

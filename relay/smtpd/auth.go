@@ -5,73 +5,67 @@ import (
 	"strings"
 
 	"github.com/emersion/go-sasl"
-
-	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
 // errAuthCancelled means the client answered a challenge with "*".
 var errAuthCancelled = errors.New("authentication cancelled")
 
+// errAuthzid refuses a PLAIN login that asks to act as someone else: the
+// relay offers no such thing, and the Backend is not asked.
+var errAuthzid = &Error{Reply: ReplyAuthFailed, Err: errors.New("authorization identity differs from the username")}
+
 func (s *session) cmdAuth(arg string) bool {
 	switch {
-	case s.helo == "":
+	case s.info.Helo == "":
 		return s.protocolError(ReplyHeloFirst)
-	case s.identity != nil:
+	case s.authed:
 		return s.protocolError(ReplyAuthAlready)
-	case s.from != nil:
+	case s.inMail:
 		return s.protocolError(ReplyAuthInTransaction)
 	case !s.authAllowed():
 		return s.protocolError(ReplyAuthNeedsTLS)
 	}
 	mech, initial, _ := strings.Cut(strings.TrimSpace(arg), " ")
 	mech = strings.ToUpper(mech)
-	ip := remoteIP(s.remote)
-	if !s.srv.throttle.open(ip) {
-		return s.throttled(mech)
+	// Asked before the mechanism is looked at: a client the Backend shut
+	// out hears so whatever it tries.
+	if err := s.backend.AuthStart(mech); err != nil {
+		return s.authRefused(mech, err)
 	}
-	var identity credentials.Identity
-	authenticate := func(username, key string) error {
-		// The failure is reserved around the key check alone, not the
-		// exchange: a client's pool of sessions logging in at once must
-		// not be refused for attempts still waiting on the network.
-		attempt, ok := s.srv.throttle.begin(ip)
-		if !ok {
-			return errThrottled
-		}
-		id, err := s.srv.deps.Auth.Authenticate(username, key)
-		identity = id
-		switch {
-		case err == nil:
-			attempt.succeeded()
-		case errors.Is(err, credentials.ErrInvalid):
-			attempt.failed()
-		default:
-			attempt.abandoned()
-		}
-		return err
-	}
-	var server sasl.Server
-	switch mech {
-	case "LOGIN":
-		server = newLoginServer(authenticate)
-	case "PLAIN":
-		server = sasl.NewPlainServer(func(authzid, username, key string) error {
-			if authzid != "" && authzid != username {
-				return credentials.ErrInvalid
-			}
-			return authenticate(username, key)
-		})
-	default:
+	server := s.saslServer(mech)
+	if server == nil {
 		return s.protocolError(ReplyAuthMechanism)
 	}
-	err := s.exchange(server, initial)
+	return s.authDone(mech, s.exchange(server, initial))
+}
+
+// saslServer is the server side of mech, checking what it decodes with the
+// Backend; nil for a mechanism not offered.
+func (s *session) saslServer(mech string) sasl.Server {
+	check := func(username, password string) error {
+		return s.backend.Auth(mech, username, password)
+	}
+	switch mech {
+	case "LOGIN":
+		return newLoginServer(check)
+	case "PLAIN":
+		return sasl.NewPlainServer(func(authzid, username, password string) error {
+			if authzid != "" && authzid != username {
+				return errAuthzid
+			}
+			return check(username, password)
+		})
+	}
+	return nil
+}
+
+// authDone answers the end of an exchange.
+func (s *session) authDone(mech string, err error) bool {
+	_, refusal := errors.AsType[*Error](err)
 	switch {
-	case errors.Is(err, errThrottled):
-		return s.throttled(mech)
 	case err == nil:
-		s.identity = &identity
+		s.authed = true
 		s.srv.deps.Metrics.auth.WithLabelValues(mech, "success").Inc()
-		s.log.Info("authenticated", "mechanism", mech, "account", identity.APIUser, "label", identity.LabelID)
 		s.reply(ReplyAuthOK)
 		return true
 	case errors.Is(err, errAuthCancelled):
@@ -80,17 +74,27 @@ func (s *session) cmdAuth(arg string) bool {
 	case errors.Is(err, errSASLSyntax):
 		s.srv.deps.Metrics.auth.WithLabelValues(mech, "malformed").Inc()
 		return s.protocolError(ReplyAuthSyntax)
-	case errors.Is(err, credentials.ErrInvalid), errors.Is(err, sasl.ErrUnexpectedClientResponse):
-		s.srv.deps.Metrics.auth.WithLabelValues(mech, "failure").Inc()
-		// The username is not logged: clients sometimes put the key there.
-		s.log.Info("authentication failed", "mechanism", mech)
-		s.reply(ReplyAuthFailed)
-		return true
+	case refusal:
+		return s.authRefused(mech, err)
 	default:
 		// A read failure: the connection is gone.
 		s.readFailed(err)
 		return false
 	}
+}
+
+// authRefused answers a refused login. One whose reply ends the session is
+// the Backend shutting the client out (throttled); any other is a failure.
+func (s *session) authRefused(mech string, err error) bool {
+	result := "failure"
+	if ends(replyOf(err, ReplyTryLater)) {
+		result = "throttled"
+	} else {
+		// The username is not logged: clients sometimes put the key there.
+		s.log.Info("authentication failed", "mechanism", mech)
+	}
+	s.srv.deps.Metrics.auth.WithLabelValues(mech, result).Inc()
+	return s.refused(err)
 }
 
 // exchange runs a SASL conversation: challenges go out as 334 replies, and
@@ -126,20 +130,17 @@ func (s *session) exchange(server sasl.Server, initial string) error {
 	}
 }
 
-// saslError maps go-sasl's own errors (a malformed PLAIN message) to the
-// session's; authentication errors pass through.
-// errThrottled means the client's address has no failures left.
-var errThrottled = errors.New("authentication throttled")
-
-// throttled answers an address that failed too often, and ends the session.
-func (s *session) throttled(mech string) bool {
-	s.srv.deps.Metrics.auth.WithLabelValues(mech, "throttled").Inc()
-	s.reply(ReplyAuthThrottled.With(s.srv.cfg.Hostname))
-	return false
-}
-
+// saslError sorts what a mechanism returned: the Backend's refusals pass
+// through; go-sasl's own errors (a malformed PLAIN message), and a
+// Backend's error without a reply, mean the response could not be used.
 func saslError(err error) error {
-	if err == nil || errors.Is(err, credentials.ErrInvalid) || errors.Is(err, sasl.ErrUnexpectedClientResponse) || errors.Is(err, errThrottled) {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, sasl.ErrUnexpectedClientResponse):
+		return &Error{Reply: ReplyAuthFailed, Err: err}
+	}
+	if _, ok := errors.AsType[*Error](err); ok {
 		return err
 	}
 	return errSASLSyntax

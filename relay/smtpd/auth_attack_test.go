@@ -1,10 +1,9 @@
-package smtpd
+package smtpd_test
 
 import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 )
 
 // Attack (issue 12.1): many sessions from one address start AUTH at once,
@@ -16,7 +15,7 @@ import (
 // are checked and the rest get 421.
 func TestAttackParallelAuthGuesses(t *testing.T) {
 	const limit, sessions = 3, 12
-	env := startRelay(t, func(c *Config, _ *Deps) { c.AuthFailureLimit = limit })
+	env := startRelay(t, func(s *relaySpec) { s.policy.AuthFailureLimit = limit })
 	replies := loginTogether(t, env, sessions, "wrong-key")
 	guesses, throttled := 0, 0
 	for _, got := range replies {
@@ -45,7 +44,7 @@ func TestAttackParallelAuthGuesses(t *testing.T) {
 // sessions found the relay refusing right keys with 421).
 func TestAuthPoolLogsInAtOnce(t *testing.T) {
 	const limit, sessions = 3, 12
-	env := startRelay(t, func(c *Config, _ *Deps) { c.AuthFailureLimit = limit })
+	env := startRelay(t, func(s *relaySpec) { s.policy.AuthFailureLimit = limit })
 	for i, got := range loginTogether(t, env, sessions, env.keys[userMain]) {
 		if got != "235 2.7.0 Authentication successful" {
 			t.Errorf("session %d of a pool with the right key: %q", i, got)
@@ -80,7 +79,7 @@ func loginTogether(t *testing.T, env *relayEnv, n int, key string) []string {
 // a NAT that keeps failing does not lock out another that has the key
 // (issue 12.5); a cancelled exchange checks no key and costs nothing.
 func TestAuthSuccessForgivesAddress(t *testing.T) {
-	env := startRelay(t, func(c *Config, _ *Deps) { c.AuthFailureLimit = 3 })
+	env := startRelay(t, func(s *relaySpec) { s.policy.AuthFailureLimit = 3 })
 	bad := "AUTH PLAIN " + b64("\x00"+userMain+"\x00wrong")
 	c := dialRaw(t, env.addr("smtp"))
 	c.reply()
@@ -125,7 +124,7 @@ func TestAttackClearTextAuth(t *testing.T) {
 // address gets MaxConnectionsPerClient open sessions and, when set,
 // ConnectionRatePerClient new connections a minute; beyond, 421 4.7.0.
 func TestAttackOneClientTakesEverySession(t *testing.T) {
-	env := startRelay(t, func(c *Config, _ *Deps) { c.MaxConnectionsPerClient = 2 })
+	env := startRelay(t, func(s *relaySpec) { s.server.MaxConnectionsPerClient = 2 })
 	for range 2 {
 		dialRaw(t, env.addr("smtp")).reply()
 	}
@@ -136,7 +135,7 @@ func TestAttackOneClientTakesEverySession(t *testing.T) {
 }
 
 func TestClientConnectionRate(t *testing.T) {
-	env := startRelay(t, func(c *Config, _ *Deps) { c.ConnectionRatePerClient = 3 })
+	env := startRelay(t, func(s *relaySpec) { s.server.ConnectionRatePerClient = 3 })
 	for range 3 {
 		c := dialRaw(t, env.addr("smtp"))
 		c.reply()
@@ -144,31 +143,5 @@ func TestClientConnectionRate(t *testing.T) {
 	}
 	if got := dialRaw(t, env.addr("smtp")).reply(); got != "421 4.7.0 mx.test Too many connections from your address in the last minute, try again later" {
 		t.Fatalf("fourth connection in a minute: %q", got)
-	}
-}
-
-func TestAnvilForgetsAndFrees(t *testing.T) {
-	a := newAnvil(1, 2)
-	now := time.Unix(1000, 0)
-	a.now = func() time.Time { return now }
-	if r := a.connect("192.0.2.1"); r != "" {
-		t.Fatalf("first: %q", r)
-	}
-	if r := a.connect("192.0.2.1"); r != anvilTooMany {
-		t.Fatalf("second open: %q, want %s", r, anvilTooMany)
-	}
-	a.disconnect("192.0.2.1")
-	if r := a.connect("192.0.2.1"); r != anvilTooFast {
-		t.Fatalf("third in the minute: %q, want %s", r, anvilTooFast)
-	}
-	now = now.Add(time.Minute)
-	if r := a.connect("192.0.2.1"); r != "" {
-		t.Fatalf("after the window: %q", r)
-	}
-	a.disconnect("192.0.2.1")
-	now = now.Add(2 * time.Minute)
-	a.connect("192.0.2.2") // sweeps
-	if _, ok := a.clients["192.0.2.1"]; ok {
-		t.Fatal("an idle address was not forgotten")
 	}
 }

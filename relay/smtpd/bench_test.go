@@ -1,4 +1,4 @@
-package smtpd
+package smtpd_test
 
 import (
 	"bufio"
@@ -35,7 +35,14 @@ func BenchmarkSubmit(b *testing.B) {
 }
 
 func benchSubmit(b *testing.B, store string, many bool) {
-	env := startRelayForBench(b, store)
+	// A long run sends more than an account's 30,000 a minute; the budget
+	// decision itself is measured by relay/budget's benchmarks. Logs are
+	// formatted as in production and thrown away.
+	opts := []relayOption{withBudget(unlimitedBudget{}), withLog(slog.New(slog.NewJSONHandler(io.Discard, nil)))}
+	if store == "discard" {
+		opts = append(opts, func(s *relaySpec) { s.deps.Spool = spool.Discard{} })
+	}
+	env := startRelay(b, opts...)
 	addr := env.addr("smtp")
 	key := env.keys[userMain]
 	body := benchBody(4096)
@@ -68,17 +75,9 @@ func benchSubmit(b *testing.B, store string, many bool) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
 }
 
-func startRelayForBench(b *testing.B, store string) *relayEnv {
-	opts := []relayOption{func(c *Config, d *Deps) {
-		d.Log = slog.New(slog.NewJSONHandler(io.Discard, nil))
-		// A long run sends more than an account's 30,000 a minute; the
-		// budget decision itself is measured by relay/budget's benchmarks.
-		d.Budget = unlimitedBudget{}
-		if store == "discard" {
-			d.Spool = spool.Discard{}
-		}
-	}}
-	return startRelay(b, opts...)
+// withLog sends the relay's logs to log instead of the test's buffer.
+func withLog(log *slog.Logger) relayOption {
+	return func(s *relaySpec) { s.log = log }
 }
 
 type unlimitedBudget struct{}

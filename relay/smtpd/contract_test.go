@@ -1,4 +1,4 @@
-package smtpd
+package smtpd_test
 
 import (
 	"regexp"
@@ -153,7 +153,7 @@ func TestAuthRefusals(t *testing.T) {
 
 // TestReplyCodes covers each error code the contract names.
 func TestReplyCodes(t *testing.T) {
-	env := startRelay(t, func(c *Config, _ *Deps) { c.MaxRecipients = 2 })
+	env := startRelay(t, func(s *relaySpec) { s.server.MaxRecipients = 2 })
 	tests := []struct {
 		name  string
 		login bool
@@ -236,7 +236,7 @@ func TestSenderDomainRestriction(t *testing.T) {
 }
 
 func TestTooManyErrorsCloses(t *testing.T) {
-	env := startRelay(t, func(c *Config, _ *Deps) { c.MaxErrors = 3 })
+	env := startRelay(t, func(s *relaySpec) { s.server.MaxErrors = 3 })
 	c := dialRaw(t, env.addr("smtp"))
 	c.reply()
 	c.expect("X1", "500 5.5.2 Command not recognized")

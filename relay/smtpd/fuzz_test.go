@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"bytes"
+	"encoding/base64"
 	"strings"
 	"testing"
 
@@ -12,6 +13,7 @@ import (
 // mechanisms: nothing may panic, and a mechanism only ever authenticates the
 // very username and key the client encoded.
 func FuzzSASL(f *testing.F) {
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 	f.Add("LOGIN", b64("ifaxin#1001"), b64("key"))
 	f.Add("LOGIN", "", b64("ifaxin"))
 	f.Add("PLAIN", b64("\x00ifaxin\x00key"), "")

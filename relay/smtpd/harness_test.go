@@ -1,4 +1,4 @@
-package smtpd
+package smtpd_test
 
 import (
 	"bufio"
@@ -18,14 +18,18 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/internal/syncbuffer"
 	"github.com/mailfleet/mailfleet/relay/budget"
 	"github.com/mailfleet/mailfleet/relay/certs"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 	"github.com/mailfleet/mailfleet/relay/queue"
 	"github.com/mailfleet/mailfleet/relay/queueid"
+	"github.com/mailfleet/mailfleet/relay/smtpd"
 	"github.com/mailfleet/mailfleet/relay/spool"
+	"github.com/mailfleet/mailfleet/relay/submission"
 )
 
 // Test accounts. Each test relay gets its own keys; these are the names.
@@ -42,7 +46,7 @@ const (
 // budget and certificates, for one test.
 type relayEnv struct {
 	t     testing.TB
-	srv   *Server
+	srv   *smtpd.Server
 	spool *queue.Queue
 	// drained holds what stored took out of the queue so far.
 	drained map[string]storedMessage
@@ -54,83 +58,132 @@ type relayEnv struct {
 	logs    *syncbuffer.Buffer
 }
 
-type relayOption func(*Config, *Deps)
+// relaySpec is what a test relay is built from: the engine's
+// configuration, the policy's, and the policy's collaborators. startRelay
+// fills it with the real ones; options change it.
+type relaySpec struct {
+	server smtpd.Config
+	policy submission.Config
+	deps   submission.Deps
+	log    *slog.Logger
+}
 
+type relayOption func(*relaySpec)
+
+// withBudget counts budgets in b instead of the relay's in-process window.
+func withBudget(b budget.Budget) relayOption {
+	return func(s *relaySpec) { s.deps.Budget = b }
+}
+
+// startRelay is the one builder of a relay for the tests (and the
+// benchmark): relay/submission's Backend behind the engine, with the test
+// accounts, a self-signed certificate, the embedded JetStream queue and
+// three listeners.
 func startRelay(t testing.TB, opts ...relayOption) *relayEnv {
 	t.Helper()
 	dir := t.TempDir()
 	env := &relayEnv{t: t, keys: map[string]string{}, tlsDir: filepath.Join(dir, "tls"), logs: &syncbuffer.Buffer{},
-		drained: map[string]storedMessage{}}
+		drained: map[string]storedMessage{}, reg: prometheus.NewRegistry()}
 	log := slog.New(slog.NewJSONHandler(env.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	spec := env.defaultSpec(dir, log)
+	for _, o := range opts {
+		o(&spec)
+	}
+	backend, err := submission.New(spec.policy, spec.deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(env.assertNoKeyLeaked) // after the server's shutdown: cleanups run last-registered first
+	env.srv = startServer(t, spec.server, backend, spec.log, env.reg)
+	return env
+}
 
-	creds := env.writeCredentials(filepath.Join(dir, "credentials.yaml"))
-	src, err := credentials.OpenFile(creds, log)
+// defaultSpec opens the relay's real collaborators under dir.
+func (e *relayEnv) defaultSpec(dir string, log *slog.Logger) relaySpec {
+	e.t.Helper()
+	src, err := credentials.OpenFile(e.writeCredentials(filepath.Join(dir, "credentials.yaml")), log)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	tlsConfig := e.startCerts(log)
+	e.openQueue(filepath.Join(dir, "queue"), log)
+	ids, _ := queueid.New("test-node")
+	return relaySpec{
+		server: smtpd.Config{
+			Hostname: "mx.test",
+			Banner:   "mailfleet",
+			TLS:      tlsConfig,
+			Listeners: []smtpd.Listener{
+				// Most tests speak clear text on "smtp" to see the protocol
+				// itself, so it opts out of the default; "submission" keeps it.
+				{Name: "smtp", Addr: "127.0.0.1:0", AllowAuthWithoutTLS: true},
+				{Name: "submission", Addr: "127.0.0.1:0"},
+				{Name: "smtps", Addr: "127.0.0.1:0", ImplicitTLS: true},
+			},
+		},
+		deps: submission.Deps{
+			Auth:    credentials.NewVerifier(src),
+			Budget:  budget.NewFixedWindow(),
+			Spool:   e.spool,
+			IDs:     ids,
+			Metrics: submission.NewMetrics(e.reg),
+		},
+		log: log,
+	}
+}
+
+// startCerts writes a self-signed certificate under tlsDir and serves it
+// through a reloader, as cert-manager's files are.
+func (e *relayEnv) startCerts(log *slog.Logger) *tls.Config {
+	t := e.t
+	t.Helper()
+	files, err := certs.WriteSelfSigned(e.tlsDir, []string{"localhost", "127.0.0.1"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := certs.WriteSelfSigned(env.tlsDir, []string{"localhost", "127.0.0.1"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env.caPool = loadPool(t, files.CAFile)
-	env.certs, err = certs.NewReloader(files.CertFile, files.KeyFile, log)
+	e.caPool = loadPool(t, files.CAFile)
+	e.certs, err = certs.NewReloader(files.CertFile, files.KeyFile, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	go env.certs.Run(ctx)
+	go e.certs.Run(ctx)
+	return certs.ServerTLSConfig(e.certs.GetCertificate)
+}
 
-	// The relay's real queue: the embedded JetStream, synced before each
-	// acknowledgement. Closed after the server's shutdown (cleanups run
-	// last-registered first).
-	// AckWait is short so that a message stranded by one of stored()'s
-	// short takes comes back in time; nothing here takes long to deliver.
-	env.spool, err = queue.Open(context.Background(), queue.Options{Dir: filepath.Join(dir, "queue"), Log: log,
-		AckWait: 3 * time.Second})
+// openQueue opens the relay's real queue: the embedded JetStream, synced
+// before each acknowledgement. It is closed after the server's shutdown
+// (cleanups run last-registered first). AckWait is short so that a message
+// stranded by one of stored()'s short takes comes back in time; nothing
+// here takes long to deliver.
+func (e *relayEnv) openQueue(dir string, log *slog.Logger) {
+	e.t.Helper()
+	var err error
+	e.spool, err = queue.Open(context.Background(), queue.Options{Dir: dir, Log: log, AckWait: 3 * time.Second})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { e.spool.Close() })
+}
+
+// startServer starts the engine with backend on cfg's listeners, and shuts
+// it down when the test ends.
+func startServer(t testing.TB, cfg smtpd.Config, backend smtpd.Backend, log *slog.Logger, reg prometheus.Registerer) *smtpd.Server {
+	t.Helper()
+	srv, err := smtpd.New(cfg, smtpd.Deps{Backend: backend, Metrics: smtpd.NewMetrics(reg), Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { env.spool.Close() })
-	ids, _ := queueid.New("test-node")
-	env.reg = prometheus.NewRegistry()
-	cfg := Config{
-		Hostname: "mx.test",
-		Banner:   "mailfleet",
-		TLS:      certs.ServerTLSConfig(env.certs.GetCertificate),
-		Listeners: []Listener{
-			// Most tests speak clear text on "smtp" to see the protocol
-			// itself, so it opts out of the default; "submission" keeps it.
-			{Name: "smtp", Addr: "127.0.0.1:0", AllowAuthWithoutTLS: true},
-			{Name: "submission", Addr: "127.0.0.1:0"},
-			{Name: "smtps", Addr: "127.0.0.1:0", ImplicitTLS: true},
-		},
-	}
-	deps := Deps{
-		Auth:    credentials.NewVerifier(src),
-		Budget:  budget.NewFixedWindow(),
-		Spool:   env.spool,
-		IDs:     ids,
-		Metrics: NewMetrics(env.reg),
-		Log:     log,
-	}
-	for _, o := range opts {
-		o(&cfg, &deps)
-	}
-	env.srv, err = New(cfg, deps)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := env.srv.Start(); err != nil {
+	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		env.srv.Shutdown(ctx)
-		env.assertNoKeyLeaked()
+		srv.Shutdown(ctx)
 	})
-	return env
+	return srv
 }
 
 func (e *relayEnv) writeCredentials(path string) string {
@@ -139,17 +192,17 @@ func (e *relayEnv) writeCredentials(path string) string {
 		{APIUser: userMain, Labels: []credentials.Label{{ID: "1001"}, {ID: "1002", Suspended: true}}},
 		{APIUser: userOther, Labels: []credentials.Label{{ID: "2001"}}},
 		{APIUser: userRestricted, AllowedSenderDomains: []string{"ifaxin.com"}},
-		{APIUser: userEnvelope, AllowedSenderDomains: []string{"ifaxin.com"}, SenderPolicy: credentials.SenderPolicyEnvelope},
+		{APIUser: userEnvelope, AllowedSenderDomains: []string{"ifaxin.com"}, SenderPolicy: wire.SenderPolicyEnvelope},
 		{APIUser: userTiny, BudgetPerMinute: 2},
 		{APIUser: userSuspended, Suspended: true},
 	}
 	for i := range accounts {
-		key, err := credentials.NewKey()
+		key, err := wire.NewKey()
 		if err != nil {
 			e.t.Fatal(err)
 		}
 		e.keys[accounts[i].APIUser] = key
-		accounts[i].KeyDigests = []string{credentials.Digest(key)}
+		accounts[i].KeyDigests = []string{wire.Digest(key)}
 	}
 	if err := credentials.WriteFile(path, accounts); err != nil {
 		e.t.Fatal(err)
@@ -172,6 +225,39 @@ func (e *relayEnv) assertNoKeyLeaked() {
 			}
 		}
 	}
+}
+
+// metric is the value of the counter name with exactly labels in the
+// relay's registry; 0 when there is none yet.
+func (e *relayEnv) metric(name string, labels map[string]string) float64 {
+	e.t.Helper()
+	families, err := e.reg.Gather()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if labelsEqual(m.GetLabel(), labels) {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+func labelsEqual(pairs []*dto.LabelPair, want map[string]string) bool {
+	if len(pairs) != len(want) {
+		return false
+	}
+	for _, p := range pairs {
+		if v, ok := want[p.GetName()]; !ok || v != p.GetValue() {
+			return false
+		}
+	}
+	return true
 }
 
 func (e *relayEnv) addr(listener string) string {

@@ -1,4 +1,4 @@
-package smtpd
+package smtpd_test
 
 import (
 	"bytes"
@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/mailfleet/mailfleet/relay/budget"
 )
@@ -28,7 +26,7 @@ func TestBudgetRefusesWithFrequencyLimited(t *testing.T) {
 	if n := len(env.stored()); n != 2 {
 		t.Fatalf("spooled %d messages, want 2", n)
 	}
-	if got := testutil.ToFloat64(env.srv.deps.Metrics.messages.WithLabelValues(userTiny, "", "rejected", reasonOverBudget)); got != 1 {
+	if got := env.metric("mailfleet_relay_messages_total", map[string]string{"account": userTiny, "label": "", "outcome": "rejected", "reason": "over_budget"}); got != 1 {
 		t.Fatalf("over-budget metric = %v", got)
 	}
 }
@@ -42,7 +40,7 @@ func (unavailableBudget) Take(context.Context, budget.Request) budget.Decision {
 }
 
 func TestBudgetUnavailableIsTemporary(t *testing.T) {
-	env := startRelay(t, func(_ *Config, d *Deps) { d.Budget = unavailableBudget{} })
+	env := startRelay(t, withBudget(unavailableBudget{}))
 	c := dialRaw(t, env.addr("smtp"))
 	c.login(userMain, env.keys[userMain])
 	if got := c.send("a@ifaxin.com", "b@example.com", "x\r\n"); got != "451 4.7.1 Frequency limit unavailable, try again later" {
@@ -51,7 +49,7 @@ func TestBudgetUnavailableIsTemporary(t *testing.T) {
 }
 
 func TestAuthFailureThrottle(t *testing.T) {
-	env := startRelay(t, func(c *Config, _ *Deps) { c.AuthFailureLimit = 3 })
+	env := startRelay(t, func(s *relaySpec) { s.policy.AuthFailureLimit = 3 })
 	bad := "AUTH PLAIN " + b64("\x00"+userMain+"\x00wrong")
 	c := dialRaw(t, env.addr("smtp"))
 	c.reply()
@@ -67,42 +65,8 @@ func TestAuthFailureThrottle(t *testing.T) {
 	d.expect("AUTH PLAIN "+b64("\x00"+userMain+"\x00"+env.keys[userMain]), "421 4.7.0 mx.test Too many authentication failures, try again later")
 }
 
-func TestAuthThrottleWindowExpires(t *testing.T) {
-	th := newAuthThrottle(2, time.Minute)
-	now := time.Unix(1000, 0)
-	th.now = func() time.Time { return now }
-	fail := func(ip string) {
-		a, ok := th.begin(ip)
-		if !ok {
-			t.Fatalf("%s refused before its limit", ip)
-		}
-		a.failed()
-	}
-	fail("192.0.2.1")
-	fail("192.0.2.1")
-	if _, ok := th.begin("192.0.2.1"); ok {
-		t.Fatal("192.0.2.1 not refused after 2 failures")
-	}
-	if a, ok := th.begin("192.0.2.2"); !ok {
-		t.Fatal("192.0.2.2 refused for 192.0.2.1's failures")
-	} else {
-		a.abandoned()
-	}
-	now = now.Add(time.Minute)
-	a, ok := th.begin("192.0.2.1")
-	if !ok {
-		t.Fatal("still refused after the window")
-	}
-	a.abandoned()
-	now = now.Add(time.Minute)
-	fail("192.0.2.3") // sweeps expired entries
-	if _, ok := th.entries["192.0.2.1"]; ok {
-		t.Fatal("expired entry not swept")
-	}
-}
-
 func TestConnectionCap(t *testing.T) {
-	env := startRelay(t, func(c *Config, _ *Deps) { c.MaxConnections = 1 })
+	env := startRelay(t, func(s *relaySpec) { s.server.MaxConnections = 1 })
 	first := dialRaw(t, env.addr("smtp"))
 	first.reply()
 	second := dialRaw(t, env.addr("smtp"))
@@ -113,7 +77,7 @@ func TestConnectionCap(t *testing.T) {
 }
 
 func TestCommandTimeout(t *testing.T) {
-	env := startRelay(t, func(c *Config, _ *Deps) { c.CommandTimeout = 200 * time.Millisecond })
+	env := startRelay(t, func(s *relaySpec) { s.server.CommandTimeout = 200 * time.Millisecond })
 	c := dialRaw(t, env.addr("smtp"))
 	c.reply()
 	if got := c.reply(); got != "421 4.4.2 mx.test Timeout exceeded, closing connection" {
@@ -125,7 +89,7 @@ func TestCommandTimeout(t *testing.T) {
 }
 
 func TestDataTimeoutAcknowledgesNothing(t *testing.T) {
-	env := startRelay(t, func(c *Config, _ *Deps) { c.DataTimeout = 200 * time.Millisecond })
+	env := startRelay(t, func(s *relaySpec) { s.server.DataTimeout = 200 * time.Millisecond })
 	c := dialRaw(t, env.addr("smtp"))
 	c.login(userMain, env.keys[userMain])
 	c.expectPrefix("MAIL FROM:<a@ifaxin.com>", "250")
@@ -257,14 +221,14 @@ func TestMetricsPerAccountAndLabel(t *testing.T) {
 	c := dialRaw(t, env.addr("smtp"))
 	c.login(userMain+"#1001", env.keys[userMain])
 	c.send("a@ifaxin.com", "b@example.com", "Subject: x\r\n\r\nbody\r\n")
-	m := env.srv.deps.Metrics
-	if got := testutil.ToFloat64(m.messages.WithLabelValues(userMain, "1001", "accepted", "")); got != 1 {
+	account := map[string]string{"account": userMain, "label": "1001"}
+	if got := env.metric("mailfleet_relay_messages_total", map[string]string{"account": userMain, "label": "1001", "outcome": "accepted", "reason": ""}); got != 1 {
 		t.Fatalf("accepted = %v", got)
 	}
-	if got := testutil.ToFloat64(m.bytes.WithLabelValues(userMain, "1001")); got != float64(len("Subject: x\r\n\r\nbody\r\n")) {
+	if got := env.metric("mailfleet_relay_accepted_bytes_total", account); got != float64(len("Subject: x\r\n\r\nbody\r\n")) {
 		t.Fatalf("bytes = %v", got)
 	}
-	if got := testutil.ToFloat64(m.auth.WithLabelValues("PLAIN", "success")); got != 1 {
+	if got := env.metric("mailfleet_relay_auth_total", map[string]string{"mechanism": "PLAIN", "result": "success"}); got != 1 {
 		t.Fatalf("auth success = %v", got)
 	}
 	var out bytes.Buffer

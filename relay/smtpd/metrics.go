@@ -2,19 +2,18 @@ package smtpd
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// Metrics are the relay's Prometheus series. Accounts and labels appear as
-// label values because operators bill and debug per account; keys never do.
+// Metrics are the engine's Prometheus series: connections, sessions, TLS
+// and AUTH exchanges. What becomes of messages is the Backend's to count
+// (relay/submission). Keys never appear in a series.
 type Metrics struct {
 	sessions    *prometheus.CounterVec
 	active      *prometheus.GaugeVec
 	refused     *prometheus.CounterVec
 	tlsFailures *prometheus.CounterVec
 	auth        *prometheus.CounterVec
-	messages    *prometheus.CounterVec
-	bytes       *prometheus.CounterVec
 }
 
-// NewMetrics registers the relay's series with reg.
+// NewMetrics registers the engine's series with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -37,35 +36,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "mailfleet_relay_auth_total",
 			Help: "Authentication attempts, by mechanism and result (success, failure, throttled, malformed).",
 		}, []string{"mechanism", "result"}),
-		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailfleet_relay_messages_total",
-			Help: "Messages by account, label, outcome (accepted, rejected) and rejection reason.",
-		}, []string{"account", "label", "outcome", "reason"}),
-		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailfleet_relay_accepted_bytes_total",
-			Help: "Bytes of accepted messages, by account and label.",
-		}, []string{"account", "label"}),
 	}
-	reg.MustRegister(m.sessions, m.active, m.refused, m.tlsFailures, m.auth, m.messages, m.bytes)
+	reg.MustRegister(m.sessions, m.active, m.refused, m.tlsFailures, m.auth)
 	return m
-}
-
-// Rejection reasons, the values of mailfleet_relay_messages_total{reason}.
-const (
-	reasonTooBig           = "too_big"
-	reasonLineTooLong      = "line_too_long"
-	reasonOverBudget       = "over_budget"
-	reasonBudgetDown       = "budget_unavailable"
-	reasonQueueDown        = "queue_unavailable"
-	reasonSenderNotAllowed = "sender_not_allowed"
-	reasonInterrupted      = "interrupted"
-)
-
-func (m *Metrics) accepted(account, label string, size int64) {
-	m.messages.WithLabelValues(account, label, "accepted", "").Inc()
-	m.bytes.WithLabelValues(account, label).Add(float64(size))
-}
-
-func (m *Metrics) rejected(account, label, reason string) {
-	m.messages.WithLabelValues(account, label, "rejected", reason).Inc()
 }

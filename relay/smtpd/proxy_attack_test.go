@@ -1,4 +1,4 @@
-package smtpd
+package smtpd_test
 
 import (
 	"bytes"
@@ -14,9 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
-
 	"github.com/mailfleet/mailfleet/relay/delivery"
+	"github.com/mailfleet/mailfleet/relay/smtpd"
 )
 
 // The load balancer in these tests is 127.0.0.1, the only trusted proxy;
@@ -28,11 +27,11 @@ var (
 
 // withProxyListeners adds "lb" (clear text, AUTH allowed without TLS) and
 // "lbs" (implicit TLS), both behind the PROXY protocol from trustedLB.
-func withProxyListeners(c *Config, _ *Deps) {
+func withProxyListeners(s *relaySpec) {
 	trusted := []netip.Prefix{netip.PrefixFrom(trustedLB, 32)}
-	c.Listeners = append(c.Listeners,
-		Listener{Name: "lb", Addr: "127.0.0.1:0", AllowAuthWithoutTLS: true, ProxyProtocol: true, TrustedProxies: trusted},
-		Listener{Name: "lbs", Addr: "127.0.0.1:0", ImplicitTLS: true, ProxyProtocol: true, TrustedProxies: trusted})
+	s.server.Listeners = append(s.server.Listeners,
+		smtpd.Listener{Name: "lb", Addr: "127.0.0.1:0", AllowAuthWithoutTLS: true, ProxyProtocol: true, TrustedProxies: trusted},
+		smtpd.Listener{Name: "lbs", Addr: "127.0.0.1:0", ImplicitTLS: true, ProxyProtocol: true, TrustedProxies: trusted})
 }
 
 // proxyV1 is a PROXY protocol v1 line, written by hand from the spec
@@ -91,7 +90,7 @@ func expectClosed(t *testing.T, conn net.Conn, what string) {
 }
 
 func refusedCount(env *relayEnv, reason string) float64 {
-	return testutil.ToFloat64(env.srv.deps.Metrics.refused.WithLabelValues(reason))
+	return env.metric("mailfleet_relay_connections_refused_total", map[string]string{"reason": reason})
 }
 
 // TestAttackProxyHeaderFromUntrustedSource: anyone who reaches a PROXY
@@ -104,7 +103,7 @@ func TestAttackProxyHeaderFromUntrustedSource(t *testing.T) {
 		conn := dialFrom(t, untrustedLB, env.addr("lb"), header)
 		expectClosed(t, conn, fmt.Sprintf("header %d from %s", i, untrustedLB))
 	}
-	if n := refusedCount(env, refusedProxyUntrusted); n != 3 {
+	if n := refusedCount(env, "proxy_untrusted"); n != 3 {
 		t.Fatalf("refused as untrusted: %v, want 3", n)
 	}
 }
@@ -117,7 +116,7 @@ func TestAttackProxyListenerWithoutHeader(t *testing.T) {
 	for _, first := range []string{"EHLO client.test\r\n", "PROXY TCP4 203.0.113.7\r\n", "PROXY UDP4 203.0.113.7 127.0.0.1 1 2\r\n"} {
 		expectClosed(t, dialFrom(t, trustedLB, env.addr("lb"), []byte(first)), fmt.Sprintf("%q from the balancer", first))
 	}
-	if n := refusedCount(env, refusedProxyHeader); n != 3 {
+	if n := refusedCount(env, "proxy_header"); n != 3 {
 		t.Fatalf("refused for their header: %v, want 3", n)
 	}
 }
@@ -144,7 +143,7 @@ func TestAttackProxyLineOnPlainListener(t *testing.T) {
 // client the headers name (v1 or v2) has its own failure count: one client
 // guessing keys shuts out itself, not every client of the balancer.
 func TestAttackProxyClientsShareNoAuthFailures(t *testing.T) {
-	env := startRelay(t, withProxyListeners, func(c *Config, _ *Deps) { c.AuthFailureLimit = 2 })
+	env := startRelay(t, withProxyListeners, func(s *relaySpec) { s.policy.AuthFailureLimit = 2 })
 	bad := "AUTH PLAIN " + b64("\x00"+userMain+"\x00wrong")
 	throttled := "421 4.7.0 mx.test Too many authentication failures, try again later"
 	guesser := viaLB(t, env, proxyV1("203.0.113.7", 40000))
@@ -165,7 +164,7 @@ func TestAttackProxyClientsShareNoAuthFailures(t *testing.T) {
 // TestAttackProxyClientsShareNoConnectionCap: the per-client session cap
 // counts the clients the headers name, not the balancer.
 func TestAttackProxyClientsShareNoConnectionCap(t *testing.T) {
-	env := startRelay(t, withProxyListeners, func(c *Config, _ *Deps) { c.MaxConnectionsPerClient = 1 })
+	env := startRelay(t, withProxyListeners, func(s *relaySpec) { s.server.MaxConnectionsPerClient = 1 })
 	viaLB(t, env, proxyV1("203.0.113.7", 40000))
 	second := newRawClient(t, dialFrom(t, trustedLB, env.addr("lb"), proxyV1("203.0.113.7", 40001)))
 	if got := second.reply(); got != "421 4.7.0 mx.test Too many connections from your address, try again later" {

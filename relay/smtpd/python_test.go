@@ -1,4 +1,4 @@
-package smtpd
+package smtpd_test
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-package smtpd
+package smtpd_test
 
 import (
 	"strings"
@@ -19,7 +19,7 @@ func withSidecar(t *testing.T, addr string) relayOption {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return func(_ *Config, d *Deps) { d.Budget = s }
+	return withBudget(s)
 }
 
 const frequencyLimited = "536 5.7.1 Frequency limited"

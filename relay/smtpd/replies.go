@@ -27,8 +27,9 @@ func (r Reply) With(a ...any) Reply {
 	return r
 }
 
-// The wire contract: every reply the relay sends is here, so
-// the whole contract reads in one place and tests compare against the same
+// The wire contract: every reply the relay sends is here, the ones the
+// engine decides and the ones a Backend (relay/submission) does, so the
+// whole contract reads in one place and tests compare against the same
 // values. Texts with %s are completed where they are sent.
 var (
 	// Session.
@@ -50,6 +51,9 @@ var (
 	ReplyClientBusy    = Reply{421, "4.7.0", "%s Too many connections from your address, try again later"}
 	ReplyClientTooFast = Reply{421, "4.7.0", "%s Too many connections from your address in the last minute, try again later"}
 	ReplyShuttingDown  = Reply{421, "4.3.2", "%s Service shutting down, try again later"}
+	// ReplyUnavailable answers a session the Backend would not start and
+	// gave no reply for.
+	ReplyUnavailable = Reply{421, "4.3.0", "%s Service not available, try again later"}
 
 	// STARTTLS (RFC 3207).
 	ReplyStartTLS       = Reply{220, "2.0.0", "Ready to start TLS"}
@@ -86,12 +90,14 @@ var (
 	ReplyTooManyRcpts     = Reply{452, "4.5.3", "Too many recipients"}
 
 	// DATA.
-	ReplyData           = Reply{354, "", "go ahead"}
-	ReplyQueued         = Reply{250, "2.0.0", "#%s#Queued"}
-	ReplyTooBig         = Reply{552, "5.3.4", "Message size exceeds fixed limit"}
-	ReplyDataLineLong   = Reply{500, "5.5.2", "Message line too long (limit %d bytes)"}
-	ReplyFrequency      = Reply{536, "5.7.1", "Frequency limited"}
-	ReplyBudgetDown     = Reply{451, "4.7.1", "Frequency limit unavailable, try again later"}
-	ReplyQueueDown      = Reply{451, "4.3.0", "Queue unavailable, try again later"}
-	ReplyDataInterrupts = Reply{451, "4.3.0", "Message not accepted, try again later"}
+	ReplyData         = Reply{354, "", "go ahead"}
+	ReplyQueued       = Reply{250, "2.0.0", "#%s#Queued"}
+	ReplyTooBig       = Reply{552, "5.3.4", "Message size exceeds fixed limit"}
+	ReplyDataLineLong = Reply{500, "5.5.2", "Message line too long (limit %d bytes)"}
+	ReplyFrequency    = Reply{536, "5.7.1", "Frequency limited"}
+	ReplyBudgetDown   = Reply{451, "4.7.1", "Frequency limit unavailable, try again later"}
+	ReplyQueueDown    = Reply{451, "4.3.0", "Queue unavailable, try again later"}
+	// ReplyTryLater answers a Backend's failure that carries no reply of
+	// its own: temporary, so that a fault never bounces mail.
+	ReplyTryLater = Reply{451, "4.3.0", "Message not accepted, try again later"}
 )

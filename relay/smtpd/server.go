@@ -1,10 +1,14 @@
-// Package smtpd is the relay's SMTP submission server: the submission
-// contract (replies.go) on plain (STARTTLS) and implicit-TLS listeners, with
-// AUTH, budgets and a durable spool behind it.
+// Package smtpd is the relay's SMTP protocol engine: the submission
+// contract (replies.go) on plain (STARTTLS) and implicit-TLS listeners,
+// with PIPELINING, enhanced status codes, the PROXY protocol, line and size
+// limits, per-client connection caps and drain. What a session may do, and
+// where its messages go, a Backend decides (backend.go); the relay's is
+// relay/submission.
 //
 // It speaks SMTP itself rather than through go-smtp's server, because the
 // contract fixes reply texts and codes that go-smtp hard-codes differently
-// (MAIL, RCPT, EHLO, QUIT, HELP, 235, 354, 530).
+// (MAIL, RCPT, EHLO, QUIT, HELP, 235, 354, 530); it takes go-smtp's split
+// between the protocol and the Backend.
 package smtpd
 
 import (
@@ -18,11 +22,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/mailfleet/mailfleet/relay/budget"
-	"github.com/mailfleet/mailfleet/relay/credentials"
-	"github.com/mailfleet/mailfleet/relay/queueid"
-	"github.com/mailfleet/mailfleet/relay/spool"
 )
 
 // Listener is one port the relay serves.
@@ -57,7 +56,9 @@ type Config struct {
 	TLS *tls.Config
 
 	MaxMessageBytes int64
-	MaxRecipients   int
+	// MaxRecipients caps a message's recipients, whoever sends it; a
+	// Backend may cap lower.
+	MaxRecipients int
 	// MaxLineLength caps a message line, CRLF excluded; command lines are
 	// capped at maxCommandLine.
 	MaxLineLength  int
@@ -70,10 +71,6 @@ type Config struct {
 	MaxErrors               int
 	CommandTimeout          time.Duration
 	DataTimeout             time.Duration
-	// AuthFailureLimit failed logins from one IP within AuthFailureWindow shut
-	// that IP out until the window passes.
-	AuthFailureLimit  int
-	AuthFailureWindow time.Duration
 }
 
 // Defaults fills unset fields: SIZE 16000000 as the contract advertises,
@@ -103,36 +100,25 @@ func (c *Config) Defaults() {
 	def(&c.MaxConnections, 1000)
 	def(&c.MaxConnectionsPerClient, 50)
 	def(&c.MaxErrors, 10)
-	def(&c.AuthFailureLimit, 10)
 	defDur(&c.CommandTimeout, 5*time.Minute)
 	defDur(&c.DataTimeout, 10*time.Minute)
-	defDur(&c.AuthFailureWindow, 10*time.Minute)
 }
 
 // maxCommandLine caps a command line; RFC 5321 asks for at least 512.
 const maxCommandLine = 2048
 
-// Authenticator verifies a username (api_user or api_user#label_id) and key.
-type Authenticator interface {
-	Authenticate(username, key string) (credentials.Identity, error)
-}
-
 // Deps are the server's collaborators.
 type Deps struct {
-	Auth    Authenticator
-	Budget  budget.Budget
-	Spool   spool.Spool
-	IDs     *queueid.Generator
+	Backend Backend
 	Metrics *Metrics
 	Log     *slog.Logger
 }
 
 // Server serves SMTP on its listeners.
 type Server struct {
-	cfg      Config
-	deps     Deps
-	throttle *authThrottle
-	anvil    *anvil
+	cfg   Config
+	deps  Deps
+	anvil *anvil
 
 	active   atomic.Int64
 	draining atomic.Bool
@@ -151,8 +137,8 @@ type Server struct {
 // New checks the configuration and returns a server that is not listening yet.
 func New(cfg Config, deps Deps) (*Server, error) {
 	cfg.Defaults()
-	if deps.Auth == nil || deps.Budget == nil || deps.Spool == nil || deps.IDs == nil || deps.Metrics == nil {
-		return nil, errors.New("smtpd: Auth, Budget, Spool, IDs and Metrics are required")
+	if deps.Backend == nil || deps.Metrics == nil {
+		return nil, errors.New("smtpd: Backend and Metrics are required")
 	}
 	if deps.Log == nil {
 		deps.Log = slog.Default()
@@ -169,7 +155,6 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	return &Server{
 		cfg:       cfg,
 		deps:      deps,
-		throttle:  newAuthThrottle(cfg.AuthFailureLimit, cfg.AuthFailureWindow),
 		anvil:     newAnvil(max(cfg.MaxConnectionsPerClient, 0), max(cfg.ConnectionRatePerClient, 0)),
 		ctx:       ctx,
 		cancel:    cancel,

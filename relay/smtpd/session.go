@@ -8,21 +8,18 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/mailfleet/mailfleet/relay/budget"
-	"github.com/mailfleet/mailfleet/relay/credentials"
-	"github.com/mailfleet/mailfleet/relay/spool"
 )
 
-// session is one SMTP connection.
+// session is one SMTP connection: the protocol, with the Backend's
+// Session deciding what is accepted.
 type session struct {
 	srv      *Server
 	listener Listener
-	remote   net.Addr
+	info     *ConnInfo // the client, its EHLO name and TLS, as the Backend sees them
+	backend  Session   // nil until begin, and after a failed one
 	log      *slog.Logger
 
 	connMu sync.Mutex // guards conn, which STARTTLS replaces
@@ -30,20 +27,19 @@ type session struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 
-	tls      bool
-	helo     string
-	identity *credentials.Identity
-	from     *string // nil outside a transaction; "" is the null sender
-	rcpts    []string
-	errors   int
+	authed bool
+	inMail bool // a MAIL transaction is open
+	rcpts  int  // recipients accepted in it
+	errors int
 }
 
 func newSession(srv *Server, l Listener, conn net.Conn) *session {
-	s := &session{srv: srv, listener: l, remote: conn.RemoteAddr()}
-	s.log = srv.deps.Log.With("listener", l.Name, "remote", s.remote.String())
+	s := &session{srv: srv, listener: l}
+	s.log = srv.deps.Log.With("listener", l.Name, "remote", conn.RemoteAddr().String())
 	if pc, ok := conn.(*proxiedConn); ok {
 		s.log = s.log.With("proxy", pc.proxy.String())
 	}
+	s.info = &ConnInfo{Listener: l.Name, Hostname: srv.cfg.Hostname, Remote: conn.RemoteAddr(), Log: s.log}
 	s.setConn(conn)
 	return s
 }
@@ -89,13 +85,11 @@ func (s *session) reply(r Reply) {
 }
 
 func (s *session) serve() {
-	defer func() {
-		s.bw.Flush()
-		s.connMu.Lock()
-		s.conn.Close()
-		s.connMu.Unlock()
-	}()
+	defer s.close()
 	if s.listener.ImplicitTLS && !s.startTLS() {
+		return
+	}
+	if !s.begin() {
 		return
 	}
 	s.reply(ReplyGreeting.With(s.srv.cfg.Hostname, s.srv.cfg.Banner))
@@ -115,6 +109,46 @@ func (s *session) serve() {
 			return
 		}
 	}
+}
+
+func (s *session) close() {
+	if s.backend != nil {
+		s.backend.Logout()
+	}
+	s.bw.Flush()
+	s.connMu.Lock()
+	s.conn.Close()
+	s.connMu.Unlock()
+}
+
+// begin starts the Backend's side of the session, ending the one before
+// if any; false means the Backend refused and the session is over.
+func (s *session) begin() bool {
+	if s.backend != nil {
+		s.backend.Logout()
+		s.backend = nil
+	}
+	s.inMail, s.rcpts = false, 0
+	b, err := s.srv.deps.Backend.NewSession(s.info)
+	if err != nil {
+		s.log.Info("backend refused the session", "err", err)
+		s.reply(replyOf(err, ReplyUnavailable.With(s.srv.cfg.Hostname)))
+		return false
+	}
+	s.backend = b
+	return true
+}
+
+// refused answers a Backend's refusal, and reports whether the session goes
+// on. Refusals are the Backend's decisions, not client errors: they do not
+// count towards MaxErrors.
+func (s *session) refused(err error) bool {
+	if _, ok := errors.AsType[*Error](err); !ok {
+		s.log.Error("backend failed", "err", err)
+	}
+	r := replyOf(err, ReplyTryLater)
+	s.reply(r)
+	return !ends(r)
 }
 
 // readCommand reads one command line within the command timeout. A line over
@@ -169,7 +203,7 @@ func (s *session) finalReply(r Reply) {
 func (s *session) handle(line string) bool {
 	verb, arg, _ := strings.Cut(line, " ")
 	verb = strings.ToUpper(verb)
-	if s.srv.draining.Load() && s.from == nil && verb != "QUIT" {
+	if s.srv.draining.Load() && !s.inMail && verb != "QUIT" {
 		// Between messages, a draining relay sends the client to another
 		// relay now (RFC 5321 §3.8 allows 421 to any command) rather than
 		// keep an idle session, and with it the pod, until the drain ends.
@@ -224,8 +258,8 @@ func (s *session) protocolError(r Reply) bool {
 }
 
 func (s *session) resetTransaction() {
-	s.from = nil
-	s.rcpts = s.rcpts[:0]
+	s.inMail, s.rcpts = false, 0
+	s.backend.Reset()
 }
 
 func (s *session) cmdHelo(arg string, extended bool) bool {
@@ -240,7 +274,7 @@ func (s *session) cmdHelo(arg string, extended bool) bool {
 	// whatever the client sent, only printable ASCII of a domain's length
 	// goes on.
 	name = printableToken(name, maxHeloName)
-	s.helo = name
+	s.info.Helo = name
 	s.resetTransaction()
 	greeting := ReplyHelo.With(s.srv.cfg.Hostname, name)
 	if !extended {
@@ -261,25 +295,10 @@ func (s *session) cmdHelo(arg string, extended bool) bool {
 // maxHeloName is the longest EHLO/HELO name kept: a domain's 255 octets.
 const maxHeloName = 255
 
-// printableToken replaces every byte outside printable ASCII (control
-// characters, DEL, 8-bit) with '?' and cuts s to at most n bytes.
-func printableToken(s string, n int) string {
-	if len(s) > n {
-		s = s[:n]
-	}
-	b := []byte(s)
-	for i, c := range b {
-		if c <= ' ' || c >= 0x7f {
-			b[i] = '?'
-		}
-	}
-	return string(b)
-}
-
 // capabilities are the EHLO keywords of the contract, in its order.
 func (s *session) capabilities() []string {
 	caps := []string{"PIPELINING", "8BITMIME", fmt.Sprintf("SIZE %d", s.srv.cfg.MaxMessageBytes)}
-	if s.srv.cfg.TLS != nil && !s.tls {
+	if s.srv.cfg.TLS != nil && !s.info.TLS {
 		caps = append(caps, "STARTTLS")
 	}
 	caps = append(caps, "ENHANCEDSTATUSCODES")
@@ -290,14 +309,14 @@ func (s *session) capabilities() []string {
 }
 
 func (s *session) authAllowed() bool {
-	return s.tls || s.listener.AllowAuthWithoutTLS
+	return s.info.TLS || s.listener.AllowAuthWithoutTLS
 }
 
 func (s *session) cmdStartTLS(arg string) bool {
 	switch {
 	case arg != "":
 		return s.protocolError(ReplyNoParams)
-	case s.tls:
+	case s.info.TLS:
 		return s.protocolError(ReplyTLSActive)
 	case s.srv.cfg.TLS == nil:
 		return s.protocolError(ReplyTLSUnavailable)
@@ -313,9 +332,8 @@ func (s *session) cmdStartTLS(arg string) bool {
 		return false
 	}
 	// RFC 3207 §4.2: the session starts over, without EHLO or AUTH.
-	s.helo, s.identity = "", nil
-	s.resetTransaction()
-	return true
+	s.info.Helo, s.authed = "", false
+	return s.begin()
 }
 
 // startTLS runs the server handshake on the current connection.
@@ -331,18 +349,19 @@ func (s *session) startTLS() bool {
 		s.log.Debug("TLS handshake failed", "err", err)
 		return false
 	}
-	s.tls = true
+	s.info.TLS = true
 	s.setConn(tlsConn)
 	return true
 }
 
 func (s *session) cmdMail(arg string) bool {
 	switch {
-	case s.helo == "":
+	case s.info.Helo == "":
 		return s.protocolError(ReplyHeloFirst)
-	case s.identity == nil:
+	case !s.authed:
+		// A submission server: nobody submits without logging in.
 		return s.protocolError(ReplyAuthRequired)
-	case s.from != nil:
+	case s.inMail:
 		return s.protocolError(ReplyNestedMail)
 	}
 	rest, ok := cutPrefixFold(arg, "FROM:")
@@ -361,28 +380,16 @@ func (s *session) cmdMail(arg string) bool {
 		s.reply(ReplyTooBig)
 		return true
 	}
-	if !s.senderAllowed(addr) {
-		s.srv.deps.Metrics.rejected(s.identity.APIUser, s.identity.LabelID, reasonSenderNotAllowed)
-		s.reply(ReplySenderNotAllowed.With(addr))
-		return true
+	if err := s.backend.Mail(addr, MailOptions{Size: p.size}); err != nil {
+		return s.refused(err)
 	}
-	s.from = &addr
+	s.inMail = true
 	s.reply(ReplySenderOK.With(addr))
 	return true
 }
 
-// senderAllowed decides on the domain the parser found, never on a second
-// reading of the raw address.
-func (s *session) senderAllowed(addr string) bool {
-	mb, ok := parseMailbox(addr)
-	if !ok {
-		return s.identity.SenderDomainAllowed("") // the null sender
-	}
-	return s.identity.SenderDomainAllowed(mb.domain)
-}
-
 func (s *session) cmdRcpt(arg string) bool {
-	if s.from == nil {
+	if !s.inMail {
 		return s.protocolError(ReplyNeedMail)
 	}
 	rest, ok := cutPrefixFold(arg, "TO:")
@@ -396,11 +403,15 @@ func (s *session) cmdRcpt(arg string) bool {
 	if len(params) > 0 {
 		return s.protocolError(ReplyParam.With(params[0]))
 	}
-	if len(s.rcpts) >= min(s.srv.cfg.MaxRecipients, s.identity.MaxRecipients) {
+	// The server's own cap; the Backend may have a lower one.
+	if s.rcpts >= s.srv.cfg.MaxRecipients {
 		s.reply(ReplyTooManyRcpts)
 		return true
 	}
-	s.rcpts = append(s.rcpts, addr)
+	if err := s.backend.Rcpt(addr); err != nil {
+		return s.refused(err)
+	}
+	s.rcpts++
 	s.reply(ReplyRecipientOK.With(addr))
 	return true
 }
@@ -416,93 +427,25 @@ func (s *session) cmdData(arg string) bool {
 	switch {
 	case arg != "":
 		return s.protocolError(ReplyNoParams)
-	case s.from == nil:
+	case !s.inMail:
 		return s.protocolError(ReplyNeedMail)
-	case len(s.rcpts) == 0:
+	case s.rcpts == 0:
 		return s.protocolError(ReplyNeedRcpt)
 	}
 	s.reply(ReplyData)
 	defer s.resetTransaction()
-	env := s.envelope()
-	reply, err := s.receive(env)
-	if err != nil {
-		s.readFailed(err)
+	s.setDeadline(s.srv.cfg.DataTimeout)
+	body := newDataReader(s.br, s.srv.cfg.MaxMessageBytes, s.srv.cfg.MaxLineLength)
+	id, err := s.backend.Data(s.srv.ctx, body)
+	// A body cut off by the connection gets no reply, whatever the
+	// Backend made of it: nothing was acknowledged, the client retries.
+	if readErr := body.finish(); readErr != nil {
+		s.readFailed(readErr)
 		return false
 	}
-	s.reply(reply)
+	if err != nil {
+		return s.refused(err)
+	}
+	s.reply(ReplyQueued.With(id))
 	return true
 }
-
-func (s *session) envelope() spool.Envelope {
-	return spool.Envelope{
-		ID:         s.srv.deps.IDs.Next(),
-		APIUser:    s.identity.APIUser,
-		LabelID:    s.identity.LabelID,
-		From:       *s.from,
-		To:         append([]string(nil), s.rcpts...),
-		ReceivedAt: time.Now().UTC(),
-		RemoteAddr: s.remote.String(),
-		Helo:       s.helo,
-		TLS:        s.tls,
-	}
-}
-
-// receive reads the body into the spool and decides the reply. Every path
-// that does not end in Commit aborts the spooled copy, so only a 250 leaves a
-// message behind. A non-nil error means the connection failed mid-body.
-func (s *session) receive(env spool.Envelope) (Reply, error) {
-	m, user, label := s.srv.deps.Metrics, env.APIUser, env.LabelID
-	ctx := s.srv.ctx
-	w, err := s.srv.deps.Spool.Begin(ctx, env)
-	if err != nil {
-		s.log.Error("spool unavailable", "id", env.ID, "err", err)
-		w = discardWriter{}
-	}
-	s.setDeadline(s.srv.cfg.DataTimeout)
-	header := &headerCapture{w: w}
-	res, readErr := readData(s.br, header, s.srv.cfg.MaxMessageBytes, s.srv.cfg.MaxLineLength)
-	reject := func(r Reply, reason string) (Reply, error) {
-		w.Abort()
-		m.rejected(user, label, reason)
-		return r, readErr
-	}
-	switch {
-	case readErr != nil:
-		return reject(Reply{}, reasonInterrupted)
-	case err != nil || res.writeErr != nil:
-		if res.writeErr != nil {
-			s.log.Error("spool write failed", "id", env.ID, "err", res.writeErr)
-		}
-		return reject(ReplyQueueDown, reasonQueueDown)
-	case res.tooBig:
-		return reject(ReplyTooBig, reasonTooBig)
-	case res.tooLong:
-		return reject(ReplyDataLineLong.With(s.srv.cfg.MaxLineLength), reasonLineTooLong)
-	}
-	if r, ok := s.headerFromAllowed(header.bytes()); !ok {
-		return reject(r, reasonSenderNotAllowed)
-	}
-	spend := budget.Request{APIUser: user, LabelID: label, Limit: s.identity.BudgetPerMinute, Hits: len(env.To)}
-	switch s.srv.deps.Budget.Take(ctx, spend) {
-	case budget.OverLimit:
-		return reject(ReplyFrequency, reasonOverBudget)
-	case budget.Unavailable:
-		return reject(ReplyBudgetDown, reasonBudgetDown)
-	}
-	if err := w.Commit(ctx); err != nil {
-		s.log.Error("spool commit failed", "id", env.ID, "err", err)
-		return reject(ReplyQueueDown, reasonQueueDown)
-	}
-	m.accepted(user, label, res.size)
-	s.log.Info("message queued", "id", env.ID, "account", user, "label", label,
-		"recipients", len(env.To), "bytes", res.size, "tls", s.tls)
-	return ReplyQueued.With(env.ID), nil
-}
-
-// discardWriter stands in for a spool that could not start a message, so the
-// body is still read to its end and the session stays in step.
-type discardWriter struct{}
-
-func (discardWriter) Write(p []byte) (int, error)  { return len(p), nil }
-func (discardWriter) Commit(context.Context) error { return os.ErrInvalid }
-func (discardWriter) Abort() error                 { return nil }

@@ -1,4 +1,4 @@
-package smtpd
+package smtpd_test
 
 import (
 	"crypto/tls"
@@ -169,9 +169,9 @@ func TestStartTLSRefusals(t *testing.T) {
 	c.cmd("EHLO client.test")
 	c.expect("STARTTLS", "503 5.5.1 TLS already active")
 
-	plain := startRelay(t, func(c *Config, _ *Deps) {
-		c.TLS = nil
-		c.Listeners = c.Listeners[:1]
+	plain := startRelay(t, func(s *relaySpec) {
+		s.server.TLS = nil
+		s.server.Listeners = s.server.Listeners[:1]
 	})
 	p := dialRaw(t, plain.addr("smtp"))
 	p.reply()

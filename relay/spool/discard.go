@@ -1,6 +1,9 @@
 package spool
 
-import "context"
+import (
+	"context"
+	"os"
+)
 
 // Discard is a Spool that throws every message away and reports success. It
 // exists for benchmarks of the protocol path only: its Commit never makes
@@ -18,10 +21,19 @@ func (Discard) Begin(ctx context.Context, env Envelope) (Writer, error) {
 	return &discardWriter{}, nil
 }
 
+// Uncommittable returns a Writer for a message the spool could not begin.
+// It drops the body, so that an SMTP session still reads it to its end and
+// stays in step with the client; and its Commit fails with os.ErrInvalid,
+// so that a message nothing stored can never be acknowledged, even on a
+// path that forgot the failed Begin.
+func Uncommittable() Writer { return &discardWriter{commitErr: os.ErrInvalid} }
+
 // discardWriter counts what it drops, so a benchmark sees the same byte
-// counts from Write as with a real spool.
+// counts from Write as with a real spool. commitErr is what Commit
+// returns: nil for Discard, an error for Uncommittable.
 type discardWriter struct {
-	n int64
+	n         int64
+	commitErr error
 }
 
 func (w *discardWriter) Write(p []byte) (int, error) {
@@ -29,5 +41,5 @@ func (w *discardWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (w *discardWriter) Commit(context.Context) error { return nil }
+func (w *discardWriter) Commit(context.Context) error { return w.commitErr }
 func (w *discardWriter) Abort() error                 { return nil }

@@ -1,7 +1,6 @@
-package smtpd
+package submission
 
 import (
-	"net"
 	"sync"
 	"time"
 )
@@ -131,16 +130,4 @@ func (t *authThrottle) sweep(now time.Time) {
 			delete(t.entries, ip)
 		}
 	}
-}
-
-// remoteIP is the throttle's key for a connection.
-func remoteIP(addr net.Addr) string {
-	if tcp, ok := addr.(*net.TCPAddr); ok {
-		return tcp.IP.String()
-	}
-	host, _, err := net.SplitHostPort(addr.String())
-	if err != nil {
-		return addr.String()
-	}
-	return host
 }

@@ -1,9 +1,12 @@
-package smtpd
+package submission
 
 import (
 	"bytes"
 	"io"
 	"net/mail"
+
+	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/relay/smtpd"
 )
 
 // maxHeaderCapture bounds the header section kept for the From check; a
@@ -38,27 +41,27 @@ func (h *headerCapture) bytes() []byte { return h.buf }
 // From header: every address of every From field must be in an allowed
 // domain, so an account allowed acme.example cannot show recipients
 // ceo@bank.example with an allowed envelope. It decides on the domains
-// net/mail parsed (RFC 5322, encoded words and groups included).
-func (s *session) headerFromAllowed(header []byte) (Reply, bool) {
-	id := s.identity
+// net/mail parsed (RFC 5322, encoded words and groups included), as the
+// SMTP grammar reads them. nil means allowed.
+func headerFromAllowed(id *credentials.Identity, header []byte) *smtpd.Error {
 	if !id.CheckHeaderFrom || len(id.AllowedSenderDomains) == 0 {
-		return Reply{}, true
+		return nil
 	}
 	msg, err := mail.ReadMessage(bytes.NewReader(append(header[:len(header):len(header)], '\r', '\n')))
 	if err != nil || len(msg.Header["From"]) == 0 {
-		return ReplyFromMissing, false
+		return &smtpd.Error{Reply: smtpd.ReplyFromMissing}
 	}
 	for _, field := range msg.Header["From"] {
 		addrs, err := mail.ParseAddressList(field)
 		if err != nil || len(addrs) == 0 {
-			return ReplyFromMissing, false
+			return &smtpd.Error{Reply: smtpd.ReplyFromMissing}
 		}
 		for _, a := range addrs {
-			mb, ok := parseMailbox(a.Address)
-			if !ok || !id.SenderDomainAllowed(mb.domain) {
-				return ReplyFromNotAllowed.With(printableToken(a.Address, maxPathLength)), false
+			mb, ok := smtpd.ParseMailbox(a.Address)
+			if !ok || !id.SenderDomainAllowed(mb.Domain) {
+				return &smtpd.Error{Reply: smtpd.ReplyFromNotAllowed.With(smtpd.PrintableAddress(a.Address))}
 			}
 		}
 	}
-	return Reply{}, true
+	return nil
 }

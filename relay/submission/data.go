@@ -1,0 +1,135 @@
+package submission
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/mailfleet/mailfleet/relay/budget"
+	"github.com/mailfleet/mailfleet/relay/smtpd"
+	"github.com/mailfleet/mailfleet/relay/spool"
+)
+
+// rejection is a refused message: the error the engine answers, and the
+// reason it is counted under.
+type rejection struct {
+	err    error
+	reason string
+}
+
+// Data spools the body and commits it only once every check has passed:
+// the engine acknowledges a message on Data's nil alone. Every other path
+// aborts the spooled copy, so only a 250 leaves a message behind.
+func (s *session) Data(ctx context.Context, r io.Reader) (string, error) {
+	env := s.envelope()
+	w, beginErr := s.b.deps.Spool.Begin(ctx, env)
+	if beginErr != nil {
+		s.log.Error("spool unavailable", "id", env.ID, "err", beginErr)
+		// The body is still read to its end, so that what ends the
+		// message is known: a connection lost meanwhile counts as that.
+		w = spool.Uncommittable()
+	}
+	size, rej := s.receive(ctx, env, w, r, beginErr)
+	if rej != nil {
+		w.Abort()
+		s.b.deps.Metrics.rejected(s.identity, rej.reason)
+		return "", rej.err
+	}
+	s.b.deps.Metrics.accepted(s.identity, size)
+	s.log.Info("message queued", "id", env.ID, "account", env.APIUser, "label", env.LabelID,
+		"recipients", len(env.To), "bytes", size, "tls", env.TLS)
+	return env.ID, nil
+}
+
+func (s *session) envelope() spool.Envelope {
+	return spool.Envelope{
+		ID:         s.b.deps.IDs.Next(),
+		APIUser:    s.identity.APIUser,
+		LabelID:    s.identity.LabelID,
+		From:       s.from,
+		To:         slices.Clone(s.rcpts),
+		ReceivedAt: time.Now().UTC(),
+		RemoteAddr: s.conn.Remote.String(),
+		Helo:       s.conn.Helo,
+		TLS:        s.conn.TLS,
+	}
+}
+
+// receive copies the body into w and runs the checks that need it, then
+// the budget, then the commit; it returns the stored size.
+func (s *session) receive(ctx context.Context, env spool.Envelope, w spool.Writer, r io.Reader, beginErr error) (int64, *rejection) {
+	header := &headerCapture{w: w}
+	size, writeErr, readErr := copyBody(header, r)
+	if rej := s.bodyRejection(env.ID, beginErr, writeErr, readErr); rej != nil {
+		return 0, rej
+	}
+	if err := headerFromAllowed(s.identity, header.bytes()); err != nil {
+		return 0, &rejection{err, reasonSenderNotAllowed}
+	}
+	if rej := s.spend(ctx, len(env.To)); rej != nil {
+		return 0, rej
+	}
+	if err := w.Commit(ctx); err != nil {
+		s.log.Error("spool commit failed", "id", env.ID, "err", err)
+		return 0, &rejection{&smtpd.Error{Reply: smtpd.ReplyQueueDown, Err: err}, reasonQueueDown}
+	}
+	return size, nil
+}
+
+// bodyRejection says how a body that did not arrive whole ended, the
+// most telling first: a lost connection (nobody hears a reply), a spool
+// that could not keep it, then the limit the engine refused it for.
+func (s *session) bodyRejection(id string, beginErr, writeErr, readErr error) *rejection {
+	_, limit := errors.AsType[*smtpd.Error](readErr)
+	switch {
+	case readErr != nil && !limit:
+		return &rejection{fmt.Errorf("message %s: %w", id, readErr), reasonInterrupted}
+	case beginErr != nil || writeErr != nil:
+		if writeErr != nil {
+			s.log.Error("spool write failed", "id", id, "err", writeErr)
+		}
+		return &rejection{&smtpd.Error{Reply: smtpd.ReplyQueueDown, Err: errors.Join(beginErr, writeErr)}, reasonQueueDown}
+	case errors.Is(readErr, smtpd.ErrMessageTooBig):
+		return &rejection{readErr, reasonTooBig}
+	case readErr != nil:
+		return &rejection{readErr, reasonLineTooLong}
+	}
+	return nil
+}
+
+// spend takes one unit of the account's budget per recipient.
+func (s *session) spend(ctx context.Context, recipients int) *rejection {
+	id := s.identity
+	req := budget.Request{APIUser: id.APIUser, LabelID: id.LabelID, Limit: id.BudgetPerMinute, Hits: recipients}
+	switch s.b.deps.Budget.Take(ctx, req) {
+	case budget.OverLimit:
+		return &rejection{&smtpd.Error{Reply: smtpd.ReplyFrequency}, reasonOverBudget}
+	case budget.Unavailable:
+		return &rejection{&smtpd.Error{Reply: smtpd.ReplyBudgetDown}, reasonBudgetDown}
+	}
+	return nil
+}
+
+// copyBody copies r into w, and goes on reading to the end after w fails:
+// how the body ended decides which reason a refused message counts under.
+// It returns the bytes w took.
+func copyBody(w io.Writer, r io.Reader) (size int64, writeErr, readErr error) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 && writeErr == nil {
+			m, werr := w.Write(buf[:n])
+			size += int64(m)
+			writeErr = werr
+		}
+		if err == io.EOF {
+			return size, writeErr, nil
+		}
+		if err != nil {
+			return size, writeErr, err
+		}
+	}
+}

@@ -1,0 +1,50 @@
+package submission
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailfleet/mailfleet/relay/credentials"
+)
+
+// Metrics are what becomes of messages, per account and label because
+// operators bill and debug per account; keys never appear.
+type Metrics struct {
+	messages *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
+}
+
+// NewMetrics registers the policy's series with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailfleet_relay_messages_total",
+			Help: "Messages by account, label, outcome (accepted, rejected) and rejection reason.",
+		}, []string{"account", "label", "outcome", "reason"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailfleet_relay_accepted_bytes_total",
+			Help: "Bytes of accepted messages, by account and label.",
+		}, []string{"account", "label"}),
+	}
+	reg.MustRegister(m.messages, m.bytes)
+	return m
+}
+
+// Rejection reasons, the values of mailfleet_relay_messages_total{reason}.
+const (
+	reasonTooBig           = "too_big"
+	reasonLineTooLong      = "line_too_long"
+	reasonOverBudget       = "over_budget"
+	reasonBudgetDown       = "budget_unavailable"
+	reasonQueueDown        = "queue_unavailable"
+	reasonSenderNotAllowed = "sender_not_allowed"
+	reasonInterrupted      = "interrupted"
+)
+
+func (m *Metrics) accepted(id *credentials.Identity, size int64) {
+	m.messages.WithLabelValues(id.APIUser, id.LabelID, "accepted", "").Inc()
+	m.bytes.WithLabelValues(id.APIUser, id.LabelID).Add(float64(size))
+}
+
+func (m *Metrics) rejected(id *credentials.Identity, reason string) {
+	m.messages.WithLabelValues(id.APIUser, id.LabelID, "rejected", reason).Inc()
+}

@@ -1,0 +1,329 @@
+package submission
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"testing/iotest"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/mailfleet/mailfleet/relay/budget"
+	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/relay/queueid"
+	"github.com/mailfleet/mailfleet/relay/smtpd"
+	"github.com/mailfleet/mailfleet/relay/spool"
+)
+
+// The policy is driven here as the engine drives it, without a socket: a
+// Backend over test doubles, and its sessions called directly.
+
+// accounts authenticates the key "right" for the identities it holds, by
+// username.
+type accounts map[string]credentials.Identity
+
+func (a accounts) Authenticate(username, key string) (credentials.Identity, error) {
+	id, ok := a[username]
+	if !ok || key != "right" {
+		return credentials.Identity{}, credentials.ErrInvalid
+	}
+	return id, nil
+}
+
+var testAccounts = accounts{
+	"open":       {APIUser: "open", MaxRecipients: 2, BudgetPerMinute: 10},
+	"restricted": {APIUser: "restricted", LabelID: "7", MaxRecipients: 2, BudgetPerMinute: 10, AllowedSenderDomains: []string{"ifaxin.com"}, CheckHeaderFrom: true},
+}
+
+// budgetFunc answers every request with its decision.
+type budgetFunc func(budget.Request) budget.Decision
+
+func (f budgetFunc) Take(_ context.Context, r budget.Request) budget.Decision { return f(r) }
+
+// recordingSpool keeps every message begun; its errors make it fail.
+type recordingSpool struct {
+	beginErr, writeErr, commitErr error
+	begun                         []*recorded
+}
+
+type recorded struct {
+	s                  *recordingSpool
+	env                spool.Envelope
+	body               bytes.Buffer
+	committed, aborted bool
+}
+
+func (s *recordingSpool) Begin(_ context.Context, env spool.Envelope) (spool.Writer, error) {
+	if s.beginErr != nil {
+		return nil, s.beginErr
+	}
+	m := &recorded{s: s, env: env}
+	s.begun = append(s.begun, m)
+	return m, nil
+}
+
+func (m *recorded) Write(p []byte) (int, error) {
+	if m.s.writeErr != nil {
+		return 0, m.s.writeErr
+	}
+	return m.body.Write(p)
+}
+
+func (m *recorded) Commit(context.Context) error {
+	m.committed = m.s.commitErr == nil
+	return m.s.commitErr
+}
+
+func (m *recorded) Abort() error {
+	m.aborted = !m.committed
+	return nil
+}
+
+type policy struct {
+	backend *Backend
+	spool   *recordingSpool
+	metrics *Metrics
+	budget  budget.Decision
+}
+
+func newPolicy(t *testing.T, failureLimit int) *policy {
+	t.Helper()
+	ids, err := queueid.New("test-node")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &policy{spool: &recordingSpool{}, metrics: NewMetrics(prometheus.NewRegistry()), budget: budget.Allow}
+	p.backend, err = New(Config{AuthFailureLimit: failureLimit}, Deps{
+		Auth:    testAccounts,
+		Budget:  budgetFunc(func(budget.Request) budget.Decision { return p.budget }),
+		Spool:   p.spool,
+		IDs:     ids,
+		Metrics: p.metrics,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// session starts a session from ip, logged in as user unless user is "".
+func (p *policy) session(t *testing.T, ip, user string) smtpd.Session {
+	t.Helper()
+	s, err := p.backend.NewSession(&smtpd.ConnInfo{Listener: "test", Hostname: "mx.test", TLS: true, Helo: "client.test",
+		Remote: &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000}, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if user != "" {
+		if err := s.Auth("PLAIN", user, "right"); err != nil {
+			t.Fatalf("login as %s: %v", user, err)
+		}
+	}
+	return s
+}
+
+func (p *policy) rejected(user, label, reason string) float64 {
+	return testutil.ToFloat64(p.metrics.messages.WithLabelValues(user, label, "rejected", reason))
+}
+
+// reply is what the engine would answer for err: its reply, or "" for nil.
+func reply(t *testing.T, err error) string {
+	t.Helper()
+	if err == nil {
+		return ""
+	}
+	refusal, ok := errors.AsType[*smtpd.Error](err)
+	if !ok {
+		t.Fatalf("%v carries no reply", err)
+	}
+	return refusal.Reply.String()
+}
+
+func TestAuthThrottlesAnAddress(t *testing.T) {
+	p := newPolicy(t, 2)
+	const throttled = "421 4.7.0 mx.test Too many authentication failures, try again later"
+	guesser := p.session(t, "192.0.2.1", "")
+	for range 2 {
+		if got := reply(t, guesser.AuthStart("PLAIN")); got != "" {
+			t.Fatalf("AuthStart within the limit: %q", got)
+		}
+		if got := reply(t, guesser.Auth("PLAIN", "open", "wrong")); got != "535 5.7.8 Authentication credentials invalid" {
+			t.Fatalf("wrong key: %q", got)
+		}
+	}
+	if got := reply(t, guesser.Auth("PLAIN", "open", "right")); got != throttled {
+		t.Fatalf("right key over the limit: %q, want %q", got, throttled)
+	}
+	if got := reply(t, p.session(t, "192.0.2.1", "").AuthStart("LOGIN")); got != throttled {
+		t.Fatalf("another session of the address, before any key: %q, want %q", got, throttled)
+	}
+	p.session(t, "192.0.2.2", "open") // another address logs in
+}
+
+// A verifier that fails (not ErrInvalid) checked no key: the error has no
+// reply, and the attempt costs the address nothing.
+func TestAuthVerifierFailureCostsNothing(t *testing.T) {
+	p := newPolicy(t, 1)
+	p.backend.deps.Auth = failingAuth{}
+	s := p.session(t, "192.0.2.1", "")
+	for range 3 {
+		err := s.Auth("PLAIN", "open", "right")
+		if _, ok := errors.AsType[*smtpd.Error](err); ok || err == nil {
+			t.Fatalf("verifier failure: %v, want an error without a reply", err)
+		}
+	}
+	if err := s.AuthStart("PLAIN"); err != nil {
+		t.Fatalf("address throttled by failures of the verifier: %v", err)
+	}
+}
+
+type failingAuth struct{}
+
+func (failingAuth) Authenticate(string, string) (credentials.Identity, error) {
+	return credentials.Identity{}, errors.New("source not loaded")
+}
+
+func TestSenderPolicy(t *testing.T) {
+	p := newPolicy(t, 0)
+	tests := []struct{ user, from, want string }{
+		{"restricted", "x@evil.example", "553 5.7.1 Sender address <x@evil.example> not allowed for this account"},
+		{"restricted", `"ceo@ifaxin.com,"@bank.example`, `553 5.7.1 Sender address <"ceo@ifaxin.com,"@bank.example> not allowed for this account`},
+		{"restricted", "", "553 5.7.1 Sender address <> not allowed for this account"},
+		{"restricted", "support@IFAXIN.com", ""},
+		{"open", "", ""},
+		{"open", "ceo@bank.example", ""},
+	}
+	for _, tt := range tests {
+		if got := reply(t, p.session(t, "192.0.2.1", tt.user).Mail(tt.from, smtpd.MailOptions{})); got != tt.want {
+			t.Errorf("%s: MAIL FROM:<%s>: %q, want %q", tt.user, tt.from, got, tt.want)
+		}
+	}
+	if n := p.rejected("restricted", "7", reasonSenderNotAllowed); n != 3 {
+		t.Fatalf("senders counted as rejected: %v, want 3", n)
+	}
+}
+
+func TestRecipientCapOfTheAccount(t *testing.T) {
+	s := newPolicy(t, 0).session(t, "192.0.2.1", "open")
+	for range 2 {
+		s.Mail("a@ifaxin.com", smtpd.MailOptions{})
+		for _, want := range []string{"", "", "452 4.5.3 Too many recipients"} {
+			if got := reply(t, s.Rcpt("r@example.com")); got != want {
+				t.Fatalf("RCPT: %q, want %q", got, want)
+			}
+		}
+		s.Reset() // a new transaction starts from no recipients
+	}
+}
+
+// TestDataOutcomes: a message is committed only when every check passes;
+// any other outcome aborts it and counts it under its reason, with the
+// reply the contract gives.
+func TestDataOutcomes(t *testing.T) {
+	const body = "From: orders@ifaxin.com\r\nSubject: x\r\n\r\nhello\r\n"
+	tooBig := &smtpd.Error{Reply: smtpd.ReplyTooBig, Err: smtpd.ErrMessageTooBig}
+	tooLong := &smtpd.Error{Reply: smtpd.ReplyDataLineLong.With(8), Err: smtpd.ErrMessageLineTooLong}
+	tests := []struct {
+		name   string
+		setup  func(*policy)
+		body   io.Reader
+		want   string // reply; "" for queued
+		reason string
+	}{
+		{"queued", nil, strings.NewReader(body), "", ""},
+		{"From header not allowed", nil, strings.NewReader("From: ceo@bank.example\r\n\r\nx\r\n"),
+			"550 5.7.1 From header address <ceo@bank.example> not allowed for this account", reasonSenderNotAllowed},
+		{"over budget", func(p *policy) { p.budget = budget.OverLimit }, strings.NewReader(body), "536 5.7.1 Frequency limited", reasonOverBudget},
+		{"budget unavailable", func(p *policy) { p.budget = budget.Unavailable }, strings.NewReader(body),
+			"451 4.7.1 Frequency limit unavailable, try again later", reasonBudgetDown},
+		{"spool write fails", func(p *policy) { p.spool.writeErr = errors.New("disk full") }, strings.NewReader(body),
+			"451 4.3.0 Queue unavailable, try again later", reasonQueueDown},
+		{"spool commit fails", func(p *policy) { p.spool.commitErr = errors.New("no quorum") }, strings.NewReader(body),
+			"451 4.3.0 Queue unavailable, try again later", reasonQueueDown},
+		{"too big for the engine", nil, io.MultiReader(strings.NewReader(body), iotest.ErrReader(tooBig)),
+			"552 5.3.4 Message size exceeds fixed limit", reasonTooBig},
+		{"line too long for the engine", nil, io.MultiReader(strings.NewReader(body), iotest.ErrReader(tooLong)),
+			"500 5.5.2 Message line too long (limit 8 bytes)", reasonLineTooLong},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newPolicy(t, 0)
+			if tt.setup != nil {
+				tt.setup(p)
+			}
+			id, err := sendOne(t, p.session(t, "192.0.2.1", "restricted"), tt.body)
+			if got := reply(t, err); got != tt.want {
+				t.Fatalf("Data: %q, want %q", got, tt.want)
+			}
+			m := p.spool.begun[0]
+			if queued := tt.want == ""; m.committed != queued || m.aborted == queued || (id == m.env.ID) != queued {
+				t.Fatalf("committed %v, aborted %v, id %q of %q; want queued: %v", m.committed, m.aborted, id, m.env.ID, queued)
+			}
+			if tt.reason != "" && p.rejected("restricted", "7", tt.reason) != 1 {
+				t.Fatalf("not counted as %s", tt.reason)
+			}
+		})
+	}
+}
+
+// sendOne runs a transaction to b@example.com with body.
+func sendOne(t *testing.T, s smtpd.Session, body io.Reader) (string, error) {
+	t.Helper()
+	if err := s.Mail("orders@ifaxin.com", smtpd.MailOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Rcpt("b@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	return s.Data(context.Background(), body)
+}
+
+func TestDataStoresTheEnvelope(t *testing.T) {
+	p := newPolicy(t, 0)
+	if _, err := sendOne(t, p.session(t, "192.0.2.1", "restricted"), strings.NewReader("From: a@ifaxin.com\r\n\r\nhi\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	m := p.spool.begun[0]
+	env := m.env
+	if env.APIUser != "restricted" || env.LabelID != "7" || env.From != "orders@ifaxin.com" || len(env.To) != 1 ||
+		env.Helo != "client.test" || !env.TLS || env.RemoteAddr != "192.0.2.1:40000" {
+		t.Fatalf("envelope %+v", env)
+	}
+	if m.body.String() != "From: a@ifaxin.com\r\n\r\nhi\r\n" {
+		t.Fatalf("stored body %q", m.body.String())
+	}
+	if got := testutil.ToFloat64(p.metrics.bytes.WithLabelValues("restricted", "7")); got != float64(m.body.Len()) {
+		t.Fatalf("accepted bytes = %v", got)
+	}
+}
+
+// When the spool cannot begin, the body is still read to its end, and what
+// ended it decides: a connection lost meanwhile is "interrupted", with no
+// reply, rather than a queue failure.
+func TestDataWithoutSpool(t *testing.T) {
+	p := newPolicy(t, 0)
+	p.spool.beginErr = errors.New("stream unavailable")
+	body := strings.NewReader("From: a@ifaxin.com\r\n\r\nhi\r\n")
+	if got := reply(t, second(sendOne(t, p.session(t, "192.0.2.1", "restricted"), body))); got != "451 4.3.0 Queue unavailable, try again later" {
+		t.Fatalf("spool unavailable: %q", got)
+	}
+	if body.Len() != 0 {
+		t.Fatalf("%d bytes of the body left unread", body.Len())
+	}
+	lost := io.MultiReader(strings.NewReader("From: a@ifaxin.com\r\n"), iotest.ErrReader(io.ErrUnexpectedEOF))
+	err := second(sendOne(t, p.session(t, "192.0.2.1", "restricted"), lost))
+	if _, ok := errors.AsType[*smtpd.Error](err); ok || !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("connection lost: %v, want the read error and no reply", err)
+	}
+	if p.rejected("restricted", "7", reasonQueueDown) != 1 || p.rejected("restricted", "7", reasonInterrupted) != 1 {
+		t.Fatal("want one queue_unavailable and one interrupted")
+	}
+}
+
+func second[T any](_ T, err error) error { return err }

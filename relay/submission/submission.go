@@ -1,0 +1,81 @@
+// Package submission is the relay's policy for mail submission, the
+// Backend behind relay/smtpd's protocol engine: who may log in and how
+// often an address may fail, which senders an account may use in the
+// envelope and the From header, how many recipients a message may have,
+// what it costs of the account's budget, and the durable spool a message
+// must reach before the engine acknowledges it.
+//
+// It holds no socket: its tests drive a Session directly.
+package submission
+
+import (
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/mailfleet/mailfleet/relay/budget"
+	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/relay/queueid"
+	"github.com/mailfleet/mailfleet/relay/smtpd"
+	"github.com/mailfleet/mailfleet/relay/spool"
+)
+
+// Authenticator verifies a username (api_user or api_user#label_id) and key.
+type Authenticator interface {
+	Authenticate(username, key string) (credentials.Identity, error)
+}
+
+// Config is the policy's own tuning. Zero values take the defaults that
+// Defaults documents.
+type Config struct {
+	// AuthFailureLimit failed logins from one IP within AuthFailureWindow
+	// shut that IP out until the window passes.
+	AuthFailureLimit  int
+	AuthFailureWindow time.Duration
+}
+
+// Defaults fills unset fields: 10 failures in 10 minutes.
+func (c *Config) Defaults() {
+	if c.AuthFailureLimit == 0 {
+		c.AuthFailureLimit = 10
+	}
+	if c.AuthFailureWindow == 0 {
+		c.AuthFailureWindow = 10 * time.Minute
+	}
+}
+
+// Deps are the policy's collaborators.
+type Deps struct {
+	Auth    Authenticator
+	Budget  budget.Budget
+	Spool   spool.Spool
+	IDs     *queueid.Generator
+	Metrics *Metrics
+}
+
+// Backend is the relay's smtpd.Backend. Its failure throttle is shared by
+// every session, so that an address's failures count across them.
+type Backend struct {
+	deps     Deps
+	throttle *authThrottle
+}
+
+var _ smtpd.Backend = (*Backend)(nil)
+
+// New checks the collaborators and returns the relay's Backend.
+func New(cfg Config, deps Deps) (*Backend, error) {
+	cfg.Defaults()
+	if deps.Auth == nil || deps.Budget == nil || deps.Spool == nil || deps.IDs == nil || deps.Metrics == nil {
+		return nil, errors.New("submission: Auth, Budget, Spool, IDs and Metrics are required")
+	}
+	return &Backend{deps: deps, throttle: newAuthThrottle(cfg.AuthFailureLimit, cfg.AuthFailureWindow)}, nil
+}
+
+// NewSession implements smtpd.Backend; it never refuses a session.
+func (b *Backend) NewSession(c *smtpd.ConnInfo) (smtpd.Session, error) {
+	log := c.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	return &session{b: b, conn: c, log: log}, nil
+}
