@@ -43,9 +43,9 @@ var rules = []rule{
 		forbids: anyOf(kubernetes, under("controllers"), under("api/v1alpha1"), under("ratelimit")),
 	},
 	{
-		name:    "the outbound SMTP client (relay/smtpclient) depends on no other mailfleet package",
-		applies: under("relay/smtpclient"),
-		forbids: func(dep string) bool { return strings.HasPrefix(dep, module+"/") && !under("relay/smtpclient")(dep) },
+		name:    "the SMTP protocol engine (relay/smtpd) and client (relay/smtpclient) depend on no other mailfleet package",
+		applies: anyOf(under("relay/smtpd"), under("relay/smtpclient")),
+		forbids: func(dep string) bool { return strings.HasPrefix(dep, module+"/") },
 	},
 	{
 		name:    "no package reaches back up to cmd/",
@@ -112,7 +112,7 @@ func TestRulesCatchAViolation(t *testing.T) {
 		rules[0].name: {"api/wire", "k8s.io/api/core/v1"},
 		rules[1].name: {"api/v1alpha1", module + "/relay/config"},
 		rules[2].name: {"relay/smtpd", "k8s.io/client-go/kubernetes"},
-		rules[3].name: {"relay/smtpclient", module + "/relay/spool"},
+		rules[3].name: {"relay/smtpd", module + "/relay/credentials"},
 		rules[4].name: {"controllers", module + "/cmd/mailfleet"},
 		rules[5].name: {"ratelimit", module + "/controllers"},
 		rules[6].name: {"controllers", module + "/relay/smtpd"},
