@@ -19,6 +19,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
 // wait is how long a test gives the controllers to converge.
@@ -31,55 +32,6 @@ func setupCredentialControllers(mgr ctrl.Manager) error {
 		return err
 	}
 	return (&LabelReconciler{}).SetupWithManager(mgr)
-}
-
-// mkRelay creates an SmtpRelay.
-func mkRelay(t *testing.T, ns, name string, muts ...func(*v1.SmtpRelay)) *v1.SmtpRelay {
-	t.Helper()
-	r := &v1.SmtpRelay{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: v1.SmtpRelaySpec{
-			Hostname: "smtp.example.com",
-			TLS:      v1.RelayTLS{IssuerRef: &v1.IssuerReference{Name: "ca"}},
-			Queue:    v1.RelayQueue{NATS: v1.NATSQueue{URL: "nats://nats.mailfleet-system.svc:4222"}},
-		},
-	}
-	for _, m := range muts {
-		m(r)
-	}
-	if err := testClient.Create(context.Background(), r); err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
-
-// mkAccount creates an SmtpAccount of the relay relayNS/relay.
-func mkAccount(t *testing.T, ns, name, relayNS, relay string, muts ...func(*v1.SmtpAccount)) *v1.SmtpAccount {
-	t.Helper()
-	a := &v1.SmtpAccount{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec:       v1.SmtpAccountSpec{RelayRef: v1.RelayReference{Name: relay, Namespace: relayNS}},
-	}
-	for _, m := range muts {
-		m(a)
-	}
-	if err := testClient.Create(context.Background(), a); err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
-
-// mkLabel creates an SmtpLabel of an account.
-func mkLabel(t *testing.T, ns, name, account, labelID string) *v1.SmtpLabel {
-	t.Helper()
-	l := &v1.SmtpLabel{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec:       v1.SmtpLabelSpec{AccountRef: account, LabelID: labelID},
-	}
-	if err := testClient.Create(context.Background(), l); err != nil {
-		t.Fatal(err)
-	}
-	return l
 }
 
 // conditioned is an SmtpAccount or SmtpLabel.
@@ -100,8 +52,8 @@ func waitReason[T conditioned](t *testing.T, obj T, reason string) T {
 func waitReasonWithin[T conditioned](t *testing.T, obj T, reason string, timeout time.Duration) T {
 	t.Helper()
 	key := client.ObjectKeyFromObject(obj)
-	eventually(t, timeout, func() error {
-		if err := testClient.Get(context.Background(), key, obj); err != nil {
+	envtestkit.Eventually(t, timeout, func() error {
+		if err := env.Client.Get(context.Background(), key, obj); err != nil {
 			return err
 		}
 		var conds []metav1.Condition
@@ -132,35 +84,13 @@ func readyMessage(obj *v1.SmtpAccount) string {
 	return ""
 }
 
-func getSecretT(t *testing.T, ns, name string) *corev1.Secret {
-	t.Helper()
-	s := &corev1.Secret{}
-	if err := testClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, s); err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// waitSecret waits until the Secret exists and check accepts it.
-func waitSecret(t *testing.T, ns, name string, check func(*corev1.Secret) error) *corev1.Secret {
-	t.Helper()
-	s := &corev1.Secret{}
-	eventually(t, wait, func() error {
-		if err := testClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, s); err != nil {
-			return err
-		}
-		return check(s)
-	})
-	return s
-}
-
 // waitEventAbout waits for an events.k8s.io/v1 Event about obj with reason.
 func waitEventAbout(t *testing.T, obj client.Object, reason string) eventsv1.Event {
 	t.Helper()
 	var found eventsv1.Event
-	eventually(t, wait, func() error {
+	envtestkit.Eventually(t, wait, func() error {
 		var list eventsv1.EventList
-		if err := testClient.List(context.Background(), &list, client.InNamespace(obj.GetNamespace())); err != nil {
+		if err := env.Client.List(context.Background(), &list, client.InNamespace(obj.GetNamespace())); err != nil {
 			return err
 		}
 		for _, e := range list.Items {
@@ -183,7 +113,7 @@ func assertNoKeyLeak(t *testing.T, ns string, keys ...string) {
 	var accs v1.SmtpAccountList
 	var labels v1.SmtpLabelList
 	for _, l := range []client.ObjectList{&evs, &accs, &labels} {
-		if err := testClient.List(ctx, l, client.InNamespace(ns)); err != nil {
+		if err := env.Client.List(ctx, l, client.InNamespace(ns)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -219,10 +149,10 @@ func waitNextSecond(obj client.Object) {
 }
 
 func TestAccountGeneratedKey(t *testing.T) {
-	startManager(t, setupCredentialControllers)
-	ns := newNamespace(t, nil)
-	mkRelay(t, ns, "mx")
-	acc := mkAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
+	env.StartManager(t, setupCredentialControllers)
+	ns := env.Namespace(t, nil)
+	env.CreateRelay(t, ns, "mx")
+	acc := env.CreateAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
 		a.Spec.Key.Generated = &v1.GeneratedKey{Bytes: 48}
 		a.Spec.SecretTemplate = &v1.SecretTemplate{
 			Labels:      map[string]v1.LabelValue{"team": "checkout", labelInstance: "argo-app"},
@@ -231,7 +161,7 @@ func TestAccountGeneratedKey(t *testing.T) {
 	})
 	acc = waitReason(t, acc, v1.ReasonReady)
 
-	s := getSecretT(t, ns, "shop-smtp-credentials")
+	s := env.GetSecret(t, ns, "shop-smtp-credentials")
 	key := string(s.Data[SecretKeyPassword])
 	if raw, err := base64.RawURLEncoding.DecodeString(key); err != nil || len(raw) != 48 {
 		t.Errorf("password is %d bytes of base64url (%v), want 48", len(raw), err)
@@ -269,20 +199,20 @@ func TestAccountGeneratedKey(t *testing.T) {
 }
 
 func TestAccountKeyReusedAcrossRestart(t *testing.T) {
-	ns := newNamespace(t, nil)
-	mkRelay(t, ns, "mx")
-	acc := mkAccount(t, ns, "shop", "", "mx")
+	ns := env.Namespace(t, nil)
+	env.CreateRelay(t, ns, "mx")
+	acc := env.CreateAccount(t, ns, "shop", "", "mx")
 
-	_, stop := runManager(t, setupCredentialControllers)
+	_, stop := env.RunManager(t, setupCredentialControllers)
 	acc = waitReason(t, acc, v1.ReasonReady)
-	before := getSecretT(t, ns, "shop-smtp-credentials")
+	before := env.GetSecret(t, ns, "shop-smtp-credentials")
 	stop()
 
-	startManager(t, setupCredentialControllers)
+	env.StartManager(t, setupCredentialControllers)
 	// A spec change the new operator must observe proves it reconciled.
-	updateSpec(t, acc, func() { acc.Spec.BudgetPerMinute = ptr.To[int32](100) })
+	env.UpdateSpec(t, acc, func() { acc.Spec.BudgetPerMinute = ptr.To[int32](100) })
 	acc = waitReason(t, acc, v1.ReasonReady)
-	after := getSecretT(t, ns, "shop-smtp-credentials")
+	after := env.GetSecret(t, ns, "shop-smtp-credentials")
 	if string(after.Data[SecretKeyPassword]) != string(before.Data[SecretKeyPassword]) {
 		t.Error("the key changed across an operator restart")
 	}
@@ -293,21 +223,21 @@ func TestAccountKeyReusedAcrossRestart(t *testing.T) {
 
 func TestAccountKeyRotation(t *testing.T) {
 	ctx := context.Background()
-	startManager(t, setupCredentialControllers)
-	ns := newNamespace(t, nil)
-	mkRelay(t, ns, "mx")
-	acc := mkAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
+	env.StartManager(t, setupCredentialControllers)
+	ns := env.Namespace(t, nil)
+	env.CreateRelay(t, ns, "mx")
+	acc := env.CreateAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
 		a.Spec.Key.RotationGracePeriod = &metav1.Duration{Duration: 2 * time.Second}
 	})
 	acc = waitReason(t, acc, v1.ReasonReady)
-	old := string(getSecretT(t, ns, "shop-smtp-credentials").Data[SecretKeyPassword])
+	old := string(env.GetSecret(t, ns, "shop-smtp-credentials").Data[SecretKeyPassword])
 
 	patch := client.MergeFrom(acc.DeepCopy())
 	acc.Annotations = map[string]string{AnnotationRotateKey: "2026-03-01"}
-	if err := testClient.Patch(ctx, acc, patch); err != nil {
+	if err := env.Client.Patch(ctx, acc, patch); err != nil {
 		t.Fatal(err)
 	}
-	rotated := waitSecret(t, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
+	rotated := env.WaitSecret(t, wait, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
 		if string(s.Data[SecretKeyPassword]) == old {
 			return fmt.Errorf("key not rotated yet")
 		}
@@ -327,7 +257,7 @@ func TestAccountKeyRotation(t *testing.T) {
 	waitEventAbout(t, acc, "KeyRotated")
 
 	// After the grace period the previous digest goes, from the Secret and status.
-	waitSecret(t, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
+	env.WaitSecret(t, wait, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
 		if _, ok := s.Data[SecretKeyPreviousPasswordDigest]; ok {
 			return fmt.Errorf("previous digest still present")
 		}
@@ -336,8 +266,8 @@ func TestAccountKeyRotation(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, wait, func() error {
-		if err := testClient.Get(ctx, client.ObjectKeyFromObject(acc), acc); err != nil {
+	envtestkit.Eventually(t, wait, func() error {
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(acc), acc); err != nil {
 			return err
 		}
 		if acc.Status.PreviousKeyExpiresAt != nil {
@@ -345,7 +275,7 @@ func TestAccountKeyRotation(t *testing.T) {
 		}
 		return nil
 	})
-	final := getSecretT(t, ns, "shop-smtp-credentials")
+	final := env.GetSecret(t, ns, "shop-smtp-credentials")
 	if string(final.Data[SecretKeyPassword]) != string(rotated.Data[SecretKeyPassword]) {
 		t.Error("the new key changed again after the grace period")
 	}
@@ -354,10 +284,10 @@ func TestAccountKeyRotation(t *testing.T) {
 
 func TestAccountReferencedSecret(t *testing.T) {
 	ctx := context.Background()
-	startManager(t, setupCredentialControllers)
-	ns := newNamespace(t, nil)
-	mkRelay(t, ns, "mx")
-	acc := mkAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
+	env.StartManager(t, setupCredentialControllers)
+	ns := env.Namespace(t, nil)
+	env.CreateRelay(t, ns, "mx")
+	acc := env.CreateAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
 		a.Spec.Key.SecretRef = &v1.SecretKeyReference{Name: "sealed-key"}
 	})
 	acc = waitReason(t, acc, v1.ReasonSecretNotFound)
@@ -371,7 +301,7 @@ func TestAccountReferencedSecret(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "sealed-key", Namespace: ns},
 		Data:       map[string][]byte{"other": []byte("x")},
 	}
-	if err := testClient.Create(ctx, ref); err != nil {
+	if err := env.Client.Create(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
 	acc = waitReason(t, acc, v1.ReasonSecretKeyMissing)
@@ -381,7 +311,7 @@ func TestAccountReferencedSecret(t *testing.T) {
 
 	// Issue 12.19: a key too short to resist guessing is refused, by length.
 	ref.Data = map[string][]byte{"api-key": []byte("hunter2")}
-	if err := testClient.Update(ctx, ref); err != nil {
+	if err := env.Client.Update(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
 	acc = waitReason(t, acc, v1.ReasonKeyTooShort)
@@ -392,14 +322,14 @@ func TestAccountReferencedSecret(t *testing.T) {
 	// The watch on Secrets picks the key up at once, well before the 10 s retry.
 	start := time.Now()
 	ref.Data = map[string][]byte{"api-key": []byte("first-referenced-key-0123456789abcdef")}
-	if err := testClient.Update(ctx, ref); err != nil {
+	if err := env.Client.Update(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
 	acc = waitReason(t, acc, v1.ReasonReady)
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("picked up after %v", d)
 	}
-	s := getSecretT(t, ns, "shop-smtp-credentials")
+	s := env.GetSecret(t, ns, "shop-smtp-credentials")
 	if got := string(s.Data[SecretKeyPassword]); got != "first-referenced-key-0123456789abcdef" {
 		t.Errorf("password = %q", got)
 	}
@@ -407,10 +337,10 @@ func TestAccountReferencedSecret(t *testing.T) {
 
 	// Changing the referenced key is a rotation, with the same grace.
 	ref.Data = map[string][]byte{"api-key": []byte("second-referenced-key-0123456789abcdef")}
-	if err := testClient.Update(ctx, ref); err != nil {
+	if err := env.Client.Update(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
-	s = waitSecret(t, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
+	s = env.WaitSecret(t, wait, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
 		if string(s.Data[SecretKeyPassword]) != "second-referenced-key-0123456789abcdef" {
 			return fmt.Errorf("password not updated")
 		}
@@ -426,50 +356,50 @@ func TestAccountReferencedSecret(t *testing.T) {
 
 func TestAccountForeignSecret(t *testing.T) {
 	ctx := context.Background()
-	startManager(t, setupCredentialControllers)
-	ns := newNamespace(t, nil)
-	mkRelay(t, ns, "mx")
+	env.StartManager(t, setupCredentialControllers)
+	ns := env.Namespace(t, nil)
+	env.CreateRelay(t, ns, "mx")
 	foreign := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "shop-smtp-credentials", Namespace: ns},
 		Data:       map[string][]byte{"password": []byte("someone-elses")},
 	}
-	if err := testClient.Create(ctx, foreign); err != nil {
+	if err := env.Client.Create(ctx, foreign); err != nil {
 		t.Fatal(err)
 	}
-	acc := mkAccount(t, ns, "shop", "", "mx")
+	acc := env.CreateAccount(t, ns, "shop", "", "mx")
 	acc = waitReason(t, acc, v1.ReasonSecretNotOwned)
 	if msg := readyMessage(acc); !strings.Contains(msg, "spec.secretName") || !strings.Contains(msg, "shop-smtp-credentials") {
 		t.Errorf("message = %q", msg)
 	}
 	waitEventAbout(t, acc, v1.ReasonSecretNotOwned)
-	after := getSecretT(t, ns, "shop-smtp-credentials")
+	after := env.GetSecret(t, ns, "shop-smtp-credentials")
 	if after.ResourceVersion != foreign.ResourceVersion || len(after.OwnerReferences) != 0 {
 		t.Errorf("the foreign Secret was changed: %+v", after)
 	}
 
 	// Once it is deleted the account writes its own.
-	if err := testClient.Delete(ctx, foreign); err != nil {
+	if err := env.Client.Delete(ctx, foreign); err != nil {
 		t.Fatal(err)
 	}
 	acc = waitReason(t, acc, v1.ReasonReady)
-	if s := getSecretT(t, ns, "shop-smtp-credentials"); !accountHolds(s, acc) {
+	if s := env.GetSecret(t, ns, "shop-smtp-credentials"); !accountHolds(s, acc) {
 		t.Error("the new Secret is not the account's")
 	}
 }
 
 func TestAccountTenancy(t *testing.T) {
-	startManager(t, setupCredentialControllers)
-	platform := newNamespace(t, nil)
-	labelled := newNamespace(t, map[string]string{"mailfleet.io/tenant": "yes"})
-	other := newNamespace(t, nil)
+	env.StartManager(t, setupCredentialControllers)
+	platform := env.Namespace(t, nil)
+	labelled := env.Namespace(t, map[string]string{"mailfleet.io/tenant": "yes"})
+	other := env.Namespace(t, nil)
 	selector := func(r *v1.SmtpRelay) {
 		r.Spec.Accounts.Namespaces = v1.AccountNamespaces{From: v1.NamespacesFromSelector,
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"mailfleet.io/tenant": "yes"}}}
 	}
 	all := func(r *v1.SmtpRelay) { r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll }
-	mkRelay(t, platform, "same")
-	mkRelay(t, platform, "all", all)
-	mkRelay(t, platform, "selector", selector)
+	env.CreateRelay(t, platform, "same")
+	env.CreateRelay(t, platform, "all", all)
+	env.CreateRelay(t, platform, "selector", selector)
 
 	tests := []struct {
 		name, relay, ns, want string
@@ -484,8 +414,8 @@ func TestAccountTenancy(t *testing.T) {
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			name := fmt.Sprintf("a%d", i)
-			acc := waitReason(t, mkAccount(t, tt.ns, name, platform, tt.relay), tt.want)
-			s, err := getSecret(context.Background(), testClient, tt.ns, name+"-smtp-credentials")
+			acc := waitReason(t, env.CreateAccount(t, tt.ns, name, platform, tt.relay), tt.want)
+			s, err := getSecret(context.Background(), env.Client, tt.ns, name+"-smtp-credentials")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -507,14 +437,14 @@ func TestAccountTenancy(t *testing.T) {
 	t.Run("labelling the namespace admits its account", func(t *testing.T) {
 		acc := &v1.SmtpAccount{ObjectMeta: metav1.ObjectMeta{Namespace: other, Name: "a5"}}
 		var nsObj corev1.Namespace
-		if err := testClient.Get(context.Background(), client.ObjectKey{Name: other}, &nsObj); err != nil {
+		if err := env.Client.Get(context.Background(), client.ObjectKey{Name: other}, &nsObj); err != nil {
 			t.Fatal(err)
 		}
 		if nsObj.Labels == nil {
 			nsObj.Labels = map[string]string{}
 		}
 		nsObj.Labels["mailfleet.io/tenant"] = "yes"
-		if err := testClient.Update(context.Background(), &nsObj); err != nil {
+		if err := env.Client.Update(context.Background(), &nsObj); err != nil {
 			t.Fatal(err)
 		}
 		waitReason(t, acc, v1.ReasonReady)
@@ -523,37 +453,37 @@ func TestAccountTenancy(t *testing.T) {
 
 func TestAccountAPIUserConflict(t *testing.T) {
 	ctx := context.Background()
-	startManager(t, setupCredentialControllers)
-	platform := newNamespace(t, nil)
-	nsA, nsB := newNamespace(t, nil), newNamespace(t, nil)
-	mkRelay(t, platform, "mx", func(r *v1.SmtpRelay) { r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll })
+	env.StartManager(t, setupCredentialControllers)
+	platform := env.Namespace(t, nil)
+	nsA, nsB := env.Namespace(t, nil), env.Namespace(t, nil)
+	env.CreateRelay(t, platform, "mx", func(r *v1.SmtpRelay) { r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll })
 	acme := func(a *v1.SmtpAccount) { a.Spec.APIUser = "acme" }
 
-	holder := waitReason(t, mkAccount(t, nsA, "first", platform, "mx", acme), v1.ReasonReady)
+	holder := waitReason(t, env.CreateAccount(t, nsA, "first", platform, "mx", acme), v1.ReasonReady)
 	waitNextSecond(holder)
-	later := waitReason(t, mkAccount(t, nsB, "second", platform, "mx", acme), v1.ReasonConflict)
+	later := waitReason(t, env.CreateAccount(t, nsB, "second", platform, "mx", acme), v1.ReasonConflict)
 	// Issue 12.23: another tenant's namespace and account name stay hidden.
 	if msg := readyMessage(later); strings.Contains(msg, nsA) || strings.Contains(msg, "first") || !strings.Contains(msg, "another namespace") {
 		t.Errorf("conflict message across namespaces: %q, want it to say only that the apiUser is taken", msg)
 	}
 	waitEventAbout(t, later, v1.ReasonConflict)
 	// In the holder's own namespace, the message names it.
-	sibling := waitReason(t, mkAccount(t, nsA, "sibling", platform, "mx", acme), v1.ReasonConflict)
+	sibling := waitReason(t, env.CreateAccount(t, nsA, "sibling", platform, "mx", acme), v1.ReasonConflict)
 	if msg := readyMessage(sibling); !strings.Contains(msg, `SmtpAccount "first"`) {
 		t.Errorf("conflict message in the holder's namespace does not name it: %q", msg)
 	}
-	if err := testClient.Delete(ctx, sibling); err != nil {
+	if err := env.Client.Delete(ctx, sibling); err != nil {
 		t.Fatal(err)
 	}
-	if s, err := getSecret(ctx, testClient, nsB, "second-smtp-credentials"); err != nil || s != nil {
+	if s, err := getSecret(ctx, env.Client, nsB, "second-smtp-credentials"); err != nil || s != nil {
 		t.Errorf("the later claimant got credentials (%v)", err)
 	}
 	waitReason(t, holder, v1.ReasonReady) // the holder keeps working
 
 	// Another apiUser on the same relay is no conflict.
-	waitReason(t, mkAccount(t, nsB, "third", platform, "mx"), v1.ReasonReady)
+	waitReason(t, env.CreateAccount(t, nsB, "third", platform, "mx"), v1.ReasonReady)
 
-	if err := testClient.Delete(ctx, holder); err != nil {
+	if err := env.Client.Delete(ctx, holder); err != nil {
 		t.Fatal(err)
 	}
 	waitReason(t, later, v1.ReasonReady)
@@ -561,33 +491,33 @@ func TestAccountAPIUserConflict(t *testing.T) {
 
 func TestAccountRelayNotFoundAndSuspended(t *testing.T) {
 	ctx := context.Background()
-	startManager(t, setupCredentialControllers)
-	ns := newNamespace(t, nil)
-	acc := waitReason(t, mkAccount(t, ns, "shop", "", "mx"), v1.ReasonRelayNotFound)
+	env.StartManager(t, setupCredentialControllers)
+	ns := env.Namespace(t, nil)
+	acc := waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx"), v1.ReasonRelayNotFound)
 	if msg := readyMessage(acc); !strings.Contains(msg, ns+"/mx") {
 		t.Errorf("message does not name the relay: %q", msg)
 	}
 	waitEventAbout(t, acc, v1.ReasonRelayNotFound)
 
 	// The relay appears with an endpoint and listeners of its own.
-	relay := mkRelay(t, ns, "mx", func(r *v1.SmtpRelay) {
+	relay := env.CreateRelay(t, ns, "mx", func(r *v1.SmtpRelay) {
 		r.Spec.Listeners = []v1.RelayListener{{Name: "smtps", Port: 465, TLS: v1.ListenerImplicit}, {Name: "alt", Port: 2525}}
 	})
 	relay.Status.Endpoint = "smtp.internal.example"
-	if err := testClient.Status().Update(ctx, relay); err != nil {
+	if err := env.Client.Status().Update(ctx, relay); err != nil {
 		t.Fatal(err)
 	}
 	acc = waitReason(t, acc, v1.ReasonReady)
-	waitSecret(t, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
+	env.WaitSecret(t, wait, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
 		if string(s.Data[SecretKeyHost]) != "smtp.internal.example" || string(s.Data[SecretKeyPort]) != "2525" {
 			return fmt.Errorf("host %s port %s", s.Data[SecretKeyHost], s.Data[SecretKeyPort])
 		}
 		return nil
 	})
 
-	updateSpec(t, acc, func() { acc.Spec.Suspended = true })
+	env.UpdateSpec(t, acc, func() { acc.Spec.Suspended = true })
 	waitReason(t, acc, v1.ReasonSuspended)
-	getSecretT(t, ns, "shop-smtp-credentials") // kept
+	env.GetSecret(t, ns, "shop-smtp-credentials") // kept
 }
 
 // TestAccountSecretRenamed: changing spec.secretName moves the key to the
@@ -595,27 +525,27 @@ func TestAccountRelayNotFoundAndSuspended(t *testing.T) {
 // secretRetention is Delete (TestAccountSecretRetained: kept by default).
 func TestAccountSecretRenamed(t *testing.T) {
 	ctx := context.Background()
-	startManager(t, setupCredentialControllers)
-	ns := newNamespace(t, nil)
-	mkRelay(t, ns, "mx")
-	acc := waitReason(t, mkAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
+	env.StartManager(t, setupCredentialControllers)
+	ns := env.Namespace(t, nil)
+	env.CreateRelay(t, ns, "mx")
+	acc := waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
 		a.Spec.SecretRetention = v1.SecretRetentionDelete
 	}), v1.ReasonReady)
-	if s := getSecretT(t, ns, "shop-smtp-credentials"); !metav1.IsControlledBy(s, acc) {
+	if s := env.GetSecret(t, ns, "shop-smtp-credentials"); !metav1.IsControlledBy(s, acc) {
 		t.Errorf("secretRetention Delete: the Secret is not controlled by the account: %+v", s.OwnerReferences)
 	}
-	key := string(getSecretT(t, ns, "shop-smtp-credentials").Data[SecretKeyPassword])
+	key := string(env.GetSecret(t, ns, "shop-smtp-credentials").Data[SecretKeyPassword])
 
-	updateSpec(t, acc, func() { acc.Spec.SecretName = "mail-credentials" })
+	env.UpdateSpec(t, acc, func() { acc.Spec.SecretName = "mail-credentials" })
 	acc = waitReason(t, acc, v1.ReasonReady)
 	if acc.Status.SecretName != "mail-credentials" {
 		t.Errorf("status.secretName = %q", acc.Status.SecretName)
 	}
-	if got := string(getSecretT(t, ns, "mail-credentials").Data[SecretKeyPassword]); got != key {
+	if got := string(env.GetSecret(t, ns, "mail-credentials").Data[SecretKeyPassword]); got != key {
 		t.Error("renaming the Secret changed the key")
 	}
-	eventually(t, wait, func() error {
-		if s, err := getSecret(ctx, testClient, ns, "shop-smtp-credentials"); err != nil || s != nil {
+	envtestkit.Eventually(t, wait, func() error {
+		if s, err := getSecret(ctx, env.Client, ns, "shop-smtp-credentials"); err != nil || s != nil {
 			return fmt.Errorf("old Secret still there (%v)", err)
 		}
 		return nil

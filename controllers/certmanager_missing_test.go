@@ -3,7 +3,6 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -13,11 +12,11 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
 // Issue 12.22: the operator did not start on a cluster without
@@ -27,15 +26,15 @@ import (
 // restart, once its CRDs are installed.
 func TestRelayWithoutCertManager(t *testing.T) {
 	ctx := context.Background()
-	cfg, c := startOwnAPIServer(t, filepath.Join("..", "config", "crd", "bases"))
-	runManagerAs(t, cfg, (&RelayReconciler{Options: testRenderOptions, CertManagerPoll: 200 * time.Millisecond}).SetupWithManager)
+	cfg, c := envtestkit.StartAPIServer(t, Scheme(), envtestkit.MailfleetCRDs())
+	env.RunManagerAs(t, cfg, (&RelayReconciler{Options: testRenderOptions, CertManagerPoll: 200 * time.Millisecond}).SetupWithManager)
 	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mail"}}); err != nil {
 		t.Fatal(err)
 	}
 	tlsSecret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "own-tls", Namespace: "mail"}, Type: corev1.SecretTypeTLS,
 		Data: map[string][]byte{corev1.TLSCertKey: []byte("cert"), corev1.TLSPrivateKeyKey: []byte("key")}}
-	own := newTestRelay(withName("own"), withSecretName("own-tls"))
-	issued := newTestRelay(withName("issued"))
+	own := envtestkit.NewRelay("mail", "own", withSecretName("own-tls"))
+	issued := envtestkit.NewRelay("mail", "issued")
 	for _, obj := range []client.Object{tlsSecret, own, issued} {
 		if err := c.Create(ctx, obj); err != nil {
 			t.Fatal(err)
@@ -51,7 +50,7 @@ func TestRelayWithoutCertManager(t *testing.T) {
 		}
 		return nil, fmt.Errorf("relay %s not reconciled yet", name)
 	}
-	eventually(t, relayWait, func() error {
+	envtestkit.Eventually(t, relayWait, func() error {
 		cond, err := ready("own")
 		if err != nil {
 			return err
@@ -61,7 +60,7 @@ func TestRelayWithoutCertManager(t *testing.T) {
 		}
 		return c.Get(ctx, client.ObjectKey{Namespace: "mail", Name: "own"}, &appsv1.Deployment{})
 	})
-	eventually(t, relayWait, func() error {
+	envtestkit.Eventually(t, relayWait, func() error {
 		cond, err := ready("issued")
 		if err != nil {
 			return err
@@ -81,10 +80,14 @@ func TestRelayWithoutCertManager(t *testing.T) {
 		return fmt.Errorf("no CertManagerMissing event")
 	})
 
-	if _, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{certManagerCRDs()}}); err != nil {
+	certManager, err := envtestkit.CertManagerCRDs()
+	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, relayWait, func() error {
+	if _, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{certManager}}); err != nil {
+		t.Fatal(err)
+	}
+	envtestkit.Eventually(t, relayWait, func() error {
 		cond, err := ready("issued")
 		if err != nil {
 			return err
@@ -94,22 +97,4 @@ func TestRelayWithoutCertManager(t *testing.T) {
 		}
 		return c.Get(ctx, client.ObjectKey{Namespace: "mail", Name: "issued"}, &certmanagerv1.Certificate{})
 	})
-}
-
-// startOwnAPIServer starts an API server for one test, apart from the
-// suite's, with the CRDs under crdDirs, and returns its config and a client.
-func startOwnAPIServer(t *testing.T, crdDirs ...string) (*rest.Config, client.Client) {
-	t.Helper()
-	env := &envtest.Environment{CRDDirectoryPaths: crdDirs, ErrorIfCRDPathMissing: true}
-	cfg, err := env.Start()
-	if err != nil {
-		env.Stop()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Stop() })
-	c, err := client.New(cfg, client.Options{Scheme: Scheme()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cfg, c
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"strconv"
 	"testing"
 	"time"
 
@@ -15,10 +14,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/internal/envtestkit"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
 )
@@ -30,24 +29,24 @@ import (
 // each took; the 2 s target at scale is measured by hack/bench/operatorscale.
 func TestCredentialsReachTheRelay(t *testing.T) {
 	ctx := context.Background()
-	platform := newNamespace(t, nil)
-	tenant := newNamespace(t, nil)
+	platform := env.Namespace(t, nil)
+	tenant := env.Namespace(t, nil)
 	startPublishing(t)
-	mkRelay(t, platform, "mx", func(r *v1.SmtpRelay) {
+	env.CreateRelay(t, platform, "mx", func(r *v1.SmtpRelay) {
 		r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll
 		r.Spec.DefaultBudgetPerMinute = 500
 	})
 	src, verifier := relayCredentials(t, platform, "mx")
 
 	start := time.Now()
-	mkAccount(t, tenant, "acme", platform, "mx", func(a *v1.SmtpAccount) {
+	env.CreateAccount(t, tenant, "acme", platform, "mx", func(a *v1.SmtpAccount) {
 		a.Spec.BudgetPerMinute = ptr.To[int32](42)
 		a.Spec.Limits = &v1.AccountLimits{MaxRecipients: ptr.To[int32](7)}
 		a.Spec.SenderPolicy = wire.SenderPolicyEnvelope
 		a.Spec.AllowedSenderDomains = []string{"acme.example"}
 	})
 	key := waitForKey(t, tenant, "acme-smtp-credentials")
-	eventually(t, 10*time.Second, func() error {
+	envtestkit.Eventually(t, 10*time.Second, func() error {
 		_, err := verifier.Authenticate("acme", key)
 		return err
 	})
@@ -65,18 +64,18 @@ func TestCredentialsReachTheRelay(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "news", Namespace: tenant},
 		Spec:       v1.SmtpLabelSpec{AccountRef: "acme", LabelID: "1001"},
 	}
-	if err := testClient.Create(ctx, label); err != nil {
+	if err := env.Client.Create(ctx, label); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, func() error {
+	envtestkit.Eventually(t, 10*time.Second, func() error {
 		_, err := verifier.Authenticate("acme#1001", key)
 		return err
 	})
 	t.Logf("new label usable after %v", time.Since(start))
 
 	start = time.Now()
-	setSuspended(t, tenant, "acme", true)
-	eventually(t, 10*time.Second, func() error {
+	env.SetSuspended(t, tenant, "acme", true)
+	envtestkit.Eventually(t, 10*time.Second, func() error {
 		if _, err := verifier.Authenticate("acme", key); err == nil {
 			return errStill("suspended account still authenticates")
 		}
@@ -84,16 +83,16 @@ func TestCredentialsReachTheRelay(t *testing.T) {
 	})
 	t.Logf("suspension effective after %v", time.Since(start))
 
-	setSuspended(t, tenant, "acme", false)
-	eventually(t, 10*time.Second, func() error {
+	env.SetSuspended(t, tenant, "acme", false)
+	envtestkit.Eventually(t, 10*time.Second, func() error {
 		_, err := verifier.Authenticate("acme", key)
 		return err
 	})
 	start = time.Now()
-	if err := testClient.Delete(ctx, &v1.SmtpAccount{ObjectMeta: metav1.ObjectMeta{Name: "acme", Namespace: tenant}}); err != nil {
+	if err := env.Client.Delete(ctx, &v1.SmtpAccount{ObjectMeta: metav1.ObjectMeta{Name: "acme", Namespace: tenant}}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, func() error {
+	envtestkit.Eventually(t, 10*time.Second, func() error {
 		if _, ok := src.Lookup("acme"); ok {
 			return errStill("deleted account still published")
 		}
@@ -103,7 +102,7 @@ func TestCredentialsReachTheRelay(t *testing.T) {
 
 	// The shards hold digests, never the key.
 	var shards corev1.SecretList
-	if err := testClient.List(ctx, &shards); err != nil {
+	if err := env.Client.List(ctx, &shards); err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range shards.Items {
@@ -118,9 +117,9 @@ func TestCredentialsReachTheRelay(t *testing.T) {
 func waitForKey(t *testing.T, ns, name string) string {
 	t.Helper()
 	var key string
-	eventually(t, 10*time.Second, func() error {
+	envtestkit.Eventually(t, 10*time.Second, func() error {
 		var s corev1.Secret
-		if err := testClient.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &s); err != nil {
+		if err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &s); err != nil {
 			return err
 		}
 		key = string(s.Data[SecretKeyPassword])
@@ -132,18 +131,6 @@ func waitForKey(t *testing.T, ns, name string) string {
 	return key
 }
 
-// setSuspended patches spec.suspended as kubectl patch would. An update of
-// an object read just before could conflict with the operator's status
-// writes, which may land in between.
-func setSuspended(t *testing.T, ns, name string, suspended bool) {
-	t.Helper()
-	a := &v1.SmtpAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	patch := []byte(`{"spec":{"suspended":` + strconv.FormatBool(suspended) + `}}`)
-	if err := testClient.Patch(context.Background(), a, client.RawPatch(types.MergePatchType, patch)); err != nil {
-		t.Fatal(err)
-	}
-}
-
 type errStill string
 
 func (e errStill) Error() string { return string(e) }
@@ -151,7 +138,7 @@ func (e errStill) Error() string { return string(e) }
 // startPublishing runs the account, label and publisher controllers.
 func startPublishing(t *testing.T) {
 	t.Helper()
-	startManager(t, func(mgr ctrl.Manager) error {
+	env.StartManager(t, func(mgr ctrl.Manager) error {
 		for _, s := range []func(ctrl.Manager) error{
 			(&AccountReconciler{}).SetupWithManager,
 			(&LabelReconciler{}).SetupWithManager,
@@ -169,7 +156,7 @@ func startPublishing(t *testing.T) {
 // verifier on it, until the test ends.
 func relayCredentials(t *testing.T, ns, relay string) (*kubesource.Secrets, *credentials.Verifier) {
 	t.Helper()
-	src := kubesource.NewSecrets(kubernetes.NewForConfigOrDie(testCfg), ns, relay, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	src := kubesource.NewSecrets(kubernetes.NewForConfigOrDie(env.Config), ns, relay, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go src.Run(ctx)

@@ -16,6 +16,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
 // Issue 12.11: an account the relay cannot parse used to make its whole
@@ -27,7 +28,7 @@ import (
 func TestAccountInvalidSpecLeftOut(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	crds := filepath.Join("..", "config", "crd", "bases")
+	crds := envtestkit.MailfleetCRDs()
 	entries, err := os.ReadDir(crds)
 	if err != nil {
 		t.Fatal(err)
@@ -44,8 +45,12 @@ func TestAccountInvalidSpecLeftOut(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cfg, c := startOwnAPIServer(t, dir, certManagerCRDs())
-	runManagerAs(t, cfg, func(mgr ctrl.Manager) error {
+	certManager, err := envtestkit.CertManagerCRDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, c := envtestkit.StartAPIServer(t, Scheme(), dir, certManager)
+	env.RunManagerAs(t, cfg, func(mgr ctrl.Manager) error {
 		if err := (&AccountReconciler{}).SetupWithManager(mgr); err != nil {
 			return err
 		}
@@ -57,7 +62,7 @@ func TestAccountInvalidSpecLeftOut(t *testing.T) {
 	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mail"}}); err != nil {
 		t.Fatal(err)
 	}
-	relay := &v1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "mx", Namespace: "mail"}, Spec: newTestRelay().Spec}
+	relay := envtestkit.NewRelay("mail", "mx")
 	// Both api_users fall in one shard, so the neighbour shows the shard
 	// was still written.
 	bad, good := sameShardUsers()
@@ -72,7 +77,7 @@ func TestAccountInvalidSpecLeftOut(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, relayWait, func() error {
+	envtestkit.Eventually(t, relayWait, func() error {
 		var acc v1.SmtpAccount
 		if err := c.Get(ctx, client.ObjectKey{Namespace: "mail", Name: "bad"}, &acc); err != nil {
 			return err
@@ -83,7 +88,7 @@ func TestAccountInvalidSpecLeftOut(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, relayWait, func() error {
+	envtestkit.Eventually(t, relayWait, func() error {
 		var shard corev1.Secret
 		if err := c.Get(ctx, client.ObjectKey{Namespace: "mail", Name: wire.ShardSecretName("mx", wire.ShardOf(good))}, &shard); err != nil {
 			return err

@@ -24,7 +24,7 @@ func labelMessage(l *v1.SmtpLabel) string {
 // labelID.
 func secretHasLabel(t *testing.T, ns, secret, labelID, want string) {
 	t.Helper()
-	waitSecret(t, ns, secret, func(s *corev1.Secret) error {
+	env.WaitSecret(t, wait, ns, secret, func(s *corev1.Secret) error {
 		got, ok := s.Data[SecretKeyLabelUsernamePrefix+labelID]
 		switch {
 		case want == "" && ok:
@@ -38,21 +38,21 @@ func secretHasLabel(t *testing.T, ns, secret, labelID, want string) {
 
 func TestLabelLifecycle(t *testing.T) {
 	ctx := context.Background()
-	startManager(t, setupCredentialControllers)
-	ns := newNamespace(t, nil)
-	mkRelay(t, ns, "mx")
-	acc := waitReason(t, mkAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) { a.Spec.APIUser = "acme" }), v1.ReasonReady)
+	env.StartManager(t, setupCredentialControllers)
+	ns := env.Namespace(t, nil)
+	env.CreateRelay(t, ns, "mx")
+	acc := waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) { a.Spec.APIUser = "acme" }), v1.ReasonReady)
 	const secret = "shop-smtp-credentials"
 
 	// A label of a missing account waits for it.
-	orphan := waitReason(t, mkLabel(t, ns, "orphan", "later", "7"), v1.ReasonAccountNotFound)
+	orphan := waitReason(t, env.CreateLabel(t, ns, "orphan", "later", "7"), v1.ReasonAccountNotFound)
 	if msg := labelMessage(orphan); !strings.Contains(msg, `"later"`) {
 		t.Errorf("message does not name the account: %q", msg)
 	}
 	waitEventAbout(t, orphan, v1.ReasonAccountNotFound)
 
 	// A label of a Ready account is Ready and appears in the account's Secret.
-	first := waitReason(t, mkLabel(t, ns, "newsletter", "shop", "1001"), v1.ReasonReady)
+	first := waitReason(t, env.CreateLabel(t, ns, "newsletter", "shop", "1001"), v1.ReasonReady)
 	if first.Status.Username != "acme#1001" {
 		t.Errorf("username = %q", first.Status.Username)
 	}
@@ -60,34 +60,34 @@ func TestLabelLifecycle(t *testing.T) {
 
 	// A second label with the same labelId is refused, naming the first.
 	waitNextSecond(first)
-	second := waitReason(t, mkLabel(t, ns, "newsletter-copy", "shop", "1001"), v1.ReasonConflict)
+	second := waitReason(t, env.CreateLabel(t, ns, "newsletter-copy", "shop", "1001"), v1.ReasonConflict)
 	if msg := labelMessage(second); !strings.Contains(msg, `"newsletter"`) {
 		t.Errorf("conflict message does not name the holder: %q", msg)
 	}
 	waitReason(t, first, v1.ReasonReady)
 
 	// Suspending the holder stops its logins: its username leaves the Secret.
-	updateSpec(t, first, func() { first.Spec.Suspended = true })
+	env.UpdateSpec(t, first, func() { first.Spec.Suspended = true })
 	waitReason(t, first, v1.ReasonSuspended)
 	secretHasLabel(t, ns, secret, "1001", "")
 
 	// Deleting the holder hands the labelId to the next label.
-	if err := testClient.Delete(ctx, first); err != nil {
+	if err := env.Client.Delete(ctx, first); err != nil {
 		t.Fatal(err)
 	}
 	waitReason(t, second, v1.ReasonReady)
 	secretHasLabel(t, ns, secret, "1001", "acme#1001")
 
 	// The missing account arrives: its label becomes Ready.
-	waitReason(t, mkAccount(t, ns, "later", "", "mx"), v1.ReasonReady)
+	waitReason(t, env.CreateAccount(t, ns, "later", "", "mx"), v1.ReasonReady)
 	waitReason(t, orphan, v1.ReasonReady)
 	secretHasLabel(t, ns, "later-smtp-credentials", "7", "later#7")
 
 	// An account that stops working takes its labels with it.
-	updateSpec(t, acc, func() { acc.Spec.Suspended = true })
+	env.UpdateSpec(t, acc, func() { acc.Spec.Suspended = true })
 	second = waitReason(t, second, v1.ReasonAccountNotReady)
 	if msg := labelMessage(second); !strings.Contains(msg, v1.ReasonSuspended) {
 		t.Errorf("message does not carry the account's reason: %q", msg)
 	}
-	assertNoKeyLeak(t, ns, string(getSecretT(t, ns, secret).Data[SecretKeyPassword]))
+	assertNoKeyLeak(t, ns, string(env.GetSecret(t, ns, secret).Data[SecretKeyPassword]))
 }

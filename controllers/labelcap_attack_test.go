@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
 // Attack (issue 12.20): a tenant could give one account any number of
@@ -26,7 +27,7 @@ import (
 func TestAttackTooManyLabels(t *testing.T) {
 	ctx := context.Background()
 	const maxLabels = 20
-	startManager(t, func(mgr ctrl.Manager) error {
+	env.StartManager(t, func(mgr ctrl.Manager) error {
 		for _, setup := range []func(ctrl.Manager) error{
 			(&AccountReconciler{MaxLabels: maxLabels}).SetupWithManager,
 			(&LabelReconciler{MaxLabels: maxLabels}).SetupWithManager,
@@ -38,17 +39,17 @@ func TestAttackTooManyLabels(t *testing.T) {
 		}
 		return nil
 	})
-	ns := newNamespace(t, nil)
-	mkRelay(t, ns, "mx")
-	waitReason(t, mkAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
+	ns := env.Namespace(t, nil)
+	env.CreateRelay(t, ns, "mx")
+	waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
 	// The first label is created before the others, and among labels of one
 	// timestamp second the name decides, so it is among the oldest for certain.
-	waitReason(t, mkLabel(t, ns, "l-0000", "shop", "0"), v1.ReasonReady)
+	waitReason(t, env.CreateLabel(t, ns, "l-0000", "shop", "0"), v1.ReasonReady)
 	// envtest runs no namespace controller: remove what later tests'
 	// managers would otherwise reconcile again.
 	t.Cleanup(func() {
-		testClient.DeleteAllOf(context.Background(), &v1.SmtpLabel{}, client.InNamespace(ns))
-		testClient.DeleteAllOf(context.Background(), &v1.SmtpAccount{}, client.InNamespace(ns))
+		env.Client.DeleteAllOf(context.Background(), &v1.SmtpLabel{}, client.InNamespace(ns))
+		env.Client.DeleteAllOf(context.Background(), &v1.SmtpAccount{}, client.InNamespace(ns))
 	})
 	const n = maxLabels + 5
 	var wg sync.WaitGroup
@@ -58,7 +59,7 @@ func TestAttackTooManyLabels(t *testing.T) {
 			for i := 1 + w; i < n; i += 8 {
 				l := &v1.SmtpLabel{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("l-%04d", i), Namespace: ns},
 					Spec: v1.SmtpLabelSpec{AccountRef: "shop", LabelID: fmt.Sprint(i)}}
-				if err := testClient.Create(ctx, l); err != nil {
+				if err := env.Client.Create(ctx, l); err != nil {
 					errs <- err
 					return
 				}
@@ -71,7 +72,7 @@ func TestAttackTooManyLabels(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitServed(t, ns, maxLabels, n-maxLabels)
-	waitSecret(t, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
+	env.WaitSecret(t, wait, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
 		names := 0
 		for k := range s.Data {
 			if strings.HasPrefix(k, SecretKeyLabelUsernamePrefix) {
@@ -84,7 +85,7 @@ func TestAttackTooManyLabels(t *testing.T) {
 		return nil
 	})
 	// A served label leaves: the oldest of the rest takes its place.
-	if err := testClient.Delete(ctx, &v1.SmtpLabel{ObjectMeta: metav1.ObjectMeta{Name: "l-0000", Namespace: ns}}); err != nil {
+	if err := env.Client.Delete(ctx, &v1.SmtpLabel{ObjectMeta: metav1.ObjectMeta{Name: "l-0000", Namespace: ns}}); err != nil {
 		t.Fatal(err)
 	}
 	waitServed(t, ns, maxLabels, n-1-maxLabels)
@@ -95,9 +96,9 @@ func TestAttackTooManyLabels(t *testing.T) {
 func waitServed(t *testing.T, ns string, ready, tooMany int) {
 	t.Helper()
 	ctx := context.Background()
-	eventually(t, 60*time.Second, func() error {
+	envtestkit.Eventually(t, 60*time.Second, func() error {
 		var list v1.SmtpLabelList
-		if err := testClient.List(ctx, &list); err != nil {
+		if err := env.Client.List(ctx, &list); err != nil {
 			return err
 		}
 		gotTooMany, gotReady := 0, 0

@@ -19,6 +19,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/internal/envtestkit"
 	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
 )
 
@@ -28,12 +29,12 @@ import (
 // own shards, and the relay's shard watch works within it.
 func TestAttackRelayTokenReadsOtherSecrets(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t, nil)
+	ns := env.Namespace(t, nil)
 	startRelayController(t)
-	relay := createRelay(t, withNamespace(ns))
-	eventually(t, relayWait, func() error { return getLive(&rbacv1.RoleBinding{}, ns, relayServiceAccountName(relay.Name)) })
+	relay := env.CreateRelay(t, ns, "mx")
+	envtestkit.Eventually(t, relayWait, func() error { return env.Get(&rbacv1.RoleBinding{}, ns, relayServiceAccountName(relay.Name)) })
 
-	admin := kubernetes.NewForConfigOrDie(testCfg)
+	admin := kubernetes.NewForConfigOrDie(env.Config)
 	account := wire.Account{APIUser: "acme", KeyDigests: []string{wire.Digest("a-key-of-thirty-two-characters!!")}}
 	data, err := wire.MarshalShard([]wire.Account{account})
 	if err != nil {
@@ -52,7 +53,7 @@ func TestAttackRelayTokenReadsOtherSecrets(t *testing.T) {
 		}
 	}
 
-	cfg := rest.CopyConfig(testCfg)
+	cfg := rest.CopyConfig(env.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + relayServiceAccountName(relay.Name)}
 	asRelay := kubernetes.NewForConfigOrDie(cfg)
 	secrets := asRelay.CoreV1().Secrets(ns)
@@ -79,7 +80,7 @@ func TestAttackRelayTokenReadsOtherSecrets(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- src.Run(runCtx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	eventually(t, relayWait, func() error {
+	envtestkit.Eventually(t, relayWait, func() error {
 		if _, ok := src.Lookup("acme"); !ok || !src.Synced() {
 			return errors.New("the relay's shard watch has not seen acme")
 		}
@@ -110,12 +111,12 @@ func TestAttackRelayImageNotAllowed(t *testing.T) {
 			t.Errorf("%s: err %v, want ImageNotAllowed saying how to allow it", image, err)
 		}
 	}
-	ns := newNamespace(t, nil)
+	ns := env.Namespace(t, nil)
 	startRelayController(t)
-	relay := createRelay(t, withNamespace(ns), withImage("attacker.example/miner:latest"))
-	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonImageNotAllowed)
+	relay := env.CreateRelay(t, ns, "mx", withImage("attacker.example/miner:latest"))
+	env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonImageNotAllowed)
 	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonImageNotAllowed)
-	if err := getLive(&appsv1.Deployment{}, ns, relay.Name); !apierrors.IsNotFound(err) {
+	if err := env.Get(&appsv1.Deployment{}, ns, relay.Name); !apierrors.IsNotFound(err) {
 		t.Errorf("deployment of a relay with a refused image: %v", err)
 	}
 }
@@ -146,9 +147,9 @@ func TestAttackRelayCertificateNotAllowed(t *testing.T) {
 			t.Errorf("%s: %v", tt.name, err)
 		}
 	}
-	ns := newNamespace(t, nil)
-	startManager(t, (&RelayReconciler{Options: opts}).SetupWithManager)
-	relay := createRelay(t, withNamespace(ns), withIssuer("ClusterIssuer", "corp-ca"), withHostname("a.mail.example"))
-	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonCertificateNotAllowed)
+	ns := env.Namespace(t, nil)
+	env.StartManager(t, (&RelayReconciler{Options: opts}).SetupWithManager)
+	relay := env.CreateRelay(t, ns, "mx", withIssuer("ClusterIssuer", "corp-ca"), withHostname("a.mail.example"))
+	env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonCertificateNotAllowed)
 	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonCertificateNotAllowed)
 }

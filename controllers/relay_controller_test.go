@@ -12,7 +12,6 @@ import (
 	"time"
 
 	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -31,91 +30,33 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/relay/certs"
+	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
 // relayWait is how long the operator may take to react; it is a ceiling,
-// not a sleep: eventually returns as soon as the check passes.
+// not a sleep: envtestkit.Eventually returns as soon as the check passes.
 const relayWait = 15 * time.Second
 
 func startRelayController(t *testing.T) {
 	t.Helper()
-	startManager(t, func(mgr ctrl.Manager) error {
+	env.StartManager(t, func(mgr ctrl.Manager) error {
 		return (&RelayReconciler{Options: testRenderOptions}).SetupWithManager(mgr)
 	})
-}
-
-func withNamespace(ns string) relayOption { return func(r *v1.SmtpRelay) { r.Namespace = ns } }
-
-func createRelay(t *testing.T, opts ...relayOption) *v1.SmtpRelay {
-	t.Helper()
-	relay := newTestRelay(opts...)
-	if err := testClient.Create(context.Background(), relay); err != nil {
-		t.Fatalf("create relay: %v", err)
-	}
-	// envtest runs no namespace controller, so a test's namespace never
-	// goes away; deleting the relay keeps later tests' managers from
-	// reconciling it.
-	t.Cleanup(func() { testClient.Delete(context.Background(), relay) })
-	return relay
 }
 
 // updateRelay changes the relay's spec as a user would, retrying on
 // conflicts with the operator's status writes.
 func updateRelay(t *testing.T, relay *v1.SmtpRelay, change func(*v1.SmtpRelay)) {
 	t.Helper()
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		if err := testClient.Get(context.Background(), client.ObjectKeyFromObject(relay), relay); err != nil {
-			return err
-		}
-		change(relay)
-		return testClient.Update(context.Background(), relay)
-	})
-	if err != nil {
-		t.Fatalf("update relay: %v", err)
-	}
-}
-
-func createTestIssuer(t *testing.T, ns, name string) {
-	t.Helper()
-	iss := &certmanagerv1.Issuer{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec:       certmanagerv1.IssuerSpec{IssuerConfig: certmanagerv1.IssuerConfig{SelfSigned: &certmanagerv1.SelfSignedIssuer{}}},
-	}
-	if err := testClient.Create(context.Background(), iss); err != nil {
-		t.Fatalf("create issuer: %v", err)
-	}
-}
-
-// get fetches a live object by namespace and name.
-func getLive(obj client.Object, ns, name string) error {
-	return testClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, obj)
-}
-
-// waitReady waits for the relay's Ready condition to have the given status
-// and reason, and returns the relay as it then was.
-func waitReady(t *testing.T, relay *v1.SmtpRelay, status metav1.ConditionStatus, reason string) *v1.SmtpRelay {
-	t.Helper()
-	got := &v1.SmtpRelay{}
-	eventually(t, relayWait, func() error {
-		if err := getLive(got, relay.Namespace, relay.Name); err != nil {
-			return err
-		}
-		c := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
-		if c == nil || c.Status != status || c.Reason != reason || c.ObservedGeneration != got.Generation {
-			return fmt.Errorf("Ready condition = %+v, want %s/%s at generation %d", c, status, reason, got.Generation)
-		}
-		return nil
-	})
-	return got
+	env.UpdateSpec(t, relay, func() { change(relay) })
 }
 
 // waitRelayEvent waits for an events.k8s.io event about the relay.
 func waitRelayEvent(t *testing.T, relay *v1.SmtpRelay, eventType, reason string) {
 	t.Helper()
-	eventually(t, relayWait, func() error {
+	envtestkit.Eventually(t, relayWait, func() error {
 		var list eventsv1.EventList
-		if err := testClient.List(context.Background(), &list, client.InNamespace(relay.Namespace)); err != nil {
+		if err := env.Client.List(context.Background(), &list, client.InNamespace(relay.Namespace)); err != nil {
 			return err
 		}
 		for _, e := range list.Items {
@@ -132,10 +73,10 @@ func waitRelayEvent(t *testing.T, relay *v1.SmtpRelay, eventType, reason string)
 // here; what makes it work in a cluster is checked instead: a controller
 // owner reference with blockOwnerDeletion on every object.
 func TestRelayCreatesOwnedObjects(t *testing.T) {
-	ns := newNamespace(t, map[string]string{"pod-security.kubernetes.io/enforce": "restricted"})
-	createTestIssuer(t, ns, "ca")
+	ns := env.Namespace(t, map[string]string{"pod-security.kubernetes.io/enforce": "restricted"})
+	env.CreateIssuer(t, ns, "ca")
 	startRelayController(t)
-	relay := createRelay(t, withNamespace(ns))
+	relay := env.CreateRelay(t, ns, "mx")
 
 	objects := []struct {
 		obj  client.Object
@@ -152,12 +93,12 @@ func TestRelayCreatesOwnedObjects(t *testing.T) {
 	}
 	for _, o := range objects {
 		t.Run(fmt.Sprintf("%T", o.obj), func(t *testing.T) {
-			eventually(t, relayWait, func() error { return getLive(o.obj, ns, o.name) })
+			envtestkit.Eventually(t, relayWait, func() error { return env.Get(o.obj, ns, o.name) })
 			checkRelayOwned(t, o.obj, relay)
 		})
 	}
 
-	got := waitReady(t, relay, metav1.ConditionFalse, v1.ReasonCertificateNotReady)
+	got := env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonCertificateNotReady)
 	if want := "mx." + ns + ".svc"; got.Status.Endpoint != want {
 		t.Errorf("endpoint = %q, want %q", got.Status.Endpoint, want)
 	}
@@ -194,7 +135,7 @@ func checkRelayOwned(t *testing.T, obj client.Object, relay *v1.SmtpRelay) {
 func checkPodAdmitted(t *testing.T, ns string) {
 	t.Helper()
 	d := &appsv1.Deployment{}
-	if err := getLive(d, ns, "mx"); err != nil {
+	if err := env.Get(d, ns, "mx"); err != nil {
 		t.Fatal(err)
 	}
 	pod := func(name string) *corev1.Pod {
@@ -202,28 +143,28 @@ func checkPodAdmitted(t *testing.T, ns string) {
 	}
 	bad := pod("net-raw")
 	bad.Spec.Containers[0].SecurityContext.Capabilities.Add = []corev1.Capability{"NET_RAW"}
-	if err := testClient.Create(context.Background(), bad, client.DryRunAll); !apierrors.IsForbidden(err) {
+	if err := env.Client.Create(context.Background(), bad, client.DryRunAll); !apierrors.IsForbidden(err) {
 		t.Fatalf("pod adding NET_RAW: err = %v, want Forbidden (is PodSecurity admission on?)", err)
 	}
-	if err := testClient.Create(context.Background(), pod("relay"), client.DryRunAll); err != nil {
+	if err := env.Client.Create(context.Background(), pod("relay"), client.DryRunAll); err != nil {
 		t.Errorf("the relay pod is refused under PodSecurity restricted: %v", err)
 	}
 }
 
 func TestRelayUpdates(t *testing.T) {
-	ns := newNamespace(t, nil)
-	createTestIssuer(t, ns, "ca")
-	createTestIssuer(t, ns, "ca2")
+	ns := env.Namespace(t, nil)
+	env.CreateIssuer(t, ns, "ca")
+	env.CreateIssuer(t, ns, "ca2")
 	startRelayController(t)
-	relay := createRelay(t, withNamespace(ns))
+	relay := env.CreateRelay(t, ns, "mx")
 	d := &appsv1.Deployment{}
-	eventually(t, relayWait, func() error { return getLive(d, ns, "mx") })
+	envtestkit.Eventually(t, relayWait, func() error { return env.Get(d, ns, "mx") })
 	firstHash := d.Spec.Template.Annotations[annotationConfigHash]
 
 	t.Run("replicas", func(t *testing.T) {
 		updateRelay(t, relay, func(r *v1.SmtpRelay) { r.Spec.Replicas = ptr.To(int32(3)) })
-		eventually(t, relayWait, func() error {
-			if err := getLive(d, ns, "mx"); err != nil {
+		envtestkit.Eventually(t, relayWait, func() error {
+			if err := env.Get(d, ns, "mx"); err != nil {
 				return err
 			}
 			if got := ptr.Deref(d.Spec.Replicas, 0); got != 3 {
@@ -241,9 +182,9 @@ func TestRelayUpdates(t *testing.T) {
 			}
 		})
 		want := []string{"submission:587->10587", "alt:2526->2526"}
-		eventually(t, relayWait, func() error {
+		envtestkit.Eventually(t, relayWait, func() error {
 			svc := &corev1.Service{}
-			if err := getLive(svc, ns, "mx"); err != nil {
+			if err := env.Get(svc, ns, "mx"); err != nil {
 				return err
 			}
 			var got []string
@@ -255,8 +196,8 @@ func TestRelayUpdates(t *testing.T) {
 			}
 			return nil
 		})
-		eventually(t, relayWait, func() error {
-			if err := getLive(d, ns, "mx"); err != nil {
+		envtestkit.Eventually(t, relayWait, func() error {
+			if err := env.Get(d, ns, "mx"); err != nil {
 				return err
 			}
 			if d.Spec.Template.Annotations[annotationConfigHash] == firstHash {
@@ -268,9 +209,9 @@ func TestRelayUpdates(t *testing.T) {
 
 	t.Run("issuer", func(t *testing.T) {
 		updateRelay(t, relay, func(r *v1.SmtpRelay) { r.Spec.TLS.IssuerRef.Name = "ca2" })
-		eventually(t, relayWait, func() error {
+		envtestkit.Eventually(t, relayWait, func() error {
 			cert := &certmanagerv1.Certificate{}
-			if err := getLive(cert, ns, "mx"); err != nil {
+			if err := env.Get(cert, ns, "mx"); err != nil {
 				return err
 			}
 			if cert.Spec.IssuerRef.Name != "ca2" {
@@ -282,16 +223,16 @@ func TestRelayUpdates(t *testing.T) {
 
 	t.Run("drift is put back", func(t *testing.T) {
 		cm := &corev1.ConfigMap{}
-		if err := getLive(cm, ns, "mx-config"); err != nil {
+		if err := env.Get(cm, ns, "mx-config"); err != nil {
 			t.Fatal(err)
 		}
 		want := cm.Data[relayConfigKey]
 		patch := client.RawPatch("application/merge-patch+json", []byte(`{"data":{"relay.yaml":"hostname: tampered\n"}}`))
-		if err := testClient.Patch(context.Background(), cm, patch, client.FieldOwner("kubectl-edit")); err != nil {
+		if err := env.Client.Patch(context.Background(), cm, patch, client.FieldOwner("kubectl-edit")); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, relayWait, func() error {
-			if err := getLive(cm, ns, "mx-config"); err != nil {
+		envtestkit.Eventually(t, relayWait, func() error {
+			if err := env.Get(cm, ns, "mx-config"); err != nil {
 				return err
 			}
 			if cm.Data[relayConfigKey] != want {
@@ -303,12 +244,12 @@ func TestRelayUpdates(t *testing.T) {
 
 	t.Run("own secret replaces the certificate", func(t *testing.T) {
 		updateRelay(t, relay, func(r *v1.SmtpRelay) { r.Spec.TLS = v1.RelayTLS{SecretName: "own-tls"} })
-		eventually(t, relayWait, func() error {
-			err := getLive(&certmanagerv1.Certificate{}, ns, "mx")
+		envtestkit.Eventually(t, relayWait, func() error {
+			err := env.Get(&certmanagerv1.Certificate{}, ns, "mx")
 			if !apierrors.IsNotFound(err) {
 				return fmt.Errorf("certificate still there (err %v)", err)
 			}
-			if err := getLive(d, ns, "mx"); err != nil {
+			if err := env.Get(d, ns, "mx"); err != nil {
 				return err
 			}
 			for _, v := range d.Spec.Template.Spec.Volumes {
@@ -327,52 +268,52 @@ func TestRelayUpdates(t *testing.T) {
 // subresource. The Deployment controller (no kubelet either): it sets the
 // Deployment's status as ready pods would.
 func TestRelayConditions(t *testing.T) {
-	ns := newNamespace(t, nil)
+	ns := env.Namespace(t, nil)
 	startRelayController(t)
-	relay := createRelay(t, withNamespace(ns))
+	relay := env.CreateRelay(t, ns, "mx")
 
-	got := waitReady(t, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	got := env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
 	if msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message; !strings.Contains(msg, `Issuer "ca" in namespace "`+ns+`"`) {
 		t.Errorf("message %q does not name the issuer", msg)
 	}
 	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonIssuerNotFound)
 
-	createTestIssuer(t, ns, "ca")
-	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonCertificateNotReady)
+	env.CreateIssuer(t, ns, "ca")
+	env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonCertificateNotReady)
 
-	playCertManager(t, ns, "mx", "mx-tls")
-	got = waitReady(t, relay, metav1.ConditionFalse, v1.ReasonReplicasNotReady)
+	env.IssueRelayCertificate(t, relayWait, ns, "mx", "mx-tls")
+	got = env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonReplicasNotReady)
 	if got.Status.ReadyReplicas != 0 {
 		t.Errorf("readyReplicas = %d before any pod is ready", got.Status.ReadyReplicas)
 	}
 
-	playDeploymentController(t, ns, "mx", 2)
-	got = waitReady(t, relay, metav1.ConditionTrue, v1.ReasonReady)
+	env.MarkDeploymentReady(t, ns, "mx")
+	got = env.WaitRelayReady(t, relayWait, relay, metav1.ConditionTrue, v1.ReasonReady)
 	if got.Status.ReadyReplicas != 2 || got.Status.ObservedGeneration != got.Generation {
 		t.Errorf("status = %+v, want 2 ready replicas at generation %d", got.Status, got.Generation)
 	}
 	waitRelayEvent(t, relay, corev1.EventTypeNormal, v1.ReasonReady)
 
 	updateRelay(t, relay, func(r *v1.SmtpRelay) { r.Spec.TLS = v1.RelayTLS{SecretName: "own-tls"} })
-	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonTLSSecretNotFound)
+	env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonTLSSecretNotFound)
 	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonTLSSecretNotFound)
-	createTestTLSSecret(t, ns, "own-tls")
+	env.CreateTLSSecret(t, ns, "own-tls")
 	// The new Secret changed the pod template: not Ready until the pods
 	// of the new template are.
-	got = waitReady(t, relay, metav1.ConditionFalse, v1.ReasonReplicasNotReady)
+	got = env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonReplicasNotReady)
 	if msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message; !strings.Contains(msg, "rolling out") {
 		t.Errorf("message %q does not say the relay is rolling out", msg)
 	}
-	playDeploymentController(t, ns, "mx", 2)
-	waitReady(t, relay, metav1.ConditionTrue, v1.ReasonReady)
+	env.MarkDeploymentReady(t, ns, "mx")
+	env.WaitRelayReady(t, relayWait, relay, metav1.ConditionTrue, v1.ReasonReady)
 }
 
 func TestRelayClusterIssuer(t *testing.T) {
-	ns := newNamespace(t, nil)
+	ns := env.Namespace(t, nil)
 	startRelayController(t)
 	name := "le-" + rand.String(6)
-	relay := createRelay(t, withNamespace(ns), withIssuer("ClusterIssuer", name))
-	got := waitReady(t, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	relay := env.CreateRelay(t, ns, "mx", withIssuer("ClusterIssuer", name))
+	got := env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
 	if msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message; !strings.Contains(msg, `ClusterIssuer "`+name+`"`) {
 		t.Errorf("message %q does not name the ClusterIssuer", msg)
 	}
@@ -380,91 +321,24 @@ func TestRelayClusterIssuer(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec:       certmanagerv1.IssuerSpec{IssuerConfig: certmanagerv1.IssuerConfig{SelfSigned: &certmanagerv1.SelfSignedIssuer{}}},
 	}
-	if err := testClient.Create(context.Background(), ci); err != nil {
+	if err := env.Client.Create(context.Background(), ci); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { testClient.Delete(context.Background(), ci) })
-	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonCertificateNotReady)
+	t.Cleanup(func() { env.Client.Delete(context.Background(), ci) })
+	env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonCertificateNotReady)
 }
 
 func TestRelayRenderFailed(t *testing.T) {
-	ns := newNamespace(t, nil)
+	ns := env.Namespace(t, nil)
 	startRelayController(t)
-	relay := createRelay(t, withNamespace(ns), withListeners(v1.RelayListener{Name: "metrics", Port: 2525}))
-	got := waitReady(t, relay, metav1.ConditionFalse, v1.ReasonRenderFailed)
+	relay := env.CreateRelay(t, ns, "mx", withListeners(v1.RelayListener{Name: "metrics", Port: 2525}))
+	got := env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonRenderFailed)
 	if msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message; !strings.Contains(msg, `listener "metrics"`) {
 		t.Errorf("message %q does not name the listener", msg)
 	}
 	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonRenderFailed)
-	if err := getLive(&appsv1.Deployment{}, ns, "mx"); !apierrors.IsNotFound(err) {
+	if err := env.Get(&appsv1.Deployment{}, ns, "mx"); !apierrors.IsNotFound(err) {
 		t.Errorf("deployment of an unrenderable relay: err = %v, want NotFound", err)
-	}
-}
-
-// playCertManager issues the relay's certificate as cert-manager would and
-// returns the issuing CA's certificate (PEM).
-func playCertManager(t *testing.T, ns, certName, secretName string) []byte {
-	t.Helper()
-	caPEM := createTestTLSSecret(t, ns, secretName)
-	cert := &certmanagerv1.Certificate{}
-	eventually(t, relayWait, func() error { return getLive(cert, ns, certName) })
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		if err := getLive(cert, ns, certName); err != nil {
-			return err
-		}
-		now := metav1.Now()
-		cert.Status.Conditions = []certmanagerv1.CertificateCondition{{
-			Type: certmanagerv1.CertificateConditionReady, Status: cmmeta.ConditionTrue,
-			Reason: "Ready", Message: "Certificate is up to date and has not expired", LastTransitionTime: &now,
-		}}
-		return testClient.Status().Update(context.Background(), cert)
-	})
-	if err != nil {
-		t.Fatalf("set certificate ready: %v", err)
-	}
-	return caPEM
-}
-
-// createTestTLSSecret writes a kubernetes.io/tls Secret for smtp.example.com,
-// signed by a CA made for the test, and returns the CA's certificate (PEM).
-func createTestTLSSecret(t *testing.T, ns, name string) []byte {
-	t.Helper()
-	ca, err := certs.GenerateCA("mailfleet test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPEM, keyPEM, err := ca.Issue([]string{"smtp.example.com"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Type:       corev1.SecretTypeTLS,
-		Data:       map[string][]byte{corev1.TLSCertKey: certPEM, corev1.TLSPrivateKeyKey: keyPEM},
-	}
-	if err := testClient.Create(context.Background(), secret); err != nil {
-		t.Fatalf("create TLS secret: %v", err)
-	}
-	return ca.CertPEM
-}
-
-// playDeploymentController reports ready pods as the Deployment controller
-// would once the kubelet ran them.
-func playDeploymentController(t *testing.T, ns, name string, ready int32) {
-	t.Helper()
-	d := &appsv1.Deployment{}
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		if err := getLive(d, ns, name); err != nil {
-			return err
-		}
-		d.Status = appsv1.DeploymentStatus{
-			ObservedGeneration: d.Generation,
-			Replicas:           ready, UpdatedReplicas: ready, ReadyReplicas: ready, AvailableReplicas: ready,
-		}
-		return testClient.Status().Update(context.Background(), d)
-	})
-	if err != nil {
-		t.Fatalf("set deployment status: %v", err)
 	}
 }
 
@@ -477,17 +351,17 @@ func playDeploymentController(t *testing.T, ns, name string, ready int32) {
 func TestRelayOperatorRBAC(t *testing.T) {
 	user := "mailfleet-operator-" + rand.String(6)
 	bindOperatorRole(t, user)
-	ns := newNamespace(t, nil)
-	cfg := rest.CopyConfig(testCfg)
+	ns := env.Namespace(t, nil)
+	cfg := rest.CopyConfig(env.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: user}
 	startManagerWithConfig(t, cfg)
 
-	relay := createRelay(t, withNamespace(ns))
-	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	relay := env.CreateRelay(t, ns, "mx")
+	env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
 	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonIssuerNotFound)
-	createTestIssuer(t, ns, "ca")
-	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonCertificateNotReady)
-	if err := getLive(&rbacv1.Role{}, ns, "mx-relay"); err != nil {
+	env.CreateIssuer(t, ns, "ca")
+	env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonCertificateNotReady)
+	if err := env.Get(&rbacv1.Role{}, ns, "mx-relay"); err != nil {
 		t.Errorf("relay role: %v", err)
 	}
 }
@@ -511,33 +385,33 @@ func bindOperatorRole(t *testing.T, user string) {
 		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
 	}
 	for _, obj := range []client.Object{role, binding} {
-		if err := testClient.Create(context.Background(), obj); err != nil {
+		if err := env.Client.Create(context.Background(), obj); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { testClient.Delete(context.Background(), obj) })
+		t.Cleanup(func() { env.Client.Delete(context.Background(), obj) })
 	}
 }
 
-// startManagerWithConfig is startManager for a relay controller that talks
+// startManagerWithConfig is env.StartManager for a relay controller that talks
 // to the API server with cfg (here: as another user).
 func startManagerWithConfig(t *testing.T, cfg *rest.Config) {
 	t.Helper()
-	runManagerAs(t, cfg, (&RelayReconciler{Options: testRenderOptions}).SetupWithManager)
+	env.RunManagerAs(t, cfg, (&RelayReconciler{Options: testRenderOptions}).SetupWithManager)
 }
 
 // TestRelayRateLimitSecrets checks that a relay whose sidecar needs a Redis
 // password Secret that does not exist says so, recovers once it exists, and
 // that the pod with the sidecar passes PodSecurity "restricted".
 func TestRelayRateLimitSecrets(t *testing.T) {
-	ns := newNamespace(t, map[string]string{"pod-security.kubernetes.io/enforce": "restricted"})
+	ns := env.Namespace(t, map[string]string{"pod-security.kubernetes.io/enforce": "restricted"})
 	startRelayController(t)
-	createTestIssuer(t, ns, "ca")
-	relay := createRelay(t, withNamespace(ns), withRateLimit(&v1.RelayRateLimit{
+	env.CreateIssuer(t, ns, "ca")
+	relay := env.CreateRelay(t, ns, "mx", withRateLimit(&v1.RelayRateLimit{
 		Redis: v1.RedisEndpoint{Address: "redis:6379", PasswordSecretRef: &v1.SecretKeySelector{Name: "redis-auth", Key: "password"}},
 	}))
-	playCertManager(t, ns, "mx", "mx-tls")
+	env.IssueRelayCertificate(t, relayWait, ns, "mx", "mx-tls")
 
-	got := waitReady(t, relay, metav1.ConditionFalse, v1.ReasonSecretNotFound)
+	got := env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonSecretNotFound)
 	msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message
 	if !strings.Contains(msg, `"redis-auth"`) || !strings.Contains(msg, "spec.rateLimit.redis.passwordSecretRef") {
 		t.Errorf("message %q does not name the Secret and the field", msg)
@@ -545,13 +419,13 @@ func TestRelayRateLimitSecrets(t *testing.T) {
 	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonSecretNotFound)
 	checkPodAdmitted(t, ns)
 
-	if err := testClient.Create(context.Background(), &corev1.Secret{
+	if err := env.Client.Create(context.Background(), &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "redis-auth", Namespace: ns},
 		StringData: map[string]string{"password": "not-used-here"},
 	}); err != nil {
 		t.Fatal(err)
 	}
-	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonReplicasNotReady)
+	env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonReplicasNotReady)
 }
 
 // TestRelayScaleSubresource scales an SmtpRelay the way a
@@ -560,26 +434,26 @@ func TestRelayRateLimitSecrets(t *testing.T) {
 // selector an HPA reads their metrics with.
 func TestRelayScaleSubresource(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t, nil)
+	ns := env.Namespace(t, nil)
 	startRelayController(t)
-	createTestIssuer(t, ns, "ca")
-	relay := createRelay(t, withNamespace(ns))
-	eventually(t, relayWait, func() error { return getLive(&appsv1.Deployment{}, ns, "mx") })
+	env.CreateIssuer(t, ns, "ca")
+	relay := env.CreateRelay(t, ns, "mx")
+	envtestkit.Eventually(t, relayWait, func() error { return env.Get(&appsv1.Deployment{}, ns, "mx") })
 
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		scale := &autoscalingv1.Scale{}
-		if err := testClient.SubResource("scale").Get(ctx, relay, scale); err != nil {
+		if err := env.Client.SubResource("scale").Get(ctx, relay, scale); err != nil {
 			return err
 		}
 		scale.Spec.Replicas = 5
-		return testClient.SubResource("scale").Update(ctx, relay, client.WithSubResourceBody(scale))
+		return env.Client.SubResource("scale").Update(ctx, relay, client.WithSubResourceBody(scale))
 	})
 	if err != nil {
 		t.Fatalf("scale the relay: %v", err)
 	}
-	eventually(t, relayWait, func() error {
+	envtestkit.Eventually(t, relayWait, func() error {
 		d := &appsv1.Deployment{}
-		if err := getLive(d, ns, "mx"); err != nil {
+		if err := env.Get(d, ns, "mx"); err != nil {
 			return err
 		}
 		if got := ptr.Deref(d.Spec.Replicas, 0); got != 5 {
@@ -587,10 +461,10 @@ func TestRelayScaleSubresource(t *testing.T) {
 		}
 		return nil
 	})
-	playDeploymentController(t, ns, "mx", 5)
-	eventually(t, relayWait, func() error {
+	env.MarkDeploymentReady(t, ns, "mx")
+	envtestkit.Eventually(t, relayWait, func() error {
 		scale := &autoscalingv1.Scale{}
-		if err := testClient.SubResource("scale").Get(ctx, relay, scale); err != nil {
+		if err := env.Client.SubResource("scale").Get(ctx, relay, scale); err != nil {
 			return err
 		}
 		want := "app.kubernetes.io/instance=mx,app.kubernetes.io/name=mailfleet-relay,mailfleet.io/relay=mx"
@@ -606,38 +480,38 @@ func TestRelayScaleSubresource(t *testing.T) {
 // and roll them onto the new one.
 func TestRelayRollsOnCredentialsChange(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t, nil)
+	ns := env.Namespace(t, nil)
 	startRelayController(t)
-	createTestIssuer(t, ns, "ca")
+	env.CreateIssuer(t, ns, "ca")
 	secret := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "provider", Namespace: ns},
 		StringData: map[string]string{"username": "relay", "password": "first"},
 	}
-	if err := testClient.Create(ctx, secret); err != nil {
+	if err := env.Client.Create(ctx, secret); err != nil {
 		t.Fatal(err)
 	}
-	createRelay(t, withNamespace(ns), func(r *v1.SmtpRelay) {
+	env.CreateRelay(t, ns, "mx", func(r *v1.SmtpRelay) {
 		r.Spec.Delivery.Smarthost = &v1.Smarthost{Host: "smtp.provider.example", AuthSecretRef: &v1.LocalSecretReference{Name: "provider"}}
 	})
 	digest := func() string {
 		d := &appsv1.Deployment{}
-		if err := getLive(d, ns, "mx"); err != nil {
+		if err := env.Get(d, ns, "mx"); err != nil {
 			return ""
 		}
 		return d.Spec.Template.Annotations["mailfleet.io/secrets-digest"]
 	}
 	var first string
-	eventually(t, relayWait, func() error {
+	envtestkit.Eventually(t, relayWait, func() error {
 		if first = digest(); first == "" {
 			return errors.New("no secrets digest on the pod template yet")
 		}
 		return nil
 	})
 	secret.StringData = map[string]string{"username": "relay", "password": "second"}
-	if err := testClient.Update(ctx, secret); err != nil {
+	if err := env.Client.Update(ctx, secret); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, relayWait, func() error {
+	envtestkit.Eventually(t, relayWait, func() error {
 		if got := digest(); got == first {
 			return errors.New("the pod template did not change after the password was rotated")
 		}

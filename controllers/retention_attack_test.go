@@ -22,34 +22,34 @@ import (
 // its key.
 func TestAccountSecretRetained(t *testing.T) {
 	ctx := context.Background()
-	startManager(t, setupCredentialControllers)
-	ns := newNamespace(t, nil)
-	mkRelay(t, ns, "mx")
-	acc := waitReason(t, mkAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
-	key := string(getSecretT(t, ns, "shop-smtp-credentials").Data[SecretKeyPassword])
+	env.StartManager(t, setupCredentialControllers)
+	ns := env.Namespace(t, nil)
+	env.CreateRelay(t, ns, "mx")
+	acc := waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
+	key := string(env.GetSecret(t, ns, "shop-smtp-credentials").Data[SecretKeyPassword])
 
-	updateSpec(t, acc, func() { acc.Spec.SecretName = "mail-credentials" })
+	env.UpdateSpec(t, acc, func() { acc.Spec.SecretName = "mail-credentials" })
 	waitReason(t, acc, v1.ReasonReady)
-	if got := string(getSecretT(t, ns, "mail-credentials").Data[SecretKeyPassword]); got != key {
+	if got := string(env.GetSecret(t, ns, "mail-credentials").Data[SecretKeyPassword]); got != key {
 		t.Error("renaming the Secret changed the key")
 	}
-	getSecretT(t, ns, "shop-smtp-credentials") // retained
+	env.GetSecret(t, ns, "shop-smtp-credentials") // retained
 
-	if err := testClient.Delete(ctx, acc); err != nil {
+	if err := env.Client.Delete(ctx, acc); err != nil {
 		t.Fatal(err)
 	}
-	kept := getSecretT(t, ns, "mail-credentials")
+	kept := env.GetSecret(t, ns, "mail-credentials")
 	if len(kept.OwnerReferences) != 0 {
 		t.Fatalf("a retained Secret has owners the garbage collector would follow: %+v", kept.OwnerReferences)
 	}
-	waitReason(t, mkAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) { a.Spec.SecretName = "mail-credentials" }), v1.ReasonReady)
-	if got := string(getSecretT(t, ns, "mail-credentials").Data[SecretKeyPassword]); got != key {
+	waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) { a.Spec.SecretName = "mail-credentials" }), v1.ReasonReady)
+	if got := string(env.GetSecret(t, ns, "mail-credentials").Data[SecretKeyPassword]); got != key {
 		t.Error("the account created again got a new key instead of its retained one")
 	}
 	// Another account cannot adopt what was retained for "shop".
-	other := waitReason(t, mkAccount(t, ns, "other", "", "mx", func(a *v1.SmtpAccount) { a.Spec.SecretName = "shop-smtp-credentials" }),
+	other := waitReason(t, env.CreateAccount(t, ns, "other", "", "mx", func(a *v1.SmtpAccount) { a.Spec.SecretName = "shop-smtp-credentials" }),
 		v1.ReasonSecretNotOwned)
-	if s := getSecretT(t, ns, "shop-smtp-credentials"); string(s.Data[SecretKeyPassword]) != key || s.Labels[LabelAccount] != "shop" {
+	if s := env.GetSecret(t, ns, "shop-smtp-credentials"); string(s.Data[SecretKeyPassword]) != key || s.Labels[LabelAccount] != "shop" {
 		t.Errorf("account %s took over the Secret retained for shop", other.Name)
 	}
 }
@@ -60,26 +60,26 @@ func TestAccountSecretRetained(t *testing.T) {
 // in between.
 func TestAccountLostSecretGrace(t *testing.T) {
 	ctx := context.Background()
-	startManager(t, func(mgr ctrl.Manager) error {
+	env.StartManager(t, func(mgr ctrl.Manager) error {
 		if err := setupCredentialControllers(mgr); err != nil {
 			return err
 		}
 		return (&CredentialsPublisher{}).SetupWithManager(mgr)
 	})
-	ns := newNamespace(t, nil)
-	mkRelay(t, ns, "mx")
-	waitReason(t, mkAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
-	secret := getSecretT(t, ns, "shop-smtp-credentials")
+	ns := env.Namespace(t, nil)
+	env.CreateRelay(t, ns, "mx")
+	waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
+	secret := env.GetSecret(t, ns, "shop-smtp-credentials")
 	salt := keyDigestSalt(types.NamespacedName{Namespace: ns, Name: "mx"}, "shop")
 	lost := wire.SaltedDigest(string(secret.Data[SecretKeyPassword]), salt)
 	shard := wire.ShardSecretName("mx", wire.ShardOf("shop"))
-	waitSecret(t, ns, shard, func(s *corev1.Secret) error { return shardHasDigest(s, lost) })
+	env.WaitSecret(t, wait, ns, shard, func(s *corev1.Secret) error { return shardHasDigest(s, lost) })
 
-	versions := watchShard(t, ns, shard)
-	if err := testClient.Delete(ctx, secret); err != nil {
+	versions := env.WatchShard(t, ns, shard)
+	if err := env.Client.Delete(ctx, secret); err != nil {
 		t.Fatal(err)
 	}
-	renewed := waitSecret(t, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
+	renewed := env.WaitSecret(t, wait, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
 		if s.UID == secret.UID {
 			return fmt.Errorf("not written again yet")
 		}
@@ -89,7 +89,7 @@ func TestAccountLostSecretGrace(t *testing.T) {
 	if string(renewed.Data[SecretKeyPreviousPasswordDigest]) != lost {
 		t.Errorf("the new Secret does not carry the lost key's digest for the grace period")
 	}
-	waitSecret(t, ns, shard, func(s *corev1.Secret) error {
+	env.WaitSecret(t, wait, ns, shard, func(s *corev1.Secret) error {
 		if err := shardHasDigest(s, fresh); err != nil {
 			return err
 		}

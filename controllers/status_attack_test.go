@@ -21,13 +21,13 @@ import (
 // now, so neither the tenant's nor the victim's api_user gets that key.
 func TestAttackStatusTrusted(t *testing.T) {
 	ctx := context.Background()
-	platform, tenant := newNamespace(t, nil), newNamespace(t, nil)
+	platform, tenant := env.Namespace(t, nil), env.Namespace(t, nil)
 	startPublishing(t)
-	mkRelay(t, platform, "mx") // admits its own namespace only
+	env.CreateRelay(t, platform, "mx") // admits its own namespace only
 	_, verifier := relayCredentials(t, platform, "mx")
 
-	victim := waitReason(t, mkAccount(t, platform, "billing", platform, "mx"), v1.ReasonReady)
-	rogue := waitReason(t, mkAccount(t, tenant, "rogue", platform, "mx"), v1.ReasonNamespaceNotAllowed)
+	victim := waitReason(t, env.CreateAccount(t, platform, "billing", platform, "mx"), v1.ReasonReady)
+	rogue := waitReason(t, env.CreateAccount(t, tenant, "rogue", platform, "mx"), v1.ReasonNamespaceNotAllowed)
 	const stolenKey = "k3y-the-tenant-chose-0123456789abcdef"
 	secret := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
@@ -37,7 +37,7 @@ func TestAttackStatusTrusted(t *testing.T) {
 		},
 		Data: map[string][]byte{SecretKeyPassword: []byte(stolenKey)},
 	}
-	if err := testClient.Create(ctx, secret); err != nil {
+	if err := env.Client.Create(ctx, secret); err != nil {
 		t.Fatal(err)
 	}
 	for _, apiUser := range []string{"rogue", effectiveAPIUser(victim)} {
@@ -45,7 +45,7 @@ func TestAttackStatusTrusted(t *testing.T) {
 		meta.SetStatusCondition(&rogue.Status.Conditions, metav1.Condition{
 			Type: v1.ConditionReady, Status: metav1.ConditionTrue, Reason: v1.ReasonReady, ObservedGeneration: rogue.Generation,
 		})
-		if err := testClient.Status().Update(ctx, rogue); err != nil {
+		if err := env.Client.Status().Update(ctx, rogue); err != nil {
 			t.Fatal(err)
 		}
 		// The old publisher put the key on the relay within a second.
@@ -58,7 +58,7 @@ func TestAttackStatusTrusted(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		if err := testClient.Get(ctx, client.ObjectKeyFromObject(rogue), rogue); err != nil {
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(rogue), rogue); err != nil {
 			t.Fatal(err)
 		}
 	}

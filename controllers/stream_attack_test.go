@@ -20,12 +20,12 @@ import (
 // stops at StreamConflict, without naming the holder, and renders nothing.
 func TestAttackStreamTakenByAnotherRelay(t *testing.T) {
 	prefix := "s" + rand.String(6)
-	nsA, nsB := newNamedNamespace(t, prefix+"-a"), newNamedNamespace(t, prefix)
+	nsA, nsB := env.CreateNamespace(t, prefix+"-a", nil), env.CreateNamespace(t, prefix, nil)
 	startRelayController(t)
-	first := createRelay(t, withNamespace(nsA), withName("mx"))
-	second := createRelay(t, withNamespace(nsB), withName("a-mx"))
-	gotFirst := waitReady(t, first, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
-	gotSecond := waitReady(t, second, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	first := env.CreateRelay(t, nsA, "mx")
+	second := env.CreateRelay(t, nsB, "a-mx")
+	gotFirst := env.WaitRelayReady(t, relayWait, first, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	gotSecond := env.WaitRelayReady(t, relayWait, second, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
 	if gotFirst.Status.Stream == gotSecond.Status.Stream {
 		t.Fatalf("%s/mx and %s/a-mx share stream %s", nsA, nsB, gotFirst.Status.Stream)
 	}
@@ -33,9 +33,9 @@ func TestAttackStreamTakenByAnotherRelay(t *testing.T) {
 		t.Fatalf("rendered stream %q, status says %q", s, gotSecond.Status.Stream)
 	}
 
-	nsC := newNamespace(t, nil)
-	thief := createRelay(t, withNamespace(nsC), func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.Stream = gotFirst.Status.Stream })
-	got := waitReady(t, thief, metav1.ConditionFalse, v1.ReasonStreamConflict)
+	nsC := env.Namespace(t, nil)
+	thief := env.CreateRelay(t, nsC, "mx", func(r *v1.SmtpRelay) { r.Spec.Queue.NATS.Stream = gotFirst.Status.Stream })
+	got := env.WaitRelayReady(t, relayWait, thief, metav1.ConditionFalse, v1.ReasonStreamConflict)
 	msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message
 	if strings.Contains(msg, nsA) || !strings.Contains(msg, "spec.queue.nats.stream") {
 		t.Errorf("message %q: want no other relay named, and what to change", msg)
@@ -44,19 +44,19 @@ func TestAttackStreamTakenByAnotherRelay(t *testing.T) {
 	if got.Status.Stream != "" {
 		t.Errorf("the thief recorded stream %q", got.Status.Stream)
 	}
-	if err := getLive(&corev1.ConfigMap{}, nsC, relayConfigMapName(thief.Name)); err == nil {
+	if err := env.Get(&corev1.ConfigMap{}, nsC, relayConfigMapName(thief.Name)); err == nil {
 		t.Error("the thief's config was rendered")
 	}
 	// The holder is not disturbed by a newer claimant.
-	waitReady(t, first, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	env.WaitRelayReady(t, relayWait, first, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
 }
 
 // A relay whose pods an earlier operator configured keeps the stream in
 // that config, though the default naming changed: its queued mail is there.
 func TestRelayKeepsRenderedStream(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t, nil)
-	relay := createRelay(t, withNamespace(ns), withName("a-b"))
+	ns := env.Namespace(t, nil)
+	relay := env.CreateRelay(t, ns, "a-b")
 	legacy := config.Config{Queue: config.Queue{NATS: &config.NATSQueue{URL: "nats://nats:4222", Stream: "MAILFLEET_" + strings.ToUpper(ns) + "_A_B"}}}
 	data, err := yaml.Marshal(legacy)
 	if err != nil {
@@ -67,11 +67,11 @@ func TestRelayKeepsRenderedStream(t *testing.T) {
 			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(relay, v1.GroupVersion.WithKind("SmtpRelay"))}},
 		Data: map[string]string{relayConfigKey: string(data)},
 	}
-	if err := testClient.Create(ctx, cm); err != nil {
+	if err := env.Client.Create(ctx, cm); err != nil {
 		t.Fatal(err)
 	}
 	startRelayController(t)
-	got := waitReady(t, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	got := env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
 	if got.Status.Stream != legacy.Queue.NATS.Stream {
 		t.Fatalf("status.stream %q, want the rendered %q", got.Status.Stream, legacy.Queue.NATS.Stream)
 	}
@@ -80,20 +80,10 @@ func TestRelayKeepsRenderedStream(t *testing.T) {
 	}
 }
 
-func newNamedNamespace(t *testing.T, name string) string {
-	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
-	if err := testClient.Create(context.Background(), ns); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { testClient.Delete(context.Background(), ns) })
-	return name
-}
-
 func renderedConfig(t *testing.T, ns, relay string) config.Config {
 	t.Helper()
 	cm := &corev1.ConfigMap{}
-	if err := getLive(cm, ns, relayConfigMapName(relay)); err != nil {
+	if err := env.Get(cm, ns, relayConfigMapName(relay)); err != nil {
 		t.Fatal(err)
 	}
 	var c config.Config

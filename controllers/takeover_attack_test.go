@@ -20,7 +20,7 @@ import (
 // Service keeps what its owner wrote.
 func TestAttackRelayTakesOverService(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t, nil)
+	ns := env.Namespace(t, nil)
 	startRelayController(t)
 	db := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "mx", Namespace: ns},
@@ -29,17 +29,17 @@ func TestAttackRelayTakesOverService(t *testing.T) {
 			Ports:    []corev1.ServicePort{{Name: "pg", Port: 5432, TargetPort: intstr.FromInt32(5432)}},
 		},
 	}
-	if err := testClient.Create(ctx, db); err != nil {
+	if err := env.Client.Create(ctx, db); err != nil {
 		t.Fatal(err)
 	}
-	relay := createRelay(t, withNamespace(ns))
-	got := waitReady(t, relay, metav1.ConditionFalse, v1.ReasonNameConflict)
+	relay := env.CreateRelay(t, ns, "mx")
+	got := env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonNameConflict)
 	if msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message; !strings.Contains(msg, "Service mx already exists") {
 		t.Errorf("message %q does not name the object", msg)
 	}
 	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonNameConflict)
 	after := &corev1.Service{}
-	if err := getLive(after, ns, "mx"); err != nil {
+	if err := env.Get(after, ns, "mx"); err != nil {
 		t.Fatal(err)
 	}
 	if after.Spec.Selector["app"] != "postgres" || len(after.Spec.Ports) != 1 || after.Spec.Ports[0].Port != 5432 || len(after.OwnerReferences) != 0 {
@@ -47,12 +47,12 @@ func TestAttackRelayTakesOverService(t *testing.T) {
 	}
 	// Once the user's Service is gone, the relay makes its own (at its next
 	// recheck, or, as here, the next change to it).
-	if err := testClient.Delete(ctx, db); err != nil {
+	if err := env.Client.Delete(ctx, db); err != nil {
 		t.Fatal(err)
 	}
 	updateRelay(t, relay, func(r *v1.SmtpRelay) { r.Spec.Banner = "after the conflict" })
-	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
-	if err := getLive(after, ns, "mx"); err != nil || !metav1.IsControlledBy(after, relay) {
+	env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	if err := env.Get(after, ns, "mx"); err != nil || !metav1.IsControlledBy(after, relay) {
 		t.Fatalf("the relay's own Service: %v, owners %v", err, after.OwnerReferences)
 	}
 }

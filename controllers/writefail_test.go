@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
 // Issue 12.17: a credentials Secret the API server refused to store left no
@@ -22,9 +23,9 @@ import (
 // namespace: the account says so, and recovers once the policy is lifted.
 func TestAccountSecretWriteRefused(t *testing.T) {
 	ctx := context.Background()
-	startManager(t, setupCredentialControllers)
-	ns := newNamespace(t, nil)
-	mkRelay(t, ns, "mx")
+	env.StartManager(t, setupCredentialControllers)
+	ns := env.Namespace(t, nil)
+	env.CreateRelay(t, ns, "mx")
 	name := "freeze-" + ns
 	policy := &admissionv1.ValidatingAdmissionPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -49,26 +50,26 @@ func TestAccountSecretWriteRefused(t *testing.T) {
 		},
 	}
 	for _, obj := range []client.Object{policy, binding} {
-		if err := testClient.Create(ctx, obj); err != nil {
+		if err := env.Client.Create(ctx, obj); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { testClient.Delete(context.Background(), obj) })
+		t.Cleanup(func() { env.Client.Delete(context.Background(), obj) })
 	}
 	// The API server loads the policy through an informer: wait until it bites.
-	eventually(t, wait, func() error {
+	envtestkit.Eventually(t, wait, func() error {
 		probe := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: ns}}
-		if err := testClient.Create(ctx, probe); err == nil {
-			testClient.Delete(ctx, probe)
+		if err := env.Client.Create(ctx, probe); err == nil {
+			env.Client.Delete(ctx, probe)
 			return errors.New("the policy does not refuse Secrets yet")
 		}
 		return nil
 	})
-	acc := waitReason(t, mkAccount(t, ns, "shop", "", "mx"), v1.ReasonSecretWriteFailed)
+	acc := waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx"), v1.ReasonSecretWriteFailed)
 	if msg := readyMessage(acc); !strings.Contains(msg, "shop-smtp-credentials") || !strings.Contains(msg, "frozen") {
 		t.Errorf("message %q does not say which Secret and why", msg)
 	}
 	waitEventAbout(t, acc, v1.ReasonSecretWriteFailed)
-	if err := testClient.Delete(ctx, binding); err != nil {
+	if err := env.Client.Delete(ctx, binding); err != nil {
 		t.Fatal(err)
 	}
 	// The account looks again on its own (secretWaitInterval).

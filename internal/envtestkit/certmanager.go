@@ -118,8 +118,19 @@ func (m *CertManager) issue(ctx context.Context, name string) (bool, error) {
 	if err := m.Client.Create(ctx, secret); err != nil {
 		return false, fmt.Errorf("certificate %s: create Secret: %w", name, err)
 	}
+	if err := MarkCertificateReady(ctx, m.Client, m.Namespace, name); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// MarkCertificateReady sets the Certificate's Ready condition through the
+// status subresource, as cert-manager does once it has written the
+// Certificate's Secret.
+func MarkCertificateReady(ctx context.Context, c client.Client, namespace, name string) error {
+	cert := &certmanagerv1.Certificate{}
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		if err := m.Client.Get(ctx, key, cert); err != nil {
+		if err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, cert); err != nil {
 			return err
 		}
 		now := metav1.Now()
@@ -127,10 +138,10 @@ func (m *CertManager) issue(ctx context.Context, name string) (bool, error) {
 			Type: certmanagerv1.CertificateConditionReady, Status: cmmeta.ConditionTrue,
 			Reason: "Ready", Message: "Certificate is up to date and has not expired", LastTransitionTime: &now,
 		}}
-		return m.Client.Status().Update(ctx, cert)
+		return c.Status().Update(ctx, cert)
 	})
 	if err != nil {
-		return false, fmt.Errorf("certificate %s: set Ready: %w", name, err)
+		return fmt.Errorf("certificate %s: set Ready: %w", name, err)
 	}
-	return true, nil
+	return nil
 }

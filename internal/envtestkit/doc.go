@@ -1,6 +1,10 @@
 // Package envtestkit holds what tests against a real API server (envtest)
-// need beyond the API server itself: where cert-manager's CRDs are, the
-// parts of cert-manager and the Deployment controller that envtest does not
-// run, a kubeconfig for child processes (kubectl, helm, the operator), and
-// polling. It is imported by tests only.
+// share: one API server per test package with mailfleet's and
+// cert-manager's CRDs (Env), namespaces and controller managers for each
+// test, the mailfleet objects tests start from, the parts of cert-manager
+// and the Deployment controller that envtest does not run, a kubeconfig
+// for child processes (kubectl, helm, the operator, the relay), and
+// polling. It is imported by tests only, controllers' own among them, so it
+// does not import the operator: a package hands it its scheme and cache
+// options.
 package envtestkit

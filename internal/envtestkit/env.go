@@ -78,6 +78,6 @@ func Eventually(t testing.TB, timeout time.Duration, check func() error) {
 		if time.Now().After(deadline) {
 			t.Fatalf("after %v: %v", timeout, err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(25 * time.Millisecond)
 	}
 }

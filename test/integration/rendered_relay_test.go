@@ -1,4 +1,4 @@
-package controllers
+package integration
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/smtp"
 	"net/textproto"
 	"os"
@@ -17,22 +16,18 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/controllers"
+	"github.com/mailfleet/mailfleet/internal/envtestkit"
 	"github.com/mailfleet/mailfleet/internal/loopback"
 	"github.com/mailfleet/mailfleet/internal/natstest"
 	"github.com/mailfleet/mailfleet/internal/smtpsink"
@@ -51,43 +46,20 @@ import (
 // log in over STARTTLS with the key from the operator's credentials Secret,
 // and a suspension locks them out.
 func TestRenderedRelayServesAccounts(t *testing.T) {
-	ctx := context.Background()
-	platform := newNamespace(t, nil)
-	tenant := newNamespace(t, nil)
-	startManager(t, func(mgr ctrl.Manager) error { return Setup(mgr, testRenderOptions) })
-	createTestIssuer(t, platform, "ca")
+	platform := env.Namespace(t, nil)
+	tenant := env.Namespace(t, nil)
 	sink := smtpsink.Start(t)
-	createRelay(t, withNamespace(platform), withQueueAndSink(t, sink), func(r *v1.SmtpRelay) {
+	relay, tlsCfg := startFleet(t, platform, sink, func(r *v1.SmtpRelay) {
 		r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll
 	})
-	caPEM := playCertManager(t, platform, "mx", "mx-tls")
 
-	relay := runRenderedRelay(t, platform, "mx")
+	env.CreateAccount(t, tenant, "acme", platform, "mx")
+	env.CreateLabel(t, tenant, "news", "acme", "1001")
+	creds := waitLabelCredentials(t, tenant, "acme", "1001")
+	username := string(creds.Data[controllers.SecretKeyLabelUsernamePrefix+"1001"])
+	key := string(creds.Data[controllers.SecretKeyPassword])
 
-	mkAccount(t, tenant, "acme", platform, "mx")
-	if err := testClient.Create(ctx, &v1.SmtpLabel{
-		ObjectMeta: metav1.ObjectMeta{Name: "news", Namespace: tenant},
-		Spec:       v1.SmtpLabelSpec{AccountRef: "acme", LabelID: "1001"},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	var creds corev1.Secret
-	eventually(t, relayWait, func() error {
-		if err := getLive(&creds, tenant, "acme-smtp-credentials"); err != nil {
-			return err
-		}
-		if len(creds.Data[SecretKeyLabelUsernamePrefix+"1001"]) == 0 {
-			return fmt.Errorf("label username not in the credentials Secret yet")
-		}
-		return nil
-	})
-	username := string(creds.Data[SecretKeyLabelUsernamePrefix+"1001"])
-	key := string(creds.Data[SecretKeyPassword])
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	tlsCfg := &tls.Config{RootCAs: pool, ServerName: "smtp.example.com"}
-
-	eventually(t, relayWait, func() error { return submit(relay.addrs["submission"], tlsCfg, username, key) })
+	envtestkit.Eventually(t, relayWait, func() error { return submit(relay.addrs["submission"], tlsCfg, username, key) })
 	if !strings.Contains(relay.logs.String(), `"label":"1001"`) {
 		t.Fatalf("the relay did not log the label of the queued message:\n%s", relay.logs)
 	}
@@ -103,8 +75,8 @@ func TestRenderedRelayServesAccounts(t *testing.T) {
 		t.Errorf("delivered envelope = %s -> %v", got.From, got.To)
 	}
 
-	setSuspended(t, tenant, "acme", true)
-	eventually(t, relayWait, func() error {
+	env.SetSuspended(t, tenant, "acme", true)
+	envtestkit.Eventually(t, relayWait, func() error {
 		err := submit(relay.addrs["submission"], tlsCfg, username, key)
 		if err == nil || !strings.Contains(err.Error(), "535") {
 			return fmt.Errorf("suspended account: got %v, want 535", err)
@@ -123,27 +95,20 @@ func TestRenderedRelayServesAccounts(t *testing.T) {
 func TestRenderedRelayWithRateLimitSidecar(t *testing.T) {
 	ctx := context.Background()
 	redis := redistest.StartRedis(t)
-	platform := newNamespace(t, nil)
-	startManager(t, func(mgr ctrl.Manager) error { return Setup(mgr, testRenderOptions) })
-	createTestIssuer(t, platform, "ca")
-	createRelay(t, withNamespace(platform), withQueueAndSink(t, smtpsink.Start(t)), withRateLimit(&v1.RelayRateLimit{
-		Redis: v1.RedisEndpoint{Address: redis.Addr}, FailureMode: v1.RateLimitFailureDeny,
-	}))
-	caPEM := playCertManager(t, platform, "mx", "mx-tls")
-	relay := runRenderedRelay(t, platform, "mx")
+	platform := env.Namespace(t, nil)
+	relay, tlsCfg := startFleet(t, platform, smtpsink.Start(t), func(r *v1.SmtpRelay) {
+		r.Spec.RateLimit = &v1.RelayRateLimit{Redis: v1.RedisEndpoint{Address: redis.Addr}, FailureMode: v1.RateLimitFailureDeny}
+	})
 
-	mkAccount(t, platform, "acme", platform, "mx", func(a *v1.SmtpAccount) { a.Spec.BudgetPerMinute = ptr.To[int32](3) })
+	env.CreateAccount(t, platform, "acme", platform, "mx", func(a *v1.SmtpAccount) { a.Spec.BudgetPerMinute = ptr.To[int32](3) })
 	var creds corev1.Secret
-	eventually(t, relayWait, func() error { return getLive(&creds, platform, "acme-smtp-credentials") })
-	username, key := string(creds.Data[SecretKeyUsername]), string(creds.Data[SecretKeyPassword])
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	tlsCfg := &tls.Config{RootCAs: pool, ServerName: "smtp.example.com"}
+	envtestkit.Eventually(t, relayWait, func() error { return env.Get(&creds, platform, "acme-smtp-credentials") })
+	username, key := string(creds.Data[controllers.SecretKeyUsername]), string(creds.Data[controllers.SecretKeyPassword])
 
 	// The first message waits for the credentials to reach the relay; the
 	// rest must fall in the same calendar minute as it.
 	redistest.WaitForTimeLeft(time.Minute, 15*time.Second)
-	eventually(t, relayWait, func() error { return submit(relay.addrs["submission"], tlsCfg, username, key) })
+	envtestkit.Eventually(t, relayWait, func() error { return submit(relay.addrs["submission"], tlsCfg, username, key) })
 	for i := 2; i <= 3; i++ {
 		if err := submit(relay.addrs["submission"], tlsCfg, username, key); err != nil {
 			t.Fatalf("message %d of a budget of 3: %v", i, err)
@@ -159,10 +124,38 @@ func TestRenderedRelayWithRateLimitSidecar(t *testing.T) {
 	}
 }
 
+// startFleet runs the operator's controllers and an SmtpRelay "mx" in ns,
+// its queue and smarthost on loopback (withQueueAndSink) and changed by
+// opts; plays cert-manager for it; and runs the relay process from what
+// the operator rendered. The TLS config trusts the relay's certificate.
+func startFleet(t *testing.T, ns string, sink *smtpsink.Sink, opts ...func(*v1.SmtpRelay)) (renderedRelay, *tls.Config) {
+	t.Helper()
+	env.StartManager(t, func(mgr ctrl.Manager) error { return controllers.Setup(mgr, renderOptions) })
+	env.CreateIssuer(t, ns, "ca")
+	env.CreateRelay(t, ns, "mx", append([]func(*v1.SmtpRelay){withQueueAndSink(t, sink)}, opts...)...)
+	caPEM := env.IssueRelayCertificate(t, relayWait, ns, "mx", "mx-tls")
+	relay := runRenderedRelay(t, ns, "mx")
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	return relay, &tls.Config{RootCAs: pool, ServerName: "smtp.example.com"}
+}
+
+// waitLabelCredentials waits until the account's credentials Secret lists
+// the label's username, and returns the Secret.
+func waitLabelCredentials(t *testing.T, ns, account, labelID string) *corev1.Secret {
+	t.Helper()
+	return env.WaitSecret(t, relayWait, ns, account+"-smtp-credentials", func(s *corev1.Secret) error {
+		if len(s.Data[controllers.SecretKeyLabelUsernamePrefix+labelID]) == 0 {
+			return errors.New("label username not in the credentials Secret yet")
+		}
+		return nil
+	})
+}
+
 // withQueueAndSink points a relay at a JetStream on loopback and delivers
 // through a smarthost that is the test's sink: what the operator renders
 // then works unchanged outside a cluster.
-func withQueueAndSink(t *testing.T, sink *smtpsink.Sink) relayOption {
+func withQueueAndSink(t *testing.T, sink *smtpsink.Sink) func(*v1.SmtpRelay) {
 	url := natstest.Start(t)
 	host, port, err := net.SplitHostPort(sink.Addr)
 	if err != nil {
@@ -182,7 +175,7 @@ func withQueueAndSink(t *testing.T, sink *smtpsink.Sink) relayOption {
 func waitDelivered(t *testing.T, sink *smtpsink.Sink, n int) []smtpsink.Message {
 	t.Helper()
 	var got []smtpsink.Message
-	eventually(t, relayWait, func() error {
+	envtestkit.Eventually(t, relayWait, func() error {
 		if got = sink.Messages(); len(got) < n {
 			return fmt.Errorf("%d of %d messages delivered", len(got), n)
 		}
@@ -191,20 +184,41 @@ func waitDelivered(t *testing.T, sink *smtpsink.Sink, n int) []smtpsink.Message 
 	return got
 }
 
-// submit sends one message with Go's SMTP client: STARTTLS, AUTH PLAIN.
-func submit(addr string, tlsCfg *tls.Config, username, key string) error {
+// authenticated opens a session with Go's SMTP client and logs in:
+// STARTTLS, AUTH PLAIN.
+func authenticated(addr string, tlsCfg *tls.Config, username, key string) (*smtp.Client, error) {
 	c, err := smtp.Dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.StartTLS(tlsCfg); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if err := c.Auth(smtp.PlainAuth("", username, key, strings.Split(addr, ":")[0])); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// login opens a session, logs in over STARTTLS and quits.
+func login(addr string, tlsCfg *tls.Config, username, key string) error {
+	c, err := authenticated(addr, tlsCfg, username, key)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if err := c.StartTLS(tlsCfg); err != nil {
+	return c.Quit()
+}
+
+// submit sends one message after logging in as login does.
+func submit(addr string, tlsCfg *tls.Config, username, key string) error {
+	c, err := authenticated(addr, tlsCfg, username, key)
+	if err != nil {
 		return err
 	}
-	host := strings.Split(addr, ":")[0]
-	if err := c.Auth(smtp.PlainAuth("", username, key, host)); err != nil {
-		return err
-	}
+	defer c.Close()
 	if err := c.Mail("news@acme.example"); err != nil {
 		return err
 	}
@@ -233,19 +247,19 @@ func runRenderedRelay(t *testing.T, ns, name string) renderedRelay {
 	var dep appsv1.Deployment
 	var cm corev1.ConfigMap
 	var tlsSecret corev1.Secret
-	eventually(t, relayWait, func() error {
-		if err := getLive(&dep, ns, name); err != nil {
+	envtestkit.Eventually(t, relayWait, func() error {
+		if err := env.Get(&dep, ns, name); err != nil {
 			return err
 		}
-		if err := getLive(&cm, ns, name+"-config"); err != nil {
+		if err := env.Get(&cm, ns, name+"-config"); err != nil {
 			return err
 		}
-		return getLive(&tlsSecret, ns, name+"-tls")
+		return env.Get(&tlsSecret, ns, name+"-tls")
 	})
 	dir := t.TempDir()
 	sidecar := ""
 	for _, c := range dep.Spec.Template.Spec.InitContainers {
-		if c.Name == ratelimitContainerName {
+		if c.Name == ratelimitContainer {
 			sidecar = runRenderedSidecar(t, c, cm)
 		}
 	}
@@ -257,14 +271,16 @@ func runRenderedRelay(t *testing.T, ns, name string) renderedRelay {
 			args[i] = cfgPath
 		}
 	}
-	kubeconfig := impersonatingKubeconfig(t, dir, "system:serviceaccount:"+ns+":"+dep.Spec.Template.Spec.ServiceAccountName)
+	// The ServiceAccount's user without the groups a pod's token also
+	// carries: the Role the operator rendered must be enough on its own.
+	kubeconfig := writeKubeconfig(t, dir, envtestkit.Identity{User: "system:serviceaccount:" + ns + ":" + dep.Spec.Template.Spec.ServiceAccountName})
 
 	cmd := exec.Command(mailfleetBinary(t), args...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	logs, exited := startLogged(t, cmd, "relay")
 	r := renderedRelay{addrs: map[string]string{}, logs: logs}
 	var metrics string
-	eventually(t, relayWait, func() error {
+	envtestkit.Eventually(t, relayWait, func() error {
 		select {
 		case <-exited:
 			t.Fatalf("relay exited:\n%s", logs)
@@ -289,7 +305,7 @@ func runRenderedRelay(t *testing.T, ns, name string) renderedRelay {
 	})
 	// Ready means the credentials shards were listed with the relay's own
 	// identity: the Role the operator rendered is enough.
-	eventually(t, relayWait, func() error { return httpOK("http://" + metrics + "/readyz") })
+	envtestkit.Eventually(t, relayWait, func() error { return httpOK("http://" + metrics + "/readyz") })
 	return r
 }
 
@@ -324,7 +340,7 @@ func runRenderedSidecar(t *testing.T, c corev1.Container, cm corev1.ConfigMap) s
 	}
 	logs, exited := startLogged(t, cmd, "sidecar")
 	path := c.StartupProbe.HTTPGet.Path
-	eventually(t, relayWait, func() error {
+	envtestkit.Eventually(t, relayWait, func() error {
 		select {
 		case <-exited:
 			t.Fatalf("sidecar exited:\n%s", logs)
@@ -368,142 +384,4 @@ func materialiseConfig(t *testing.T, dir, relayYAML string, tlsSecret corev1.Sec
 		t.Fatal(err)
 	}
 	return path
-}
-
-// impersonatingKubeconfig points at envtest as the given user.
-func impersonatingKubeconfig(t *testing.T, dir, user string) string {
-	t.Helper()
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: testCfg.Host, CertificateAuthorityData: testCfg.CAData}
-	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{
-		ClientCertificateData: testCfg.CertData, ClientKeyData: testCfg.KeyData, Token: testCfg.BearerToken,
-		Impersonate: user, // "" is the test's own admin identity
-	}
-	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
-	kc.CurrentContext = "envtest"
-	path := filepath.Join(dir, "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// mailfleetBinary builds the one binary once per test run.
-func mailfleetBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "mailfleet-e2e")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "mailfleet")
-		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/mailfleet").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("build mailfleet: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
-// httpOK is nil when url answers 200, as a kubelet probe wants.
-func httpOK(url string) error {
-	resp, err := http.Get(url)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %d", url, resp.StatusCode)
-	}
-	return nil
-}
-
-// startLogged starts cmd with its output collected, and kills it when the
-// test ends, printing the output if the test failed. exited closes when the
-// process ends.
-func startLogged(t *testing.T, cmd *exec.Cmd, name string) (logs *syncbuffer.Buffer, exited <-chan struct{}) {
-	t.Helper()
-	logs = &syncbuffer.Buffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-done
-		if t.Failed() {
-			t.Logf("%s logs:\n%s", name, logs)
-		}
-	})
-	return logs, done
-}
-
-// TestOperatorProcess runs `mailfleet operator` as a cluster would: it takes
-// the leader Lease, serves its probes, reconciles, and exits cleanly on
-// SIGTERM, releasing the Lease.
-func TestOperatorProcess(t *testing.T) {
-	ns := newNamespace(t, nil)
-	dir := t.TempDir()
-	kubeconfig := impersonatingKubeconfig(t, dir, "")
-	probes := loopback.FreeAddr(t)
-	cmd := exec.Command(mailfleetBinary(t), "operator",
-		"--leader-elect", "--leader-election-namespace", ns,
-		"--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", probes,
-		"--relay-image", "mailfleet:test")
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	logs := &syncbuffer.Buffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("operator logs:\n%s", logs)
-		}
-	})
-	var lease coordinationv1.Lease
-	eventually(t, relayWait, func() error { return getLive(&lease, ns, "mailfleet-operator.mailfleet.io") })
-	eventually(t, relayWait, func() error { return httpOK("http://" + probes + "/readyz") })
-	// It reconciles: an account in its namespace gets a status.
-	mkAccount(t, ns, "probe", ns, "absent")
-	eventually(t, relayWait, func() error {
-		var a v1.SmtpAccount
-		if err := getLive(&a, ns, "probe"); err != nil {
-			return err
-		}
-		if len(a.Status.Conditions) == 0 {
-			return fmt.Errorf("no status yet")
-		}
-		return nil
-	})
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("operator exit: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("operator did not exit within 30 s of SIGTERM")
-	}
-	if err := getLive(&lease, ns, "mailfleet-operator.mailfleet.io"); err != nil {
-		t.Fatal(err)
-	}
-	if lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity != "" {
-		t.Fatalf("lease still held by %q after shutdown", *lease.Spec.HolderIdentity)
-	}
 }

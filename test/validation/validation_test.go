@@ -1,4 +1,4 @@
-package controllers
+package validation
 
 import (
 	"context"
@@ -12,24 +12,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
 // TestCRDValidation applies invalid resources to the real API server and
 // checks each is refused with a message that names what to fix.
 func TestCRDValidation(t *testing.T) {
-	ns := newNamespace(t, nil)
-	relay := func(mut func(*v1.SmtpRelay)) client.Object {
-		r := &v1.SmtpRelay{
-			ObjectMeta: metav1.ObjectMeta{Name: "r", Namespace: ns},
-			Spec: v1.SmtpRelaySpec{
-				Hostname: "smtp.example.com",
-				TLS:      v1.RelayTLS{IssuerRef: &v1.IssuerReference{Name: "ca"}},
-				Queue:    v1.RelayQueue{NATS: v1.NATSQueue{URL: "nats://nats.mailfleet-system.svc:4222"}},
-			},
-		}
-		mut(r)
-		return r
-	}
+	ns := env.Namespace(t, nil)
+	relay := func(mut func(*v1.SmtpRelay)) client.Object { return envtestkit.NewRelay(ns, "r", mut) }
 	account := func(mut func(*v1.SmtpAccount)) client.Object {
 		a := &v1.SmtpAccount{
 			ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: ns},
@@ -169,7 +159,7 @@ func TestCRDValidation(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := testClient.Create(context.Background(), tt.obj, client.DryRunAll)
+			err := env.Client.Create(context.Background(), tt.obj, client.DryRunAll)
 			if tt.want == "" {
 				if err != nil {
 					t.Fatalf("refused a valid resource: %v", err)
@@ -186,31 +176,31 @@ func TestCRDValidation(t *testing.T) {
 // TestImmutableFields checks the transition rules on update.
 func TestImmutableFields(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t, nil)
+	ns := env.Namespace(t, nil)
 	a := &v1.SmtpAccount{
 		ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: ns},
 		Spec:       v1.SmtpAccountSpec{RelayRef: v1.RelayReference{Name: "r"}, APIUser: "acme"},
 	}
-	if err := testClient.Create(ctx, a); err != nil {
+	if err := env.Client.Create(ctx, a); err != nil {
 		t.Fatal(err)
 	}
 	a.Spec.APIUser = "other"
-	if err := testClient.Update(ctx, a); err == nil || !strings.Contains(err.Error(), "apiUser is immutable") {
+	if err := env.Client.Update(ctx, a); err == nil || !strings.Contains(err.Error(), "apiUser is immutable") {
 		t.Fatalf("changing apiUser: %v", err)
 	}
 	a.Spec.APIUser = ""
-	if err := testClient.Update(ctx, a); err == nil || !strings.Contains(err.Error(), "apiUser cannot be added or removed") {
+	if err := env.Client.Update(ctx, a); err == nil || !strings.Contains(err.Error(), "apiUser cannot be added or removed") {
 		t.Fatalf("removing apiUser: %v", err)
 	}
 	l := &v1.SmtpLabel{
 		ObjectMeta: metav1.ObjectMeta{Name: "l", Namespace: ns},
 		Spec:       v1.SmtpLabelSpec{AccountRef: "a", LabelID: "1001"},
 	}
-	if err := testClient.Create(ctx, l); err != nil {
+	if err := env.Client.Create(ctx, l); err != nil {
 		t.Fatal(err)
 	}
 	l.Spec.LabelID = "1002"
-	if err := testClient.Update(ctx, l); err == nil || !strings.Contains(err.Error(), "labelId is immutable") {
+	if err := env.Client.Update(ctx, l); err == nil || !strings.Contains(err.Error(), "labelId is immutable") {
 		t.Fatalf("changing labelId: %v", err)
 	}
 }

@@ -1,11 +1,9 @@
-package controllers
+package samples
 
 import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -19,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -33,27 +29,25 @@ import (
 	jsonserializer "k8s.io/apimachinery/pkg/runtime/serializer/json"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	crzap "sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/relay/certs"
+	"github.com/mailfleet/mailfleet/controllers"
+	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
 // The manifests people copy and deploy: config/samples, and the kustomize
 // bases config/crd, config/rbac, config/manager and config/default. They
-// are tested as they are written, against the same API server and
-// controllers as everything else, so a renamed field, a stricter CRD rule or
-// a missing RBAC verb fails here and not in a user's cluster.
+// are tested as they are written, against a real API server with the
+// operator's controllers, so a renamed field, a stricter CRD rule or a
+// missing RBAC verb fails here and not in a user's cluster.
 const (
-	configRoot        = "../config"
-	samplesDir        = "../config/samples"
+	configRoot        = "../../config"
+	samplesDir        = "../../config/samples"
 	operatorNamespace = "mailfleet-system"
 	operatorName      = "mailfleet-operator"
 	// operatorLeaseName is cmd/mailfleet's LeaderElectionID.
@@ -171,7 +165,7 @@ func kustomizeFiles(t *testing.T, dir string) []string {
 // strictDecoder decodes into the operator's types and refuses unknown and
 // duplicate fields, as `kubectl apply` (field validation Strict) would.
 func strictDecoder() runtime.Decoder {
-	s := Scheme()
+	s := controllers.Scheme()
 	return jsonserializer.NewSerializerWithOptions(jsonserializer.DefaultMetaFactory, s, s,
 		jsonserializer.SerializerOptions{Yaml: true, Strict: true})
 }
@@ -182,7 +176,7 @@ func strictDecoder() runtime.Decoder {
 // no field its type lacks, and that every kustomization lists exactly the
 // files beside it.
 func TestConfigManifestsDecode(t *testing.T) {
-	scheme, decoder := Scheme(), strictDecoder()
+	scheme, decoder := controllers.Scheme(), strictDecoder()
 	generatedCRDs := filepath.Join(configRoot, "crd", "bases")
 	var kustomizationDirs []string
 	err := filepath.WalkDir(configRoot, func(path string, d fs.DirEntry, err error) error {
@@ -281,7 +275,7 @@ func exists(path string) bool {
 // TestConfigProjectFile keeps PROJECT in step with the API: its group and
 // version are api/v1alpha1's, and it lists exactly the kinds registered there.
 func TestConfigProjectFile(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join("..", "PROJECT"))
+	data, err := os.ReadFile(filepath.Join("..", "..", "PROJECT"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,7 +318,7 @@ func TestConfigProjectFile(t *testing.T) {
 	// registers; only the kinds declared in api/v1alpha1 count.
 	apiPackage := reflect.TypeFor[v1.SmtpRelay]().PkgPath()
 	var apiKinds []string
-	for kind, typ := range Scheme().KnownTypes(v1.GroupVersion) {
+	for kind, typ := range controllers.Scheme().KnownTypes(v1.GroupVersion) {
 		if typ.PkgPath() == apiPackage && !strings.HasSuffix(kind, "List") {
 			apiKinds = append(apiKinds, kind)
 		}
@@ -341,8 +335,10 @@ func TestConfigProjectFile(t *testing.T) {
 // controller (envtest runs neither), and waits until every sample
 // SmtpRelay, SmtpAccount and SmtpLabel is Ready.
 func TestSamplesReady(t *testing.T) {
-	ns := newNamespace(t, nil)
-	startManager(t, func(mgr ctrl.Manager) error { return Setup(mgr, RenderOptions{Image: "mailfleet:test"}) })
+	ns := env.Namespace(t, nil)
+	env.StartManager(t, func(mgr ctrl.Manager) error {
+		return controllers.Setup(mgr, controllers.RenderOptions{Image: "mailfleet:test"})
+	})
 
 	var docs []manifestDoc
 	for _, f := range kustomizeFiles(t, samplesDir) {
@@ -356,12 +352,12 @@ func TestSamplesReady(t *testing.T) {
 		obj.SetNamespace(ns)
 		// Strict, as kubectl applies: an unknown field is an error, not a
 		// warning that nobody reads.
-		if err := testClient.Create(context.Background(), obj, client.FieldValidation(metav1.FieldValidationStrict)); err != nil {
+		if err := env.Client.Create(context.Background(), obj, client.FieldValidation(metav1.FieldValidationStrict)); err != nil {
 			t.Fatalf("%s: %v", d, err)
 		}
 		// envtest runs no garbage collector or namespace controller:
 		// deleting the samples keeps later tests' controllers off them.
-		t.Cleanup(func() { testClient.Delete(context.Background(), obj) })
+		t.Cleanup(func() { env.Client.Delete(context.Background(), obj) })
 	}
 
 	byKind := func(kind string) []*unstructured.Unstructured {
@@ -390,13 +386,16 @@ func TestSamplesReady(t *testing.T) {
 			certNames = append(certNames, r.GetName())
 		}
 	}
-	(&sampleCertManager{t: t, ns: ns, cas: map[string]*certs.CA{}}).issueAll(certNames)
+	cm := &envtestkit.CertManager{Client: env.Client, Namespace: ns, Wait: sampleWait}
+	if err := cm.IssueAll(context.Background(), certNames...); err != nil {
+		t.Fatal(err)
+	}
 
 	// The Deployment controller: every relay pod ready.
 	for _, r := range relays {
 		d := &appsv1.Deployment{}
-		eventually(t, sampleWait, func() error { return getLive(d, ns, r.GetName()) })
-		playDeploymentController(t, ns, r.GetName(), ptr.Deref(d.Spec.Replicas, 1))
+		envtestkit.Eventually(t, sampleWait, func() error { return env.Get(d, ns, r.GetName()) })
+		env.MarkDeploymentReady(t, ns, r.GetName())
 	}
 
 	for _, d := range docs {
@@ -421,9 +420,9 @@ func TestSamplesReady(t *testing.T) {
 				want++
 			}
 		}
-		eventually(t, sampleWait, func() error {
+		envtestkit.Eventually(t, sampleWait, func() error {
 			live := &v1.SmtpRelay{}
-			if err := getLive(live, ns, r.GetName()); err != nil {
+			if err := env.Get(live, ns, r.GetName()); err != nil {
 				return err
 			}
 			if live.Status.Accounts != want {
@@ -441,8 +440,8 @@ func waitSampleReady(t *testing.T, d manifestDoc, ns string) {
 	t.Helper()
 	live := &unstructured.Unstructured{}
 	live.SetGroupVersionKind(d.obj.GroupVersionKind())
-	eventually(t, sampleWait, func() error {
-		if err := getLive(live, ns, d.obj.GetName()); err != nil {
+	envtestkit.Eventually(t, sampleWait, func() error {
+		if err := env.Get(live, ns, d.obj.GetName()); err != nil {
 			return err
 		}
 		raw, _, err := unstructured.NestedSlice(live.Object, "status", "conditions")
@@ -473,27 +472,27 @@ func checkSampleCredentials(t *testing.T, ns string, accounts, labels []*unstruc
 	apiUsers := map[string]string{}
 	for _, u := range accounts {
 		acc := &v1.SmtpAccount{}
-		if err := getLive(acc, ns, u.GetName()); err != nil {
+		if err := env.Get(acc, ns, u.GetName()); err != nil {
 			t.Fatal(err)
 		}
 		secrets[acc.Name], apiUsers[acc.Name] = acc.Status.SecretName, acc.Status.APIUser
-		s := getSecretT(t, ns, acc.Status.SecretName)
-		if got := string(s.Data[SecretKeyUsername]); got != acc.Status.APIUser || got == "" {
+		s := env.GetSecret(t, ns, acc.Status.SecretName)
+		if got := string(s.Data[controllers.SecretKeyUsername]); got != acc.Status.APIUser || got == "" {
 			t.Errorf("account %s: Secret %s username %q, want %q", acc.Name, s.Name, got, acc.Status.APIUser)
 		}
-		if len(s.Data[SecretKeyPassword]) == 0 {
+		if len(s.Data[controllers.SecretKeyPassword]) == 0 {
 			t.Errorf("account %s: Secret %s has no password", acc.Name, s.Name)
 		}
 		if ref := acc.Spec.Key.SecretRef; ref != nil {
-			src := getSecretT(t, ns, ref.Name)
-			if !bytes.Equal(s.Data[SecretKeyPassword], src.Data[ref.Key]) {
+			src := env.GetSecret(t, ns, ref.Name)
+			if !bytes.Equal(s.Data[controllers.SecretKeyPassword], src.Data[ref.Key]) {
 				t.Errorf("account %s: password differs from Secret %s key %s", acc.Name, ref.Name, ref.Key)
 			}
 		}
 	}
 	for _, u := range labels {
 		l := &v1.SmtpLabel{}
-		if err := getLive(l, ns, u.GetName()); err != nil {
+		if err := env.Get(l, ns, u.GetName()); err != nil {
 			t.Fatal(err)
 		}
 		if secrets[l.Spec.AccountRef] == "" {
@@ -501,111 +500,14 @@ func checkSampleCredentials(t *testing.T, ns string, accounts, labels []*unstruc
 			continue
 		}
 		want := apiUsers[l.Spec.AccountRef] + "#" + l.Spec.LabelID
-		key := SecretKeyLabelUsernamePrefix + l.Spec.LabelID
-		waitSecret(t, ns, secrets[l.Spec.AccountRef], func(s *corev1.Secret) error {
+		key := controllers.SecretKeyLabelUsernamePrefix + l.Spec.LabelID
+		env.WaitSecret(t, sampleWait, ns, secrets[l.Spec.AccountRef], func(s *corev1.Secret) error {
 			if got := string(s.Data[key]); got != want {
 				return fmt.Errorf("label %s: Secret %s %s = %q, want %q", l.Name, s.Name, key, got, want)
 			}
 			return nil
 		})
 	}
-}
-
-// sampleCertManager issues Certificates as cert-manager would, for the
-// issuer types the samples use: a self-signed Issuer signing a CA
-// Certificate, and a CA Issuer signing from that CA's Secret.
-type sampleCertManager struct {
-	t   *testing.T
-	ns  string
-	cas map[string]*certs.CA // by the name of the Secret holding the CA
-}
-
-// issueAll issues the named Certificates, each once its issuer can sign.
-func (m *sampleCertManager) issueAll(names []string) {
-	m.t.Helper()
-	for len(names) > 0 {
-		var waiting []string
-		for _, name := range names {
-			if !m.issue(name) {
-				waiting = append(waiting, name)
-			}
-		}
-		if len(waiting) == len(names) {
-			m.t.Fatalf("Certificates %v: no issuer among the samples can sign them", waiting)
-		}
-		names = waiting
-	}
-}
-
-// issue writes the Certificate's Secret and marks it Ready; false means its
-// CA issuer's Secret has not been issued yet.
-func (m *sampleCertManager) issue(name string) bool {
-	t := m.t
-	t.Helper()
-	cert := &certmanagerv1.Certificate{}
-	eventually(t, sampleWait, func() error { return getLive(cert, m.ns, name) })
-	ref := cert.Spec.IssuerRef
-	if (ref.Group != "" && ref.Group != certManagerGroup) || (ref.Kind != "" && ref.Kind != issuerKind) {
-		t.Fatalf("Certificate %s: issuer %s %s/%s; the test plays namespaced cert-manager Issuers only", name, ref.Group, ref.Kind, ref.Name)
-	}
-	iss := &certmanagerv1.Issuer{}
-	if err := getLive(iss, m.ns, ref.Name); err != nil {
-		t.Fatalf("Certificate %s: issuer: %v", name, err)
-	}
-	var certPEM, keyPEM []byte
-	var ca *certs.CA
-	switch {
-	case iss.Spec.SelfSigned != nil && cert.Spec.IsCA:
-		var err error
-		if ca, err = certs.GenerateCA(cert.Spec.CommonName); err != nil {
-			t.Fatal(err)
-		}
-		der, err := x509.MarshalPKCS8PrivateKey(ca.Key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		certPEM, keyPEM = ca.CertPEM, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-		m.cas[cert.Spec.SecretName] = ca
-	case iss.Spec.CA != nil:
-		if ca = m.cas[iss.Spec.CA.SecretName]; ca == nil {
-			return false
-		}
-		if len(cert.Spec.DNSNames) == 0 {
-			t.Fatalf("Certificate %s has no dnsNames", name)
-		}
-		var err error
-		if certPEM, keyPEM, err = ca.Issue(cert.Spec.DNSNames, time.Hour); err != nil {
-			t.Fatal(err)
-		}
-	default:
-		t.Fatalf("Certificate %s: Issuer %s is neither self-signed (for a CA) nor a CA issuer", name, iss.Name)
-	}
-	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: cert.Spec.SecretName, Namespace: m.ns},
-		Type:       corev1.SecretTypeTLS,
-		Data:       map[string][]byte{corev1.TLSCertKey: certPEM, corev1.TLSPrivateKeyKey: keyPEM, "ca.crt": ca.CertPEM},
-	}
-	if tmpl := cert.Spec.SecretTemplate; tmpl != nil {
-		secret.Labels, secret.Annotations = tmpl.Labels, tmpl.Annotations
-	}
-	if err := testClient.Create(context.Background(), secret); err != nil {
-		t.Fatalf("Certificate %s: create Secret: %v", name, err)
-	}
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		if err := getLive(cert, m.ns, name); err != nil {
-			return err
-		}
-		now := metav1.Now()
-		cert.Status.Conditions = []certmanagerv1.CertificateCondition{{
-			Type: certmanagerv1.CertificateConditionReady, Status: cmmeta.ConditionTrue,
-			Reason: "Ready", Message: "Certificate is up to date and has not expired", LastTransitionTime: &now,
-		}}
-		return testClient.Status().Update(context.Background(), cert)
-	})
-	if err != nil {
-		t.Fatalf("Certificate %s: set Ready: %v", name, err)
-	}
-	return true
 }
 
 // configDefaultManifests is config/default as it would be deployed: built by
@@ -659,7 +561,7 @@ func TestConfigDefault(t *testing.T) {
 		gvk := d.obj.GroupVersionKind()
 		switch {
 		case gvk.Kind == "CustomResourceDefinition":
-			// The suite's API server already holds these (loaded from
+			// The package's API server already holds these (loaded from
 			// config/crd/bases), so a create would only say AlreadyExists.
 			crds[d.obj.GetName()] = true
 			continue
@@ -668,7 +570,7 @@ func TestConfigDefault(t *testing.T) {
 				t.Errorf("%s: want only namespace %s", d, operatorNamespace)
 			}
 			ns := d.obj.DeepCopy()
-			if err := testClient.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+			if err := env.Client.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
 				t.Fatalf("%s: %v", d, err)
 			}
 			continue
@@ -680,12 +582,12 @@ func TestConfigDefault(t *testing.T) {
 				t.Fatalf("%s: %v", d, err)
 			}
 		}
-		if namespaced, err := testClient.IsObjectNamespaced(d.obj); err != nil {
+		if namespaced, err := env.Client.IsObjectNamespaced(d.obj); err != nil {
 			t.Fatalf("%s: %v", d, err)
 		} else if namespaced && d.obj.GetNamespace() != operatorNamespace {
 			t.Errorf("%s: namespace %q, want %s", d, d.obj.GetNamespace(), operatorNamespace)
 		}
-		if err := testClient.Create(ctx, d.obj.DeepCopy(), client.DryRunAll, client.FieldValidation(metav1.FieldValidationStrict)); err != nil {
+		if err := env.Client.Create(ctx, d.obj.DeepCopy(), client.DryRunAll, client.FieldValidation(metav1.FieldValidationStrict)); err != nil {
 			t.Errorf("%s: server-side dry run: %v", d, err)
 		}
 	}
@@ -706,10 +608,10 @@ func TestConfigDefault(t *testing.T) {
 	// ServiceAccount admission plugin refuses a pod whose account is missing.
 	for _, obj := range rbacObjs {
 		obj := obj.DeepCopy()
-		if err := testClient.Create(ctx, obj); err != nil {
+		if err := env.Client.Create(ctx, obj); err != nil {
 			t.Fatalf("create %s %s: %v", obj.GetKind(), obj.GetName(), err)
 		}
-		t.Cleanup(func() { testClient.Delete(context.Background(), obj) })
+		t.Cleanup(func() { env.Client.Delete(context.Background(), obj) })
 	}
 	t.Run("pod admitted under restricted", func(t *testing.T) { checkOperatorPodAdmitted(t, deployment) })
 	t.Run("leader election as the operator's ServiceAccount", func(t *testing.T) {
@@ -771,10 +673,10 @@ func checkOperatorPodAdmitted(t *testing.T, d *appsv1.Deployment) {
 		t.Fatal("the container has no securityContext.capabilities")
 	}
 	sc.Capabilities.Add = []corev1.Capability{"NET_RAW"}
-	if err := testClient.Create(context.Background(), bad, client.DryRunAll); !apierrors.IsForbidden(err) {
+	if err := env.Client.Create(context.Background(), bad, client.DryRunAll); !apierrors.IsForbidden(err) {
 		t.Fatalf("pod adding NET_RAW: err = %v, want Forbidden (does %s enforce PodSecurity restricted?)", err, operatorNamespace)
 	}
-	if err := testClient.Create(context.Background(), pod("operator"), client.DryRunAll); err != nil {
+	if err := env.Client.Create(context.Background(), pod("operator"), client.DryRunAll); err != nil {
 		t.Errorf("the operator pod is refused: %v", err)
 	}
 }
@@ -798,37 +700,26 @@ func checkOperatorLeaderElection(t *testing.T, serviceAccount string) {
 		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + operatorNamespace, "system:authenticated"},
 	}
 	checkOperatorAccess(t, user)
-	cfg := rest.CopyConfig(testCfg)
+	cfg := rest.CopyConfig(env.Config)
 	cfg.Impersonate = user
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                        Scheme(),
-		Metrics:                       metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress:        "0",
-		Controller:                    ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
-		LeaderElection:                true,
-		LeaderElectionID:              operatorLeaseName,
-		LeaderElectionNamespace:       operatorNamespace,
-		LeaderElectionReleaseOnCancel: true,
-		Logger:                        logger,
-	})
+	opts := env.ManagerOptions()
+	opts.LeaderElection = true
+	opts.LeaderElectionID = operatorLeaseName
+	opts.LeaderElectionNamespace = operatorNamespace
+	opts.LeaderElectionReleaseOnCancel = true
+	opts.Logger = logger
+	mgr, err := ctrl.NewManager(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Setup(mgr, RenderOptions{Image: "mailfleet:test"}); err != nil {
+	if err := controllers.Setup(mgr, controllers.RenderOptions{Image: "mailfleet:test"}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := mgr.Start(ctx); err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	}()
+	cancel, stopped := envtestkit.StartInBackground(t, mgr)
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case <-done:
+		case <-stopped:
 		case <-time.After(sampleWait):
 			// controller-runtime v0.24 waits, spinning, for caches that
 			// can never sync; fail rather than hang the package.
@@ -841,15 +732,15 @@ func checkOperatorLeaderElection(t *testing.T, serviceAccount string) {
 		t.Fatalf("not elected within %v: can the ServiceAccount get, create and update Leases in %s?", sampleWait, operatorNamespace)
 	}
 	lease := &coordinationv1.Lease{}
-	if err := getLive(lease, operatorNamespace, operatorLeaseName); err != nil {
+	if err := env.Get(lease, operatorNamespace, operatorLeaseName); err != nil {
 		t.Fatal(err)
 	}
 	if ptr.Deref(lease.Spec.HolderIdentity, "") == "" {
 		t.Errorf("lease %s has no holder", operatorLeaseName)
 	}
-	eventually(t, sampleWait, func() error {
+	envtestkit.Eventually(t, sampleWait, func() error {
 		var list corev1.EventList
-		if err := testClient.List(context.Background(), &list, client.InNamespace(operatorNamespace)); err != nil {
+		if err := env.Client.List(context.Background(), &list, client.InNamespace(operatorNamespace)); err != nil {
 			return err
 		}
 		for _, e := range list.Items {
@@ -863,8 +754,8 @@ func checkOperatorLeaderElection(t *testing.T, serviceAccount string) {
 	// The leader reconciles: the relay controller reads the relay, applies
 	// its objects (a Role among them, which RBAC lets only a holder of the
 	// Role's verbs create) and writes status, all as the ServiceAccount.
-	relay := createRelay(t, withNamespace(newNamespace(t, nil)))
-	waitReady(t, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
+	relay := env.CreateRelay(t, env.Namespace(t, nil), "mx")
+	env.WaitRelayReady(t, sampleWait, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
 }
 
 // checkOperatorAccess asks the API server's authorizer what the
@@ -888,7 +779,7 @@ func checkOperatorAccess(t *testing.T, user rest.ImpersonationConfig) {
 		review := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
 			User: user.UserName, Groups: user.Groups, ResourceAttributes: &attrs,
 		}}
-		if err := testClient.Create(context.Background(), review); err != nil {
+		if err := env.Client.Create(context.Background(), review); err != nil {
 			t.Fatal(err)
 		}
 		if !review.Status.Allowed {
