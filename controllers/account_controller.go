@@ -22,6 +22,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // secretWaitInterval is how often an account re-reads a referenced Secret
@@ -112,7 +113,7 @@ type readyOutcome struct {
 	warn         bool // a person must act: record a Warning event
 	requeueAfter time.Duration
 	secretName   string // "" when the Secret was not written
-	key          keyState
+	key          render.KeyState
 }
 
 // warnIfNew records the outcome as a Warning event on obj when a person
@@ -216,7 +217,7 @@ func claim(ctx context.Context, c client.Reader, relay *v1.SmtpRelay, acc *v1.Sm
 	if !ok {
 		return problem(v1.ReasonNamespaceNotAllowed, "%s", why), nil
 	}
-	apiUser := effectiveAPIUser(acc)
+	apiUser := render.APIUser(acc)
 	holder, err := apiUserHolder(ctx, c, relay, apiUser)
 	if err != nil {
 		return nil, err
@@ -278,7 +279,7 @@ func (r *AccountReconciler) referencedKey(ctx context.Context, acc *v1.SmtpAccou
 // applySecret decides the key and writes the credentials Secret with
 // server-side apply, unless a Secret of that name belongs to someone else.
 func (r *AccountReconciler) applySecret(ctx context.Context, acc *v1.SmtpAccount, relay *v1.SmtpRelay, refKey string) (*readyOutcome, error) {
-	name := credentialsSecretName(acc)
+	name := render.CredentialsSecretName(acc)
 	existing, err := getSecret(ctx, r.APIReader, acc.Namespace, name)
 	if err != nil {
 		return nil, err
@@ -304,7 +305,7 @@ func (r *AccountReconciler) applySecret(ctx context.Context, acc *v1.SmtpAccount
 	if err != nil {
 		return nil, err
 	}
-	desired := renderCredentialsSecret(credentialsInput{Account: acc, Relay: relay, LabelIDs: labelIDs, Key: next})
+	desired := render.CredentialsSecret(render.CredentialsInput{Account: acc, Relay: relay, LabelIDs: labelIDs, Key: next})
 	if err := r.write(ctx, existing, desired); err != nil {
 		if out := writeRefused(desired.Name, err); out != nil {
 			return out, nil
@@ -355,12 +356,12 @@ func notOwned(acc *v1.SmtpAccount, s *corev1.Secret) *readyOutcome {
 // currentKey is the key state to start from: the Secret's, or, when the
 // Secret is new because spec.secretName changed, the old Secret's, so a
 // rename does not change the key.
-func (r *AccountReconciler) currentKey(ctx context.Context, acc *v1.SmtpAccount, existing *corev1.Secret) (keyState, error) {
+func (r *AccountReconciler) currentKey(ctx context.Context, acc *v1.SmtpAccount, existing *corev1.Secret) (render.KeyState, error) {
 	if existing != nil {
-		return keyStateFromSecret(existing), nil
+		return render.KeyStateFromSecret(existing), nil
 	}
 	old, err := r.renamedSecret(ctx, acc)
-	return keyStateFromSecret(old), err
+	return render.KeyStateFromSecret(old), err
 }
 
 // graceForLostKey is the key state to start from when the account's
@@ -370,27 +371,27 @@ func (r *AccountReconciler) currentKey(ctx context.Context, acc *v1.SmtpAccount,
 // between the deletion and their picking up the new key. The digest comes
 // from the shard the operator wrote, never from anything a tenant writes;
 // status.secretName only says whether to look.
-func (r *AccountReconciler) graceForLostKey(ctx context.Context, acc *v1.SmtpAccount, plan keyPlan) (keyState, error) {
+func (r *AccountReconciler) graceForLostKey(ctx context.Context, acc *v1.SmtpAccount, plan keyPlan) (render.KeyState, error) {
 	if acc.Status.SecretName == "" || plan.Grace == 0 {
-		return keyState{}, nil
+		return render.KeyState{}, nil
 	}
-	relay, apiUser := accountRelay(acc), effectiveAPIUser(acc)
+	relay, apiUser := accountRelay(acc), render.APIUser(acc)
 	shard, err := getSecret(ctx, r.APIReader, relay.Namespace, wire.ShardSecretName(relay.Name, wire.ShardOf(apiUser)))
 	if err != nil || shard == nil {
-		return keyState{}, err
+		return render.KeyState{}, err
 	}
 	a, ok := shardAccounts(shard)[apiUser]
 	if !ok || len(a.KeyDigests) == 0 || (plan.RefKey != "" && wire.MatchDigest(a.KeyDigests[0], plan.RefKey)) {
-		return keyState{}, nil // nothing published, or the same key: no grace to give
+		return render.KeyState{}, nil // nothing published, or the same key: no grace to give
 	}
-	return keyState{PreviousDigest: a.KeyDigests[0], PreviousExpiry: plan.stamp().Add(plan.Grace)}, nil
+	return render.KeyState{PreviousDigest: a.KeyDigests[0], PreviousExpiry: plan.stamp().Add(plan.Grace)}, nil
 }
 
 // renamedSecret is the account's previous credentials Secret when
 // spec.secretName changed, if this account controls it.
 func (r *AccountReconciler) renamedSecret(ctx context.Context, acc *v1.SmtpAccount) (*corev1.Secret, error) {
 	old := acc.Status.SecretName
-	if old == "" || old == credentialsSecretName(acc) {
+	if old == "" || old == render.CredentialsSecretName(acc) {
 		return nil, nil
 	}
 	s, err := getSecret(ctx, r.APIReader, acc.Namespace, old)
@@ -438,7 +439,7 @@ func (r *AccountReconciler) write(ctx context.Context, existing, desired *corev1
 }
 
 // keyEvent records an issued key. The message names the Secret, never the key.
-func (r *AccountReconciler) keyEvent(acc *v1.SmtpAccount, s *corev1.Secret, change keyChange, k keyState) {
+func (r *AccountReconciler) keyEvent(acc *v1.SmtpAccount, s *corev1.Secret, change keyChange, k render.KeyState) {
 	switch change {
 	case keyGenerated:
 		r.Recorder.Eventf(acc, s, corev1.EventTypeNormal, "KeyGenerated", "GenerateKey",
@@ -449,7 +450,7 @@ func (r *AccountReconciler) keyEvent(acc *v1.SmtpAccount, s *corev1.Secret, chan
 	case keyRotated:
 		note := "the previous key stopped working at once (rotationGracePeriod is 0)"
 		if k.PreviousDigest != "" {
-			note = "the previous key works until " + formatTime(k.PreviousExpiry)
+			note = "the previous key works until " + render.FormatTime(k.PreviousExpiry)
 		}
 		r.Recorder.Eventf(acc, s, corev1.EventTypeNormal, "KeyRotated", "RotateKey",
 			"issued a new key in Secret %q; %s", s.Name, note)
@@ -461,7 +462,7 @@ func (r *AccountReconciler) keyEvent(acc *v1.SmtpAccount, s *corev1.Secret, chan
 func (r *AccountReconciler) writeStatus(ctx context.Context, acc *v1.SmtpAccount, out *readyOutcome) error {
 	next := acc.Status.DeepCopy()
 	next.ObservedGeneration = acc.Generation
-	next.APIUser = effectiveAPIUser(acc)
+	next.APIUser = render.APIUser(acc)
 	if out.secretName != "" {
 		next.SecretName = out.secretName
 		next.KeyRotatedAt = metaTime(out.key.IssuedAt)

@@ -19,6 +19,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
@@ -155,14 +156,14 @@ func TestAccountGeneratedKey(t *testing.T) {
 	acc := env.CreateAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
 		a.Spec.Key.Generated = &v1.GeneratedKey{Bytes: 48}
 		a.Spec.SecretTemplate = &v1.SecretTemplate{
-			Labels:      map[string]v1.LabelValue{"team": "checkout", labelInstance: "argo-app"},
+			Labels:      map[string]v1.LabelValue{"team": "checkout", render.LabelAppInstance: "argo-app"},
 			Annotations: map[string]string{"reloader.stakater.com/match": "true"},
 		}
 	})
 	acc = waitReason(t, acc, v1.ReasonReady)
 
 	s := env.GetSecret(t, ns, "shop-smtp-credentials")
-	key := string(s.Data[SecretKeyPassword])
+	key := string(s.Data[render.SecretKeyPassword])
 	if raw, err := base64.RawURLEncoding.DecodeString(key); err != nil || len(raw) != 48 {
 		t.Errorf("password is %d bytes of base64url (%v), want 48", len(raw), err)
 	}
@@ -175,10 +176,10 @@ func TestAccountGeneratedKey(t *testing.T) {
 	if !accountHolds(s, acc) || len(s.OwnerReferences) != 0 {
 		t.Errorf("Secret not retained for the account: owners %+v, labels %v", s.OwnerReferences, s.Labels)
 	}
-	if _, ok := s.Labels[labelInstance]; ok {
-		t.Errorf("Secret carries %s: %v", labelInstance, s.Labels)
+	if _, ok := s.Labels[render.LabelAppInstance]; ok {
+		t.Errorf("Secret carries %s: %v", render.LabelAppInstance, s.Labels)
 	}
-	if s.Labels["team"] != "checkout" || s.Labels[LabelManagedBy] != ManagedByValue || s.Labels[LabelAccount] != "shop" {
+	if s.Labels["team"] != "checkout" || s.Labels[render.LabelManagedBy] != render.ManagedByValue || s.Labels[render.LabelAccount] != "shop" {
 		t.Errorf("labels = %v", s.Labels)
 	}
 	if s.Annotations["reloader.stakater.com/match"] != "true" {
@@ -213,7 +214,7 @@ func TestAccountKeyReusedAcrossRestart(t *testing.T) {
 	env.UpdateSpec(t, acc, func() { acc.Spec.BudgetPerMinute = ptr.To[int32](100) })
 	acc = waitReason(t, acc, v1.ReasonReady)
 	after := env.GetSecret(t, ns, "shop-smtp-credentials")
-	if string(after.Data[SecretKeyPassword]) != string(before.Data[SecretKeyPassword]) {
+	if string(after.Data[render.SecretKeyPassword]) != string(before.Data[render.SecretKeyPassword]) {
 		t.Error("the key changed across an operator restart")
 	}
 	if after.ResourceVersion != before.ResourceVersion {
@@ -230,38 +231,38 @@ func TestAccountKeyRotation(t *testing.T) {
 		a.Spec.Key.RotationGracePeriod = &metav1.Duration{Duration: 2 * time.Second}
 	})
 	acc = waitReason(t, acc, v1.ReasonReady)
-	old := string(env.GetSecret(t, ns, "shop-smtp-credentials").Data[SecretKeyPassword])
+	old := string(env.GetSecret(t, ns, "shop-smtp-credentials").Data[render.SecretKeyPassword])
 
 	patch := client.MergeFrom(acc.DeepCopy())
-	acc.Annotations = map[string]string{AnnotationRotateKey: "2026-03-01"}
+	acc.Annotations = map[string]string{render.AnnotationRotateKey: "2026-03-01"}
 	if err := env.Client.Patch(ctx, acc, patch); err != nil {
 		t.Fatal(err)
 	}
 	rotated := env.WaitSecret(t, wait, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
-		if string(s.Data[SecretKeyPassword]) == old {
+		if string(s.Data[render.SecretKeyPassword]) == old {
 			return fmt.Errorf("key not rotated yet")
 		}
 		return nil
 	})
-	if got := string(rotated.Data[SecretKeyPreviousPasswordDigest]); !wire.MatchDigest(got, old) || !strings.HasPrefix(got, "pbkdf2-sha256:") {
+	if got := string(rotated.Data[render.SecretKeyPreviousPasswordDigest]); !wire.MatchDigest(got, old) || !strings.HasPrefix(got, "pbkdf2-sha256:") {
 		want := "the salted digest of the old key"
 		t.Errorf("previous digest = %q, want %q", got, want)
 	}
-	expires := parseTime(rotated.Annotations[AnnotationPreviousKeyExpiresAt])
+	expires := render.ParseTime(rotated.Annotations[render.AnnotationPreviousKeyExpiresAt])
 	if d := time.Until(expires); d <= -time.Second || d > 3*time.Second {
 		t.Errorf("previous key expires at %v (in %v), want about 2s from now", expires, d)
 	}
-	if rotated.Annotations[AnnotationRotateKeyHandled] != "2026-03-01" {
-		t.Errorf("handled rotation = %q", rotated.Annotations[AnnotationRotateKeyHandled])
+	if rotated.Annotations[render.AnnotationRotateKeyHandled] != "2026-03-01" {
+		t.Errorf("handled rotation = %q", rotated.Annotations[render.AnnotationRotateKeyHandled])
 	}
 	waitEventAbout(t, acc, "KeyRotated")
 
 	// After the grace period the previous digest goes, from the Secret and status.
 	env.WaitSecret(t, wait, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
-		if _, ok := s.Data[SecretKeyPreviousPasswordDigest]; ok {
+		if _, ok := s.Data[render.SecretKeyPreviousPasswordDigest]; ok {
 			return fmt.Errorf("previous digest still present")
 		}
-		if _, ok := s.Annotations[AnnotationPreviousKeyExpiresAt]; ok {
+		if _, ok := s.Annotations[render.AnnotationPreviousKeyExpiresAt]; ok {
 			return fmt.Errorf("expiry annotation still present")
 		}
 		return nil
@@ -276,10 +277,10 @@ func TestAccountKeyRotation(t *testing.T) {
 		return nil
 	})
 	final := env.GetSecret(t, ns, "shop-smtp-credentials")
-	if string(final.Data[SecretKeyPassword]) != string(rotated.Data[SecretKeyPassword]) {
+	if string(final.Data[render.SecretKeyPassword]) != string(rotated.Data[render.SecretKeyPassword]) {
 		t.Error("the new key changed again after the grace period")
 	}
-	assertNoKeyLeak(t, ns, old, string(final.Data[SecretKeyPassword]))
+	assertNoKeyLeak(t, ns, old, string(final.Data[render.SecretKeyPassword]))
 }
 
 func TestAccountReferencedSecret(t *testing.T) {
@@ -330,7 +331,7 @@ func TestAccountReferencedSecret(t *testing.T) {
 		t.Errorf("picked up after %v", d)
 	}
 	s := env.GetSecret(t, ns, "shop-smtp-credentials")
-	if got := string(s.Data[SecretKeyPassword]); got != "first-referenced-key-0123456789abcdef" {
+	if got := string(s.Data[render.SecretKeyPassword]); got != "first-referenced-key-0123456789abcdef" {
 		t.Errorf("password = %q", got)
 	}
 	waitEventAbout(t, acc, "KeyImported")
@@ -341,12 +342,12 @@ func TestAccountReferencedSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	s = env.WaitSecret(t, wait, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
-		if string(s.Data[SecretKeyPassword]) != "second-referenced-key-0123456789abcdef" {
+		if string(s.Data[render.SecretKeyPassword]) != "second-referenced-key-0123456789abcdef" {
 			return fmt.Errorf("password not updated")
 		}
 		return nil
 	})
-	if got := string(s.Data[SecretKeyPreviousPasswordDigest]); !wire.MatchDigest(got, "first-referenced-key-0123456789abcdef") {
+	if got := string(s.Data[render.SecretKeyPreviousPasswordDigest]); !wire.MatchDigest(got, "first-referenced-key-0123456789abcdef") {
 		want := "the digest of the first key"
 		t.Errorf("previous digest = %q, want %q", got, want)
 	}
@@ -509,8 +510,8 @@ func TestAccountRelayNotFoundAndSuspended(t *testing.T) {
 	}
 	acc = waitReason(t, acc, v1.ReasonReady)
 	env.WaitSecret(t, wait, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
-		if string(s.Data[SecretKeyHost]) != "smtp.internal.example" || string(s.Data[SecretKeyPort]) != "2525" {
-			return fmt.Errorf("host %s port %s", s.Data[SecretKeyHost], s.Data[SecretKeyPort])
+		if string(s.Data[render.SecretKeyHost]) != "smtp.internal.example" || string(s.Data[render.SecretKeyPort]) != "2525" {
+			return fmt.Errorf("host %s port %s", s.Data[render.SecretKeyHost], s.Data[render.SecretKeyPort])
 		}
 		return nil
 	})
@@ -534,14 +535,14 @@ func TestAccountSecretRenamed(t *testing.T) {
 	if s := env.GetSecret(t, ns, "shop-smtp-credentials"); !metav1.IsControlledBy(s, acc) {
 		t.Errorf("secretRetention Delete: the Secret is not controlled by the account: %+v", s.OwnerReferences)
 	}
-	key := string(env.GetSecret(t, ns, "shop-smtp-credentials").Data[SecretKeyPassword])
+	key := string(env.GetSecret(t, ns, "shop-smtp-credentials").Data[render.SecretKeyPassword])
 
 	env.UpdateSpec(t, acc, func() { acc.Spec.SecretName = "mail-credentials" })
 	acc = waitReason(t, acc, v1.ReasonReady)
 	if acc.Status.SecretName != "mail-credentials" {
 		t.Errorf("status.secretName = %q", acc.Status.SecretName)
 	}
-	if got := string(env.GetSecret(t, ns, "mail-credentials").Data[SecretKeyPassword]); got != key {
+	if got := string(env.GetSecret(t, ns, "mail-credentials").Data[render.SecretKeyPassword]); got != key {
 		t.Error("renaming the Secret changed the key")
 	}
 	envtestkit.Eventually(t, wait, func() error {

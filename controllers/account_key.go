@@ -3,11 +3,11 @@ package controllers
 import (
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // Defaults of spec.key that the API server cannot fill in when spec.key is
@@ -16,17 +16,6 @@ const (
 	defaultKeyBytes            = 32
 	defaultRotationGracePeriod = 24 * time.Hour
 )
-
-// keyState is the key material a credentials Secret carries. Key is the
-// plaintext key: it goes into the Secret and nowhere else (no log, event,
-// status or error).
-type keyState struct {
-	Key            string
-	IssuedAt       time.Time // zero when unknown
-	PreviousDigest string    // digest of the key before the last rotation; "" when none
-	PreviousExpiry time.Time
-	RotateHandled  string // the AnnotationRotateKey value last acted on
-}
 
 // keyChange says what nextKey did, for events and for deciding whether the
 // decision must be confirmed against the API server.
@@ -38,26 +27,6 @@ const (
 	keyImported            // a referenced key, where there was none
 	keyRotated             // a new key; the previous one stays valid for the grace period
 )
-
-// keyStateFromSecret reads the key material of an existing credentials
-// Secret; a nil Secret has none.
-func keyStateFromSecret(s *corev1.Secret) keyState {
-	if s == nil {
-		return keyState{}
-	}
-	st := keyState{
-		Key:            string(s.Data[SecretKeyPassword]),
-		IssuedAt:       parseTime(s.Annotations[AnnotationKeyIssuedAt]),
-		PreviousDigest: string(s.Data[SecretKeyPreviousPasswordDigest]),
-		PreviousExpiry: parseTime(s.Annotations[AnnotationPreviousKeyExpiresAt]),
-		RotateHandled:  s.Annotations[AnnotationRotateKeyHandled],
-	}
-	if st.PreviousExpiry.IsZero() {
-		// Without a readable expiry the previous key cannot be bounded: drop it.
-		st.PreviousDigest = ""
-	}
-	return st
-}
 
 // keyPlan is everything nextKey needs besides the current state.
 type keyPlan struct {
@@ -80,9 +49,9 @@ type keyPlan struct {
 // planFor derives an account's keyPlan; refKey is "" for generated keys.
 func planFor(acc *v1.SmtpAccount, relay types.NamespacedName, refKey string, now time.Time) keyPlan {
 	p := keyPlan{
-		Salt:   keyDigestSalt(relay, effectiveAPIUser(acc)),
+		Salt:   keyDigestSalt(relay, render.APIUser(acc)),
 		RefKey: refKey,
-		Rotate: acc.Annotations[AnnotationRotateKey],
+		Rotate: acc.Annotations[render.AnnotationRotateKey],
 		Bytes:  defaultKeyBytes,
 		Grace:  defaultRotationGracePeriod,
 		Now:    now,
@@ -101,7 +70,7 @@ func planFor(acc *v1.SmtpAccount, relay types.NamespacedName, refKey string, now
 // An existing key is always kept unless a rotation is asked for (a new
 // AnnotationRotateKey value, or a changed referenced key), so that restarts
 // and repeated reconciles never issue a key by accident.
-func nextKey(cur keyState, p keyPlan) (keyState, keyChange, error) {
+func nextKey(cur render.KeyState, p keyPlan) (render.KeyState, keyChange, error) {
 	next := cur
 	if next.PreviousDigest != "" && !p.Now.Before(next.PreviousExpiry) {
 		next.PreviousDigest, next.PreviousExpiry = "", time.Time{}
@@ -136,7 +105,7 @@ func nextKey(cur keyState, p keyPlan) (keyState, keyChange, error) {
 }
 
 // rotate replaces the key and keeps the old one's digest for the grace period.
-func rotate(next keyState, oldKey, newKey string, p keyPlan) keyState {
+func rotate(next render.KeyState, oldKey, newKey string, p keyPlan) render.KeyState {
 	next.Key, next.IssuedAt = newKey, p.stamp()
 	next.PreviousDigest = wire.SaltedDigest(oldKey, p.Salt)
 	next.PreviousExpiry = next.IssuedAt.Add(p.Grace)
@@ -156,15 +125,3 @@ func keyDigestSalt(relay types.NamespacedName, apiUser string) []byte {
 
 // newKey returns a key of n random bytes, in the relay's key format.
 func newKey(n int) (string, error) { return wire.NewKeyOfSize(n) }
-
-func parseTime(s string) time.Time {
-	t, err := time.Parse(time.RFC3339, s)
-	if err != nil {
-		return time.Time{}
-	}
-	return t
-}
-
-func formatTime(t time.Time) string {
-	return t.UTC().Format(time.RFC3339)
-}

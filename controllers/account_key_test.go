@@ -12,6 +12,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // TestAccountNextKey is the key life cycle as a table: what is kept, what is
@@ -29,99 +30,99 @@ func TestAccountNextKey(t *testing.T) {
 	}
 	tests := []struct {
 		name   string
-		cur    keyState
+		cur    render.KeyState
 		plan   keyPlan
-		want   keyState
+		want   render.KeyState
 		change keyChange
 	}{
 		{
 			name:   "first generated key",
 			plan:   plan(nil),
-			want:   keyState{Key: "new-32", IssuedAt: now},
+			want:   render.KeyState{Key: "new-32", IssuedAt: now},
 			change: keyGenerated,
 		},
 		{
 			name:   "first key honours bytes; an annotation present from the start is only recorded",
 			plan:   plan(func(p *keyPlan) { p.Bytes, p.Rotate = 48, "v1" }),
-			want:   keyState{Key: "new-48", IssuedAt: now, RotateHandled: "v1"},
+			want:   render.KeyState{Key: "new-48", IssuedAt: now, RotateHandled: "v1"},
 			change: keyGenerated,
 		},
 		{
 			name:   "existing key kept",
-			cur:    keyState{Key: "old", IssuedAt: earlier},
+			cur:    render.KeyState{Key: "old", IssuedAt: earlier},
 			plan:   plan(nil),
-			want:   keyState{Key: "old", IssuedAt: earlier},
+			want:   render.KeyState{Key: "old", IssuedAt: earlier},
 			change: keyUnchanged,
 		},
 		{
 			name:   "handled rotation value kept",
-			cur:    keyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
+			cur:    render.KeyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
 			plan:   plan(func(p *keyPlan) { p.Rotate = "v1" }),
-			want:   keyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
+			want:   render.KeyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
 			change: keyUnchanged,
 		},
 		{
 			name:   "annotation removed: nothing to do",
-			cur:    keyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
+			cur:    render.KeyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
 			plan:   plan(nil),
-			want:   keyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
+			want:   render.KeyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
 			change: keyUnchanged,
 		},
 		{
 			name: "new rotation value rotates with grace",
-			cur:  keyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
+			cur:  render.KeyState{Key: "old", IssuedAt: earlier, RotateHandled: "v1"},
 			plan: plan(func(p *keyPlan) { p.Rotate = "v2" }),
-			want: keyState{Key: "new-32", IssuedAt: now, RotateHandled: "v2",
+			want: render.KeyState{Key: "new-32", IssuedAt: now, RotateHandled: "v2",
 				PreviousDigest: wire.SaltedDigest("old", testSalt), PreviousExpiry: now.Add(24 * time.Hour)},
 			change: keyRotated,
 		},
 		{
 			name:   "zero grace keeps no previous key",
-			cur:    keyState{Key: "old"},
+			cur:    render.KeyState{Key: "old"},
 			plan:   plan(func(p *keyPlan) { p.Rotate, p.Grace = "v1", 0 }),
-			want:   keyState{Key: "new-32", IssuedAt: now, RotateHandled: "v1"},
+			want:   render.KeyState{Key: "new-32", IssuedAt: now, RotateHandled: "v1"},
 			change: keyRotated,
 		},
 		{
 			name:   "expired previous key dropped",
-			cur:    keyState{Key: "old", PreviousDigest: "sha256:x", PreviousExpiry: now},
+			cur:    render.KeyState{Key: "old", PreviousDigest: "sha256:x", PreviousExpiry: now},
 			plan:   plan(nil),
-			want:   keyState{Key: "old"},
+			want:   render.KeyState{Key: "old"},
 			change: keyUnchanged,
 		},
 		{
 			name:   "running grace period kept",
-			cur:    keyState{Key: "old", PreviousDigest: "sha256:x", PreviousExpiry: now.Add(time.Second)},
+			cur:    render.KeyState{Key: "old", PreviousDigest: "sha256:x", PreviousExpiry: now.Add(time.Second)},
 			plan:   plan(nil),
-			want:   keyState{Key: "old", PreviousDigest: "sha256:x", PreviousExpiry: now.Add(time.Second)},
+			want:   render.KeyState{Key: "old", PreviousDigest: "sha256:x", PreviousExpiry: now.Add(time.Second)},
 			change: keyUnchanged,
 		},
 		{
 			name:   "referenced key imported",
 			plan:   plan(func(p *keyPlan) { p.RefKey = "ref" }),
-			want:   keyState{Key: "ref", IssuedAt: now},
+			want:   render.KeyState{Key: "ref", IssuedAt: now},
 			change: keyImported,
 		},
 		{
 			name:   "referenced key unchanged",
-			cur:    keyState{Key: "ref", IssuedAt: earlier},
+			cur:    render.KeyState{Key: "ref", IssuedAt: earlier},
 			plan:   plan(func(p *keyPlan) { p.RefKey = "ref" }),
-			want:   keyState{Key: "ref", IssuedAt: earlier},
+			want:   render.KeyState{Key: "ref", IssuedAt: earlier},
 			change: keyUnchanged,
 		},
 		{
 			name: "referenced key changed: a rotation with grace",
-			cur:  keyState{Key: "ref", IssuedAt: earlier},
+			cur:  render.KeyState{Key: "ref", IssuedAt: earlier},
 			plan: plan(func(p *keyPlan) { p.RefKey = "ref2" }),
-			want: keyState{Key: "ref2", IssuedAt: now,
+			want: render.KeyState{Key: "ref2", IssuedAt: now,
 				PreviousDigest: wire.SaltedDigest("ref", testSalt), PreviousExpiry: now.Add(24 * time.Hour)},
 			change: keyRotated,
 		},
 		{
 			name:   "annotation on a referenced key is recorded, not acted on",
-			cur:    keyState{Key: "ref", IssuedAt: earlier},
+			cur:    render.KeyState{Key: "ref", IssuedAt: earlier},
 			plan:   plan(func(p *keyPlan) { p.RefKey, p.Rotate = "ref", "v1" }),
-			want:   keyState{Key: "ref", IssuedAt: earlier, RotateHandled: "v1"},
+			want:   render.KeyState{Key: "ref", IssuedAt: earlier, RotateHandled: "v1"},
 			change: keyUnchanged,
 		},
 	}
@@ -166,7 +167,7 @@ func TestAccountKeyPlanDefaults(t *testing.T) {
 		t.Errorf("defaults: bytes %d, grace %v", p.Bytes, p.Grace)
 	}
 	acc.Spec.Key = v1.AccountKey{Generated: &v1.GeneratedKey{Bytes: 20}, RotationGracePeriod: &metav1.Duration{Duration: time.Minute}}
-	acc.Annotations = map[string]string{AnnotationRotateKey: "x"}
+	acc.Annotations = map[string]string{render.AnnotationRotateKey: "x"}
 	p = planFor(acc, types.NamespacedName{Namespace: "mail", Name: "mx"}, "", time.Now())
 	if p.Bytes != 20 || p.Grace != time.Minute || p.Rotate != "x" {
 		t.Errorf("from spec: %+v", p)
@@ -177,17 +178,17 @@ func TestAccountKeyPlanDefaults(t *testing.T) {
 // previous key without a readable expiry is not trusted.
 func TestAccountKeyStateRoundTrip(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	k := keyState{Key: "k", IssuedAt: now, RotateHandled: "v3",
+	k := render.KeyState{Key: "k", IssuedAt: now, RotateHandled: "v3",
 		PreviousDigest: wire.Digest("old"), PreviousExpiry: now.Add(time.Hour)}
-	s := renderCredentialsSecret(credentialsInput{Account: testAccountObject(), Relay: testRelayObject(), Key: k})
-	if got := keyStateFromSecret(s); got != k {
+	s := render.CredentialsSecret(render.CredentialsInput{Account: testAccountObject(), Relay: testRelayObject(), Key: k})
+	if got := render.KeyStateFromSecret(s); got != k {
 		t.Errorf("round trip: %+v, want %+v", got, k)
 	}
-	delete(s.Annotations, AnnotationPreviousKeyExpiresAt)
-	if got := keyStateFromSecret(s); got.PreviousDigest != "" {
+	delete(s.Annotations, render.AnnotationPreviousKeyExpiresAt)
+	if got := render.KeyStateFromSecret(s); got.PreviousDigest != "" {
 		t.Errorf("previous digest without expiry kept: %+v", got)
 	}
-	if got := keyStateFromSecret((*corev1.Secret)(nil)); got != (keyState{}) {
+	if got := render.KeyStateFromSecret((*corev1.Secret)(nil)); got != (render.KeyState{}) {
 		t.Errorf("nil Secret: %+v", got)
 	}
 }

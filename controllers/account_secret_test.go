@@ -10,6 +10,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // testAccountObject and testRelayObject are in-memory fixtures for render
@@ -44,8 +45,8 @@ func TestAccountSubmissionPort(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := testRelayObject()
 			r.Spec.Listeners = tt.listeners
-			if got := submissionPort(r); got != tt.want {
-				t.Errorf("submissionPort = %d, want %d", got, tt.want)
+			if got := render.SubmissionPort(r); got != tt.want {
+				t.Errorf("render.SubmissionPort = %d, want %d", got, tt.want)
 			}
 		})
 	}
@@ -56,14 +57,14 @@ func TestAccountRenderSecret(t *testing.T) {
 	acc := testAccountObject()
 	acc.Spec.APIUser = "acme"
 	acc.Spec.SecretTemplate = &v1.SecretTemplate{
-		Labels: map[string]v1.LabelValue{"team": "shop", labelInstance: "argo-app", LabelAccount: "forged"},
+		Labels: map[string]v1.LabelValue{"team": "shop", render.LabelAppInstance: "argo-app", render.LabelAccount: "forged"},
 		Annotations: map[string]string{"reloader.stakater.com/match": "true",
-			AnnotationPreviousKeyExpiresAt: "forged"},
+			render.AnnotationPreviousKeyExpiresAt: "forged"},
 	}
 	relay := testRelayObject()
 	relay.Status.Endpoint = "mx.platform.svc.cluster.local"
-	s := renderCredentialsSecret(credentialsInput{Account: acc, Relay: relay, LabelIDs: []string{"1001", "news"},
-		Key: keyState{Key: "k", IssuedAt: now}})
+	s := render.CredentialsSecret(render.CredentialsInput{Account: acc, Relay: relay, LabelIDs: []string{"1001", "news"},
+		Key: render.KeyState{Key: "k", IssuedAt: now}})
 
 	if s.Name != "shop-smtp-credentials" || s.Namespace != "tenant" || s.Type != "servicebinding.io/smtp" {
 		t.Errorf("name/namespace/type: %s/%s %s", s.Namespace, s.Name, s.Type)
@@ -79,11 +80,11 @@ func TestAccountRenderSecret(t *testing.T) {
 	if !maps.Equal(gotData, wantData) {
 		t.Errorf("data = %v\nwant  %v", gotData, wantData)
 	}
-	wantLabels := map[string]string{"team": "shop", LabelManagedBy: ManagedByValue, LabelAccount: "shop"}
+	wantLabels := map[string]string{"team": "shop", render.LabelManagedBy: render.ManagedByValue, render.LabelAccount: "shop"}
 	if !maps.Equal(s.Labels, wantLabels) {
 		t.Errorf("labels = %v, want %v", s.Labels, wantLabels)
 	}
-	wantAnn := map[string]string{"reloader.stakater.com/match": "true", AnnotationKeyIssuedAt: "2026-03-01T12:00:00Z"}
+	wantAnn := map[string]string{"reloader.stakater.com/match": "true", render.AnnotationKeyIssuedAt: "2026-03-01T12:00:00Z"}
 	if !maps.Equal(s.Annotations, wantAnn) {
 		t.Errorf("annotations = %v, want %v", s.Annotations, wantAnn)
 	}
@@ -91,7 +92,7 @@ func TestAccountRenderSecret(t *testing.T) {
 		t.Errorf("owner references = %+v; a retained Secret (the default) has none", s.OwnerReferences)
 	}
 	acc.Spec.SecretRetention = v1.SecretRetentionDelete
-	owned := renderCredentialsSecret(credentialsInput{Account: acc, Relay: relay, Key: keyState{Key: "k", IssuedAt: now}})
+	owned := render.CredentialsSecret(render.CredentialsInput{Account: acc, Relay: relay, Key: render.KeyState{Key: "k", IssuedAt: now}})
 	if len(owned.OwnerReferences) != 1 || !*owned.OwnerReferences[0].Controller || owned.OwnerReferences[0].UID != "uid-1" ||
 		owned.OwnerReferences[0].Kind != "SmtpAccount" || owned.OwnerReferences[0].APIVersion != "mailfleet.io/v1alpha1" {
 		t.Errorf("secretRetention Delete: owner references = %+v", owned.OwnerReferences)
@@ -100,31 +101,31 @@ func TestAccountRenderSecret(t *testing.T) {
 		t.Error("a change of secretRetention is not a change of the Secret")
 	}
 	acc.Spec.SecretRetention = ""
-	if !secretUpToDate(s, renderCredentialsSecret(credentialsInput{Account: acc, Relay: relay, LabelIDs: []string{"1001", "news"},
-		Key: keyState{Key: "k", IssuedAt: now}})) {
+	if !secretUpToDate(s, render.CredentialsSecret(render.CredentialsInput{Account: acc, Relay: relay, LabelIDs: []string{"1001", "news"},
+		Key: render.KeyState{Key: "k", IssuedAt: now}})) {
 		t.Error("a Secret is not up to date with its own rendering")
 	}
 }
 
 func TestAccountRenderDefaults(t *testing.T) {
 	acc := testAccountObject()
-	s := renderCredentialsSecret(credentialsInput{Account: acc, Relay: testRelayObject(), Key: keyState{Key: "k"}})
-	if got := string(s.Data[SecretKeyHost]); got != "mx.platform.svc" {
+	s := render.CredentialsSecret(render.CredentialsInput{Account: acc, Relay: testRelayObject(), Key: render.KeyState{Key: "k"}})
+	if got := string(s.Data[render.SecretKeyHost]); got != "mx.platform.svc" {
 		t.Errorf("host = %q", got)
 	}
-	if got := string(s.Data[SecretKeyUsername]); got != "shop" {
+	if got := string(s.Data[render.SecretKeyUsername]); got != "shop" {
 		t.Errorf("username = %q, want the account name", got)
 	}
 	acc.Spec.SecretName = "mail"
-	if got := credentialsSecretName(acc); got != "mail" {
+	if got := render.CredentialsSecretName(acc); got != "mail" {
 		t.Errorf("secret name = %q", got)
 	}
 }
 
 func TestAccountKeyDigests(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	k := keyState{Key: "new", IssuedAt: now, PreviousDigest: wire.SaltedDigest("old", testSalt), PreviousExpiry: now.Add(time.Minute)}
-	s := renderCredentialsSecret(credentialsInput{Account: testAccountObject(), Relay: testRelayObject(), Key: k})
+	k := render.KeyState{Key: "new", IssuedAt: now, PreviousDigest: wire.SaltedDigest("old", testSalt), PreviousExpiry: now.Add(time.Minute)}
+	s := render.CredentialsSecret(render.CredentialsInput{Account: testAccountObject(), Relay: testRelayObject(), Key: k})
 	salted := func(key string) string { return wire.SaltedDigest(key, testSalt) }
 	got := accountKeyDigests(s, now, salted)
 	if want := []string{salted("new"), salted("old")}; !slices.Equal(got, want) {

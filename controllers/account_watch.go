@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // Field indexes over the manager's cache. They turn "which accounts does
@@ -49,14 +50,14 @@ func indexAccounts(ctx context.Context, mgr manager.Manager) error {
 	idx := map[string]func(*v1.SmtpAccount) []string{
 		indexAccountClaim: func(a *v1.SmtpAccount) []string {
 			r := accountRelay(a)
-			return []string{claimKey(r.Namespace, r.Name, effectiveAPIUser(a))}
+			return []string{claimKey(r.Namespace, r.Name, render.APIUser(a))}
 		},
 		indexAccountRelay: func(a *v1.SmtpAccount) []string {
 			r := accountRelay(a)
 			return []string{relayKey(r.Namespace, r.Name)}
 		},
 		indexAccountSecret: func(a *v1.SmtpAccount) []string {
-			names := []string{credentialsSecretName(a)}
+			names := []string{render.CredentialsSecretName(a)}
 			if ref := a.Spec.Key.SecretRef; ref != nil && ref.Name != names[0] {
 				names = append(names, ref.Name)
 			}
@@ -104,7 +105,7 @@ func requestsFor(ctx context.Context, c client.Reader, opts ...client.ListOption
 func (r *AccountReconciler) claimantsOf(ctx context.Context, o client.Object) []reconcile.Request {
 	acc := o.(*v1.SmtpAccount)
 	rel := accountRelay(acc)
-	return requestsFor(ctx, r.Client, client.MatchingFields{indexAccountClaim: claimKey(rel.Namespace, rel.Name, effectiveAPIUser(acc))})
+	return requestsFor(ctx, r.Client, client.MatchingFields{indexAccountClaim: claimKey(rel.Namespace, rel.Name, render.APIUser(acc))})
 }
 
 // accountsOfRelay enqueues the accounts attached to a relay: its endpoint,

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/v1alpha1/v1alpha1test"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
@@ -33,8 +34,8 @@ func TestRelayWithoutCertManager(t *testing.T) {
 	}
 	tlsSecret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "own-tls", Namespace: "mail"}, Type: corev1.SecretTypeTLS,
 		Data: map[string][]byte{corev1.TLSCertKey: []byte("cert"), corev1.TLSPrivateKeyKey: []byte("key")}}
-	own := envtestkit.NewRelay("mail", "own", withSecretName("own-tls"))
-	issued := envtestkit.NewRelay("mail", "issued")
+	own := v1alpha1test.Relay("mail", "own", v1alpha1test.WithSecretName("own-tls"))
+	issued := v1alpha1test.Relay("mail", "issued")
 	for _, obj := range []client.Object{tlsSecret, own, issued} {
 		if err := c.Create(ctx, obj); err != nil {
 			t.Fatal(err)

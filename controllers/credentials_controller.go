@@ -30,6 +30,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // CredentialsPublisher publishes, for each SmtpRelay, the accounts that may
@@ -120,7 +121,7 @@ func (p *CredentialsPublisher) SetupWithManager(mgr ctrl.Manager) error {
 		Mapper:           mgr.GetRESTMapper(),
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{&corev1.Secret{}: {
-			Label:     labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedByValue}),
+			Label:     labels.SelectorFromSet(labels.Set{render.LabelManagedBy: render.ManagedByValue}),
 			Transform: keepPublishedFields,
 		}},
 	})
@@ -137,7 +138,7 @@ func (p *CredentialsPublisher) SetupWithManager(mgr ctrl.Manager) error {
 	if err := indexField(context.Background(), mgr, &v1.SmtpAccount{}, indexAccountShard, func(o client.Object) []string {
 		a := o.(*v1.SmtpAccount)
 		r := accountRelay(a)
-		return []string{shardKey(r.Namespace, r.Name, wire.ShardOf(effectiveAPIUser(a)))}
+		return []string{shardKey(r.Namespace, r.Name, wire.ShardOf(render.APIUser(a)))}
 	}); err != nil {
 		return fmt.Errorf("index accounts by shard: %w", err)
 	}
@@ -170,7 +171,7 @@ func keepPublishedFields(obj any) (any, error) {
 	s.OwnerReferences = owner
 	// A new map: deleting keys would not shrink the old one.
 	kept := make(map[string][]byte, 2)
-	for _, k := range []string{SecretKeyPassword, SecretKeyPreviousPasswordDigest, wire.ShardDataKey} {
+	for _, k := range []string{render.SecretKeyPassword, render.SecretKeyPreviousPasswordDigest, wire.ShardDataKey} {
 		if v, ok := s.Data[k]; ok {
 			kept[k] = v
 		}
@@ -280,7 +281,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 	var published map[string]wire.Account // the shard as it is, read once when needed
 	for i := range list.Items {
 		acc := &list.Items[i]
-		apiUser := effectiveAPIUser(acc)
+		apiUser := render.APIUser(acc)
 		entitled, err := p.entitled(ctx, relay, acc, apiUser, shard)
 		if err != nil {
 			return nil, time.Time{}, err
@@ -289,7 +290,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 			continue
 		}
 		var secret corev1.Secret
-		err = p.Secrets.Get(ctx, types.NamespacedName{Namespace: acc.Namespace, Name: credentialsSecretName(acc)}, &secret)
+		err = p.Secrets.Get(ctx, types.NamespacedName{Namespace: acc.Namespace, Name: render.CredentialsSecretName(acc)}, &secret)
 		if apierrors.IsNotFound(err) {
 			// Deleted under a published account: keep what is published
 			// until the account controller writes the Secret again, with
@@ -316,7 +317,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 		if len(digests) == 0 {
 			continue
 		}
-		if st := keyStateFromSecret(&secret); st.PreviousDigest != "" && now.Before(st.PreviousExpiry) &&
+		if st := render.KeyStateFromSecret(&secret); st.PreviousDigest != "" && now.Before(st.PreviousExpiry) &&
 			(nextExpiry.IsZero() || st.PreviousExpiry.Before(nextExpiry)) {
 			nextExpiry = st.PreviousExpiry
 		}
@@ -401,7 +402,7 @@ func (p *CredentialsPublisher) entitled(ctx context.Context, relay *v1.SmtpRelay
 // accountEntry is what a shard says of an account.
 func accountEntry(acc *v1.SmtpAccount, relay *v1.SmtpRelay, digests []string, labels []wire.Label) wire.Account {
 	return wire.Account{
-		APIUser:              effectiveAPIUser(acc),
+		APIUser:              render.APIUser(acc),
 		KeyDigests:           digests,
 		BudgetPerMinute:      budgetOf(acc, relay),
 		MaxRecipients:        maxRecipientsOf(acc),
@@ -461,7 +462,7 @@ func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRel
 	var existing corev1.Secret
 	err = p.Secrets.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: name}, &existing)
 	if err == nil && string(existing.Data[wire.ShardDataKey]) == string(data) &&
-		existing.Annotations[AnnotationShardAccounts] == count {
+		existing.Annotations[render.AnnotationShardAccounts] == count {
 		return false, nil
 	}
 	if err != nil && !apierrors.IsNotFound(err) {
@@ -472,11 +473,11 @@ func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRel
 			Name:      name,
 			Namespace: relay.Namespace,
 			Labels: map[string]string{
-				LabelManagedBy:  ManagedByValue,
-				LabelRelay:      relay.Name,
-				wire.ShardLabel: relay.Name,
+				render.LabelManagedBy: render.ManagedByValue,
+				render.LabelRelay:     relay.Name,
+				wire.ShardLabel:       relay.Name,
 			},
-			Annotations:     map[string]string{AnnotationShardAccounts: count},
+			Annotations:     map[string]string{render.AnnotationShardAccounts: count},
 			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(relay, v1.GroupVersion.WithKind("SmtpRelay"))},
 		},
 		Type: corev1.SecretTypeOpaque,
@@ -502,7 +503,7 @@ func allShards(_ context.Context, o client.Object) []reconcile.Request {
 // shardOfAccount rebuilds the shard that publishes the account.
 func shardOfAccount(_ context.Context, o client.Object) []reconcile.Request {
 	acc := o.(*v1.SmtpAccount)
-	return []reconcile.Request{shardRequest(accountRelay(acc), wire.ShardOf(effectiveAPIUser(acc)))}
+	return []reconcile.Request{shardRequest(accountRelay(acc), wire.ShardOf(render.APIUser(acc)))}
 }
 
 func (p *CredentialsPublisher) shardOfLabel(ctx context.Context, o client.Object) []reconcile.Request {
@@ -517,7 +518,7 @@ func (p *CredentialsPublisher) shardOfLabel(ctx context.Context, o client.Object
 // shardOfSecret maps a credentials Secret (a key issued or rotated) to its
 // account's shard.
 func (p *CredentialsPublisher) shardOfSecret(ctx context.Context, s *corev1.Secret) []reconcile.Request {
-	name, ok := s.Labels[LabelAccount]
+	name, ok := s.Labels[render.LabelAccount]
 	if !ok {
 		return nil
 	}

@@ -17,6 +17,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
@@ -122,7 +123,7 @@ func waitForKey(t *testing.T, ns, name string) string {
 		if err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, &s); err != nil {
 			return err
 		}
-		key = string(s.Data[SecretKeyPassword])
+		key = string(s.Data[render.SecretKeyPassword])
 		if key == "" {
 			return errStill("no key yet")
 		}

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/v1alpha1/v1alpha1test"
 	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
@@ -62,7 +63,7 @@ func TestAccountInvalidSpecLeftOut(t *testing.T) {
 	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mail"}}); err != nil {
 		t.Fatal(err)
 	}
-	relay := envtestkit.NewRelay("mail", "mx")
+	relay := v1alpha1test.Relay("mail", "mx")
 	// Both api_users fall in one shard, so the neighbour shows the shard
 	// was still written.
 	bad, good := sameShardUsers()

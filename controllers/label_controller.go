@@ -24,6 +24,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // indexLabelAccount: spec.accountRef, in the label's namespace. Shared with
@@ -116,7 +117,7 @@ func (r *LabelReconciler) evaluate(ctx context.Context, label *v1.SmtpLabel) (*r
 		}
 		return nil, "", fmt.Errorf("get account %s: %w", key, err)
 	}
-	username := wire.Username(effectiveAPIUser(acc), label.Spec.LabelID)
+	username := wire.Username(render.APIUser(acc), label.Spec.LabelID)
 	// A label created together with its account usually finds the account
 	// not reconciled yet. Saying so would last only until the account's
 	// first status write, which enqueues the label again (labelsOfAccount),

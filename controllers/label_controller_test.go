@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // labelMessage is a label's Ready condition message.
@@ -25,7 +26,7 @@ func labelMessage(l *v1.SmtpLabel) string {
 func secretHasLabel(t *testing.T, ns, secret, labelID, want string) {
 	t.Helper()
 	env.WaitSecret(t, wait, ns, secret, func(s *corev1.Secret) error {
-		got, ok := s.Data[SecretKeyLabelUsernamePrefix+labelID]
+		got, ok := s.Data[render.SecretKeyLabelUsernamePrefix+labelID]
 		switch {
 		case want == "" && ok:
 			return fmt.Errorf("username-%s still present", labelID)
@@ -89,5 +90,5 @@ func TestLabelLifecycle(t *testing.T) {
 	if msg := labelMessage(second); !strings.Contains(msg, v1.ReasonSuspended) {
 		t.Errorf("message does not carry the account's reason: %q", msg)
 	}
-	assertNoKeyLeak(t, ns, string(env.GetSecret(t, ns, secret).Data[SecretKeyPassword]))
+	assertNoKeyLeak(t, ns, string(env.GetSecret(t, ns, secret).Data[render.SecretKeyPassword]))
 }

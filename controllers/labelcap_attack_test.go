@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
@@ -75,12 +76,12 @@ func TestAttackTooManyLabels(t *testing.T) {
 	env.WaitSecret(t, wait, ns, "shop-smtp-credentials", func(s *corev1.Secret) error {
 		names := 0
 		for k := range s.Data {
-			if strings.HasPrefix(k, SecretKeyLabelUsernamePrefix) {
+			if strings.HasPrefix(k, render.SecretKeyLabelUsernamePrefix) {
 				names++
 			}
 		}
-		if names != maxLabels || len(s.Data[SecretKeyLabelUsernamePrefix+"0"]) == 0 {
-			return fmt.Errorf("%d label usernames in the Secret (the oldest present: %v), want %d", names, len(s.Data[SecretKeyLabelUsernamePrefix+"0"]) > 0, maxLabels)
+		if names != maxLabels || len(s.Data[render.SecretKeyLabelUsernamePrefix+"0"]) == 0 {
+			return fmt.Errorf("%d label usernames in the Secret (the oldest present: %v), want %d", names, len(s.Data[render.SecretKeyLabelUsernamePrefix+"0"]) > 0, maxLabels)
 		}
 		return nil
 	})

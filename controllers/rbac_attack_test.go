@@ -18,7 +18,9 @@ import (
 	"k8s.io/client-go/rest"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/v1alpha1/v1alpha1test"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
 )
@@ -32,7 +34,7 @@ func TestAttackRelayTokenReadsOtherSecrets(t *testing.T) {
 	ns := env.Namespace(t, nil)
 	startRelayController(t)
 	relay := env.CreateRelay(t, ns, "mx")
-	envtestkit.Eventually(t, relayWait, func() error { return env.Get(&rbacv1.RoleBinding{}, ns, relayServiceAccountName(relay.Name)) })
+	envtestkit.Eventually(t, relayWait, func() error { return env.Get(&rbacv1.RoleBinding{}, ns, render.ServiceAccountName(relay.Name)) })
 
 	admin := kubernetes.NewForConfigOrDie(env.Config)
 	account := wire.Account{APIUser: "acme", KeyDigests: []string{wire.Digest("a-key-of-thirty-two-characters!!")}}
@@ -54,7 +56,7 @@ func TestAttackRelayTokenReadsOtherSecrets(t *testing.T) {
 	}
 
 	cfg := rest.CopyConfig(env.Config)
-	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + relayServiceAccountName(relay.Name)}
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + render.ServiceAccountName(relay.Name)}
 	asRelay := kubernetes.NewForConfigOrDie(cfg)
 	secrets := asRelay.CoreV1().Secrets(ns)
 	byName := func(name string) metav1.ListOptions {
@@ -100,20 +102,20 @@ func TestAttackRelayImageNotAllowed(t *testing.T) {
 		"registry.example/mailfleet-evil:1", // the entry without a separator is exact
 		"registry.example/mailfleet",        // allowed exactly, so take the next
 	} {
-		_, err := RenderRelay(newTestRelay(withImage(image)), opts)
+		_, err := render.Relay(v1alpha1test.Relay("mail", "mx", v1alpha1test.WithImage(image)), opts)
 		if image == "registry.example/mailfleet" {
 			if err != nil {
 				t.Errorf("%s: %v", image, err)
 			}
 			continue
 		}
-		if !errors.Is(err, errImageNotAllowed) || !strings.Contains(err.Error(), "--relay-allowed-images") {
+		if !errors.Is(err, render.ErrImageNotAllowed) || !strings.Contains(err.Error(), "--relay-allowed-images") {
 			t.Errorf("%s: err %v, want ImageNotAllowed saying how to allow it", image, err)
 		}
 	}
 	ns := env.Namespace(t, nil)
 	startRelayController(t)
-	relay := env.CreateRelay(t, ns, "mx", withImage("attacker.example/miner:latest"))
+	relay := env.CreateRelay(t, ns, "mx", v1alpha1test.WithImage("attacker.example/miner:latest"))
 	env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonImageNotAllowed)
 	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonImageNotAllowed)
 	if err := env.Get(&appsv1.Deployment{}, ns, relay.Name); !apierrors.IsNotFound(err) {
@@ -133,23 +135,23 @@ func TestAttackRelayCertificateNotAllowed(t *testing.T) {
 		relay *v1.SmtpRelay
 		ok    bool
 	}{
-		{"allowed ClusterIssuer and name", newTestRelay(withIssuer("ClusterIssuer", "letsencrypt"), withHostname("a.mail.example")), true},
-		{"namespace Issuer", newTestRelay(withIssuer("Issuer", "anything"), withHostname("smtp.example.com")), true},
-		{"own TLS Secret, any name", newTestRelay(withSecretName("own"), withHostname("www.bank.example")), true},
-		{"other ClusterIssuer", newTestRelay(withIssuer("ClusterIssuer", "corp-ca"), withHostname("a.mail.example")), false},
-		{"name outside the list", newTestRelay(withIssuer("Issuer", "ca"), withHostname("www.bank.example")), false},
-		{"the wildcard's own apex", newTestRelay(withIssuer("Issuer", "ca"), withHostname("mail.example")), false},
-		{"suffix without a dot", newTestRelay(withIssuer("Issuer", "ca"), withHostname("evilmail.example")), false},
+		{"allowed ClusterIssuer and name", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithIssuer("ClusterIssuer", "letsencrypt"), v1alpha1test.WithHostname("a.mail.example")), true},
+		{"namespace Issuer", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithIssuer("Issuer", "anything"), v1alpha1test.WithHostname("smtp.example.com")), true},
+		{"own TLS Secret, any name", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithSecretName("own"), v1alpha1test.WithHostname("www.bank.example")), true},
+		{"other ClusterIssuer", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithIssuer("ClusterIssuer", "corp-ca"), v1alpha1test.WithHostname("a.mail.example")), false},
+		{"name outside the list", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithIssuer("Issuer", "ca"), v1alpha1test.WithHostname("www.bank.example")), false},
+		{"the wildcard's own apex", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithIssuer("Issuer", "ca"), v1alpha1test.WithHostname("mail.example")), false},
+		{"suffix without a dot", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithIssuer("Issuer", "ca"), v1alpha1test.WithHostname("evilmail.example")), false},
 	}
 	for _, tt := range tests {
-		_, err := RenderRelay(tt.relay, opts)
-		if tt.ok != (err == nil) || (err != nil && !errors.Is(err, errCertificateNotAllowed)) {
+		_, err := render.Relay(tt.relay, opts)
+		if tt.ok != (err == nil) || (err != nil && !errors.Is(err, render.ErrCertificateNotAllowed)) {
 			t.Errorf("%s: %v", tt.name, err)
 		}
 	}
 	ns := env.Namespace(t, nil)
 	env.StartManager(t, (&RelayReconciler{Options: opts}).SetupWithManager)
-	relay := env.CreateRelay(t, ns, "mx", withIssuer("ClusterIssuer", "corp-ca"), withHostname("a.mail.example"))
+	relay := env.CreateRelay(t, ns, "mx", v1alpha1test.WithIssuer("ClusterIssuer", "corp-ca"), v1alpha1test.WithHostname("a.mail.example"))
 	env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonCertificateNotAllowed)
 	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonCertificateNotAllowed)
 }

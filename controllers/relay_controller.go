@@ -38,6 +38,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // Field indexes on SmtpRelay, so a change to an issuer or a Secret finds the
@@ -61,7 +62,7 @@ type RelayReconciler struct {
 	// take them over, so no informer holds every Service of the cluster.
 	Reader client.Reader
 	// Options are passed to RenderRelay.
-	Options RenderOptions
+	Options render.Options
 	// CertManagerPoll is how often to look for cert-manager while it is
 	// missing (default 30s).
 	CertManagerPoll time.Duration
@@ -170,16 +171,16 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		return ctrl.Result{RequeueAfter: r.certManagerPoll()}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: v1.ReasonCertManagerMissing,
 			message: "spec.tls.issuerRef needs cert-manager, whose CRDs are not installed; install cert-manager (the operator picks it up without a restart) or set spec.tls.secretName to a TLS Secret of your own"})
 	}
-	objs, err := RenderRelay(relay, r.Options)
+	objs, err := render.Relay(relay, r.Options)
 	if err != nil {
 		// Retrying cannot help; the spec has to change, and that triggers
 		// a new reconcile.
 		log.Info("relay cannot be rendered", "error", err.Error())
 		reason := v1.ReasonRenderFailed
 		switch {
-		case errors.Is(err, errImageNotAllowed):
+		case errors.Is(err, render.ErrImageNotAllowed):
 			reason = v1.ReasonImageNotAllowed
-		case errors.Is(err, errCertificateNotAllowed):
+		case errors.Is(err, render.ErrCertificateNotAllowed):
 			reason = v1.ReasonCertificateNotAllowed
 		}
 		return ctrl.Result{}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: reason, message: err.Error()})
@@ -213,8 +214,8 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	obs.missingRef = missing
 	relay.Status.ReadyReplicas = obs.readyReplicas
 	relay.Status.Replicas = objs.Deployment.Status.Replicas
-	relay.Status.Selector = labels.SelectorFromSet(relaySelector(relay)).String()
-	relay.Status.Endpoint = relayEndpoint(relay)
+	relay.Status.Selector = labels.SelectorFromSet(render.Selector(relay)).String()
+	relay.Status.Endpoint = render.Endpoint(relay)
 	if relay.Status.Accounts, err = r.publishedAccounts(ctx, relay); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -227,7 +228,7 @@ const nameConflictRecheck = 30 * time.Second
 
 // foreignObject names ("Service db") the first object the relay would write
 // that exists without the relay as its controller, or returns "".
-func (r *RelayReconciler) foreignObject(ctx context.Context, relay *v1.SmtpRelay, objs *RelayObjects) (string, error) {
+func (r *RelayReconciler) foreignObject(ctx context.Context, relay *v1.SmtpRelay, objs *render.RelayObjects) (string, error) {
 	for _, obj := range objs.List() {
 		gvk, err := apiutil.GVKForObject(obj, r.Scheme)
 		if err != nil {
@@ -250,7 +251,7 @@ func (r *RelayReconciler) foreignObject(ctx context.Context, relay *v1.SmtpRelay
 }
 
 // applyAll applies the rendered objects, each owned by the relay.
-func (r *RelayReconciler) applyAll(ctx context.Context, relay *v1.SmtpRelay, objs *RelayObjects) error {
+func (r *RelayReconciler) applyAll(ctx context.Context, relay *v1.SmtpRelay, objs *render.RelayObjects) error {
 	for _, obj := range objs.List() {
 		if err := controllerutil.SetControllerReference(relay, obj, r.Scheme); err != nil {
 			return fmt.Errorf("own %T %s: %w", obj, obj.GetName(), err)
@@ -296,7 +297,7 @@ func applyObject(ctx context.Context, c client.Client, scheme *runtime.Scheme, o
 
 // pruneCertificate deletes the relay's Certificate once the relay has
 // switched to its own Secret: server-side apply only ever adds.
-func (r *RelayReconciler) pruneCertificate(ctx context.Context, relay *v1.SmtpRelay, objs *RelayObjects) error {
+func (r *RelayReconciler) pruneCertificate(ctx context.Context, relay *v1.SmtpRelay, objs *render.RelayObjects) error {
 	if objs.Certificate != nil || !r.certManager.Load() {
 		return nil // without cert-manager there is no Certificate to prune
 	}
@@ -332,7 +333,7 @@ type relayObservation struct {
 	// rate-limit sidecar) rather than per pod.
 	fleetBudget bool
 	// missingRef is another Secret the pods mount that does not exist.
-	missingRef    *relaySecretRef
+	missingRef    *render.SecretRef
 	replicas      int32
 	readyReplicas int32
 	// rollout says what a rolling update still waits for; empty once every
@@ -340,13 +341,13 @@ type relayObservation struct {
 	rollout string
 }
 
-func (r *RelayReconciler) observe(ctx context.Context, relay *v1.SmtpRelay, objs *RelayObjects) (relayObservation, error) {
+func (r *RelayReconciler) observe(ctx context.Context, relay *v1.SmtpRelay, objs *render.RelayObjects) (relayObservation, error) {
 	obs := relayObservation{
 		certificate:   objs.Certificate,
-		replicas:      relayReplicas(relay),
+		replicas:      render.Replicas(relay),
 		readyReplicas: objs.Deployment.Status.ReadyReplicas,
 		fleetBudget:   relay.Spec.RateLimit != nil,
-		rollout:       rolloutPending(objs.Deployment, relayReplicas(relay)),
+		rollout:       rolloutPending(objs.Deployment, render.Replicas(relay)),
 	}
 	if ref := relay.Spec.TLS.IssuerRef; ref != nil {
 		found, err := r.issuerExists(ctx, relay.Namespace, ref)
@@ -373,12 +374,12 @@ func (r *RelayReconciler) observe(ctx context.Context, relay *v1.SmtpRelay, objs
 // groups (external issuers) are not known to the operator; the
 // Certificate's Ready condition speaks for them.
 func (r *RelayReconciler) issuerExists(ctx context.Context, ns string, ref *v1.IssuerReference) (bool, error) {
-	if issuerRefGroup(ref) != certManagerGroup {
+	if render.IssuerRefGroup(ref) != render.CertManagerGroup {
 		return true, nil
 	}
 	var obj client.Object = &certmanagerv1.Issuer{}
 	key := types.NamespacedName{Namespace: ns, Name: ref.Name}
-	if issuerRefKind(ref) == clusterIssuerKind {
+	if render.IssuerRefKind(ref) == render.ClusterIssuerKind {
 		obj, key.Namespace = &certmanagerv1.ClusterIssuer{}, ""
 	}
 	err := r.Client.Get(ctx, key, obj)
@@ -386,7 +387,7 @@ func (r *RelayReconciler) issuerExists(ctx context.Context, ns string, ref *v1.I
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("get %s %s: %w", issuerRefKind(ref), ref.Name, err)
+		return false, fmt.Errorf("get %s %s: %w", render.IssuerRefKind(ref), ref.Name, err)
 	}
 	return true, nil
 }
@@ -417,29 +418,29 @@ func (r *RelayReconciler) secretVersion(ctx context.Context, ns, name string) (s
 // Redis credentials), so that rotating one rolls the pods onto it; the TLS
 // Secret is left out because the relay reloads its certificate live. It
 // returns the first referenced Secret that does not exist.
-func (r *RelayReconciler) stampSecretVersions(ctx context.Context, relay *v1.SmtpRelay, objs *RelayObjects) (*relaySecretRef, error) {
-	refs := relayReferencedSecrets(relay)
+func (r *RelayReconciler) stampSecretVersions(ctx context.Context, relay *v1.SmtpRelay, objs *render.RelayObjects) (*render.SecretRef, error) {
+	refs := render.ReferencedSecrets(relay)
 	if len(refs) == 0 {
 		return nil, nil
 	}
 	h := sha256.New()
-	var missing *relaySecretRef
+	var missing *render.SecretRef
 	for _, ref := range refs {
-		version, err := r.secretVersion(ctx, relay.Namespace, ref.name)
+		version, err := r.secretVersion(ctx, relay.Namespace, ref.Name)
 		if err != nil {
 			return nil, err
 		}
 		if version == "" && missing == nil {
 			missing = &ref
 		}
-		fmt.Fprintf(h, "%s=%s\n", ref.name, version)
+		fmt.Fprintf(h, "%s=%s\n", ref.Name, version)
 	}
-	objs.Deployment.Spec.Template.Annotations[annotationSecretsDigest] = hex.EncodeToString(h.Sum(nil))
+	objs.Deployment.Spec.Template.Annotations[render.AnnotationSecretsDigest] = hex.EncodeToString(h.Sum(nil))
 	return missing, nil
 }
 
 func describeIssuer(ns string, ref *v1.IssuerReference) string {
-	if issuerRefKind(ref) == clusterIssuerKind {
+	if render.IssuerRefKind(ref) == render.ClusterIssuerKind {
 		return fmt.Sprintf("ClusterIssuer %q", ref.Name)
 	}
 	return fmt.Sprintf("Issuer %q in namespace %q", ref.Name, ns)
@@ -466,7 +467,7 @@ func relayReadiness(obs relayObservation) relayVerdict {
 			message: fmt.Sprintf("TLS Secret %q (spec.tls.secretName) does not exist in the relay's namespace", obs.missingSecret)}
 	case obs.missingRef != nil:
 		return relayVerdict{reason: v1.ReasonSecretNotFound,
-			message: fmt.Sprintf("Secret %q (%s) does not exist in the relay's namespace; the relay pods cannot start without it", obs.missingRef.name, obs.missingRef.field)}
+			message: fmt.Sprintf("Secret %q (%s) does not exist in the relay's namespace; the relay pods cannot start without it", obs.missingRef.Name, obs.missingRef.Field)}
 	case obs.readyReplicas < obs.replicas:
 		return relayVerdict{reason: v1.ReasonReplicasNotReady,
 			message: fmt.Sprintf("%d of %d relay pods are ready", obs.readyReplicas, obs.replicas)}
@@ -558,10 +559,10 @@ func (r *RelayReconciler) recordEvent(relay *v1.SmtpRelay, v relayVerdict) {
 // "ClusterIssuer/<name>".
 func indexRelayIssuer(obj client.Object) []string {
 	ref := obj.(*v1.SmtpRelay).Spec.TLS.IssuerRef
-	if ref == nil || issuerRefGroup(ref) != certManagerGroup {
+	if ref == nil || render.IssuerRefGroup(ref) != render.CertManagerGroup {
 		return nil
 	}
-	return []string{issuerRefKind(ref) + "/" + ref.Name}
+	return []string{render.IssuerRefKind(ref) + "/" + ref.Name}
 }
 
 func indexRelaySecret(obj client.Object) []string {
@@ -570,18 +571,18 @@ func indexRelaySecret(obj client.Object) []string {
 	if name := relay.Spec.TLS.SecretName; name != "" {
 		names = append(names, name)
 	}
-	for _, ref := range relayReferencedSecrets(relay) {
-		names = append(names, ref.name)
+	for _, ref := range render.ReferencedSecrets(relay) {
+		names = append(names, ref.Name)
 	}
 	return names
 }
 
 func (r *RelayReconciler) relaysForIssuer(ctx context.Context, obj client.Object) []reconcile.Request {
-	return r.relaysMatching(ctx, client.InNamespace(obj.GetNamespace()), client.MatchingFields{relayIssuerIndex: issuerKind + "/" + obj.GetName()})
+	return r.relaysMatching(ctx, client.InNamespace(obj.GetNamespace()), client.MatchingFields{relayIssuerIndex: render.IssuerKind + "/" + obj.GetName()})
 }
 
 func (r *RelayReconciler) relaysForClusterIssuer(ctx context.Context, obj client.Object) []reconcile.Request {
-	return r.relaysMatching(ctx, client.MatchingFields{relayIssuerIndex: clusterIssuerKind + "/" + obj.GetName()})
+	return r.relaysMatching(ctx, client.MatchingFields{relayIssuerIndex: render.ClusterIssuerKind + "/" + obj.GetName()})
 }
 
 // publishedAccounts is how many accounts the relay's credentials shards
@@ -598,7 +599,7 @@ func (r *RelayReconciler) publishedAccounts(ctx context.Context, relay *v1.SmtpR
 		if !metav1.IsControlledBy(&s, relay) {
 			continue
 		}
-		c, _ := strconv.Atoi(s.Annotations[AnnotationShardAccounts])
+		c, _ := strconv.Atoi(s.Annotations[render.AnnotationShardAccounts])
 		n += int32(c)
 	}
 	return n, nil

@@ -30,6 +30,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/v1alpha1/v1alpha1test"
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
@@ -116,7 +118,7 @@ func checkRelayOwned(t *testing.T, obj client.Object, relay *v1.SmtpRelay) {
 		!ptr.Deref(ref.Controller, false) || !ptr.Deref(ref.BlockOwnerDeletion, false) {
 		t.Errorf("owner reference = %+v, want controller SmtpRelay %s with blockOwnerDeletion", ref, relay.UID)
 	}
-	if obj.GetLabels()[LabelManagedBy] != ManagedByValue || obj.GetLabels()[LabelRelay] != relay.Name {
+	if obj.GetLabels()[render.LabelManagedBy] != render.ManagedByValue || obj.GetLabels()[render.LabelRelay] != relay.Name {
 		t.Errorf("labels = %v", obj.GetLabels())
 	}
 	applied := false
@@ -159,7 +161,7 @@ func TestRelayUpdates(t *testing.T) {
 	relay := env.CreateRelay(t, ns, "mx")
 	d := &appsv1.Deployment{}
 	envtestkit.Eventually(t, relayWait, func() error { return env.Get(d, ns, "mx") })
-	firstHash := d.Spec.Template.Annotations[annotationConfigHash]
+	firstHash := d.Spec.Template.Annotations[render.AnnotationConfigHash]
 
 	t.Run("replicas", func(t *testing.T) {
 		updateRelay(t, relay, func(r *v1.SmtpRelay) { r.Spec.Replicas = ptr.To(int32(3)) })
@@ -200,7 +202,7 @@ func TestRelayUpdates(t *testing.T) {
 			if err := env.Get(d, ns, "mx"); err != nil {
 				return err
 			}
-			if d.Spec.Template.Annotations[annotationConfigHash] == firstHash {
+			if d.Spec.Template.Annotations[render.AnnotationConfigHash] == firstHash {
 				return errors.New("config hash unchanged: the pods would keep the old listeners")
 			}
 			return nil
@@ -226,7 +228,7 @@ func TestRelayUpdates(t *testing.T) {
 		if err := env.Get(cm, ns, "mx-config"); err != nil {
 			t.Fatal(err)
 		}
-		want := cm.Data[relayConfigKey]
+		want := cm.Data[render.ConfigKey]
 		patch := client.RawPatch("application/merge-patch+json", []byte(`{"data":{"relay.yaml":"hostname: tampered\n"}}`))
 		if err := env.Client.Patch(context.Background(), cm, patch, client.FieldOwner("kubectl-edit")); err != nil {
 			t.Fatal(err)
@@ -235,7 +237,7 @@ func TestRelayUpdates(t *testing.T) {
 			if err := env.Get(cm, ns, "mx-config"); err != nil {
 				return err
 			}
-			if cm.Data[relayConfigKey] != want {
+			if cm.Data[render.ConfigKey] != want {
 				return errors.New("hand edit of relay.yaml still in place")
 			}
 			return nil
@@ -312,7 +314,7 @@ func TestRelayClusterIssuer(t *testing.T) {
 	ns := env.Namespace(t, nil)
 	startRelayController(t)
 	name := "le-" + rand.String(6)
-	relay := env.CreateRelay(t, ns, "mx", withIssuer("ClusterIssuer", name))
+	relay := env.CreateRelay(t, ns, "mx", v1alpha1test.WithIssuer("ClusterIssuer", name))
 	got := env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonIssuerNotFound)
 	if msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message; !strings.Contains(msg, `ClusterIssuer "`+name+`"`) {
 		t.Errorf("message %q does not name the ClusterIssuer", msg)
@@ -331,7 +333,7 @@ func TestRelayClusterIssuer(t *testing.T) {
 func TestRelayRenderFailed(t *testing.T) {
 	ns := env.Namespace(t, nil)
 	startRelayController(t)
-	relay := env.CreateRelay(t, ns, "mx", withListeners(v1.RelayListener{Name: "metrics", Port: 2525}))
+	relay := env.CreateRelay(t, ns, "mx", v1alpha1test.WithListeners(v1.RelayListener{Name: "metrics", Port: 2525}))
 	got := env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonRenderFailed)
 	if msg := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady).Message; !strings.Contains(msg, `listener "metrics"`) {
 		t.Errorf("message %q does not name the listener", msg)
@@ -406,7 +408,7 @@ func TestRelayRateLimitSecrets(t *testing.T) {
 	ns := env.Namespace(t, map[string]string{"pod-security.kubernetes.io/enforce": "restricted"})
 	startRelayController(t)
 	env.CreateIssuer(t, ns, "ca")
-	relay := env.CreateRelay(t, ns, "mx", withRateLimit(&v1.RelayRateLimit{
+	relay := env.CreateRelay(t, ns, "mx", v1alpha1test.WithRateLimit(&v1.RelayRateLimit{
 		Redis: v1.RedisEndpoint{Address: "redis:6379", PasswordSecretRef: &v1.SecretKeySelector{Name: "redis-auth", Key: "password"}},
 	}))
 	env.IssueRelayCertificate(t, relayWait, ns, "mx", "mx-tls")

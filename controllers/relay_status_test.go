@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/v1alpha1/v1alpha1test"
 )
 
 // Status is written only when it changes, and an event only when the
@@ -17,7 +18,7 @@ import (
 // reconcile. A fake client counts the status writes, which envtest could
 // only show by waiting for something not to happen.
 func TestRelayStatusWrittenOnlyOnChange(t *testing.T) {
-	relay := newTestRelay()
+	relay := v1alpha1test.Relay("mail", "mx")
 	writes := 0
 	c := fake.NewClientBuilder().WithScheme(Scheme()).
 		WithObjects(relay).WithStatusSubresource(relay).

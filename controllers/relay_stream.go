@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/relay/config"
 )
 
@@ -26,7 +27,7 @@ func (r *RelayReconciler) chooseStream(ctx context.Context, relay *v1.SmtpRelay)
 		}
 		relay.Status.Stream = legacy
 	}
-	stream := relayStream(relay)
+	stream := render.Stream(relay)
 	taken, err := r.streamTaken(ctx, relay, stream)
 	if err != nil || taken {
 		return fmt.Sprintf("queue stream %q is used by another SmtpRelay; set spec.queue.nats.stream to a name of this relay's own", stream), err
@@ -41,7 +42,7 @@ func (r *RelayReconciler) chooseStream(ctx context.Context, relay *v1.SmtpRelay)
 // has become.
 func (r *RelayReconciler) renderedStream(ctx context.Context, relay *v1.SmtpRelay) (string, error) {
 	cm := &corev1.ConfigMap{}
-	err := r.Reader.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: relayConfigMapName(relay.Name)}, cm)
+	err := r.Reader.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: render.ConfigMapName(relay.Name)}, cm)
 	if apierrors.IsNotFound(err) {
 		return "", nil
 	}
@@ -52,7 +53,7 @@ func (r *RelayReconciler) renderedStream(ctx context.Context, relay *v1.SmtpRela
 		return "", nil // someone else's: the name conflict check speaks for it
 	}
 	var c config.Config
-	if err := yaml.Unmarshal([]byte(cm.Data[relayConfigKey]), &c); err != nil || c.Queue.NATS == nil {
+	if err := yaml.Unmarshal([]byte(cm.Data[render.ConfigKey]), &c); err != nil || c.Queue.NATS == nil {
 		return "", nil // not a config this operator wrote: start afresh
 	}
 	return c.Queue.NATS.Stream, nil
@@ -67,7 +68,7 @@ func (r *RelayReconciler) streamTaken(ctx context.Context, relay *v1.SmtpRelay, 
 	}
 	for i := range list.Items {
 		other := &list.Items[i]
-		if other.UID == relay.UID || relayStream(other) != stream {
+		if other.UID == relay.UID || render.Stream(other) != stream {
 			continue
 		}
 		if streamClaimBefore(other, relay, stream) {

@@ -13,6 +13,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // Issue 12.21: deleting an account, or renaming its Secret, deleted the
@@ -26,11 +27,11 @@ func TestAccountSecretRetained(t *testing.T) {
 	ns := env.Namespace(t, nil)
 	env.CreateRelay(t, ns, "mx")
 	acc := waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
-	key := string(env.GetSecret(t, ns, "shop-smtp-credentials").Data[SecretKeyPassword])
+	key := string(env.GetSecret(t, ns, "shop-smtp-credentials").Data[render.SecretKeyPassword])
 
 	env.UpdateSpec(t, acc, func() { acc.Spec.SecretName = "mail-credentials" })
 	waitReason(t, acc, v1.ReasonReady)
-	if got := string(env.GetSecret(t, ns, "mail-credentials").Data[SecretKeyPassword]); got != key {
+	if got := string(env.GetSecret(t, ns, "mail-credentials").Data[render.SecretKeyPassword]); got != key {
 		t.Error("renaming the Secret changed the key")
 	}
 	env.GetSecret(t, ns, "shop-smtp-credentials") // retained
@@ -43,13 +44,13 @@ func TestAccountSecretRetained(t *testing.T) {
 		t.Fatalf("a retained Secret has owners the garbage collector would follow: %+v", kept.OwnerReferences)
 	}
 	waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) { a.Spec.SecretName = "mail-credentials" }), v1.ReasonReady)
-	if got := string(env.GetSecret(t, ns, "mail-credentials").Data[SecretKeyPassword]); got != key {
+	if got := string(env.GetSecret(t, ns, "mail-credentials").Data[render.SecretKeyPassword]); got != key {
 		t.Error("the account created again got a new key instead of its retained one")
 	}
 	// Another account cannot adopt what was retained for "shop".
 	other := waitReason(t, env.CreateAccount(t, ns, "other", "", "mx", func(a *v1.SmtpAccount) { a.Spec.SecretName = "shop-smtp-credentials" }),
 		v1.ReasonSecretNotOwned)
-	if s := env.GetSecret(t, ns, "shop-smtp-credentials"); string(s.Data[SecretKeyPassword]) != key || s.Labels[LabelAccount] != "shop" {
+	if s := env.GetSecret(t, ns, "shop-smtp-credentials"); string(s.Data[render.SecretKeyPassword]) != key || s.Labels[render.LabelAccount] != "shop" {
 		t.Errorf("account %s took over the Secret retained for shop", other.Name)
 	}
 }
@@ -71,7 +72,7 @@ func TestAccountLostSecretGrace(t *testing.T) {
 	waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
 	secret := env.GetSecret(t, ns, "shop-smtp-credentials")
 	salt := keyDigestSalt(types.NamespacedName{Namespace: ns, Name: "mx"}, "shop")
-	lost := wire.SaltedDigest(string(secret.Data[SecretKeyPassword]), salt)
+	lost := wire.SaltedDigest(string(secret.Data[render.SecretKeyPassword]), salt)
 	shard := wire.ShardSecretName("mx", wire.ShardOf("shop"))
 	env.WaitSecret(t, wait, ns, shard, func(s *corev1.Secret) error { return shardHasDigest(s, lost) })
 
@@ -85,8 +86,8 @@ func TestAccountLostSecretGrace(t *testing.T) {
 		}
 		return nil
 	})
-	fresh := wire.SaltedDigest(string(renewed.Data[SecretKeyPassword]), salt)
-	if string(renewed.Data[SecretKeyPreviousPasswordDigest]) != lost {
+	fresh := wire.SaltedDigest(string(renewed.Data[render.SecretKeyPassword]), salt)
+	if string(renewed.Data[render.SecretKeyPreviousPasswordDigest]) != lost {
 		t.Errorf("the new Secret does not carry the lost key's digest for the grace period")
 	}
 	env.WaitSecret(t, wait, ns, shard, func(s *corev1.Secret) error {

@@ -11,10 +11,12 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // Setup registers every mailfleet controller with mgr.
-func Setup(mgr ctrl.Manager, opts RenderOptions) error {
+func Setup(mgr ctrl.Manager, opts render.Options) error {
 	setups := []struct {
 		name  string
 		setup func(ctrl.Manager) error
@@ -41,7 +43,7 @@ func Setup(mgr ctrl.Manager, opts RenderOptions) error {
 // metadata only (the controllers watch them that way and read data live).
 // Managed fields are dropped from everything, since nothing reads them.
 func CacheOptions() cache.Options {
-	mine := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedByValue})}
+	mine := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{render.LabelManagedBy: render.ManagedByValue})}
 	return cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{

@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // Attack (issue 12.13): a tenant whose namespace the relay does not admit
@@ -31,16 +32,16 @@ func TestAttackStatusTrusted(t *testing.T) {
 	const stolenKey = "k3y-the-tenant-chose-0123456789abcdef"
 	secret := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
-			Name: credentialsSecretName(rogue), Namespace: tenant,
-			Labels:          map[string]string{LabelManagedBy: ManagedByValue},
-			OwnerReferences: []metav1.OwnerReference{accountOwnerRef(rogue)},
+			Name: render.CredentialsSecretName(rogue), Namespace: tenant,
+			Labels:          map[string]string{render.LabelManagedBy: render.ManagedByValue},
+			OwnerReferences: []metav1.OwnerReference{render.AccountOwnerRef(rogue)},
 		},
-		Data: map[string][]byte{SecretKeyPassword: []byte(stolenKey)},
+		Data: map[string][]byte{render.SecretKeyPassword: []byte(stolenKey)},
 	}
 	if err := env.Client.Create(ctx, secret); err != nil {
 		t.Fatal(err)
 	}
-	for _, apiUser := range []string{"rogue", effectiveAPIUser(victim)} {
+	for _, apiUser := range []string{"rogue", render.APIUser(victim)} {
 		rogue.Status.APIUser, rogue.Status.SecretName = apiUser, secret.Name
 		meta.SetStatusCondition(&rogue.Status.Conditions, metav1.Condition{
 			Type: v1.ConditionReady, Status: metav1.ConditionTrue, Reason: v1.ReasonReady, ObservedGeneration: rogue.Generation,
@@ -51,7 +52,7 @@ func TestAttackStatusTrusted(t *testing.T) {
 		// The old publisher put the key on the relay within a second.
 		deadline := time.Now().Add(3 * time.Second)
 		for time.Now().Before(deadline) {
-			for _, user := range []string{"rogue", effectiveAPIUser(victim)} {
+			for _, user := range []string{"rogue", render.APIUser(victim)} {
 				if _, err := verifier.Authenticate(user, stolenKey); err == nil {
 					t.Fatalf("with status.apiUser %q forged, the tenant's key logs in as %q", apiUser, user)
 				}

@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/relay/config"
 )
 
@@ -44,7 +45,7 @@ func TestAttackStreamTakenByAnotherRelay(t *testing.T) {
 	if got.Status.Stream != "" {
 		t.Errorf("the thief recorded stream %q", got.Status.Stream)
 	}
-	if err := env.Get(&corev1.ConfigMap{}, nsC, relayConfigMapName(thief.Name)); err == nil {
+	if err := env.Get(&corev1.ConfigMap{}, nsC, render.ConfigMapName(thief.Name)); err == nil {
 		t.Error("the thief's config was rendered")
 	}
 	// The holder is not disturbed by a newer claimant.
@@ -63,9 +64,9 @@ func TestRelayKeepsRenderedStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	cm := &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: relayConfigMapName(relay.Name), Namespace: ns,
+		ObjectMeta: metav1.ObjectMeta{Name: render.ConfigMapName(relay.Name), Namespace: ns,
 			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(relay, v1.GroupVersion.WithKind("SmtpRelay"))}},
-		Data: map[string]string{relayConfigKey: string(data)},
+		Data: map[string]string{render.ConfigKey: string(data)},
 	}
 	if err := env.Client.Create(ctx, cm); err != nil {
 		t.Fatal(err)
@@ -83,11 +84,11 @@ func TestRelayKeepsRenderedStream(t *testing.T) {
 func renderedConfig(t *testing.T, ns, relay string) config.Config {
 	t.Helper()
 	cm := &corev1.ConfigMap{}
-	if err := env.Get(cm, ns, relayConfigMapName(relay)); err != nil {
+	if err := env.Get(cm, ns, render.ConfigMapName(relay)); err != nil {
 		t.Fatal(err)
 	}
 	var c config.Config
-	if err := yaml.Unmarshal([]byte(cm.Data[relayConfigKey]), &c); err != nil {
+	if err := yaml.Unmarshal([]byte(cm.Data[render.ConfigKey]), &c); err != nil {
 		t.Fatal(err)
 	}
 	return c

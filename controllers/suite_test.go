@@ -4,6 +4,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
@@ -13,3 +14,6 @@ import (
 var env = &envtestkit.Env{Scheme: Scheme(), CacheOptions: CacheOptions}
 
 func TestMain(m *testing.M) { os.Exit(env.Run(m)) }
+
+// testRenderOptions run relays from a fixed image the tests can recognise.
+var testRenderOptions = render.Options{Image: "registry.example.com/mailfleet:test"}

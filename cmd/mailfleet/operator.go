@@ -17,6 +17,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/mailfleet/mailfleet/controllers"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 type operatorOptions struct {
@@ -164,14 +165,14 @@ func checkMetricsCertDir(o operatorOptions) error {
 // renderOptions are the administrator's choices for what relays may run and
 // request. An empty issuer or hostname list allows anything, as the chart's
 // values say; an empty image list allows only the relay image.
-func (o operatorOptions) renderOptions() controllers.RenderOptions {
+func (o operatorOptions) renderOptions() render.Options {
 	orAny := func(list []string) []string {
 		if len(list) == 0 {
 			return nil
 		}
 		return list
 	}
-	return controllers.RenderOptions{
+	return render.Options{
 		Image:                 o.relayImage,
 		AllowedImages:         orAny(o.allowedImages),
 		AllowedClusterIssuers: orAny(o.allowedIssuers),

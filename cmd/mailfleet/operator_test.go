@@ -21,7 +21,7 @@ import (
 	"k8s.io/client-go/rest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/mailfleet/mailfleet/controllers"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // TestOperatorMetricsFlags: the operator serves metrics over HTTPS behind
@@ -183,7 +183,7 @@ func writeServingCert(t *testing.T, dir, dnsName string) *x509.CertPool {
 // TestOperatorAllowListFlags: the allow lists reach the controllers' render
 // options; flags not given leave them nil, which allows anything.
 func TestOperatorAllowListFlags(t *testing.T) {
-	parse := func(args ...string) controllers.RenderOptions {
+	parse := func(args ...string) render.Options {
 		t.Helper()
 		cmd := operatorCommand()
 		if err := cmd.ParseFlags(args); err != nil {

@@ -18,35 +18,18 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/v1alpha1/v1alpha1test"
 	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/certs"
 )
 
-// NewRelay is a valid SmtpRelay: hostname smtp.example.com, TLS from the
-// Issuer "ca" in its namespace, the queue on the chart's NATS; opts change
-// it, so that a test shows only what matters to it.
-func NewRelay(ns, name string, opts ...func(*v1.SmtpRelay)) *v1.SmtpRelay {
-	r := &v1.SmtpRelay{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: v1.SmtpRelaySpec{
-			Hostname: "smtp.example.com",
-			TLS:      v1.RelayTLS{IssuerRef: &v1.IssuerReference{Name: "ca"}},
-			Queue:    v1.RelayQueue{NATS: v1.NATSQueue{URL: "nats://nats.mailfleet-system.svc:4222"}},
-		},
-	}
-	for _, o := range opts {
-		o(r)
-	}
-	return r
-}
-
-// CreateRelay creates NewRelay(ns, name, opts...). envtest runs no
+// CreateRelay creates v1alpha1test.Relay(ns, name, opts...). envtest runs no
 // namespace controller, so a test's namespace never goes away: the relay is
 // deleted when the test ends, which keeps later tests' managers from
 // reconciling it.
 func (e *Env) CreateRelay(t testing.TB, ns, name string, opts ...func(*v1.SmtpRelay)) *v1.SmtpRelay {
 	t.Helper()
-	relay := NewRelay(ns, name, opts...)
+	relay := v1alpha1test.Relay(ns, name, opts...)
 	if err := e.Client.Create(context.Background(), relay); err != nil {
 		t.Fatalf("create relay: %v", err)
 	}

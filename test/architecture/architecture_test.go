@@ -58,6 +58,14 @@ var rules = []rule{
 		forbids: anyOf(under("controllers"), under("api/v1alpha1")),
 	},
 	{
+		name:    "the renderers (controllers/render) are pure: no API client, nothing of the reconcilers",
+		applies: under("controllers/render"),
+		forbids: func(dep string) bool {
+			return strings.HasPrefix(dep, "k8s.io/client-go") || strings.HasPrefix(dep, "sigs.k8s.io/controller-runtime/pkg/client") ||
+				dep == module+"/controllers"
+		},
+	},
+	{
 		name:    "the operator does not run relay code: controllers/ imports relay/ only for its config format",
 		applies: under("controllers"),
 		forbids: func(dep string) bool { return under("relay")(dep) && !is("relay/config")(dep) },
@@ -115,8 +123,9 @@ func TestRulesCatchAViolation(t *testing.T) {
 		rules[3].name: {"relay/smtpd", module + "/relay/credentials"},
 		rules[4].name: {"controllers", module + "/cmd/mailfleet"},
 		rules[5].name: {"ratelimit", module + "/controllers"},
-		rules[6].name: {"controllers", module + "/relay/smtpd"},
-		rules[7].name: {"relay/smtpd", module + "/ratelimit"},
+		rules[6].name: {"controllers/render", "sigs.k8s.io/controller-runtime/pkg/client"},
+		rules[7].name: {"controllers", module + "/relay/smtpd"},
+		rules[8].name: {"relay/smtpd", module + "/ratelimit"},
 	}
 	for _, r := range rules {
 		c, ok := cases[r.name]

@@ -25,7 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/controllers"
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 	"github.com/mailfleet/mailfleet/internal/loopback"
 	"github.com/mailfleet/mailfleet/internal/syncbuffer"
@@ -255,7 +255,7 @@ func TestEngineAuthSecretsFitRelays(t *testing.T) {
 		t.Fatal("the sample relay sets no rateLimit")
 	}
 	relay.Spec.RateLimit.Redis.PasswordSecretRef = &v1.SecretKeySelector{Name: "mailfleet-redis-auth", Key: "password"}
-	rendered, err := controllers.RenderRelay(relay, controllers.RenderOptions{Image: "mailfleet:test"})
+	rendered, err := render.Relay(relay, render.Options{Image: "mailfleet:test"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/mailfleet/mailfleet/controllers"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // TestEngineNetworkPolicies: the basic NATS and Redis admit relay pods, as
@@ -47,7 +47,7 @@ func TestEngineNetworkPolicies(t *testing.T) {
 		t.Fatalf("pods rendered: %v", slices.Sorted(maps.Keys(pods)))
 	}
 	relay := sampleRelay(t, "mail")
-	rendered, err := controllers.RenderRelay(relay, controllers.RenderOptions{Image: "mailfleet:test"})
+	rendered, err := render.Relay(relay, render.Options{Image: "mailfleet:test"})
 	if err != nil {
 		t.Fatal(err)
 	}

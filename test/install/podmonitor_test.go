@@ -10,7 +10,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/controllers"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // TestRelayPodMonitorMatchesRelayPods: the chart's PodMonitor selects the
@@ -27,7 +27,7 @@ func TestRelayPodMonitorMatchesRelayPods(t *testing.T) {
 		t.Fatal(err)
 	}
 	relay.Namespace = "mail"
-	objs, err := controllers.RenderRelay(relay, controllers.RenderOptions{Image: "mailfleet:test"})
+	objs, err := render.Relay(relay, render.Options{Image: "mailfleet:test"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
-	"github.com/mailfleet/mailfleet/controllers"
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 	"github.com/mailfleet/mailfleet/internal/smtpsink"
 )
@@ -33,8 +33,8 @@ func TestAttackEditsNeverRevoke(t *testing.T) {
 	account := env.CreateAccount(t, platform, "acme", platform, "mx")
 	env.CreateLabel(t, platform, "news", "acme", "1001")
 	creds := waitLabelCredentials(t, platform, "acme", "1001")
-	key := string(creds.Data[controllers.SecretKeyPassword])
-	usernames := []string{string(creds.Data[controllers.SecretKeyUsername]), string(creds.Data[controllers.SecretKeyLabelUsernamePrefix+"1001"])}
+	key := string(creds.Data[render.SecretKeyPassword])
+	usernames := []string{string(creds.Data[render.SecretKeyUsername]), string(creds.Data[render.SecretKeyLabelUsernamePrefix+"1001"])}
 	for _, u := range usernames {
 		envtestkit.Eventually(t, relayWait, func() error { return login(relay.addrs["submission"], tlsCfg, u, key) })
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mailfleet/mailfleet/controllers"
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 	"github.com/mailfleet/mailfleet/internal/syncbuffer"
 )
@@ -24,7 +25,7 @@ var env = &envtestkit.Env{Scheme: controllers.Scheme(), CacheOptions: controller
 
 // renderOptions is what the tests' operator renders relays with; the
 // image is not run (the tests run the binary they build).
-var renderOptions = controllers.RenderOptions{Image: "registry.example.com/mailfleet:test"}
+var renderOptions = render.Options{Image: "registry.example.com/mailfleet:test"}
 
 // relayWait is how long the operator and a relay may take to react; it is
 // a ceiling, not a sleep: waits return as soon as their check passes.

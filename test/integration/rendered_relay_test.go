@@ -27,6 +27,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/controllers"
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 	"github.com/mailfleet/mailfleet/internal/loopback"
 	"github.com/mailfleet/mailfleet/internal/natstest"
@@ -56,8 +57,8 @@ func TestRenderedRelayServesAccounts(t *testing.T) {
 	env.CreateAccount(t, tenant, "acme", platform, "mx")
 	env.CreateLabel(t, tenant, "news", "acme", "1001")
 	creds := waitLabelCredentials(t, tenant, "acme", "1001")
-	username := string(creds.Data[controllers.SecretKeyLabelUsernamePrefix+"1001"])
-	key := string(creds.Data[controllers.SecretKeyPassword])
+	username := string(creds.Data[render.SecretKeyLabelUsernamePrefix+"1001"])
+	key := string(creds.Data[render.SecretKeyPassword])
 
 	envtestkit.Eventually(t, relayWait, func() error { return submit(relay.addrs["submission"], tlsCfg, username, key) })
 	if !strings.Contains(relay.logs.String(), `"label":"1001"`) {
@@ -103,7 +104,7 @@ func TestRenderedRelayWithRateLimitSidecar(t *testing.T) {
 	env.CreateAccount(t, platform, "acme", platform, "mx", func(a *v1.SmtpAccount) { a.Spec.BudgetPerMinute = ptr.To[int32](3) })
 	var creds corev1.Secret
 	envtestkit.Eventually(t, relayWait, func() error { return env.Get(&creds, platform, "acme-smtp-credentials") })
-	username, key := string(creds.Data[controllers.SecretKeyUsername]), string(creds.Data[controllers.SecretKeyPassword])
+	username, key := string(creds.Data[render.SecretKeyUsername]), string(creds.Data[render.SecretKeyPassword])
 
 	// The first message waits for the credentials to reach the relay; the
 	// rest must fall in the same calendar minute as it.
@@ -145,7 +146,7 @@ func startFleet(t *testing.T, ns string, sink *smtpsink.Sink, opts ...func(*v1.S
 func waitLabelCredentials(t *testing.T, ns, account, labelID string) *corev1.Secret {
 	t.Helper()
 	return env.WaitSecret(t, relayWait, ns, account+"-smtp-credentials", func(s *corev1.Secret) error {
-		if len(s.Data[controllers.SecretKeyLabelUsernamePrefix+labelID]) == 0 {
+		if len(s.Data[render.SecretKeyLabelUsernamePrefix+labelID]) == 0 {
 			return errors.New("label username not in the credentials Secret yet")
 		}
 		return nil

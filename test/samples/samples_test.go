@@ -37,6 +37,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/controllers"
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
@@ -337,7 +338,7 @@ func TestConfigProjectFile(t *testing.T) {
 func TestSamplesReady(t *testing.T) {
 	ns := env.Namespace(t, nil)
 	env.StartManager(t, func(mgr ctrl.Manager) error {
-		return controllers.Setup(mgr, controllers.RenderOptions{Image: "mailfleet:test"})
+		return controllers.Setup(mgr, render.Options{Image: "mailfleet:test"})
 	})
 
 	var docs []manifestDoc
@@ -477,15 +478,15 @@ func checkSampleCredentials(t *testing.T, ns string, accounts, labels []*unstruc
 		}
 		secrets[acc.Name], apiUsers[acc.Name] = acc.Status.SecretName, acc.Status.APIUser
 		s := env.GetSecret(t, ns, acc.Status.SecretName)
-		if got := string(s.Data[controllers.SecretKeyUsername]); got != acc.Status.APIUser || got == "" {
+		if got := string(s.Data[render.SecretKeyUsername]); got != acc.Status.APIUser || got == "" {
 			t.Errorf("account %s: Secret %s username %q, want %q", acc.Name, s.Name, got, acc.Status.APIUser)
 		}
-		if len(s.Data[controllers.SecretKeyPassword]) == 0 {
+		if len(s.Data[render.SecretKeyPassword]) == 0 {
 			t.Errorf("account %s: Secret %s has no password", acc.Name, s.Name)
 		}
 		if ref := acc.Spec.Key.SecretRef; ref != nil {
 			src := env.GetSecret(t, ns, ref.Name)
-			if !bytes.Equal(s.Data[controllers.SecretKeyPassword], src.Data[ref.Key]) {
+			if !bytes.Equal(s.Data[render.SecretKeyPassword], src.Data[ref.Key]) {
 				t.Errorf("account %s: password differs from Secret %s key %s", acc.Name, ref.Name, ref.Key)
 			}
 		}
@@ -500,7 +501,7 @@ func checkSampleCredentials(t *testing.T, ns string, accounts, labels []*unstruc
 			continue
 		}
 		want := apiUsers[l.Spec.AccountRef] + "#" + l.Spec.LabelID
-		key := controllers.SecretKeyLabelUsernamePrefix + l.Spec.LabelID
+		key := render.SecretKeyLabelUsernamePrefix + l.Spec.LabelID
 		env.WaitSecret(t, sampleWait, ns, secrets[l.Spec.AccountRef], func(s *corev1.Secret) error {
 			if got := string(s.Data[key]); got != want {
 				return fmt.Errorf("label %s: Secret %s %s = %q, want %q", l.Name, s.Name, key, got, want)
@@ -712,7 +713,7 @@ func checkOperatorLeaderElection(t *testing.T, serviceAccount string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := controllers.Setup(mgr, controllers.RenderOptions{Image: "mailfleet:test"}); err != nil {
+	if err := controllers.Setup(mgr, render.Options{Image: "mailfleet:test"}); err != nil {
 		t.Fatal(err)
 	}
 	cancel, stopped := envtestkit.StartInBackground(t, mgr)

@@ -12,14 +12,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
-	"github.com/mailfleet/mailfleet/internal/envtestkit"
+	"github.com/mailfleet/mailfleet/api/v1alpha1/v1alpha1test"
 )
 
 // TestCRDValidation applies invalid resources to the real API server and
 // checks each is refused with a message that names what to fix.
 func TestCRDValidation(t *testing.T) {
 	ns := env.Namespace(t, nil)
-	relay := func(mut func(*v1.SmtpRelay)) client.Object { return envtestkit.NewRelay(ns, "r", mut) }
+	relay := func(mut func(*v1.SmtpRelay)) client.Object { return v1alpha1test.Relay(ns, "r", mut) }
 	account := func(mut func(*v1.SmtpAccount)) client.Object {
 		a := &v1.SmtpAccount{
 			ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: ns},

@@ -17,7 +17,7 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
-	"github.com/mailfleet/mailfleet/controllers"
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
 )
@@ -246,7 +246,7 @@ func waitForKey(ctx context.Context, c *cluster, ns, name string) (string, error
 		if err != nil {
 			return false, fmt.Errorf("read Secret %s/%s: %w", ns, name, err)
 		}
-		key = string(s.Data[controllers.SecretKeyPassword])
+		key = string(s.Data[render.SecretKeyPassword])
 		return key != "", nil
 	})
 	if err != nil {

@@ -1,4 +1,4 @@
-package controllers
+package render
 
 import (
 	"fmt"
@@ -14,7 +14,6 @@ import (
 
 	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,69 +21,26 @@ import (
 	"k8s.io/utils/ptr"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/v1alpha1/v1alpha1test"
 	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/config"
 )
 
 const testImage = "registry.example.com/mailfleet:test"
 
-var testRenderOptions = RenderOptions{Image: testImage}
-
-// relayOption changes one thing of a test relay, after cert-manager's
-// test/unit/gen builders, so each case shows only what matters to it.
-type relayOption func(*v1.SmtpRelay)
-
-// newTestRelay is a valid relay "mx" in "mail" with an Issuer "ca".
-func newTestRelay(opts ...relayOption) *v1.SmtpRelay {
-	r := &v1.SmtpRelay{
-		ObjectMeta: metav1.ObjectMeta{Name: "mx", Namespace: "mail"},
-		Spec: v1.SmtpRelaySpec{
-			Hostname: "smtp.example.com",
-			TLS:      v1.RelayTLS{IssuerRef: &v1.IssuerReference{Name: "ca"}},
-			Queue:    v1.RelayQueue{NATS: v1.NATSQueue{URL: "nats://nats.mailfleet-system.svc:4222"}},
-		},
-	}
-	for _, o := range opts {
-		o(r)
-	}
-	return r
-}
-
-func withReplicas(n int32) relayOption { return func(r *v1.SmtpRelay) { r.Spec.Replicas = ptr.To(n) } }
-func withHostname(h string) relayOption {
-	return func(r *v1.SmtpRelay) { r.Spec.Hostname = h }
-}
-func withBanner(b string) relayOption { return func(r *v1.SmtpRelay) { r.Spec.Banner = b } }
-func withImage(i string) relayOption  { return func(r *v1.SmtpRelay) { r.Spec.Image = i } }
-func withName(n string) relayOption   { return func(r *v1.SmtpRelay) { r.Name = n } }
-func withListeners(ls ...v1.RelayListener) relayOption {
-	return func(r *v1.SmtpRelay) { r.Spec.Listeners = ls }
-}
-func withSecretName(s string) relayOption {
-	return func(r *v1.SmtpRelay) { r.Spec.TLS = v1.RelayTLS{SecretName: s} }
-}
-func withIssuer(kind, name string) relayOption {
-	return func(r *v1.SmtpRelay) {
-		r.Spec.TLS = v1.RelayTLS{IssuerRef: &v1.IssuerReference{Name: name, Kind: kind}}
-	}
-}
-func withResources(cpu string) relayOption {
-	return func(r *v1.SmtpRelay) {
-		r.Spec.Resources = corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu)}}
-	}
-}
+var testRenderOptions = Options{Image: testImage}
 
 func mustRender(t *testing.T, r *v1.SmtpRelay) *RelayObjects {
 	t.Helper()
-	objs, err := RenderRelay(r, testRenderOptions)
+	objs, err := Relay(r, testRenderOptions)
 	if err != nil {
-		t.Fatalf("RenderRelay: %v", err)
+		t.Fatalf("Relay: %v", err)
 	}
 	return objs
 }
 
 func TestRenderRelayNamesAndLabels(t *testing.T) {
-	objs := mustRender(t, newTestRelay())
+	objs := mustRender(t, v1alpha1test.Relay("mail", "mx"))
 	want := map[string]string{
 		"ConfigMap":           "mx-config",
 		"ServiceAccount":      "mx-relay",
@@ -118,7 +74,7 @@ func TestRenderRelayNamesAndLabels(t *testing.T) {
 }
 
 func TestRenderRelayDeployment(t *testing.T) {
-	d := mustRender(t, newTestRelay(withResources("250m"))).Deployment
+	d := mustRender(t, v1alpha1test.Relay("mail", "mx", v1alpha1test.WithCPURequest("250m"))).Deployment
 	if got := *d.Spec.Replicas; got != 2 {
 		t.Errorf("replicas = %d, want the API default 2", got)
 	}
@@ -132,8 +88,8 @@ func TestRenderRelayDeployment(t *testing.T) {
 			t.Errorf("pod label %s = %q, want %q", k, pod.Labels[k], v)
 		}
 	}
-	if len(pod.Annotations[annotationConfigHash]) != 64 {
-		t.Errorf("config hash annotation = %q, want a sha256", pod.Annotations[annotationConfigHash])
+	if len(pod.Annotations[AnnotationConfigHash]) != 64 {
+		t.Errorf("config hash annotation = %q, want a sha256", pod.Annotations[AnnotationConfigHash])
 	}
 	spec := pod.Spec
 	if spec.ServiceAccountName != "mx-relay" || !ptr.Deref(spec.AutomountServiceAccountToken, false) {
@@ -187,16 +143,16 @@ func TestRenderRelayImage(t *testing.T) {
 		relay *v1.SmtpRelay
 		want  string
 	}{
-		{"operator's image by default", newTestRelay(), testImage},
-		{"spec.image naming the operator's image", newTestRelay(withImage(testImage)), testImage},
-		{"an allowed image", newTestRelay(withImage("example.com/relay:v2")), "example.com/relay:v2"},
-		{"a tag under an allowed prefix", newTestRelay(withImage("registry.example/mailfleet:1.2.3")), "registry.example/mailfleet:1.2.3"},
+		{"operator's image by default", v1alpha1test.Relay("mail", "mx"), testImage},
+		{"spec.image naming the operator's image", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithImage(testImage)), testImage},
+		{"an allowed image", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithImage("example.com/relay:v2")), "example.com/relay:v2"},
+		{"a tag under an allowed prefix", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithImage("registry.example/mailfleet:1.2.3")), "registry.example/mailfleet:1.2.3"},
 	}
 	opts := testRenderOptions
 	opts.AllowedImages = []string{"example.com/relay:v2", "registry.example/mailfleet:"}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			objs, err := RenderRelay(tt.relay, opts)
+			objs, err := Relay(tt.relay, opts)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -222,7 +178,7 @@ func TestRenderRelayListeners(t *testing.T) {
 		want  []portView
 	}{{
 		name:  "defaults: privileged ports move up by 10000, 2525 stays",
-		relay: newTestRelay(),
+		relay: v1alpha1test.Relay("mail", "mx"),
 		want: []portView{
 			{name: "smtp", servicePort: 25, target: 10025, containerPort: 10025, configAddress: ":10025", authTLS: true},
 			{name: "submission", servicePort: 587, target: 10587, containerPort: 10587, configAddress: ":10587", authTLS: true},
@@ -231,7 +187,7 @@ func TestRenderRelayListeners(t *testing.T) {
 		},
 	}, {
 		name: "custom",
-		relay: newTestRelay(withListeners(
+		relay: v1alpha1test.Relay("mail", "mx", v1alpha1test.WithListeners(
 			v1.RelayListener{Name: "submission", Port: 587, TLS: v1.ListenerStartTLS, AuthRequiresTLS: ptr.To(false)},
 			v1.RelayListener{Name: "tls", Port: 4650, TLS: v1.ListenerImplicit},
 		)),
@@ -309,9 +265,9 @@ func TestRenderedConfigLoads(t *testing.T) {
 		relay      *v1.SmtpRelay
 		wantBanner string
 	}{
-		{"defaults", newTestRelay(), "mailfleet"},
-		{"banner and existing secret", newTestRelay(withBanner("Example Mail"), withSecretName("own-tls")), "Example Mail"},
-		{"one implicit listener", newTestRelay(withListeners(v1.RelayListener{Name: "smtps", Port: 465, TLS: v1.ListenerImplicit})), "mailfleet"},
+		{"defaults", v1alpha1test.Relay("mail", "mx"), "mailfleet"},
+		{"banner and existing secret", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithBanner("Example Mail"), v1alpha1test.WithSecretName("own-tls")), "Example Mail"},
+		{"one implicit listener", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithListeners(v1.RelayListener{Name: "smtps", Port: 465, TLS: v1.ListenerImplicit})), "mailfleet"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -376,11 +332,11 @@ func TestRenderRelayTLS(t *testing.T) {
 		wantSecret string
 		wantIssuer *cmmeta.IssuerReference // nil: no Certificate
 	}{
-		{"issuer defaults kind and group", newTestRelay(), "mx-tls",
+		{"issuer defaults kind and group", v1alpha1test.Relay("mail", "mx"), "mx-tls",
 			&cmmeta.IssuerReference{Name: "ca", Kind: "Issuer", Group: "cert-manager.io"}},
-		{"cluster issuer", newTestRelay(withIssuer("ClusterIssuer", "letsencrypt")), "mx-tls",
+		{"cluster issuer", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithIssuer("ClusterIssuer", "letsencrypt")), "mx-tls",
 			&cmmeta.IssuerReference{Name: "letsencrypt", Kind: "ClusterIssuer", Group: "cert-manager.io"}},
-		{"existing secret: no certificate", newTestRelay(withSecretName("own-tls")), "own-tls", nil},
+		{"existing secret: no certificate", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithSecretName("own-tls")), "own-tls", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -424,7 +380,7 @@ func checkCertificate(t *testing.T, c *certmanagerv1.Certificate, issuer cmmeta.
 func TestRenderRelayPDB(t *testing.T) {
 	for _, replicas := range []int32{0, 1, 3} {
 		t.Run(strconv.Itoa(int(replicas)), func(t *testing.T) {
-			objs := mustRender(t, newTestRelay(withReplicas(replicas)))
+			objs := mustRender(t, v1alpha1test.Relay("mail", "mx", v1alpha1test.WithReplicas(replicas)))
 			if got := *objs.Deployment.Spec.Replicas; got != replicas {
 				t.Errorf("deployment replicas = %d, want %d", got, replicas)
 			}
@@ -442,7 +398,7 @@ func TestRenderRelayPDB(t *testing.T) {
 }
 
 func TestRenderRelayService(t *testing.T) {
-	lb := func(policy corev1.ServiceExternalTrafficPolicy) relayOption {
+	lb := func(policy corev1.ServiceExternalTrafficPolicy) v1alpha1test.RelayOption {
 		return func(r *v1.SmtpRelay) {
 			r.Spec.Service = v1.RelayService{
 				Type:                     corev1.ServiceTypeLoadBalancer,
@@ -462,12 +418,12 @@ func TestRenderRelayService(t *testing.T) {
 		wantLBClass string
 		wantRanges  []string
 	}{
-		{"default ClusterIP", newTestRelay(), corev1.ServiceTypeClusterIP, "", "", "", nil},
-		{"LoadBalancer keeps client addresses", newTestRelay(lb("")), corev1.ServiceTypeLoadBalancer,
+		{"default ClusterIP", v1alpha1test.Relay("mail", "mx"), corev1.ServiceTypeClusterIP, "", "", "", nil},
+		{"LoadBalancer keeps client addresses", v1alpha1test.Relay("mail", "mx", lb("")), corev1.ServiceTypeLoadBalancer,
 			corev1.ServiceExternalTrafficPolicyLocal, "nlb", "example.com/lb", []string{"203.0.113.0/24"}},
-		{"LoadBalancer told Cluster", newTestRelay(lb(corev1.ServiceExternalTrafficPolicyCluster)), corev1.ServiceTypeLoadBalancer,
+		{"LoadBalancer told Cluster", v1alpha1test.Relay("mail", "mx", lb(corev1.ServiceExternalTrafficPolicyCluster)), corev1.ServiceTypeLoadBalancer,
 			corev1.ServiceExternalTrafficPolicyCluster, "nlb", "example.com/lb", []string{"203.0.113.0/24"}},
-		{"NodePort", newTestRelay(func(r *v1.SmtpRelay) { r.Spec.Service.Type = corev1.ServiceTypeNodePort }),
+		{"NodePort", v1alpha1test.Relay("mail", "mx", func(r *v1.SmtpRelay) { r.Spec.Service.Type = corev1.ServiceTypeNodePort }),
 			corev1.ServiceTypeNodePort, corev1.ServiceExternalTrafficPolicyLocal, "", "", nil},
 	}
 	for _, tt := range tests {
@@ -495,9 +451,9 @@ func TestRenderRelayResources(t *testing.T) {
 		relay            *v1.SmtpRelay
 		wantCPU, wantMem string // requests; "" means none (a limit stands for it)
 	}{
-		{"defaults", newTestRelay(), "100m", "128Mi"},
-		{"cpu request kept, memory defaulted", newTestRelay(withResources("2")), "2", "128Mi"},
-		{"memory limit stands for its request", newTestRelay(withLimit), "100m", ""},
+		{"defaults", v1alpha1test.Relay("mail", "mx"), "100m", "128Mi"},
+		{"cpu request kept, memory defaulted", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithCPURequest("2")), "2", "128Mi"},
+		{"memory limit stands for its request", v1alpha1test.Relay("mail", "mx", withLimit), "100m", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -517,7 +473,7 @@ func TestRenderRelayResources(t *testing.T) {
 			}
 		})
 	}
-	own := newTestRelay(withResources("2"))
+	own := v1alpha1test.Relay("mail", "mx", v1alpha1test.WithCPURequest("2"))
 	mustRender(t, own)
 	if len(own.Spec.Resources.Requests) != 1 {
 		t.Errorf("rendering changed the relay's own spec: %v", own.Spec.Resources.Requests)
@@ -537,7 +493,7 @@ func TestRenderRelayDrain(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			objs := mustRender(t, newTestRelay(func(r *v1.SmtpRelay) { r.Spec.DrainGracePeriod = tt.drain }))
+			objs := mustRender(t, v1alpha1test.Relay("mail", "mx", func(r *v1.SmtpRelay) { r.Spec.DrainGracePeriod = tt.drain }))
 			if got := loadRendered(t, objs.ConfigMap).DrainGracePeriod.Duration; got != tt.wantDrain {
 				t.Errorf("relay drain = %v, want %v", got, tt.wantDrain)
 			}
@@ -554,7 +510,7 @@ func TestRenderRelayDrain(t *testing.T) {
 }
 
 func TestRenderRelayRole(t *testing.T) {
-	objs := mustRender(t, newTestRelay())
+	objs := mustRender(t, v1alpha1test.Relay("mail", "mx"))
 	rules := objs.Role.Rules
 	if len(rules) != 1 || !reflect.DeepEqual(rules[0].APIGroups, []string{""}) ||
 		!reflect.DeepEqual(rules[0].Resources, []string{"secrets"}) ||
@@ -632,11 +588,11 @@ func restrictedViolations(spec corev1.PodSpec) []string {
 }
 
 func TestRenderRelayPodSecurity(t *testing.T) {
-	spec := mustRender(t, newTestRelay()).Deployment.Spec.Template.Spec
+	spec := mustRender(t, v1alpha1test.Relay("mail", "mx")).Deployment.Spec.Template.Spec
 	if v := restrictedViolations(spec); len(v) > 0 {
 		t.Errorf("pod is not PodSecurity restricted: %v", v)
 	}
-	withSidecar := mustRender(t, newTestRelay(withRateLimit(fullRateLimit()))).Deployment.Spec.Template.Spec
+	withSidecar := mustRender(t, v1alpha1test.Relay("mail", "mx", v1alpha1test.WithRateLimit(fullRateLimit()))).Deployment.Spec.Template.Spec
 	if v := restrictedViolations(withSidecar); len(v) > 0 {
 		t.Errorf("pod with the rate-limit sidecar is not PodSecurity restricted: %v", v)
 	}
@@ -654,23 +610,23 @@ func TestRenderRelayPodSecurity(t *testing.T) {
 }
 
 func TestRelayConfigHash(t *testing.T) {
-	base := newTestRelay()
+	base := v1alpha1test.Relay("mail", "mx")
 	hash := func(r *v1.SmtpRelay) string {
-		return mustRender(t, r).Deployment.Spec.Template.Annotations[annotationConfigHash]
+		return mustRender(t, r).Deployment.Spec.Template.Annotations[AnnotationConfigHash]
 	}
 	tests := []struct {
 		name    string
 		relay   *v1.SmtpRelay
 		changes bool
 	}{
-		{"same spec", newTestRelay(), false},
-		{"replicas only", newTestRelay(withReplicas(5)), false},
-		{"resources only", newTestRelay(withResources("1")), false},
-		{"hostname", newTestRelay(withHostname("mx.example.org")), true},
-		{"banner", newTestRelay(withBanner("other")), true},
-		{"listeners", newTestRelay(withListeners(v1.RelayListener{Name: "alt", Port: 2525})), true},
+		{"same spec", v1alpha1test.Relay("mail", "mx"), false},
+		{"replicas only", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithReplicas(5)), false},
+		{"resources only", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithCPURequest("1")), false},
+		{"hostname", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithHostname("mx.example.org")), true},
+		{"banner", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithBanner("other")), true},
+		{"listeners", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithListeners(v1.RelayListener{Name: "alt", Port: 2525})), true},
 	}
-	if hash(newTestRelay(withReplicas(5), withRateLimit(fullRateLimit()))) != hash(newTestRelay(withRateLimit(fullRateLimit()))) {
+	if hash(v1alpha1test.Relay("mail", "mx", v1alpha1test.WithReplicas(5), v1alpha1test.WithRateLimit(fullRateLimit()))) != hash(v1alpha1test.Relay("mail", "mx", v1alpha1test.WithRateLimit(fullRateLimit()))) {
 		t.Error("scaling a relay with the sidecar changes the hash")
 	}
 	for _, tt := range tests {
@@ -686,20 +642,20 @@ func TestRenderRelayErrors(t *testing.T) {
 	tests := []struct {
 		name    string
 		relay   *v1.SmtpRelay
-		opts    RenderOptions
+		opts    Options
 		wantErr string
 	}{
-		{"no image anywhere", newTestRelay(), RenderOptions{}, "spec.image is empty"},
-		{"name is not a DNS label", newTestRelay(withName("mx.example")), testRenderOptions, "cannot name a Service"},
-		{"listener named metrics", newTestRelay(withListeners(v1.RelayListener{Name: "metrics", Port: 2525})), testRenderOptions, `listener "metrics"`},
-		{"listener on the metrics port", newTestRelay(withListeners(v1.RelayListener{Name: "m", Port: 9090})), testRenderOptions, "container port 9090"},
-		{"remapped port collides", newTestRelay(withListeners(
+		{"no image anywhere", v1alpha1test.Relay("mail", "mx"), Options{}, "spec.image is empty"},
+		{"name is not a DNS label", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithName("mx.example")), testRenderOptions, "cannot name a Service"},
+		{"listener named metrics", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithListeners(v1.RelayListener{Name: "metrics", Port: 2525})), testRenderOptions, `listener "metrics"`},
+		{"listener on the metrics port", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithListeners(v1.RelayListener{Name: "m", Port: 9090})), testRenderOptions, "container port 9090"},
+		{"remapped port collides", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithListeners(
 			v1.RelayListener{Name: "smtp", Port: 25}, v1.RelayListener{Name: "high", Port: 10025})), testRenderOptions, "container port 10025"},
-		{"invalid port name", newTestRelay(withListeners(v1.RelayListener{Name: "a--b", Port: 2525})), testRenderOptions, "not a valid port name"},
+		{"invalid port name", v1alpha1test.Relay("mail", "mx", v1alpha1test.WithListeners(v1.RelayListener{Name: "a--b", Port: 2525})), testRenderOptions, "not a valid port name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := RenderRelay(tt.relay, tt.opts)
+			_, err := Relay(tt.relay, tt.opts)
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("err = %v, want one containing %q", err, tt.wantErr)
 			}
@@ -707,104 +663,9 @@ func TestRenderRelayErrors(t *testing.T) {
 	}
 }
 
-func TestRelayReadiness(t *testing.T) {
-	certWith := func(status cmmeta.ConditionStatus, msg string) *certmanagerv1.Certificate {
-		c := &certmanagerv1.Certificate{ObjectMeta: metav1.ObjectMeta{Name: "mx"}}
-		if status != "" {
-			c.Status.Conditions = []certmanagerv1.CertificateCondition{{Type: certmanagerv1.CertificateConditionReady, Status: status, Message: msg}}
-		}
-		return c
-	}
-	tests := []struct {
-		name       string
-		obs        relayObservation
-		wantReason string
-		wantInMsg  string
-	}{
-		{"issuer missing wins", relayObservation{missingIssuer: `ClusterIssuer "le"`, certificate: certWith("", ""), replicas: 2},
-			v1.ReasonIssuerNotFound, `ClusterIssuer "le" does not exist`},
-		{"certificate without conditions", relayObservation{certificate: certWith("", ""), replicas: 2},
-			v1.ReasonCertificateNotReady, `Certificate "mx" is not ready yet`},
-		{"certificate false passes cert-manager's message on", relayObservation{certificate: certWith(cmmeta.ConditionFalse, "Issuing certificate as Secret does not exist"), replicas: 2},
-			v1.ReasonCertificateNotReady, "Secret does not exist"},
-		{"own secret missing", relayObservation{missingSecret: "own-tls", replicas: 2},
-			v1.ReasonTLSSecretNotFound, `TLS Secret "own-tls"`},
-		{"pods not ready", relayObservation{certificate: certWith(cmmeta.ConditionTrue, ""), replicas: 3, readyReplicas: 1},
-			v1.ReasonReplicasNotReady, "1 of 3"},
-		{"ready", relayObservation{certificate: certWith(cmmeta.ConditionTrue, ""), replicas: 3, readyReplicas: 3},
-			v1.ReasonReady, "3 of 3"},
-		{"ready without a fleet-wide budget says so", relayObservation{replicas: 3, readyReplicas: 3},
-			v1.ReasonReady, "each pod admits 1/3 of every account's budget"},
-		{"ready with the sidecar", relayObservation{replicas: 3, readyReplicas: 3, fleetBudget: true},
-			v1.ReasonReady, "3 of 3 relay pods are ready"},
-		{"redis password missing", relayObservation{replicas: 2, missingRef: &relaySecretRef{field: "spec.rateLimit.redis.passwordSecretRef", name: "redis-auth"}},
-			v1.ReasonSecretNotFound, `Secret "redis-auth" (spec.rateLimit.redis.passwordSecretRef) does not exist`},
-		{"scaled to zero is ready", relayObservation{missingSecret: "", replicas: 0},
-			v1.ReasonReady, "0 of 0"},
-		{"enough ready pods in the middle of a rollout is not ready", relayObservation{replicas: 2, readyReplicas: 3, fleetBudget: true,
-			rollout: "rolling out: 1 relay pods of the previous template still running"},
-			v1.ReasonReplicasNotReady, "previous template"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			v := relayReadiness(tt.obs)
-			if v.reason != tt.wantReason || v.ready != (tt.wantReason == v1.ReasonReady) || !strings.Contains(v.message, tt.wantInMsg) {
-				t.Errorf("verdict = %+v, want reason %s and a message containing %q", v, tt.wantReason, tt.wantInMsg)
-			}
-		})
-	}
-}
-
-// TestRolloutPending: what a rolling update of the relay's Deployment
-// still waits for, as kubectl rollout status judges it. The case of a real
-// cluster: a spec change surged a third pod while the two old ones were
-// ready, and the relay said Ready.
-func TestRolloutPending(t *testing.T) {
-	dep := func(gen, observed int64, replicas, updated, available int32) *appsv1.Deployment {
-		return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Generation: gen}, Status: appsv1.DeploymentStatus{
-			ObservedGeneration: observed, Replicas: replicas, UpdatedReplicas: updated, ReadyReplicas: replicas, AvailableReplicas: available}}
-	}
-	tests := []struct {
-		name string
-		d    *appsv1.Deployment
-		want string
-	}{
-		{"new template not seen yet", dep(3, 2, 2, 2, 2), "not seen the new pod template"},
-		{"surge: old pods ready, new one starting", dep(3, 3, 3, 1, 2), "1 of 2 relay pods run the current template"},
-		{"old pod still running", dep(3, 3, 3, 2, 2), "1 relay pods of the previous template"},
-		{"updated but not yet available", dep(3, 3, 2, 2, 1), "1 of 2 updated relay pods available"},
-		{"complete", dep(3, 3, 2, 2, 2), ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := rolloutPending(tt.d, 2)
-			if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) {
-				t.Errorf("rolloutPending = %q, want %q", got, tt.want)
-			}
-		})
-	}
-}
-
-func withRateLimit(rl *v1.RelayRateLimit) relayOption {
-	return func(r *v1.SmtpRelay) { r.Spec.RateLimit = rl }
-}
-
-func fullRateLimit() *v1.RelayRateLimit {
-	return &v1.RelayRateLimit{
-		Redis: v1.RedisEndpoint{
-			Address:           "redis.mail.svc:6379",
-			Username:          "mailfleet",
-			PasswordSecretRef: &v1.SecretKeySelector{Name: "redis-auth", Key: "pw"},
-			TLS:               &v1.RedisTLS{CASecretRef: &v1.SecretKeySelector{Name: "redis-ca", Key: "ca.pem"}},
-		},
-		FailureMode: v1.RateLimitFailureDeny,
-		Deadline:    &metav1.Duration{Duration: 20 * time.Millisecond},
-	}
-}
-
 func TestRenderRelayRateLimit(t *testing.T) {
 	t.Run("without a sidecar each pod counts its share", func(t *testing.T) {
-		objs := mustRender(t, newTestRelay(withReplicas(3)))
+		objs := mustRender(t, v1alpha1test.Relay("mail", "mx", v1alpha1test.WithReplicas(3)))
 		if n := len(objs.Deployment.Spec.Template.Spec.InitContainers); n != 0 {
 			t.Errorf("%d init containers, want none", n)
 		}
@@ -814,7 +675,7 @@ func TestRenderRelayRateLimit(t *testing.T) {
 		}
 	})
 	t.Run("sidecar", func(t *testing.T) {
-		relay := newTestRelay(withReplicas(3), withRateLimit(fullRateLimit()))
+		relay := v1alpha1test.Relay("mail", "mx", v1alpha1test.WithReplicas(3), v1alpha1test.WithRateLimit(fullRateLimit()))
 		relay.Spec.DefaultBudgetPerMinute = 1200
 		objs := mustRender(t, relay)
 		c := loadRendered(t, objs.ConfigMap)
@@ -858,12 +719,12 @@ func TestRenderRelayRateLimit(t *testing.T) {
 				t.Errorf("volume %s = %+v, want only key %s of Secret %s", name, v.VolumeSource, want[1], want[0])
 			}
 		}
-		if got := relayReferencedSecrets(relay); len(got) != 2 {
+		if got := ReferencedSecrets(relay); len(got) != 2 {
 			t.Errorf("referenced secrets = %+v, want the password and the CA", got)
 		}
 	})
 	t.Run("defaults", func(t *testing.T) {
-		relay := newTestRelay(withRateLimit(&v1.RelayRateLimit{Redis: v1.RedisEndpoint{Address: "redis:6379"}}))
+		relay := v1alpha1test.Relay("mail", "mx", v1alpha1test.WithRateLimit(&v1.RelayRateLimit{Redis: v1.RedisEndpoint{Address: "redis:6379"}}))
 		args := strings.Join(mustRender(t, relay).Deployment.Spec.Template.Spec.InitContainers[0].Args, " ")
 		for _, want := range []string{"--failure-mode allow", "--default-limit 30000"} {
 			if !strings.Contains(args, want) {
@@ -879,7 +740,7 @@ func TestRenderRelayRateLimit(t *testing.T) {
 }
 
 func TestRenderRelayQueueAndDelivery(t *testing.T) {
-	relay := newTestRelay(func(r *v1.SmtpRelay) {
+	relay := v1alpha1test.Relay("mail", "mx", func(r *v1.SmtpRelay) {
 		r.Spec.Queue.NATS = v1.NATSQueue{
 			URL:                  "tls://nats-0:4222,tls://nats-1:4222",
 			CredentialsSecretRef: &v1.SecretKeySelector{Name: "nats-creds", Key: "relay.creds"},
@@ -951,11 +812,11 @@ func TestRenderRelayQueueAndDelivery(t *testing.T) {
 			t.Errorf("volume %s projects %q, want %q", want.volume, got, want.keys)
 		}
 	}
-	if got := len(relayReferencedSecrets(relay)); got != 4 {
+	if got := len(ReferencedSecrets(relay)); got != 4 {
 		t.Errorf("%d referenced Secrets, want 4", got)
 	}
 
-	plain := loadRendered(t, mustRender(t, newTestRelay()).ConfigMap)
+	plain := loadRendered(t, mustRender(t, v1alpha1test.Relay("mail", "mx")).ConfigMap)
 	if plain.Delivery.Smarthost != nil || plain.Queue.NATS.Stream != "MAILFLEET_MAIL_MX" {
 		t.Errorf("defaults: delivery %+v, stream %q; want direct MX delivery and the relay's own stream", plain.Delivery, plain.Queue.NATS.Stream)
 	}
@@ -964,7 +825,7 @@ func TestRenderRelayQueueAndDelivery(t *testing.T) {
 // TestRenderRelayProxyProtocol: a listener behind a PROXY-protocol load
 // balancer reaches relay.yaml with its trusted sources.
 func TestRenderRelayProxyProtocol(t *testing.T) {
-	relay := newTestRelay(withListeners(
+	relay := v1alpha1test.Relay("mail", "mx", v1alpha1test.WithListeners(
 		v1.RelayListener{Name: "submission", Port: 587, ProxyProtocol: true, TrustedProxies: []string{"10.0.0.0/8", "fd00::/8"}},
 		v1.RelayListener{Name: "smtps", Port: 465, TLS: v1.ListenerImplicit}))
 	cfg := loadRendered(t, mustRender(t, relay).ConfigMap)
@@ -977,5 +838,18 @@ func TestRenderRelayProxyProtocol(t *testing.T) {
 	}
 	if l := got["smtps"]; l.ProxyProtocol || l.TrustedProxies != nil {
 		t.Errorf("smtps: %+v", l)
+	}
+}
+
+func fullRateLimit() *v1.RelayRateLimit {
+	return &v1.RelayRateLimit{
+		Redis: v1.RedisEndpoint{
+			Address:           "redis.mail.svc:6379",
+			Username:          "mailfleet",
+			PasswordSecretRef: &v1.SecretKeySelector{Name: "redis-auth", Key: "pw"},
+			TLS:               &v1.RedisTLS{CASecretRef: &v1.SecretKeySelector{Name: "redis-ca", Key: "ca.pem"}},
+		},
+		FailureMode: v1.RateLimitFailureDeny,
+		Deadline:    &metav1.Duration{Duration: 20 * time.Millisecond},
 	}
 }

@@ -1,4 +1,4 @@
-package controllers
+package render
 
 import (
 	"slices"
@@ -25,9 +25,9 @@ const (
 	defaultDeliveryWorker = 16
 )
 
-// relayStream is the queue stream's name: the one the user chose, else the
+// Stream is the queue stream's name: the one the user chose, else the
 // one the relay already uses (status.stream), else the default.
-func relayStream(relay *v1.SmtpRelay) string {
+func Stream(relay *v1.SmtpRelay) string {
 	if s := relay.Spec.Queue.NATS.Stream; s != "" {
 		return s
 	}
@@ -39,7 +39,7 @@ func relayStream(relay *v1.SmtpRelay) string {
 
 func relayQueueConfig(relay *v1.SmtpRelay) config.Queue {
 	n := relay.Spec.Queue.NATS
-	q := &config.NATSQueue{URL: n.URL, Stream: relayStream(relay), Replicas: int(n.Replicas)}
+	q := &config.NATSQueue{URL: n.URL, Stream: Stream(relay), Replicas: int(n.Replicas)}
 	if q.Replicas == 0 {
 		q.Replicas = defaultQueueReplicas
 	}

@@ -1,4 +1,4 @@
-package controllers
+package render
 
 import (
 	"strconv"
@@ -30,7 +30,7 @@ const (
 // relay's own share without the sidecar, the sidecar's fallback with it.
 // A fleet scaled to zero still counts as one, so no share is ever empty.
 func relayBudgetShares(relay *v1.SmtpRelay) int {
-	return int(max(relayReplicas(relay), 1))
+	return int(max(Replicas(relay), 1))
 }
 
 // relayBudget is the relay's budget section: the sidecar on loopback when
@@ -63,7 +63,7 @@ func ratelimitInitContainers(relay *v1.SmtpRelay, image string) []corev1.Contain
 		// scaling does not roll the pods (see relayConfigMap).
 		Env: []corev1.EnvVar{{Name: ratelimitReplicasEnv, ValueFrom: &corev1.EnvVarSource{
 			ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
-				LocalObjectReference: corev1.LocalObjectReference{Name: relayConfigMapName(relay.Name)},
+				LocalObjectReference: corev1.LocalObjectReference{Name: ConfigMapName(relay.Name)},
 				Key:                  relayReplicasKey,
 			},
 		}}},
@@ -148,17 +148,17 @@ func ratelimitMounts(relay *v1.SmtpRelay) []secretMount {
 	return m
 }
 
-// relaySecretRef is a Secret the relay's pods mount, with the field that names it.
-type relaySecretRef struct {
-	field, name string
+// SecretRef is a Secret the relay's pods mount, with the field that names it.
+type SecretRef struct {
+	Field, Name string
 }
 
-// relayReferencedSecrets are the Secrets besides the TLS one that the pods
+// ReferencedSecrets are the Secrets besides the TLS one that the pods
 // cannot start without: those the relay and the sidecar mount.
-func relayReferencedSecrets(relay *v1.SmtpRelay) []relaySecretRef {
-	var refs []relaySecretRef
+func ReferencedSecrets(relay *v1.SmtpRelay) []SecretRef {
+	var refs []SecretRef
 	for _, m := range append(relayQueueMounts(relay), ratelimitMounts(relay)...) {
-		refs = append(refs, relaySecretRef{field: m.field, name: m.secret})
+		refs = append(refs, SecretRef{Field: m.field, Name: m.secret})
 	}
 	return refs
 }

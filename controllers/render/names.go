@@ -1,4 +1,4 @@
-package controllers
+package render
 
 // Labels and annotations the operator reads or writes.
 const (

@@ -1,4 +1,4 @@
-package controllers
+package render
 
 import (
 	"crypto/sha256"
@@ -19,10 +19,10 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
@@ -34,18 +34,18 @@ import (
 const (
 	// relayAppName is LabelAppName's value on every relay object.
 	relayAppName = "mailfleet-relay"
-	// annotationConfigHash on the pod template carries a digest of relay.yaml,
+	// AnnotationConfigHash on the pod template carries a digest of relay.yaml,
 	// so a config change rolls the pods: the relay reads its file once.
-	annotationConfigHash = "mailfleet.io/config-hash"
-	// annotationSecretsDigest on the pod template digests the versions of
+	AnnotationConfigHash = "mailfleet.io/config-hash"
+	// AnnotationSecretsDigest on the pod template digests the versions of
 	// the Secrets the pods read at start, so rotating one rolls the pods.
-	annotationSecretsDigest = "mailfleet.io/secrets-digest"
+	AnnotationSecretsDigest = "mailfleet.io/secrets-digest"
 )
 
 // Paths, ports and sizes inside the relay pod.
 const (
 	relayContainerName   = "relay"
-	relayConfigKey       = "relay.yaml"
+	ConfigKey            = "relay.yaml"
 	relayReplicasKey     = "replicas"
 	relayConfigPath      = "/etc/mailfleet/relay.yaml"
 	relayTLSDir          = "/etc/mailfleet/tls"
@@ -77,15 +77,15 @@ const (
 	relayExitMargin        = 10 * time.Second
 	defaultRelayReplicas   = int32(2)
 	defaultRelayBanner     = "mailfleet"
-	certManagerGroup       = "cert-manager.io"
-	issuerKind             = "Issuer"
-	clusterIssuerKind      = "ClusterIssuer"
+	CertManagerGroup       = "cert-manager.io"
+	IssuerKind             = "Issuer"
+	ClusterIssuerKind      = "ClusterIssuer"
 	relayServiceAccountSfx = "-relay"
 )
 
-// RenderOptions are the operator's own settings that shape what a relay
+// Options are the operator's own settings that shape what a relay
 // becomes.
-type RenderOptions struct {
+type Options struct {
 	// Image is the operator's image, used when spec.image is empty: one
 	// binary serves both the operator and the relay.
 	Image string
@@ -107,21 +107,21 @@ type RenderOptions struct {
 	AllowedHostnames []string
 }
 
-// errCertificateNotAllowed marks an issuer or hostname outside the lists.
-var errCertificateNotAllowed = errors.New("certificate not allowed")
+// ErrCertificateNotAllowed marks an issuer or hostname outside the lists.
+var ErrCertificateNotAllowed = errors.New("certificate not allowed")
 
 // certificateAllowed says why the relay's certificate request is refused,
 // or returns nil.
-func (o RenderOptions) certificateAllowed(relay *v1.SmtpRelay) error {
+func (o Options) certificateAllowed(relay *v1.SmtpRelay) error {
 	ref := relay.Spec.TLS.IssuerRef
 	if ref == nil {
 		return nil
 	}
-	if o.AllowedClusterIssuers != nil && issuerRefKind(ref) == clusterIssuerKind && !slices.Contains(o.AllowedClusterIssuers, ref.Name) {
-		return fmt.Errorf("%w: ClusterIssuer %q is not among the ClusterIssuers the operator allows (--relay-allowed-cluster-issuers); use an Issuer in the relay's namespace, or ask the cluster administrator", errCertificateNotAllowed, ref.Name)
+	if o.AllowedClusterIssuers != nil && IssuerRefKind(ref) == ClusterIssuerKind && !slices.Contains(o.AllowedClusterIssuers, ref.Name) {
+		return fmt.Errorf("%w: ClusterIssuer %q is not among the ClusterIssuers the operator allows (--relay-allowed-cluster-issuers); use an Issuer in the relay's namespace, or ask the cluster administrator", ErrCertificateNotAllowed, ref.Name)
 	}
 	if o.AllowedHostnames != nil && !hostnameAllowed(o.AllowedHostnames, relay.Spec.Hostname) {
-		return fmt.Errorf("%w: spec.hostname %q is not among the names the operator issues certificates for (--relay-allowed-hostnames)", errCertificateNotAllowed, relay.Spec.Hostname)
+		return fmt.Errorf("%w: spec.hostname %q is not among the names the operator issues certificates for (--relay-allowed-hostnames)", ErrCertificateNotAllowed, relay.Spec.Hostname)
 	}
 	return nil
 }
@@ -137,11 +137,11 @@ func hostnameAllowed(patterns []string, host string) bool {
 	return false
 }
 
-// errImageNotAllowed marks a spec.image outside RenderOptions.AllowedImages.
-var errImageNotAllowed = errors.New("image not allowed")
+// ErrImageNotAllowed marks a spec.image outside Options.AllowedImages.
+var ErrImageNotAllowed = errors.New("image not allowed")
 
 // imageAllowed reports whether an SmtpRelay may run image.
-func (o RenderOptions) imageAllowed(image string) bool {
+func (o Options) imageAllowed(image string) bool {
 	if image == o.Image {
 		return true
 	}
@@ -151,6 +151,13 @@ func (o RenderOptions) imageAllowed(image string) bool {
 		}
 	}
 	return false
+}
+
+// Object is what every rendered object is: controller-runtime's
+// client.Object, spelled here so that rendering needs no client.
+type Object interface {
+	metav1.Object
+	runtime.Object
 }
 
 // RelayObjects is everything an SmtpRelay becomes. Certificate is nil when
@@ -168,8 +175,8 @@ type RelayObjects struct {
 
 // List returns the objects in the order they are applied: what the pods
 // mount and run as comes before the Deployment that needs it.
-func (o *RelayObjects) List() []client.Object {
-	objs := []client.Object{o.ConfigMap, o.ServiceAccount, o.Role, o.RoleBinding}
+func (o *RelayObjects) List() []Object {
+	objs := []Object{o.ConfigMap, o.ServiceAccount, o.Role, o.RoleBinding}
 	if o.Certificate != nil {
 		objs = append(objs, o.Certificate)
 	}
@@ -182,10 +189,10 @@ type relayPort struct {
 	ContainerPort int32
 }
 
-// RenderRelay builds every object an SmtpRelay needs. It reads nothing but
+// Relay builds every object an SmtpRelay needs. It reads nothing but
 // its arguments; an error means the spec cannot be turned into valid
 // objects and says which part to fix.
-func RenderRelay(relay *v1.SmtpRelay, opts RenderOptions) (*RelayObjects, error) {
+func Relay(relay *v1.SmtpRelay, opts Options) (*RelayObjects, error) {
 	if errs := validation.IsDNS1035Label(relay.Name); len(errs) > 0 {
 		// The Service carries the relay's name, and a Service name is a DNS label.
 		return nil, fmt.Errorf("relay name %q cannot name a Service: %s", relay.Name, strings.Join(errs, "; "))
@@ -195,7 +202,7 @@ func RenderRelay(relay *v1.SmtpRelay, opts RenderOptions) (*RelayObjects, error)
 		image = opts.Image
 	}
 	if !opts.imageAllowed(image) {
-		return nil, fmt.Errorf("%w: spec.image %q is not among the images the operator allows (--relay-allowed-images); remove spec.image to run the operator's own, or ask the cluster administrator to allow it", errImageNotAllowed, image)
+		return nil, fmt.Errorf("%w: spec.image %q is not among the images the operator allows (--relay-allowed-images); remove spec.image to run the operator's own, or ask the cluster administrator to allow it", ErrImageNotAllowed, image)
 	}
 	if image == "" {
 		return nil, errors.New("spec.image is empty and the operator has no default image")
@@ -225,14 +232,14 @@ func RenderRelay(relay *v1.SmtpRelay, opts RenderOptions) (*RelayObjects, error)
 
 // relayLabels are on every object of a relay.
 func relayLabels(relay *v1.SmtpRelay) map[string]string {
-	l := relaySelector(relay)
+	l := Selector(relay)
 	l[LabelManagedBy] = ManagedByValue
 	return l
 }
 
-// relaySelector picks a relay's pods. It leaves out managed-by so that a
+// Selector picks a relay's pods. It leaves out managed-by so that a
 // selector, which is immutable, never depends on who manages the pods.
-func relaySelector(relay *v1.SmtpRelay) map[string]string {
+func Selector(relay *v1.SmtpRelay) map[string]string {
 	return map[string]string{
 		LabelAppName:     relayAppName,
 		LabelAppInstance: relay.Name,
@@ -244,8 +251,8 @@ func relayObjectMeta(relay *v1.SmtpRelay, name string) metav1.ObjectMeta {
 	return metav1.ObjectMeta{Name: name, Namespace: relay.Namespace, Labels: relayLabels(relay)}
 }
 
-func relayConfigMapName(relay string) string      { return relay + "-config" }
-func relayServiceAccountName(relay string) string { return relay + relayServiceAccountSfx }
+func ConfigMapName(relay string) string      { return relay + "-config" }
+func ServiceAccountName(relay string) string { return relay + relayServiceAccountSfx }
 
 // relayTLSSecretName is the Secret the relay mounts: the user's, or the one
 // cert-manager writes for the relay's Certificate.
@@ -256,8 +263,8 @@ func relayTLSSecretName(relay *v1.SmtpRelay) string {
 	return relay.Name + "-tls"
 }
 
-// relayEndpoint is the in-cluster name of the relay Service.
-func relayEndpoint(relay *v1.SmtpRelay) string {
+// Endpoint is the in-cluster name of the relay Service.
+func Endpoint(relay *v1.SmtpRelay) string {
 	return relay.Name + "." + relay.Namespace + ".svc"
 }
 
@@ -309,7 +316,7 @@ func withDefaultRequests(r corev1.ResourceRequirements, defaults corev1.Resource
 	return out
 }
 
-func relayReplicas(relay *v1.SmtpRelay) int32 {
+func Replicas(relay *v1.SmtpRelay) int32 {
 	return ptr.Deref(relay.Spec.Replicas, defaultRelayReplicas)
 }
 
@@ -425,9 +432,9 @@ func relayConfigMap(relay *v1.SmtpRelay, ports []relayPort) (*corev1.ConfigMap, 
 	}
 	sum := sha256.Sum256(stable)
 	return &corev1.ConfigMap{
-		ObjectMeta: relayObjectMeta(relay, relayConfigMapName(relay.Name)),
+		ObjectMeta: relayObjectMeta(relay, ConfigMapName(relay.Name)),
 		Data: map[string]string{
-			relayConfigKey:   string(data),
+			ConfigKey:        string(data),
 			relayReplicasKey: strconv.Itoa(relayBudgetShares(relay)),
 		},
 	}, hex.EncodeToString(sum[:]), nil
@@ -437,8 +444,8 @@ func relayDeployment(relay *v1.SmtpRelay, image string, ports []relayPort, hash 
 	return &appsv1.Deployment{
 		ObjectMeta: relayObjectMeta(relay, relay.Name),
 		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To(relayReplicas(relay)),
-			Selector: &metav1.LabelSelector{MatchLabels: relaySelector(relay)},
+			Replicas: ptr.To(Replicas(relay)),
+			Selector: &metav1.LabelSelector{MatchLabels: Selector(relay)},
 			// Surge rather than take a relay away: a rollout never lowers
 			// the number of pods accepting mail.
 			Strategy: appsv1.DeploymentStrategy{
@@ -451,7 +458,7 @@ func relayDeployment(relay *v1.SmtpRelay, image string, ports []relayPort, hash 
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{
 					Labels:      relayLabels(relay),
-					Annotations: map[string]string{annotationConfigHash: hash},
+					Annotations: map[string]string{AnnotationConfigHash: hash},
 				},
 				Spec: relayPodSpec(relay, image, ports),
 			},
@@ -461,7 +468,7 @@ func relayDeployment(relay *v1.SmtpRelay, image string, ports []relayPort, hash 
 
 func relayPodSpec(relay *v1.SmtpRelay, image string, ports []relayPort) corev1.PodSpec {
 	return corev1.PodSpec{
-		ServiceAccountName: relayServiceAccountName(relay.Name),
+		ServiceAccountName: ServiceAccountName(relay.Name),
 		// The relay will read its credentials shards from the API server.
 		AutomountServiceAccountToken:  ptr.To(true),
 		TerminationGracePeriodSeconds: ptr.To(relayTerminationGraceSeconds(relay)),
@@ -489,7 +496,7 @@ func relaySpread(relay *v1.SmtpRelay) []corev1.TopologySpreadConstraint {
 			MaxSkew:           1,
 			TopologyKey:       key,
 			WhenUnsatisfiable: corev1.ScheduleAnyway,
-			LabelSelector:     &metav1.LabelSelector{MatchLabels: relaySelector(relay)},
+			LabelSelector:     &metav1.LabelSelector{MatchLabels: Selector(relay)},
 		})
 	}
 	return out
@@ -519,7 +526,7 @@ func relayContainer(relay *v1.SmtpRelay, image string, ports []relayPort) corev1
 		VolumeMounts: append([]corev1.VolumeMount{
 			// subPath freezes the file, which is fine: the relay reads it
 			// once, and a change rolls the pods through the config hash.
-			{Name: "config", MountPath: relayConfigPath, SubPath: relayConfigKey, ReadOnly: true},
+			{Name: "config", MountPath: relayConfigPath, SubPath: ConfigKey, ReadOnly: true},
 			// No subPath here, so renewed certificates reach the relay,
 			// which reloads them without dropping sessions.
 			{Name: "tls", MountPath: relayTLSDir, ReadOnly: true},
@@ -565,7 +572,7 @@ func relayProbe(path string, period, failures int32) *corev1.Probe {
 func relayVolumes(relay *v1.SmtpRelay) []corev1.Volume {
 	return append([]corev1.Volume{
 		{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
-			LocalObjectReference: corev1.LocalObjectReference{Name: relayConfigMapName(relay.Name)},
+			LocalObjectReference: corev1.LocalObjectReference{Name: ConfigMapName(relay.Name)},
 		}}},
 		{Name: "tls", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 			SecretName:  relayTLSSecretName(relay),
@@ -598,7 +605,7 @@ func relayService(relay *v1.SmtpRelay, ports []relayPort) *corev1.Service {
 		ObjectMeta: relayObjectMeta(relay, relay.Name),
 		Spec: corev1.ServiceSpec{
 			Type:     corev1.ServiceTypeClusterIP,
-			Selector: relaySelector(relay),
+			Selector: Selector(relay),
 			Ports:    sports,
 		},
 	}
@@ -641,7 +648,7 @@ func relayCertificate(relay *v1.SmtpRelay) *certmanagerv1.Certificate {
 				LabelRelay:     relay.Name,
 			}},
 			DNSNames:  []string{relay.Spec.Hostname},
-			IssuerRef: cmmeta.IssuerReference{Name: ref.Name, Kind: issuerRefKind(ref), Group: issuerRefGroup(ref)},
+			IssuerRef: cmmeta.IssuerReference{Name: ref.Name, Kind: IssuerRefKind(ref), Group: IssuerRefGroup(ref)},
 			// A fresh key with every renewal limits what a leaked key exposes.
 			PrivateKey: &certmanagerv1.CertificatePrivateKey{RotationPolicy: certmanagerv1.RotationPolicyAlways},
 			Usages:     []certmanagerv1.KeyUsage{certmanagerv1.UsageServerAuth},
@@ -649,24 +656,24 @@ func relayCertificate(relay *v1.SmtpRelay) *certmanagerv1.Certificate {
 	}
 }
 
-// issuerRefKind and issuerRefGroup apply the API's defaults, which an
+// IssuerRefKind and IssuerRefGroup apply the API's defaults, which an
 // object that never went through the API server lacks.
-func issuerRefKind(ref *v1.IssuerReference) string {
+func IssuerRefKind(ref *v1.IssuerReference) string {
 	if ref.Kind == "" {
-		return issuerKind
+		return IssuerKind
 	}
 	return ref.Kind
 }
 
-func issuerRefGroup(ref *v1.IssuerReference) string {
+func IssuerRefGroup(ref *v1.IssuerReference) string {
 	if ref.Group == "" {
-		return certManagerGroup
+		return CertManagerGroup
 	}
 	return ref.Group
 }
 
 func relayServiceAccount(relay *v1.SmtpRelay) *corev1.ServiceAccount {
-	return &corev1.ServiceAccount{ObjectMeta: relayObjectMeta(relay, relayServiceAccountName(relay.Name))}
+	return &corev1.ServiceAccount{ObjectMeta: relayObjectMeta(relay, ServiceAccountName(relay.Name))}
 }
 
 // relayRole is all the relay may do: list and watch its own credentials
@@ -678,7 +685,7 @@ func relayServiceAccount(relay *v1.SmtpRelay) *corev1.ServiceAccount {
 // authorises by name. The rate-limit sidecar reads the same shards.
 func relayRole(relay *v1.SmtpRelay) *rbacv1.Role {
 	return &rbacv1.Role{
-		ObjectMeta: relayObjectMeta(relay, relayServiceAccountName(relay.Name)),
+		ObjectMeta: relayObjectMeta(relay, ServiceAccountName(relay.Name)),
 		Rules: []rbacv1.PolicyRule{{
 			APIGroups:     []string{""},
 			Resources:     []string{"secrets"},
@@ -689,7 +696,7 @@ func relayRole(relay *v1.SmtpRelay) *rbacv1.Role {
 }
 
 func relayRoleBinding(relay *v1.SmtpRelay) *rbacv1.RoleBinding {
-	name := relayServiceAccountName(relay.Name)
+	name := ServiceAccountName(relay.Name)
 	return &rbacv1.RoleBinding{
 		ObjectMeta: relayObjectMeta(relay, name),
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
@@ -708,7 +715,7 @@ func relayPDB(relay *v1.SmtpRelay) *policyv1.PodDisruptionBudget {
 		ObjectMeta: relayObjectMeta(relay, relay.Name),
 		Spec: policyv1.PodDisruptionBudgetSpec{
 			MaxUnavailable:             ptr.To(intstr.FromInt32(1)),
-			Selector:                   &metav1.LabelSelector{MatchLabels: relaySelector(relay)},
+			Selector:                   &metav1.LabelSelector{MatchLabels: Selector(relay)},
 			UnhealthyPodEvictionPolicy: ptr.To(policyv1.AlwaysAllow),
 		},
 	}
