@@ -7,7 +7,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -70,7 +69,8 @@ type AccountReconciler struct {
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// SetupWithManager registers the controller, its cache indexes and watches.
+// SetupWithManager registers the controller and its watches (the indexes it
+// reads are IndexFields').
 // Unset fields are taken from the manager.
 func (r *AccountReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Client == nil {
@@ -81,13 +81,6 @@ func (r *AccountReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	if r.Recorder == nil {
 		r.Recorder = mgr.GetEventRecorder(FieldManager)
-	}
-	ctx := context.Background()
-	if err := indexAccounts(ctx, mgr); err != nil {
-		return fmt.Errorf("index accounts: %w", err)
-	}
-	if err := indexLabels(ctx, mgr); err != nil {
-		return fmt.Errorf("index labels: %w", err)
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("smtpaccount").
@@ -199,7 +192,7 @@ func (r *AccountReconciler) attach(ctx context.Context, acc *v1.SmtpAccount) (*v
 	// What admission let through but the relay would refuse (the two
 	// share a test table, so this is a backstop): the publisher leaves the
 	// account out, and this says why.
-	probe := accountEntry(acc, relay, []string{wire.Digest(acc.Name)}, nil)
+	probe := render.ShardEntry(acc, relay, []string{wire.Digest(acc.Name)}, nil)
 	if err := wire.CheckAccount(probe); err != nil {
 		return nil, problem(v1.ReasonInvalidSpec, "the relay would refuse this account (%s); correct the spec", err), nil
 	}
@@ -431,8 +424,7 @@ func (r *AccountReconciler) write(ctx context.Context, existing, desired *corev1
 		}
 		desired.ResourceVersion = existing.ResourceVersion
 	}
-	err := r.Apply(ctx, secretApplyConfiguration(desired), client.FieldOwner(FieldManager), client.ForceOwnership)
-	if err != nil {
+	if err := applyObject(ctx, r.Client, r.Scheme(), desired); err != nil {
 		return fmt.Errorf("apply credentials Secret %s/%s: %w", desired.Namespace, desired.Name, err)
 	}
 	return nil
@@ -471,18 +463,14 @@ func (r *AccountReconciler) writeStatus(ctx context.Context, acc *v1.SmtpAccount
 			next.PreviousKeyExpiresAt = metaTime(out.key.PreviousExpiry)
 		}
 	}
-	before := meta.FindStatusCondition(acc.Status.Conditions, v1.ConditionReady)
 	setReady(&next.Conditions, acc.Generation, out.ready, out.reason, out.message)
-	if equality.Semantic.DeepEqual(acc.Status, *next) {
-		return nil
-	}
-	out.warnIfNew(r.Recorder, acc, before)
-	patch := client.MergeFrom(acc.DeepCopy())
+	orig := acc.DeepCopy()
 	acc.Status = *next
-	if err := r.Status().Patch(ctx, acc, patch); err != nil {
-		return fmt.Errorf("update status of SmtpAccount %s/%s: %w", acc.Namespace, acc.Name, err)
+	changed, err := patchStatus(ctx, r.Client, acc, orig, func(a *v1.SmtpAccount) any { return a.Status })
+	if changed {
+		out.warnIfNew(r.Recorder, acc, meta.FindStatusCondition(orig.Status.Conditions, v1.ConditionReady))
 	}
-	return nil
+	return err
 }
 
 func (r *AccountReconciler) now() time.Time {

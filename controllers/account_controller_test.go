@@ -29,10 +29,7 @@ const wait = 10 * time.Second
 // setupCredentialControllers registers the account and label controllers;
 // no relay controller runs, the tests' SmtpRelays are plain objects.
 func setupCredentialControllers(mgr ctrl.Manager) error {
-	if err := (&AccountReconciler{}).SetupWithManager(mgr); err != nil {
-		return err
-	}
-	return (&LabelReconciler{}).SetupWithManager(mgr)
+	return withIndexes((&AccountReconciler{}).SetupWithManager, (&LabelReconciler{}).SetupWithManager)(mgr)
 }
 
 // conditioned is an SmtpAccount or SmtpLabel.

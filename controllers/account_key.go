@@ -41,7 +41,7 @@ type keyPlan struct {
 	Now time.Time
 	// NewKey makes a generated key of n random bytes.
 	NewKey func(n int) (string, error)
-	// Salt is the account's digest salt on its relay (keyDigestSalt): a
+	// Salt is the account's digest salt on its relay (render.DigestSalt): a
 	// rotated-out key is kept as the digest the relay is given.
 	Salt []byte
 }
@@ -49,7 +49,7 @@ type keyPlan struct {
 // planFor derives an account's keyPlan; refKey is "" for generated keys.
 func planFor(acc *v1.SmtpAccount, relay types.NamespacedName, refKey string, now time.Time) keyPlan {
 	p := keyPlan{
-		Salt:   keyDigestSalt(relay, render.APIUser(acc)),
+		Salt:   render.DigestSalt(relay, render.APIUser(acc)),
 		RefKey: refKey,
 		Rotate: acc.Annotations[render.AnnotationRotateKey],
 		Bytes:  defaultKeyBytes,
@@ -117,11 +117,6 @@ func rotate(next render.KeyState, oldKey, newKey string, p keyPlan) render.KeySt
 
 // stamp is Now as it is written down.
 func (p keyPlan) stamp() time.Time { return p.Now.UTC().Truncate(time.Second) }
-
-// keyDigestSalt is the salt of an account's key digests on a relay.
-func keyDigestSalt(relay types.NamespacedName, apiUser string) []byte {
-	return wire.DigestSalt(relay.Namespace+"/"+relay.Name, apiUser)
-}
 
 // newKey returns a key of n random bytes, in the relay's key format.
 func newKey(n int) (string, error) { return wire.NewKeyOfSize(n) }

@@ -158,7 +158,7 @@ func TestAccountNewKey(t *testing.T) {
 }
 
 // testSalt is a key digest salt, as planFor derives one.
-var testSalt = keyDigestSalt(types.NamespacedName{Namespace: "mail", Name: "mx"}, "acme")
+var testSalt = render.DigestSalt(types.NamespacedName{Namespace: "mail", Name: "mx"}, "acme")
 
 func TestAccountKeyPlanDefaults(t *testing.T) {
 	acc := &v1.SmtpAccount{}

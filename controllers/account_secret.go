@@ -7,9 +7,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
-	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
-	"k8s.io/utils/ptr"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/controllers/render"
@@ -26,27 +23,6 @@ func accountHolds(s *corev1.Secret, acc *v1.SmtpAccount) bool {
 	}
 	return metav1.GetControllerOf(s) == nil &&
 		s.Labels[render.LabelManagedBy] == render.ManagedByValue && s.Labels[render.LabelAccount] == acc.Name
-}
-
-// secretApplyConfiguration turns a rendered Secret into a server-side apply
-// request. A resourceVersion, when set, makes the apply conditional on the
-// Secret being unchanged since it was read.
-func secretApplyConfiguration(s *corev1.Secret) *corev1ac.SecretApplyConfiguration {
-	ac := corev1ac.Secret(s.Name, s.Namespace).
-		WithLabels(s.Labels).
-		WithAnnotations(s.Annotations).
-		WithType(s.Type).
-		WithData(s.Data)
-	for _, o := range s.OwnerReferences {
-		ac.WithOwnerReferences(metav1ac.OwnerReference().
-			WithAPIVersion(o.APIVersion).WithKind(o.Kind).WithName(o.Name).WithUID(o.UID).
-			WithController(ptr.Deref(o.Controller, false)).
-			WithBlockOwnerDeletion(ptr.Deref(o.BlockOwnerDeletion, false)))
-	}
-	if s.ResourceVersion != "" {
-		ac.WithResourceVersion(s.ResourceVersion)
-	}
-	return ac
 }
 
 // secretUpToDate reports whether applying desired would change nothing, so
@@ -79,7 +55,7 @@ func secretUpToDate(existing, desired *corev1.Secret) bool {
 
 // accountKeyDigests returns the digests of the keys a credentials Secret
 // makes valid at now, as the relays are given them: the current key's,
-// salted with salt (keyDigestSalt), and, during a rotation's grace period,
+// salted with salt (render.DigestSalt), and, during a rotation's grace period,
 // the previous one's as it was kept. Relays never see a key.
 func accountKeyDigests(s *corev1.Secret, now time.Time, digest func(key string) string) []string {
 	st := render.KeyStateFromSecret(s)

@@ -3,14 +3,12 @@ package controllers
 import (
 	"context"
 	"maps"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -43,47 +41,6 @@ func accountRelay(acc *v1.SmtpAccount) types.NamespacedName {
 		ns = acc.Namespace
 	}
 	return types.NamespacedName{Namespace: ns, Name: acc.Spec.RelayRef.Name}
-}
-
-// indexAccounts registers the account indexes.
-func indexAccounts(ctx context.Context, mgr manager.Manager) error {
-	idx := map[string]func(*v1.SmtpAccount) []string{
-		indexAccountClaim: func(a *v1.SmtpAccount) []string {
-			r := accountRelay(a)
-			return []string{claimKey(r.Namespace, r.Name, render.APIUser(a))}
-		},
-		indexAccountRelay: func(a *v1.SmtpAccount) []string {
-			r := accountRelay(a)
-			return []string{relayKey(r.Namespace, r.Name)}
-		},
-		indexAccountSecret: func(a *v1.SmtpAccount) []string {
-			names := []string{render.CredentialsSecretName(a)}
-			if ref := a.Spec.Key.SecretRef; ref != nil && ref.Name != names[0] {
-				names = append(names, ref.Name)
-			}
-			return names
-		},
-	}
-	for name, fn := range idx {
-		if err := indexField(ctx, mgr, &v1.SmtpAccount{}, name, func(o client.Object) []string {
-			return fn(o.(*v1.SmtpAccount))
-		}); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// indexField registers a field index unless the manager has it already: the
-// account and label controllers share some and either may run alone.
-func indexField(ctx context.Context, mgr manager.Manager, obj client.Object, name string, fn client.IndexerFunc) error {
-	err := mgr.GetFieldIndexer().IndexField(ctx, obj, name, fn)
-	// client-go reports a duplicate name as "indexer conflict"; the names
-	// are constants of this package, each bound to one function.
-	if err != nil && strings.Contains(err.Error(), "indexer conflict") {
-		return nil
-	}
-	return err
 }
 
 // requestsFor lists accounts matching opts and turns them into requests.

@@ -28,7 +28,7 @@ import (
 func TestRelayWithoutCertManager(t *testing.T) {
 	ctx := context.Background()
 	cfg, c := envtestkit.StartAPIServer(t, Scheme(), envtestkit.MailfleetCRDs())
-	env.RunManagerAs(t, cfg, (&RelayReconciler{Options: testRenderOptions, CertManagerPoll: 200 * time.Millisecond}).SetupWithManager)
+	env.RunManagerAs(t, cfg, withIndexes((&RelayReconciler{Options: testRenderOptions, CertManagerPoll: 200 * time.Millisecond}).SetupWithManager))
 	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mail"}}); err != nil {
 		t.Fatal(err)
 	}

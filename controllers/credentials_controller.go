@@ -134,14 +134,6 @@ func (p *CredentialsPublisher) SetupWithManager(mgr ctrl.Manager) error {
 	if p.Secrets == nil {
 		p.Secrets = owned
 	}
-	// The account's apiUser is immutable, so its shard is too.
-	if err := indexField(context.Background(), mgr, &v1.SmtpAccount{}, indexAccountShard, func(o client.Object) []string {
-		a := o.(*v1.SmtpAccount)
-		r := accountRelay(a)
-		return []string{shardKey(r.Namespace, r.Name, wire.ShardOf(render.APIUser(a)))}
-	}); err != nil {
-		return fmt.Errorf("index accounts by shard: %w", err)
-	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("credentials").
 		Watches(&v1.SmtpRelay{}, handler.EnqueueRequestsFromMapFunc(allShards),
@@ -312,7 +304,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 		if !accountHolds(&secret, acc) {
 			continue
 		}
-		salt := keyDigestSalt(client.ObjectKeyFromObject(relay), apiUser)
+		salt := render.DigestSalt(client.ObjectKeyFromObject(relay), apiUser)
 		digests := accountKeyDigests(&secret, now, func(key string) string { return p.digests.get(key, salt) })
 		if len(digests) == 0 {
 			continue
@@ -325,7 +317,7 @@ func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.Smt
 		if err != nil {
 			return nil, time.Time{}, err
 		}
-		entry := accountEntry(acc, relay, digests, labels)
+		entry := render.ShardEntry(acc, relay, digests, labels)
 		// One account the relay would refuse must not stop every other
 		// account of its shard from being published; the account
 		// controller reports it as InvalidSpec.
@@ -399,48 +391,6 @@ func (p *CredentialsPublisher) entitled(ctx context.Context, relay *v1.SmtpRelay
 	return err == nil && out == nil, err
 }
 
-// accountEntry is what a shard says of an account.
-func accountEntry(acc *v1.SmtpAccount, relay *v1.SmtpRelay, digests []string, labels []wire.Label) wire.Account {
-	return wire.Account{
-		APIUser:              render.APIUser(acc),
-		KeyDigests:           digests,
-		BudgetPerMinute:      budgetOf(acc, relay),
-		MaxRecipients:        maxRecipientsOf(acc),
-		SenderPolicy:         senderPolicyOf(acc),
-		AllowedSenderDomains: acc.Spec.AllowedSenderDomains,
-		Labels:               labels,
-	}
-}
-
-// senderPolicyOf is what the shard carries: only the non-default policy, so
-// shards of accounts that set none are unchanged.
-func senderPolicyOf(acc *v1.SmtpAccount) string {
-	if acc.Spec.SenderPolicy == wire.SenderPolicyEnvelope {
-		return wire.SenderPolicyEnvelope
-	}
-	return ""
-}
-
-// maxRecipientsOf is the account's cap, or 0 for the relay's default (so
-// shards of accounts that set none are what they were before the field).
-func maxRecipientsOf(acc *v1.SmtpAccount) int {
-	if acc.Spec.Limits == nil || acc.Spec.Limits.MaxRecipients == nil {
-		return 0
-	}
-	return int(*acc.Spec.Limits.MaxRecipients)
-}
-
-func budgetOf(acc *v1.SmtpAccount, relay *v1.SmtpRelay) int {
-	switch {
-	case acc.Spec.BudgetPerMinute != nil:
-		return int(*acc.Spec.BudgetPerMinute)
-	case relay.Spec.DefaultBudgetPerMinute > 0:
-		return int(relay.Spec.DefaultBudgetPerMinute)
-	default:
-		return wire.DefaultBudgetPerMinute
-	}
-}
-
 // readySome reports a Ready=True condition, of whichever generation.
 func readySome(conds []metav1.Condition) bool {
 	return meta.IsStatusConditionTrue(conds, v1.ConditionReady)
@@ -468,22 +418,8 @@ func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRel
 	if err != nil && !apierrors.IsNotFound(err) {
 		return false, fmt.Errorf("read shard %s: %w", name, err)
 	}
-	shard := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:      name,
-			Namespace: relay.Namespace,
-			Labels: map[string]string{
-				render.LabelManagedBy: render.ManagedByValue,
-				render.LabelRelay:     relay.Name,
-				wire.ShardLabel:       relay.Name,
-			},
-			Annotations:     map[string]string{render.AnnotationShardAccounts: count},
-			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(relay, v1.GroupVersion.WithKind("SmtpRelay"))},
-		},
-		Type: corev1.SecretTypeOpaque,
-		Data: map[string][]byte{wire.ShardDataKey: data},
-	}
-	if err := p.Client.Apply(ctx, secretApplyConfiguration(shard), client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
+	shard := render.ShardSecret(relay, i, data, len(accounts))
+	if err := applyObject(ctx, p.Client, p.Client.Scheme(), shard); err != nil {
 		return false, fmt.Errorf("apply shard %s: %w", name, err)
 	}
 	return true, nil

@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
@@ -139,18 +138,11 @@ func (e errStill) Error() string { return string(e) }
 // startPublishing runs the account, label and publisher controllers.
 func startPublishing(t *testing.T) {
 	t.Helper()
-	env.StartManager(t, func(mgr ctrl.Manager) error {
-		for _, s := range []func(ctrl.Manager) error{
-			(&AccountReconciler{}).SetupWithManager,
-			(&LabelReconciler{}).SetupWithManager,
-			(&CredentialsPublisher{}).SetupWithManager,
-		} {
-			if err := s(mgr); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	env.StartManager(t, withIndexes(
+		(&AccountReconciler{}).SetupWithManager,
+		(&LabelReconciler{}).SetupWithManager,
+		(&CredentialsPublisher{}).SetupWithManager,
+	))
 }
 
 // relayCredentials runs the Secrets source a pod of relay runs, and a

@@ -52,10 +52,7 @@ func TestAccountInvalidSpecLeftOut(t *testing.T) {
 	}
 	cfg, c := envtestkit.StartAPIServer(t, Scheme(), dir, certManager)
 	env.RunManagerAs(t, cfg, func(mgr ctrl.Manager) error {
-		if err := (&AccountReconciler{}).SetupWithManager(mgr); err != nil {
-			return err
-		}
-		if err := (&LabelReconciler{}).SetupWithManager(mgr); err != nil {
+		if err := setupCredentialControllers(mgr); err != nil {
 			return err
 		}
 		return (&CredentialsPublisher{}).SetupWithManager(mgr)

@@ -6,7 +6,6 @@ import (
 	"maps"
 	"slices"
 
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -18,7 +17,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -53,7 +51,8 @@ type LabelReconciler struct {
 // +kubebuilder:rbac:groups=mailfleet.io,resources=smtpaccounts,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// SetupWithManager registers the controller, its cache indexes and watches.
+// SetupWithManager registers the controller and its watches (the indexes it
+// reads are IndexFields').
 // Unset fields are taken from the manager.
 func (r *LabelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Client == nil {
@@ -61,9 +60,6 @@ func (r *LabelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	if r.Recorder == nil {
 		r.Recorder = mgr.GetEventRecorder(FieldManager)
-	}
-	if err := indexLabels(context.Background(), mgr); err != nil {
-		return fmt.Errorf("index labels: %w", err)
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("smtplabel").
@@ -80,13 +76,6 @@ func (r *LabelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// labels a namespace may create with a ResourceQuota.
 		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(r.labelsAtCap), builder.WithPredicates(specOrDeletion)).
 		Complete(r)
-}
-
-// indexLabels registers the label indexes.
-func indexLabels(ctx context.Context, mgr manager.Manager) error {
-	return indexField(ctx, mgr, &v1.SmtpLabel{}, indexLabelAccount, func(o client.Object) []string {
-		return []string{o.(*v1.SmtpLabel).Spec.AccountRef}
-	})
 }
 
 // Reconcile brings one SmtpLabel's status up to date.
@@ -170,18 +159,14 @@ func (r *LabelReconciler) writeStatus(ctx context.Context, label *v1.SmtpLabel, 
 	next := label.Status.DeepCopy()
 	next.ObservedGeneration = label.Generation
 	next.Username = username
-	before := meta.FindStatusCondition(label.Status.Conditions, v1.ConditionReady)
 	setReady(&next.Conditions, label.Generation, out.ready, out.reason, out.message)
-	if equality.Semantic.DeepEqual(label.Status, *next) {
-		return nil
-	}
-	out.warnIfNew(r.Recorder, label, before)
-	patch := client.MergeFrom(label.DeepCopy())
+	orig := label.DeepCopy()
 	label.Status = *next
-	if err := r.Status().Patch(ctx, label, patch); err != nil {
-		return fmt.Errorf("update status of SmtpLabel %s/%s: %w", label.Namespace, label.Name, err)
+	changed, err := patchStatus(ctx, r.Client, label, orig, func(l *v1.SmtpLabel) any { return l.Status })
+	if changed {
+		out.warnIfNew(r.Recorder, label, meta.FindStatusCondition(orig.Status.Conditions, v1.ConditionReady))
 	}
-	return nil
+	return err
 }
 
 func oldestLabel(labels []v1.SmtpLabel) *v1.SmtpLabel {

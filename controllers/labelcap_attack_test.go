@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
@@ -28,18 +27,11 @@ import (
 func TestAttackTooManyLabels(t *testing.T) {
 	ctx := context.Background()
 	const maxLabels = 20
-	env.StartManager(t, func(mgr ctrl.Manager) error {
-		for _, setup := range []func(ctrl.Manager) error{
-			(&AccountReconciler{MaxLabels: maxLabels}).SetupWithManager,
-			(&LabelReconciler{MaxLabels: maxLabels}).SetupWithManager,
-			(&CredentialsPublisher{MaxLabels: maxLabels}).SetupWithManager,
-		} {
-			if err := setup(mgr); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	env.StartManager(t, withIndexes(
+		(&AccountReconciler{MaxLabels: maxLabels}).SetupWithManager,
+		(&LabelReconciler{MaxLabels: maxLabels}).SetupWithManager,
+		(&CredentialsPublisher{MaxLabels: maxLabels}).SetupWithManager,
+	))
 	ns := env.Namespace(t, nil)
 	env.CreateRelay(t, ns, "mx")
 	waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)

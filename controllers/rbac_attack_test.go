@@ -150,7 +150,7 @@ func TestAttackRelayCertificateNotAllowed(t *testing.T) {
 		}
 	}
 	ns := env.Namespace(t, nil)
-	env.StartManager(t, (&RelayReconciler{Options: opts}).SetupWithManager)
+	env.StartManager(t, withIndexes((&RelayReconciler{Options: opts}).SetupWithManager))
 	relay := env.CreateRelay(t, ns, "mx", v1alpha1test.WithIssuer("ClusterIssuer", "corp-ca"), v1alpha1test.WithHostname("a.mail.example"))
 	env.WaitRelayReady(t, relayWait, relay, metav1.ConditionFalse, v1.ReasonCertificateNotAllowed)
 	waitRelayEvent(t, relay, corev1.EventTypeWarning, v1.ReasonCertificateNotAllowed)

@@ -16,11 +16,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -102,13 +100,6 @@ func (r *RelayReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Reader == nil {
 		r.Reader = mgr.GetAPIReader()
 	}
-	ctx := context.Background()
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &v1.SmtpRelay{}, relayIssuerIndex, indexRelayIssuer); err != nil {
-		return fmt.Errorf("index smtprelays by issuer: %w", err)
-	}
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &v1.SmtpRelay{}, relaySecretIndex, indexRelaySecret); err != nil {
-		return fmt.Errorf("index smtprelays by TLS secret: %w", err)
-	}
 	disco, err := discovery.NewDiscoveryClientForConfig(mgr.GetConfig())
 	if err != nil {
 		return fmt.Errorf("discovery client: %w", err)
@@ -150,7 +141,6 @@ func (r *RelayReconciler) SetupWithManager(mgr ctrl.Manager) error {
 // Reconcile renders the relay, applies every object, then records in
 // status whether the relay can serve and, if not, why.
 func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	log := ctrl.LoggerFrom(ctx)
 	relay := &v1.SmtpRelay{}
 	if err := r.Client.Get(ctx, req.NamespacedName, relay); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
@@ -159,47 +149,22 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		return ctrl.Result{}, nil // the garbage collector removes what the relay owns
 	}
 	orig := relay.DeepCopy()
-	conflict, err := r.chooseStream(ctx, relay)
+	objs, stall, err := r.render(ctx, relay)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if conflict != "" {
-		// Nothing tells this relay when the other one lets go of the stream.
-		return ctrl.Result{RequeueAfter: nameConflictRecheck}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: v1.ReasonStreamConflict, message: conflict})
-	}
-	if relay.Spec.TLS.IssuerRef != nil && !r.certManager.Load() {
-		return ctrl.Result{RequeueAfter: r.certManagerPoll()}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: v1.ReasonCertManagerMissing,
-			message: "spec.tls.issuerRef needs cert-manager, whose CRDs are not installed; install cert-manager (the operator picks it up without a restart) or set spec.tls.secretName to a TLS Secret of your own"})
-	}
-	objs, err := render.Relay(relay, r.Options)
-	if err != nil {
-		// Retrying cannot help; the spec has to change, and that triggers
-		// a new reconcile.
-		log.Info("relay cannot be rendered", "error", err.Error())
-		reason := v1.ReasonRenderFailed
-		switch {
-		case errors.Is(err, render.ErrImageNotAllowed):
-			reason = v1.ReasonImageNotAllowed
-		case errors.Is(err, render.ErrCertificateNotAllowed):
-			reason = v1.ReasonCertificateNotAllowed
-		}
-		return ctrl.Result{}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: reason, message: err.Error()})
+	if stall != nil {
+		return ctrl.Result{RequeueAfter: stall.recheck}, r.updateStatus(ctx, relay, orig, stall.verdict)
 	}
 	missing, err := r.stampSecretVersions(ctx, relay, objs)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	foreign, err := r.foreignObject(ctx, relay, objs)
-	if err != nil {
+	if stall, err = r.checkOwnership(ctx, relay, objs); err != nil {
 		return ctrl.Result{}, err
 	}
-	if foreign != "" {
-		// Never take over what someone else made: server-side apply with
-		// force would, and the garbage collector would delete it with the
-		// relay.
-		// No watch sees the other object go away: look again later.
-		return ctrl.Result{RequeueAfter: nameConflictRecheck}, r.updateStatus(ctx, relay, orig, relayVerdict{reason: v1.ReasonNameConflict,
-			message: foreign + " already exists and is not this relay's; rename the SmtpRelay or remove that object"})
+	if stall != nil {
+		return ctrl.Result{RequeueAfter: stall.recheck}, r.updateStatus(ctx, relay, orig, stall.verdict)
 	}
 	if err := r.applyAll(ctx, relay, objs); err != nil {
 		return ctrl.Result{}, err
@@ -207,9 +172,73 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	if err := r.pruneCertificate(ctx, relay, objs); err != nil {
 		return ctrl.Result{}, err
 	}
-	obs, err := r.observe(ctx, relay, objs)
+	verdict, err := r.observeStatus(ctx, relay, objs, missing)
 	if err != nil {
 		return ctrl.Result{}, err
+	}
+	return ctrl.Result{}, r.updateStatus(ctx, relay, orig, verdict)
+}
+
+// stall is a relay that cannot go on until something changes: its verdict,
+// and when to look again if no watch will say (0: a watch will).
+type stall struct {
+	verdict relayVerdict
+	recheck time.Duration
+}
+
+// render settles the relay's stream and renders its objects, or says why
+// it cannot: another relay has the stream, cert-manager is missing, or the
+// spec cannot become valid objects.
+func (r *RelayReconciler) render(ctx context.Context, relay *v1.SmtpRelay) (*render.RelayObjects, *stall, error) {
+	conflict, err := r.chooseStream(ctx, relay)
+	if err != nil {
+		return nil, nil, err
+	}
+	if conflict != "" {
+		// Nothing tells this relay when the other one lets go of the stream.
+		return nil, &stall{relayVerdict{reason: v1.ReasonStreamConflict, message: conflict}, nameConflictRecheck}, nil
+	}
+	if relay.Spec.TLS.IssuerRef != nil && !r.certManager.Load() {
+		return nil, &stall{relayVerdict{reason: v1.ReasonCertManagerMissing,
+			message: "spec.tls.issuerRef needs cert-manager, whose CRDs are not installed; install cert-manager (the operator picks it up without a restart) or set spec.tls.secretName to a TLS Secret of your own"},
+			r.certManagerPoll()}, nil
+	}
+	objs, err := render.Relay(relay, r.Options)
+	if err != nil {
+		// Retrying cannot help; the spec has to change, and that triggers
+		// a new reconcile.
+		ctrl.LoggerFrom(ctx).Info("relay cannot be rendered", "error", err.Error())
+		reason := v1.ReasonRenderFailed
+		switch {
+		case errors.Is(err, render.ErrImageNotAllowed):
+			reason = v1.ReasonImageNotAllowed
+		case errors.Is(err, render.ErrCertificateNotAllowed):
+			reason = v1.ReasonCertificateNotAllowed
+		}
+		return nil, &stall{verdict: relayVerdict{reason: reason, message: err.Error()}}, nil
+	}
+	return objs, nil, nil
+}
+
+// checkOwnership refuses to take over what someone else made: server-side
+// apply with force would, and the garbage collector would delete it with
+// the relay. No watch sees the other object go away, so the caller looks
+// again later.
+func (r *RelayReconciler) checkOwnership(ctx context.Context, relay *v1.SmtpRelay, objs *render.RelayObjects) (*stall, error) {
+	foreign, err := r.foreignObject(ctx, relay, objs)
+	if err != nil || foreign == "" {
+		return nil, err
+	}
+	return &stall{relayVerdict{reason: v1.ReasonNameConflict,
+		message: foreign + " already exists and is not this relay's; rename the SmtpRelay or remove that object"}, nameConflictRecheck}, nil
+}
+
+// observeStatus fills the relay's status from what the cluster now holds
+// and judges its readiness.
+func (r *RelayReconciler) observeStatus(ctx context.Context, relay *v1.SmtpRelay, objs *render.RelayObjects, missing *render.SecretRef) (relayVerdict, error) {
+	obs, err := r.observe(ctx, relay, objs)
+	if err != nil {
+		return relayVerdict{}, err
 	}
 	obs.missingRef = missing
 	relay.Status.ReadyReplicas = obs.readyReplicas
@@ -217,9 +246,9 @@ func (r *RelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	relay.Status.Selector = labels.SelectorFromSet(render.Selector(relay)).String()
 	relay.Status.Endpoint = render.Endpoint(relay)
 	if relay.Status.Accounts, err = r.publishedAccounts(ctx, relay); err != nil {
-		return ctrl.Result{}, err
+		return relayVerdict{}, err
 	}
-	return ctrl.Result{}, r.updateStatus(ctx, relay, orig, relayReadiness(obs))
+	return relayReadiness(obs), nil
 }
 
 // nameConflictRecheck is how soon a relay blocked by someone else's object
@@ -259,38 +288,6 @@ func (r *RelayReconciler) applyAll(ctx context.Context, relay *v1.SmtpRelay, obj
 		if err := applyObject(ctx, r.Client, r.Scheme, obj); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-// applyObject writes obj with server-side apply as FieldManager, taking
-// over fields another manager set, and reads back what the API server
-// stored (status included) into obj.
-//
-// controller-runtime v0.24 deprecates the client.Apply patch type in favour
-// of Client.Apply with apply configurations. The render functions return
-// typed objects (readable, and what the tests compare), so they are sent as
-// unstructured apply configurations. The caveat that a typed object's zero
-// values cannot be told from unset ones does not bite: Kubernetes types mark
-// optional fields omitempty, the render functions set what they mean, and
-// status, which the main resource ignores anyway, is left out.
-func applyObject(ctx context.Context, c client.Client, scheme *runtime.Scheme, obj client.Object) error {
-	gvk, err := apiutil.GVKForObject(obj, scheme)
-	if err != nil {
-		return fmt.Errorf("apply %T %s: %w", obj, obj.GetName(), err)
-	}
-	content, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
-	if err != nil {
-		return fmt.Errorf("apply %s %s: %w", gvk.Kind, obj.GetName(), err)
-	}
-	delete(content, "status")
-	u := &unstructured.Unstructured{Object: content}
-	u.SetGroupVersionKind(gvk)
-	if err := c.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
-		return fmt.Errorf("apply %s %s/%s: %w", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
-	}
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, obj); err != nil {
-		return fmt.Errorf("read applied %s %s: %w", gvk.Kind, obj.GetName(), err)
 	}
 	return nil
 }
@@ -529,11 +526,9 @@ func certificateDetail(cert *certmanagerv1.Certificate) string {
 func (r *RelayReconciler) updateStatus(ctx context.Context, relay, orig *v1.SmtpRelay, v relayVerdict) error {
 	relay.Status.ObservedGeneration = relay.Generation
 	setReady(&relay.Status.Conditions, relay.Generation, v.ready, v.reason, v.message)
-	if equality.Semantic.DeepEqual(orig.Status, relay.Status) {
-		return nil
-	}
-	if err := r.Client.Status().Patch(ctx, relay, client.MergeFrom(orig)); err != nil {
-		return client.IgnoreNotFound(fmt.Errorf("update status of relay %s: %w", relay.Name, err))
+	changed, err := patchStatus(ctx, r.Client, relay, orig, func(r *v1.SmtpRelay) any { return r.Status })
+	if !changed {
+		return client.IgnoreNotFound(err)
 	}
 	if prev := meta.FindStatusCondition(orig.Status.Conditions, v1.ConditionReady); prev == nil || prev.Reason != v.reason {
 		r.recordEvent(relay, v)
@@ -552,29 +547,6 @@ func (r *RelayReconciler) recordEvent(relay *v1.SmtpRelay, v relayVerdict) {
 	case v.reason == v1.ReasonReady:
 		r.Recorder.Eventf(relay, nil, corev1.EventTypeNormal, v.reason, "Reconcile", "%s", v.message)
 	}
-}
-
-// indexRelayIssuer keys a relay by the cert-manager issuer it names:
-// "Issuer/<name>" (looked up in the relay's namespace) or
-// "ClusterIssuer/<name>".
-func indexRelayIssuer(obj client.Object) []string {
-	ref := obj.(*v1.SmtpRelay).Spec.TLS.IssuerRef
-	if ref == nil || render.IssuerRefGroup(ref) != render.CertManagerGroup {
-		return nil
-	}
-	return []string{render.IssuerRefKind(ref) + "/" + ref.Name}
-}
-
-func indexRelaySecret(obj client.Object) []string {
-	relay := obj.(*v1.SmtpRelay)
-	var names []string
-	if name := relay.Spec.TLS.SecretName; name != "" {
-		names = append(names, name)
-	}
-	for _, ref := range render.ReferencedSecrets(relay) {
-		names = append(names, ref.Name)
-	}
-	return names
 }
 
 func (r *RelayReconciler) relaysForIssuer(ctx context.Context, obj client.Object) []reconcile.Request {

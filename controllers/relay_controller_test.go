@@ -25,7 +25,6 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -41,9 +40,7 @@ const relayWait = 15 * time.Second
 
 func startRelayController(t *testing.T) {
 	t.Helper()
-	env.StartManager(t, func(mgr ctrl.Manager) error {
-		return (&RelayReconciler{Options: testRenderOptions}).SetupWithManager(mgr)
-	})
+	env.StartManager(t, withIndexes((&RelayReconciler{Options: testRenderOptions}).SetupWithManager))
 }
 
 // updateRelay changes the relay's spec as a user would, retrying on
@@ -398,7 +395,7 @@ func bindOperatorRole(t *testing.T, user string) {
 // to the API server with cfg (here: as another user).
 func startManagerWithConfig(t *testing.T, cfg *rest.Config) {
 	t.Helper()
-	env.RunManagerAs(t, cfg, (&RelayReconciler{Options: testRenderOptions}).SetupWithManager)
+	env.RunManagerAs(t, cfg, withIndexes((&RelayReconciler{Options: testRenderOptions}).SetupWithManager))
 }
 
 // TestRelayRateLimitSecrets checks that a relay whose sidecar needs a Redis

@@ -71,7 +71,7 @@ func TestAccountLostSecretGrace(t *testing.T) {
 	env.CreateRelay(t, ns, "mx")
 	waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
 	secret := env.GetSecret(t, ns, "shop-smtp-credentials")
-	salt := keyDigestSalt(types.NamespacedName{Namespace: ns, Name: "mx"}, "shop")
+	salt := render.DigestSalt(types.NamespacedName{Namespace: ns, Name: "mx"}, "shop")
 	lost := wire.SaltedDigest(string(secret.Data[render.SecretKeyPassword]), salt)
 	shard := wire.ShardSecretName("mx", wire.ShardOf("shop"))
 	env.WaitSecret(t, wait, ns, shard, func(s *corev1.Secret) error { return shardHasDigest(s, lost) })

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"fmt"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -17,6 +18,9 @@ import (
 
 // Setup registers every mailfleet controller with mgr.
 func Setup(mgr ctrl.Manager, opts render.Options) error {
+	if err := IndexFields(context.Background(), mgr); err != nil {
+		return err
+	}
 	setups := []struct {
 		name  string
 		setup func(ctrl.Manager) error
@@ -24,7 +28,6 @@ func Setup(mgr ctrl.Manager, opts render.Options) error {
 		{"smtprelay", (&RelayReconciler{Options: opts}).SetupWithManager},
 		{"smtpaccount", (&AccountReconciler{}).SetupWithManager},
 		{"smtplabel", (&LabelReconciler{}).SetupWithManager},
-		// After the account controller, whose cache indexes it reads.
 		{"credentials", (&CredentialsPublisher{}).SetupWithManager},
 	}
 	for _, s := range setups {

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/golden from what the renderers make now")
@@ -27,6 +28,20 @@ type goldenInput struct {
 	Account  *v1.SmtpAccount `json:"account,omitempty"`
 	LabelIDs []string        `json:"labelIDs,omitempty"`
 	Key      goldenKeyState  `json:"key,omitempty"`
+	// Shard, when set, renders the relay's credentials shard of these
+	// accounts instead of the relay's objects.
+	Shard *goldenShard `json:"shard,omitempty"`
+}
+
+// goldenShard is one shard's accounts, each with the digests of its keys and
+// its active labels.
+type goldenShard struct {
+	Number   int `json:"number"`
+	Accounts []struct {
+		Account v1.SmtpAccount `json:"account"`
+		Digests []string       `json:"digests"`
+		Labels  []wire.Label   `json:"labels"`
+	} `json:"accounts"`
 }
 
 // goldenKeyState is KeyState as input.yaml spells it.
@@ -68,9 +83,12 @@ func renderCase(t *testing.T, input string) map[string][]byte {
 		t.Fatalf("%s: %v", input, err)
 	}
 	var objs []Object
-	if in.Account != nil {
+	switch {
+	case in.Shard != nil:
+		objs = append(objs, shardOf(t, in.Relay, in.Shard))
+	case in.Account != nil:
 		objs = append(objs, CredentialsSecret(CredentialsInput{Account: in.Account, Relay: in.Relay, LabelIDs: in.LabelIDs, Key: in.Key.state()}))
-	} else {
+	default:
 		rendered, err := Relay(in.Relay, in.Options)
 		if err != nil {
 			t.Fatalf("render: %v", err)
@@ -86,6 +104,19 @@ func renderCase(t *testing.T, input string) map[string][]byte {
 		out[strings.ToLower(reflect.TypeOf(o).Elem().Name())+"-"+o.GetName()+".yaml"] = y
 	}
 	return out
+}
+
+func shardOf(t *testing.T, relay *v1.SmtpRelay, in *goldenShard) Object {
+	t.Helper()
+	var accounts []wire.Account
+	for _, a := range in.Accounts {
+		accounts = append(accounts, ShardEntry(&a.Account, relay, a.Digests, a.Labels))
+	}
+	data, err := wire.MarshalShard(accounts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ShardSecret(relay, in.Number, data, len(accounts))
 }
 
 // readable shows a Secret's data as text, which is what a reviewer of a

@@ -148,7 +148,7 @@ func TestCertManagerController(t *testing.T) {
 		t.FailNow()
 	}
 
-	// What controllers/relay_render.go's relayCertificate asks for, for an
+	// What controllers/render's relayCertificate asks for, for an
 	// SmtpRelay named "smtp" with hostname smtp.example.com and
 	// spec.tls.issuerRef naming the sample CA Issuer.
 	const relaySecret = "smtp-tls"
