@@ -83,18 +83,31 @@ func (s *session) authDone(mech string, err error) bool {
 	}
 }
 
-// authRefused answers a refused login. One whose reply ends the session is
-// the Backend shutting the client out (throttled); any other is a failure.
+// authRefused answers a refused login: throttled when the Backend shut
+// the address out (ErrAuthThrottled), a failure otherwise.
 func (s *session) authRefused(mech string, err error) bool {
 	result := "failure"
-	if ends(replyOf(err, ReplyTryLater)) {
+	if errors.Is(err, ErrAuthThrottled) {
 		result = "throttled"
 	} else {
 		// The username is not logged: clients sometimes put the key there.
-		s.log.Info("authentication failed", "mechanism", mech)
+		s.log.Info("authentication failed", "mechanism", mechanismLabel(mech))
 	}
-	s.srv.deps.Metrics.auth.WithLabelValues(mech, result).Inc()
+	s.srv.deps.Metrics.auth.WithLabelValues(mechanismLabel(mech), result).Inc()
 	return s.refused(err)
+}
+
+// mechanismLabel is mech as metrics and logs may show it. A shut-out
+// client hears 421 whatever it sends after AUTH, before its mechanism is
+// looked at, so mech is whatever it sent: a label of its own choosing would
+// make series without bound, and a client that typed its key after AUTH
+// would put the key in a metric.
+func mechanismLabel(mech string) string {
+	switch mech {
+	case "LOGIN", "PLAIN":
+		return mech
+	}
+	return "other"
 }
 
 // exchange runs a SASL conversation: challenges go out as 334 replies, and

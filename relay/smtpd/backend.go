@@ -53,6 +53,10 @@ type Session interface {
 	// ErrMessageLineTooLong) after reading it to its end; otherwise the
 	// connection failed and nobody will read a reply. Whatever of r Data
 	// leaves unread, the engine discards, so the session stays in step.
+	//
+	// Data returns nil only after reading r to io.EOF: the engine refuses
+	// to acknowledge a body it was not, since the client would hear 250
+	// for a message cut short. r must not be used after Data returns.
 	Data(ctx context.Context, r io.Reader) (queueID string, err error)
 	// Reset ends the transaction under way, if any (RSET, EHLO, the end
 	// of DATA).
@@ -67,6 +71,11 @@ type MailOptions struct {
 	// refused one over Config.MaxMessageBytes.
 	Size int64
 }
+
+// ErrAuthThrottled is what a Backend wraps in the *Error it returns from
+// AuthStart or Auth when it shuts an address out after too many failures:
+// the engine counts that login as throttled rather than failed.
+var ErrAuthThrottled = errors.New("authentication throttled")
 
 // ConnInfo is what a Backend knows of the connection a session runs on.
 // The engine owns it and keeps Helo current; a Backend only reads it.

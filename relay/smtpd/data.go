@@ -56,6 +56,20 @@ func (d *dataReader) Read(p []byte) (int, error) {
 	return 0, d.err
 }
 
+// handedOutWhole reports whether the whole body, to its end and within the
+// limits, was handed out.
+func (d *dataReader) handedOutWhole() bool {
+	return d.err == io.EOF && len(d.pending) == 0
+}
+
+// refusalOr is the limit the body crossed, or e when it crossed none.
+func (d *dataReader) refusalOr(e *Error) *Error {
+	if d.refusal != nil {
+		return d.refusal
+	}
+	return e
+}
+
 // finish discards what the Backend left unread, and returns the read error
 // if the connection failed before the end of data.
 func (d *dataReader) finish() error {

@@ -112,10 +112,11 @@ func (s *session) serve() {
 }
 
 func (s *session) close() {
+	// The last reply first: a slow Logout must not hold back a 221 or 421.
+	s.bw.Flush()
 	if s.backend != nil {
 		s.backend.Logout()
 	}
-	s.bw.Flush()
 	s.connMu.Lock()
 	s.conn.Close()
 	s.connMu.Unlock()
@@ -124,10 +125,7 @@ func (s *session) close() {
 // begin starts the Backend's side of the session, ending the one before
 // if any; false means the Backend refused and the session is over.
 func (s *session) begin() bool {
-	if s.backend != nil {
-		s.backend.Logout()
-		s.backend = nil
-	}
+	s.endBackend()
 	s.inMail, s.rcpts = false, 0
 	b, err := s.srv.deps.Backend.NewSession(s.info)
 	if err != nil {
@@ -137,6 +135,14 @@ func (s *session) begin() bool {
 	}
 	s.backend = b
 	return true
+}
+
+// endBackend logs out of the Backend's session, if there is one.
+func (s *session) endBackend() {
+	if s.backend != nil {
+		s.backend.Logout()
+		s.backend = nil
+	}
 }
 
 // refused answers a Backend's refusal, and reports whether the session goes
@@ -341,6 +347,9 @@ func (s *session) startTLS() bool {
 	s.connMu.Lock()
 	raw := s.conn
 	s.connMu.Unlock()
+	// The session before TLS ends before its connection info says TLS:
+	// a Backend that records its sessions' security sees it as it was.
+	s.endBackend()
 	tlsConn := tls.Server(raw, s.srv.cfg.TLS)
 	ctx, cancel := context.WithTimeout(s.srv.ctx, 30*time.Second)
 	defer cancel()
@@ -437,6 +446,7 @@ func (s *session) cmdData(arg string) bool {
 	s.setDeadline(s.srv.cfg.DataTimeout)
 	body := newDataReader(s.br, s.srv.cfg.MaxMessageBytes, s.srv.cfg.MaxLineLength)
 	id, err := s.backend.Data(s.srv.ctx, body)
+	whole := body.handedOutWhole()
 	// A body cut off by the connection gets no reply, whatever the
 	// Backend made of it: nothing was acknowledged, the client retries.
 	if readErr := body.finish(); readErr != nil {
@@ -445,6 +455,12 @@ func (s *session) cmdData(arg string) bool {
 	}
 	if err != nil {
 		return s.refused(err)
+	}
+	if !whole {
+		// The Backend broke its contract: 250 would acknowledge a message
+		// cut short, or one over a limit.
+		s.log.Error("backend accepted a body it did not read whole; refusing it", "queue_id", id)
+		return s.refused(body.refusalOr(&Error{Reply: ReplyTryLater}))
 	}
 	s.reply(ReplyQueued.With(id))
 	return true

@@ -21,7 +21,7 @@ type session struct {
 }
 
 // errThrottled means the client's address has no failures left.
-var errThrottled = errors.New("authentication throttled")
+var errThrottled = smtpd.ErrAuthThrottled
 
 // AuthStart shuts out an address already over its failures, before it
 // sends a key; it reserves nothing.
