@@ -138,6 +138,23 @@ func assertNoKeyLeak(t *testing.T, ns string, keys ...string) {
 	}
 }
 
+// startAccounts runs the account and label controllers and returns a
+// namespace of the test's own.
+func startAccounts(t *testing.T) string {
+	t.Helper()
+	env.StartManager(t, setupCredentialControllers)
+	return env.Namespace(t, nil)
+}
+
+// startAccountsWithRelay is startAccounts with an SmtpRelay "mx" in the
+// namespace.
+func startAccountsWithRelay(t *testing.T) string {
+	t.Helper()
+	ns := startAccounts(t)
+	env.CreateRelay(t, ns, "mx")
+	return ns
+}
+
 // waitNextSecond returns once the clock has left the second obj was
 // created in, so an object created next is strictly younger (creation
 // timestamps have one-second resolution).
@@ -147,9 +164,7 @@ func waitNextSecond(obj client.Object) {
 }
 
 func TestAccountGeneratedKey(t *testing.T) {
-	env.StartManager(t, setupCredentialControllers)
-	ns := env.Namespace(t, nil)
-	env.CreateRelay(t, ns, "mx")
+	ns := startAccountsWithRelay(t)
 	acc := env.CreateAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
 		a.Spec.Key.Generated = &v1.GeneratedKey{Bytes: 48}
 		a.Spec.SecretTemplate = &v1.SecretTemplate{
@@ -221,9 +236,7 @@ func TestAccountKeyReusedAcrossRestart(t *testing.T) {
 
 func TestAccountKeyRotation(t *testing.T) {
 	ctx := context.Background()
-	env.StartManager(t, setupCredentialControllers)
-	ns := env.Namespace(t, nil)
-	env.CreateRelay(t, ns, "mx")
+	ns := startAccountsWithRelay(t)
 	acc := env.CreateAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
 		a.Spec.Key.RotationGracePeriod = &metav1.Duration{Duration: 2 * time.Second}
 	})
@@ -282,9 +295,7 @@ func TestAccountKeyRotation(t *testing.T) {
 
 func TestAccountReferencedSecret(t *testing.T) {
 	ctx := context.Background()
-	env.StartManager(t, setupCredentialControllers)
-	ns := env.Namespace(t, nil)
-	env.CreateRelay(t, ns, "mx")
+	ns := startAccountsWithRelay(t)
 	acc := env.CreateAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
 		a.Spec.Key.SecretRef = &v1.SecretKeyReference{Name: "sealed-key"}
 	})
@@ -354,9 +365,7 @@ func TestAccountReferencedSecret(t *testing.T) {
 
 func TestAccountForeignSecret(t *testing.T) {
 	ctx := context.Background()
-	env.StartManager(t, setupCredentialControllers)
-	ns := env.Namespace(t, nil)
-	env.CreateRelay(t, ns, "mx")
+	ns := startAccountsWithRelay(t)
 	foreign := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "shop-smtp-credentials", Namespace: ns},
 		Data:       map[string][]byte{"password": []byte("someone-elses")},
@@ -386,8 +395,7 @@ func TestAccountForeignSecret(t *testing.T) {
 }
 
 func TestAccountTenancy(t *testing.T) {
-	env.StartManager(t, setupCredentialControllers)
-	platform := env.Namespace(t, nil)
+	platform := startAccounts(t)
 	labelled := env.Namespace(t, map[string]string{"mailfleet.io/tenant": "yes"})
 	other := env.Namespace(t, nil)
 	selector := func(r *v1.SmtpRelay) {
@@ -451,8 +459,7 @@ func TestAccountTenancy(t *testing.T) {
 
 func TestAccountAPIUserConflict(t *testing.T) {
 	ctx := context.Background()
-	env.StartManager(t, setupCredentialControllers)
-	platform := env.Namespace(t, nil)
+	platform := startAccounts(t)
 	nsA, nsB := env.Namespace(t, nil), env.Namespace(t, nil)
 	env.CreateRelay(t, platform, "mx", func(r *v1.SmtpRelay) { r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll })
 	acme := func(a *v1.SmtpAccount) { a.Spec.APIUser = "acme" }
@@ -489,8 +496,7 @@ func TestAccountAPIUserConflict(t *testing.T) {
 
 func TestAccountRelayNotFoundAndSuspended(t *testing.T) {
 	ctx := context.Background()
-	env.StartManager(t, setupCredentialControllers)
-	ns := env.Namespace(t, nil)
+	ns := startAccounts(t)
 	acc := waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx"), v1.ReasonRelayNotFound)
 	if msg := readyMessage(acc); !strings.Contains(msg, ns+"/mx") {
 		t.Errorf("message does not name the relay: %q", msg)
@@ -523,9 +529,7 @@ func TestAccountRelayNotFoundAndSuspended(t *testing.T) {
 // secretRetention is Delete (TestAccountSecretRetained: kept by default).
 func TestAccountSecretRenamed(t *testing.T) {
 	ctx := context.Background()
-	env.StartManager(t, setupCredentialControllers)
-	ns := env.Namespace(t, nil)
-	env.CreateRelay(t, ns, "mx")
+	ns := startAccountsWithRelay(t)
 	acc := waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) {
 		a.Spec.SecretRetention = v1.SecretRetentionDelete
 	}), v1.ReasonReady)

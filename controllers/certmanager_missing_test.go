@@ -41,34 +41,30 @@ func TestRelayWithoutCertManager(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ready := func(name string) (*metav1.Condition, error) {
-		var r v1.SmtpRelay
-		if err := c.Get(ctx, client.ObjectKey{Namespace: "mail", Name: name}, &r); err != nil {
-			return nil, err
-		}
-		if cond := meta.FindStatusCondition(r.Status.Conditions, v1.ConditionReady); cond != nil && cond.ObservedGeneration == r.Generation {
-			return cond, nil
-		}
-		return nil, fmt.Errorf("relay %s not reconciled yet", name)
+	// waitRelay waits until the relay's Ready condition speaks of its
+	// generation with reason (what names the relay in the error), and then
+	// check passes.
+	waitRelay := func(name, reason, what string, check func() error) {
+		t.Helper()
+		envtestkit.Eventually(t, relayWait, func() error {
+			var r v1.SmtpRelay
+			if err := c.Get(ctx, client.ObjectKey{Namespace: "mail", Name: name}, &r); err != nil {
+				return err
+			}
+			cond := meta.FindStatusCondition(r.Status.Conditions, v1.ConditionReady)
+			if cond == nil || cond.ObservedGeneration != r.Generation {
+				return fmt.Errorf("relay %s not reconciled yet", name)
+			}
+			if cond.Reason != reason {
+				return fmt.Errorf("%s: %s %s", what, cond.Reason, cond.Message)
+			}
+			return check()
+		})
 	}
-	envtestkit.Eventually(t, relayWait, func() error {
-		cond, err := ready("own")
-		if err != nil {
-			return err
-		}
-		if cond.Reason != v1.ReasonReplicasNotReady {
-			return fmt.Errorf("own TLS relay: %s %s", cond.Reason, cond.Message)
-		}
+	waitRelay("own", v1.ReasonReplicasNotReady, "own TLS relay", func() error {
 		return c.Get(ctx, client.ObjectKey{Namespace: "mail", Name: "own"}, &appsv1.Deployment{})
 	})
-	envtestkit.Eventually(t, relayWait, func() error {
-		cond, err := ready("issued")
-		if err != nil {
-			return err
-		}
-		if cond.Reason != v1.ReasonCertManagerMissing {
-			return fmt.Errorf("issuer relay: %s %s", cond.Reason, cond.Message)
-		}
+	waitRelay("issued", v1.ReasonCertManagerMissing, "issuer relay", func() error {
 		var events eventsv1.EventList
 		if err := c.List(ctx, &events, client.InNamespace("mail")); err != nil {
 			return err
@@ -88,14 +84,7 @@ func TestRelayWithoutCertManager(t *testing.T) {
 	if _, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{certManager}}); err != nil {
 		t.Fatal(err)
 	}
-	envtestkit.Eventually(t, relayWait, func() error {
-		cond, err := ready("issued")
-		if err != nil {
-			return err
-		}
-		if cond.Reason != v1.ReasonIssuerNotFound {
-			return fmt.Errorf("after installing cert-manager: %s %s", cond.Reason, cond.Message)
-		}
+	waitRelay("issued", v1.ReasonIssuerNotFound, "after installing cert-manager", func() error {
 		return c.Get(ctx, client.ObjectKey{Namespace: "mail", Name: "issued"}, &certmanagerv1.Certificate{})
 	})
 }

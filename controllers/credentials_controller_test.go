@@ -149,9 +149,19 @@ func startPublishing(t *testing.T) {
 // verifier on it, until the test ends.
 func relayCredentials(t *testing.T, ns, relay string) (*kubesource.Secrets, *credentials.Verifier) {
 	t.Helper()
-	src := kubesource.NewSecrets(kubernetes.NewForConfigOrDie(env.Config), ns, relay, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go src.Run(ctx)
+	src := runShardSource(t, kubernetes.NewForConfigOrDie(env.Config), ns, relay)
 	return src, credentials.NewVerifier(src)
+}
+
+// runShardSource runs the relay's watch of its credentials shards in ns
+// through cs (the admin, or a client acting as the relay) until the test
+// ends.
+func runShardSource(t *testing.T, cs kubernetes.Interface, ns, relay string) *kubesource.Secrets {
+	t.Helper()
+	src := kubesource.NewSecrets(cs, ns, relay, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); src.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return src
 }

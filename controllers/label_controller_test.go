@@ -39,9 +39,7 @@ func secretHasLabel(t *testing.T, ns, secret, labelID, want string) {
 
 func TestLabelLifecycle(t *testing.T) {
 	ctx := context.Background()
-	env.StartManager(t, setupCredentialControllers)
-	ns := env.Namespace(t, nil)
-	env.CreateRelay(t, ns, "mx")
+	ns := startAccountsWithRelay(t)
 	acc := waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx", func(a *v1.SmtpAccount) { a.Spec.APIUser = "acme" }), v1.ReasonReady)
 	const secret = "shop-smtp-credentials"
 

@@ -3,8 +3,6 @@ package controllers
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 
@@ -22,7 +20,6 @@ import (
 	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
-	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
 )
 
 // Attack (issue 12.14): the relay's Role let its token list and watch every
@@ -77,11 +74,7 @@ func TestAttackRelayTokenReadsOtherSecrets(t *testing.T) {
 	}
 
 	// What the relay does need still works: its shard watch, by name.
-	src := kubesource.NewSecrets(asRelay, ns, relay.Name, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- src.Run(runCtx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	src := runShardSource(t, asRelay, ns, relay.Name)
 	envtestkit.Eventually(t, relayWait, func() error {
 		if _, ok := src.Lookup("acme"); !ok || !src.Synced() {
 			return errors.New("the relay's shard watch has not seen acme")

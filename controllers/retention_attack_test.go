@@ -23,9 +23,7 @@ import (
 // its key.
 func TestAccountSecretRetained(t *testing.T) {
 	ctx := context.Background()
-	env.StartManager(t, setupCredentialControllers)
-	ns := env.Namespace(t, nil)
-	env.CreateRelay(t, ns, "mx")
+	ns := startAccountsWithRelay(t)
 	acc := waitReason(t, env.CreateAccount(t, ns, "shop", "", "mx"), v1.ReasonReady)
 	key := string(env.GetSecret(t, ns, "shop-smtp-credentials").Data[render.SecretKeyPassword])
 

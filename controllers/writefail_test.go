@@ -23,9 +23,7 @@ import (
 // namespace: the account says so, and recovers once the policy is lifted.
 func TestAccountSecretWriteRefused(t *testing.T) {
 	ctx := context.Background()
-	env.StartManager(t, setupCredentialControllers)
-	ns := env.Namespace(t, nil)
-	env.CreateRelay(t, ns, "mx")
+	ns := startAccountsWithRelay(t)
 	name := "freeze-" + ns
 	policy := &admissionv1.ValidatingAdmissionPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: name},

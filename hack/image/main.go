@@ -242,6 +242,16 @@ func buildImage(o *options, p v1.Platform, baseLayer v1.Layer, mtime time.Time) 
 	return mutate.Append(img, adds...)
 }
 
+// splitSpec splits the value spec of flag at its first "=", neither side
+// empty, as want shows.
+func splitSpec(flag, spec, want string) (string, string, error) {
+	before, after, ok := strings.Cut(spec, "=")
+	if !ok || before == "" || after == "" {
+		return "", "", fmt.Errorf("%s %q: want %s", flag, spec, want)
+	}
+	return before, after, nil
+}
+
 func setEnv(env []string, key, kv string) []string {
 	for i, e := range env {
 		if strings.HasPrefix(e, key+"=") {
@@ -266,9 +276,9 @@ func appTree(o *options, p v1.Platform) (tree, error) {
 		}
 	}
 	for _, spec := range o.files {
-		src, rest, ok := strings.Cut(spec, "=")
-		if !ok || src == "" || rest == "" {
-			return nil, fmt.Errorf("-file %q: want SRC=DST[:MODE[:UID:GID]]", spec)
+		src, rest, err := splitSpec("-file", spec, "SRC=DST[:MODE[:UID:GID]]")
+		if err != nil {
+			return nil, err
 		}
 		dst, modeOwner, _ := strings.Cut(rest, ":")
 		src = strings.ReplaceAll(src, "{arch}", p.Architecture)
@@ -293,18 +303,18 @@ func appTree(o *options, p v1.Platform) (tree, error) {
 		}
 	}
 	for _, spec := range o.links {
-		dst, target, ok := strings.Cut(spec, "=")
-		if !ok || dst == "" || target == "" {
-			return nil, fmt.Errorf("-link %q: want DST=TARGET", spec)
+		dst, target, err := splitSpec("-link", spec, "DST=TARGET")
+		if err != nil {
+			return nil, err
 		}
 		if err := t.add(dst, &entry{typ: typeSymlink, mode: 0o777, linkname: target}); err != nil {
 			return nil, err
 		}
 	}
 	for _, spec := range o.caps {
-		dst, names, ok := strings.Cut(spec, "=")
-		if !ok {
-			return nil, fmt.Errorf("-cap %q: want DST=CAP[,CAP]", spec)
+		dst, names, err := splitSpec("-cap", spec, "DST=CAP[,CAP]")
+		if err != nil {
+			return nil, err
 		}
 		e := t[cleanPath(dst)]
 		if e == nil || e.typ != typeReg {

@@ -43,8 +43,12 @@ type Env struct {
 	// CacheOptions gives each manager its cache options (the operator's,
 	// so tests cache what the operator caches); nil means the defaults.
 	CacheOptions func() cache.Options
+	// CRDDirs are the directories of the CRDs the API server starts with;
+	// nil means mailfleet's and cert-manager's.
+	CRDDirs []string
 
-	// Set by Run: the API server, and a client of it as its admin.
+	// Set by Run (or Start): the API server, and a client of it as its
+	// admin.
 	Config *rest.Config
 	Client client.Client
 }
@@ -57,22 +61,36 @@ func (e *Env) Run(m *testing.M) int {
 		return 1
 	}
 	ctrl.SetLogger(zap.New(zap.UseDevMode(true), zap.WriteTo(os.Stderr), zap.Level(zapLevel())))
-	certManager, err := CertManagerCRDs()
+	stop, err := e.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	api, cfg, c, err := startAPIServer(e.Scheme, MailfleetCRDs(), certManager)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	e.Config, e.Client = cfg, c
 	code := m.Run()
-	if err := api.Stop(); err != nil {
+	if err := stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "stop envtest:", err)
 	}
 	return code
+}
+
+// Start starts the API server with the CRDs of CRDDirs and sets Config and
+// Client; stop stops the server. Run does this around a package's tests; a
+// TestMain with more to prepare calls Start itself.
+func (e *Env) Start() (stop func() error, err error) {
+	dirs := e.CRDDirs
+	if dirs == nil {
+		certManager, err := CertManagerCRDs()
+		if err != nil {
+			return nil, err
+		}
+		dirs = []string{MailfleetCRDs(), certManager}
+	}
+	api, cfg, c, err := startAPIServer(e.Scheme, dirs...)
+	if err != nil {
+		return nil, err
+	}
+	e.Config, e.Client = cfg, c
+	return api.Stop, nil
 }
 
 // MailfleetCRDs is the directory of the operator's generated CRDs.

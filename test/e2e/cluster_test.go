@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -24,7 +23,7 @@ import (
 )
 
 var (
-	repoRoot   = func() string { _, f, _, _ := runtime.Caller(0); return filepath.Join(filepath.Dir(f), "..", "..") }()
+	repoRoot   = envtestkit.RepoRoot()
 	kubeconfig = filepath.Join(repoRoot, "bin", "cluster", "kubeconfig")
 	kubectlBin = filepath.Join(repoRoot, "bin", "k8s", "kubectl")
 	helmBin    = filepath.Join(repoRoot, "bin", "helm")
@@ -57,39 +56,33 @@ func run(ctx context.Context, stdin []byte, name string, args ...string) (string
 	return out.String(), nil
 }
 
-// kubectl runs kubectl, failing the test on error.
-func kubectl(t *testing.T, args ...string) string {
+// mustRun is run within timeout, failing the test on error.
+func mustRun(t *testing.T, timeout time.Duration, stdin []byte, name string, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	out, err := run(ctx, nil, kubectlBin, args...)
+	out, err := run(ctx, stdin, name, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// kubectl runs kubectl, failing the test on error.
+func kubectl(t *testing.T, args ...string) string {
+	t.Helper()
+	return mustRun(t, 10*time.Minute, nil, kubectlBin, args...)
 }
 
 // kubectlIn runs kubectl with stdin.
 func kubectlIn(t *testing.T, stdin string, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	out, err := run(ctx, []byte(stdin), kubectlBin, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return mustRun(t, 10*time.Minute, []byte(stdin), kubectlBin, args...)
 }
 
 func helm(t *testing.T, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	out, err := run(ctx, nil, helmBin, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return mustRun(t, 15*time.Minute, nil, helmBin, args...)
 }
 
 // getJSON decodes `kubectl get -o json`.

@@ -16,38 +16,40 @@ import (
 // testVersion is what the test stamps into the binary it builds.
 const testVersion = "v0.0.0-install-test"
 
-var (
-	imageBinaryOnce sync.Once
-	imageBinaryPath string
-	imageBinaryErr  error
-)
+// builtOnce returns a function that runs build the first time a test asks
+// for its result, once per test run, and gives every test the path it
+// built, or fails it with the one build's error.
+func builtOnce(build func() (string, error)) func(t *testing.T) string {
+	result := sync.OnceValues(build)
+	return func(t *testing.T) string {
+		t.Helper()
+		path, err := result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+}
 
 // imageBinary builds mailfleet with the Dockerfile's own `go build` command,
 // as written there (only VERSION, the target platform and the output path
 // are filled in), once per test run. The operator test runs this binary, so
 // what is tested is what the image ships.
-func imageBinary(t *testing.T) string {
-	t.Helper()
-	imageBinaryOnce.Do(func() {
-		build, err := dockerfileBuildCommand()
-		if err != nil {
-			imageBinaryErr = err
-			return
-		}
-		imageBinaryPath = filepath.Join(workDir, "mailfleet")
-		build = strings.Replace(build, "/out/mailfleet", imageBinaryPath, 1)
-		cmd := exec.Command("sh", "-c", build)
-		cmd.Dir = repoRoot
-		cmd.Env = append(os.Environ(), "VERSION="+testVersion, "TARGETOS="+runtime.GOOS, "TARGETARCH="+runtime.GOARCH)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			imageBinaryErr = fmt.Errorf("%s: %w\n%s", build, err, out)
-		}
-	})
-	if imageBinaryErr != nil {
-		t.Fatal(imageBinaryErr)
+var imageBinary = builtOnce(func() (string, error) {
+	build, err := dockerfileBuildCommand()
+	if err != nil {
+		return "", err
 	}
-	return imageBinaryPath
-}
+	path := filepath.Join(workDir, "mailfleet")
+	build = strings.Replace(build, "/out/mailfleet", path, 1)
+	cmd := exec.Command("sh", "-c", build)
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "VERSION="+testVersion, "TARGETOS="+runtime.GOOS, "TARGETARCH="+runtime.GOARCH)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("%s: %w\n%s", build, err, out)
+	}
+	return path, nil
+})
 
 // dockerfileBuildCommand is the shell command of the Dockerfile's RUN that
 // runs `go build`, continuation lines joined and RUN's --mount options

@@ -40,7 +40,7 @@ const installWait = 60 * time.Second
 // place.
 func TestChartInstall(t *testing.T) {
 	ctx := context.Background()
-	ns := createNamespace(t, "mailfleet", restricted)
+	ns := env.CreateNamespace(t, "mailfleet", restricted)
 	// Every optional part on: the basic Redis and NATS, the monitors and the
 	// dashboard are installed for real too (the pods never start: no kubelet).
 	notes, err := helm(append([]string{"install", "mailfleet", chartDir, "--namespace", ns}, allOptional...)...)
@@ -60,14 +60,14 @@ func TestChartInstall(t *testing.T) {
 	waitCRDsEstablished(t)
 
 	dep := &appsv1.Deployment{}
-	if err := testClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "mailfleet-operator"}, dep); err != nil {
+	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "mailfleet-operator"}, dep); err != nil {
 		t.Fatal(err)
 	}
 	op := startOperator(t, dep)
 
 	envtestkit.Eventually(t, installWait, func() error {
 		lease := &coordinationv1.Lease{}
-		if err := testClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "mailfleet-operator.mailfleet.io"}, lease); err != nil {
+		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "mailfleet-operator.mailfleet.io"}, lease); err != nil {
 			return fmt.Errorf("leader Lease in %s: %w", ns, err)
 		}
 		if ptr.Deref(lease.Spec.HolderIdentity, "") == "" {
@@ -80,13 +80,13 @@ func TestChartInstall(t *testing.T) {
 	t.Run("tenant roles", func(t *testing.T) { checkTenantRoles(t) })
 	t.Run("metrics", func(t *testing.T) { checkOperatorMetrics(t, op) })
 
-	samples := createNamespace(t, "samples", nil)
+	samples := env.CreateNamespace(t, "samples", nil)
 	applySamplesReady(t, samples)
 
 	// The account's credentials reached its Secret: the operator wrote it
 	// with the chart's RBAC.
 	creds := &corev1.Secret{}
-	if err := testClient.Get(ctx, client.ObjectKey{Namespace: samples, Name: "shop-smtp-credentials"}, creds); err != nil {
+	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: samples, Name: "shop-smtp-credentials"}, creds); err != nil {
 		t.Fatal(err)
 	}
 	if string(creds.Data["username"]) != "shop" || len(creds.Data["password"]) == 0 {
@@ -102,7 +102,7 @@ func TestChartInstall(t *testing.T) {
 	acc := &unstructured.Unstructured{}
 	acc.SetAPIVersion("mailfleet.io/v1alpha1")
 	acc.SetKind("SmtpAccount")
-	if err := testClient.Get(ctx, client.ObjectKey{Namespace: samples, Name: "shop"}, acc); err != nil {
+	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: samples, Name: "shop"}, acc); err != nil {
 		t.Errorf("after helm uninstall, SmtpAccount shop: %v (the CRDs must be kept)", err)
 	}
 }
@@ -157,7 +157,7 @@ func startOperator(t *testing.T, dep *appsv1.Deployment) *operatorProcess {
 		}
 	}
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := envtestkit.WriteKubeconfig(testCfg, envtestkit.ServiceAccount(dep.Namespace, pod.ServiceAccountName), kubeconfig); err != nil {
+	if err := envtestkit.WriteKubeconfig(env.Config, envtestkit.ServiceAccount(dep.Namespace, pod.ServiceAccountName), kubeconfig); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(imageBinary(t), args...)
@@ -246,15 +246,15 @@ func applySamplesReady(t *testing.T, ns string) {
 			certNames = append(certNames, r.GetName()) // the operator names the relay's Certificate after it
 		}
 	}
-	cm := &envtestkit.CertManager{Client: testClient, Namespace: ns, Wait: installWait}
+	cm := &envtestkit.CertManager{Client: env.Client, Namespace: ns, Wait: installWait}
 	if err := cm.IssueAll(ctx, certNames...); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range relays {
 		envtestkit.Eventually(t, installWait, func() error {
-			return testClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: r.GetName()}, &appsv1.Deployment{})
+			return env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: r.GetName()}, &appsv1.Deployment{})
 		})
-		if err := envtestkit.MarkDeploymentReady(ctx, testClient, ns, r.GetName()); err != nil {
+		if err := envtestkit.MarkDeploymentReady(ctx, env.Client, ns, r.GetName()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -293,7 +293,7 @@ func checkNotes(t *testing.T, notes []byte) {
 			t.Errorf("NOTES.txt does not mention %s:\n%s", want, notes)
 		}
 	}
-	ns := createNamespace(t, "notes", nil)
+	ns := env.CreateNamespace(t, "notes", nil)
 	for _, b := range blocks {
 		if out, err := kubectl(b[1], "apply", "--server-side", "--dry-run=server", "-n", ns, "-f", "-"); err != nil {
 			t.Errorf("NOTES.txt YAML refused: %v\n%s\n%s", err, out, b[1])

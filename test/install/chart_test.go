@@ -78,7 +78,7 @@ func TestHelmTemplate(t *testing.T) {
 	}}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ns := createNamespace(t, fmt.Sprintf("helm-template-%d", i), restricted)
+			ns := env.CreateNamespace(t, fmt.Sprintf("helm-template-%d", i), restricted)
 			rendered := renderChart(t, ns, tc.args...)
 			objs := splitYAML(t, rendered)
 			for kind, n := range tc.kinds {
@@ -98,7 +98,7 @@ func TestHelmTemplate(t *testing.T) {
 				t.Fatalf("server-side dry run: %v\n%s", err, out)
 			}
 			for _, pod := range podsOf(t, objs, ns) {
-				if err := testClient.Create(context.Background(), pod, client.DryRunAll); err != nil {
+				if err := env.Client.Create(context.Background(), pod, client.DryRunAll); err != nil {
 					t.Errorf("pod of %s refused in a namespace enforcing PodSecurity restricted: %v", pod.Name, err)
 				}
 			}
@@ -234,11 +234,11 @@ func podsOf(t *testing.T, objs []*unstructured.Unstructured, ns string) []*corev
 // TestChartPodSecurityEnforced shows the restricted check above has teeth: a
 // pod adding a capability is refused in the same kind of namespace.
 func TestChartPodSecurityEnforced(t *testing.T) {
-	ns := createNamespace(t, "helm-psa", restricted)
+	ns := env.CreateNamespace(t, "helm-psa", restricted)
 	pods := podsOf(t, splitYAML(t, renderChart(t, ns)), ns)
 	bad := pods[0]
 	bad.Spec.Containers[0].SecurityContext.Capabilities.Add = []corev1.Capability{"NET_RAW"}
-	if err := testClient.Create(context.Background(), bad, client.DryRunAll); !apierrors.IsForbidden(err) {
+	if err := env.Client.Create(context.Background(), bad, client.DryRunAll); !apierrors.IsForbidden(err) {
 		t.Fatalf("pod adding NET_RAW: err = %v, want Forbidden", err)
 	}
 }

@@ -94,15 +94,7 @@ func TestNATSAuth(t *testing.T) {
 			opts.Host, opts.Port, opts.HTTPPort = "127.0.0.1", natsserver.RANDOM_PORT, 0
 			opts.Cluster, opts.Routes = natsserver.ClusterOpts{}, nil
 			opts.StoreDir, opts.PidFile, opts.NoSigs, opts.NoLog = t.TempDir(), "", true, true
-			srv, err := natsserver.NewServer(opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			go srv.Start()
-			t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-			if !srv.ReadyForConnections(10 * time.Second) {
-				t.Fatal("nats-server did not start")
-			}
+			srv := startNATS(t, opts)
 			for what, opt := range map[string]nats.Option{
 				"no credentials": func(*nats.Options) error { return nil },
 				"wrong password": nats.UserInfo(want["username"], want["password"]+"x"),
@@ -287,8 +279,8 @@ func TestEngineAuthSecretsFitRelays(t *testing.T) {
 // CRDs or cluster roles, so it leaves TestChartInstall's alone.
 func TestEngineAuthSecretKept(t *testing.T) {
 	ctx := context.Background()
-	ns := createNamespace(t, "engines", restricted)
-	relays := createNamespace(t, "engines-relays", nil)
+	ns := env.CreateNamespace(t, "engines", restricted)
+	relays := env.CreateNamespace(t, "engines-relays", nil)
 	args := []string{"mailfleet", chartDir, "--namespace", ns,
 		"--set", "crds.enabled=false", "--set", "rbac.create=false",
 		"--set", "nats.enabled=true", "--set", "nats.auth.enabled=true", "--set", "nats.auth.copyToNamespaces={" + relays + "}",
@@ -303,7 +295,7 @@ func TestEngineAuthSecretKept(t *testing.T) {
 			helm("uninstall", "mailfleet", "--namespace", ns)
 		}
 		for _, name := range []string{"mailfleet-nats-auth", "mailfleet-redis-auth"} {
-			testClient.Delete(context.Background(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
+			env.Client.Delete(context.Background(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
 		}
 	})
 	for _, want := range []string{"authSecretRef: {name: mailfleet-nats-auth}", "passwordSecretRef: {name: mailfleet-redis-auth, key: password}"} {
@@ -314,7 +306,7 @@ func TestEngineAuthSecretKept(t *testing.T) {
 	read := func(namespace, name string) map[string]string {
 		t.Helper()
 		s := &corev1.Secret{}
-		if err := testClient.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, s); err != nil {
+		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, s); err != nil {
 			t.Fatalf("Secret %s/%s: %v", namespace, name, err)
 		}
 		out := map[string]string{}
@@ -353,7 +345,7 @@ func TestEngineAuthSecretKept(t *testing.T) {
 			t.Errorf("after helm uninstall, %s changed", name)
 		}
 		envtestkit.Eventually(t, installWait, func() error {
-			err := testClient.Get(ctx, client.ObjectKey{Namespace: relays, Name: name}, &corev1.Secret{})
+			err := env.Client.Get(ctx, client.ObjectKey{Namespace: relays, Name: name}, &corev1.Secret{})
 			if apierrors.IsNotFound(err) {
 				return nil
 			}

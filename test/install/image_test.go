@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -97,28 +96,16 @@ func dockerfileFinalStage() (dockerStage, error) {
 	return st, nil
 }
 
-var (
-	imageBuilderOnce sync.Once
-	imageBuilderPath string
-	imageBuilderErr  error
-)
-
 // imageBuilder is hack/image, built once per test run.
-func imageBuilder(t *testing.T) string {
-	t.Helper()
-	imageBuilderOnce.Do(func() {
-		imageBuilderPath = filepath.Join(workDir, "image-builder")
-		cmd := exec.Command("go", "build", "-o", imageBuilderPath, "./hack/image")
-		cmd.Dir = repoRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			imageBuilderErr = fmt.Errorf("go build ./hack/image: %w\n%s", err, out)
-		}
-	})
-	if imageBuilderErr != nil {
-		t.Fatal(imageBuilderErr)
+var imageBuilder = builtOnce(func() (string, error) {
+	path := filepath.Join(workDir, "image-builder")
+	cmd := exec.Command("go", "build", "-o", path, "./hack/image")
+	cmd.Dir = repoRoot
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./hack/image: %w\n%s", err, out)
 	}
-	return imageBuilderPath
-}
+	return path, nil
+})
 
 // TestImageMatchesDockerfile: the image hack/image/images.sh builds without
 // Docker (make image) holds what the Dockerfile's final stage gives: the
@@ -368,24 +355,34 @@ func layerFiles(t *testing.T, l v1.Layer) (map[string]*tar.Header, map[string][]
 	}
 	defer rc.Close()
 	files, data := map[string]*tar.Header{}, map[string][]byte{}
-	tr := tar.NewReader(rc)
+	walkTar(t, rc, func(h *tar.Header, content io.Reader) (err error) {
+		name := path.Clean("/" + h.Name)
+		files[name] = h
+		if h.Typeflag == tar.TypeReg {
+			data[name], err = io.ReadAll(content)
+		}
+		return err
+	})
+	return files, data
+}
+
+// walkTar calls fn with each entry of the tar stream r and its content,
+// failing the test on an error of the stream's or of fn's.
+func walkTar(t *testing.T, r io.Reader, fn func(h *tar.Header, content io.Reader) error) {
+	t.Helper()
+	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
-			break
+			return
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		name := path.Clean("/" + h.Name)
-		files[name] = h
-		if h.Typeflag == tar.TypeReg {
-			if data[name], err = io.ReadAll(tr); err != nil {
-				t.Fatal(err)
-			}
+		if err := fn(h, tr); err != nil {
+			t.Fatal(err)
 		}
 	}
-	return files, data
 }
 
 // readArchive unpacks an OCI layout archive into dir and opens it.
@@ -396,34 +393,24 @@ func readArchive(t *testing.T, archive, dir string) v1.ImageIndex {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	tr := tar.NewReader(f)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	walkTar(t, f, func(h *tar.Header, content io.Reader) (err error) {
 		dst := filepath.Join(dir, filepath.FromSlash(path.Clean("/"+h.Name)))
 		switch h.Typeflag {
 		case tar.TypeDir:
-			err = os.MkdirAll(dst, 0o755)
+			return os.MkdirAll(dst, 0o755)
 		case tar.TypeReg:
 			if err = os.MkdirAll(filepath.Dir(dst), 0o755); err == nil {
 				var out *os.File
 				if out, err = os.Create(dst); err == nil {
-					_, err = io.Copy(out, tr)
+					_, err = io.Copy(out, content)
 					out.Close()
 				}
 			}
+			return err
 		default:
-			t.Fatalf("%s: unexpected entry type %c in an OCI layout archive", h.Name, h.Typeflag)
+			return fmt.Errorf("%s: unexpected entry type %c in an OCI layout archive", h.Name, h.Typeflag)
 		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 	idx, err := layout.ImageIndexFromPath(dir)
 	if err != nil {
 		t.Fatal(err)

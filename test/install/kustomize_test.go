@@ -10,7 +10,7 @@ import (
 // creates nothing to put the rest in). --force-conflicts: the chart's
 // install test may own the same CRDs, and a dry run takes nothing from it.
 func TestKustomizeDefaultDryRun(t *testing.T) {
-	createNamespace(t, "mailfleet-system", nil)
+	env.CreateNamespace(t, "mailfleet-system", nil)
 	out, err := kubectl(nil, "apply", "--server-side", "--dry-run=server", "--field-manager=kustomize-test", "--force-conflicts", "-k", "config/default")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)

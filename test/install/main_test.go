@@ -10,16 +10,10 @@
 package install
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
-
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/rest"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/mailfleet/mailfleet/controllers"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
@@ -29,10 +23,11 @@ var (
 	repoRoot = envtestkit.RepoRoot()
 	chartDir = filepath.Join(repoRoot, "charts", "mailfleet")
 
-	// Set by TestMain: the API server, a client with the operator's scheme,
-	// and a kubeconfig for kubectl and helm as the API server's admin.
-	testCfg         *rest.Config
-	testClient      client.Client
+	// The API server, with the operator's scheme and no mailfleet CRDs
+	// (the chart installs them); TestMain starts it.
+	env = &envtestkit.Env{Scheme: controllers.Scheme()}
+	// Set by TestMain: a kubeconfig for kubectl and helm as the API
+	// server's admin.
 	adminKubeconfig string
 	// workDir holds files shared by the tests (kubeconfig, the built
 	// binary); TestMain removes it.
@@ -65,26 +60,17 @@ func run(m *testing.M) int {
 		return 1
 	}
 	// No mailfleet CRDs here: the chart installs them.
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{certManagerCRDs, filepath.Join("testdata", "monitoring-crds.yaml")},
-		ErrorIfCRDPathMissing: true,
-	}
-	testCfg, err = env.Start()
+	env.CRDDirs = []string{certManagerCRDs, filepath.Join("testdata", "monitoring-crds.yaml")}
+	stop, err := env.Start()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "start envtest:", err)
-		env.Stop() // a refused CRD fails Start after the API server is up
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer func() {
-		if err := env.Stop(); err != nil {
+		if err := stop(); err != nil {
 			fmt.Fprintln(os.Stderr, "stop envtest:", err)
 		}
 	}()
-	testClient, err = client.New(testCfg, client.Options{Scheme: controllers.Scheme()})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "client:", err)
-		return 1
-	}
 	workDir, err = os.MkdirTemp("", "mailfleet-install")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -92,23 +78,9 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(workDir)
 	adminKubeconfig = filepath.Join(workDir, "kubeconfig")
-	if err := envtestkit.WriteKubeconfig(testCfg, envtestkit.Identity{}, adminKubeconfig); err != nil {
+	if err := envtestkit.WriteKubeconfig(env.Config, envtestkit.Identity{}, adminKubeconfig); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return m.Run()
-}
-
-// createNamespace creates a namespace for one test, deleted when it ends
-// (envtest runs no namespace controller, so its objects stay; each test
-// uses namespaces of its own).
-func createNamespace(t *testing.T, name string, labels map[string]string) string {
-	t.Helper()
-	ns := &corev1.Namespace{}
-	ns.Name, ns.Labels = name, labels
-	if err := testClient.Create(context.Background(), ns); err != nil {
-		t.Fatalf("create namespace %s: %v", name, err)
-	}
-	t.Cleanup(func() { testClient.Delete(context.Background(), ns) })
-	return name
 }

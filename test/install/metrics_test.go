@@ -34,14 +34,14 @@ import (
 // ServiceAccount tokens (TokenRequest) and reviews them like any other.
 func checkOperatorMetrics(t *testing.T, op *operatorProcess) {
 	ctx := context.Background()
-	cs, err := kubernetes.NewForConfig(testCfg)
+	cs, err := kubernetes.NewForConfig(env.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns := createNamespace(t, "monitoring", nil)
+	ns := env.CreateNamespace(t, "monitoring", nil)
 	tokens := map[string]string{}
 	for _, name := range []string{"prometheus", "stranger"} {
-		if err := testClient.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}); err != nil {
+		if err := env.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}); err != nil {
 			t.Fatal(err)
 		}
 		tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{
@@ -57,10 +57,10 @@ func checkOperatorMetrics(t *testing.T, op *operatorProcess) {
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "mailfleet-metrics-reader"},
 		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "prometheus", Namespace: ns}},
 	}
-	if err := testClient.Create(ctx, crb); err != nil {
+	if err := env.Client.Create(ctx, crb); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { testClient.Delete(context.Background(), crb) })
+	t.Cleanup(func() { env.Client.Delete(context.Background(), crb) })
 	// The operator caches each review's answer (a refusal for up to a
 	// minute), so the test first waits until the API server itself knows
 	// the tokens and the binding; the operator's first review is then final.

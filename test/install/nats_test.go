@@ -91,19 +91,11 @@ func TestNATSReadinessWaitsForJetStream(t *testing.T) {
 		routes = append(routes, &url.URL{Scheme: "nats", Host: ln.Addr().String()})
 		ln.Close()
 	}
-	srv, err := natsserver.NewServer(&natsserver.Options{
+	srv := startNATS(t, &natsserver.Options{
 		ServerName: "mailfleet-nats-0", Host: "127.0.0.1", Port: -1, HTTPHost: "127.0.0.1", HTTPPort: -1,
 		JetStream: true, StoreDir: t.TempDir(), Routes: routes, NoSigs: true, NoLog: true,
 		Cluster: natsserver.ClusterOpts{Name: "mailfleet-nats", Host: "127.0.0.1", Port: -1},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
 	monitor := "http://" + srv.MonitorAddr().String()
 	// The server itself is up: a liveness-style check passes ...
 	if code := httpGet(t, monitor+"/healthz?js-enabled-only=true"); code != http.StatusOK {
@@ -123,4 +115,19 @@ func httpGet(t *testing.T, u string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// startNATS runs a nats-server with opts until the test ends.
+func startNATS(t *testing.T, opts *natsserver.Options) *natsserver.Server {
+	t.Helper()
+	srv, err := natsserver.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	return srv
 }

@@ -1,15 +1,11 @@
 package install
 
 import (
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/yaml"
 
-	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
@@ -18,15 +14,7 @@ import (
 // its pods have the sidecar), and every port it scrapes is a named port of
 // those pods.
 func TestRelayPodMonitorMatchesRelayPods(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join(repoRoot, "config", "samples", "mailfleet_v1alpha1_smtprelay.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	relay := &v1.SmtpRelay{}
-	if err := yaml.Unmarshal(data, relay); err != nil {
-		t.Fatal(err)
-	}
-	relay.Namespace = "mail"
+	relay := sampleRelay(t, "mail")
 	objs, err := render.Relay(relay, render.Options{Image: "mailfleet:test"})
 	if err != nil {
 		t.Fatal(err)

@@ -94,15 +94,15 @@ func TestTenantRolesRendered(t *testing.T) {
 // against the real API server.
 func checkTenantRoles(t *testing.T) {
 	ctx := context.Background()
-	mine := createNamespace(t, "tenant-a", nil)
-	other := createNamespace(t, "tenant-b", nil)
+	mine := env.CreateNamespace(t, "tenant-a", nil)
+	other := env.CreateNamespace(t, "tenant-b", nil)
 	for user, role := range map[string]string{"alice": "mailfleet-edit", "bob": "mailfleet-view"} {
 		rb := &rbacv1.RoleBinding{
 			ObjectMeta: metav1.ObjectMeta{Name: user, Namespace: mine},
 			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
 			Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
 		}
-		if err := testClient.Create(ctx, rb); err != nil {
+		if err := env.Client.Create(ctx, rb); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -116,7 +116,7 @@ func checkTenantRoles(t *testing.T) {
 	if err := alice.Create(ctx, relayCopy); !apierrors.IsForbidden(err) {
 		t.Errorf("mailfleet-edit creating an SmtpRelay: err = %v, want Forbidden", err)
 	}
-	if err := testClient.Create(ctx, relay); err != nil {
+	if err := env.Client.Create(ctx, relay); err != nil {
 		t.Fatalf("the admin creating the same SmtpRelay: %v", err)
 	}
 
@@ -183,7 +183,7 @@ func checkTenantRoles(t *testing.T) {
 	// Last, mailfleet-edit deletes what it made.
 	mustAllow("mailfleet-edit deleting its SmtpLabel", alice.Delete(ctx, label))
 	mustAllow("mailfleet-edit deleting its SmtpAccount", alice.Delete(ctx, account))
-	if err := testClient.Delete(ctx, relay); err != nil {
+	if err := env.Client.Delete(ctx, relay); err != nil {
 		t.Error(err)
 	}
 }
@@ -192,7 +192,7 @@ func checkTenantRoles(t *testing.T) {
 // authenticated user with no other groups.
 func impersonate(t *testing.T, user string) client.Client {
 	t.Helper()
-	cfg := rest.CopyConfig(testCfg)
+	cfg := rest.CopyConfig(env.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:authenticated"}}
 	c, err := client.New(cfg, client.Options{Scheme: controllers.Scheme()})
 	if err != nil {

@@ -1,19 +1,16 @@
 package install
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/yaml"
+
+	"github.com/mailfleet/mailfleet/internal/envtestkit"
 )
 
 // command runs a tool against the test's API server as its admin, from the
@@ -70,29 +67,15 @@ var allOptional = []string{
 // splitYAML decodes a stream of YAML documents, skipping empty ones.
 func splitYAML(t *testing.T, data []byte) []*unstructured.Unstructured {
 	t.Helper()
-	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-	var objs []*unstructured.Unstructured
-	for {
-		raw, err := reader.Read()
-		if errors.Is(err, io.EOF) {
-			return objs
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		js, err := yaml.YAMLToJSON(raw)
-		if err != nil {
-			t.Fatalf("%v in:\n%s", err, raw)
-		}
-		if s := strings.TrimSpace(string(js)); s == "null" || s == "" {
-			continue
-		}
-		obj := &unstructured.Unstructured{}
-		if err := obj.UnmarshalJSON(js); err != nil {
-			t.Fatalf("%v in:\n%s", err, raw)
-		}
-		objs = append(objs, obj)
+	docs, err := envtestkit.DecodeYAML(data)
+	if err != nil {
+		t.Fatal(err)
 	}
+	objs := make([]*unstructured.Unstructured, len(docs))
+	for i, d := range docs {
+		objs[i] = d.Object
+	}
+	return objs
 }
 
 // find returns the objects of a kind, and fails when want of them are not

@@ -30,9 +30,7 @@ import (
 func TestAttackEditsNeverRevoke(t *testing.T) {
 	platform := env.Namespace(t, nil)
 	relay, tlsCfg := startFleet(t, platform, smtpsink.Start(t))
-	account := env.CreateAccount(t, platform, "acme", platform, "mx")
-	env.CreateLabel(t, platform, "news", "acme", "1001")
-	creds := waitLabelCredentials(t, platform, "acme", "1001")
+	account, creds := createLabelledAccount(t, platform, platform)
 	key := string(creds.Data[render.SecretKeyPassword])
 	usernames := []string{string(creds.Data[render.SecretKeyUsername]), string(creds.Data[render.SecretKeyLabelUsernamePrefix+"1001"])}
 	for _, u := range usernames {

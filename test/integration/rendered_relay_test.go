@@ -54,9 +54,7 @@ func TestRenderedRelayServesAccounts(t *testing.T) {
 		r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll
 	})
 
-	env.CreateAccount(t, tenant, "acme", platform, "mx")
-	env.CreateLabel(t, tenant, "news", "acme", "1001")
-	creds := waitLabelCredentials(t, tenant, "acme", "1001")
+	_, creds := createLabelledAccount(t, tenant, platform)
 	username := string(creds.Data[render.SecretKeyLabelUsernamePrefix+"1001"])
 	key := string(creds.Data[render.SecretKeyPassword])
 
@@ -141,16 +139,20 @@ func startFleet(t *testing.T, ns string, sink *smtpsink.Sink, opts ...func(*v1.S
 	return relay, &tls.Config{RootCAs: pool, ServerName: "smtp.example.com"}
 }
 
-// waitLabelCredentials waits until the account's credentials Secret lists
-// the label's username, and returns the Secret.
-func waitLabelCredentials(t *testing.T, ns, account, labelID string) *corev1.Secret {
+// createLabelledAccount creates SmtpAccount "acme" in ns, of the relay
+// relayNS/mx, and its SmtpLabel "news" with label ID 1001, and returns the
+// account and its credentials Secret once that lists the label.
+func createLabelledAccount(t *testing.T, ns, relayNS string) (*v1.SmtpAccount, *corev1.Secret) {
 	t.Helper()
-	return env.WaitSecret(t, relayWait, ns, account+"-smtp-credentials", func(s *corev1.Secret) error {
-		if len(s.Data[render.SecretKeyLabelUsernamePrefix+labelID]) == 0 {
+	account := env.CreateAccount(t, ns, "acme", relayNS, "mx")
+	env.CreateLabel(t, ns, "news", "acme", "1001")
+	creds := env.WaitSecret(t, relayWait, ns, "acme-smtp-credentials", func(s *corev1.Secret) error {
+		if len(s.Data[render.SecretKeyLabelUsernamePrefix+"1001"]) == 0 {
 			return errors.New("label username not in the credentials Secret yet")
 		}
 		return nil
 	})
+	return account, creds
 }
 
 // withQueueAndSink points a relay at a JetStream on loopback and delivers

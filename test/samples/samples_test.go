@@ -1,10 +1,8 @@
 package samples
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -27,7 +25,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	jsonserializer "k8s.io/apimachinery/pkg/runtime/serializer/json"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -109,29 +106,15 @@ func (d manifestDoc) String() string {
 // comments are skipped.
 func splitManifests(t *testing.T, name string, data []byte) []manifestDoc {
 	t.Helper()
-	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-	var docs []manifestDoc
-	for {
-		raw, err := reader.Read()
-		if errors.Is(err, io.EOF) {
-			return docs
-		}
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		js, err := yaml.YAMLToJSON(raw)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		if s := strings.TrimSpace(string(js)); s == "null" || s == "" {
-			continue
-		}
-		obj := &unstructured.Unstructured{}
-		if err := obj.UnmarshalJSON(js); err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		docs = append(docs, manifestDoc{file: name, raw: raw, obj: obj})
+	decoded, err := envtestkit.DecodeYAML(data)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
 	}
+	docs := make([]manifestDoc, len(decoded))
+	for i, d := range decoded {
+		docs[i] = manifestDoc{file: name, raw: d.Raw, obj: d.Object}
+	}
+	return docs
 }
 
 func readManifests(t *testing.T, path string) []manifestDoc {

@@ -74,17 +74,33 @@ func send(t *testing.T, addr, from string, to []string, body string) {
 	}
 }
 
-func getJSON(t *testing.T, url string, v any) {
+// request sends a request without a body and returns the response, its
+// body read and closed.
+func request(t *testing.T, method, url string) (*http.Response, []byte) {
 	t.Helper()
-	resp, err := http.Get(url)
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	return resp, body
+}
+
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, body := request(t, http.MethodGet, url)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s: %s", url, resp.Status)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+	if err := json.Unmarshal(body, v); err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}
 }
@@ -99,12 +115,7 @@ func count(t *testing.T, base string) int {
 func TestSink(t *testing.T) {
 	smtpAddr, base := startSink(t)
 
-	resp, err := http.Get(base + "/healthz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
+	if resp, _ := request(t, http.MethodGet, base+"/healthz"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("/healthz: %s", resp.Status)
 	}
 	if n := count(t, base); n != 0 {
@@ -151,12 +162,7 @@ func TestSink(t *testing.T) {
 		t.Errorf("?to=C@example.test: %+v", filtered)
 	}
 
-	resp, err = http.Get(base + "/messages/" + strconv.FormatInt(m.ID, 10) + "/raw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	_, raw := request(t, http.MethodGet, base+"/messages/"+strconv.FormatInt(m.ID, 10)+"/raw")
 	if string(raw) != first {
 		t.Errorf("raw = %q, want %q (dot-unstuffed, as sent)", raw, first)
 	}
@@ -164,13 +170,7 @@ func TestSink(t *testing.T) {
 	if n := count(t, base); n != 2 {
 		t.Errorf("count = %d, want 2", n)
 	}
-	req, _ := http.NewRequest(http.MethodDelete, base+"/messages", nil)
-	resp, err = http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
+	if resp, _ := request(t, http.MethodDelete, base+"/messages"); resp.StatusCode != http.StatusNoContent {
 		t.Errorf("DELETE /messages: %s", resp.Status)
 	}
 	if n := count(t, base); n != 0 {
