@@ -40,28 +40,16 @@ type Metrics struct {
 // NewMetrics registers the metrics with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailfleet_ratelimit_decisions_total",
-			Help: "ShouldRateLimit calls answered, by outcome.",
-		}, []string{"outcome"}),
+		decisions: counterVec("mailfleet_ratelimit_decisions_total", "ShouldRateLimit calls answered, by outcome.", "outcome"),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "mailfleet_ratelimit_decision_duration_seconds",
 			Help: "Time to answer a ShouldRateLimit call, inside the sidecar.",
 			// From a fast loopback round trip to well past the default 50 ms deadline.
 			Buckets: []float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, 1},
 		}),
-		redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailfleet_ratelimit_redis_errors_total",
-			Help: "Redis calls that failed, by reason (timeout: the decision deadline passed; error: anything else).",
-		}, []string{"reason"}),
-		fallback: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "mailfleet_ratelimit_fallback_total",
-			Help: "Descriptors decided by the pod's fallback limiter because Redis could not answer.",
-		}),
-		skipped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "mailfleet_ratelimit_redis_skipped_total",
-			Help: "Descriptors that did not try Redis because it had just failed repeatedly.",
-		}),
+		redisErrors: counterVec("mailfleet_ratelimit_redis_errors_total", "Redis calls that failed, by reason (timeout: the decision deadline passed; error: anything else).", "reason"),
+		fallback:    counter("mailfleet_ratelimit_fallback_total", "Descriptors decided by the pod's fallback limiter because Redis could not answer."),
+		skipped:     counter("mailfleet_ratelimit_redis_skipped_total", "Descriptors that did not try Redis because it had just failed repeatedly."),
 	}
 	for _, o := range []string{OutcomeOK, OutcomeOverLimit, OutcomeFailureAllowed, OutcomeFailureOverLimit,
 		OutcomeFailureDenied, OutcomeInvalid, OutcomeCanceled} {
@@ -71,6 +59,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.redisErrors.WithLabelValues("error")
 	reg.MustRegister(m.decisions, m.latency, m.redisErrors, m.fallback, m.skipped)
 	return m
+}
+
+// counterVec and counter spare NewMetrics the Opts literals.
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+}
+
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 }
 
 func (m *Metrics) decided(outcome string, took time.Duration) {

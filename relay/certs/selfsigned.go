@@ -74,21 +74,13 @@ func GenerateCA(commonName string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generate CA key: %w", err)
 	}
-	serial, err := randomSerial()
+	tmpl, err := newTemplate(commonName, caValidity)
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: commonName},
-		NotBefore:             now.Add(-backdate),
-		NotAfter:              now.Add(caValidity),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
+	tmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature
+	tmpl.IsCA = true
+	tmpl.MaxPathLenZero = true
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		return nil, fmt.Errorf("create CA certificate %q: %w", commonName, err)
@@ -131,21 +123,13 @@ func (ca *CA) Issue(hosts []string, validFor time.Duration) (certPEM, keyPEM []b
 }
 
 func leafTemplate(hosts []string, validFor time.Duration) (*x509.Certificate, error) {
-	serial, err := randomSerial()
+	tmpl, err := newTemplate(hosts[0], validFor)
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: hosts[0]},
-		NotBefore:    now.Add(-backdate),
-		NotAfter:     now.Add(validFor),
-		// ECDSA keys only sign, so no KeyEncipherment.
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-	}
+	// ECDSA keys only sign, so no KeyEncipherment.
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
@@ -154,6 +138,23 @@ func leafTemplate(hosts []string, validFor time.Duration) (*x509.Certificate, er
 		}
 	}
 	return tmpl, nil
+}
+
+// newTemplate is what the CA and its leaves share: a fresh serial, the
+// subject, and a validity from a little before now until validFor from now.
+func newTemplate(commonName string, validFor time.Duration) (*x509.Certificate, error) {
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	return &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: commonName},
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              now.Add(validFor),
+		BasicConstraintsValid: true,
+	}, nil
 }
 
 // randomSerial returns a positive 128-bit serial; RFC 5280 asks for at most

@@ -85,12 +85,7 @@ func NewMX(cfg MXConfig) (*MX, error) {
 	cfg.Port = orDefault(cfg.Port, 25)
 	cfg.MaxConnectionsPerDomain = orDefault(cfg.MaxConnectionsPerDomain, DefaultMaxConnectionsPerDomain)
 	cfg.MaxAddresses = orDefault(cfg.MaxAddresses, DefaultMaxMXAddresses)
-	cfg.DialTimeout = orDefault(cfg.DialTimeout, DefaultDialTimeout)
-	cfg.CommandTimeout = orDefault(cfg.CommandTimeout, DefaultCommandTimeout)
-	cfg.DataTimeout = orDefault(cfg.DataTimeout, DefaultDataTimeout)
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
+	sessionDefaults(&cfg.DialTimeout, &cfg.CommandTimeout, &cfg.DataTimeout, &cfg.Log)
 	return &MX{
 		cfg:     cfg,
 		trace:   Trace{Hostname: cfg.Hostname, LabelHeader: cfg.LabelHeader},

@@ -112,12 +112,7 @@ func (cfg SmarthostConfig) withDefaults() SmarthostConfig {
 	cfg.MaxConnections = orDefault(cfg.MaxConnections, DefaultMaxConnections)
 	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, DefaultIdleTimeout)
 	cfg.MaxConnectionAge = orDefault(cfg.MaxConnectionAge, DefaultMaxConnectionAge)
-	cfg.DialTimeout = orDefault(cfg.DialTimeout, DefaultDialTimeout)
-	cfg.CommandTimeout = orDefault(cfg.CommandTimeout, DefaultCommandTimeout)
-	cfg.DataTimeout = orDefault(cfg.DataTimeout, DefaultDataTimeout)
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
+	sessionDefaults(&cfg.DialTimeout, &cfg.CommandTimeout, &cfg.DataTimeout, &cfg.Log)
 	return cfg
 }
 
@@ -185,6 +180,17 @@ func (s *Smarthost) Deliver(ctx context.Context, msg Message) []Result {
 func (s *Smarthost) Close() error {
 	s.pool.Close()
 	return nil
+}
+
+// sessionDefaults fills in the settings left zero that both network
+// transports, MX and Smarthost, pass to their SMTP sessions.
+func sessionDefaults(dial, command, data *time.Duration, log **slog.Logger) {
+	*dial = orDefault(*dial, DefaultDialTimeout)
+	*command = orDefault(*command, DefaultCommandTimeout)
+	*data = orDefault(*data, DefaultDataTimeout)
+	if *log == nil {
+		*log = slog.New(slog.DiscardHandler)
+	}
 }
 
 func orDefault[T comparable](v, def T) T {

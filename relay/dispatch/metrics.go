@@ -14,18 +14,9 @@ type metrics struct {
 // per address.
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailfleet_deliveries_total",
-			Help: "Recipients by the outcome of a delivery attempt: delivered, deferred (will be retried), failed (bounced), expired (deferred past the queue lifetime, bounced).",
-		}, []string{"outcome", "destination"}),
-		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailfleet_delivery_retries_total",
-			Help: "Messages scheduled for another delivery attempt.",
-		}, []string{"destination"}),
-		bounces: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailfleet_delivery_bounces_total",
-			Help: "Delivery status notifications queued to senders.",
-		}, []string{"destination"}),
+		deliveries: counterVec("mailfleet_deliveries_total", "Recipients by the outcome of a delivery attempt: delivered, deferred (will be retried), failed (bounced), expired (deferred past the queue lifetime, bounced).", "outcome", "destination"),
+		retries:    counterVec("mailfleet_delivery_retries_total", "Messages scheduled for another delivery attempt.", "destination"),
+		bounces:    counterVec("mailfleet_delivery_bounces_total", "Delivery status notifications queued to senders.", "destination"),
 		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "mailfleet_delivery_seconds",
 			Help:    "Time the transport took for one message to one recipient domain.",
@@ -36,6 +27,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reg.MustRegister(m.deliveries, m.retries, m.bounces, m.seconds)
 	}
 	return m
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
 }
 
 func (m *metrics) count(destination, outcome string, n int) {

@@ -25,50 +25,33 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		depth: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "mailfleet_queue_depth",
-			Help: "Messages in the queue stream: accepted, waiting for delivery or for a retry, or being delivered.",
-		}),
-		oldest: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "mailfleet_queue_oldest_age_seconds",
-			Help: "Age of the oldest message in the queue stream (a retried message counts from its latest retry).",
-		}),
-		publish: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "mailfleet_queue_publish_seconds",
-			Help:    "Time from Commit to JetStream's acknowledgement of an accepted message (what the SMTP client waits for its 250).",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}),
-		packSize: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "mailfleet_queue_commit_messages",
-			Help:    "Messages written by one group commit (one stream message, one sync).",
-			Buckets: prometheus.ExponentialBuckets(1, 2, 10),
-		}),
-		splitBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "mailfleet_queue_split_messages",
-			Help:    "Messages moved from accepted packs to delivery by one atomic batch.",
-			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
-		}),
-		redeliveries: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "mailfleet_queue_redeliveries_total",
-			Help: "Messages handed out again because their previous delivery ended without Done or Retry (a crash, or AckWait passed without Touch); each may reach its recipients twice.",
-		}),
-		reaped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "mailfleet_queue_reaped_total",
-			Help: "Acknowledged messages the stream still held after a crash of the embedded server, and that were removed.",
-		}),
-		stale: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "mailfleet_queue_stale_copies_total",
-			Help: "Copies of already finished messages (split again after a crash) dropped because their body parts were gone.",
-		}),
-		resplitAvoided: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "mailfleet_queue_resplit_avoided_total",
-			Help: "Packs handed out again after a crash that had been split already, recognised by their marker.",
-		}),
+		depth:          gauge("mailfleet_queue_depth", "Messages in the queue stream: accepted, waiting for delivery or for a retry, or being delivered."),
+		oldest:         gauge("mailfleet_queue_oldest_age_seconds", "Age of the oldest message in the queue stream (a retried message counts from its latest retry)."),
+		publish:        histogram("mailfleet_queue_publish_seconds", "Time from Commit to JetStream's acknowledgement of an accepted message (what the SMTP client waits for its 250).", prometheus.ExponentialBuckets(0.0005, 2, 16)),
+		packSize:       histogram("mailfleet_queue_commit_messages", "Messages written by one group commit (one stream message, one sync).", prometheus.ExponentialBuckets(1, 2, 10)),
+		splitBatch:     histogram("mailfleet_queue_split_messages", "Messages moved from accepted packs to delivery by one atomic batch.", prometheus.ExponentialBuckets(1, 2, 11)),
+		redeliveries:   counter("mailfleet_queue_redeliveries_total", "Messages handed out again because their previous delivery ended without Done or Retry (a crash, or AckWait passed without Touch); each may reach its recipients twice."),
+		reaped:         counter("mailfleet_queue_reaped_total", "Acknowledged messages the stream still held after a crash of the embedded server, and that were removed."),
+		stale:          counter("mailfleet_queue_stale_copies_total", "Copies of already finished messages (split again after a crash) dropped because their body parts were gone."),
+		resplitAvoided: counter("mailfleet_queue_resplit_avoided_total", "Packs handed out again after a crash that had been split already, recognised by their marker."),
 	}
 	if reg != nil {
 		reg.MustRegister(m.depth, m.oldest, m.publish, m.packSize, m.splitBatch, m.redeliveries, m.reaped, m.stale, m.resplitAvoided)
 	}
 	return m
+}
+
+// gauge, histogram and counter spare newMetrics the Opts literals.
+func gauge(name, help string) prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+}
+
+func histogram(name, help string, buckets []float64) prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets})
+}
+
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 }
 
 // metricsLoop reads depth and age from the stream's state.

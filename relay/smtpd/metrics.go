@@ -16,27 +16,19 @@ type Metrics struct {
 // NewMetrics registers the engine's series with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailfleet_relay_sessions_total",
-			Help: "SMTP sessions accepted, by listener.",
-		}, []string{"listener"}),
+		sessions: counterVec("mailfleet_relay_sessions_total", "SMTP sessions accepted, by listener.", "listener"),
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mailfleet_relay_sessions_active",
 			Help: "SMTP sessions open now, by listener.",
 		}, []string{"listener"}),
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailfleet_relay_connections_refused_total",
-			Help: "Connections answered with 421 and closed, by reason (max_connections, client_connections, client_rate, draining), or closed at once on a PROXY protocol listener (proxy_untrusted: not from a trusted load balancer; proxy_header: no valid header).",
-		}, []string{"reason"}),
-		tlsFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailfleet_relay_tls_handshake_failures_total",
-			Help: "Failed TLS handshakes (implicit TLS or STARTTLS), by listener.",
-		}, []string{"listener"}),
-		auth: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailfleet_relay_auth_total",
-			Help: "Authentication attempts, by mechanism and result (success, failure, throttled, malformed).",
-		}, []string{"mechanism", "result"}),
+		refused:     counterVec("mailfleet_relay_connections_refused_total", "Connections answered with 421 and closed, by reason (max_connections, client_connections, client_rate, draining), or closed at once on a PROXY protocol listener (proxy_untrusted: not from a trusted load balancer; proxy_header: no valid header).", "reason"),
+		tlsFailures: counterVec("mailfleet_relay_tls_handshake_failures_total", "Failed TLS handshakes (implicit TLS or STARTTLS), by listener.", "listener"),
+		auth:        counterVec("mailfleet_relay_auth_total", "Authentication attempts, by mechanism and result (success, failure, throttled, malformed).", "mechanism", "result"),
 	}
 	reg.MustRegister(m.sessions, m.active, m.refused, m.tlsFailures, m.auth)
 	return m
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
 }

@@ -16,17 +16,15 @@ type Metrics struct {
 // NewMetrics registers the policy's series with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailfleet_relay_messages_total",
-			Help: "Messages by account, label, outcome (accepted, rejected) and rejection reason.",
-		}, []string{"account", "label", "outcome", "reason"}),
-		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailfleet_relay_accepted_bytes_total",
-			Help: "Bytes of accepted messages, by account and label.",
-		}, []string{"account", "label"}),
+		messages: counterVec("mailfleet_relay_messages_total", "Messages by account, label, outcome (accepted, rejected) and rejection reason.", "account", "label", "outcome", "reason"),
+		bytes:    counterVec("mailfleet_relay_accepted_bytes_total", "Bytes of accepted messages, by account and label.", "account", "label"),
 	}
 	reg.MustRegister(m.messages, m.bytes)
 	return m
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
 }
 
 // Rejection reasons, the values of mailfleet_relay_messages_total{reason}.
