@@ -110,7 +110,9 @@ func TestGrafanaDashboard(t *testing.T) {
 // (Name: "mailfleet_..." in non-test files).
 func registeredMetrics(t *testing.T) []string {
 	t.Helper()
-	decl := regexp.MustCompile(`Name:\s+"(mailfleet_[a-z_]+)"`)
+	// A metric is declared with its name as Name: in its options, or as
+	// the first argument of a package's small constructor (counterVec(...)).
+	decl := regexp.MustCompile(`(?:Name:\s+|[a-zA-Z]\(\s*)"(mailfleet_[a-z_]+)"`)
 	var names []string
 	err := filepath.WalkDir(repoRoot, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
