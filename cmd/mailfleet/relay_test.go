@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/internal/natstest"
 	"github.com/mailfleet/mailfleet/relay/certs"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 )
@@ -68,16 +69,8 @@ func TestRelayWaitsForJetStream(t *testing.T) {
 	}
 
 	// JetStream arrives; the relay takes mail without having restarted.
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: natsPort, JetStream: true,
-		StoreDir: filepath.Join(dir, "nats"), NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
+	natstest.Run(t, &server.Options{Host: "127.0.0.1", Port: natsPort, JetStream: true,
+		StoreDir: filepath.Join(dir, "nats"), NoSigs: true, NoLog: true}, 10*time.Second)
 	relay.waitLog(t, "queue reachable")
 	smtpAddr := relay.waitLog(t, "listening", "listener", "smtp")["address"].(string)
 	deadline := time.Now().Add(10 * time.Second)

@@ -16,7 +16,7 @@ import (
 // returns the client URL; the server stops in t.Cleanup.
 func Start(t testing.TB) string {
 	t.Helper()
-	srv, err := server.NewServer(&server.Options{
+	return Run(t, &server.Options{
 		ServerName: "natstest",
 		Host:       "127.0.0.1",
 		Port:       server.RANDOM_PORT,
@@ -25,18 +25,24 @@ func Start(t testing.TB) string {
 		SyncAlways: true,
 		NoSigs:     true,
 		NoLog:      true,
-	})
+	}, 30*time.Second).ClientURL()
+}
+
+// Run runs a nats-server with opts in this process until the test ends,
+// and fails the test unless it accepts connections within ready.
+func Run(t testing.TB, opts *server.Options, ready time.Duration) *server.Server {
+	t.Helper()
+	srv, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatalf("nats server: %v", err)
 	}
 	go srv.Start()
-	if !srv.ReadyForConnections(30 * time.Second) {
-		srv.Shutdown()
-		t.Fatal("nats server did not start within 30s")
-	}
 	t.Cleanup(func() {
 		srv.Shutdown()
 		srv.WaitForShutdown()
 	})
-	return srv.ClientURL()
+	if !srv.ReadyForConnections(ready) {
+		t.Fatalf("nats server did not start within %v", ready)
+	}
+	return srv
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 	"github.com/mailfleet/mailfleet/internal/loopback"
+	"github.com/mailfleet/mailfleet/internal/natstest"
 	"github.com/mailfleet/mailfleet/internal/syncbuffer"
 )
 
@@ -94,7 +95,7 @@ func TestNATSAuth(t *testing.T) {
 			opts.Host, opts.Port, opts.HTTPPort = "127.0.0.1", natsserver.RANDOM_PORT, 0
 			opts.Cluster, opts.Routes = natsserver.ClusterOpts{}, nil
 			opts.StoreDir, opts.PidFile, opts.NoSigs, opts.NoLog = t.TempDir(), "", true, true
-			srv := startNATS(t, opts)
+			srv := natstest.Run(t, opts, 10*time.Second)
 			for what, opt := range map[string]nats.Option{
 				"no credentials": func(*nats.Options) error { return nil },
 				"wrong password": nats.UserInfo(want["username"], want["password"]+"x"),

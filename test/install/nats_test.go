@@ -13,6 +13,8 @@ import (
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/mailfleet/mailfleet/internal/natstest"
 )
 
 // TestNATSConfig parses the basic JetStream's rendered nats.conf with
@@ -91,11 +93,11 @@ func TestNATSReadinessWaitsForJetStream(t *testing.T) {
 		routes = append(routes, &url.URL{Scheme: "nats", Host: ln.Addr().String()})
 		ln.Close()
 	}
-	srv := startNATS(t, &natsserver.Options{
+	srv := natstest.Run(t, &natsserver.Options{
 		ServerName: "mailfleet-nats-0", Host: "127.0.0.1", Port: -1, HTTPHost: "127.0.0.1", HTTPPort: -1,
 		JetStream: true, StoreDir: t.TempDir(), Routes: routes, NoSigs: true, NoLog: true,
 		Cluster: natsserver.ClusterOpts{Name: "mailfleet-nats", Host: "127.0.0.1", Port: -1},
-	})
+	}, 10*time.Second)
 	monitor := "http://" + srv.MonitorAddr().String()
 	// The server itself is up: a liveness-style check passes ...
 	if code := httpGet(t, monitor+"/healthz?js-enabled-only=true"); code != http.StatusOK {
@@ -115,19 +117,4 @@ func httpGet(t *testing.T, u string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
-}
-
-// startNATS runs a nats-server with opts until the test ends.
-func startNATS(t *testing.T, opts *natsserver.Options) *natsserver.Server {
-	t.Helper()
-	srv, err := natsserver.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	return srv
 }
