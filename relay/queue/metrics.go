@@ -18,7 +18,6 @@ type metrics struct {
 	packSize       prometheus.Histogram
 	splitBatch     prometheus.Histogram
 	redeliveries   prometheus.Counter
-	reaped         prometheus.Counter
 	stale          prometheus.Counter
 	resplitAvoided prometheus.Counter
 }
@@ -31,12 +30,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		packSize:       histogram("mailfleet_queue_commit_messages", "Messages written by one group commit (one stream message, one sync).", prometheus.ExponentialBuckets(1, 2, 10)),
 		splitBatch:     histogram("mailfleet_queue_split_messages", "Messages moved from accepted packs to delivery by one atomic batch.", prometheus.ExponentialBuckets(1, 2, 11)),
 		redeliveries:   counter("mailfleet_queue_redeliveries_total", "Messages handed out again because their previous delivery ended without Done or Retry (a crash, or AckWait passed without Touch); each may reach its recipients twice."),
-		reaped:         counter("mailfleet_queue_reaped_total", "Acknowledged messages the stream still held after a crash of the embedded server, and that were removed."),
 		stale:          counter("mailfleet_queue_stale_copies_total", "Copies of already finished messages (split again after a crash) dropped because their body parts were gone."),
 		resplitAvoided: counter("mailfleet_queue_resplit_avoided_total", "Packs handed out again after a crash that had been split already, recognised by their marker."),
 	}
 	if reg != nil {
-		reg.MustRegister(m.depth, m.oldest, m.publish, m.packSize, m.splitBatch, m.redeliveries, m.reaped, m.stale, m.resplitAvoided)
+		reg.MustRegister(m.depth, m.oldest, m.publish, m.packSize, m.splitBatch, m.redeliveries, m.stale, m.resplitAvoided)
 	}
 	return m
 }
@@ -68,29 +66,49 @@ func (q *Queue) metricsLoop() {
 	}
 }
 
-// Depth is the number of messages in the queue stream: accepted, waiting
-// for delivery or for a retry, or being delivered. Split markers do not
-// count. The markers are counted first and the messages then, so a split
-// between the two reads counts a message twice rather than not at all.
+// Depth is the number of messages in the queue: accepted, waiting for
+// delivery or for a retry, or being delivered. A pack of messages not yet
+// split counts once. Acknowledged messages that reap has not purged yet and
+// split markers do not count. It is read in several requests, so a message
+// moving meanwhile may count twice or not at all.
 func (q *Queue) Depth(ctx context.Context) (uint64, error) {
 	d, _, err := q.depth(ctx)
 	return d, err
 }
 
 func (q *Queue) depth(ctx context.Context) (uint64, *jetstream.StreamInfo, error) {
-	markers, err := q.stream.Info(ctx, jetstream.WithSubjectFilter(q.subjSplit+".>"))
+	scheduled, info, err := q.scheduled(ctx)
 	if err != nil {
-		return 0, nil, fmt.Errorf("read queue state: %w", err)
+		return 0, nil, err
 	}
-	var n uint64
-	for _, c := range markers.State.Subjects {
-		n += c
+	n := scheduled
+	for _, c := range []jetstream.Consumer{q.split, q.deliver} {
+		ci, err := c.Info(ctx)
+		if err != nil {
+			return 0, nil, fmt.Errorf("read queue state: %w", err)
+		}
+		n += ci.NumPending + uint64(ci.NumAckPending)
 	}
-	info, err := q.stream.Info(ctx)
-	if err != nil {
-		return 0, nil, fmt.Errorf("read queue state: %w", err)
+	return n, info, nil
+}
+
+// scheduled counts the messages waiting for a retry: what the stream holds
+// on none of its other subjects. Counting them by their own subjects would
+// list one subject per message.
+func (q *Queue) scheduled(ctx context.Context) (uint64, *jetstream.StreamInfo, error) {
+	var others uint64
+	var info *jetstream.StreamInfo
+	for _, filter := range []string{q.subjSplit + ".>", q.subjIn, q.subjQ} {
+		i, err := q.stream.Info(ctx, jetstream.WithSubjectFilter(filter))
+		if err != nil {
+			return 0, nil, fmt.Errorf("read queue state: %w", err)
+		}
+		for _, c := range i.State.Subjects {
+			others += c
+		}
+		info = i
 	}
-	return info.State.Msgs - min(n, info.State.Msgs), info, nil
+	return info.State.Msgs - min(others, info.State.Msgs), info, nil
 }
 
 func (q *Queue) updateGauges() {

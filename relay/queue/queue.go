@@ -6,7 +6,8 @@
 //
 // # Layout
 //
-// The queue stream (work-queue retention) has three kinds of subjects,
+// The queue stream (limits retention: acknowledged messages are purged in
+// bulk, see reap) has these kinds of subjects,
 // under a prefix that is the stream name in lower case:
 //
 //   - <prefix>.in: packs of freshly accepted messages, one stream message
@@ -166,9 +167,11 @@ type Queue struct {
 	subjIn, subjQ, subjSched, subjBody, subjSplit string
 
 	commits chan *commitReq
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	// purgedTo is, per subject, the ack floor up to which reap purged.
+	purgedTo map[string]uint64
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 var (
@@ -206,7 +209,7 @@ func Open(ctx context.Context, o Options) (*Queue, error) {
 	if o.MetricsInterval == 0 {
 		o.MetricsInterval = 5 * time.Second
 	}
-	q := &Queue{opts: o, log: o.Log.With("stream", o.Stream), commits: make(chan *commitReq, 1024)}
+	q := &Queue{opts: o, log: o.Log.With("stream", o.Stream), commits: make(chan *commitReq, 1024), purgedTo: map[string]uint64{}}
 	subj := wire.SubjectsOf(o.Stream)
 	q.subjIn, q.subjQ, q.subjSched, q.subjBody, q.subjSplit = subj.In, subj.Queue, subj.Sched, subj.Body, subj.Split
 	if err := q.connect(); err != nil {
@@ -289,11 +292,15 @@ func (q *Queue) connect() error {
 func (q *Queue) setup(ctx context.Context) error {
 	o := q.opts
 	var err error
+	retention, err := q.retention(ctx)
+	if err != nil {
+		return err
+	}
 	q.stream, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:               o.Stream,
 		Description:        "mailfleet: accepted messages waiting for delivery",
 		Subjects:           []string{q.subjIn, q.subjQ, q.subjSched + ".>", q.subjSplit + ".>"},
-		Retention:          jetstream.WorkQueuePolicy,
+		Retention:          retention,
 		Storage:            jetstream.FileStorage,
 		Replicas:           o.Replicas,
 		Duplicates:         duplicateWindow,
@@ -336,6 +343,25 @@ func (q *Queue) setup(ctx context.Context) error {
 	}
 	q.split, err = consumer(o.Stream+"_split", q.subjIn)
 	return err
+}
+
+// retention is the queue stream's retention: limits (acknowledged messages
+// are purged by reap, see there), or work-queue for a stream an older relay
+// made, which the server will not change.
+func (q *Queue) retention(ctx context.Context) (jetstream.RetentionPolicy, error) {
+	s, err := q.js.Stream(ctx, q.opts.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return jetstream.LimitsPolicy, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read stream %s: %w", q.opts.Stream, err)
+	}
+	r := s.CachedInfo().Config.Retention
+	if r == jetstream.WorkQueuePolicy {
+		q.log.Warn("the queue stream has work-queue retention (made by an older relay): every delivered message costs a disk sync, " +
+			"which caps delivery; to lift it, drain the queue and delete the stream, and the relay makes a new one")
+	}
+	return r, nil
 }
 
 // openHandedOut reads what an earlier process of an embedded queue handed

@@ -94,9 +94,9 @@ func readBody(t testing.TB, p spool.Pending) []byte {
 }
 
 // waitEmpty waits until the queue holds no message and no body part.
-// JetStream removes an acknowledged message from a work-queue stream (and
-// purges parts) asynchronously, so right after Done the stream may still
-// count it for a moment; what must not happen is that it stays.
+// Body parts are purged and acknowledged messages stop counting a moment
+// after Done, so right after it the queue may still count them; what must
+// not happen is that they stay.
 func waitEmpty(t *testing.T, q *Queue, when string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
