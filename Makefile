@@ -61,6 +61,7 @@ fuzz:
 	go test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./relay/credentials
 	go test -run='^$$' -fuzz=FuzzStripHeader -fuzztime=$(FUZZTIME) ./relay/delivery
 	go test -run='^$$' -fuzz=FuzzUnpack -fuzztime=$(FUZZTIME) ./relay/queue
+	go test -run='^$$' -fuzz=FuzzDotWriter -fuzztime=$(FUZZTIME) ./relay/smtpclient
 
 ## bench: the relay's throughput benchmarks (figures in the README).
 bench: test-deps
@@ -83,6 +84,16 @@ clean:
 BENCH_OPERATOR_FLAGS ?=
 bench-operator: envtest
 	KUBEBUILDER_ASSETS=$(CURDIR)/bin/k8s go run ./hack/bench/operatorscale $(BENCH_OPERATOR_FLAGS)
+
+## bench-peers: mailfleet beside Postfix, Haraka and smtp-sink on this
+## machine (hack/bench/peers): accept rates, sustained delivery, idle
+## sessions; writes docs/benchmarks/peers.md and its charts.
+## BENCH_PEERS_FLAGS passes flags (go run ./hack/bench/peers -h).
+.PHONY: bench-peers
+BENCH_PEERS_FLAGS ?=
+bench-peers:
+	bash hack/install-bench-deps.sh
+	go run ./hack/bench/peers $(BENCH_PEERS_FLAGS)
 
 ## chart-sync: copy the generated CRDs and RBAC rules into the Helm chart.
 ## config/ is the one source; the chart reads its copies under files/.

@@ -21,10 +21,16 @@ import (
 )
 
 // BenchmarkEndToEnd measures the path after the 250: 20 writers commit 4 KiB
-// messages to the embedded queue (synced before each commit returns) while
+// and 100 KB messages to the embedded queue (synced before each commit returns) while
 // 16 workers deliver them through the smarthost transport to an SMTP sink
 // on loopback. The figure is messages per second out of the sink's side.
 func BenchmarkEndToEnd(b *testing.B) {
+	for _, size := range []int{4096, 100_000} {
+		b.Run(fmt.Sprintf("size=%d", size), func(b *testing.B) { benchEndToEnd(b, size) })
+	}
+}
+
+func benchEndToEnd(b *testing.B, size int) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	sink := smtpsink.Start(b)
 	host, portStr, _ := net.SplitHostPort(sink.Addr)
@@ -40,7 +46,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	runDispatcher(b, Config{Workers: 16, Destination: "bench"},
 		Deps{Queue: q, Spool: q, Transport: transport, DSN: fakeDSN, IDs: &counter{}, Log: log},
 		nil, func() { transport.Close(); q.Close() })
-	body := "Subject: bench\r\n\r\n" + strings.Repeat(strings.Repeat("x", 78)+"\r\n", 4096/80) + "\r\n"
+	body := "Subject: bench\r\n\r\n" + strings.Repeat(strings.Repeat("x", 78)+"\r\n", size/80) + "\r\n"
 
 	b.ResetTimer()
 	start := time.Now()

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/textproto"
 	"slices"
 	"strings"
 	"time"
@@ -343,10 +342,10 @@ func (c *Client) readReplyTimeout() (Reply, error) {
 }
 
 // dotWriter returns a writer that dot-stuffs the body and converts bare LF
-// to CRLF; closing it ends DATA with ".\r\n" (textproto's DotWriter, over our
-// buffered, deadline-renewing writer).
+// to CRLF; closing it ends DATA with ".\r\n" (see dotWriter), over our
+// buffered, deadline-renewing writer.
 func (c *Client) dotWriter() io.WriteCloser {
-	return textproto.NewWriter(c.bw).DotWriter()
+	return newDotWriter(c.bw)
 }
 
 // Host is the name the server is known by, as Params.Host gave it.
