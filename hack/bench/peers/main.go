@@ -1,0 +1,156 @@
+// Command peers measures the relay beside its peers on this machine, in one
+// run: mailfleet (AUTH, the rate-limit sidecar on a real Redis, the durable
+// queue, delivering to smtp-sink), Postfix's smtpd with its real queue
+// relaying to smtp-sink, Haraka 3 (accept and discard, with and without
+// AUTH) and smtp-sink itself as the ceiling.
+//
+// Three measurements:
+//
+//   - accept: 20 sessions, 4 KiB and 100 KB messages, many messages per
+//     session and one per session, loaded by Postfix's smtp-source (for the
+//     servers that take mail without AUTH) and by a Go load generator that
+//     does STARTTLS and AUTH where the server offers them; rounds
+//     interleaved, medians reported, with each server's CPU-seconds per
+//     1,000 messages;
+//   - sustained: a fixed offered load for a while, sampling every second
+//     what was accepted and what the sink downstream received, for
+//     mailfleet and Postfix;
+//   - idle: many sessions opened and left idle after STARTTLS on one relay
+//     process, with the relay's RSS per session and the accept rate of 20
+//     active sessions while they stay open.
+//
+// It writes docs/benchmarks/peers.md and PNG charts beside it (gnuplot).
+// Run it from the repository root with `make bench-peers`, which installs
+// what it needs (hack/install-bench-deps.sh), or:
+//
+//	go run ./hack/bench/peers -h
+//
+// It is a benchmark, not a test: it prints figures and exits 0.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	out       string
+	rounds    int
+	sessions  int
+	sizes     string
+	messages  int
+	onePer    int
+	rate      int
+	sustain   time.Duration
+	idle      int
+	only      string
+	skipPeers string
+	keep      bool
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.out, "out", "docs/benchmarks", "directory for peers.md and the charts")
+	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds of the accept measurement")
+	flag.IntVar(&o.sessions, "sessions", 20, "concurrent sessions")
+	flag.StringVar(&o.sizes, "sizes", "4096,102400", "message sizes in bytes, comma-separated")
+	flag.IntVar(&o.messages, "messages", 6000, "messages per accept run with many messages per session")
+	flag.IntVar(&o.onePer, "one-per-session", 2000, "messages per accept run with one message per session")
+	flag.IntVar(&o.rate, "rate", 0, "offered messages/s of the sustained run (0: 90% of mailfleet's median accept rate)")
+	flag.DurationVar(&o.sustain, "sustain", 60*time.Second, "how long the sustained run offers its load")
+	flag.IntVar(&o.idle, "idle", 10000, "idle sessions held open after STARTTLS (0 skips)")
+	flag.StringVar(&o.only, "only", "accept,sustained,idle", "measurements to run")
+	flag.StringVar(&o.skipPeers, "skip", "", "servers to leave out (mailfleet, postfix, haraka, haraka-auth, smtp-sink)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (logs, configurations) and print where it is")
+	flag.Parse()
+	log.SetFlags(log.Ltime)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(ctx context.Context, o options) error {
+	work, err := os.MkdirTemp("", "mailfleet-peers-")
+	if err != nil {
+		return err
+	}
+	// smtp-sink and Postfix drop privileges; they must reach their files.
+	if err := os.Chmod(work, 0o755); err != nil {
+		return err
+	}
+	if o.keep {
+		log.Printf("working directory: %s", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
+	sizes, err := parseSizes(o.sizes)
+	if err != nil {
+		return err
+	}
+	// Each side of an idle session is one file: here, and in the relay,
+	// which inherits the limit.
+	if err := raiseFileLimit(o.idle + 1000); err != nil {
+		return err
+	}
+	rep := &report{machine: describeMachine(), started: time.Now(), opts: o}
+	lab := &lab{dir: work, procs: &procs{}}
+	defer lab.procs.stopAll()
+
+	if want(o.only, "accept") {
+		if err := measureAccept(ctx, lab, o, sizes, rep); err != nil {
+			return fmt.Errorf("accept: %w", err)
+		}
+	}
+	if want(o.only, "sustained") {
+		if err := measureSustained(ctx, lab, o, rep); err != nil {
+			return fmt.Errorf("sustained: %w", err)
+		}
+	}
+	if want(o.only, "idle") && o.idle > 0 {
+		if err := measureIdle(ctx, lab, o, rep); err != nil {
+			return fmt.Errorf("idle: %w", err)
+		}
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	md, err := rep.write(o.out)
+	if err != nil {
+		return err
+	}
+	log.Printf("wrote %s", filepath.Join(o.out, "peers.md"))
+	fmt.Println(md)
+	return nil
+}
+
+func want(list, name string) bool {
+	for _, s := range strings.Split(list, ",") {
+		if strings.TrimSpace(s) == name {
+			return true
+		}
+	}
+	return false
+}
+
+func parseSizes(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		var n int
+		if _, err := fmt.Sscan(strings.TrimSpace(f), &n); err != nil || n < 100 {
+			return nil, fmt.Errorf("size %q: want a number of bytes of at least 100", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// sample is one second of a sustained run: totals so far.
+type sample struct {
+	t                   float64
+	accepted, delivered int64
+}
+
+// sustainedRun is one server's sustained run.
+type sustainedRun struct {
+	server          string
+	offered         int
+	samples         []sample
+	accepted        int64
+	acceptSeconds   float64 // how long the load was offered
+	deliverSeconds  float64 // from the start until the last message reached the sink
+	maxDepth        int64
+	drained         bool
+	cpuPer1000      float64
+	acceptedPerSec  float64
+	deliveredPerSec float64
+}
+
+// measureSustained offers a fixed load to mailfleet and Postfix in turn
+// and samples every second what was accepted and what reached the sink.
+func measureSustained(ctx context.Context, l *lab, o options, rep *report) error {
+	servers := rep.servers
+	if servers == nil {
+		var err error
+		if servers, err = startServers(ctx, l, o.skipPeers); err != nil {
+			return err
+		}
+		rep.servers = servers
+	}
+	rate := o.rate
+	if rate == 0 {
+		rate = int(0.9 * median(rep.accept[acceptKey{"mailfleet", "go", 4096, false}]).rate)
+	}
+	if rate <= 0 {
+		return fmt.Errorf("no offered rate: give -rate, or run the accept measurement first")
+	}
+	for _, srv := range servers {
+		if srv.sink == nil {
+			continue
+		}
+		run, err := sustainOnce(ctx, srv, o, rate)
+		if err != nil {
+			return fmt.Errorf("%s: %w", srv.name, err)
+		}
+		log.Printf("sustained %-9s offered %d/s: accepted %.0f/s, delivered %.0f/s (%.0f%%), max depth %d",
+			srv.name, rate, run.acceptedPerSec, run.deliveredPerSec, 100*run.deliveredPerSec/run.acceptedPerSec, run.maxDepth)
+		rep.sustained = append(rep.sustained, run)
+	}
+	return nil
+}
+
+func sustainOnce(ctx context.Context, srv *server, o options, rate int) (*sustainedRun, error) {
+	base := srv.sink.delivered.Load()
+	cpu0 := cpuSeconds(srv.pids()...)
+	run := &sustainedRun{server: srv.name, offered: rate}
+	lctx, stop := context.WithTimeout(ctx, o.sustain)
+	defer stop()
+	var res atomic.Pointer[loadResult]
+	done := make(chan struct{})
+	start := time.Now()
+	go func() {
+		defer close(done)
+		r := load{srv: srv, sessions: o.sessions, size: 4096, tokens: pace(lctx, rate)}
+		res.Store(r.runWith(lctx, func(lr *loadResult) { res.Store(lr) }))
+	}()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	loadDone := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-done:
+			if !loadDone {
+				loadDone = true
+				run.acceptSeconds = time.Since(start).Seconds()
+			}
+			done = nil
+			continue
+		case <-tick.C:
+		}
+		var acc int64
+		if lr := res.Load(); lr != nil {
+			acc = lr.accepted.Load()
+		}
+		del := srv.sink.delivered.Load() - base
+		run.samples = append(run.samples, sample{t: time.Since(start).Seconds(), accepted: acc, delivered: del})
+		run.maxDepth = max(run.maxDepth, acc-del)
+		if loadDone && del >= acc {
+			run.accepted, run.drained = acc, true
+			break
+		}
+		if loadDone && time.Since(start) > o.sustain+3*time.Minute {
+			run.accepted = acc
+			break
+		}
+	}
+	lr := res.Load()
+	if err := lr.err(); err != nil {
+		log.Printf("%s: sustained run: first error: %v", srv.name, err)
+	}
+	run.deliverSeconds = time.Since(start).Seconds()
+	if run.drained {
+		run.deliverSeconds = time.Unix(0, srv.sink.last.Load()).Sub(start).Seconds()
+	}
+	run.acceptedPerSec = float64(run.accepted) / run.acceptSeconds
+	run.deliveredPerSec = float64(run.accepted) / run.deliverSeconds
+	run.cpuPer1000 = (cpuSeconds(srv.pids()...) - cpu0) / float64(run.accepted) * 1000
+	return run, nil
+}
+
+// runWith is run, handing the live counts to publish first.
+func (l load) runWith(ctx context.Context, publish func(*loadResult)) *loadResult {
+	res := &loadResult{}
+	publish(res)
+	return l.runInto(ctx, res)
+}
+
+// measureIdle opens o.idle sessions to the relay, each after STARTTLS, and
+// leaves them idle; it reports the relay's RSS per session and the accept
+// rate of 20 active sessions before and while they are open.
+func measureIdle(ctx context.Context, l *lab, o options, rep *report) error {
+	var relay *server
+	for _, s := range rep.servers {
+		if s.name == "mailfleet" {
+			relay = s
+		}
+	}
+	if relay == nil {
+		var err error
+		if relay, err = l.mailfleet(ctx); err != nil {
+			return err
+		}
+	}
+	active := func() float64 {
+		r := load{srv: relay, sessions: o.sessions, size: 4096, messages: 4000}.run(ctx)
+		return float64(r.accepted.Load()) / r.elapsed.Seconds()
+	}
+	res := idleResult{sessions: o.idle}
+	res.rateBefore = active()
+	res.rssBefore = rssBytes(relay.relayPID)
+	conns := make([]*smtpConn, 0, o.idle)
+	defer func() {
+		for _, c := range conns {
+			c.close()
+		}
+	}()
+	idleSrv := *relay
+	idleSrv.auth = false // idle after STARTTLS and EHLO, as a client waiting to send
+	start := time.Now()
+	for len(conns) < o.idle {
+		c, err := dialSMTP(ctx, &idleSrv)
+		if err != nil {
+			return fmt.Errorf("idle session %d: %w", len(conns)+1, err)
+		}
+		conns = append(conns, c)
+	}
+	res.openSeconds = time.Since(start).Seconds()
+	time.Sleep(2 * time.Second) // let the relay's heap settle
+	res.rssWith = rssBytes(relay.relayPID)
+	res.rateWith = active()
+	rep.idle = &res
+	log.Printf("idle: %d sessions opened in %.1fs; relay RSS %d -> %d MiB (%.1f KiB/session); active accept %.0f -> %.0f msgs/s",
+		res.sessions, res.openSeconds, res.rssBefore>>20, res.rssWith>>20, res.perSessionKiB(), res.rateBefore, res.rateWith)
+	return nil
+}
+
+type idleResult struct {
+	sessions             int
+	openSeconds          float64
+	rssBefore, rssWith   int64
+	rateBefore, rateWith float64
+}
+
+func (r idleResult) perSessionKiB() float64 {
+	return float64(r.rssWith-r.rssBefore) / float64(r.sessions) / 1024
+}
+
+// raiseFileLimit raises this process's open-files limit to n, or as far
+// as the hard limit allows; the processes it starts inherit it.
+func raiseFileLimit(n int) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	if lim.Max < uint64(n) {
+		return fmt.Errorf("the open-files hard limit is %d; the idle measurement needs %d (use a smaller -idle)", lim.Max, n)
+	}
+	if lim.Cur >= uint64(n) {
+		return nil
+	}
+	lim.Cur = uint64(n)
+	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+}
