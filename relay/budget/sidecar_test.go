@@ -212,7 +212,11 @@ func TestSidecarAgainstRatelimit(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(string(tt.mode), func(t *testing.T) {
 			r := redistest.StartRedis(t)
-			sc := ratelimittest.StartSidecar(t, r.Addr, ratelimit.Options{Window: time.Hour, FailureMode: tt.mode})
+			// Redis gets seconds, not the default 50 ms: on a loaded
+			// machine the first call (a new connection, the script
+			// loaded) took longer, and deny mode answered Unavailable
+			// with Redis up. The deadline is not what this test is about.
+			sc := ratelimittest.StartSidecar(t, r.Addr, ratelimit.Options{Window: time.Hour, FailureMode: tt.mode, Deadline: 5 * time.Second})
 			s := newTestSidecar(t, sc.Addr, time.Second)
 			user := "acme-" + string(tt.mode)
 			for i, want := range tt.whenRedisUp {
