@@ -70,9 +70,16 @@ func (r Result) Remaining() int64 {
 	return max(r.Limit-r.Count, 0)
 }
 
+// Redis is what the counter needs of a go-redis client (a *redis.Client,
+// or a *redis.ClusterClient): scripts, and pipelines for batches of them.
+type Redis interface {
+	redis.Scripter
+	Pipeline() redis.Pipeliner
+}
+
 // Counter is the shared fixed-window counter in Redis.
 type Counter struct {
-	client   redis.Scripter
+	client   Redis
 	script   *redis.Script
 	lease    *redis.Script
 	giveBack *redis.Script
@@ -82,7 +89,7 @@ type Counter struct {
 
 // NewCounter counts in Redis in calendar-aligned windows of the given length
 // (whole seconds; a minute in production).
-func NewCounter(client redis.Scripter, window time.Duration) (*Counter, error) {
+func NewCounter(client Redis, window time.Duration) (*Counter, error) {
 	if window < time.Second || window%time.Second != 0 {
 		return nil, fmt.Errorf("counter window %v: want a whole number of seconds", window)
 	}

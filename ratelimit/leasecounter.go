@@ -115,38 +115,110 @@ type Lease struct {
 	StartsIn, EndsIn time.Duration
 }
 
-// Lease takes a block of apiUser's budget for holder (see leaseScript).
-func (c *Counter) Lease(ctx context.Context, holder string, a LeaseAsk) (Lease, error) {
-	next := 0
-	if a.Next {
-		next = 1
-	}
-	vals, err := c.lease.Run(ctx, c.client, []string{tag(c.scope, a.APIUser)},
-		max(a.Want, a.Need), a.Need, a.Limit, c.seconds(), int64(ttlSlack/time.Second), next, leaseShareDivisor, holder).Int64Slice()
+// Leases takes blocks of accounts' budgets for holder (see leaseScript),
+// one script per ask in one pipeline: one round trip for the batch.
+func (c *Counter) Leases(ctx context.Context, holder string, asks []LeaseAsk) ([]Lease, error) {
+	out := make([]Lease, len(asks))
+	err := c.runBatch(ctx, c.lease, len(asks), func(i int) ([]string, []any) {
+		a := asks[i]
+		next := 0
+		if a.Next {
+			next = 1
+		}
+		return []string{tag(c.scope, a.APIUser)}, []any{max(a.Want, a.Need), a.Need, a.Limit, c.seconds(),
+			int64(ttlSlack / time.Second), next, leaseShareDivisor, holder}
+	}, func(i int, cmd *redis.Cmd) error {
+		vals, err := cmd.Int64Slice()
+		if err != nil {
+			return err
+		}
+		if len(vals) != 5 {
+			return errors.New("the script returned an unexpected reply")
+		}
+		out[i] = Lease{
+			Units: vals[0], Left: vals[1], Window: vals[4],
+			StartsIn: time.Duration(vals[2]) * time.Microsecond,
+			EndsIn:   time.Duration(vals[3]) * time.Microsecond,
+		}
+		return nil
+	})
 	if err != nil {
-		return Lease{}, fmt.Errorf("redis lease: %w", err)
+		return nil, fmt.Errorf("redis lease: %w", err)
 	}
-	if len(vals) != 5 {
-		return Lease{}, errors.New("redis lease: the script returned an unexpected reply")
-	}
-	return Lease{
-		Units:    vals[0],
-		Left:     vals[1],
-		StartsIn: time.Duration(vals[2]) * time.Microsecond,
-		EndsIn:   time.Duration(vals[3]) * time.Microsecond,
-		Window:   vals[4],
-	}, nil
+	return out, nil
 }
 
-// Return gives back up to units of what holder leased of apiUser's window
-// (see returnScript) and reports how many it gave back.
-func (c *Counter) Return(ctx context.Context, holder, apiUser string, window, units int64) (int64, error) {
-	n, err := c.giveBack.Run(ctx, c.client, []string{tag(c.scope, apiUser)},
-		window, units, holder, c.seconds()).Int64()
+// Unused is what a holder gives back of one account's window.
+type Unused struct {
+	APIUser       string
+	Window, Units int64
+}
+
+// Returns gives back what holder did not use (see returnScript), in one
+// pipeline, and reports how many units each gave back.
+func (c *Counter) Returns(ctx context.Context, holder string, unused []Unused) ([]int64, error) {
+	out := make([]int64, len(unused))
+	err := c.runBatch(ctx, c.giveBack, len(unused), func(i int) ([]string, []any) {
+		u := unused[i]
+		return []string{tag(c.scope, u.APIUser)}, []any{u.Window, u.Units, holder, c.seconds()}
+	}, func(i int, cmd *redis.Cmd) (err error) {
+		out[i], err = cmd.Int64()
+		return err
+	})
 	if err != nil {
-		return 0, fmt.Errorf("redis return: %w", err)
+		return nil, fmt.Errorf("redis return: %w", err)
 	}
-	return n, nil
+	return out, nil
+}
+
+// runBatch runs script n times in one pipeline, with the keys and
+// arguments args gives for each, and hands each reply to read. Scripts go
+// as EVALSHA; those Redis has not cached (after a restart or SCRIPT FLUSH)
+// go again as EVAL, which caches it. A script that failed did nothing, so
+// sending it again cannot count twice.
+func (c *Counter) runBatch(ctx context.Context, script *redis.Script, n int,
+	args func(int) ([]string, []any), read func(int, *redis.Cmd) error) error {
+	cmds := make([]*redis.Cmd, n)
+	run := func(todo []int, eval bool) error {
+		pipe := c.client.Pipeline()
+		for _, i := range todo {
+			keys, argv := args(i)
+			if eval {
+				cmds[i] = script.Eval(ctx, pipe, keys, argv...)
+			} else {
+				cmds[i] = script.EvalSha(ctx, pipe, keys, argv...)
+			}
+		}
+		_, err := pipe.Exec(ctx)
+		if err != nil && !redis.HasErrorPrefix(err, "NOSCRIPT") {
+			return err
+		}
+		return nil
+	}
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	if err := run(all, false); err != nil {
+		return err
+	}
+	var uncached []int
+	for i, cmd := range cmds {
+		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			uncached = append(uncached, i)
+		}
+	}
+	if len(uncached) > 0 {
+		if err := run(uncached, true); err != nil {
+			return err
+		}
+	}
+	for i, cmd := range cmds {
+		if err := read(i, cmd); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // seconds is the window's length in seconds, as the scripts take it.

@@ -14,19 +14,19 @@ func TestLeaseScript(t *testing.T) {
 	ctx := context.Background()
 	lease := func(holder string, a LeaseAsk) Lease {
 		t.Helper()
-		l, err := c.Lease(ctx, holder, a)
+		l, err := c.Leases(ctx, holder, []LeaseAsk{a})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return l
+		return l[0]
 	}
 	giveBack := func(holder, user string, window, units int64) int64 {
 		t.Helper()
-		n, err := c.Return(ctx, holder, user, window, units)
+		n, err := c.Returns(ctx, holder, []Unused{{APIUser: user, Window: window, Units: units}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return n
+		return n[0]
 	}
 	take := func(user string, hits, limit int64) Result {
 		t.Helper()
@@ -120,4 +120,35 @@ func TestLeaseScript(t *testing.T) {
 			t.Fatalf("zero budget: %+v", l)
 		}
 	})
+}
+
+// TestLeaseBatch: a batch of asks and returns is one pipeline, each item
+// decided on its own, and one after SCRIPT FLUSH loads the scripts again.
+func TestLeaseBatch(t *testing.T) {
+	c, r := newTestCounter(t, time.Hour)
+	redistest.WaitForTimeLeft(time.Hour, 10*time.Second)
+	ctx := context.Background()
+	for round := range 2 {
+		if err := r.Client().ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		leases, err := c.Leases(ctx, "a", []LeaseAsk{
+			{APIUser: "x", Want: 2, Limit: 100},
+			{APIUser: "y", Want: 8, Need: 8, Limit: 4},
+			{APIUser: "x", Want: 3, Limit: 100},
+		})
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if leases[0].Units != 2 || leases[1].Units != 0 || leases[1].Left != 4 || leases[2].Units != 3 || leases[2].Left != []int64{95, 91}[round] {
+			t.Fatalf("round %d: %+v", round, leases)
+		}
+		if err := r.Client().ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		back, err := c.Returns(ctx, "a", []Unused{{APIUser: "x", Window: leases[0].Window, Units: 1}, {APIUser: "y", Window: leases[1].Window, Units: 1}})
+		if err != nil || back[0] != 1 || back[1] != 0 {
+			t.Fatalf("round %d: returns %v, %v", round, back, err)
+		}
+	}
 }

@@ -24,68 +24,61 @@ var _ leasewire.Server = (*Server)(nil)
 // maxHolder bounds a holder's name: it becomes a Redis hash field.
 const maxHolder = 128
 
-// TakeLeases implements leasewire.Server.
+// TakeLeases implements leasewire.Server: every ask in one Redis round
+// trip, or all of them by the failure mode.
 func (s *Server) TakeLeases(ctx context.Context, req *leasewire.TakeRequest) (*leasewire.TakeReply, error) {
 	if err := s.checkLeaseTake(req); err != nil {
 		s.opts.Metrics.leaseCall(leaseTake, OutcomeInvalid)
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	reply := &leasewire.TakeReply{Grants: make([]leasewire.Grant, len(req.Asks))}
-	outcome := OutcomeOK
+	asks := make([]LeaseAsk, len(req.Asks))
 	for i, a := range req.Asks {
-		g, err := s.lease(ctx, req.Holder, a)
-		switch {
-		case errors.Is(err, errDenied):
-			s.opts.Metrics.leaseCall(leaseTake, OutcomeFailureDenied)
-			return nil, err
-		case err != nil:
-			s.opts.Metrics.leaseCall(leaseTake, OutcomeCanceled)
-			return nil, err
+		asks[i] = LeaseAsk{APIUser: a.APIUser, Want: a.Want, Need: a.Need, Limit: a.Limit, Next: a.Next}
+	}
+	var leases []Lease
+	err := s.inRedis(ctx, func(rctx context.Context) (err error) {
+		leases, err = s.counter.Leases(rctx, req.Holder, asks)
+		return err
+	})
+	reply := &leasewire.TakeReply{Grants: make([]leasewire.Grant, len(asks))}
+	window := s.opts.Window.Microseconds()
+	outcome := OutcomeOK
+	switch {
+	case err == nil:
+		for i, l := range leases {
+			reply.Grants[i] = leasewire.Grant{
+				Units: l.Units, Left: l.Left, Window: l.Window, WindowMicros: window,
+				StartsInMicros: l.StartsIn.Microseconds(), EndsInMicros: l.EndsIn.Microseconds(),
+			}
 		}
-		if g.Fallback {
-			outcome = OutcomeFailureAllowed
+	case !errors.Is(err, errRedisDown):
+		s.opts.Metrics.leaseCall(leaseTake, OutcomeCanceled)
+		return nil, err
+	case s.opts.FailureMode == FailureDeny:
+		s.opts.Metrics.leaseCall(leaseTake, OutcomeFailureDenied)
+		return nil, errDenied
+	default:
+		// The fallback decides each message (Need), as it would a call: a
+		// block from it would be a share of a budget nobody is counting.
+		outcome = OutcomeFailureAllowed
+		for i, a := range asks {
+			s.opts.Metrics.fallback.Inc()
+			res := s.fallback.take(a.APIUser, a.Need, a.Limit)
+			g := leasewire.Grant{
+				Left: res.Remaining(), Window: res.Window, Fallback: true, WindowMicros: window,
+				StartsInMicros: (res.ResetIn - s.opts.Window).Microseconds(), EndsInMicros: res.ResetIn.Microseconds(),
+			}
+			if res.Allowed {
+				g.Units = a.Need
+			}
+			reply.Grants[i] = g
 		}
+	}
+	for _, g := range reply.Grants {
 		s.opts.Metrics.leaseUnits.WithLabelValues(leaseGranted).Add(float64(g.Units))
-		reply.Grants[i] = g
 	}
 	s.opts.Metrics.leaseCall(leaseTake, outcome)
 	return reply, nil
-}
-
-// lease grants one ask from Redis, or by the failure mode.
-func (s *Server) lease(ctx context.Context, holder string, a leasewire.Ask) (leasewire.Grant, error) {
-	var l Lease
-	err := s.inRedis(ctx, func(rctx context.Context) (err error) {
-		l, err = s.counter.Lease(rctx, holder, LeaseAsk{APIUser: a.APIUser, Want: a.Want, Need: a.Need, Limit: a.Limit, Next: a.Next})
-		return err
-	})
-	window := s.opts.Window
-	if err == nil {
-		return leasewire.Grant{
-			Units: l.Units, Left: l.Left, Window: l.Window,
-			StartsInMicros: l.StartsIn.Microseconds(), EndsInMicros: l.EndsIn.Microseconds(),
-			WindowMicros: window.Microseconds(),
-		}, nil
-	}
-	if !errors.Is(err, errRedisDown) {
-		return leasewire.Grant{}, err
-	}
-	if s.opts.FailureMode == FailureDeny {
-		return leasewire.Grant{}, errDenied
-	}
-	// The fallback decides the message (Need), as it would a call: a block
-	// from it would be a share of a budget nobody is counting.
-	s.opts.Metrics.fallback.Inc()
-	res := s.fallback.take(a.APIUser, a.Need, a.Limit)
-	g := leasewire.Grant{
-		Left: res.Remaining(), Window: res.Window, Fallback: true,
-		StartsInMicros: (res.ResetIn - window).Microseconds(), EndsInMicros: res.ResetIn.Microseconds(),
-		WindowMicros: window.Microseconds(),
-	}
-	if res.Allowed {
-		g.Units = a.Need
-	}
-	return g, nil
 }
 
 // ReturnLeases implements leasewire.Server. A return that Redis cannot take
@@ -96,24 +89,28 @@ func (s *Server) ReturnLeases(ctx context.Context, req *leasewire.ReturnRequest)
 		s.opts.Metrics.leaseCall(leaseReturn, OutcomeInvalid)
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	reply := &leasewire.ReturnReply{Returned: make([]int64, len(req.Unused))}
+	unused := make([]Unused, len(req.Unused))
 	for i, u := range req.Unused {
-		err := s.inRedis(ctx, func(rctx context.Context) (err error) {
-			reply.Returned[i], err = s.counter.Return(rctx, req.Holder, u.APIUser, u.Window, u.Units)
-			return err
-		})
-		switch {
-		case errors.Is(err, errRedisDown):
-			s.opts.Metrics.leaseCall(leaseReturn, OutcomeNotReturned)
-			return nil, status.Error(codes.Unavailable, "rate limit counters unavailable: unused units stay counted until their window ends")
-		case err != nil:
-			s.opts.Metrics.leaseCall(leaseReturn, OutcomeCanceled)
-			return nil, err
-		}
-		s.opts.Metrics.leaseUnits.WithLabelValues(leaseReturned).Add(float64(reply.Returned[i]))
+		unused[i] = Unused{APIUser: u.APIUser, Window: u.Window, Units: u.Units}
+	}
+	var returned []int64
+	err := s.inRedis(ctx, func(rctx context.Context) (err error) {
+		returned, err = s.counter.Returns(rctx, req.Holder, unused)
+		return err
+	})
+	switch {
+	case errors.Is(err, errRedisDown):
+		s.opts.Metrics.leaseCall(leaseReturn, OutcomeNotReturned)
+		return nil, status.Error(codes.Unavailable, "rate limit counters unavailable: unused units stay counted until their window ends")
+	case err != nil:
+		s.opts.Metrics.leaseCall(leaseReturn, OutcomeCanceled)
+		return nil, err
+	}
+	for _, n := range returned {
+		s.opts.Metrics.leaseUnits.WithLabelValues(leaseReturned).Add(float64(n))
 	}
 	s.opts.Metrics.leaseCall(leaseReturn, OutcomeOK)
-	return reply, nil
+	return &leasewire.ReturnReply{Returned: returned}, nil
 }
 
 func (s *Server) checkLeaseTake(req *leasewire.TakeRequest) error {

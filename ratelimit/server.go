@@ -28,7 +28,6 @@ import (
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -168,7 +167,7 @@ type Server struct {
 }
 
 // NewServer counts through client (a go-redis client, see NewRedisClient).
-func NewServer(client redis.Scripter, opts Options) (*Server, error) {
+func NewServer(client Redis, opts Options) (*Server, error) {
 	opts.defaults()
 	if err := opts.validate(); err != nil {
 		return nil, fmt.Errorf("rate limit server: %w", err)
