@@ -82,9 +82,21 @@ type Leased struct {
 	// its grants (a minute until the first).
 	window atomic.Int64
 
+	// Refills waiting to be sent, all in the next call (see flush).
+	refillMu sync.Mutex
+	refills  []pendingRefill
+	kick     chan struct{}
+
 	stop    chan struct{}
-	stopped chan struct{}
+	stopped sync.WaitGroup
 	closed  sync.Once
+}
+
+// pendingRefill is a refill waiting for the next call.
+type pendingRefill struct {
+	a   *account
+	f   *fetch
+	ask leasewire.Ask
 }
 
 // Defaults for LeasedOptions.
@@ -111,6 +123,11 @@ type LeasedOptions struct {
 	// gives back what it holds of it, but for one message's worth (default
 	// DefaultIdleReturn).
 	IdleReturn time.Duration
+
+	// manualSweeps leaves sweeping to the caller, and now replaces the
+	// clock (tests).
+	manualSweeps bool
+	now          func() time.Time
 }
 
 // NewLeased connects to the sidecar in the background; Take works as soon
@@ -126,6 +143,9 @@ func NewLeased(o LeasedOptions) (*Leased, error) {
 	if o.IdleReturn <= 0 {
 		o.IdleReturn = DefaultIdleReturn
 	}
+	if o.now == nil {
+		o.now = time.Now
+	}
 	conn, err := dialSidecar(o.Address)
 	if err != nil {
 		return nil, err
@@ -139,12 +159,15 @@ func NewLeased(o LeasedOptions) (*Leased, error) {
 		timeout:       o.Timeout,
 		life:          o.LeaseLife,
 		idle:          o.IdleReturn,
-		now:           time.Now,
+		now:           o.now,
 		accounts:      map[string]*account{},
+		kick:          make(chan struct{}, 1),
 		stop:          make(chan struct{}),
-		stopped:       make(chan struct{}),
 	}
-	go l.run()
+	if !o.manualSweeps {
+		l.stopped.Go(l.run)
+	}
+	l.stopped.Go(l.flush)
 	return l, nil
 }
 
@@ -210,6 +233,7 @@ func (l *Leased) Take(ctx context.Context, req Request) Decision {
 	}
 	hits, limit := int64(req.hits()), int64(req.Limit)
 	var deadline time.Time
+	waited := false
 	for {
 		if l.perMessage.Load() {
 			return l.rls.Take(ctx, req)
@@ -251,7 +275,10 @@ func (l *Leased) Take(ctx context.Context, req Request) Decision {
 		w := &waiter{hits: hits}
 		f.waiters = append(f.waiters, w)
 		a.mu.Unlock()
-		l.waits.Add(1)
+		if !waited {
+			waited = true
+			l.waits.Add(1)
+		}
 		if d, ok := l.wait(ctx, a, f, w, deadline); ok {
 			return d
 		}
@@ -406,13 +433,55 @@ func (l *Leased) refill(a *account, now time.Time) {
 	a.adapt(now, l.life)
 	want := min(a.target(), a.cap()-a.cur.units)
 	if left := a.cur.until.Sub(now); left < l.life {
-		want = want * int64(left) / int64(l.life)
+		want = max(want*int64(left)/int64(l.life), 1)
 	}
 	if want <= 0 {
 		return
 	}
 	a.fetch = &fetch{done: make(chan struct{})}
-	go l.runFetch(a, a.fetch, leasewire.Ask{APIUser: a.name, Limit: a.limit, Want: want})
+	l.refillMu.Lock()
+	l.refills = append(l.refills, pendingRefill{a, a.fetch, leasewire.Ask{APIUser: a.name, Limit: a.limit, Want: want}})
+	l.refillMu.Unlock()
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// flush sends the queued refills until Close, all that queued while the
+// previous call was out in one call: with many accounts each holding a
+// little (a unit or two of an account that sends now and then), refills
+// are as frequent as messages, and one call per refill would cost the
+// sidecar as much as asking per message.
+func (l *Leased) flush() {
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-l.kick:
+		}
+		for {
+			l.refillMu.Lock()
+			batch := l.refills[:min(len(l.refills), leasewire.MaxItems)]
+			l.refills = l.refills[len(batch):]
+			l.refillMu.Unlock()
+			if len(batch) == 0 {
+				break
+			}
+			asks := make([]leasewire.Ask, len(batch))
+			for i, p := range batch {
+				asks[i] = p.ask
+			}
+			reply, err, sent, received := l.take(asks)
+			for i, p := range batch {
+				var g *leasewire.Grant
+				if err == nil {
+					g = &reply.Grants[i]
+				}
+				l.settle(p.a, p.f, g, err, sent, received)
+			}
+		}
+	}
 }
 
 // fetchFor takes a lease for a message of hits recipients that the lease
@@ -431,14 +500,28 @@ func (l *Leased) fetchFor(a *account, now time.Time, hits int64) *fetch {
 
 // runFetch takes one lease and decides the messages waiting for it.
 func (l *Leased) runFetch(a *account, f *fetch, ask leasewire.Ask) {
+	reply, err, sent, received := l.take([]leasewire.Ask{ask})
+	var g *leasewire.Grant
+	if err == nil {
+		g = &reply.Grants[0]
+	}
+	l.settle(a, f, g, err, sent, received)
+}
+
+// take asks for leases, within the timeout.
+func (l *Leased) take(asks []leasewire.Ask) (reply *leasewire.TakeReply, err error, sent, received time.Time) {
 	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
 	defer cancel()
-	sent := l.now()
-	reply, err := l.client.Take(ctx, &leasewire.TakeRequest{Holder: l.holder, Asks: []leasewire.Ask{ask}})
-	received := l.now()
+	sent = l.now()
+	reply, err = l.client.Take(ctx, &leasewire.TakeRequest{Holder: l.holder, Asks: asks})
+	return reply, err, sent, l.now()
+}
+
+// settle ends fetch f of a with its grant g, or err.
+func (l *Leased) settle(a *account, f *fetch, g *leasewire.Grant, err error, sent, received time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	leased := l.arrived(a, f, reply, err, sent, received)
+	leased := l.arrived(a, f, g, err, sent, received)
 	a.fetch = nil
 	close(f.done)
 	// The messages it served may have left the lease low. Only after a
@@ -451,7 +534,7 @@ func (l *Leased) runFetch(a *account, f *fetch, ask leasewire.Ask) {
 
 // arrived applies a lease's answer and decides the messages waiting for it
 // (a.mu held). It reports whether Redis leased any units.
-func (l *Leased) arrived(a *account, f *fetch, reply *leasewire.TakeReply, err error, sent, received time.Time) bool {
+func (l *Leased) arrived(a *account, f *fetch, grant *leasewire.Grant, err error, sent, received time.Time) bool {
 	if status.Code(err) == codes.Unimplemented {
 		// The waiters ask again, per message.
 		if !l.perMessage.Swap(true) {
@@ -467,7 +550,7 @@ func (l *Leased) arrived(a *account, f *fetch, reply *leasewire.TakeReply, err e
 		return false
 	}
 	l.answered()
-	g := reply.Grants[0]
+	g := *grant
 	l.learn(g)
 	// A grant from the sidecar's fallback limiter is a decision for the
 	// message that asked, counted nowhere shared: it is used now or never.
@@ -479,6 +562,7 @@ func (l *Leased) arrived(a *account, f *fetch, reply *leasewire.TakeReply, err e
 		a.grantedAt = received
 	}
 	a.roll(received)
+	var unserved int64
 	for _, w := range f.waiters {
 		have := fallback
 		if a.usable(received) {
@@ -494,8 +578,15 @@ func (l *Leased) arrived(a *account, f *fetch, reply *leasewire.TakeReply, err e
 		case w.hits > have+g.Left:
 			// The window had less left than this message lacks.
 			decide(w, OverLimit)
+		default:
+			// The window may still have enough: w asks again.
+			unserved += w.hits
 		}
-		// Otherwise the window may still have enough: w asks again.
+	}
+	if unserved > 0 {
+		// More messages came in one round trip than the block holds: a
+		// burst, which doubling once per round trip would follow slowly.
+		a.block = min(max(a.block*2, unserved), a.cap())
 	}
 	return !g.Fallback && g.Units > 0
 }
@@ -537,7 +628,6 @@ func (l *Leased) windowLength() time.Duration {
 // and forgetting accounts unused for two windows. It ticks 60 times a
 // window (once a second for a minute), at least every 10 ms.
 func (l *Leased) run() {
-	defer close(l.stopped)
 	for {
 		tick := time.NewTimer(max(l.windowLength()/60, 10*time.Millisecond))
 		select {
@@ -662,7 +752,7 @@ func (l *Leased) Close() error {
 	var err error
 	l.closed.Do(func() {
 		close(l.stop)
-		<-l.stopped
+		l.stopped.Wait()
 		now := l.now()
 		var unused []leasewire.Unused
 		for _, a := range l.snapshot() {

@@ -144,16 +144,12 @@ func newTestLeased(t testing.TB, addr string, c *clock, o LeasedOptions) *Leased
 	if o.Timeout == 0 {
 		o.Timeout = time.Second
 	}
+	if c != nil {
+		o.manualSweeps, o.now = true, c.now
+	}
 	l, err := NewLeased(o)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if c != nil {
-		close(l.stop) // no background sweeps on a test clock
-		<-l.stopped
-		l.stop, l.stopped = make(chan struct{}), make(chan struct{})
-		close(l.stopped)
-		l.now = c.now
 	}
 	t.Cleanup(func() { l.Close() })
 	return l
@@ -411,4 +407,12 @@ func TestLeasedWithoutLeaseService(t *testing.T) {
 	if got := f.lastRequest().GetDescriptors()[0].GetLimit().GetRequestsPerUnit(); got != 10 {
 		t.Fatalf("asked with limit %d", got)
 	}
+}
+
+// accountIfAny is the account's state, if this relay has any.
+func (l *Leased) accountIfAny(apiUser string) (*account, bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	a, ok := l.accounts[apiUser]
+	return a, ok
 }
