@@ -372,7 +372,9 @@ func TestLeasedAgainstRatelimit(t *testing.T) {
 		t.Run(string(tt.mode), func(t *testing.T) {
 			r := redistest.StartRedis(t)
 			redistest.WaitForTimeLeft(time.Hour, 10*time.Second)
-			sc := ratelimittest.StartSidecar(t, r.Addr, ratelimit.Options{Window: time.Hour, FailureMode: tt.mode})
+			// A generous deadline: while Redis is up, a busy machine must
+			// not make the failure mode decide.
+			sc := ratelimittest.StartSidecar(t, r.Addr, ratelimit.Options{Window: time.Hour, FailureMode: tt.mode, Deadline: time.Second})
 			l := newTestLeased(t, sc.Addr, nil, LeasedOptions{})
 			user := "acme-" + string(tt.mode)
 			if n, d := takeN(l, Request{APIUser: user, LabelID: "1001", Limit: 50}, 60); n != 50 || d[OverLimit] != 10 {
