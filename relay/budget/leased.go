@@ -31,8 +31,10 @@ import (
 //   - A block adapts to the account's rate on this relay: it starts at one
 //     unit (or the message's recipients) and doubles while a block lasts
 //     less than half of LeaseLife, halving when it lasts more than twice
-//     that. A refill is taken in the background when half of a block is
-//     left, so a busy account does not wait for one.
+//     that, and jumps to what is waiting when messages queue behind a
+//     fetch. A refill is taken in the background when half of a block is
+//     left, so a busy account does not wait for one; the refills of all
+//     accounts go together, one call per round trip.
 //   - A relay holds at most 1/16 of an account's budget (beyond the message
 //     being decided), and the sidecar grants at most a quarter of what is
 //     left beyond what the message needs: near the budget's edge leases
