@@ -142,7 +142,7 @@ func newTestLeased(t testing.TB, addr string, c *clock, o LeasedOptions) *Leased
 	t.Helper()
 	o.Address = addr
 	if o.Timeout == 0 {
-		o.Timeout = time.Second
+		o.Timeout = 5 * time.Second // a busy machine must not turn a test's decision into 451
 	}
 	if c != nil {
 		o.manualSweeps, o.now = true, c.now
@@ -374,7 +374,7 @@ func TestLeasedAgainstRatelimit(t *testing.T) {
 			redistest.WaitForTimeLeft(time.Hour, 10*time.Second)
 			// A generous deadline: while Redis is up, a busy machine must
 			// not make the failure mode decide.
-			sc := ratelimittest.StartSidecar(t, r.Addr, ratelimit.Options{Window: time.Hour, FailureMode: tt.mode, Deadline: time.Second})
+			sc := ratelimittest.StartSidecar(t, r.Addr, ratelimit.Options{Window: time.Hour, FailureMode: tt.mode, Deadline: 2 * time.Second})
 			l := newTestLeased(t, sc.Addr, nil, LeasedOptions{})
 			user := "acme-" + string(tt.mode)
 			if n, d := takeN(l, Request{APIUser: user, LabelID: "1001", Limit: 50}, 60); n != 50 || d[OverLimit] != 10 {

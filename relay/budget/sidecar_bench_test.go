@@ -59,9 +59,10 @@ func BenchmarkSidecarBaseline(b *testing.B) {
 	b.Run("rate=max", func(b *testing.B) { benchMax(b, clients, users, 64) })
 }
 
-// BenchmarkLeased is BenchmarkSidecar's load through budget.Leased: the
-// same fleets of in-process sidecars on one redis-server, the same
-// accounts, rates and figures, decided from leases.
+// BenchmarkLeased is BenchmarkSidecar's load through budget.Leased (with
+// the relay's default timeout): the same fleets of in-process sidecars on
+// one redis-server, the same accounts, rates and figures, decided from
+// leases.
 //
 // Each relay first serves every account of the sequence once, as a relay
 // that has been running has served its accounts in the window before (a
@@ -71,14 +72,14 @@ func BenchmarkSidecarBaseline(b *testing.B) {
 // BenchmarkSidecar's figures: waited, the decisions that waited for a lease
 // from the sidecar (a loopback round trip); over_limit, the 536s.
 //
-//	go test -run '^$' -bench 'BenchmarkLeased|BenchmarkSidecar' -benchtime 20000x ./relay/budget
+//	go test -run '^$' -bench 'BenchmarkLeased$|BenchmarkSidecar' -benchtime 20000x ./relay/budget
 func BenchmarkLeased(b *testing.B) {
 	for _, sidecars := range []int{1, 3} {
 		b.Run(fmt.Sprintf("sidecars=%d", sidecars), func(b *testing.B) {
 			var clients []Budget
 			var leased []*Leased
 			for _, addr := range startBenchSidecars(b, sidecars) {
-				l := newTestLeased(b, addr, nil, LeasedOptions{})
+				l := newTestLeased(b, addr, nil, LeasedOptions{SidecarOptions: SidecarOptions{Timeout: DefaultSidecarTimeout}})
 				clients, leased = append(clients, l), append(leased, l)
 			}
 			users := zipfUsers(1 << 16)
@@ -114,7 +115,7 @@ func BenchmarkLeased(b *testing.B) {
 //	go test -run '^$' -bench BenchmarkLeasedWindowBoundary -benchtime 20000x ./relay/budget
 func BenchmarkLeasedWindowBoundary(b *testing.B) {
 	const rate = 5000
-	l := newTestLeased(b, startBenchSidecars(b, 1)[0], nil, LeasedOptions{})
+	l := newTestLeased(b, startBenchSidecars(b, 1)[0], nil, LeasedOptions{SidecarOptions: SidecarOptions{Timeout: DefaultSidecarTimeout}})
 	users := zipfUsers(1 << 16)
 	// Warm up early in a window, as a relay running for a while has served
 	// its accounts in the window before.
