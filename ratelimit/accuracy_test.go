@@ -71,7 +71,7 @@ func accuracyRun(t *testing.T, redisAddr string, window time.Duration, workers, 
 	fire(t, clients, workers, "warmup", time.Now().Add(300*time.Millisecond), window)
 	fallbacks := func() (n float64) {
 		for _, sc := range sidecars {
-			n += metric(t, sc, "mailfleet_ratelimit_fallback_total")
+			n += sc.Metric(t, "mailfleet_ratelimit_fallback_total")
 		}
 		return n
 	}

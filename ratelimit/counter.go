@@ -70,21 +70,31 @@ func (r Result) Remaining() int64 {
 	return max(r.Limit-r.Count, 0)
 }
 
+// Redis is what the counter needs of a go-redis client (a *redis.Client,
+// or a *redis.ClusterClient): scripts, and pipelines for batches of them.
+type Redis interface {
+	redis.Scripter
+	Pipeline() redis.Pipeliner
+}
+
 // Counter is the shared fixed-window counter in Redis.
 type Counter struct {
-	client redis.Scripter
-	script *redis.Script
-	window time.Duration
-	scope  string
+	client   Redis
+	script   *redis.Script
+	lease    *redis.Script
+	giveBack *redis.Script
+	window   time.Duration
+	scope    string
 }
 
 // NewCounter counts in Redis in calendar-aligned windows of the given length
 // (whole seconds; a minute in production).
-func NewCounter(client redis.Scripter, window time.Duration) (*Counter, error) {
+func NewCounter(client Redis, window time.Duration) (*Counter, error) {
 	if window < time.Second || window%time.Second != 0 {
 		return nil, fmt.Errorf("counter window %v: want a whole number of seconds", window)
 	}
-	return &Counter{client: client, script: redis.NewScript(takeScript), window: window}, nil
+	lease, giveBack := newLeaseScripts()
+	return &Counter{client: client, script: redis.NewScript(takeScript), lease: lease, giveBack: giveBack, window: window}, nil
 }
 
 // Scoped makes c count in scope: counters of different scopes never share a
@@ -116,7 +126,7 @@ func tag(scope, apiUser string) string {
 // cached the script yet (after a restart, for instance).
 func (c *Counter) Take(ctx context.Context, apiUser string, hits, limit int64) (Result, error) {
 	vals, err := c.script.Run(ctx, c.client, []string{tag(c.scope, apiUser)},
-		hits, limit, int64(c.window/time.Second), int64(ttlSlack/time.Second)).Int64Slice()
+		hits, limit, c.seconds(), int64(ttlSlack/time.Second)).Int64Slice()
 	if err != nil {
 		return Result{}, fmt.Errorf("redis take: %w", err)
 	}

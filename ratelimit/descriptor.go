@@ -81,8 +81,10 @@ func apiUserOf(entries []*ratelimitv3.RateLimitDescriptor_Entry) (string, error)
 	switch {
 	case hasLabel && !hasUser:
 		return "", errors.New("label without api_user")
-	case hasUser && (user == "" || len(user) > maxAPIUser):
-		return "", fmt.Errorf("api_user: want 1 to %d bytes", maxAPIUser)
+	case hasUser:
+		if err := checkAPIUser(user); err != nil {
+			return "", err
+		}
 	}
 	return user, nil
 }

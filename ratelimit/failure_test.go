@@ -118,13 +118,13 @@ func checkFallback(t *testing.T, sc *ratelimittest.Sidecar, calls []outcome) {
 	if len(refused) == 0 {
 		t.Errorf("fallback admitted %d calls of %d and refused none; want %d admitted", len(calls), len(calls), podShare)
 	}
-	if n := metric(t, sc, "mailfleet_ratelimit_fallback_total"); n < float64(len(calls)) {
+	if n := sc.Metric(t, "mailfleet_ratelimit_fallback_total"); n < float64(len(calls)) {
 		t.Errorf("fallback metric %v, want at least %d", n, len(calls))
 	}
-	if n := metric(t, sc, "mailfleet_ratelimit_decisions_total", "outcome", ratelimit.OutcomeFailureAllowed); n < podShare {
+	if n := sc.Metric(t, "mailfleet_ratelimit_decisions_total", "outcome", ratelimit.OutcomeFailureAllowed); n < podShare {
 		t.Errorf("failure_allowed decisions %v, want at least %d", n, podShare)
 	}
-	if n := metric(t, sc, "mailfleet_ratelimit_decisions_total", "outcome", ratelimit.OutcomeFailureOverLimit); n < 1 {
+	if n := sc.Metric(t, "mailfleet_ratelimit_decisions_total", "outcome", ratelimit.OutcomeFailureOverLimit); n < 1 {
 		t.Errorf("failure_over_limit decisions %v, want some", n)
 	}
 	checkRedisErrorsCounted(t, sc)
@@ -139,10 +139,10 @@ func checkDenied(t *testing.T, sc *ratelimittest.Sidecar, calls []outcome) {
 			t.Fatalf("call %d: gRPC %v (result %v), want Unavailable", i, o.code, o.result)
 		}
 	}
-	if n := metric(t, sc, "mailfleet_ratelimit_decisions_total", "outcome", ratelimit.OutcomeFailureDenied); n < float64(len(calls)) {
+	if n := sc.Metric(t, "mailfleet_ratelimit_decisions_total", "outcome", ratelimit.OutcomeFailureDenied); n < float64(len(calls)) {
 		t.Errorf("failure_denied decisions %v, want at least %d", n, len(calls))
 	}
-	if n := metric(t, sc, "mailfleet_ratelimit_fallback_total"); n != 0 {
+	if n := sc.Metric(t, "mailfleet_ratelimit_fallback_total"); n != 0 {
 		t.Errorf("fallback used %v times in deny mode", n)
 	}
 	checkRedisErrorsCounted(t, sc)
@@ -150,8 +150,8 @@ func checkDenied(t *testing.T, sc *ratelimittest.Sidecar, calls []outcome) {
 
 func checkRedisErrorsCounted(t *testing.T, sc *ratelimittest.Sidecar) {
 	t.Helper()
-	errs := metric(t, sc, "mailfleet_ratelimit_redis_errors_total", "reason", "timeout") +
-		metric(t, sc, "mailfleet_ratelimit_redis_errors_total", "reason", "error")
+	errs := sc.Metric(t, "mailfleet_ratelimit_redis_errors_total", "reason", "timeout") +
+		sc.Metric(t, "mailfleet_ratelimit_redis_errors_total", "reason", "error")
 	if errs == 0 {
 		t.Error("no Redis error counted")
 	}
@@ -165,9 +165,9 @@ func waitCountedInRedis(t *testing.T, r *redistest.Redis, sc *ratelimittest.Side
 	admin := r.Client()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		before := metric(t, sc, "mailfleet_ratelimit_decisions_total", "outcome", ratelimit.OutcomeOK)
+		before := sc.Metric(t, "mailfleet_ratelimit_decisions_total", "outcome", ratelimit.OutcomeOK)
 		o := callTimed(t, c, apiUser, 1)[0]
-		if o.code == codes.OK && metric(t, sc, "mailfleet_ratelimit_decisions_total", "outcome", ratelimit.OutcomeOK) > before {
+		if o.code == codes.OK && sc.Metric(t, "mailfleet_ratelimit_decisions_total", "outcome", ratelimit.OutcomeOK) > before {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			n, err := admin.Get(ctx, ratelimit.Key("", apiUser, o.window)).Int64()
 			cancel()

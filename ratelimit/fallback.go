@@ -54,7 +54,7 @@ func (f *fallback) take(apiUser string, hits, limit int64) Result {
 	}
 	res := Result{Limit: share, ResetIn: end.Sub(now), Window: window}
 	count := f.counts[apiUser]
-	if count+hits > share {
+	if hits <= 0 || count+hits > share {
 		res.Count = count
 		return res
 	}

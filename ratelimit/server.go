@@ -4,7 +4,11 @@
 // that asks the same service, draws from one budget per account.
 //
 // Counting is a fixed calendar window, decided by one Lua script on Redis's
-// clock (see Counter). When Redis cannot answer within the decision deadline
+// clock (see Counter). Beside the rate limit service the same server speaks
+// the relays' lease service (leasewire, leaseserver.go): a relay takes
+// blocks of an account's budget from the same counters and decides messages
+// from them itself, so gateways asking ShouldRateLimit and relays holding
+// leases share each budget exactly. When Redis cannot answer within the decision deadline
 // the failure mode decides: allow answers from a per-pod fallback limiter at
 // the account's limit divided by the replicas; deny answers with the gRPC
 // status Unavailable, which the relay turns into 451 4.7.1 (try again later)
@@ -24,7 +28,6 @@ import (
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -34,6 +37,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/relay/budget/leasewire"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 )
 
@@ -163,7 +167,7 @@ type Server struct {
 }
 
 // NewServer counts through client (a go-redis client, see NewRedisClient).
-func NewServer(client redis.Scripter, opts Options) (*Server, error) {
+func NewServer(client Redis, opts Options) (*Server, error) {
 	opts.defaults()
 	if err := opts.validate(); err != nil {
 		return nil, fmt.Errorf("rate limit server: %w", err)
@@ -182,13 +186,15 @@ func NewServer(client redis.Scripter, opts Options) (*Server, error) {
 	return s, nil
 }
 
-// NewGRPCServer returns a gRPC server with s and a health service on it. The
+// NewGRPCServer returns a gRPC server with s (the rate limit service and the
+// relays' lease service) and a health service on it. The
 // health service always reports SERVING: the sidecar can decide (through its
 // failure mode) even while Redis is down, so Redis's state must not make
 // Kubernetes restart it.
 func NewGRPCServer(s *Server, opts ...grpc.ServerOption) *grpc.Server {
 	g := grpc.NewServer(opts...)
 	rlsv3.RegisterRateLimitServiceServer(g, s)
+	leasewire.RegisterServer(g, s)
 	healthpb.RegisterHealthServer(g, health.NewServer())
 	return g
 }
@@ -256,16 +262,13 @@ func outcomeOf(usedFallback, refused bool) string {
 // take decides one account's hits: Redis, or the failure mode when Redis
 // fails, misses the deadline or has just been failing.
 func (s *Server) take(ctx context.Context, c check) (Result, bool, error) {
-	if s.breaker.allow(time.Now()) {
-		res, err := s.takeRedis(ctx, c)
-		if err == nil {
-			return res, false, nil
-		}
-		if ctx.Err() != nil {
-			return Result{}, false, status.FromContextError(ctx.Err()).Err()
-		}
-	} else {
-		s.opts.Metrics.skipped.Inc()
+	var res Result
+	err := s.inRedis(ctx, func(rctx context.Context) (err error) {
+		res, err = s.counter.Take(rctx, c.apiUser, c.hits, c.limit)
+		return err
+	})
+	if !errors.Is(err, errRedisDown) {
+		return res, false, err
 	}
 	if s.opts.FailureMode == FailureDeny {
 		return Result{}, false, errDenied
@@ -274,25 +277,36 @@ func (s *Server) take(ctx context.Context, c check) (Result, bool, error) {
 	return s.fallback.take(c.apiUser, c.hits, c.limit), true, nil
 }
 
-func (s *Server) takeRedis(ctx context.Context, c check) (Result, error) {
+// errRedisDown says Redis did not answer (it failed, missed the deadline,
+// or the breaker skipped it): the failure mode decides.
+var errRedisDown = errors.New("redis did not answer")
+
+// inRedis runs call with the decision deadline unless the breaker says
+// Redis has just been failing, and keeps the breaker and the error metrics.
+// It returns errRedisDown when the failure mode should decide, and a gRPC
+// status when the caller gave up first (which is not Redis's failure).
+func (s *Server) inRedis(ctx context.Context, call func(context.Context) error) error {
+	if !s.breaker.allow(time.Now()) {
+		s.opts.Metrics.skipped.Inc()
+		return errRedisDown
+	}
 	rctx, cancel := context.WithTimeout(ctx, s.redisDeadline(ctx))
 	defer cancel()
-	res, err := s.counter.Take(rctx, c.apiUser, c.hits, c.limit)
-	if err != nil {
+	if err := call(rctx); err != nil {
 		if ctx.Err() != nil {
-			return Result{}, err // the caller gave up: not Redis's failure
+			return status.FromContextError(ctx.Err()).Err()
 		}
 		s.opts.Metrics.redisFailed(err)
 		if s.breaker.failure(time.Now()) {
 			s.opts.Log.Warn("redis is failing; deciding by the failure mode",
 				"failure_mode", s.opts.FailureMode, "retry_after", s.opts.Cooldown, "err", err)
 		}
-		return Result{}, err
+		return errRedisDown
 	}
 	if s.breaker.success() {
 		s.opts.Log.Info("redis answers again; counting in redis")
 	}
-	return res, nil
+	return nil
 }
 
 // redisDeadline is the decision deadline, shortened when the caller's own

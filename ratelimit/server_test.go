@@ -8,10 +8,7 @@ import (
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	dto "github.com/prometheus/client_model/go"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/mailfleet/mailfleet/ratelimit"
@@ -22,12 +19,7 @@ import (
 // dial opens a gRPC connection to a sidecar, as a relay or a gateway would.
 func dial(t testing.TB, addr string) rlsv3.RateLimitServiceClient {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return rlsv3.NewRateLimitServiceClient(conn)
+	return rlsv3.NewRateLimitServiceClient(ratelimittest.Dial(t, addr))
 }
 
 // request is the relay's question: one descriptor for the account, with its
@@ -95,38 +87,4 @@ func TestShouldRateLimit(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("label alone: err %v, want InvalidArgument", err)
 	}
-}
-
-// metric reads a counter from a sidecar's registry; labels are name, value pairs.
-func metric(t testing.TB, sc *ratelimittest.Sidecar, name string, labels ...string) float64 {
-	t.Helper()
-	families, err := sc.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			if hasLabels(m.GetLabel(), labels) {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no metric %s%v", name, labels)
-	return 0
-}
-
-func hasLabels(have []*dto.LabelPair, want []string) bool {
-	for i := 0; i+1 < len(want); i += 2 {
-		found := false
-		for _, l := range have {
-			found = found || (l.GetName() == want[i] && l.GetValue() == want[i+1])
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
 }

@@ -47,10 +47,12 @@ func ratelimitCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ratelimit",
 		Short: "Run the fleet-wide budget sidecar (Envoy rate limit service on Redis)",
-		Long: `ratelimit serves envoy.service.ratelimit.v3.RateLimitService over gRPC. The relay
-asks it once per message over loopback; an HTTP gateway (Envoy, Istio, Contour)
-may ask it too, so API and SMTP calls share one budget per api_user. Counters
-live in Redis, one per api_user per calendar minute.
+		Long: `ratelimit serves envoy.service.ratelimit.v3.RateLimitService over gRPC, and beside
+it the relay's lease service: the relay takes blocks of each account's budget
+from the same counters over loopback and decides messages from them itself. An
+HTTP gateway (Envoy, Istio, Contour) may ask the rate limit service, so API and
+SMTP calls share one budget per api_user. Counters live in Redis, one per
+api_user per calendar minute.
 
 When Redis fails or misses --deadline, --failure-mode decides: allow answers from
 a per-pod limiter at limit/replicas; deny answers gRPC UNAVAILABLE, which the

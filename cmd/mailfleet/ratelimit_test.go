@@ -198,7 +198,7 @@ func TestRelayCountsThroughRatelimitProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	relay := startProcess(t, "relay", "--config", cfgFile)
-	relay.waitLog(t, "budgets are counted by the rate-limit sidecar", "address", grpcAddr)
+	relay.waitLog(t, "budgets are counted by the rate-limit sidecar", "address", grpcAddr, "decisions", "leases")
 	smtpAddr := relay.waitLog(t, "listening", "listener", "smtp")["address"].(string)
 
 	c := dialLogin(t, smtpAddr, "acme", key)
@@ -237,8 +237,17 @@ func TestOpenBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	closeBudget()
+	if _, ok := b.(*budget.Leased); !ok {
+		t.Fatalf("sidecar configured: %T, want *budget.Leased", b)
+	}
+	perMessage := false
+	b, closeBudget, err = openBudget(config.Budget{Sidecar: &config.BudgetSidecar{Address: "127.0.0.1:8081", Leases: &perMessage}}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeBudget()
 	if _, ok := b.(*budget.Sidecar); !ok {
-		t.Fatalf("sidecar configured: %T, want *budget.Sidecar", b)
+		t.Fatalf("sidecar configured with leases: false: %T, want *budget.Sidecar", b)
 	}
 	if _, _, err := openBudget(config.Budget{Sidecar: &config.BudgetSidecar{Address: "10.1.2.3:8081"}}, log); err == nil {
 		t.Fatal("a sidecar off loopback was accepted")

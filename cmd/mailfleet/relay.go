@@ -226,21 +226,33 @@ func smtpConfig(ctx context.Context, cfg config.Config, reg prometheus.Registere
 }
 
 // openBudget returns where accounts' budgets are counted: the rate-limit
-// sidecar when the config names one, else an in-process window (dev mode,
-// a single relay).
+// sidecar when the config names one (decided from leases unless
+// budget.sidecar.leases is false), else an in-process window (dev mode, a
+// single relay).
 func openBudget(cfg config.Budget, log *slog.Logger) (budget.Budget, func(), error) {
 	if cfg.Sidecar == nil {
 		log.Info("budgets are counted in this process only", "podShare", cfg.PodShare)
 		return budget.PodShare{Budget: budget.NewFixedWindow(), Pods: cfg.PodShare}, func() {}, nil
 	}
-	s, err := budget.NewSidecar(budget.SidecarOptions{
-		Address: cfg.Sidecar.Address, Timeout: cfg.Sidecar.Timeout.Duration, Log: log,
-	})
+	opts := budget.SidecarOptions{Address: cfg.Sidecar.Address, Timeout: cfg.Sidecar.Timeout.Duration, Log: log}
+	counted := func(decisions string) {
+		log.Info("budgets are counted by the rate-limit sidecar", "address", opts.Address, "timeout", opts.Timeout, "decisions", decisions)
+	}
+	if !cfg.Sidecar.UsesLeases() {
+		s, err := budget.NewSidecar(opts)
+		if err != nil {
+			return nil, nil, err
+		}
+		counted("per_message")
+		return s, func() { s.Close() }, nil
+	}
+	l, err := budget.NewLeased(budget.LeasedOptions{SidecarOptions: opts})
 	if err != nil {
 		return nil, nil, err
 	}
-	log.Info("budgets are counted by the rate-limit sidecar", "address", cfg.Sidecar.Address, "timeout", cfg.Sidecar.Timeout.Duration)
-	return s, func() { s.Close() }, nil
+	counted("leases")
+	// Close gives back what the relay holds, for the other relays.
+	return l, func() { l.Close() }, nil
 }
 
 // openCredentials starts the configured credentials source: the file, or the

@@ -11,7 +11,10 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/mailfleet/mailfleet/ratelimit"
 )
@@ -86,4 +89,53 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// Dial opens a gRPC connection to a sidecar, as a relay or a gateway
+// would; it is closed in t.Cleanup.
+func Dial(t testing.TB, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// Metric sums the sidecar's counter name over the series that carry labels
+// (name, value pairs; none: every series).
+func (s *Sidecar) Metric(t testing.TB, name string, labels ...string) float64 {
+	t.Helper()
+	families, err := s.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		var sum float64
+		for _, m := range f.GetMetric() {
+			if hasLabels(m.GetLabel(), labels) {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+		return sum
+	}
+	t.Fatalf("no metric %s%v", name, labels)
+	return 0
+}
+
+func hasLabels(have []*dto.LabelPair, want []string) bool {
+	for i := 0; i+1 < len(want); i += 2 {
+		found := false
+		for _, l := range have {
+			found = found || (l.GetName() == want[i] && l.GetValue() == want[i+1])
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
 }

@@ -44,26 +44,42 @@ type SidecarOptions struct {
 // the client hears 451 4.7.1 (try later) and never 536, which would tell it
 // that it is over budget.
 type Sidecar struct {
+	sidecarHealth
 	conn    *grpc.ClientConn
 	client  rlsv3.RateLimitServiceClient
 	timeout time.Duration
-	log     *slog.Logger
-	failing atomic.Bool
 }
 
 // NewSidecar connects to the sidecar in the background; Take works as soon
 // as the connection is up and answers Unavailable until then.
 func NewSidecar(o SidecarOptions) (*Sidecar, error) {
-	if err := checkLoopback(o.Address); err != nil {
+	o.defaults()
+	conn, err := dialSidecar(o.Address)
+	if err != nil {
 		return nil, err
 	}
+	return newSidecar(conn, o), nil
+}
+
+func newSidecar(conn *grpc.ClientConn, o SidecarOptions) *Sidecar {
+	return &Sidecar{sidecarHealth: sidecarHealth{log: o.Log}, conn: conn, client: rlsv3.NewRateLimitServiceClient(conn), timeout: o.Timeout}
+}
+
+func (o *SidecarOptions) defaults() {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultSidecarTimeout
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	conn, err := grpc.NewClient("passthrough:///"+o.Address,
+}
+
+// dialSidecar connects to the sidecar on loopback in the background.
+func dialSidecar(address string) (*grpc.ClientConn, error) {
+	if err := checkLoopback(address); err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient("passthrough:///"+address,
 		// Plain text is fine on loopback, and only there (checkLoopback).
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		// gRPC's default reconnect backoff grows to two minutes; a sidecar
@@ -75,10 +91,10 @@ func NewSidecar(o SidecarOptions) (*Sidecar, error) {
 		}),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("budget sidecar %s: %w", o.Address, err)
+		return nil, fmt.Errorf("budget sidecar %s: %w", address, err)
 	}
 	conn.Connect()
-	return &Sidecar{conn: conn, client: rlsv3.NewRateLimitServiceClient(conn), timeout: o.Timeout, log: o.Log}, nil
+	return conn, nil
 }
 
 // checkLoopback refuses a sidecar address off the machine: the connection
@@ -144,23 +160,32 @@ func sidecarRequest(req Request) *rlsv3.RateLimitRequest {
 	}
 }
 
-// failed logs the first failure of a run of them; the relay's metrics count
-// every refusal it causes.
-func (s *Sidecar) failed(err error) {
-	if !s.failing.Swap(true) {
-		s.log.Warn("budget sidecar is not answering; refusing with 451 until it does", "err", err)
+// sidecarHealth logs the first failure of a run of them, and the end of
+// the run; the relay's metrics count every refusal a failure causes.
+type sidecarHealth struct {
+	log     *slog.Logger
+	failing atomic.Bool
+}
+
+func (h *sidecarHealth) failed(err error) {
+	if !h.failing.Swap(true) {
+		h.log.Warn("budget sidecar is not answering; refusing with 451 until it does", "err", err)
 	}
 }
 
-func (s *Sidecar) answered() {
-	if s.failing.Load() && s.failing.Swap(false) {
-		s.log.Info("budget sidecar answers again")
+func (h *sidecarHealth) answered() {
+	if h.failing.Load() && h.failing.Swap(false) {
+		h.log.Info("budget sidecar answers again")
 	}
 }
 
 // Close closes the connection.
 func (s *Sidecar) Close() error {
-	if err := s.conn.Close(); err != nil {
+	return closeConn(s.conn)
+}
+
+func closeConn(conn *grpc.ClientConn) error {
+	if err := conn.Close(); err != nil {
 		return fmt.Errorf("close budget sidecar connection: %w", err)
 	}
 	return nil

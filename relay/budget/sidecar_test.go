@@ -41,14 +41,21 @@ func (f *fakeSidecar) lastRequest() *rlsv3.RateLimitRequest {
 	return f.last
 }
 
-func serveFake(t *testing.T, f *fakeSidecar) string {
+func serveFake(t testing.TB, f *fakeSidecar) string {
+	t.Helper()
+	return serveGRPC(t, func(g *grpc.Server) { rlsv3.RegisterRateLimitServiceServer(g, f) })
+}
+
+// serveGRPC serves what register puts on a gRPC server on loopback, until
+// the test ends, and returns its address.
+func serveGRPC(t testing.TB, register func(*grpc.Server)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	g := grpc.NewServer()
-	rlsv3.RegisterRateLimitServiceServer(g, f)
+	register(g)
 	go g.Serve(ln)
 	t.Cleanup(g.Stop)
 	return ln.Addr().String()

@@ -167,11 +167,19 @@ type Budget struct {
 type BudgetSidecar struct {
 	// Address is its gRPC address (default 127.0.0.1:8081).
 	Address string `json:"address,omitempty"`
-	// Timeout bounds one decision; past it the message gets 451 4.7.1
-	// (default 100ms: twice the sidecar's Redis deadline, so the sidecar's
-	// own failure mode answers first).
+	// Timeout bounds one decision that asks the sidecar; past it the
+	// message gets 451 4.7.1 (default 100ms: twice the sidecar's Redis
+	// deadline, so the sidecar's own failure mode answers first).
 	Timeout Duration `json:"timeout,omitempty"`
+	// Leases (default true) decides messages in the relay from blocks of
+	// each account's budget leased from the sidecar (budget.Leased), so a
+	// message asks the sidecar only when the relay's lease runs out.
+	// false asks the sidecar once per message (budget.Sidecar).
+	Leases *bool `json:"leases,omitempty"`
 }
+
+// UsesLeases says whether the relay decides from leases (the default).
+func (s BudgetSidecar) UsesLeases() bool { return s.Leases == nil || *s.Leases }
 
 // Queue is the durable queue on NATS JetStream: embedded in the relay
 // process (dev, a single node) or an external cluster (a fleet). At most

@@ -52,12 +52,12 @@ func TestLoad(t *testing.T) {
 			}
 		}},
 		{name: "budget sidecar with defaults", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {sidecar: {}}\n", check: func(t *testing.T, c Config) {
-			if sc := c.Budget.Sidecar; sc.Address != "127.0.0.1:8081" || sc.Timeout.Duration != 100*time.Millisecond {
+			if sc := c.Budget.Sidecar; sc.Address != "127.0.0.1:8081" || sc.Timeout.Duration != 100*time.Millisecond || !sc.UsesLeases() {
 				t.Fatalf("budget.sidecar = %+v", sc)
 			}
 		}},
-		{name: "budget sidecar", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {sidecar: {address: '127.0.0.1:9000', timeout: 50ms}}\n", check: func(t *testing.T, c Config) {
-			if sc := c.Budget.Sidecar; sc.Address != "127.0.0.1:9000" || sc.Timeout.Duration != 50*time.Millisecond {
+		{name: "budget sidecar", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {sidecar: {address: '127.0.0.1:9000', timeout: 50ms, leases: false}}\n", check: func(t *testing.T, c Config) {
+			if sc := c.Budget.Sidecar; sc.Address != "127.0.0.1:9000" || sc.Timeout.Duration != 50*time.Millisecond || sc.UsesLeases() {
 				t.Fatalf("budget.sidecar = %+v", sc)
 			}
 		}},
