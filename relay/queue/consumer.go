@@ -46,6 +46,15 @@ func (q *Queue) Next(ctx context.Context) (spool.Pending, error) {
 			msg.Term()
 			continue
 		}
+		if q.fin.finishedBefore(p.seq) {
+			// Finished by a process killed before the server wrote down
+			// its acknowledgement (see finished).
+			q.metrics.stale.Inc()
+			if err := msg.DoubleAck(ctx); err != nil {
+				q.log.Warn("ack a finished message handed out again", "id", p.meta.Envelope.ID, "err", err)
+			}
+			continue
+		}
 		if stale, err := q.bodyGone(ctx, p.meta); err != nil {
 			q.log.Warn("check a message's body parts", "id", p.meta.Envelope.ID, "err", err)
 			msg.NakWithDelay(time.Second)
@@ -113,10 +122,12 @@ func (q *Queue) pending(msg jetstream.Msg) (*pending, error) {
 	if err != nil {
 		return nil, err
 	}
+	p := &pending{q: q, msg: msg, meta: m, body: body}
 	if md, err := msg.Metadata(); err == nil {
 		q.countHandOut(m.Envelope.ID, md)
+		p.seq = md.Sequence.Stream
 	}
-	return &pending{q: q, msg: msg, meta: m, body: body}, nil
+	return p, nil
 }
 
 // countHandOut counts a redelivery: the previous holder died or took longer
@@ -139,6 +150,7 @@ type pending struct {
 	msg  jetstream.Msg
 	meta meta
 	body []byte // the inline body; nil when in parts
+	seq  uint64 // the stream sequence
 }
 
 func (p *pending) Envelope() spool.Envelope {
@@ -168,6 +180,7 @@ func (p *pending) Touch(ctx context.Context) error {
 // Done removes the message, waiting for JetStream to confirm the ack, then
 // its body parts.
 func (p *pending) Done(ctx context.Context) error {
+	p.recordFinished()
 	if err := p.msg.DoubleAck(ctx); err != nil {
 		return fmt.Errorf("ack message %s: %w", p.meta.Envelope.ID, err)
 	}
@@ -207,12 +220,21 @@ func (p *pending) Retry(ctx context.Context, remaining []string, delay time.Dura
 	if _, err := p.q.js.PublishMsg(pctx, msg); err != nil {
 		return fmt.Errorf("schedule retry of %s: %w", id, err)
 	}
+	p.recordFinished()
 	if err := p.msg.DoubleAck(pctx); err != nil {
 		// The scheduled copy exists; this one comes back after AckWait
 		// and is delivered once more.
 		return fmt.Errorf("ack message %s after scheduling its retry: %w", id, err)
 	}
 	return nil
+}
+
+// recordFinished notes this copy as finished before it is acknowledged; a
+// failure costs a duplicate after a crash, no more.
+func (p *pending) recordFinished() {
+	if err := p.q.fin.record(p.seq); err != nil {
+		p.q.log.Warn("a crash may deliver this message again", "id", p.meta.Envelope.ID, "err", err)
+	}
 }
 
 // partsReader reads a body from the body stream, one part at a time.

@@ -30,7 +30,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		packSize:       histogram("mailfleet_queue_commit_messages", "Messages written by one group commit (one stream message, one sync).", prometheus.ExponentialBuckets(1, 2, 10)),
 		splitBatch:     histogram("mailfleet_queue_split_messages", "Messages moved from accepted packs to delivery by one atomic batch.", prometheus.ExponentialBuckets(1, 2, 11)),
 		redeliveries:   counter("mailfleet_queue_redeliveries_total", "Messages handed out again because their previous delivery ended without Done or Retry (a crash, or AckWait passed without Touch); each may reach its recipients twice."),
-		stale:          counter("mailfleet_queue_stale_copies_total", "Copies of already finished messages (split again after a crash) dropped because their body parts were gone."),
+		stale:          counter("mailfleet_queue_stale_copies_total", "Copies of already finished messages handed out again after a crash (recorded as finished, or split again with their body parts gone), dropped."),
 		resplitAvoided: counter("mailfleet_queue_resplit_avoided_total", "Packs handed out again after a crash that had been split already, recognised by their marker."),
 	}
 	if reg != nil {

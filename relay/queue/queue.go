@@ -161,6 +161,7 @@ type Queue struct {
 	split    jetstream.Consumer
 	metrics  *metrics
 	handed   *handedOut // nil for an external server
+	fin      *finished  // nil for an external server
 	partSize int
 	packMax  int
 
@@ -375,6 +376,10 @@ func (q *Queue) openHandedOut(ctx context.Context) error {
 		return fmt.Errorf("read stream %s: %w", q.opts.Stream, err)
 	}
 	q.handed, err = openHandedOut(filepath.Join(q.opts.Dir, handedOutFile), info.State.LastSeq)
+	if err != nil {
+		return err
+	}
+	q.fin, err = openFinished(filepath.Join(q.opts.Dir, finishedFile))
 	return err
 }
 
@@ -399,7 +404,7 @@ func (q *Queue) closeConn() error {
 	if q.nc != nil {
 		q.nc.Close()
 	}
-	err := q.handed.close()
+	err := errors.Join(q.handed.close(), q.fin.close())
 	if q.srv != nil {
 		q.srv.Shutdown()
 		q.srv.WaitForShutdown()

@@ -51,6 +51,11 @@ func (q *Queue) reap(ctx context.Context) error {
 			return fmt.Errorf("remove acknowledged messages on %s: %w", c.subject, err)
 		}
 		q.purgedTo[c.subject] = floor
+		if c.subject == q.subjQ {
+			if err := q.fin.prune(floor); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
