@@ -11,6 +11,7 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
 	"github.com/mailfleet/mailfleet/ratelimit"
@@ -61,6 +62,20 @@ func serveGRPC(t testing.TB, register func(*grpc.Server)) string {
 	return ln.Addr().String()
 }
 
+// waitConnected waits for conn to be up, so that a test's first decision
+// is not also the one that connects: on a loaded machine (-race, busy
+// CPUs) connecting alone can take longer than a 100 ms timeout.
+func waitConnected(t testing.TB, conn *grpc.ClientConn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for st := conn.GetState(); st != connectivity.Ready; st = conn.GetState() {
+		if !conn.WaitForStateChange(ctx, st) {
+			t.Fatalf("sidecar connection still %v", st)
+		}
+	}
+}
+
 func newTestSidecar(t testing.TB, addr string, timeout time.Duration) *Sidecar {
 	t.Helper()
 	s, err := NewSidecar(SidecarOptions{Address: addr, Timeout: timeout})
@@ -106,6 +121,7 @@ func TestSidecarMapsAnswersToDecisions(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := &fakeSidecar{answer: tt.answer}
 			s := newTestSidecar(t, serveFake(t, f), clientTimeout)
+			waitConnected(t, s.conn)
 			start := time.Now()
 			got := s.Take(context.Background(), Request{APIUser: "acme", LabelID: "1001", Limit: 20000})
 			if took := time.Since(start); took > clientTimeout+slack {
