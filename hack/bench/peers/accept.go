@@ -59,6 +59,7 @@ func measureAccept(ctx context.Context, l *lab, o options, sizes []int, rep *rep
 		return err
 	}
 	rep.servers = servers
+	defer only(servers, nil)
 	rep.accept = map[acceptKey][]acceptRun{}
 	sent := map[string]int64{} // accepted so far, per relaying server
 	for round := range o.rounds {
@@ -77,6 +78,7 @@ func measureAccept(ctx context.Context, l *lab, o options, sizes []int, rep *rep
 						if loader == "smtp-source" && srv.auth {
 							continue // smtp-source does not log in
 						}
+						only(servers, srv)
 						run, err := acceptOnce(ctx, srv, loader, o.sessions, size, n, onePer, sent)
 						if err != nil {
 							return fmt.Errorf("%s with %s, %d bytes: %w", srv.name, loader, size, err)

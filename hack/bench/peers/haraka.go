@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"syscall"
 	"time"
 
 	"github.com/mailfleet/mailfleet/relay/certs"
@@ -87,5 +88,12 @@ func (l *lab) haraka(auth bool) (*server, error) {
 	}
 	srv.stop, srv.relayPID = stop, cmd.Process.Pid
 	srv.pids = func() []int { return []int{cmd.Process.Pid} }
+	srv.pause = func(stop bool) {
+		sig := syscall.SIGCONT
+		if stop {
+			sig = syscall.SIGSTOP
+		}
+		syscall.Kill(-cmd.Process.Pid, sig)
+	}
 	return srv, nil
 }

@@ -178,7 +178,7 @@ func (r *report) plotSustained(dir string) error {
 	var script strings.Builder
 	var rate, depth []string
 	for _, s := range r.sustained {
-		data := filepath.Join(dir, "sustained-"+s.server+".dat")
+		data := filepath.Join(os.TempDir(), "mailfleet-sustained-"+s.server+".dat")
 		var d strings.Builder
 		d.WriteString("# t accepted delivered delivered_per_s depth\n")
 		var prev sample

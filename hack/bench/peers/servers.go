@@ -37,6 +37,18 @@ type server struct {
 	// relayPID is the SMTP server's own process, for RSS.
 	relayPID int
 	stop     func()
+	// pause, when set, stops or resumes the server's processes: Haraka's
+	// workers use CPU while idle, which would load the others' runs.
+	pause func(bool)
+}
+
+// only resumes srv and pauses every other server that can be paused.
+func only(servers []*server, srv *server) {
+	for _, s := range servers {
+		if s.pause != nil {
+			s.pause(s != srv)
+		}
+	}
 }
 
 // accepted counts what a server took: the sink downstream counts what it

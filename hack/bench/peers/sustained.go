@@ -52,6 +52,7 @@ func measureSustained(ctx context.Context, l *lab, o options, rep *report) error
 		if srv.sink == nil {
 			continue
 		}
+		only(servers, srv)
 		run, err := sustainOnce(ctx, srv, o, rate)
 		if err != nil {
 			return fmt.Errorf("%s: %w", srv.name, err)
