@@ -92,3 +92,19 @@ func (r requestCounts) top(n int) []string {
 	})
 	return keys[:min(n, len(keys))]
 }
+
+// summary lists every counter, largest first, on one line; with accounts
+// > 0 each is also given per account.
+func (r requestCounts) summary(accounts int) string {
+	var b strings.Builder
+	for i, k := range r.top(len(r)) {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %.0f", k, r[k])
+		if accounts > 0 {
+			fmt.Fprintf(&b, " (%.2f/account)", r[k]/float64(accounts))
+		}
+	}
+	return b.String()
+}

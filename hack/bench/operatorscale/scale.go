@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"strconv"
 	"sync"
@@ -39,8 +40,44 @@ const (
 )
 
 // benchRequests counts the requests the benchmark itself sends (creates
-// and readiness lists), to tell them from the operator's.
-var benchRequests atomic.Int64
+// and readiness lists), by verb and resource as the API server counts them,
+// to tell them from the operator's.
+var benchRequests = &requestCounter{counts: requestCounts{}}
+
+// requestCounter is a requestCounts many goroutines add to.
+type requestCounter struct {
+	mu     sync.Mutex
+	counts requestCounts
+}
+
+func (c *requestCounter) add(key string) {
+	c.mu.Lock()
+	c.counts[key]++
+	c.mu.Unlock()
+}
+
+// snapshot is a copy of the counts so far.
+func (c *requestCounter) snapshot() requestCounts {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.counts)
+}
+
+// resourceOf is the API server's resource name for the kinds the benchmark
+// creates.
+func resourceOf(obj client.Object) string {
+	switch obj.(type) {
+	case *corev1.Namespace:
+		return "namespaces"
+	case *v1.SmtpRelay:
+		return "smtprelays"
+	case *v1.SmtpAccount:
+		return "smtpaccounts"
+	case *v1.SmtpLabel:
+		return "smtplabels"
+	}
+	return fmt.Sprintf("%T", obj)
+}
 
 func tenantNamespace(i int) string { return fmt.Sprintf("tenant-%02d", i) }
 func accountName(i int) string     { return fmt.Sprintf("acct-%05d", i) }
@@ -66,19 +103,19 @@ func runScale(ctx context.Context, c *cluster, o options, rep *report) error {
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	var created atomic.Int64
-	benchBefore := benchRequests.Load()
+	benchBefore := benchRequests.snapshot()
 	defer func() {
 		// Counted whatever the outcome: the mix may explain a slow run.
 		if after, err := apiRequests(context.WithoutCancel(ctx), c); err == nil {
 			rep.requests = after.minus(before)
-			rep.benchRequests = benchRequests.Load() - benchBefore
+			rep.benchRequests = benchRequests.snapshot().minus(benchBefore)
 		}
 	}()
 	rep.start = time.Now()
 	createDone := make(chan struct{})
 	go func() {
 		defer close(createDone)
-		if err := createAll(ctx, c.client, o, &created); err != nil {
+		if err := createAll(ctx, c.client, o, &created, nil); err != nil {
 			cancel(err)
 			return
 		}
@@ -218,7 +255,8 @@ func createRelay(ctx context.Context, c client.Client) error {
 
 // createAll creates the accounts, each followed by its labels, from a
 // bounded pool of workers, as a GitOps tool applying a large repository would.
-func createAll(ctx context.Context, c client.Client, o options, created *atomic.Int64) error {
+// then, when not nil, is called with each object once it exists.
+func createAll(ctx context.Context, c client.Client, o options, created *atomic.Int64, then func(client.Object) error) error {
 	jobs := make(chan int)
 	errs := make(chan error, o.workers)
 	var wg sync.WaitGroup
@@ -227,7 +265,7 @@ func createAll(ctx context.Context, c client.Client, o options, created *atomic.
 		go func() {
 			defer wg.Done()
 			for i := range jobs {
-				if err := createAccount(ctx, c, o, i, created); err != nil {
+				if err := createAccount(ctx, c, o, i, created, then); err != nil {
 					errs <- err
 					return
 				}
@@ -255,7 +293,7 @@ feed:
 }
 
 // createAccount creates account i and its labels.
-func createAccount(ctx context.Context, c client.Client, o options, i int, created *atomic.Int64) error {
+func createAccount(ctx context.Context, c client.Client, o options, i int, created *atomic.Int64, then func(client.Object) error) error {
 	ns, name := tenantNamespace(i%o.namespaces), accountName(i)
 	acc := &v1.SmtpAccount{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
@@ -269,6 +307,11 @@ func createAccount(ctx context.Context, c client.Client, o options, i int, creat
 		return err
 	}
 	created.Add(1)
+	if then != nil {
+		if err := then(acc); err != nil {
+			return err
+		}
+	}
 	for j := range o.labelsPerAccount {
 		label := &v1.SmtpLabel{
 			ObjectMeta: metav1.ObjectMeta{Name: name + "-l" + strconv.Itoa(j), Namespace: ns},
@@ -278,6 +321,11 @@ func createAccount(ctx context.Context, c client.Client, o options, i int, creat
 			return err
 		}
 		created.Add(1)
+		if then != nil {
+			if err := then(label); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -287,7 +335,7 @@ func createAccount(ctx context.Context, c client.Client, o options, i int, creat
 func createIgnoringExists(ctx context.Context, c client.Client, obj client.Object) error {
 	var err error
 	for attempt := range 6 {
-		benchRequests.Add(1)
+		benchRequests.add("POST " + resourceOf(obj))
 		err = c.Create(ctx, obj)
 		switch {
 		case err == nil, apierrors.IsAlreadyExists(err):
@@ -333,7 +381,7 @@ func countReady(ctx context.Context, c *cluster, resource string) (int, error) {
 		if cont != "" {
 			req = req.Param("continue", cont)
 		}
-		benchRequests.Add(1)
+		benchRequests.add("LIST " + resource)
 		raw, err := req.DoRaw(ctx)
 		if err != nil {
 			return 0, fmt.Errorf("list %s: %w", resource, err)
