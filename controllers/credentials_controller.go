@@ -15,12 +15,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -55,8 +53,8 @@ type CredentialsPublisher struct {
 	// MaxLabels is the per-account label cap (default MaxLabelsPerAccount).
 	MaxLabels int
 	// Secrets reads the operator's own Secrets, with their data, from a
-	// cache that holds nothing else.
-	Secrets client.Reader
+	// cache that holds nothing else (default: a cache of its own).
+	Secrets *OwnedSecrets
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 
@@ -116,23 +114,11 @@ func (p *CredentialsPublisher) SetupWithManager(mgr ctrl.Manager) error {
 	if p.Recorder == nil {
 		p.Recorder = mgr.GetEventRecorder(FieldManager)
 	}
-	owned, err := cache.New(mgr.GetConfig(), cache.Options{
-		Scheme:           mgr.GetScheme(),
-		Mapper:           mgr.GetRESTMapper(),
-		DefaultTransform: cache.TransformStripManagedFields(),
-		ByObject: map[client.Object]cache.ByObject{&corev1.Secret{}: {
-			Label:     labels.SelectorFromSet(labels.Set{render.LabelManagedBy: render.ManagedByValue}),
-			Transform: keepPublishedFields,
-		}},
-	})
-	if err != nil {
-		return fmt.Errorf("cache of the operator's Secrets: %w", err)
-	}
-	if err := mgr.Add(owned); err != nil {
-		return fmt.Errorf("add Secrets cache: %w", err)
-	}
 	if p.Secrets == nil {
-		p.Secrets = owned
+		var err error
+		if p.Secrets, err = NewOwnedSecrets(mgr); err != nil {
+			return err
+		}
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("credentials").
@@ -140,36 +126,8 @@ func (p *CredentialsPublisher) SetupWithManager(mgr ctrl.Manager) error {
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(shardOfAccount)).
 		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(p.shardOfLabel)).
-		WatchesRawSource(source.Kind(owned, &corev1.Secret{}, handler.TypedEnqueueRequestsFromMapFunc(p.shardOfSecret))).
+		WatchesRawSource(source.Kind(p.Secrets.Cache, &corev1.Secret{}, handler.TypedEnqueueRequestsFromMapFunc(p.shardOfSecret))).
 		Complete(p)
-}
-
-// keepPublishedFields reduces a Secret in the publisher's cache to what the
-// publisher reads: labels and annotations, the key and the previous key's
-// digest of a credentials Secret, the content of a shard. At 10,000 accounts
-// the binding fields, label usernames, owner references and managed fields
-// of every credentials Secret otherwise stay on the heap for nothing.
-func keepPublishedFields(obj any) (any, error) {
-	s, ok := obj.(*corev1.Secret)
-	if !ok {
-		return obj, nil
-	}
-	s.ManagedFields = nil
-	// The controller reference alone says which account a Secret belongs to.
-	var owner []metav1.OwnerReference
-	if ref := metav1.GetControllerOfNoCopy(s); ref != nil {
-		owner = []metav1.OwnerReference{*ref}
-	}
-	s.OwnerReferences = owner
-	// A new map: deleting keys would not shrink the old one.
-	kept := make(map[string][]byte, 2)
-	for _, k := range []string{render.SecretKeyPassword, render.SecretKeyPreviousPasswordDigest, wire.ShardDataKey} {
-		if v, ok := s.Data[k]; ok {
-			kept[k] = v
-		}
-	}
-	s.Data = kept
-	return s, nil
 }
 
 // Reconcile rewrites one shard Secret, named by the request, when its

@@ -21,14 +21,20 @@ func Setup(mgr ctrl.Manager, opts render.Options) error {
 	if err := IndexFields(context.Background(), mgr); err != nil {
 		return err
 	}
+	// One cache of the operator's own Secrets serves the account
+	// controller and the publisher.
+	secrets, err := NewOwnedSecrets(mgr)
+	if err != nil {
+		return err
+	}
 	setups := []struct {
 		name  string
 		setup func(ctrl.Manager) error
 	}{
 		{"smtprelay", (&RelayReconciler{Options: opts}).SetupWithManager},
-		{"smtpaccount", (&AccountReconciler{}).SetupWithManager},
+		{"smtpaccount", (&AccountReconciler{Secrets: secrets}).SetupWithManager},
 		{"smtplabel", (&LabelReconciler{}).SetupWithManager},
-		{"credentials", (&CredentialsPublisher{}).SetupWithManager},
+		{"credentials", (&CredentialsPublisher{Secrets: secrets}).SetupWithManager},
 	}
 	for _, s := range setups {
 		if err := s.setup(mgr); err != nil {
@@ -42,8 +48,9 @@ func Setup(mgr ctrl.Manager, opts render.Options) error {
 // for. The kinds a relay owns are cached only when the operator made them
 // (its managed-by label): a cluster's every Deployment, ConfigMap, Service,
 // ServiceAccount, Role, RoleBinding and PodDisruptionBudget would otherwise
-// sit in the operator's memory, at any tenant's whim. Secrets are cached as
-// metadata only (the controllers watch them that way and read data live).
+// sit in the operator's memory, at any tenant's whim. Secrets are cached
+// here as metadata only (the controllers watch them that way); the data of
+// the operator's own Secrets is in a cache of their own (NewOwnedSecrets).
 // Managed fields are dropped from everything, since nothing reads them.
 func CacheOptions() cache.Options {
 	mine := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{render.LabelManagedBy: render.ManagedByValue})}
