@@ -529,15 +529,13 @@ func (r *AccountReconciler) write(ctx context.Context, existing, desired *corev1
 	return nil
 }
 
-// keyEvent records an issued key. The message names the Secret, never the key.
+// keyEvent records a rotation, which a person asked for (or made, in a
+// referenced Secret) and whose grace period they must act within. A first
+// key is no news: every new account gets one, and an Event each would bury
+// the ones a person must read (status.keyRotatedAt records it). The message
+// names the Secret, never the key.
 func (r *AccountReconciler) keyEvent(acc *v1.SmtpAccount, s *corev1.Secret, change keyChange, k render.KeyState) {
 	switch change {
-	case keyGenerated:
-		r.Recorder.Eventf(acc, s, corev1.EventTypeNormal, "KeyGenerated", "GenerateKey",
-			"generated a new key in Secret %q", s.Name)
-	case keyImported:
-		r.Recorder.Eventf(acc, s, corev1.EventTypeNormal, "KeyImported", "ReadKey",
-			"copied the key of Secret %q (spec.key.secretRef) into Secret %q", acc.Spec.Key.SecretRef.Name, s.Name)
 	case keyRotated:
 		note := "the previous key stopped working at once (rotationGracePeriod is 0)"
 		if k.PreviousDigest != "" {
