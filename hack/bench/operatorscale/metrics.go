@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // requestCounts is apiserver_request_total summed by "VERB resource[/subresource]".
@@ -44,6 +46,19 @@ func apiRequests(ctx context.Context, c *cluster) (requestCounts, error) {
 		out[key] += v
 	}
 	return out, sc.Err()
+}
+
+// eventsByReason counts the cluster's Events by type and reason.
+func eventsByReason(ctx context.Context, c *cluster) (requestCounts, error) {
+	list, err := c.clientset.EventsV1().Events(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list Events: %w", err)
+	}
+	out := requestCounts{}
+	for _, e := range list.Items {
+		out[e.Type+" "+e.Reason]++
+	}
+	return out, nil
 }
 
 // parseLabels reads name="value" pairs; the values apiserver_request_total

@@ -27,6 +27,7 @@ type report struct {
 	rss                         memory
 	requests                    requestCounts // API server requests during the scale phase
 	benchRequests               requestCounts // of which the benchmark's own
+	events                      requestCounts // Events in the cluster at the end of the scale phase, by type and reason
 	floor                       floorResult
 	prop                        propagation
 	loadStart, loadMax, loadEnd loadAvg
@@ -112,8 +113,8 @@ func (r *report) print(w io.Writer) {
 		for _, k := range keys {
 			fmt.Fprintf(w, "  %-42s %8.0f  %6.3f\n", k, op[k], op[k]/float64(o.accounts))
 		}
-		fmt.Fprintf(w, "  Events written: %.0f (POST %.0f, PATCH %.0f)\n",
-			op["POST events"]+op["PATCH events"], op["POST events"], op["PATCH events"])
+		fmt.Fprintf(w, "  Events written: %.0f (POST %.0f, PATCH %.0f); in the cluster: %.0f (%s)\n",
+			op["POST events"]+op["PATCH events"], op["POST events"], op["PATCH events"], r.events.total(), r.events.summary(0))
 	}
 	if len(r.prop.add) > 0 {
 		fmt.Fprintf(w, "propagation at full scale, %d rounds, once the operator was idle (another %.1f s) (p50 / max):\n",

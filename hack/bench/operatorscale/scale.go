@@ -110,6 +110,9 @@ func runScale(ctx context.Context, c *cluster, o options, rep *report) error {
 			rep.requests = after.minus(before)
 			rep.benchRequests = benchRequests.snapshot().minus(benchBefore)
 		}
+		if evs, err := eventsByReason(context.WithoutCancel(ctx), c); err == nil {
+			rep.events = evs
+		}
 	}()
 	rep.start = time.Now()
 	createDone := make(chan struct{})
