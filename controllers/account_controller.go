@@ -20,6 +20,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
@@ -101,10 +103,17 @@ func (r *AccountReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&v1.SmtpAccount{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(r.claimantsOf), builder.WithPredicates(specOrDeletion)).
-		// Only a Secret's name matters to find its accounts: cache metadata
-		// only. The same cache says whose a Secret is and when a referenced
-		// one changed.
-		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.accountsUsingSecret), builder.OnlyMetadata).
+		// The operator's own Secrets are watched in the cache they are read
+		// from: a reconcile woken by another watch could read that cache
+		// before it shows the change, and not be woken again.
+		WatchesRawSource(source.Kind(r.Secrets.Cache, &corev1.Secret{}, handler.TypedEnqueueRequestsFromMapFunc(
+			func(ctx context.Context, s *corev1.Secret) []reconcile.Request { return r.accountsUsingSecret(ctx, s) }))).
+		// Any other Secret (a referenced key, someone's Secret of a
+		// credentials Secret's name): only its name matters to find its
+		// accounts, so metadata only. The same cache says whose a Secret
+		// is and when a referenced one changed.
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.accountsUsingSecret), builder.OnlyMetadata,
+			builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool { return !operatorsSecret(o) }))).
 		Watches(&v1.SmtpRelay{}, handler.EnqueueRequestsFromMapFunc(r.accountsOfRelay), builder.WithPredicates(relayChanged)).
 		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(accountOfLabel), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.accountsInNamespace), builder.WithPredicates(namespaceLabelsChanged)).

@@ -165,6 +165,12 @@ func (o *OwnedSecrets) dropWhen(obj any, caughtUp func(written, shown *corev1.Se
 	}
 }
 
+// operatorsSecret reports whether a Secret carries the operator's
+// managed-by label, which puts it in OwnedSecrets.
+func operatorsSecret(o metav1.Object) bool {
+	return o.GetLabels()[render.LabelManagedBy] == render.ManagedByValue
+}
+
 // cachedDataDigest is the data key under which keepSecretFields keeps a
 // digest of a Secret's whole data. It is not a valid data key (those match
 // [-._a-zA-Z0-9]+), so no Secret can carry it.
