@@ -57,7 +57,8 @@ type AccountReconciler struct {
 	// issued twice on a stale copy (default: a cache of its own).
 	Secrets *OwnedSecrets
 	// APIReader reads around the caches, which hold no data of a Secret
-	// the operator did not write: a referenced key whose Secret changed.
+	// the operator did not write: a referenced key whose Secret changed;
+	// and it confirms that a relay missing from the cache is missing.
 	APIReader client.Reader
 	Recorder  events.EventRecorder
 	// Now is the clock; time.Now when nil.
@@ -205,7 +206,7 @@ func (r *AccountReconciler) reconcileAccount(ctx context.Context, acc *v1.SmtpAc
 func (r *AccountReconciler) attach(ctx context.Context, acc *v1.SmtpAccount) (*v1.SmtpRelay, *readyOutcome, error) {
 	key := accountRelay(acc)
 	relay := &v1.SmtpRelay{}
-	if err := r.Get(ctx, key, relay); err != nil {
+	if err := getConfirmed(ctx, r.Client, r.APIReader, key, relay); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, problem(v1.ReasonRelayNotFound,
 				"SmtpRelay %s not found; create it or correct spec.relayRef", key), nil

@@ -245,3 +245,17 @@ func secretMetadata(ctx context.Context, c client.Reader, key types.NamespacedNa
 	}
 	return m, nil
 }
+
+// getConfirmed reads key into obj from the cache and, only when the cache
+// has no such object, from the API server. Each kind has a watch of its
+// own, so the cache may show an object before what it refers to (a label
+// before its account, when both were just created): "not found" is
+// reported only when the API server says so too, not as a Warning that
+// goes away a moment later.
+func getConfirmed(ctx context.Context, cached, live client.Reader, key client.ObjectKey, obj client.Object) error {
+	err := cached.Get(ctx, key, obj)
+	if !apierrors.IsNotFound(err) {
+		return err
+	}
+	return live.Get(ctx, key, obj)
+}

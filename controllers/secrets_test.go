@@ -11,7 +11,9 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
@@ -119,4 +121,20 @@ func (c *fakeSecretCache) Get(_ context.Context, key client.ObjectKey, obj clien
 	kept, _ := keepSecretFields(c.secret.DeepCopy())
 	*obj.(*corev1.Secret) = *kept.(*corev1.Secret)
 	return nil
+}
+
+// TestGetConfirmed: an object missing from the cache is looked for in the
+// API server before it is called missing.
+func TestGetConfirmed(t *testing.T) {
+	ctx := context.Background()
+	acc := testAccountObject()
+	key := client.ObjectKeyFromObject(acc)
+	empty := fake.NewClientBuilder().WithScheme(Scheme()).Build()
+	holding := fake.NewClientBuilder().WithScheme(Scheme()).WithObjects(acc).Build()
+	if err := getConfirmed(ctx, empty, holding, key, &v1.SmtpAccount{}); err != nil {
+		t.Errorf("in the API server, not yet in the cache: %v", err)
+	}
+	if err := getConfirmed(ctx, empty, empty, key, &v1.SmtpAccount{}); !apierrors.IsNotFound(err) {
+		t.Errorf("in neither: %v, want not found", err)
+	}
 }
