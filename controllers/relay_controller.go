@@ -67,6 +67,8 @@ type RelayReconciler struct {
 
 	// certManager is set once cert-manager's CRDs are served and watched.
 	certManager atomic.Bool
+	// applied is what was last applied of each object (applyIfChanged).
+	applied appliedObjects
 }
 
 // The relay controller's permissions. The Role it creates for relay pods
@@ -256,9 +258,19 @@ func (r *RelayReconciler) observeStatus(ctx context.Context, relay *v1.SmtpRelay
 const nameConflictRecheck = 30 * time.Second
 
 // foreignObject names ("Service db") the first object the relay would write
-// that exists without the relay as its controller, or returns "".
+// that exists without the relay as its controller, or returns "". The
+// cache holds only what the operator made, so an object it shows with the
+// relay as controller is the relay's; any other is looked up in the API
+// server.
 func (r *RelayReconciler) foreignObject(ctx context.Context, relay *v1.SmtpRelay, objs *render.RelayObjects) (string, error) {
 	for _, obj := range objs.List() {
+		cached, err := r.cachedRelayObject(ctx, obj)
+		if err != nil {
+			return "", err
+		}
+		if cached != nil && metav1.IsControlledBy(cached, relay) {
+			continue
+		}
 		gvk, err := apiutil.GVKForObject(obj, r.Scheme)
 		if err != nil {
 			return "", fmt.Errorf("kind of %T: %w", obj, err)
@@ -279,13 +291,14 @@ func (r *RelayReconciler) foreignObject(ctx context.Context, relay *v1.SmtpRelay
 	return "", nil
 }
 
-// applyAll applies the rendered objects, each owned by the relay.
+// applyAll applies the rendered objects, each owned by the relay, those
+// that changed (applyIfChanged).
 func (r *RelayReconciler) applyAll(ctx context.Context, relay *v1.SmtpRelay, objs *render.RelayObjects) error {
 	for _, obj := range objs.List() {
 		if err := controllerutil.SetControllerReference(relay, obj, r.Scheme); err != nil {
 			return fmt.Errorf("own %T %s: %w", obj, obj.GetName(), err)
 		}
-		if err := applyObject(ctx, r.Client, r.Scheme, obj); err != nil {
+		if err := r.applyIfChanged(ctx, obj); err != nil {
 			return err
 		}
 	}
