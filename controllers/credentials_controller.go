@@ -57,6 +57,13 @@ type CredentialsPublisher struct {
 	Secrets *OwnedSecrets
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// MinInterval is the least time between two writes of one shard
+	// (default DefaultPublishInterval).
+	MinInterval time.Duration
+
+	// written is when each shard was last written.
+	written   map[types.NamespacedName]time.Time
+	writtenMu sync.Mutex
 
 	// digests remembers salted digests: each costs a fraction of a
 	// millisecond, and a shard rebuild would otherwise pay it for every
@@ -130,12 +137,25 @@ func (p *CredentialsPublisher) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(p)
 }
 
+// DefaultPublishInterval is the least time between two writes of one
+// shard. A change to a shard not written for that long is published at
+// once; changes that come sooner are published together when it has
+// passed, so that a bulk creation of accounts writes each shard (which
+// every relay pod then reads whole) at most once a second, not once per
+// account, and a change still reaches the relays within the 2 s target.
+const DefaultPublishInterval = time.Second
+
 // Reconcile rewrites one shard Secret, named by the request, when its
-// content changed.
+// content changed, at most once per MinInterval. The requests of one shard
+// are one key of the work queue, so the changes that come while a shard
+// waits collapse into one rebuild.
 func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	relayName, shard, ok := wire.ParseShardSecretName(req.Name)
 	if !ok {
 		return ctrl.Result{}, nil // not a request this controller makes
+	}
+	if wait := p.holdOff(req.NamespacedName); wait > 0 {
+		return ctrl.Result{RequeueAfter: wait}, nil
 	}
 	var relay v1.SmtpRelay
 	if err := p.Client.Get(ctx, types.NamespacedName{Namespace: req.Namespace, Name: relayName}, &relay); err != nil {
@@ -160,6 +180,7 @@ func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) 
 		return ctrl.Result{}, err
 	}
 	if changed {
+		p.wrote(req.NamespacedName)
 		log.FromContext(ctx).Info("credentials published", "shard", shard, "accounts", len(accounts))
 	}
 	if nextExpiry.IsZero() {
@@ -167,6 +188,31 @@ func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) 
 	}
 	// A previous key's grace period ends: publish without its digest.
 	return ctrl.Result{RequeueAfter: nextExpiry.Sub(p.Now()) + time.Second}, nil
+}
+
+// holdOff is how long the shard must wait before it is written again.
+func (p *CredentialsPublisher) holdOff(shard types.NamespacedName) time.Duration {
+	interval := p.MinInterval
+	if interval == 0 {
+		interval = DefaultPublishInterval
+	}
+	p.writtenMu.Lock()
+	last, ok := p.written[shard]
+	p.writtenMu.Unlock()
+	if !ok {
+		return 0
+	}
+	return last.Add(interval).Sub(p.Now())
+}
+
+// wrote records that the shard was written now.
+func (p *CredentialsPublisher) wrote(shard types.NamespacedName) {
+	p.writtenMu.Lock()
+	defer p.writtenMu.Unlock()
+	if p.written == nil {
+		p.written = map[types.NamespacedName]time.Time{}
+	}
+	p.written[shard] = p.Now()
 }
 
 // maxShardBytes keeps a shard, with its Secret's metadata, under the API

@@ -1,12 +1,14 @@
 package controllers
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
@@ -75,4 +77,30 @@ func TestFitShard(t *testing.T) {
 		}
 	}
 	t.Logf("oversized accounts: %d of %d kept in %d KiB", len(kept), len(big), len(data)>>10)
+}
+
+// TestPublisherHoldsOffAShard: a shard written less than MinInterval ago
+// waits for the rest of it, whatever asks; other shards do not.
+func TestPublisherHoldsOffAShard(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	p := &CredentialsPublisher{Now: func() time.Time { return now }, MinInterval: time.Second}
+	req := shardRequest(types.NamespacedName{Namespace: "platform", Name: "mx"}, 3)
+	other := shardRequest(types.NamespacedName{Namespace: "platform", Name: "mx"}, 4)
+	if d := p.holdOff(req.NamespacedName); d > 0 {
+		t.Errorf("a shard never written waits %v", d)
+	}
+	p.wrote(req.NamespacedName)
+	now = now.Add(400 * time.Millisecond)
+	// Reconcile returns before it reads anything (the publisher has no client here).
+	res, err := p.Reconcile(context.Background(), req)
+	if err != nil || res.RequeueAfter != 600*time.Millisecond {
+		t.Errorf("written 400 ms ago: %+v, %v; want to be asked again in 600 ms", res, err)
+	}
+	if d := p.holdOff(other.NamespacedName); d > 0 {
+		t.Errorf("another shard waits %v", d)
+	}
+	now = now.Add(600 * time.Millisecond)
+	if d := p.holdOff(req.NamespacedName); d > 0 {
+		t.Errorf("written a second ago: waits %v more", d)
+	}
 }
