@@ -32,11 +32,12 @@ import (
 // watches and no reads, on the same machine in the same run. All-Ready
 // cannot come sooner than this; issue 16 asks for it within 1.5 times.
 type floorResult struct {
-	done           time.Duration // from the first create to the last write
-	createDuration time.Duration // the creates alone, as they were interleaved with the writes
-	writes         int64         // writes besides the creates
-	shards         int
-	requests       requestCounts // every request the API server counted
+	done            time.Duration // from the first create to the last write
+	createDuration  time.Duration // the creates alone, as they were interleaved with the writes
+	writes          int64         // writes besides the creates
+	shards          int
+	requests        requestCounts // every request the API server counted
+	controlPlaneCPU time.Duration // the API server's and etcd's
 }
 
 // runFloor measures the floor in an API server of its own (an operator
@@ -98,6 +99,7 @@ func runFloor(ctx context.Context, o options) (floorResult, error) {
 			return nil
 		})
 	}
+	cpuBefore := controlPlaneCPU()
 	start := time.Now()
 	var created atomic.Int64
 	err = createAll(wctx, env.client, o, &created, func(obj client.Object) error {
@@ -120,6 +122,7 @@ func runFloor(ctx context.Context, o options) (floorResult, error) {
 		return res, err
 	}
 	res.done = time.Since(start)
+	res.controlPlaneCPU = controlPlaneCPU() - cpuBefore
 	res.writes = w.writes.Load()
 	after, err := apiRequests(ctx, env)
 	if err != nil {

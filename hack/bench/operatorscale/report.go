@@ -28,6 +28,7 @@ type report struct {
 	requests                    requestCounts // API server requests during the scale phase
 	benchRequests               requestCounts // of which the benchmark's own
 	events                      requestCounts // Events in the cluster at the end of the scale phase, by type and reason
+	controlPlaneCPU             time.Duration // the API server's and etcd's during the scale phase
 	floor                       floorResult
 	prop                        propagation
 	loadStart, loadMax, loadEnd loadAvg
@@ -94,6 +95,13 @@ func (r *report) print(w io.Writer) {
 			fmt.Fprintf(w, "all Ready/floor:  %7.2f x  %s\n", r.floorRatio(), verdict(r.floorRatio() <= targetFloorRatio, fmt.Sprintf("%.1fx", targetFloorRatio)))
 		}
 		fmt.Fprintf(w, "  the floor's API requests: %s\n", f.requests.summary(o.accounts))
+	}
+	if r.controlPlaneCPU > 0 {
+		fmt.Fprintf(w, "API server + etcd: %6.1f s of CPU during the scale phase", r.controlPlaneCPU.Seconds())
+		if r.floor.controlPlaneCPU > 0 {
+			fmt.Fprintf(w, " (the floor's: %.1f s)", r.floor.controlPlaneCPU.Seconds())
+		}
+		fmt.Fprintln(w)
 	}
 	if r.allPublished > 0 {
 		fmt.Fprintf(w, "all at the relay: %7.1f s after the first create (relay source's initial sync of the shards: %v)\n",

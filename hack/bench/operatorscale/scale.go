@@ -104,7 +104,9 @@ func runScale(ctx context.Context, c *cluster, o options, rep *report) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	var created atomic.Int64
 	benchBefore := benchRequests.snapshot()
+	cpuBefore := controlPlaneCPU()
 	defer func() {
+		rep.controlPlaneCPU = controlPlaneCPU() - cpuBefore
 		// Counted whatever the outcome: the mix may explain a slow run.
 		if after, err := apiRequests(context.WithoutCancel(ctx), c); err == nil {
 			rep.requests = after.minus(before)
