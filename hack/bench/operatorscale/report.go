@@ -21,7 +21,6 @@ type report struct {
 	createDuration              time.Duration
 	accountsReady, labelsReady  time.Duration
 	allReady                    time.Duration
-	pollResolution              time.Duration // interval before the poll that found all Ready
 	relaySync, allPublished     time.Duration
 	settle                      time.Duration // until the operator was idle, after allPublished
 	rss                         memory
@@ -83,10 +82,10 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintln(w, "no operator:      the API server's time for the creates alone, a floor for all-Ready on this machine")
 	}
 	if r.allReady > 0 {
-		fmt.Fprintf(w, "all Ready:        %7.1f s  %s  (accounts %.1f s, labels %.1f s; %.0f accounts/s, %.0f objects/s; polled every %v)\n",
+		fmt.Fprintf(w, "all Ready:        %7.1f s  %s  (accounts %.1f s, labels %.1f s; %.0f accounts/s, %.0f objects/s; seen through watches)\n",
 			r.allReady.Seconds(), verdict(r.allReady <= targetAllReady, "60 s"),
 			r.accountsReady.Seconds(), r.labelsReady.Seconds(),
-			float64(o.accounts)/r.allReady.Seconds(), float64(o.accounts+labels)/r.allReady.Seconds(), r.pollResolution.Round(time.Millisecond))
+			float64(o.accounts)/r.allReady.Seconds(), float64(o.accounts+labels)/r.allReady.Seconds())
 	}
 	if f := r.floor; f.done > 0 {
 		fmt.Fprintf(w, "floor:            %7.1f s  a plain client's creates and the %d writes the operator must make (credentials Secrets, account and label status, %d shards), in an API server of its own (its creates done at %.1f s)\n",
