@@ -57,13 +57,16 @@ type CredentialsPublisher struct {
 	Secrets *OwnedSecrets
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
-	// MinInterval is the least time between two writes of one shard
-	// (default DefaultPublishInterval).
+	// MinInterval is the least time between two writes of one shard while
+	// several of its accounts change (default DefaultPublishInterval).
 	MinInterval time.Duration
 
 	// written is when each shard was last written.
 	written   map[types.NamespacedName]time.Time
 	writtenMu sync.Mutex
+	// changed is which accounts of each shard changed since its last
+	// rebuild.
+	changed pendingChanges
 
 	// digests remembers salted digests: each costs a fraction of a
 	// millisecond, and a shard rebuild would otherwise pay it for every
@@ -131,24 +134,28 @@ func (p *CredentialsPublisher) SetupWithManager(mgr ctrl.Manager) error {
 		Named("credentials").
 		Watches(&v1.SmtpRelay{}, handler.EnqueueRequestsFromMapFunc(allShards),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(shardOfAccount)).
+		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(p.shardOfAccount)).
 		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(p.shardOfLabel)).
 		WatchesRawSource(source.Kind(p.Secrets.Cache, &corev1.Secret{}, handler.TypedEnqueueRequestsFromMapFunc(p.shardOfSecret))).
 		Complete(p)
 }
 
 // DefaultPublishInterval is the least time between two writes of one
-// shard. A change to a shard not written for that long is published at
-// once; changes that come sooner are published together when it has
-// passed, so that a bulk creation of accounts writes each shard (which
-// every relay pod then reads whole) at most once a second, not once per
-// account, and a change still reaches the relays within the 2 s target.
-const DefaultPublishInterval = time.Second
+// shard while several of its accounts change. A change of one account
+// (someone creating, labelling, suspending it, one step after another) is
+// published at once, however recently its shard was written. Changes of
+// several accounts that come sooner than this after a write are published
+// together when it has passed: a bulk creation writes each shard (which
+// every relay pod then reads whole) at most every 2 s, not once per
+// account, and each change still reaches the relays in about the 2 s
+// target.
+const DefaultPublishInterval = 2 * time.Second
 
 // Reconcile rewrites one shard Secret, named by the request, when its
-// content changed, at most once per MinInterval. The requests of one shard
-// are one key of the work queue, so the changes that come while a shard
-// waits collapse into one rebuild.
+// content changed; at most once per MinInterval while several of its
+// accounts change. The requests of one shard are one key of the work
+// queue, so the changes that come while a shard waits collapse into one
+// rebuild.
 func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	relayName, shard, ok := wire.ParseShardSecretName(req.Name)
 	if !ok {
@@ -157,6 +164,8 @@ func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) 
 	if wait := p.holdOff(req.NamespacedName); wait > 0 {
 		return ctrl.Result{RequeueAfter: wait}, nil
 	}
+	// What changes from here on is for the next rebuild.
+	p.changed.clear(req.NamespacedName)
 	var relay v1.SmtpRelay
 	if err := p.Client.Get(ctx, types.NamespacedName{Namespace: req.Namespace, Name: relayName}, &relay); err != nil {
 		// A deleted relay's shards go with it: they are owned by it.
@@ -190,8 +199,12 @@ func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) 
 	return ctrl.Result{RequeueAfter: nextExpiry.Sub(p.Now()) + time.Second}, nil
 }
 
-// holdOff is how long the shard must wait before it is written again.
+// holdOff is how long the shard must wait before it is written again: none
+// unless several of its accounts changed since its last rebuild.
 func (p *CredentialsPublisher) holdOff(shard types.NamespacedName) time.Duration {
+	if p.changed.count(shard) < 2 {
+		return 0
+	}
 	interval := p.MinInterval
 	if interval == 0 {
 		interval = DefaultPublishInterval
@@ -429,6 +442,37 @@ func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRel
 	return true, nil
 }
 
+// pendingChanges is, per shard, the accounts that changed since its last
+// rebuild.
+type pendingChanges struct {
+	mu sync.Mutex
+	m  map[types.NamespacedName]map[types.NamespacedName]struct{}
+}
+
+func (c *pendingChanges) add(shard, account types.NamespacedName) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[types.NamespacedName]map[types.NamespacedName]struct{}{}
+	}
+	if c.m[shard] == nil {
+		c.m[shard] = map[types.NamespacedName]struct{}{}
+	}
+	c.m[shard][account] = struct{}{}
+}
+
+func (c *pendingChanges) count(shard types.NamespacedName) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m[shard])
+}
+
+func (c *pendingChanges) clear(shard types.NamespacedName) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, shard)
+}
+
 // allShards rebuilds every shard of a relay whose spec changed (its default
 // budget is in every shard), or that was created.
 func allShards(_ context.Context, o client.Object) []reconcile.Request {
@@ -440,10 +484,13 @@ func allShards(_ context.Context, o client.Object) []reconcile.Request {
 	return reqs
 }
 
-// shardOfAccount rebuilds the shard that publishes the account.
-func shardOfAccount(_ context.Context, o client.Object) []reconcile.Request {
+// shardOfAccount rebuilds the shard that publishes the account, and
+// records that the account changed.
+func (p *CredentialsPublisher) shardOfAccount(_ context.Context, o client.Object) []reconcile.Request {
 	acc := o.(*v1.SmtpAccount)
-	return []reconcile.Request{shardRequest(accountRelay(acc), wire.ShardOf(render.APIUser(acc)))}
+	req := shardRequest(accountRelay(acc), wire.ShardOf(render.APIUser(acc)))
+	p.changed.add(req.NamespacedName, client.ObjectKeyFromObject(acc))
+	return []reconcile.Request{req}
 }
 
 func (p *CredentialsPublisher) shardOfLabel(ctx context.Context, o client.Object) []reconcile.Request {
@@ -452,7 +499,7 @@ func (p *CredentialsPublisher) shardOfLabel(ctx context.Context, o client.Object
 	if err := p.Client.Get(ctx, key, &acc); err != nil {
 		return nil
 	}
-	return shardOfAccount(ctx, &acc)
+	return p.shardOfAccount(ctx, &acc)
 }
 
 // shardOfSecret maps a credentials Secret (a key issued or rotated) to its
@@ -466,5 +513,5 @@ func (p *CredentialsPublisher) shardOfSecret(ctx context.Context, s *corev1.Secr
 	if err := p.Client.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: name}, &acc); err != nil {
 		return nil
 	}
-	return shardOfAccount(ctx, &acc)
+	return p.shardOfAccount(ctx, &acc)
 }

@@ -80,22 +80,36 @@ func TestFitShard(t *testing.T) {
 }
 
 // TestPublisherHoldsOffAShard: a shard written less than MinInterval ago
-// waits for the rest of it, whatever asks; other shards do not.
+// waits for the rest of it while several of its accounts change, and not
+// for one account changing again; other shards do not wait.
 func TestPublisherHoldsOffAShard(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	p := &CredentialsPublisher{Now: func() time.Time { return now }, MinInterval: time.Second}
-	req := shardRequest(types.NamespacedName{Namespace: "platform", Name: "mx"}, 3)
-	other := shardRequest(types.NamespacedName{Namespace: "platform", Name: "mx"}, 4)
+	relay := types.NamespacedName{Namespace: "platform", Name: "mx"}
+	req, other := shardRequest(relay, 3), shardRequest(relay, 4)
+	account := func(name string) types.NamespacedName { return types.NamespacedName{Namespace: "tenant", Name: name} }
+	p.changed.add(req.NamespacedName, account("a"))
+	p.changed.add(req.NamespacedName, account("b"))
 	if d := p.holdOff(req.NamespacedName); d > 0 {
 		t.Errorf("a shard never written waits %v", d)
 	}
 	p.wrote(req.NamespacedName)
+	p.changed.clear(req.NamespacedName)
 	now = now.Add(400 * time.Millisecond)
+
+	p.changed.add(req.NamespacedName, account("a"))
+	p.changed.add(req.NamespacedName, account("a"))
+	if d := p.holdOff(req.NamespacedName); d > 0 {
+		t.Errorf("one account changed again: waits %v", d)
+	}
+	p.changed.add(req.NamespacedName, account("c"))
 	// Reconcile returns before it reads anything (the publisher has no client here).
 	res, err := p.Reconcile(context.Background(), req)
 	if err != nil || res.RequeueAfter != 600*time.Millisecond {
-		t.Errorf("written 400 ms ago: %+v, %v; want to be asked again in 600 ms", res, err)
+		t.Errorf("two accounts changed, written 400 ms ago: %+v, %v; want to be asked again in 600 ms", res, err)
 	}
+	p.changed.add(other.NamespacedName, account("d"))
+	p.changed.add(other.NamespacedName, account("e"))
 	if d := p.holdOff(other.NamespacedName); d > 0 {
 		t.Errorf("another shard waits %v", d)
 	}
