@@ -111,10 +111,10 @@ func (r *AccountReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			func(ctx context.Context, s *corev1.Secret) []reconcile.Request { return r.accountsUsingSecret(ctx, s) }))).
 		// Any other Secret (a referenced key, someone's Secret of a
 		// credentials Secret's name): only its name matters to find its
-		// accounts, so metadata only. The same cache says whose a Secret
-		// is and when a referenced one changed.
-		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.accountsUsingSecret), builder.OnlyMetadata,
-			builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool { return !operatorsSecret(o) }))).
+		// accounts, so metadata only, in a cache that leaves the
+		// operator's own out (CacheOptions). The same cache says whose a
+		// Secret is and when a referenced one changed.
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.accountsUsingSecret), builder.OnlyMetadata).
 		Watches(&v1.SmtpRelay{}, handler.EnqueueRequestsFromMapFunc(r.accountsOfRelay), builder.WithPredicates(relayChanged)).
 		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(accountOfLabel), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.accountsInNamespace), builder.WithPredicates(namespaceLabelsChanged)).
@@ -281,7 +281,7 @@ func (r *AccountReconciler) referencedKey(ctx context.Context, acc *v1.SmtpAccou
 		out.requeueAfter = secretWaitInterval
 		return "", out, nil
 	}
-	m, err := secretMetadata(ctx, r.Client, name)
+	m, err := r.Secrets.metadata(ctx, name)
 	if err != nil {
 		return "", nil, err
 	}
@@ -487,12 +487,12 @@ func (r *AccountReconciler) credentialsSecret(ctx context.Context, acc *v1.SmtpA
 	if s, err := r.Secrets.read(ctx, key); err != nil || s != nil {
 		return s, err
 	}
-	m, err := secretMetadata(ctx, r.Client, key)
+	m, err := r.Secrets.metadata(ctx, key)
 	if err != nil || m == nil {
 		return nil, err
 	}
 	if !accountHolds(m, acc) {
-		return &corev1.Secret{ObjectMeta: m.ObjectMeta}, nil
+		return &corev1.Secret{ObjectMeta: *m}, nil
 	}
 	return getSecret(ctx, r.APIReader, key.Namespace, key.Name)
 }

@@ -30,8 +30,9 @@ import (
 //     label), with their data, from OwnedSecrets: a cache that holds nothing
 //     else, reduced by keepSecretFields;
 //   - any other Secret's metadata, from the manager's metadata cache that
-//     the Secret watches fill: enough to see that a name is taken by someone
-//     else, or that a referenced Secret exists and changed;
+//     the Secret watches fill, which leaves the operator's own out
+//     (CacheOptions): enough to see that a name is taken by someone else,
+//     or that a referenced Secret exists and changed;
 //   - a referenced key (spec.key.secretRef) from the API server, only when
 //     its Secret changed since the key was last read (referencedKey).
 //
@@ -42,6 +43,9 @@ import (
 // controller last wrote that the cache has not shown yet.
 type OwnedSecrets struct {
 	cache.Cache
+	// others is the manager's cache, which holds the metadata of every
+	// other Secret.
+	others client.Reader
 
 	mu sync.Mutex
 	// written holds the Secrets this process wrote, as keepSecretFields
@@ -79,7 +83,7 @@ func NewOwnedSecrets(mgr ctrl.Manager) (*OwnedSecrets, error) {
 	if err := mgr.Add(c); err != nil {
 		return nil, fmt.Errorf("add Secrets cache: %w", err)
 	}
-	o := &OwnedSecrets{Cache: c, written: map[types.NamespacedName]writtenSecret{}}
+	o := &OwnedSecrets{Cache: c, others: mgr.GetClient(), written: map[types.NamespacedName]writtenSecret{}}
 	inf, err := c.GetInformer(context.Background(), &corev1.Secret{})
 	if err != nil {
 		return nil, fmt.Errorf("informer of the operator's Secrets: %w", err)
@@ -165,12 +169,6 @@ func (o *OwnedSecrets) dropWhen(obj any, caughtUp func(written, shown *corev1.Se
 	}
 }
 
-// operatorsSecret reports whether a Secret carries the operator's
-// managed-by label, which puts it in OwnedSecrets.
-func operatorsSecret(o metav1.Object) bool {
-	return o.GetLabels()[render.LabelManagedBy] == render.ManagedByValue
-}
-
 // cachedDataDigest is the data key under which keepSecretFields keeps a
 // digest of a Secret's whole data. It is not a valid data key (those match
 // [-._a-zA-Z0-9]+), so no Secret can carry it.
@@ -232,18 +230,24 @@ func sameData(existing, desired map[string][]byte) bool {
 	return equality.Semantic.DeepEqual(existing, desired)
 }
 
-// secretMetadata reads a Secret's metadata from the manager's metadata
-// cache; nil when there is no such Secret.
-func secretMetadata(ctx context.Context, c client.Reader, key types.NamespacedName) (*metav1.PartialObjectMetadata, error) {
+// metadata reads any Secret's metadata, the operator's own from this cache
+// and any other from the manager's; nil when there is no such Secret.
+func (o *OwnedSecrets) metadata(ctx context.Context, key types.NamespacedName) (*metav1.ObjectMeta, error) {
+	if s, err := o.read(ctx, key); err != nil || s != nil {
+		if s == nil {
+			return nil, err
+		}
+		return &s.ObjectMeta, nil
+	}
 	m := &metav1.PartialObjectMetadata{}
 	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
-	if err := c.Get(ctx, key, m); err != nil {
+	if err := o.others.Get(ctx, key, m); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, nil
 		}
 		return nil, fmt.Errorf("get Secret %s: %w", key, err)
 	}
-	return m, nil
+	return &m.ObjectMeta, nil
 }
 
 // getConfirmed reads key into obj from the cache and, only when the cache

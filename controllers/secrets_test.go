@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -137,4 +138,22 @@ func TestGetConfirmed(t *testing.T) {
 	if err := getConfirmed(ctx, empty, empty, key, &v1.SmtpAccount{}); !apierrors.IsNotFound(err) {
 		t.Errorf("in neither: %v, want not found", err)
 	}
+}
+
+// TestCacheLeavesOwnSecretsOut: the manager's cache holds the metadata of
+// every Secret but the operator's own, which OwnedSecrets holds.
+func TestCacheLeavesOwnSecretsOut(t *testing.T) {
+	for obj, by := range CacheOptions().ByObject {
+		if _, ok := obj.(*corev1.Secret); !ok {
+			continue
+		}
+		if !by.Label.Matches(labels.Set{}) || !by.Label.Matches(labels.Set{render.LabelManagedBy: "helm"}) {
+			t.Errorf("selector %s leaves out Secrets the operator did not make", by.Label)
+		}
+		if by.Label.Matches(labels.Set{render.LabelManagedBy: render.ManagedByValue}) {
+			t.Errorf("selector %s keeps the operator's own Secrets", by.Label)
+		}
+		return
+	}
+	t.Error("no cache options for Secrets")
 }

@@ -9,6 +9,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -21,8 +22,7 @@ func Setup(mgr ctrl.Manager, opts render.Options) error {
 	if err := IndexFields(context.Background(), mgr); err != nil {
 		return err
 	}
-	// One cache of the operator's own Secrets serves the account
-	// controller and the publisher.
+	// One cache of the operator's own Secrets serves every controller.
 	secrets, err := NewOwnedSecrets(mgr)
 	if err != nil {
 		return err
@@ -31,7 +31,7 @@ func Setup(mgr ctrl.Manager, opts render.Options) error {
 		name  string
 		setup func(ctrl.Manager) error
 	}{
-		{"smtprelay", (&RelayReconciler{Options: opts}).SetupWithManager},
+		{"smtprelay", (&RelayReconciler{Options: opts, Secrets: secrets}).SetupWithManager},
 		{"smtpaccount", (&AccountReconciler{Secrets: secrets}).SetupWithManager},
 		{"smtplabel", (&LabelReconciler{}).SetupWithManager},
 		{"credentials", (&CredentialsPublisher{Secrets: secrets}).SetupWithManager},
@@ -49,14 +49,21 @@ func Setup(mgr ctrl.Manager, opts render.Options) error {
 // (its managed-by label): a cluster's every Deployment, ConfigMap, Service,
 // ServiceAccount, Role, RoleBinding and PodDisruptionBudget would otherwise
 // sit in the operator's memory, at any tenant's whim. Secrets are cached
-// here as metadata only (the controllers watch them that way); the data of
-// the operator's own Secrets is in a cache of their own (NewOwnedSecrets).
+// here as metadata only (the controllers watch them that way), and only
+// those the operator did not make: its own are in a cache of their own,
+// with the data it reads (NewOwnedSecrets), and 10,000 accounts' worth of
+// their metadata a second time would be some 10 MiB of heap for nothing.
 // Managed fields are dropped from everything, since nothing reads them.
 func CacheOptions() cache.Options {
 	mine := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{render.LabelManagedBy: render.ManagedByValue})}
+	notMine, err := labels.NewRequirement(render.LabelManagedBy, selection.NotEquals, []string{render.ManagedByValue})
+	if err != nil {
+		panic(err) // a constant requirement
+	}
 	return cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}:                {Label: labels.NewSelector().Add(*notMine)},
 			&appsv1.Deployment{}:            mine,
 			&corev1.ConfigMap{}:             mine,
 			&corev1.Service{}:               mine,
