@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"maps"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -23,8 +24,8 @@ const (
 	indexAccountClaim = "mailfleet.io/account-claim"
 	// indexAccountRelay: "<relay namespace>/<relay name>".
 	indexAccountRelay = "mailfleet.io/account-relay"
-	// indexAccountSecret: names of the Secrets an account reads or writes
-	// (spec.key.secretRef.name and its credentials Secret), in its namespace.
+	// indexAccountSecret: names of the Secrets an account's spec names
+	// (spec.key.secretRef.name, spec.secretName), in its namespace.
 	indexAccountSecret = "mailfleet.io/account-secret"
 )
 
@@ -75,7 +76,13 @@ func (r *AccountReconciler) accountsOfRelay(ctx context.Context, o client.Object
 // created later by sealed-secrets or External Secrets) or write it (a
 // credentials Secret edited, deleted, or a foreign one removed).
 func (r *AccountReconciler) accountsUsingSecret(ctx context.Context, o client.Object) []reconcile.Request {
-	return requestsFor(ctx, r.Client, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexAccountSecret: o.GetName()})
+	reqs := requestsFor(ctx, r.Client, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexAccountSecret: o.GetName()})
+	// A credentials Secret of the default name names its account (an
+	// account of that name that set spec.secretName finds nothing to do).
+	if name, ok := strings.CutSuffix(o.GetName(), render.CredentialsSecretSuffix); ok && name != "" {
+		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}})
+	}
+	return reqs
 }
 
 // accountsInNamespace enqueues a namespace's accounts and their rival
