@@ -45,9 +45,10 @@ func accountRelay(acc *v1.SmtpAccount) types.NamespacedName {
 }
 
 // requestsFor lists accounts matching opts and turns them into requests.
+// Only their names are read, so the cache's copies are not copied.
 func requestsFor(ctx context.Context, c client.Reader, opts ...client.ListOption) []reconcile.Request {
 	var list v1.SmtpAccountList
-	if err := c.List(ctx, &list, opts...); err != nil {
+	if err := c.List(ctx, &list, append(opts, client.UnsafeDisableDeepCopy)...); err != nil {
 		log.FromContext(ctx).Error(err, "list accounts to enqueue")
 		return nil
 	}
@@ -90,7 +91,7 @@ func (r *AccountReconciler) accountsUsingSecret(ctx context.Context, o client.Ob
 // admit or refuse them, which also moves apiUser holders.
 func (r *AccountReconciler) accountsInNamespace(ctx context.Context, o client.Object) []reconcile.Request {
 	var list v1.SmtpAccountList
-	if err := r.List(ctx, &list, client.InNamespace(o.GetName())); err != nil {
+	if err := r.List(ctx, &list, client.InNamespace(o.GetName()), client.UnsafeDisableDeepCopy); err != nil {
 		log.FromContext(ctx).Error(err, "list accounts to enqueue", "namespace", o.GetName())
 		return nil
 	}

@@ -297,7 +297,7 @@ func (r *LabelReconciler) rivalsOf(ctx context.Context, o client.Object) []recon
 
 func labelRequests(ctx context.Context, c client.Reader, opts ...client.ListOption) []reconcile.Request {
 	var list v1.SmtpLabelList
-	if err := c.List(ctx, &list, opts...); err != nil {
+	if err := c.List(ctx, &list, append(opts, client.UnsafeDisableDeepCopy)...); err != nil {
 		log.FromContext(ctx).Error(err, "list labels to enqueue")
 		return nil
 	}
