@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -11,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -18,6 +20,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
@@ -48,16 +52,21 @@ const concurrentReconciles = 16
 // apiUser there, then issues, keeps or rotates its key.
 type AccountReconciler struct {
 	client.Client
-	// APIReader reads Secrets, around the cache: caching them would hold
-	// every Secret of the cluster in the operator's memory, and a live read
-	// always shows the operator's own last write, so a key is never issued
-	// twice on a stale copy.
+	// Secrets reads the operator's own Secrets, with their data, and
+	// remembers its writes until that cache shows them, so a key is never
+	// issued twice on a stale copy (default: a cache of its own).
+	Secrets *OwnedSecrets
+	// APIReader reads around the caches, which hold no data of a Secret
+	// the operator did not write: a referenced key whose Secret changed;
+	// and it confirms that a relay missing from the cache is missing.
 	APIReader client.Reader
 	Recorder  events.EventRecorder
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 	// MaxLabels is the per-account label cap (default MaxLabelsPerAccount).
 	MaxLabels int
+
+	refKeys refKeyVersions
 }
 
 // +kubebuilder:rbac:groups=mailfleet.io,resources=smtpaccounts,verbs=get;list;watch
@@ -79,6 +88,12 @@ func (r *AccountReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.APIReader == nil {
 		r.APIReader = mgr.GetAPIReader()
 	}
+	if r.Secrets == nil {
+		var err error
+		if r.Secrets, err = NewOwnedSecrets(mgr); err != nil {
+			return err
+		}
+	}
 	if r.Recorder == nil {
 		r.Recorder = mgr.GetEventRecorder(FieldManager)
 	}
@@ -89,7 +104,16 @@ func (r *AccountReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&v1.SmtpAccount{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(r.claimantsOf), builder.WithPredicates(specOrDeletion)).
-		// Only a Secret's name matters to find its accounts: cache metadata only.
+		// The operator's own Secrets are watched in the cache they are read
+		// from: a reconcile woken by another watch could read that cache
+		// before it shows the change, and not be woken again.
+		WatchesRawSource(source.Kind(r.Secrets.Cache, &corev1.Secret{}, handler.TypedEnqueueRequestsFromMapFunc(
+			func(ctx context.Context, s *corev1.Secret) []reconcile.Request { return r.accountsUsingSecret(ctx, s) }))).
+		// Any other Secret (a referenced key, someone's Secret of a
+		// credentials Secret's name): only its name matters to find its
+		// accounts, so metadata only, in a cache that leaves the
+		// operator's own out (CacheOptions). The same cache says whose a
+		// Secret is and when a referenced one changed.
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.accountsUsingSecret), builder.OnlyMetadata).
 		Watches(&v1.SmtpRelay{}, handler.EnqueueRequestsFromMapFunc(r.accountsOfRelay), builder.WithPredicates(relayChanged)).
 		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(accountOfLabel), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
@@ -157,11 +181,15 @@ func (r *AccountReconciler) reconcileAccount(ctx context.Context, acc *v1.SmtpAc
 	if err != nil || out != nil {
 		return out, err
 	}
-	refKey, out, err := r.referencedKey(ctx, acc)
+	existing, err := r.credentialsSecret(ctx, acc, render.CredentialsSecretName(acc))
+	if err != nil {
+		return nil, err
+	}
+	refKey, out, err := r.referencedKey(ctx, acc, existing)
 	if err != nil || out != nil {
 		return out, err
 	}
-	out, err = r.applySecret(ctx, acc, relay, refKey)
+	out, err = r.applySecret(ctx, acc, relay, existing, refKey)
 	if err != nil || !out.ready {
 		return out, err
 	}
@@ -178,7 +206,7 @@ func (r *AccountReconciler) reconcileAccount(ctx context.Context, acc *v1.SmtpAc
 func (r *AccountReconciler) attach(ctx context.Context, acc *v1.SmtpAccount) (*v1.SmtpRelay, *readyOutcome, error) {
 	key := accountRelay(acc)
 	relay := &v1.SmtpRelay{}
-	if err := r.Get(ctx, key, relay); err != nil {
+	if err := getConfirmed(ctx, r.Client, r.APIReader, key, relay); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, problem(v1.ReasonRelayNotFound,
 				"SmtpRelay %s not found; create it or correct spec.relayRef", key), nil
@@ -233,8 +261,10 @@ func claim(ctx context.Context, c client.Reader, relay *v1.SmtpRelay, acc *v1.Sm
 
 // referencedKey reads the key of a secretRef account; "" for generated keys.
 // A missing Secret or key is waited for: sealed-secrets and External Secrets
-// create them asynchronously.
-func (r *AccountReconciler) referencedKey(ctx context.Context, acc *v1.SmtpAccount) (string, *readyOutcome, error) {
+// create them asynchronously. The key is read from the API server only
+// when the Secret changed since it was last read (its metadata is cached);
+// until then it is the key existing, the credentials Secret, holds.
+func (r *AccountReconciler) referencedKey(ctx context.Context, acc *v1.SmtpAccount, existing *corev1.Secret) (string, *readyOutcome, error) {
 	ref := acc.Spec.Key.SecretRef
 	if ref == nil {
 		return "", nil, nil
@@ -243,15 +273,30 @@ func (r *AccountReconciler) referencedKey(ctx context.Context, acc *v1.SmtpAccou
 	if dataKey == "" {
 		dataKey = defaultSecretRefKey
 	}
+	name := types.NamespacedName{Namespace: acc.Namespace, Name: ref.Name}
+	notFound := func() (string, *readyOutcome, error) {
+		r.refKeys.forget(name)
+		out := problem(v1.ReasonSecretNotFound,
+			"waiting for Secret %q (spec.key.secretRef.name) in namespace %q; the account is set up as soon as it exists", ref.Name, acc.Namespace)
+		out.requeueAfter = secretWaitInterval
+		return "", out, nil
+	}
+	m, err := r.Secrets.metadata(ctx, name)
+	if err != nil {
+		return "", nil, err
+	}
+	if m == nil {
+		return notFound()
+	}
+	if cur := render.KeyStateFromSecret(existing).Key; cur != "" && r.refKeys.unchanged(name, m, dataKey, cur) {
+		return cur, nil, nil
+	}
 	s, err := getSecret(ctx, r.APIReader, acc.Namespace, ref.Name)
 	if err != nil {
 		return "", nil, err
 	}
 	if s == nil {
-		out := problem(v1.ReasonSecretNotFound,
-			"waiting for Secret %q (spec.key.secretRef.name) in namespace %q; the account is set up as soon as it exists", ref.Name, acc.Namespace)
-		out.requeueAfter = secretWaitInterval
-		return "", out, nil
+		return notFound()
 	}
 	key := string(s.Data[dataKey])
 	if key == "" {
@@ -266,17 +311,54 @@ func (r *AccountReconciler) referencedKey(ctx context.Context, acc *v1.SmtpAccou
 			"the key in Secret %q (key %q) has %d characters; use at least %d, such as the output of `openssl rand -base64 32`",
 			ref.Name, dataKey, len(key), wire.MinKeyLength), nil
 	}
+	r.refKeys.remember(name, s, dataKey, key)
 	return key, nil, nil
 }
 
-// applySecret decides the key and writes the credentials Secret with
-// server-side apply, unless a Secret of that name belongs to someone else.
-func (r *AccountReconciler) applySecret(ctx context.Context, acc *v1.SmtpAccount, relay *v1.SmtpRelay, refKey string) (*readyOutcome, error) {
-	name := render.CredentialsSecretName(acc)
-	existing, err := getSecret(ctx, r.APIReader, acc.Namespace, name)
-	if err != nil {
-		return nil, err
+// refKeyVersions remembers, of each referenced Secret, the version whose
+// key was last read and a digest of that key (never the key): while the
+// Secret stays at that version and the credentials Secret holds that key,
+// reconciles do not read the Secret again.
+type refKeyVersions struct {
+	mu sync.Mutex
+	m  map[types.NamespacedName]refKeyVersion
+}
+
+type refKeyVersion struct {
+	uid                              types.UID
+	resourceVersion, dataKey, digest string
+}
+
+func (v *refKeyVersions) remember(name types.NamespacedName, s *corev1.Secret, dataKey, key string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.m == nil {
+		v.m = map[types.NamespacedName]refKeyVersion{}
 	}
+	v.m[name] = refKeyVersion{uid: s.UID, resourceVersion: s.ResourceVersion, dataKey: dataKey, digest: wire.Digest(key)}
+}
+
+// unchanged reports whether m is the version of the Secret whose key was
+// last read, under dataKey, and that key is key.
+func (v *refKeyVersions) unchanged(name types.NamespacedName, m metav1.Object, dataKey, key string) bool {
+	v.mu.Lock()
+	seen, ok := v.m[name]
+	v.mu.Unlock()
+	return ok && seen.uid == m.GetUID() && seen.resourceVersion == m.GetResourceVersion() &&
+		seen.dataKey == dataKey && seen.digest == wire.Digest(key)
+}
+
+func (v *refKeyVersions) forget(name types.NamespacedName) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.m, name)
+}
+
+// applySecret decides the key and writes the credentials Secret with
+// server-side apply, unless a Secret of that name (existing) belongs to
+// someone else.
+func (r *AccountReconciler) applySecret(ctx context.Context, acc *v1.SmtpAccount, relay *v1.SmtpRelay, existing *corev1.Secret, refKey string) (*readyOutcome, error) {
+	name := render.CredentialsSecretName(acc)
 	if out := notOwned(acc, existing); out != nil {
 		return out, nil
 	}
@@ -369,7 +451,7 @@ func (r *AccountReconciler) graceForLostKey(ctx context.Context, acc *v1.SmtpAcc
 		return render.KeyState{}, nil
 	}
 	relay, apiUser := accountRelay(acc), render.APIUser(acc)
-	shard, err := getSecret(ctx, r.APIReader, relay.Namespace, wire.ShardSecretName(relay.Name, wire.ShardOf(apiUser)))
+	shard, err := r.Secrets.read(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: wire.ShardSecretName(relay.Name, wire.ShardOf(apiUser))})
 	if err != nil || shard == nil {
 		return render.KeyState{}, err
 	}
@@ -387,11 +469,32 @@ func (r *AccountReconciler) renamedSecret(ctx context.Context, acc *v1.SmtpAccou
 	if old == "" || old == render.CredentialsSecretName(acc) {
 		return nil, nil
 	}
-	s, err := getSecret(ctx, r.APIReader, acc.Namespace, old)
+	s, err := r.credentialsSecret(ctx, acc, old)
 	if err != nil || s == nil || !accountHolds(s, acc) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// credentialsSecret reads the Secret called name in the account's
+// namespace; nil when there is none. The operator's own Secrets come with
+// their data from r.Secrets. Any other Secret of that name comes as its
+// metadata alone, which is all notOwned needs, unless that says it is the
+// account's (its labels removed by someone, or the caches not agreeing for
+// a moment): that one is read from the API server.
+func (r *AccountReconciler) credentialsSecret(ctx context.Context, acc *v1.SmtpAccount, name string) (*corev1.Secret, error) {
+	key := types.NamespacedName{Namespace: acc.Namespace, Name: name}
+	if s, err := r.Secrets.read(ctx, key); err != nil || s != nil {
+		return s, err
+	}
+	m, err := r.Secrets.metadata(ctx, key)
+	if err != nil || m == nil {
+		return nil, err
+	}
+	if !accountHolds(m, acc) {
+		return &corev1.Secret{ObjectMeta: *m}, nil
+	}
+	return getSecret(ctx, r.APIReader, key.Namespace, key.Name)
 }
 
 // dropRenamedSecret deletes the previous credentials Secret once its key
@@ -406,6 +509,7 @@ func (r *AccountReconciler) dropRenamedSecret(ctx context.Context, acc *v1.SmtpA
 		return err
 	}
 	err = r.Delete(ctx, old, client.Preconditions{UID: &old.UID})
+	r.Secrets.forget(client.ObjectKeyFromObject(old))
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete renamed credentials Secret %s/%s: %w", old.Namespace, old.Name, err)
 	}
@@ -416,7 +520,8 @@ func (r *AccountReconciler) dropRenamedSecret(ctx context.Context, acc *v1.SmtpA
 // write applies desired unless existing already matches it. The apply is
 // conditional on the resourceVersion read, so a key decided on a copy that
 // another writer has since changed fails with a conflict instead of
-// overwriting a newer key.
+// overwriting a newer key. What the API server stored is remembered until
+// the cache shows it.
 func (r *AccountReconciler) write(ctx context.Context, existing, desired *corev1.Secret) error {
 	if existing != nil {
 		if secretUpToDate(existing, desired) {
@@ -425,20 +530,22 @@ func (r *AccountReconciler) write(ctx context.Context, existing, desired *corev1
 		desired.ResourceVersion = existing.ResourceVersion
 	}
 	if err := applyObject(ctx, r.Client, r.Scheme(), desired); err != nil {
+		if apierrors.IsConflict(err) {
+			r.Secrets.forget(client.ObjectKeyFromObject(desired))
+		}
 		return fmt.Errorf("apply credentials Secret %s/%s: %w", desired.Namespace, desired.Name, err)
 	}
+	r.Secrets.wrote(desired)
 	return nil
 }
 
-// keyEvent records an issued key. The message names the Secret, never the key.
+// keyEvent records a rotation, which a person asked for (or made, in a
+// referenced Secret) and whose grace period they must act within. A first
+// key is no news: every new account gets one, and an Event each would bury
+// the ones a person must read (status.keyRotatedAt records it). The message
+// names the Secret, never the key.
 func (r *AccountReconciler) keyEvent(acc *v1.SmtpAccount, s *corev1.Secret, change keyChange, k render.KeyState) {
 	switch change {
-	case keyGenerated:
-		r.Recorder.Eventf(acc, s, corev1.EventTypeNormal, "KeyGenerated", "GenerateKey",
-			"generated a new key in Secret %q", s.Name)
-	case keyImported:
-		r.Recorder.Eventf(acc, s, corev1.EventTypeNormal, "KeyImported", "ReadKey",
-			"copied the key of Secret %q (spec.key.secretRef) into Secret %q", acc.Spec.Key.SecretRef.Name, s.Name)
 	case keyRotated:
 		note := "the previous key stopped working at once (rotationGracePeriod is 0)"
 		if k.PreviousDigest != "" {

@@ -205,9 +205,6 @@ func TestAccountGeneratedKey(t *testing.T) {
 	if acc.Spec.APIUser != "" {
 		t.Errorf("spec.apiUser was written: %q", acc.Spec.APIUser)
 	}
-	if e := waitEventAbout(t, acc, "KeyGenerated"); e.Type != corev1.EventTypeNormal {
-		t.Errorf("KeyGenerated event type %s", e.Type)
-	}
 	assertNoKeyLeak(t, ns, key)
 }
 
@@ -342,7 +339,6 @@ func TestAccountReferencedSecret(t *testing.T) {
 	if got := string(s.Data[render.SecretKeyPassword]); got != "first-referenced-key-0123456789abcdef" {
 		t.Errorf("password = %q", got)
 	}
-	waitEventAbout(t, acc, "KeyImported")
 
 	// Changing the referenced key is a rotation, with the same grace.
 	ref.Data = map[string][]byte{"api-key": []byte("second-referenced-key-0123456789abcdef")}

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
@@ -190,5 +191,30 @@ func TestAccountKeyStateRoundTrip(t *testing.T) {
 	}
 	if got := render.KeyStateFromSecret((*corev1.Secret)(nil)); got != (render.KeyState{}) {
 		t.Errorf("nil Secret: %+v", got)
+	}
+}
+
+// TestAccountKeyEvents: of the key changes, only a rotation is an Event. A
+// first key (generated or copied from spec.key.secretRef) comes with every
+// new account, and 10,000 of them would bury what a person must read.
+func TestAccountKeyEvents(t *testing.T) {
+	rec := events.NewFakeRecorder(10)
+	r := &AccountReconciler{Recorder: rec}
+	acc := testAccountObject()
+	acc.Spec.Key.SecretRef = &v1.SecretKeyReference{Name: "sealed-key"}
+	s := render.CredentialsSecret(render.CredentialsInput{Account: acc, Relay: testRelayObject(), Key: render.KeyState{Key: "secret-key"}})
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	rotated := render.KeyState{Key: "secret-key", IssuedAt: now, PreviousDigest: "sha256:00", PreviousExpiry: now.Add(time.Hour)}
+	for _, change := range []keyChange{keyUnchanged, keyGenerated, keyImported, keyRotated} {
+		r.keyEvent(acc, s, change, rotated)
+	}
+	close(rec.Events)
+	var got []string
+	for e := range rec.Events {
+		got = append(got, e)
+	}
+	want := `Normal KeyRotated issued a new key in Secret "shop-smtp-credentials"; the previous key works until 2026-03-01T13:00:00Z`
+	if len(got) != 1 || got[0] != want {
+		t.Errorf("events = %q, want only %q", got, want)
 	}
 }

@@ -17,23 +17,24 @@ import (
 // retained for an account of its name (Retain), which is how an account
 // deleted and created again gets its Secret, and its key, back. Anything
 // else of that name may be someone's data and is never touched.
-func accountHolds(s *corev1.Secret, acc *v1.SmtpAccount) bool {
+func accountHolds(s metav1.Object, acc *v1.SmtpAccount) bool {
 	if metav1.IsControlledBy(s, acc) {
 		return true
 	}
 	return metav1.GetControllerOf(s) == nil &&
-		s.Labels[render.LabelManagedBy] == render.ManagedByValue && s.Labels[render.LabelAccount] == acc.Name
+		s.GetLabels()[render.LabelManagedBy] == render.ManagedByValue && s.GetLabels()[render.LabelAccount] == acc.Name
 }
 
 // secretUpToDate reports whether applying desired would change nothing, so
 // an idle reconcile makes no write. Labels, annotations and data must match
 // exactly: a key or label the operator no longer wants is only removed by
-// applying.
+// applying. existing may come from the cache, whose copy keeps a digest of
+// the data (keepSecretFields).
 func secretUpToDate(existing, desired *corev1.Secret) bool {
 	if existing.Type != desired.Type ||
 		!maps.Equal(existing.Labels, desired.Labels) ||
 		!maps.Equal(existing.Annotations, desired.Annotations) ||
-		!equality.Semantic.DeepEqual(existing.Data, desired.Data) {
+		!sameData(existing.Data, desired.Data) {
 		return false
 	}
 	if len(existing.OwnerReferences) != len(desired.OwnerReferences) {

@@ -55,10 +55,13 @@ func namespaceSelected(ctx context.Context, c client.Reader, relay *v1.SmtpRelay
 // apiUserHolder returns the account that holds apiUser on relay: the oldest
 // attached claimant. The holder depends only on creation order and the
 // relay's policy, never on status, so every claimant reaches the same answer
-// and a later claimant can never take a name from a working account.
+// and a later claimant can never take a name from a working account. It is
+// the cache's copy, not to be changed: the publisher asks for every account
+// of a shard on each rebuild.
 func apiUserHolder(ctx context.Context, c client.Reader, relay *v1.SmtpRelay, apiUser string) (*v1.SmtpAccount, error) {
 	var claimants v1.SmtpAccountList
-	if err := c.List(ctx, &claimants, client.MatchingFields{indexAccountClaim: claimKey(relay.Namespace, relay.Name, apiUser)}); err != nil {
+	if err := c.List(ctx, &claimants, client.MatchingFields{indexAccountClaim: claimKey(relay.Namespace, relay.Name, apiUser)},
+		client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list accounts claiming %q on relay %s/%s: %w", apiUser, relay.Namespace, relay.Name, err)
 	}
 	var holder *v1.SmtpAccount

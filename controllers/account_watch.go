@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"maps"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -23,8 +24,8 @@ const (
 	indexAccountClaim = "mailfleet.io/account-claim"
 	// indexAccountRelay: "<relay namespace>/<relay name>".
 	indexAccountRelay = "mailfleet.io/account-relay"
-	// indexAccountSecret: names of the Secrets an account reads or writes
-	// (spec.key.secretRef.name and its credentials Secret), in its namespace.
+	// indexAccountSecret: names of the Secrets an account's spec names
+	// (spec.key.secretRef.name, spec.secretName), in its namespace.
 	indexAccountSecret = "mailfleet.io/account-secret"
 )
 
@@ -44,9 +45,10 @@ func accountRelay(acc *v1.SmtpAccount) types.NamespacedName {
 }
 
 // requestsFor lists accounts matching opts and turns them into requests.
+// Only their names are read, so the cache's copies are not copied.
 func requestsFor(ctx context.Context, c client.Reader, opts ...client.ListOption) []reconcile.Request {
 	var list v1.SmtpAccountList
-	if err := c.List(ctx, &list, opts...); err != nil {
+	if err := c.List(ctx, &list, append(opts, client.UnsafeDisableDeepCopy)...); err != nil {
 		log.FromContext(ctx).Error(err, "list accounts to enqueue")
 		return nil
 	}
@@ -75,7 +77,13 @@ func (r *AccountReconciler) accountsOfRelay(ctx context.Context, o client.Object
 // created later by sealed-secrets or External Secrets) or write it (a
 // credentials Secret edited, deleted, or a foreign one removed).
 func (r *AccountReconciler) accountsUsingSecret(ctx context.Context, o client.Object) []reconcile.Request {
-	return requestsFor(ctx, r.Client, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexAccountSecret: o.GetName()})
+	reqs := requestsFor(ctx, r.Client, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexAccountSecret: o.GetName()})
+	// A credentials Secret of the default name names its account (an
+	// account of that name that set spec.secretName finds nothing to do).
+	if name, ok := strings.CutSuffix(o.GetName(), render.CredentialsSecretSuffix); ok && name != "" {
+		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}})
+	}
+	return reqs
 }
 
 // accountsInNamespace enqueues a namespace's accounts and their rival
@@ -83,7 +91,7 @@ func (r *AccountReconciler) accountsUsingSecret(ctx context.Context, o client.Ob
 // admit or refuse them, which also moves apiUser holders.
 func (r *AccountReconciler) accountsInNamespace(ctx context.Context, o client.Object) []reconcile.Request {
 	var list v1.SmtpAccountList
-	if err := r.List(ctx, &list, client.InNamespace(o.GetName())); err != nil {
+	if err := r.List(ctx, &list, client.InNamespace(o.GetName()), client.UnsafeDisableDeepCopy); err != nil {
 		log.FromContext(ctx).Error(err, "list accounts to enqueue", "namespace", o.GetName())
 		return nil
 	}

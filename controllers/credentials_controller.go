@@ -15,12 +15,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -55,10 +53,20 @@ type CredentialsPublisher struct {
 	// MaxLabels is the per-account label cap (default MaxLabelsPerAccount).
 	MaxLabels int
 	// Secrets reads the operator's own Secrets, with their data, from a
-	// cache that holds nothing else.
-	Secrets client.Reader
+	// cache that holds nothing else (default: a cache of its own).
+	Secrets *OwnedSecrets
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// MinInterval is the least time between two writes of one shard while
+	// several of its accounts change (default DefaultPublishInterval).
+	MinInterval time.Duration
+
+	// written is when each shard was last written.
+	written   map[types.NamespacedName]time.Time
+	writtenMu sync.Mutex
+	// changed is which accounts of each shard changed since its last
+	// rebuild.
+	changed pendingChanges
 
 	// digests remembers salted digests: each costs a fraction of a
 	// millisecond, and a shard rebuild would otherwise pay it for every
@@ -116,69 +124,48 @@ func (p *CredentialsPublisher) SetupWithManager(mgr ctrl.Manager) error {
 	if p.Recorder == nil {
 		p.Recorder = mgr.GetEventRecorder(FieldManager)
 	}
-	owned, err := cache.New(mgr.GetConfig(), cache.Options{
-		Scheme:           mgr.GetScheme(),
-		Mapper:           mgr.GetRESTMapper(),
-		DefaultTransform: cache.TransformStripManagedFields(),
-		ByObject: map[client.Object]cache.ByObject{&corev1.Secret{}: {
-			Label:     labels.SelectorFromSet(labels.Set{render.LabelManagedBy: render.ManagedByValue}),
-			Transform: keepPublishedFields,
-		}},
-	})
-	if err != nil {
-		return fmt.Errorf("cache of the operator's Secrets: %w", err)
-	}
-	if err := mgr.Add(owned); err != nil {
-		return fmt.Errorf("add Secrets cache: %w", err)
-	}
 	if p.Secrets == nil {
-		p.Secrets = owned
+		var err error
+		if p.Secrets, err = NewOwnedSecrets(mgr); err != nil {
+			return err
+		}
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("credentials").
 		Watches(&v1.SmtpRelay{}, handler.EnqueueRequestsFromMapFunc(allShards),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(shardOfAccount)).
+		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(p.shardOfAccount)).
 		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(p.shardOfLabel)).
-		WatchesRawSource(source.Kind(owned, &corev1.Secret{}, handler.TypedEnqueueRequestsFromMapFunc(p.shardOfSecret))).
+		WatchesRawSource(source.Kind(p.Secrets.Cache, &corev1.Secret{}, handler.TypedEnqueueRequestsFromMapFunc(p.shardOfSecret))).
 		Complete(p)
 }
 
-// keepPublishedFields reduces a Secret in the publisher's cache to what the
-// publisher reads: labels and annotations, the key and the previous key's
-// digest of a credentials Secret, the content of a shard. At 10,000 accounts
-// the binding fields, label usernames, owner references and managed fields
-// of every credentials Secret otherwise stay on the heap for nothing.
-func keepPublishedFields(obj any) (any, error) {
-	s, ok := obj.(*corev1.Secret)
-	if !ok {
-		return obj, nil
-	}
-	s.ManagedFields = nil
-	// The controller reference alone says which account a Secret belongs to.
-	var owner []metav1.OwnerReference
-	if ref := metav1.GetControllerOfNoCopy(s); ref != nil {
-		owner = []metav1.OwnerReference{*ref}
-	}
-	s.OwnerReferences = owner
-	// A new map: deleting keys would not shrink the old one.
-	kept := make(map[string][]byte, 2)
-	for _, k := range []string{render.SecretKeyPassword, render.SecretKeyPreviousPasswordDigest, wire.ShardDataKey} {
-		if v, ok := s.Data[k]; ok {
-			kept[k] = v
-		}
-	}
-	s.Data = kept
-	return s, nil
-}
+// DefaultPublishInterval is the least time between two writes of one
+// shard while several of its accounts change. A change of one account
+// (someone creating, labelling, suspending it, one step after another) is
+// published at once, however recently its shard was written. Changes of
+// several accounts that come sooner than this after a write are published
+// together when it has passed: a bulk creation writes each shard (which
+// every relay pod then reads whole) at most every 2 s, not once per
+// account, and each change still reaches the relays in about the 2 s
+// target.
+const DefaultPublishInterval = 2 * time.Second
 
 // Reconcile rewrites one shard Secret, named by the request, when its
-// content changed.
+// content changed; at most once per MinInterval while several of its
+// accounts change. The requests of one shard are one key of the work
+// queue, so the changes that come while a shard waits collapse into one
+// rebuild.
 func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	relayName, shard, ok := wire.ParseShardSecretName(req.Name)
 	if !ok {
 		return ctrl.Result{}, nil // not a request this controller makes
 	}
+	if wait := p.holdOff(req.NamespacedName); wait > 0 {
+		return ctrl.Result{RequeueAfter: wait}, nil
+	}
+	// What changes from here on is for the next rebuild.
+	p.changed.clear(req.NamespacedName)
 	var relay v1.SmtpRelay
 	if err := p.Client.Get(ctx, types.NamespacedName{Namespace: req.Namespace, Name: relayName}, &relay); err != nil {
 		// A deleted relay's shards go with it: they are owned by it.
@@ -202,6 +189,7 @@ func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) 
 		return ctrl.Result{}, err
 	}
 	if changed {
+		p.wrote(req.NamespacedName)
 		log.FromContext(ctx).Info("credentials published", "shard", shard, "accounts", len(accounts))
 	}
 	if nextExpiry.IsZero() {
@@ -209,6 +197,35 @@ func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) 
 	}
 	// A previous key's grace period ends: publish without its digest.
 	return ctrl.Result{RequeueAfter: nextExpiry.Sub(p.Now()) + time.Second}, nil
+}
+
+// holdOff is how long the shard must wait before it is written again: none
+// unless several of its accounts changed since its last rebuild.
+func (p *CredentialsPublisher) holdOff(shard types.NamespacedName) time.Duration {
+	if p.changed.count(shard) < 2 {
+		return 0
+	}
+	interval := p.MinInterval
+	if interval == 0 {
+		interval = DefaultPublishInterval
+	}
+	p.writtenMu.Lock()
+	last, ok := p.written[shard]
+	p.writtenMu.Unlock()
+	if !ok {
+		return 0
+	}
+	return last.Add(interval).Sub(p.Now())
+}
+
+// wrote records that the shard was written now.
+func (p *CredentialsPublisher) wrote(shard types.NamespacedName) {
+	p.writtenMu.Lock()
+	defer p.writtenMu.Unlock()
+	if p.written == nil {
+		p.written = map[types.NamespacedName]time.Time{}
+	}
+	p.written[shard] = p.Now()
 }
 
 // maxShardBytes keeps a shard, with its Secret's metadata, under the API
@@ -425,6 +442,37 @@ func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRel
 	return true, nil
 }
 
+// pendingChanges is, per shard, the accounts that changed since its last
+// rebuild.
+type pendingChanges struct {
+	mu sync.Mutex
+	m  map[types.NamespacedName]map[types.NamespacedName]struct{}
+}
+
+func (c *pendingChanges) add(shard, account types.NamespacedName) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[types.NamespacedName]map[types.NamespacedName]struct{}{}
+	}
+	if c.m[shard] == nil {
+		c.m[shard] = map[types.NamespacedName]struct{}{}
+	}
+	c.m[shard][account] = struct{}{}
+}
+
+func (c *pendingChanges) count(shard types.NamespacedName) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m[shard])
+}
+
+func (c *pendingChanges) clear(shard types.NamespacedName) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, shard)
+}
+
 // allShards rebuilds every shard of a relay whose spec changed (its default
 // budget is in every shard), or that was created.
 func allShards(_ context.Context, o client.Object) []reconcile.Request {
@@ -436,10 +484,13 @@ func allShards(_ context.Context, o client.Object) []reconcile.Request {
 	return reqs
 }
 
-// shardOfAccount rebuilds the shard that publishes the account.
-func shardOfAccount(_ context.Context, o client.Object) []reconcile.Request {
+// shardOfAccount rebuilds the shard that publishes the account, and
+// records that the account changed.
+func (p *CredentialsPublisher) shardOfAccount(_ context.Context, o client.Object) []reconcile.Request {
 	acc := o.(*v1.SmtpAccount)
-	return []reconcile.Request{shardRequest(accountRelay(acc), wire.ShardOf(render.APIUser(acc)))}
+	req := shardRequest(accountRelay(acc), wire.ShardOf(render.APIUser(acc)))
+	p.changed.add(req.NamespacedName, client.ObjectKeyFromObject(acc))
+	return []reconcile.Request{req}
 }
 
 func (p *CredentialsPublisher) shardOfLabel(ctx context.Context, o client.Object) []reconcile.Request {
@@ -448,7 +499,7 @@ func (p *CredentialsPublisher) shardOfLabel(ctx context.Context, o client.Object
 	if err := p.Client.Get(ctx, key, &acc); err != nil {
 		return nil
 	}
-	return shardOfAccount(ctx, &acc)
+	return p.shardOfAccount(ctx, &acc)
 }
 
 // shardOfSecret maps a credentials Secret (a key issued or rotated) to its
@@ -462,5 +513,5 @@ func (p *CredentialsPublisher) shardOfSecret(ctx context.Context, s *corev1.Secr
 	if err := p.Client.Get(ctx, types.NamespacedName{Namespace: s.Namespace, Name: name}, &acc); err != nil {
 		return nil
 	}
-	return shardOfAccount(ctx, &acc)
+	return p.shardOfAccount(ctx, &acc)
 }

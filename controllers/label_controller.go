@@ -41,7 +41,10 @@ const indexLabelAccount = "mailfleet.io/label-account"
 // api_user#label_id.
 type LabelReconciler struct {
 	client.Client
-	Recorder events.EventRecorder
+	// APIReader confirms that a label's account, missing from the cache,
+	// is missing (default: the manager's API reader).
+	APIReader client.Reader
+	Recorder  events.EventRecorder
 	// MaxLabels is the per-account cap (default MaxLabelsPerAccount).
 	MaxLabels int
 }
@@ -60,6 +63,9 @@ func (r *LabelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	if r.Recorder == nil {
 		r.Recorder = mgr.GetEventRecorder(FieldManager)
+	}
+	if r.APIReader == nil {
+		r.APIReader = mgr.GetAPIReader()
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("smtplabel").
@@ -99,7 +105,7 @@ func (r *LabelReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 func (r *LabelReconciler) evaluate(ctx context.Context, label *v1.SmtpLabel) (*readyOutcome, string, error) {
 	acc := &v1.SmtpAccount{}
 	key := types.NamespacedName{Namespace: label.Namespace, Name: label.Spec.AccountRef}
-	if err := r.Get(ctx, key, acc); err != nil {
+	if err := getConfirmed(ctx, r.Client, r.APIReader, key, acc); err != nil {
 		if apierrors.IsNotFound(err) {
 			return problem(v1.ReasonAccountNotFound, "SmtpAccount %q not found in namespace %q; a label belongs to an account in its own namespace",
 				key.Name, key.Namespace), "", nil
@@ -291,7 +297,7 @@ func (r *LabelReconciler) rivalsOf(ctx context.Context, o client.Object) []recon
 
 func labelRequests(ctx context.Context, c client.Reader, opts ...client.ListOption) []reconcile.Request {
 	var list v1.SmtpLabelList
-	if err := c.List(ctx, &list, opts...); err != nil {
+	if err := c.List(ctx, &list, append(opts, client.UnsafeDisableDeepCopy)...); err != nil {
 		log.FromContext(ctx).Error(err, "list labels to enqueue")
 		return nil
 	}

@@ -33,6 +33,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
@@ -59,6 +60,9 @@ type RelayReconciler struct {
 	// the manager's API reader): only their metadata, only to refuse to
 	// take them over, so no informer holds every Service of the cluster.
 	Reader client.Reader
+	// Secrets reads the operator's own Secrets, its shards among them
+	// (default: a cache of its own).
+	Secrets *OwnedSecrets
 	// Options are passed to RenderRelay.
 	Options render.Options
 	// CertManagerPoll is how often to look for cert-manager while it is
@@ -67,6 +71,8 @@ type RelayReconciler struct {
 
 	// certManager is set once cert-manager's CRDs are served and watched.
 	certManager atomic.Bool
+	// applied is what was last applied of each object (applyIfChanged).
+	applied appliedObjects
 }
 
 // The relay controller's permissions. The Role it creates for relay pods
@@ -100,6 +106,12 @@ func (r *RelayReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Reader == nil {
 		r.Reader = mgr.GetAPIReader()
 	}
+	if r.Secrets == nil {
+		var err error
+		if r.Secrets, err = NewOwnedSecrets(mgr); err != nil {
+			return err
+		}
+	}
 	disco, err := discovery.NewDiscoveryClientForConfig(mgr.GetConfig())
 	if err != nil {
 		return fmt.Errorf("discovery client: %w", err)
@@ -125,8 +137,12 @@ func (r *RelayReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&rbacv1.Role{}, builder.OnlyMetadata).
 		Owns(&rbacv1.RoleBinding{}, builder.OnlyMetadata).
 		Owns(&policyv1.PodDisruptionBudget{}, builder.OnlyMetadata).
-		// Only whether a Secret exists matters here: never cache Secret data.
+		// Only whether a Secret exists matters here: never cache Secret
+		// data, but for the operator's own Secrets, which come from their
+		// cache (the relay's shards; their account counts feed status).
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.relaysForSecret), builder.OnlyMetadata).
+		WatchesRawSource(source.Kind(r.Secrets.Cache, &corev1.Secret{}, handler.TypedEnqueueRequestsFromMapFunc(
+			func(ctx context.Context, s *corev1.Secret) []reconcile.Request { return r.relaysForSecret(ctx, s) }))).
 		Build(r)
 	if err != nil {
 		return err
@@ -256,9 +272,19 @@ func (r *RelayReconciler) observeStatus(ctx context.Context, relay *v1.SmtpRelay
 const nameConflictRecheck = 30 * time.Second
 
 // foreignObject names ("Service db") the first object the relay would write
-// that exists without the relay as its controller, or returns "".
+// that exists without the relay as its controller, or returns "". The
+// cache holds only what the operator made, so an object it shows with the
+// relay as controller is the relay's; any other is looked up in the API
+// server.
 func (r *RelayReconciler) foreignObject(ctx context.Context, relay *v1.SmtpRelay, objs *render.RelayObjects) (string, error) {
 	for _, obj := range objs.List() {
+		cached, err := r.cachedRelayObject(ctx, obj)
+		if err != nil {
+			return "", err
+		}
+		if cached != nil && metav1.IsControlledBy(cached, relay) {
+			continue
+		}
 		gvk, err := apiutil.GVKForObject(obj, r.Scheme)
 		if err != nil {
 			return "", fmt.Errorf("kind of %T: %w", obj, err)
@@ -279,13 +305,14 @@ func (r *RelayReconciler) foreignObject(ctx context.Context, relay *v1.SmtpRelay
 	return "", nil
 }
 
-// applyAll applies the rendered objects, each owned by the relay.
+// applyAll applies the rendered objects, each owned by the relay, those
+// that changed (applyIfChanged).
 func (r *RelayReconciler) applyAll(ctx context.Context, relay *v1.SmtpRelay, objs *render.RelayObjects) error {
 	for _, obj := range objs.List() {
 		if err := controllerutil.SetControllerReference(relay, obj, r.Scheme); err != nil {
 			return fmt.Errorf("own %T %s: %w", obj, obj.GetName(), err)
 		}
-		if err := applyObject(ctx, r.Client, r.Scheme, obj); err != nil {
+		if err := r.applyIfChanged(ctx, obj); err != nil {
 			return err
 		}
 	}
@@ -398,16 +425,11 @@ func (r *RelayReconciler) secretExists(ctx context.Context, ns, name string) (bo
 
 // secretVersion is the Secret's resourceVersion, "" when it does not exist.
 func (r *RelayReconciler) secretVersion(ctx context.Context, ns, name string) (string, error) {
-	secret := &metav1.PartialObjectMetadata{}
-	secret.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
-	err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, secret)
-	if apierrors.IsNotFound(err) {
-		return "", nil
+	m, err := r.Secrets.metadata(ctx, types.NamespacedName{Namespace: ns, Name: name})
+	if err != nil || m == nil {
+		return "", err
 	}
-	if err != nil {
-		return "", fmt.Errorf("get secret %s: %w", name, err)
-	}
-	return secret.ResourceVersion, nil
+	return m.ResourceVersion, nil
 }
 
 // stampSecretVersions annotates the pod template with a digest of the
@@ -560,10 +582,9 @@ func (r *RelayReconciler) relaysForClusterIssuer(ctx context.Context, obj client
 // publishedAccounts is how many accounts the relay's credentials shards
 // publish: the accounts its pods accept.
 func (r *RelayReconciler) publishedAccounts(ctx context.Context, relay *v1.SmtpRelay) (int32, error) {
-	var shards metav1.PartialObjectMetadataList
-	shards.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("SecretList"))
-	if err := r.Client.List(ctx, &shards, client.InNamespace(relay.Namespace),
-		client.MatchingLabels{wire.ShardLabel: relay.Name}); err != nil {
+	var shards corev1.SecretList
+	if err := r.Secrets.List(ctx, &shards, client.InNamespace(relay.Namespace),
+		client.MatchingLabels{wire.ShardLabel: relay.Name}, client.UnsafeDisableDeepCopy); err != nil {
 		return 0, fmt.Errorf("list credentials shards of relay %s: %w", relay.Name, err)
 	}
 	var n int32

@@ -1,12 +1,14 @@
 package controllers
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
@@ -75,4 +77,44 @@ func TestFitShard(t *testing.T) {
 		}
 	}
 	t.Logf("oversized accounts: %d of %d kept in %d KiB", len(kept), len(big), len(data)>>10)
+}
+
+// TestPublisherHoldsOffAShard: a shard written less than MinInterval ago
+// waits for the rest of it while several of its accounts change, and not
+// for one account changing again; other shards do not wait.
+func TestPublisherHoldsOffAShard(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	p := &CredentialsPublisher{Now: func() time.Time { return now }, MinInterval: time.Second}
+	relay := types.NamespacedName{Namespace: "platform", Name: "mx"}
+	req, other := shardRequest(relay, 3), shardRequest(relay, 4)
+	account := func(name string) types.NamespacedName { return types.NamespacedName{Namespace: "tenant", Name: name} }
+	p.changed.add(req.NamespacedName, account("a"))
+	p.changed.add(req.NamespacedName, account("b"))
+	if d := p.holdOff(req.NamespacedName); d > 0 {
+		t.Errorf("a shard never written waits %v", d)
+	}
+	p.wrote(req.NamespacedName)
+	p.changed.clear(req.NamespacedName)
+	now = now.Add(400 * time.Millisecond)
+
+	p.changed.add(req.NamespacedName, account("a"))
+	p.changed.add(req.NamespacedName, account("a"))
+	if d := p.holdOff(req.NamespacedName); d > 0 {
+		t.Errorf("one account changed again: waits %v", d)
+	}
+	p.changed.add(req.NamespacedName, account("c"))
+	// Reconcile returns before it reads anything (the publisher has no client here).
+	res, err := p.Reconcile(context.Background(), req)
+	if err != nil || res.RequeueAfter != 600*time.Millisecond {
+		t.Errorf("two accounts changed, written 400 ms ago: %+v, %v; want to be asked again in 600 ms", res, err)
+	}
+	p.changed.add(other.NamespacedName, account("d"))
+	p.changed.add(other.NamespacedName, account("e"))
+	if d := p.holdOff(other.NamespacedName); d > 0 {
+		t.Errorf("another shard waits %v", d)
+	}
+	now = now.Add(600 * time.Millisecond)
+	if d := p.holdOff(req.NamespacedName); d > 0 {
+		t.Errorf("written a second ago: waits %v more", d)
+	}
 }

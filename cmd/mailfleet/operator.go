@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -67,6 +68,9 @@ func runOperator(o operatorOptions) error {
 		return fmt.Errorf("log level %q: %w", o.logLevel, err)
 	}
 	ctrl.SetLogger(zap.New(zap.Level(level)))
+	if percent, set := operatorGCPercent(os.Getenv); set {
+		debug.SetGCPercent(percent)
+	}
 	if o.relayImage == "" {
 		return fmt.Errorf("--relay-image (or $MAILFLEET_IMAGE) is required: relay pods run the operator's image")
 	}
@@ -95,6 +99,20 @@ func runOperator(o operatorOptions) error {
 		return fmt.Errorf("run manager: %w", err)
 	}
 	return nil
+}
+
+// operatorGCPercent is the operator's GOGC: 50 unless $GOGC says
+// otherwise. Most of its heap is caches that live as long as it does
+// (every SmtpAccount, SmtpLabel and its own Secrets), and at Go's default
+// of 100 the heap grows to twice that before a collection: the operator's
+// peak RSS was 303 MiB at 10,000 accounts and 50,000 labels
+// (hack/bench/operatorscale). At 50 it peaks at about one and a half
+// times, for little CPU, since the caches barely change once filled.
+func operatorGCPercent(getenv func(string) string) (percent int, set bool) {
+	if getenv("GOGC") != "" {
+		return 0, false // the runtime has read it
+	}
+	return 50, true
 }
 
 func managerOptions(o operatorOptions) ctrl.Options {

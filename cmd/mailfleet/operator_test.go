@@ -207,3 +207,17 @@ func TestOperatorAllowListFlags(t *testing.T) {
 		t.Errorf("parsed: %+v", got)
 	}
 }
+
+// TestOperatorGCPercent: the operator collects garbage at GOGC=50 unless
+// $GOGC is set, which the Go runtime then obeys.
+func TestOperatorGCPercent(t *testing.T) {
+	env := map[string]string{}
+	getenv := func(k string) string { return env[k] }
+	if percent, set := operatorGCPercent(getenv); !set || percent != 50 {
+		t.Errorf("without GOGC: %d, %v; want 50", percent, set)
+	}
+	env["GOGC"] = "200"
+	if _, set := operatorGCPercent(getenv); set {
+		t.Error("GOGC=200 is overridden")
+	}
+}

@@ -22,12 +22,16 @@ const credentialsSecretType corev1.SecretType = "servicebinding.io/" + BindingTy
 // listeners (its defaults include 587 with STARTTLS).
 const defaultSubmissionPort = 587
 
+// CredentialsSecretSuffix makes an account's name the name of its
+// credentials Secret, unless spec.secretName names it.
+const CredentialsSecretSuffix = "-smtp-credentials"
+
 // CredentialsSecretName is the account's credentials Secret.
 func CredentialsSecretName(acc *v1.SmtpAccount) string {
 	if acc.Spec.SecretName != "" {
 		return acc.Spec.SecretName
 	}
-	return acc.Name + "-smtp-credentials"
+	return acc.Name + CredentialsSecretSuffix
 }
 
 // APIUser is the account's SMTP username: spec.apiUser, defaulted

@@ -34,10 +34,11 @@ type cluster struct {
 	operator *operatorProcess
 }
 
-// startCluster starts envtest with mailfleet's and cert-manager's CRDs and
-// writes a kubeconfig the operator process can use. On error the returned
-// cluster, when not nil, still has to be stopped.
-func startCluster(ctx context.Context, o options) (*cluster, error) {
+// startCluster starts envtest with mailfleet's and cert-manager's CRDs and,
+// withOperator, builds the operator and writes a kubeconfig the operator
+// process can use. On error the returned cluster, when not nil, still has
+// to be stopped.
+func startCluster(ctx context.Context, o options, withOperator bool) (*cluster, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return nil, err
@@ -61,7 +62,7 @@ func startCluster(ctx context.Context, o options) (*cluster, error) {
 	}
 	c := &cluster{dir: dir, keep: o.keepDir, operatorLog: filepath.Join(dir, "operator.log")}
 	binary := o.operatorBinary
-	if binary == "" && !o.noOperator {
+	if binary == "" && withOperator {
 		// Build before starting the API server, so a compile error costs
 		// seconds, not an envtest start and stop.
 		binary = filepath.Join(dir, "mailfleet")
@@ -70,7 +71,7 @@ func startCluster(ctx context.Context, o options) (*cluster, error) {
 			return c, err
 		}
 	}
-	if !o.noOperator {
+	if withOperator {
 		c.operator = &operatorProcess{binary: binary}
 	}
 

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // requestCounts is apiserver_request_total summed by "VERB resource[/subresource]".
@@ -44,6 +46,19 @@ func apiRequests(ctx context.Context, c *cluster) (requestCounts, error) {
 		out[key] += v
 	}
 	return out, sc.Err()
+}
+
+// eventsByReason counts the cluster's Events by type and reason.
+func eventsByReason(ctx context.Context, c *cluster) (requestCounts, error) {
+	list, err := c.clientset.EventsV1().Events(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list Events: %w", err)
+	}
+	out := requestCounts{}
+	for _, e := range list.Items {
+		out[e.Type+" "+e.Reason]++
+	}
+	return out, nil
 }
 
 // parseLabels reads name="value" pairs; the values apiserver_request_total
@@ -91,4 +106,20 @@ func (r requestCounts) top(n int) []string {
 		return strings.Compare(a, b)
 	})
 	return keys[:min(n, len(keys))]
+}
+
+// summary lists every counter, largest first, on one line; with accounts
+// > 0 each is also given per account.
+func (r requestCounts) summary(accounts int) string {
+	var b strings.Builder
+	for i, k := range r.top(len(r)) {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %.0f", k, r[k])
+		if accounts > 0 {
+			fmt.Fprintf(&b, " (%.2f/account)", r[k]/float64(accounts))
+		}
+	}
+	return b.String()
 }

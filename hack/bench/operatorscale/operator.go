@@ -195,25 +195,60 @@ func procStatus(pid int) (map[string]int64, error) {
 
 // procCPU is the user + system time of a process, from /proc/<pid>/stat.
 func procCPU(pid int) (time.Duration, error) {
+	st, err := procStat(pid)
+	return st.cpu, err
+}
+
+// stat is what the benchmark reads of /proc/<pid>/stat.
+type stat struct {
+	command string
+	parent  int
+	cpu     time.Duration // user + system
+}
+
+func procStat(pid int) (stat, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("%w: %v", errNoProc, err)
+		return stat{}, fmt.Errorf("%w: %v", errNoProc, err)
 	}
 	// The command name, in parentheses, may hold spaces: count fields
-	// after its closing parenthesis. utime and stime are fields 14 and 15.
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, errors.New("unreadable /proc/<pid>/stat")
+	// after its closing parenthesis. The parent is field 4, utime and
+	// stime are fields 14 and 15.
+	open, i := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')')
+	if open < 0 || i < open {
+		return stat{}, errors.New("unreadable /proc/<pid>/stat")
 	}
 	f := strings.Fields(string(data[i+1:]))
 	if len(f) < 13 {
-		return 0, errors.New("short /proc/<pid>/stat")
+		return stat{}, errors.New("short /proc/<pid>/stat")
 	}
+	parent, err0 := strconv.Atoi(f[1])
 	utime, err1 := strconv.ParseInt(f[11], 10, 64)
 	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc/<pid>/stat: %w", err)
+	if err := errors.Join(err0, err1, err2); err != nil {
+		return stat{}, fmt.Errorf("/proc/<pid>/stat: %w", err)
 	}
 	// USER_HZ is 100 on every Linux the benchmark runs on.
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+	return stat{command: string(data[open+1 : i]), parent: parent, cpu: time.Duration(utime+stime) * 10 * time.Millisecond}, nil
+}
+
+// controlPlaneCPU is the CPU time used so far by the API server and etcd
+// that this process started (envtest's), or 0 where /proc cannot say.
+func controlPlaneCPU() time.Duration {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	var total time.Duration
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := procStat(pid)
+		if err == nil && st.parent == os.Getpid() && (st.command == "kube-apiserver" || st.command == "etcd") {
+			total += st.cpu
+		}
+	}
+	return total
 }

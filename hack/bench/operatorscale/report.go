@@ -21,12 +21,14 @@ type report struct {
 	createDuration              time.Duration
 	accountsReady, labelsReady  time.Duration
 	allReady                    time.Duration
-	pollResolution              time.Duration // interval before the poll that found all Ready
 	relaySync, allPublished     time.Duration
 	settle                      time.Duration // until the operator was idle, after allPublished
 	rss                         memory
 	requests                    requestCounts // API server requests during the scale phase
-	benchRequests               int64         // of which the benchmark's own
+	benchRequests               requestCounts // of which the benchmark's own
+	events                      requestCounts // Events in the cluster at the end of the scale phase, by type and reason
+	controlPlaneCPU             time.Duration // the API server's and etcd's during the scale phase
+	floor                       floorResult
 	prop                        propagation
 	loadStart, loadMax, loadEnd loadAvg
 }
@@ -34,6 +36,9 @@ type report struct {
 // missed reports whether any measured figure misses its target.
 func (r *report) missed() bool {
 	if r.allReady == 0 || r.allReady > targetAllReady || r.rss.HWMKiB > targetRSSMiB*1024 {
+		return true
+	}
+	if r.floor.done > 0 && r.floorRatio() > targetFloorRatio {
 		return true
 	}
 	for _, s := range r.series() {
@@ -77,10 +82,25 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintln(w, "no operator:      the API server's time for the creates alone, a floor for all-Ready on this machine")
 	}
 	if r.allReady > 0 {
-		fmt.Fprintf(w, "all Ready:        %7.1f s  %s  (accounts %.1f s, labels %.1f s; %.0f accounts/s, %.0f objects/s; polled every %v)\n",
+		fmt.Fprintf(w, "all Ready:        %7.1f s  %s  (accounts %.1f s, labels %.1f s; %.0f accounts/s, %.0f objects/s; seen through watches)\n",
 			r.allReady.Seconds(), verdict(r.allReady <= targetAllReady, "60 s"),
 			r.accountsReady.Seconds(), r.labelsReady.Seconds(),
-			float64(o.accounts)/r.allReady.Seconds(), float64(o.accounts+labels)/r.allReady.Seconds(), r.pollResolution.Round(time.Millisecond))
+			float64(o.accounts)/r.allReady.Seconds(), float64(o.accounts+labels)/r.allReady.Seconds())
+	}
+	if f := r.floor; f.done > 0 {
+		fmt.Fprintf(w, "floor:            %7.1f s  a plain client's creates and the %d writes the operator must make (credentials Secrets, account and label status, %d shards), in an API server of its own (its creates done at %.1f s)\n",
+			f.done.Seconds(), f.writes, f.shards, f.createDuration.Seconds())
+		if r.allReady > 0 {
+			fmt.Fprintf(w, "all Ready/floor:  %7.2f x  %s\n", r.floorRatio(), verdict(r.floorRatio() <= targetFloorRatio, fmt.Sprintf("%.1fx", targetFloorRatio)))
+		}
+		fmt.Fprintf(w, "  the floor's API requests: %s\n", f.requests.summary(o.accounts))
+	}
+	if r.controlPlaneCPU > 0 {
+		fmt.Fprintf(w, "API server + etcd: %6.1f s of CPU during the scale phase", r.controlPlaneCPU.Seconds())
+		if r.floor.controlPlaneCPU > 0 {
+			fmt.Fprintf(w, " (the floor's: %.1f s)", r.floor.controlPlaneCPU.Seconds())
+		}
+		fmt.Fprintln(w)
 	}
 	if r.allPublished > 0 {
 		fmt.Fprintf(w, "all at the relay: %7.1f s after the first create (relay source's initial sync of the shards: %v)\n",
@@ -92,12 +112,16 @@ func (r *report) print(w io.Writer) {
 			float64(r.rss.PeakSampledKiB)/1024, float64(r.rss.EndKiB)/1024, r.rss.CPU.Seconds())
 	}
 	if total := r.requests.total(); total > 0 {
-		op := total - float64(r.benchRequests)
-		fmt.Fprintf(w, "API requests:     %.0f during the scale phase, %d of them the benchmark's; the operator's ≈ %.0f (%.1f per account)\n",
-			total, r.benchRequests, op, op/float64(o.accounts))
-		for _, k := range r.requests.top(10) {
-			fmt.Fprintf(w, "  %-42s %8.0f\n", k, r.requests[k])
+		op := r.requests.minus(r.benchRequests)
+		fmt.Fprintf(w, "API requests:     %.0f during the scale phase: the benchmark's %.0f (%s), the operator's %.0f (%.2f per account)\n",
+			total, r.benchRequests.total(), r.benchRequests.summary(0), op.total(), op.total()/float64(o.accounts))
+		fmt.Fprintf(w, "  the operator's, by verb and resource         total  per account\n")
+		keys := op.top(len(op))
+		for _, k := range keys {
+			fmt.Fprintf(w, "  %-42s %8.0f  %6.3f\n", k, op[k], op[k]/float64(o.accounts))
 		}
+		fmt.Fprintf(w, "  Events written: %.0f (POST %.0f, PATCH %.0f); in the cluster: %.0f (%s)\n",
+			op["POST events"]+op["PATCH events"], op["POST events"], op["PATCH events"], r.events.total(), r.events.summary(0))
 	}
 	if len(r.prop.add) > 0 {
 		fmt.Fprintf(w, "propagation at full scale, %d rounds, once the operator was idle (another %.1f s) (p50 / max):\n",
@@ -119,6 +143,14 @@ func (r *report) print(w io.Writer) {
 	if out, err := exec.Command("uptime").Output(); err == nil {
 		fmt.Fprintf(w, "uptime:          %s\n", strings.TrimRight(string(out), "\n"))
 	}
+}
+
+// floorRatio is all-Ready over the floor.
+func (r *report) floorRatio() float64 {
+	if r.floor.done == 0 {
+		return 0
+	}
+	return r.allReady.Seconds() / r.floor.done.Seconds()
 }
 
 func verdict(ok bool, target string) string {

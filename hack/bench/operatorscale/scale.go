@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"strconv"
 	"sync"
@@ -23,24 +23,49 @@ const (
 	// relayNamespace and relayName are the platform relay every account uses.
 	relayNamespace = "mailfleet-system"
 	relayName      = "mx"
-	// Readiness is counted every slowPollInterval, and every
-	// fastPollInterval once the end is near: the all-Ready figure is exact
-	// to within about fastPollInterval.
-	slowPollInterval = 10 * time.Second
-	fastPollInterval = time.Second
-	// labelProgressInterval is how often labels are counted, for the
-	// progress line only, before every account is Ready.
-	labelProgressInterval = 30 * time.Second
 	// progressInterval is how often a progress line is printed.
 	progressInterval = 10 * time.Second
-	// listPageSize bounds each readiness List, so that neither the API
-	// server nor the benchmark builds one 10,000-object response.
-	listPageSize = 2500
 )
 
 // benchRequests counts the requests the benchmark itself sends (creates
-// and readiness lists), to tell them from the operator's.
-var benchRequests atomic.Int64
+// and readiness watches), by verb and resource as the API server counts them,
+// to tell them from the operator's.
+var benchRequests = &requestCounter{counts: requestCounts{}}
+
+// requestCounter is a requestCounts many goroutines add to.
+type requestCounter struct {
+	mu     sync.Mutex
+	counts requestCounts
+}
+
+func (c *requestCounter) add(key string) {
+	c.mu.Lock()
+	c.counts[key]++
+	c.mu.Unlock()
+}
+
+// snapshot is a copy of the counts so far.
+func (c *requestCounter) snapshot() requestCounts {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.counts)
+}
+
+// resourceOf is the API server's resource name for the kinds the benchmark
+// creates.
+func resourceOf(obj client.Object) string {
+	switch obj.(type) {
+	case *corev1.Namespace:
+		return "namespaces"
+	case *v1.SmtpRelay:
+		return "smtprelays"
+	case *v1.SmtpAccount:
+		return "smtpaccounts"
+	case *v1.SmtpLabel:
+		return "smtplabels"
+	}
+	return fmt.Sprintf("%T", obj)
+}
 
 func tenantNamespace(i int) string { return fmt.Sprintf("tenant-%02d", i) }
 func accountName(i int) string     { return fmt.Sprintf("acct-%05d", i) }
@@ -65,20 +90,36 @@ func runScale(ctx context.Context, c *cluster, o options, rep *report) error {
 		return err
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil) // also ends the readiness watches
 	var created atomic.Int64
-	benchBefore := benchRequests.Load()
+	benchBefore := benchRequests.snapshot()
+	cpuBefore := controlPlaneCPU()
 	defer func() {
+		rep.controlPlaneCPU = controlPlaneCPU() - cpuBefore
 		// Counted whatever the outcome: the mix may explain a slow run.
 		if after, err := apiRequests(context.WithoutCancel(ctx), c); err == nil {
 			rep.requests = after.minus(before)
-			rep.benchRequests = benchRequests.Load() - benchBefore
+			rep.benchRequests = benchRequests.snapshot().minus(benchBefore)
+		}
+		if evs, err := eventsByReason(context.WithoutCancel(ctx), c); err == nil {
+			rep.events = evs
 		}
 	}()
+	var accounts, labels *readiness
+	if c.operator != nil {
+		// Followed from before the first create, so none is missed.
+		if accounts, err = watchReadiness(ctx, c, "smtpaccounts", o.accounts); err != nil {
+			return err
+		}
+		if labels, err = watchReadiness(ctx, c, "smtplabels", wantLabels); err != nil {
+			return err
+		}
+	}
 	rep.start = time.Now()
 	createDone := make(chan struct{})
 	go func() {
 		defer close(createDone)
-		if err := createAll(ctx, c.client, o, &created); err != nil {
+		if err := createAll(ctx, c.client, o, &created, nil); err != nil {
 			cancel(err)
 			return
 		}
@@ -92,108 +133,50 @@ func runScale(ctx context.Context, c *cluster, o options, rep *report) error {
 		cancel(nil)
 		<-createDone
 	}()
+	if c.operator == nil {
+		<-createDone // nothing will become Ready
+		return context.Cause(ctx)
+	}
 
 	deadline := time.After(o.readyTimeout)
-	// The end of creation is itself a moment to look: everything may
-	// already be Ready then.
-	createFinished := createDone
-	lastProgress := time.Now()
-	var accountsReadyAt, labelsReadyAt time.Duration
-	var accReady, lblReady int
-	var prevReady int
-	var prevCountedLabels bool
-	prevAt, labelsCountedAt := time.Now(), time.Now()
-	interval := slowPollInterval
-	for {
+	progress := time.NewTicker(progressInterval)
+	defer progress.Stop()
+	check := time.NewTicker(time.Second)
+	defer check.Stop()
+	accountsDone, labelsDone := accounts.done, labels.done
+	for accountsDone != nil || labelsDone != nil {
 		select {
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-deadline:
 			return fmt.Errorf("not all Ready after %v", o.readyTimeout)
-		case <-time.After(interval):
-		case <-createFinished:
-			createFinished = nil
-		}
-		if c.operator != nil {
+		case <-accountsDone:
+			accountsDone = nil
+		case <-labelsDone:
+			labelsDone = nil
+		case <-check.C:
 			if err := c.operator.running(); err != nil {
 				return err
 			}
-		}
-		// Nothing can be all-Ready before everything exists.
-		creating := true
-		select {
-		case <-createDone:
-			creating = false
-		default:
-		}
-		if c.operator == nil {
-			if !creating {
-				return nil // nothing will become Ready
-			}
-			continue
-		}
-		// A kind found all Ready is not listed again: nothing in this
-		// phase makes an object un-Ready.
-		var err error
-		if accountsReadyAt == 0 {
-			if accReady, err = countReady(ctx, c, "smtpaccounts"); err != nil {
-				return err
-			}
-		}
-		// A label is Ready only once its account is, so until every
-		// account is Ready the labels are counted for the progress line
-		// alone: they are two thirds of what a count lists.
-		if labelsReadyAt == 0 && (accountsReadyAt > 0 || time.Since(labelsCountedAt) >= labelProgressInterval) {
-			if lblReady, err = countReady(ctx, c, "smtplabels"); err != nil {
-				return err
-			}
-			labelsCountedAt = time.Now()
-		}
-		now := time.Since(rep.start)
-		if !creating && accountsReadyAt == 0 && accReady == o.accounts {
-			accountsReadyAt = now
-		}
-		if !creating && labelsReadyAt == 0 && lblReady == wantLabels {
-			labelsReadyAt = now
-		}
-		done := accountsReadyAt > 0 && labelsReadyAt > 0
-		if time.Since(lastProgress) >= progressInterval || done {
-			lastProgress = time.Now()
+		case <-progress.C:
 			fmt.Fprintf(os.Stderr, "%6.1fs  created %6d/%d  ready: accounts %6d  labels %6d  operator RSS %5.0f MiB  load %s\n",
-				now.Seconds(), created.Load(), o.accounts+wantLabels, accReady, lblReady, c.operatorRSSMiB(), readLoadAvg().String())
+				time.Since(rep.start).Seconds(), created.Load(), o.accounts+wantLabels, accounts.count(), labels.count(),
+				c.operatorRSSMiB(), readLoadAvg().String())
 		}
-		if done {
-			rep.accountsReady, rep.labelsReady = accountsReadyAt, labelsReadyAt
-			rep.allReady = max(accountsReadyAt, labelsReadyAt)
-			rep.pollResolution = interval
-			return nil
-		}
-		// The end is near when the kind still counted is nearly Ready.
-		ready, want := accReady, o.accounts
-		if accountsReadyAt > 0 {
-			ready, want = lblReady, wantLabels
-		}
-		if countingLabels := accountsReadyAt > 0; countingLabels != prevCountedLabels {
-			// The accounts are all Ready now; the labels may follow at once.
-			interval, prevCountedLabels = fastPollInterval, countingLabels
-		} else {
-			interval = nextPollInterval(creating, want-ready, float64(ready-prevReady)/time.Since(prevAt).Seconds())
-		}
-		prevReady, prevAt = ready, time.Now()
 	}
-}
-
-// nextPollInterval polls slowly while the end is far off, and every
-// fastPollInterval as it nears. Listing 30,000 objects is real work for the
-// API server the operator depends on; polling them every second would slow
-// the very thing measured (a quarter of the API server's CPU, profiled;
-// about a tenth still when polled every 5 s).
-func nextPollInterval(creating bool, remaining int, perSecond float64) time.Duration {
-	if creating || perSecond <= 0 {
-		return slowPollInterval
+	accountsAt, err := accounts.readyAt()
+	if err != nil {
+		return err
 	}
-	eta := time.Duration(float64(remaining) / perSecond * float64(time.Second))
-	return min(slowPollInterval, max(fastPollInterval, (eta/5).Round(time.Second)))
+	labelsAt, err := labels.readyAt()
+	if err != nil {
+		return err
+	}
+	rep.accountsReady, rep.labelsReady = accountsAt.Sub(rep.start), labelsAt.Sub(rep.start)
+	rep.allReady = max(rep.accountsReady, rep.labelsReady)
+	fmt.Fprintf(os.Stderr, "%6.1fs  all Ready: accounts at %.1f s, labels at %.1f s\n",
+		time.Since(rep.start).Seconds(), rep.accountsReady.Seconds(), rep.labelsReady.Seconds())
+	return nil
 }
 
 // createRelay creates the platform namespace and an SmtpRelay that admits
@@ -218,7 +201,8 @@ func createRelay(ctx context.Context, c client.Client) error {
 
 // createAll creates the accounts, each followed by its labels, from a
 // bounded pool of workers, as a GitOps tool applying a large repository would.
-func createAll(ctx context.Context, c client.Client, o options, created *atomic.Int64) error {
+// then, when not nil, is called with each object once it exists.
+func createAll(ctx context.Context, c client.Client, o options, created *atomic.Int64, then func(client.Object) error) error {
 	jobs := make(chan int)
 	errs := make(chan error, o.workers)
 	var wg sync.WaitGroup
@@ -227,7 +211,7 @@ func createAll(ctx context.Context, c client.Client, o options, created *atomic.
 		go func() {
 			defer wg.Done()
 			for i := range jobs {
-				if err := createAccount(ctx, c, o, i, created); err != nil {
+				if err := createAccount(ctx, c, o, i, created, then); err != nil {
 					errs <- err
 					return
 				}
@@ -255,7 +239,7 @@ feed:
 }
 
 // createAccount creates account i and its labels.
-func createAccount(ctx context.Context, c client.Client, o options, i int, created *atomic.Int64) error {
+func createAccount(ctx context.Context, c client.Client, o options, i int, created *atomic.Int64, then func(client.Object) error) error {
 	ns, name := tenantNamespace(i%o.namespaces), accountName(i)
 	acc := &v1.SmtpAccount{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
@@ -269,6 +253,11 @@ func createAccount(ctx context.Context, c client.Client, o options, i int, creat
 		return err
 	}
 	created.Add(1)
+	if then != nil {
+		if err := then(acc); err != nil {
+			return err
+		}
+	}
 	for j := range o.labelsPerAccount {
 		label := &v1.SmtpLabel{
 			ObjectMeta: metav1.ObjectMeta{Name: name + "-l" + strconv.Itoa(j), Namespace: ns},
@@ -278,6 +267,11 @@ func createAccount(ctx context.Context, c client.Client, o options, i int, creat
 			return err
 		}
 		created.Add(1)
+		if then != nil {
+			if err := then(label); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -287,7 +281,7 @@ func createAccount(ctx context.Context, c client.Client, o options, i int, creat
 func createIgnoringExists(ctx context.Context, c client.Client, obj client.Object) error {
 	var err error
 	for attempt := range 6 {
-		benchRequests.Add(1)
+		benchRequests.add("POST " + resourceOf(obj))
 		err = c.Create(ctx, obj)
 		switch {
 		case err == nil, apierrors.IsAlreadyExists(err):
@@ -298,60 +292,4 @@ func createIgnoringExists(ctx context.Context, c client.Client, obj client.Objec
 		time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
 	}
 	return fmt.Errorf("create %T %s/%s, after retries: %w", obj, obj.GetNamespace(), obj.GetName(), err)
-}
-
-// readinessList is the part of a List response the readiness count reads.
-// Decoding only these fields keeps the benchmark's own CPU use small next to
-// the operator's and the API server's on the same machine.
-type readinessList struct {
-	Metadata struct {
-		Continue string `json:"continue"`
-	} `json:"metadata"`
-	Items []struct {
-		Metadata struct {
-			Generation int64 `json:"generation"`
-		} `json:"metadata"`
-		Status struct {
-			Conditions []struct {
-				Type               string `json:"type"`
-				Status             string `json:"status"`
-				ObservedGeneration int64  `json:"observedGeneration"`
-			} `json:"conditions"`
-		} `json:"status"`
-	} `json:"items"`
-}
-
-// countReady lists every object of a mailfleet resource, in all namespaces,
-// and counts those whose Ready condition is True for their current
-// generation — the rule the operator itself applies.
-func countReady(ctx context.Context, c *cluster, resource string) (int, error) {
-	ready, cont := 0, ""
-	for {
-		req := c.clientset.CoreV1().RESTClient().Get().
-			AbsPath("/apis", v1.GroupVersion.Group, v1.GroupVersion.Version, resource).
-			Param("limit", strconv.Itoa(listPageSize))
-		if cont != "" {
-			req = req.Param("continue", cont)
-		}
-		benchRequests.Add(1)
-		raw, err := req.DoRaw(ctx)
-		if err != nil {
-			return 0, fmt.Errorf("list %s: %w", resource, err)
-		}
-		var page readinessList
-		if err := json.Unmarshal(raw, &page); err != nil {
-			return 0, fmt.Errorf("decode %s list: %w", resource, err)
-		}
-		for _, it := range page.Items {
-			for _, cond := range it.Status.Conditions {
-				if cond.Type == v1.ConditionReady && cond.Status == string(metav1.ConditionTrue) &&
-					cond.ObservedGeneration == it.Metadata.Generation {
-					ready++
-				}
-			}
-		}
-		if cont = page.Metadata.Continue; cont == "" {
-			return ready, nil
-		}
-	}
 }
