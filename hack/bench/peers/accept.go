@@ -115,7 +115,7 @@ func acceptOnce(ctx context.Context, srv *server, loader string, sessions, size,
 			args = append(args, "-d")
 		}
 		start := time.Now()
-		if out, err := exec.CommandContext(ctx, smtpSource(), append(args, srv.addr)...).CombinedOutput(); err != nil {
+		if out, err := exec.CommandContext(ctx, postfixTool("smtp-source"), append(args, srv.addr)...).CombinedOutput(); err != nil {
 			return acceptRun{}, fmt.Errorf("smtp-source: %v\n%s", err, out)
 		}
 		accepted, elapsed = int64(n), time.Since(start)
@@ -146,15 +146,6 @@ func waitDelivered(ctx context.Context, s *sink, want int64, within time.Duratio
 		}
 	}
 	return nil
-}
-
-func smtpSource() string {
-	for _, p := range []string{"/usr/sbin/smtp-source", "/usr/lib/postfix/sbin/smtp-source"} {
-		if _, err := exec.LookPath(p); err == nil {
-			return p
-		}
-	}
-	return "smtp-source"
 }
 
 // median of the runs' rates and CPU costs, each on its own.

@@ -71,6 +71,7 @@ func (l *lab) postfix() (*server, error) {
 		return nil, err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	_, sinkPort := splitAddr(sk.addr)
 	main := strings.Join([]string{
 		"compatibility_level = 3.6",
 		"queue_directory = " + filepath.Join(dir, "spool"),
@@ -79,7 +80,7 @@ func (l *lab) postfix() (*server, error) {
 		"inet_interfaces = 127.0.0.1",
 		"myhostname = postfix.bench.test",
 		"mydestination =",
-		"relayhost = [127.0.0.1]:" + strconv.Itoa(splitPort(sk.addr)),
+		"relayhost = [127.0.0.1]:" + strconv.Itoa(sinkPort),
 		"mynetworks = 127.0.0.0/8",
 		"smtpd_relay_restrictions = permit_mynetworks, reject",
 		"smtpd_tls_security_level = may",
@@ -113,9 +114,4 @@ func (l *lab) postfix() (*server, error) {
 	}
 	return &server{name: "postfix", addr: addr, starttls: true, roots: roots, sink: sk, stop: stop,
 		pids: func() []int { return []int{master()} }, relayPID: master()}, nil
-}
-
-func splitPort(addr string) int {
-	_, p := splitAddr(addr)
-	return p
 }

@@ -189,6 +189,7 @@ func (r *report) plotSustained(dir string) error {
 		if err := os.WriteFile(data, []byte(d.String()), 0o644); err != nil {
 			return err
 		}
+		defer os.Remove(data)
 		rate = append(rate, fmt.Sprintf("%q using 1:4 with lines lw 2 title '%s delivered/s'", data, s.server))
 		depth = append(depth, fmt.Sprintf("%q using 1:5 with lines lw 2 title '%s'", data, s.server))
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,7 +70,7 @@ func (l *lab) startSink(name string) (*sink, error) {
 		return nil, err
 	}
 	s := &sink{addr: fmt.Sprintf("127.0.0.1:%d", port)}
-	args := []string{smtpSink(), "-c"}
+	args := []string{postfixTool("smtp-sink"), "-c"}
 	if os.Geteuid() == 0 {
 		args = append(args, "-u", "nobody")
 	}
@@ -105,13 +106,20 @@ func (s *sink) count(r io.Reader) {
 	}
 }
 
-func smtpSink() string {
-	for _, p := range []string{"/usr/sbin/smtp-sink", "/usr/lib/postfix/sbin/smtp-sink"} {
-		if _, err := os.Stat(p); err == nil {
+// postfixTool finds one of Postfix's test programs (smtp-sink,
+// smtp-source) where Debian installs them.
+func postfixTool(name string) string {
+	for _, dir := range []string{"/usr/sbin", "/usr/lib/postfix/sbin"} {
+		if p := filepath.Join(dir, name); fileExists(p) {
 			return p
 		}
 	}
-	return "smtp-sink"
+	return name
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // sinkServer is smtp-sink itself as a server under test: the ceiling of
@@ -257,8 +265,9 @@ func certPool(caFile string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
+// splitAddr splits a host:port this harness made itself.
 func splitAddr(addr string) (string, int) {
-	i := strings.LastIndexByte(addr, ':')
-	port, _ := strconv.Atoi(addr[i+1:])
-	return addr[:i], port
+	host, port, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(port)
+	return host, n
 }

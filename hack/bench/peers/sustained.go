@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -70,13 +69,12 @@ func sustainOnce(ctx context.Context, srv *server, o options, rate int) (*sustai
 	run := &sustainedRun{server: srv.name, offered: rate}
 	lctx, stop := context.WithTimeout(ctx, o.sustain)
 	defer stop()
-	var res atomic.Pointer[loadResult]
+	lr := &loadResult{} // read live while the load runs
 	done := make(chan struct{})
 	start := time.Now()
 	go func() {
 		defer close(done)
-		r := load{srv: srv, sessions: o.sessions, size: 4096, tokens: pace(lctx, rate)}
-		res.Store(r.runWith(lctx, func(lr *loadResult) { res.Store(lr) }))
+		load{srv: srv, sessions: o.sessions, size: 4096, tokens: pace(lctx, rate)}.runInto(lctx, lr)
 	}()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -94,10 +92,7 @@ func sustainOnce(ctx context.Context, srv *server, o options, rate int) (*sustai
 			continue
 		case <-tick.C:
 		}
-		var acc int64
-		if lr := res.Load(); lr != nil {
-			acc = lr.accepted.Load()
-		}
+		acc := lr.accepted.Load()
 		del := srv.sink.delivered.Load() - base
 		run.samples = append(run.samples, sample{t: time.Since(start).Seconds(), accepted: acc, delivered: del})
 		run.maxDepth = max(run.maxDepth, acc-del)
@@ -110,7 +105,6 @@ func sustainOnce(ctx context.Context, srv *server, o options, rate int) (*sustai
 			break
 		}
 	}
-	lr := res.Load()
 	if err := lr.err(); err != nil {
 		log.Printf("%s: sustained run: first error: %v", srv.name, err)
 	}
@@ -122,13 +116,6 @@ func sustainOnce(ctx context.Context, srv *server, o options, rate int) (*sustai
 	run.deliveredPerSec = float64(run.accepted) / run.deliverSeconds
 	run.cpuPer1000 = (cpuSeconds(srv.pids()...) - cpu0) / float64(run.accepted) * 1000
 	return run, nil
-}
-
-// runWith is run, handing the live counts to publish first.
-func (l load) runWith(ctx context.Context, publish func(*loadResult)) *loadResult {
-	res := &loadResult{}
-	publish(res)
-	return l.runInto(ctx, res)
 }
 
 // measureIdle opens o.idle sessions to the relay, each after STARTTLS, and
