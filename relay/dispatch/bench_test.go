@@ -21,13 +21,13 @@ import (
 	"github.com/mailfleet/mailfleet/relay/spool"
 )
 
-// BenchmarkEndToEnd measures the path after the 250: 20 writers commit 4 KiB
-// and 100 KB messages to the embedded queue (synced before each commit returns) while
+// BenchmarkEndToEnd measures the path after the 250: 20 writers commit 4 KiB,
+// 40 KB and 100 KB messages to the embedded queue (synced before each commit returns) while
 // 16 workers deliver them through the smarthost transport to an SMTP sink
 // on loopback. The figures are messages per second in and out of the sink's
 // side, and the bytes the process sent to storage per message (disk-B/msg).
 func BenchmarkEndToEnd(b *testing.B) {
-	for _, size := range []int{4096, 100_000} {
+	for _, size := range []int{4096, 40_000, 100_000} {
 		b.Run(fmt.Sprintf("size=%d", size), func(b *testing.B) { benchEndToEnd(b, size) })
 	}
 }

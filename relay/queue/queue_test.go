@@ -141,6 +141,8 @@ func TestRoundTripIsByteIdentical(t *testing.T) {
 	}{
 		{"empty", 0, 1, false},
 		{"4 KiB", 4096, 4096, false},
+		{"just below the direct path", directMin - 1024, 4096, false},
+		{"100 KB, the direct path", 100_000, 16 << 10, false},
 		{"one part exactly", maxPartSize, 1000, false},
 		{"one byte over a part", maxPartSize + 1, 64 << 10, true},
 		{"16,000,000 bytes", 16_000_000, 64 << 10, true},
@@ -172,6 +174,25 @@ func TestRoundTripIsByteIdentical(t *testing.T) {
 			waitEmpty(t, q, "after Done")
 		})
 	}
+}
+
+// TestLargeRecordsSkipThePack: a record of directMin bytes or more is on
+// <prefix>.q when Commit returns, and no pack ever held it.
+func TestLargeRecordsSkipThePack(t *testing.T) {
+	q := openQueue(t, t.TempDir(), nil)
+	body := randomBody(t, directMin)
+	commit(t, q, envelope("direct-1", "a@x.example"), body, 8<<10)
+	if in, queued := subjectCount(t, q, q.subjIn), subjectCount(t, q, q.subjQ); in != 0 || queued != 1 {
+		t.Fatalf("after Commit: %d packs, %d queued; want 0 and 1", in, queued)
+	}
+	p := next(t, q, 10*time.Second)
+	if !bytes.Equal(readBody(t, p), body) {
+		t.Fatal("body differs")
+	}
+	if err := p.Done(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitEmpty(t, q, "after Done")
 }
 
 // TestConcurrentCommitsArriveOnce commits from 20 writers at once, so the
@@ -325,6 +346,8 @@ func TestRestartKeepsCommittedMessages(t *testing.T) {
 		want[id] = randomBody(t, 100+i)
 		commit(t, q, envelope(id, "a@x.example"), want[id], 64)
 	}
+	want["direct"] = randomBody(t, directMin+1) // skips the pack
+	commit(t, q, envelope("direct", "a@x.example"), want["direct"], 32<<10)
 	want["large"] = randomBody(t, 2*maxPartSize+17)
 	commit(t, q, envelope("large", "a@x.example"), want["large"], 32<<10)
 	next(t, q, 10*time.Second) // being delivered when the server stops

@@ -129,6 +129,9 @@ func (w *writer) commit(ctx context.Context) error {
 	}
 	w.release()
 	w.done = true
+	if len(record) >= directMin {
+		return w.publishDirect(ctx, record, start)
+	}
 	req := &commitReq{record: record, done: make(chan error, 1)}
 	select {
 	case w.q.commits <- req:
@@ -146,6 +149,33 @@ func (w *writer) commit(ctx context.Context) error {
 		return err
 	}
 	w.q.metrics.publish.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// directMin is the record size from which a message skips the pack and is
+// written straight to <prefix>.q. In a pack, a large body is written twice
+// (the pack, then the split copy, staged once more by the atomic batch) and
+// carried through the splitter; on its own it is written once. What the
+// pack saves, one sync shared by many messages, matters little once a
+// record's bytes take longer to write than the sync itself.
+const directMin = 32 << 10
+
+// publishDirect writes one large record to <prefix>.q and waits for its
+// acknowledgement, which comes after the sync.
+func (w *writer) publishDirect(ctx context.Context, record []byte, start time.Time) error {
+	msg := nats.NewMsg(w.q.subjQ)
+	msg.Data = record
+	msg.Header.Set(jetstream.MsgIDHeader, w.env.ID)
+	pctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	defer cancel()
+	// A failed publish may still have stored the record, so its parts (if
+	// any: an envelope with thousands of recipients) are left to expire
+	// with the body stream's MaxAge rather than purged under it.
+	if _, err := w.q.js.PublishMsg(pctx, msg); err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+	w.q.metrics.publish.Observe(time.Since(start).Seconds())
+	w.q.metrics.packSize.Observe(1)
 	return nil
 }
 
