@@ -220,7 +220,7 @@ func TestRelayCountsThroughRatelimitProcess(t *testing.T) {
 
 func TestOpenBudget(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
-	b, closeBudget, err := openBudget(config.Budget{PodShare: 3}, log)
+	b, closeBudget, err := openBudget(config.Budget{PodShare: 3}, nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +232,7 @@ func TestOpenBudget(t *testing.T) {
 	if _, ok := share.Budget.(*budget.FixedWindow); !ok {
 		t.Fatalf("no sidecar configured: counted by %T, want the in-process window", share.Budget)
 	}
-	b, closeBudget, err = openBudget(config.Budget{Sidecar: &config.BudgetSidecar{Address: "127.0.0.1:8081"}}, log)
+	b, closeBudget, err = openBudget(config.Budget{Sidecar: &config.BudgetSidecar{Address: "127.0.0.1:8081"}}, nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +241,7 @@ func TestOpenBudget(t *testing.T) {
 		t.Fatalf("sidecar configured: %T, want *budget.Leased", b)
 	}
 	perMessage := false
-	b, closeBudget, err = openBudget(config.Budget{Sidecar: &config.BudgetSidecar{Address: "127.0.0.1:8081", Leases: &perMessage}}, log)
+	b, closeBudget, err = openBudget(config.Budget{Sidecar: &config.BudgetSidecar{Address: "127.0.0.1:8081", Leases: &perMessage}}, nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +249,7 @@ func TestOpenBudget(t *testing.T) {
 	if _, ok := b.(*budget.Sidecar); !ok {
 		t.Fatalf("sidecar configured with leases: false: %T, want *budget.Sidecar", b)
 	}
-	if _, _, err := openBudget(config.Budget{Sidecar: &config.BudgetSidecar{Address: "10.1.2.3:8081"}}, log); err == nil {
+	if _, _, err := openBudget(config.Budget{Sidecar: &config.BudgetSidecar{Address: "10.1.2.3:8081"}}, nil, log); err == nil {
 		t.Fatal("a sidecar off loopback was accepted")
 	}
 }

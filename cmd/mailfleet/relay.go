@@ -116,7 +116,7 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	if err != nil {
 		return err
 	}
-	budgets, closeBudget, err := openBudget(cfg.Budget, log)
+	budgets, closeBudget, err := openBudget(cfg.Budget, reg, log)
 	if err != nil {
 		return err
 	}
@@ -229,7 +229,7 @@ func smtpConfig(ctx context.Context, cfg config.Config, reg prometheus.Registere
 // sidecar when the config names one (decided from leases unless
 // budget.sidecar.leases is false), else an in-process window (dev mode, a
 // single relay).
-func openBudget(cfg config.Budget, log *slog.Logger) (budget.Budget, func(), error) {
+func openBudget(cfg config.Budget, reg prometheus.Registerer, log *slog.Logger) (budget.Budget, func(), error) {
 	if cfg.Sidecar == nil {
 		log.Info("budgets are counted in this process only", "podShare", cfg.PodShare)
 		return budget.PodShare{Budget: budget.NewFixedWindow(), Pods: cfg.PodShare}, func() {}, nil
@@ -246,7 +246,8 @@ func openBudget(cfg config.Budget, log *slog.Logger) (budget.Budget, func(), err
 		counted("per_message")
 		return s, func() { s.Close() }, nil
 	}
-	l, err := budget.NewLeased(budget.LeasedOptions{SidecarOptions: opts})
+	l, err := budget.NewLeased(budget.LeasedOptions{SidecarOptions: opts, Registerer: reg,
+		LeaseLife: cfg.Sidecar.LeaseLife.Duration, IdleReturn: cfg.Sidecar.IdleReturn.Duration})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -71,6 +72,7 @@ type Leased struct {
 	rls        *Sidecar
 	// waits counts decisions that waited for a lease (for benchmarks).
 	waits   atomic.Int64
+	metrics *leaseMetrics
 	holder  string
 	timeout time.Duration
 	life    time.Duration
@@ -125,6 +127,8 @@ type LeasedOptions struct {
 	// gives back what it holds of it, but for one message's worth (default
 	// DefaultIdleReturn).
 	IdleReturn time.Duration
+	// Registerer takes the relay-side lease metrics; nil registers none.
+	Registerer prometheus.Registerer
 
 	// manualSweeps leaves sweeping to the caller, and now replaces the
 	// clock (tests).
@@ -166,6 +170,7 @@ func NewLeased(o LeasedOptions) (*Leased, error) {
 		kick:          make(chan struct{}, 1),
 		stop:          make(chan struct{}),
 	}
+	l.metrics = newLeaseMetrics(o.Registerer, l.accountCount)
 	if !o.manualSweeps {
 		l.stopped.Go(l.run)
 	}
@@ -280,6 +285,7 @@ func (l *Leased) Take(ctx context.Context, req Request) Decision {
 		if !waited {
 			waited = true
 			l.waits.Add(1)
+			l.metrics.waits.Inc()
 		}
 		if d, ok := l.wait(ctx, a, f, w, deadline); ok {
 			return d
@@ -516,7 +522,9 @@ func (l *Leased) take(asks []leasewire.Ask) (reply *leasewire.TakeReply, err err
 	defer cancel()
 	sent = l.now()
 	reply, err = l.client.Take(ctx, &leasewire.TakeRequest{Holder: l.holder, Asks: asks})
-	return reply, err, sent, l.now()
+	received = l.now()
+	l.metrics.call("take", err, sent, received)
+	return reply, err, sent, received
 }
 
 // settle ends fetch f of a with its grant g, or err.
@@ -642,6 +650,12 @@ func (l *Leased) run() {
 	}
 }
 
+func (l *Leased) accountCount() float64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return float64(len(l.accounts))
+}
+
 func (l *Leased) snapshot() []*account {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -713,6 +727,7 @@ func (l *Leased) renew(accounts []*account, asks []leasewire.Ask, timeout time.D
 		reply, err := l.client.Take(ctx, &leasewire.TakeRequest{Holder: l.holder, Asks: asks[:n]})
 		received := l.now()
 		cancel()
+		l.metrics.call("renew", err, sent, received)
 		if err != nil {
 			l.log.Debug("leases on the next window not taken", "accounts", n, "err", err)
 		}
@@ -739,7 +754,9 @@ func (l *Leased) giveBackAll(unused []leasewire.Unused) {
 	for len(unused) > 0 {
 		n := min(len(unused), leasewire.MaxItems)
 		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+		sent := l.now()
 		_, err := l.client.Return(ctx, &leasewire.ReturnRequest{Holder: l.holder, Unused: unused[:n]})
+		l.metrics.call("return", err, sent, l.now())
 		cancel()
 		if err != nil {
 			l.log.Debug("unused lease units not given back; they stay counted until their window ends", "leases", n, "err", err)

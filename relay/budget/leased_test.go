@@ -10,6 +10,8 @@ import (
 	"time"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -417,4 +419,50 @@ func (l *Leased) accountIfAny(apiUser string) (*account, bool) {
 	defer l.mu.RUnlock()
 	a, ok := l.accounts[apiUser]
 	return a, ok
+}
+
+// TestLeasedMetrics: the relay counts decisions that waited for a lease,
+// times its lease calls by kind and result, and says how many accounts it
+// holds; no series names an account.
+func TestLeasedMetrics(t *testing.T) {
+	c := &clock{t: t0}
+	f := newFakeLeases(c, time.Minute)
+	reg := prometheus.NewRegistry()
+	l := newTestLeased(t, serveLeases(t, f), c, LeasedOptions{Registerer: reg})
+	takeN(l, Request{APIUser: "acme", Limit: 1000}, 10)
+	takeN(l, Request{APIUser: "globex", Limit: 1000}, 1)
+	waitIdle(t, l, "acme")
+	waitIdle(t, l, "globex")
+	if got := testutil.ToFloat64(l.metrics.waits); got < 2 {
+		t.Errorf("waits = %v; the first message of each account waits for its lease", got)
+	}
+	if got := testutil.ToFloat64(l.metrics.accounts); got != 2 {
+		t.Errorf("accounts = %v, want 2", got)
+	}
+	c.set(t0.Add(DefaultIdleReturn + time.Second))
+	l.sweep(c.now()) // gives back what the idle accounts hold
+	f.set(func(f *fakeLeases) { f.takeErr = status.Error(codes.Unavailable, "down") })
+	l.Take(context.Background(), Request{APIUser: "initech", Limit: 1000})
+	want := map[string]bool{"take/ok": true, "return/ok": true, "take/error": true}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range families {
+		for _, m := range fam.GetMetric() {
+			labels := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				labels[lp.GetName()] = lp.GetValue()
+				if v := lp.GetValue(); v == "acme" || v == "globex" || v == "initech" {
+					t.Errorf("%s names an account: %s=%s", fam.GetName(), lp.GetName(), v)
+				}
+			}
+			if fam.GetName() == "mailfleet_budget_lease_call_seconds" {
+				delete(want, labels["kind"]+"/"+labels["result"])
+			}
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("no lease call series for %v", want)
+	}
 }

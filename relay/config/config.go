@@ -176,6 +176,14 @@ type BudgetSidecar struct {
 	// message asks the sidecar only when the relay's lease runs out.
 	// false asks the sidecar once per message (budget.Sidecar).
 	Leases *bool `json:"leases,omitempty"`
+	// LeaseLife is how long a lease should last at an account's rate on
+	// this relay (default 1s): longer means fewer calls to the sidecar and
+	// more of a budget held by one relay near the budget's edge.
+	LeaseLife Duration `json:"leaseLife,omitempty"`
+	// IdleReturn is how long after an account's last message the relay
+	// gives back what it holds of that account, but for one message's
+	// worth (default 2s).
+	IdleReturn Duration `json:"idleReturn,omitempty"`
 }
 
 // UsesLeases says whether the relay decides from leases (the default).
@@ -402,6 +410,16 @@ func (c *Config) Validate() error {
 		}
 		if sc.Timeout.Duration < 0 {
 			errs = append(errs, errors.New("budget.sidecar.timeout: must be positive"))
+		}
+		// A minute is the budgets' window: a lease lasting longer, or
+		// held that long idle, would strand a window's budget on one relay.
+		for _, d := range []struct {
+			name string
+			v    time.Duration
+		}{{"leaseLife", sc.LeaseLife.Duration}, {"idleReturn", sc.IdleReturn.Duration}} {
+			if d.v != 0 && (d.v < time.Millisecond || d.v > 30*time.Second) {
+				errs = append(errs, fmt.Errorf("budget.sidecar.%s: %s is out of range; set 1ms to 30s, or leave it out for the default", d.name, d.v))
+			}
 		}
 	}
 	if c.Budget.PodShare < 0 || (c.Budget.PodShare > 0 && c.Budget.Sidecar != nil) {

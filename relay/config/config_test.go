@@ -61,6 +61,13 @@ func TestLoad(t *testing.T) {
 				t.Fatalf("budget.sidecar = %+v", sc)
 			}
 		}},
+		{name: "budget sidecar leases", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {sidecar: {leaseLife: 500ms, idleReturn: 5s}}\n", check: func(t *testing.T, c Config) {
+			if sc := c.Budget.Sidecar; sc.LeaseLife.Duration != 500*time.Millisecond || sc.IdleReturn.Duration != 5*time.Second {
+				t.Fatalf("budget.sidecar = %+v", sc)
+			}
+		}},
+		{name: "budget lease life too long", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {sidecar: {leaseLife: 2m}}\n", wantErr: "budget.sidecar.leaseLife: 2m0s is out of range; set 1ms to 30s"},
+		{name: "budget idle return negative", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {sidecar: {idleReturn: -1s}}\n", wantErr: "budget.sidecar.idleReturn"},
 		{name: "budget sidecar address", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {sidecar: {address: sidecar}}\n", wantErr: "budget.sidecar.address"},
 		{name: "budget pod share", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nbudget: {podShare: 3}\n", check: func(t *testing.T, c Config) {
 			if c.Budget.PodShare != 3 {
