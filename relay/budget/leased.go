@@ -718,32 +718,41 @@ func (a *account) giveBack(unused []leasewire.Unused, keep int64) []leasewire.Un
 	return unused
 }
 
-// renew asks for next-window leases, MaxItems at a time.
+// renew asks for next-window leases, MaxItems at a time, the batches at
+// once: one after another, a relay serving thousands of accounts could
+// spend the last twentieth of the window waiting on its own calls.
 func (l *Leased) renew(accounts []*account, asks []leasewire.Ask, timeout time.Duration) {
+	var wg sync.WaitGroup
 	for len(asks) > 0 {
 		n := min(len(asks), leasewire.MaxItems)
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		sent := l.now()
-		reply, err := l.client.Take(ctx, &leasewire.TakeRequest{Holder: l.holder, Asks: asks[:n]})
-		received := l.now()
-		cancel()
-		l.metrics.call("renew", err, sent, received)
-		if err != nil {
-			l.log.Debug("leases on the next window not taken", "accounts", n, "err", err)
-		}
-		for i, a := range accounts[:n] {
-			a.mu.Lock()
-			a.renewing = false
-			if err == nil {
-				g := reply.Grants[i]
-				l.learn(g)
-				if !g.Fallback {
-					a.add(leaseOf(g, sent, received), received)
-				}
-			}
-			a.mu.Unlock()
-		}
+		batch, batchAsks := accounts[:n], asks[:n]
+		wg.Go(func() { l.renewBatch(batch, batchAsks, timeout) })
 		accounts, asks = accounts[n:], asks[n:]
+	}
+	wg.Wait()
+}
+
+func (l *Leased) renewBatch(accounts []*account, asks []leasewire.Ask, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	sent := l.now()
+	reply, err := l.client.Take(ctx, &leasewire.TakeRequest{Holder: l.holder, Asks: asks})
+	received := l.now()
+	cancel()
+	l.metrics.call("renew", err, sent, received)
+	if err != nil {
+		l.log.Debug("leases on the next window not taken", "accounts", len(asks), "err", err)
+	}
+	for i, a := range accounts {
+		a.mu.Lock()
+		a.renewing = false
+		if err == nil {
+			g := reply.Grants[i]
+			l.learn(g)
+			if !g.Fallback {
+				a.add(leaseOf(g, sent, received), received)
+			}
+		}
+		a.mu.Unlock()
 	}
 }
 

@@ -53,6 +53,9 @@ type fakeLeases struct {
 	unused  []leasewire.Unused
 	answer  func(leasewire.Ask) (leasewire.Grant, error) // overrides the counter
 	takeErr error
+	// hold, when set, is called outside the lock before a call with
+	// next-window asks is answered (a slow sidecar).
+	hold func()
 }
 
 func newFakeLeases(c *clock, window time.Duration) *fakeLeases {
@@ -60,6 +63,12 @@ func newFakeLeases(c *clock, window time.Duration) *fakeLeases {
 }
 
 func (f *fakeLeases) TakeLeases(_ context.Context, req *leasewire.TakeRequest) (*leasewire.TakeReply, error) {
+	f.mu.Lock()
+	hold := f.hold
+	f.mu.Unlock()
+	if hold != nil && len(req.Asks) > 0 && req.Asks[0].Next {
+		hold()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.takeErr != nil {
@@ -313,6 +322,51 @@ func TestLeasedRenewsBeforeTheWindowEnds(t *testing.T) {
 	l.sweep(c.now())
 	if _, next := heldBy(l, "quiet"); next.held() {
 		t.Fatal("renewed an account never served")
+	}
+}
+
+// TestLeasedRenewsBatchesAtOnce: a relay serving more accounts than one
+// call holds sends the next-window batches together, not one after another
+// (each slow call would push the next toward the window's end).
+func TestLeasedRenewsBatchesAtOnce(t *testing.T) {
+	c := &clock{t: t0}
+	f := newFakeLeases(c, time.Minute)
+	l := newTestLeased(t, serveLeases(t, f), c, LeasedOptions{})
+	accounts := 3*leasewire.MaxItems + 1
+	for i := range accounts {
+		user := fmt.Sprintf("acct-%d", i)
+		if d := l.Take(context.Background(), Request{APIUser: user, Limit: 100}); d != Allow {
+			t.Fatal(d)
+		}
+		waitIdle(t, l, user)
+	}
+	var inFlight, most atomic.Int32
+	all := make(chan struct{})
+	f.set(func(f *fakeLeases) {
+		f.hold = func() {
+			n := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+			}
+			if n == 4 {
+				close(all)
+			}
+			select { // each call waits until all four are in, or gives up
+			case <-all:
+			case <-time.After(10 * time.Second):
+			}
+		}
+	})
+	end := t0.Truncate(time.Minute).Add(time.Minute)
+	c.set(end.Add(-2 * time.Second))
+	l.sweep(c.now())
+	if got := most.Load(); got != 4 {
+		t.Fatalf("%d renewal calls at once for %d accounts, want 4", got, accounts)
+	}
+	for _, user := range []string{"acct-0", fmt.Sprintf("acct-%d", accounts-1)} {
+		if _, next := heldBy(l, user); !next.held() {
+			t.Fatalf("%s has no lease on the next window", user)
+		}
 	}
 }
 
