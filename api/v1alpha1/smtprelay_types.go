@@ -274,10 +274,12 @@ type RelayDelivery struct {
 	// delivers to each recipient domain's MX on port 25.
 	// +optional
 	Smarthost *Smarthost `json:"smarthost,omitempty"`
-	// Workers is how many messages each pod delivers at once.
+	// Workers is how many messages each pod holds for delivery at once;
+	// at most perDomain (20) of them go to one recipient domain at a time,
+	// and the others wait for a slot with their message already in hand.
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1024
-	// +kubebuilder:default=16
+	// +kubebuilder:default=64
 	// +optional
 	Workers int32 `json:"workers,omitempty"`
 	// Retry is the schedule of temporary failures.

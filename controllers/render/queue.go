@@ -22,7 +22,7 @@ const (
 	secretUsernameKey     = "username"
 	secretPasswordKey     = "password"
 	defaultQueueReplicas  = 3
-	defaultDeliveryWorker = 16
+	defaultDeliveryWorker = 64
 )
 
 // Stream is the queue stream's name: the one the user chose, else the

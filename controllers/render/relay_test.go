@@ -279,7 +279,7 @@ func TestRenderedConfigLoads(t *testing.T) {
 				"keyFile":        "/etc/mailfleet/tls/tls.key",
 				"credentials":    "mail/mx",
 				"queue":          "nats://nats.mailfleet-system.svc:4222 MAILFLEET_MAIL_MX 3",
-				"workers":        16,
+				"workers":        64,
 				"metricsAddress": ":9090",
 				"drain":          relayDrainGrace,
 			}

@@ -230,8 +230,8 @@ type NATSQueue struct {
 // when one is set, else a local directory when set (dev), else each
 // recipient domain's MX hosts.
 type Delivery struct {
-	// Workers is how many messages each relay process delivers at once
-	// (default 16).
+	// Workers is how many messages each relay process holds for delivery
+	// at once (default 64); PerDomain bounds those going to one domain.
 	Workers int `json:"workers,omitempty"`
 	// PerDomain bounds deliveries to one recipient domain at once, per
 	// relay process (default 20).

@@ -23,7 +23,7 @@ import (
 
 // BenchmarkEndToEnd measures the path after the 250: 20 writers commit 4 KiB,
 // 40 KB and 100 KB messages to the embedded queue (synced before each commit returns) while
-// 16 workers deliver them through the smarthost transport to an SMTP sink
+// the default number of workers deliver them through the smarthost transport to an SMTP sink
 // on loopback. The figures are messages per second in and out of the sink's
 // side, and the bytes the process sent to storage per message (disk-B/msg).
 func BenchmarkEndToEnd(b *testing.B) {
@@ -45,7 +45,7 @@ func benchEndToEnd(b *testing.B, size int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	runDispatcher(b, Config{Workers: 16, Destination: "bench"},
+	runDispatcher(b, Config{Destination: "bench"},
 		Deps{Queue: q, Spool: q, Transport: transport, DSN: fakeDSN, IDs: &counter{}, Log: log},
 		nil, func() { transport.Close(); q.Close() })
 	body := "Subject: bench\r\n\r\n" + strings.Repeat(strings.Repeat("x", 78)+"\r\n", size/80) + "\r\n"
