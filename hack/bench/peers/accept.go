@@ -21,6 +21,9 @@ type acceptKey struct {
 type acceptRun struct {
 	rate       float64 // messages accepted per second
 	cpuPer1000 float64 // server CPU-seconds per 1,000 messages, delivery included for relays
+	// delivered is, for a relay, the messages over the time from the
+	// load's start until its sink had every one of them.
+	delivered float64
 }
 
 // startServers starts every server not skipped, in a fixed order.
@@ -100,6 +103,7 @@ func measureAccept(ctx context.Context, l *lab, o options, sizes []int, rep *rep
 // the CPU time counts delivery too.
 func acceptOnce(ctx context.Context, srv *server, loader string, sessions, size, n int, onePer bool, sent map[string]int64) (acceptRun, error) {
 	cpu0 := cpuSeconds(srv.pids()...)
+	start := time.Now()
 	var accepted int64
 	var elapsed time.Duration
 	if loader == "go" {
@@ -114,7 +118,6 @@ func acceptOnce(ctx context.Context, srv *server, loader string, sessions, size,
 		if !onePer {
 			args = append(args, "-d")
 		}
-		start := time.Now()
 		if out, err := exec.CommandContext(ctx, postfixTool("smtp-source"), append(args, srv.addr)...).CombinedOutput(); err != nil {
 			return acceptRun{}, fmt.Errorf("smtp-source: %v\n%s", err, out)
 		}
@@ -123,14 +126,16 @@ func acceptOnce(ctx context.Context, srv *server, loader string, sessions, size,
 	if accepted == 0 {
 		return acceptRun{}, fmt.Errorf("no message accepted")
 	}
+	var delivered float64
 	if srv.sink != nil {
 		sent[srv.name] += accepted
 		if err := waitDelivered(ctx, srv.sink, sent[srv.name], 5*time.Minute); err != nil {
 			return acceptRun{}, err
 		}
+		delivered = float64(accepted) / time.Since(start).Seconds()
 	}
 	cpu := cpuSeconds(srv.pids()...) - cpu0
-	return acceptRun{rate: float64(accepted) / elapsed.Seconds(), cpuPer1000: cpu / float64(accepted) * 1000}, nil
+	return acceptRun{rate: float64(accepted) / elapsed.Seconds(), cpuPer1000: cpu / float64(accepted) * 1000, delivered: delivered}, nil
 }
 
 func waitDelivered(ctx context.Context, s *sink, want int64, within time.Duration) error {
@@ -152,10 +157,11 @@ func waitDelivered(ctx context.Context, s *sink, want int64, within time.Duratio
 func median(runs []acceptRun) acceptRun {
 	rates := make([]float64, len(runs))
 	cpus := make([]float64, len(runs))
+	delivered := make([]float64, len(runs))
 	for i, r := range runs {
-		rates[i], cpus[i] = r.rate, r.cpuPer1000
+		rates[i], cpus[i], delivered[i] = r.rate, r.cpuPer1000, r.delivered
 	}
-	return acceptRun{rate: med(rates), cpuPer1000: med(cpus)}
+	return acceptRun{rate: med(rates), cpuPer1000: med(cpus), delivered: med(delivered)}
 }
 
 func med(v []float64) float64 {

@@ -17,7 +17,11 @@
 //     mailfleet and Postfix;
 //   - idle: many sessions opened and left idle after STARTTLS on one relay
 //     process, with the relay's RSS per session and the accept rate of 20
-//     active sessions while they stay open.
+//     active sessions while they stay open;
+//   - limiter: budget decisions at fixed offered rates from Envoy's
+//     ratelimit service and mailfleet's sidecar (the same RLS request, the
+//     same redis-server), from the relay's side per message and from
+//     leases, and from a gRPC server that answers at once.
 //
 // It writes docs/benchmarks/peers.md and PNG charts beside it (gnuplot).
 // Run it from the repository root with `make bench-peers`, which installs
@@ -53,7 +57,11 @@ type options struct {
 	idle      int
 	only      string
 	skipPeers string
-	keep      bool
+	// limiterRates and limiterFor: the limiter measurement's offered
+	// decisions per second and how long each is offered.
+	limiterRates string
+	limiterFor   time.Duration
+	keep         bool
 }
 
 func main() {
@@ -67,7 +75,9 @@ func main() {
 	flag.IntVar(&o.rate, "rate", 0, "offered messages/s of the sustained run (0: 90% of mailfleet's median accept rate)")
 	flag.DurationVar(&o.sustain, "sustain", 60*time.Second, "how long the sustained run offers its load")
 	flag.IntVar(&o.idle, "idle", 10000, "idle sessions held open after STARTTLS (0 skips)")
-	flag.StringVar(&o.only, "only", "accept,sustained,idle", "measurements to run")
+	flag.StringVar(&o.only, "only", "accept,sustained,idle,limiter", "measurements to run")
+	flag.StringVar(&o.limiterRates, "limiter-rates", "1000,5000,10000,15000", "offered budget decisions per second, comma-separated (limiter measurement)")
+	flag.DurationVar(&o.limiterFor, "limiter-for", 5*time.Second, "how long each limiter is offered each rate")
 	flag.StringVar(&o.skipPeers, "skip", "", "servers to leave out (mailfleet, postfix, haraka, haraka-auth, smtp-sink)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (logs, configurations) and print where it is")
 	flag.Parse()
@@ -120,6 +130,11 @@ func run(ctx context.Context, o options) error {
 	if want(o.only, "idle") && o.idle > 0 {
 		if err := measureIdle(ctx, lab, o, rep); err != nil {
 			return fmt.Errorf("idle: %w", err)
+		}
+	}
+	if want(o.only, "limiter") {
+		if err := measureLimiter(ctx, lab, o, rep); err != nil {
+			return fmt.Errorf("limiter: %w", err)
 		}
 	}
 	if err := os.MkdirAll(o.out, 0o755); err != nil {

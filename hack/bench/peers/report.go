@@ -21,6 +21,7 @@ type report struct {
 	accept    map[acceptKey][]acceptRun
 	sustained []*sustainedRun
 	idle      *idleResult
+	limiter   []limiterRun
 }
 
 // describeMachine names the CPU, its cores, memory and kernel.
@@ -64,14 +65,17 @@ func (r *report) write(dir string) (string, error) {
 	if r.idle != nil {
 		r.writeIdle(&b)
 	}
+	if len(r.limiter) > 0 {
+		r.writeLimiter(&b)
+	}
 	out := b.String()
 	return out, os.WriteFile(filepath.Join(dir, "peers.md"), []byte(out), 0o644)
 }
 
 func (r *report) flags() string {
 	o := r.opts
-	return fmt.Sprintf("-rounds %d -sessions %d -sizes %s -messages %d -one-per-session %d -sustain %s -idle %d",
-		o.rounds, o.sessions, o.sizes, o.messages, o.onePer, o.sustain, o.idle)
+	return fmt.Sprintf("-rounds %d -sessions %d -sizes %s -messages %d -one-per-session %d -sustain %s -idle %d -only %s -limiter-rates %s -limiter-for %s",
+		o.rounds, o.sessions, o.sizes, o.messages, o.onePer, o.sustain, o.idle, o.only, o.limiterRates, o.limiterFor)
 }
 
 const serversText = `Servers:
@@ -134,6 +138,40 @@ func (r *report) writeAccept(b *strings.Builder) {
 		cells(b, sizes, func(size int, one bool) string {
 			mf := median(r.accept[acceptKey{"mailfleet", "go", size, one}]).rate
 			return ratio(mf, median(r.accept[acceptKey{srv.name, "go", size, one}]).rate)
+		})
+	}
+	b.WriteString("\n")
+	r.writeDelivered(b, sizes)
+}
+
+// writeDelivered is the relays' side of the accept runs: how fast what
+// they accepted reached their sink.
+func (r *report) writeDelivered(b *strings.Builder, sizes []int) {
+	b.WriteString("## Delivering\n\nFor the servers that relay (go loader): messages per second from the start of a run until the " +
+		"relay's sink had every one of them, accepting and delivering together (medians of the rounds).\n\n| server |")
+	for _, size := range sizes {
+		fmt.Fprintf(b, " %s, many | %s, one |", sizeName(size), sizeName(size))
+	}
+	b.WriteString("\n|---|" + strings.Repeat("---:|---:|", len(sizes)) + "\n")
+	var relays []string
+	for _, srv := range r.servers {
+		if srv.sink == nil {
+			continue
+		}
+		relays = append(relays, srv.name)
+		fmt.Fprintf(b, "| %s |", srv.name)
+		cells(b, sizes, func(size int, one bool) string {
+			return fmt.Sprintf("%.0f", median(r.accept[acceptKey{srv.name, "go", size, one}]).delivered)
+		})
+	}
+	for _, peer := range relays {
+		if peer == "mailfleet" || !slices.Contains(relays, "mailfleet") {
+			continue
+		}
+		fmt.Fprintf(b, "| mailfleet / %s |", peer)
+		cells(b, sizes, func(size int, one bool) string {
+			mf := median(r.accept[acceptKey{"mailfleet", "go", size, one}]).delivered
+			return ratio(mf, median(r.accept[acceptKey{peer, "go", size, one}]).delivered)
 		})
 	}
 	b.WriteString("\n")

@@ -147,31 +147,13 @@ func (l *lab) mailfleet(ctx context.Context) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	redisPort, err := freePort()
+	redisAddr, redisPID, err := l.redis("redis")
 	if err != nil {
 		return nil, err
 	}
-	redis, _, err := l.start("redis", "redis-server", "--port", strconv.Itoa(redisPort), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no")
+	sidecarAddr, sidecarPID, err := l.sidecar("ratelimit", redisAddr)
 	if err != nil {
 		return nil, err
-	}
-	sidecarPort, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	sidecarAddr := fmt.Sprintf("127.0.0.1:%d", sidecarPort)
-	redisAddr := fmt.Sprintf("127.0.0.1:%d", redisPort)
-	if err := waitListening(redisAddr, 10*time.Second); err != nil {
-		return nil, err
-	}
-	sidecar, _, err := l.start("ratelimit", l.bin, "ratelimit", "--listen", sidecarAddr,
-		"--metrics-address", "127.0.0.1:0", "--redis-address", redisAddr, "--scope", "bench/relay")
-	if err != nil {
-		return nil, err
-	}
-	if err := waitListening(sidecarAddr, 20*time.Second); err != nil {
-		return nil, fmt.Errorf("%w\n%s", err, l.logTail("ratelimit"))
 	}
 	cfgPath, srv, err := l.relayConfig(dir, sk.addr, sidecarAddr)
 	if err != nil {
@@ -185,7 +167,7 @@ func (l *lab) mailfleet(ctx context.Context) (*server, error) {
 		return nil, fmt.Errorf("%w\n%s", err, l.logTail("relay"))
 	}
 	srv.sink, srv.relayPID, srv.stop = sk, relay.Process.Pid, stop
-	srv.pids = func() []int { return []int{relay.Process.Pid, sidecar.Process.Pid, redis.Process.Pid} }
+	srv.pids = func() []int { return []int{relay.Process.Pid, sidecarPID, redisPID} }
 	return srv, nil
 }
 
