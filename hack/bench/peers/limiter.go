@@ -376,7 +376,9 @@ func (r *report) writeLimiter(b *strings.Builder) {
 		for _, rate := range rates {
 			x, _ := find(name, rate)
 			e, _ := find(envoy, rate)
-			fmt.Fprintf(b, " %s |", ratio(float64(x.p99), float64(e.p99)))
+			// Three significant digits: a lease's p99 is a thousandth of
+			// a saturated limiter's.
+			fmt.Fprintf(b, " %.3g× |", float64(x.p99)/float64(e.p99))
 		}
 		b.WriteString("\n")
 	}
