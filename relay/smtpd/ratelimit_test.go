@@ -121,7 +121,10 @@ func TestSidecarFailureModeOverSMTP(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(string(tt.mode), func(t *testing.T) {
 			r := redistest.StartRedis(t)
-			sc := ratelimittest.StartSidecar(t, r.Addr, ratelimit.Options{FailureMode: tt.mode})
+			// Redis's deadline is generous: with the default 50 ms, a
+			// loaded machine made the first decision, with Redis up, a
+			// failure (451 in deny mode). A killed Redis refuses at once.
+			sc := ratelimittest.StartSidecar(t, r.Addr, ratelimit.Options{FailureMode: tt.mode, Deadline: 5 * time.Second})
 			env := startRelay(t, withSidecar(t, sc.Addr))
 			c := dialRaw(t, env.addr("smtp"))
 			c.login(userMain, env.keys[userMain])
