@@ -60,7 +60,7 @@ func accuracyRun(t *testing.T, redisAddr string, window time.Duration, workers, 
 	for range 3 {
 		// A generous deadline: this test is about counting, so no decision
 		// may go to the fallback limiter on a busy machine.
-		sc := ratelimittest.StartSidecar(t, redisAddr, ratelimit.Options{Window: window, Deadline: time.Second})
+		sc := ratelimittest.StartSidecar(t, redisAddr, ratelimit.Options{Window: window, Deadline: 5 * time.Second})
 		sidecars = append(sidecars, sc)
 		clients = append(clients, dial(t, sc.Addr))
 	}
@@ -111,7 +111,7 @@ func accuracyRun(t *testing.T, redisAddr string, window time.Duration, workers, 
 // thousand decisions a second, an idle one several times that.
 func windowFor(t *testing.T, redisAddr string, workers, limit int) time.Duration {
 	t.Helper()
-	sc := ratelimittest.StartSidecar(t, redisAddr, ratelimit.Options{Deadline: time.Second})
+	sc := ratelimittest.StartSidecar(t, redisAddr, ratelimit.Options{Deadline: 5 * time.Second})
 	var clients []rlsv3.RateLimitServiceClient
 	for range 4 {
 		clients = append(clients, dial(t, sc.Addr))

@@ -211,7 +211,7 @@ func startBenchSidecars(b *testing.B, n int) []string {
 	r := redistest.StartRedis(b)
 	var addrs []string
 	for range n {
-		addrs = append(addrs, ratelimittest.StartSidecar(b, r.Addr, ratelimit.Options{}).Addr)
+		addrs = append(addrs, ratelimittest.StartSidecar(b, r.Addr, ratelimit.Options{Deadline: ratelimit.DefaultDeadline}).Addr)
 	}
 	return addrs
 }
