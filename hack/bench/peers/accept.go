@@ -132,7 +132,9 @@ func acceptOnce(ctx context.Context, srv *server, loader string, sessions, size,
 		if err := waitDelivered(ctx, srv.sink, sent[srv.name], 5*time.Minute); err != nil {
 			return acceptRun{}, err
 		}
-		delivered = float64(accepted) / time.Since(start).Seconds()
+		// Until the last message reached the sink, not until the poll
+		// above saw it.
+		delivered = float64(accepted) / time.Unix(0, srv.sink.last.Load()).Sub(start).Seconds()
 	}
 	cpu := cpuSeconds(srv.pids()...) - cpu0
 	return acceptRun{rate: float64(accepted) / elapsed.Seconds(), cpuPer1000: cpu / float64(accepted) * 1000, delivered: delivered}, nil
