@@ -4,7 +4,7 @@
 // relaying to smtp-sink, Haraka 3 (accept and discard, with and without
 // AUTH) and smtp-sink itself as the ceiling.
 //
-// Three measurements:
+// Four measurements:
 //
 //   - accept: 20 sessions, 4 KiB and 100 KB messages, many messages per
 //     session and one per session, loaded by Postfix's smtp-source (for the
@@ -18,10 +18,14 @@
 //   - idle: many sessions opened and left idle after STARTTLS on one relay
 //     process, with the relay's RSS per session and the accept rate of 20
 //     active sessions while they stay open;
-//   - limiter: budget decisions at fixed offered rates from Envoy's
-//     ratelimit service and mailfleet's sidecar (the same RLS request, the
-//     same redis-server), from the relay's side per message and from
-//     leases, and from a gRPC server that answers at once.
+//   - limiter: budget decisions at fixed offered rates, by a fixed number
+//     of callers, from Envoy's ratelimit service and mailfleet's sidecar
+//     (the same RLS request, the same redis-server), from the relay's side
+//     per message and from leases, and from a gRPC server that answers at
+//     once; then one run whose budgets run out (-only limiter runs this
+//     part alone).
+//
+// -quick makes every run short: a smoke test of the harness.
 //
 // It writes docs/benchmarks/peers.md and PNG charts beside it (gnuplot).
 // Run it from the repository root with `make bench-peers`, which installs
@@ -40,6 +44,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -58,13 +63,28 @@ type options struct {
 	only      string
 	skipPeers string
 	// limiterRates and limiterFor: the limiter measurement's offered
-	// decisions per second and how long each is offered.
-	limiterRates string
-	limiterFor   time.Duration
-	keep         bool
+	// decisions per second and how long each is offered, by
+	// limiterCallers at once; limiterDeny: the rate of its run whose
+	// budgets run out.
+	limiterRates   string
+	limiterFor     time.Duration
+	limiterCallers int
+	limiterDeny    int
+	quick          bool
+	keep           bool
+}
+
+// quickFlags are the values -quick gives the flags not given: a smoke run
+// of every measurement in a few minutes, figures too short to quote.
+var quickFlags = map[string]string{
+	"rounds": "1", "messages": "600", "one-per-session": "200", "sustain": "10s", "idle": "500",
+	"limiter-rates": "1000,5000", "limiter-for": "1s",
 }
 
 func main() {
+	if addr := os.Getenv(noopEnv); addr != "" {
+		log.Fatal(serveNoop(addr)) // this is the no-op server noopRLS started
+	}
 	var o options
 	flag.StringVar(&o.out, "out", "docs/benchmarks", "directory for peers.md and the charts")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds of the accept measurement")
@@ -78,10 +98,19 @@ func main() {
 	flag.StringVar(&o.only, "only", "accept,sustained,idle,limiter", "measurements to run")
 	flag.StringVar(&o.limiterRates, "limiter-rates", "1000,5000,10000,15000", "offered budget decisions per second, comma-separated (limiter measurement)")
 	flag.DurationVar(&o.limiterFor, "limiter-for", 5*time.Second, "how long each limiter is offered each rate")
-	flag.StringVar(&o.skipPeers, "skip", "", "servers to leave out (mailfleet, postfix, haraka, haraka-auth, smtp-sink)")
+	flag.IntVar(&o.limiterCallers, "limiter-callers", 64, "concurrent callers offering the limiter measurement's rates")
+	flag.IntVar(&o.limiterDeny, "limiter-deny", 5000, "offered decisions/s of the limiter run whose budgets run out (0 skips)")
+	flag.StringVar(&o.skipPeers, "skip", "", "servers and limiters to leave out (mailfleet, postfix, haraka, haraka-auth, smtp-sink; "+
+		"envoy, sidecar, relay-sidecar, relay-leased, noop)")
+	flag.BoolVar(&o.quick, "quick", false, "a smoke run: short runs for the flags not given ("+quickText()+")")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory (logs, configurations) and print where it is")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
+	if o.quick {
+		if err := setQuick(); err != nil {
+			log.Fatal(err)
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -147,6 +176,30 @@ func run(ctx context.Context, o options) error {
 	log.Printf("wrote %s", filepath.Join(o.out, "peers.md"))
 	fmt.Println(md)
 	return nil
+}
+
+// setQuick gives the flags not set on the command line their quickFlags
+// values.
+func setQuick() error {
+	given := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for name, v := range quickFlags {
+		if !given[name] {
+			if err := flag.Set(name, v); err != nil {
+				return fmt.Errorf("-quick: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+func quickText() string {
+	var parts []string
+	for name, v := range quickFlags {
+		parts = append(parts, "-"+name+" "+v)
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, " ")
 }
 
 func want(list, name string) bool {

@@ -74,8 +74,14 @@ func (r *report) write(dir string) (string, error) {
 
 func (r *report) flags() string {
 	o := r.opts
-	return fmt.Sprintf("-rounds %d -sessions %d -sizes %s -messages %d -one-per-session %d -sustain %s -idle %d -only %s -limiter-rates %s -limiter-for %s",
-		o.rounds, o.sessions, o.sizes, o.messages, o.onePer, o.sustain, o.idle, o.only, o.limiterRates, o.limiterFor)
+	f := fmt.Sprintf("-rounds %d -sessions %d -sizes %s -messages %d -one-per-session %d -sustain %s -idle %d -only %s "+
+		"-limiter-rates %s -limiter-for %s -limiter-callers %d -limiter-deny %d",
+		o.rounds, o.sessions, o.sizes, o.messages, o.onePer, o.sustain, o.idle, o.only,
+		o.limiterRates, o.limiterFor, o.limiterCallers, o.limiterDeny)
+	if o.skipPeers != "" {
+		f += " -skip " + o.skipPeers
+	}
+	return f
 }
 
 const serversText = `Servers:
