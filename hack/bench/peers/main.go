@@ -16,8 +16,9 @@
 //     what was accepted and what the sink downstream received, for
 //     mailfleet and Postfix;
 //   - idle: many sessions opened and left idle after STARTTLS on one relay
-//     process, with the relay's RSS per session and the accept rate of 20
-//     active sessions while they stay open;
+//     process (by a process of their own), with the relay's RSS per
+//     session and the accept rate of 20 active sessions before, while and
+//     after they stay open;
 //   - limiter: budget decisions at fixed offered rates, by a fixed number
 //     of callers, from Envoy's ratelimit service and mailfleet's sidecar
 //     (the same RLS request, the same redis-server), from the relay's side
@@ -84,6 +85,9 @@ var quickFlags = map[string]string{
 func main() {
 	if addr := os.Getenv(noopEnv); addr != "" {
 		log.Fatal(serveNoop(addr)) // this is the no-op server noopRLS started
+	}
+	if spec := os.Getenv(idleEnv); spec != "" {
+		log.Fatal(serveIdle(spec)) // this is the holder of idle sessions holdIdle started
 	}
 	var o options
 	flag.StringVar(&o.out, "out", "docs/benchmarks", "directory for peers.md and the charts")

@@ -30,6 +30,7 @@ type server struct {
 	user     string
 	pass     string
 	roots    *x509.CertPool
+	caFile   string
 	// pids are the roots of the server's process trees, for CPU time.
 	pids func() []int
 	// sink is where a relaying server delivers; nil for one that keeps
@@ -232,7 +233,7 @@ limits: {maxConnections: 20000, maxConnectionsPerClient: -1}
 		return "", nil, err
 	}
 	return path, &server{name: "mailfleet", addr: fmt.Sprintf("127.0.0.1:%d", port),
-		starttls: true, auth: true, user: "bench", pass: key, roots: roots}, nil
+		starttls: true, auth: true, user: "bench", pass: key, roots: roots, caFile: files.CAFile}, nil
 }
 
 func certPool(caFile string) (*x509.CertPool, error) {

@@ -118,66 +118,6 @@ func sustainOnce(ctx context.Context, srv *server, o options, rate int) (*sustai
 	return run, nil
 }
 
-// measureIdle opens o.idle sessions to the relay, each after STARTTLS, and
-// leaves them idle; it reports the relay's RSS per session and the accept
-// rate of 20 active sessions before and while they are open.
-func measureIdle(ctx context.Context, l *lab, o options, rep *report) error {
-	var relay *server
-	for _, s := range rep.servers {
-		if s.name == "mailfleet" {
-			relay = s
-		}
-	}
-	if relay == nil {
-		var err error
-		if relay, err = l.mailfleet(ctx); err != nil {
-			return err
-		}
-	}
-	active := func() float64 {
-		r := load{srv: relay, sessions: o.sessions, size: 4096, messages: 4000}.run(ctx)
-		return float64(r.accepted.Load()) / r.elapsed.Seconds()
-	}
-	res := idleResult{sessions: o.idle}
-	res.rateBefore = active()
-	res.rssBefore = rssBytes(relay.relayPID)
-	conns := make([]*smtpConn, 0, o.idle)
-	defer func() {
-		for _, c := range conns {
-			c.close()
-		}
-	}()
-	idleSrv := *relay
-	idleSrv.auth = false // idle after STARTTLS and EHLO, as a client waiting to send
-	start := time.Now()
-	for len(conns) < o.idle {
-		c, err := dialSMTP(ctx, &idleSrv)
-		if err != nil {
-			return fmt.Errorf("idle session %d: %w", len(conns)+1, err)
-		}
-		conns = append(conns, c)
-	}
-	res.openSeconds = time.Since(start).Seconds()
-	time.Sleep(2 * time.Second) // let the relay's heap settle
-	res.rssWith = rssBytes(relay.relayPID)
-	res.rateWith = active()
-	rep.idle = &res
-	log.Printf("idle: %d sessions opened in %.1fs; relay RSS %d -> %d MiB (%.1f KiB/session); active accept %.0f -> %.0f msgs/s",
-		res.sessions, res.openSeconds, res.rssBefore>>20, res.rssWith>>20, res.perSessionKiB(), res.rateBefore, res.rateWith)
-	return nil
-}
-
-type idleResult struct {
-	sessions             int
-	openSeconds          float64
-	rssBefore, rssWith   int64
-	rateBefore, rateWith float64
-}
-
-func (r idleResult) perSessionKiB() float64 {
-	return float64(r.rssWith-r.rssBefore) / float64(r.sessions) / 1024
-}
-
 // raiseFileLimit raises this process's open-files limit to n, or as far
 // as the hard limit allows; the processes it starts inherit it.
 func raiseFileLimit(n int) error {
