@@ -26,6 +26,7 @@ type operatorOptions struct {
 	metricsSecure    bool
 	metricsCertDir   string
 	probeAddr        string
+	pprofAddr        string
 	leaderElect      bool
 	leaderElectionNS string
 	relayImage       string
@@ -51,6 +52,7 @@ func operatorCommand() *cobra.Command {
 	f.BoolVar(&o.metricsSecure, "metrics-secure", true, "serve metrics over HTTPS to clients whose bearer token the API server authenticates (TokenReview) and authorizes for GET /metrics (SubjectAccessReview); false serves plain HTTP to anyone")
 	f.StringVar(&o.metricsCertDir, "metrics-cert-dir", "", "directory with tls.crt and tls.key for the metrics endpoint, reloaded when they change (default: a self-signed certificate made at start)")
 	f.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	f.StringVar(&o.pprofAddr, "pprof-bind-address", "", "address of Go's /debug/pprof endpoints, plain HTTP and unauthenticated: bind it to loopback (default: off)")
 	f.BoolVar(&o.leaderElect, "leader-elect", true, "elect a leader so only one replica reconciles")
 	f.StringVar(&o.leaderElectionNS, "leader-election-namespace", "", "namespace of the leader election Lease (default: the pod's)")
 	f.StringVar(&o.relayImage, "relay-image", os.Getenv("MAILFLEET_IMAGE"), "image of relay pods when an SmtpRelay sets none (default $MAILFLEET_IMAGE)")
@@ -121,6 +123,7 @@ func managerOptions(o operatorOptions) ctrl.Options {
 		Scheme:                        controllers.Scheme(),
 		Metrics:                       metricsOptions(o),
 		HealthProbeBindAddress:        o.probeAddr,
+		PprofBindAddress:              o.pprofAddr,
 		LeaderElection:                o.leaderElect,
 		LeaderElectionID:              "mailfleet-operator.mailfleet.io",
 		LeaderElectionNamespace:       o.leaderElectionNS,

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -28,6 +29,9 @@ type report struct {
 	benchRequests               requestCounts // of which the benchmark's own
 	events                      requestCounts // Events in the cluster at the end of the scale phase, by type and reason
 	controlPlaneCPU             time.Duration // the API server's and etcd's during the scale phase
+	operatorCPU                 time.Duration // the operator's during the scale phase
+	reconciles                  reconcileCounts
+	profiles                    []string // the operator's CPU profiles of the scale phase
 	floor                       floorResult
 	prop                        propagation
 	loadStart, loadMax, loadEnd loadAvg
@@ -101,6 +105,16 @@ func (r *report) print(w io.Writer) {
 			fmt.Fprintf(w, " (the floor's: %.1f s)", r.floor.controlPlaneCPU.Seconds())
 		}
 		fmt.Fprintln(w)
+	}
+	if r.operatorCPU > 0 {
+		fmt.Fprintf(w, "operator CPU:     %7.1f s during the scale phase (%.2f ms per account)\n",
+			r.operatorCPU.Seconds(), float64(r.operatorCPU.Milliseconds())/float64(o.accounts))
+	}
+	if len(r.reconciles) > 0 {
+		fmt.Fprintf(w, "  reconciles, by controller and result: %s\n", r.reconciles.summary(o.accounts))
+	}
+	if len(r.profiles) > 0 {
+		fmt.Fprintf(w, "  profiles: %s (go tool pprof -top DIR/cpu-*.pb.gz; -sample_index=alloc_space DIR/allocs.pb.gz)\n", filepath.Dir(r.profiles[0]))
 	}
 	if r.allPublished > 0 {
 		fmt.Fprintf(w, "all at the relay: %7.1f s after the first create (relay source's initial sync of the shards: %v)\n",
