@@ -69,7 +69,7 @@ func runOperator(o operatorOptions) error {
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("log level %q: %w", o.logLevel, err)
 	}
-	ctrl.SetLogger(zap.New(zap.Level(level)))
+	ctrl.SetLogger(lazyValues(zap.New(zap.Level(level))))
 	if percent, set := operatorGCPercent(os.Getenv); set {
 		debug.SetGCPercent(percent)
 	}
