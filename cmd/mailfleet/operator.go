@@ -130,6 +130,7 @@ func managerOptions(o operatorOptions) ctrl.Options {
 		LeaderElectionReleaseOnCancel: true,
 		GracefulShutdownTimeout:       &shutdown,
 		Cache:                         controllers.CacheOptions(),
+		MapperProvider:                controllers.MapperProvider,
 	}
 }
 
