@@ -106,7 +106,9 @@ func applyContent(scheme *runtime.Scheme, obj client.Object) (*unstructured.Unst
 // labels, marshalling both objects to diff them and decoding the object
 // the API server sends back (which the API server encodes first) was a
 // fifth of the operator's CPU. Nothing reads the object after its status
-// is written; the cache shows the write.
+// is written; the cache shows the write. obj then carries the new
+// resourceVersion beside the spec it was read with, which may be older
+// than the stored one: it must not be the base of a later Update.
 func patchStatus[T client.Object](ctx context.Context, c client.Client, obj, orig T, status func(T) any) (bool, error) {
 	if equality.Semantic.DeepEqual(status(orig), status(obj)) {
 		return false, nil

@@ -30,8 +30,8 @@ import (
 // again with it. What no account's event announces makes the next rebuild
 // a full one: the relay's spec (its generation), the end of a previous
 // key's grace period, a failed rebuild, and the first rebuild of a shard.
-// A namespace leaving a relay's selector is announced by the Ready
-// conditions the account controller writes for its accounts.
+// A change of a namespace's labels (which a relay's namespace selector
+// reads) marks every account of the namespace.
 
 // shardBuild is what the last rebuild of one shard decided.
 type shardBuild struct {

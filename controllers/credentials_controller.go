@@ -140,6 +140,7 @@ func (p *CredentialsPublisher) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(p.shardOfAccount)).
 		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(p.shardOfLabel)).
 		WatchesRawSource(source.Kind(p.Secrets.Cache, &corev1.Secret{}, handler.TypedEnqueueRequestsFromMapFunc(p.shardOfSecret))).
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(p.shardsOfNamespace), builder.WithPredicates(namespaceLabelsChanged)).
 		Complete(p)
 }
 
@@ -169,7 +170,12 @@ func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) 
 	}
 	var relay v1.SmtpRelay
 	if err := p.Client.Get(ctx, types.NamespacedName{Namespace: req.Namespace, Name: relayName}, &relay); err != nil {
-		// A deleted relay's shards go with it: they are owned by it.
+		if apierrors.IsNotFound(err) {
+			// A deleted relay's shards go with it: they are owned by
+			// it. What was kept to rebuild them goes too.
+			p.changed.take(req.NamespacedName)
+			p.builds.set(req.NamespacedName, nil)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	// What changes from here on is for the next rebuild.
@@ -512,6 +518,31 @@ func (p *CredentialsPublisher) shardOfLabel(ctx context.Context, o client.Object
 		return nil
 	}
 	return p.shardOfAccount(ctx, &acc)
+}
+
+// shardsOfNamespace maps a namespace whose labels changed to the shards of
+// its accounts: a relay's namespace selector decides which accounts it
+// publishes, and a namespace that leaves the selector must take its
+// accounts' keys off the relay without waiting for anything else to
+// change (the account controller's Ready write is another controller's
+// queue).
+func (p *CredentialsPublisher) shardsOfNamespace(ctx context.Context, o client.Object) []reconcile.Request {
+	var list v1.SmtpAccountList
+	if err := p.Client.List(ctx, &list, client.InNamespace(o.GetName()), client.UnsafeDisableDeepCopy); err != nil {
+		log.FromContext(ctx).Error(err, "list accounts to republish", "namespace", o.GetName())
+		return nil
+	}
+	seen := map[reconcile.Request]bool{}
+	var reqs []reconcile.Request
+	for i := range list.Items {
+		for _, req := range p.shardOfAccount(ctx, &list.Items[i]) {
+			if !seen[req] {
+				seen[req] = true
+				reqs = append(reqs, req)
+			}
+		}
+	}
+	return reqs
 }
 
 // shardOfSecret maps a credentials Secret (a key issued or rotated) to its

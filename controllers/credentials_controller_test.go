@@ -209,3 +209,52 @@ func TestCredentialsFollowTheAPIUserHolder(t *testing.T) {
 		return nil
 	})
 }
+
+// TestCredentialsLeaveWithTheirNamespace: when a namespace stops matching
+// a relay's namespace selector, its accounts' keys stop working on the
+// relay, announced by the namespace's own change: the publisher does not
+// wait for the account controller (stopped here) to write their status.
+func TestCredentialsLeaveWithTheirNamespace(t *testing.T) {
+	ctx := context.Background()
+	platform := env.Namespace(t, nil)
+	tenantLabel := map[string]string{"mailfleet.io/tenant": "yes"}
+	tenant := env.Namespace(t, tenantLabel)
+	_, stopAccounts := env.RunManager(t, withIndexes(
+		(&AccountReconciler{}).SetupWithManager,
+		(&LabelReconciler{}).SetupWithManager,
+		(&CredentialsPublisher{}).SetupWithManager,
+	))
+	env.CreateRelay(t, platform, "mx", func(r *v1.SmtpRelay) {
+		r.Spec.Accounts.Namespaces = v1.AccountNamespaces{From: v1.NamespacesFromSelector,
+			Selector: &metav1.LabelSelector{MatchLabels: tenantLabel}}
+	})
+	_, verifier := relayCredentials(t, platform, "mx")
+	waitReason(t, env.CreateAccount(t, tenant, "shop", platform, "mx"), v1.ReasonReady)
+	key := waitForKey(t, tenant, "shop-smtp-credentials")
+	stopAccounts()
+
+	// Only the publisher (and the labels' controller) from here on. A
+	// label that reaches the relay shows that this publisher has rebuilt
+	// the shard since it started.
+	env.StartManager(t, withIndexes((&LabelReconciler{}).SetupWithManager, (&CredentialsPublisher{}).SetupWithManager))
+	env.CreateLabel(t, tenant, "news", "shop", "1001")
+	envtestkit.Eventually(t, 10*time.Second, func() error {
+		_, err := verifier.Authenticate("shop#1001", key)
+		return err
+	})
+
+	var ns corev1.Namespace
+	if err := env.Client.Get(ctx, types.NamespacedName{Name: tenant}, &ns); err != nil {
+		t.Fatal(err)
+	}
+	delete(ns.Labels, "mailfleet.io/tenant")
+	if err := env.Client.Update(ctx, &ns); err != nil {
+		t.Fatal(err)
+	}
+	envtestkit.Eventually(t, 10*time.Second, func() error {
+		if _, err := verifier.Authenticate("shop", key); err == nil {
+			return errStill("the key of an account whose namespace left the selector still authenticates")
+		}
+		return nil
+	})
+}

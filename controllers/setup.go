@@ -99,7 +99,10 @@ func MapperProvider(cfg *rest.Config, httpClient *http.Client) (meta.RESTMapper,
 	return &rememberedMappings{RESTMapper: m}, nil
 }
 
-// rememberedMappings answers RESTMapping from the mappings found before.
+// rememberedMappings answers RESTMapping from the mappings found before. A
+// mapping found stays: a CRD that changes its scope or drops a served
+// version needs the operator restarted (controller-runtime's own mapper
+// keeps what it found too).
 type rememberedMappings struct {
 	meta.RESTMapper
 	found sync.Map // mappingQuestion → meta.RESTMapping

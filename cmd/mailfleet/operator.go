@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -79,6 +80,9 @@ func runOperator(o operatorOptions) error {
 	if err := checkMetricsCertDir(o); err != nil {
 		return err
 	}
+	if err := checkPprofAddress(o.pprofAddr); err != nil {
+		return err
+	}
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
 		return fmt.Errorf("kubernetes client config: %w", err)
@@ -99,6 +103,23 @@ func runOperator(o operatorOptions) error {
 	ctrl.Log.Info("starting operator", "version", version, "relayImage", o.relayImage)
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		return fmt.Errorf("run manager: %w", err)
+	}
+	return nil
+}
+
+// checkPprofAddress refuses a pprof address other than loopback: the
+// endpoints are unauthenticated and their goroutine and heap dumps hold
+// whatever the operator holds, keys included.
+func checkPprofAddress(addr string) error {
+	if addr == "" || addr == "0" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--pprof-bind-address %q: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("--pprof-bind-address %q: bind it to loopback (127.0.0.1:6060), the endpoints are unauthenticated", addr)
 	}
 	return nil
 }

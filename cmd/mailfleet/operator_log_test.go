@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
+	uberzap "go.uber.org/zap"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 )
 
 // TestLazyValues: values added to a logger reach the sink only with a line
@@ -43,4 +48,22 @@ type valuesCountingSink struct {
 func (s *valuesCountingSink) WithValues(kv ...any) logr.LogSink {
 	s.withValues++
 	return s.LogSink.WithValues(kv...)
+}
+
+// TestLazyValuesCaller: a line reports the line that logged it, also
+// through a helper that asks for one more frame (WithCallDepth), as
+// controller-runtime's delegating logger does; with the operator's zap.
+func TestLazyValuesCaller(t *testing.T) {
+	var out bytes.Buffer
+	l := lazyValues(zap.New(zap.WriteTo(&out), zap.RawZapOpts(uberzap.AddCaller()))).WithValues("k", "v")
+	_, _, line, _ := runtime.Caller(0)
+	l.Info("direct")
+	logVia := func(l logr.Logger) { l.WithCallDepth(1).Info("through a helper") }
+	logVia(l)
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	for i, want := range []int{line + 1, line + 3} {
+		if i >= len(lines) || !strings.Contains(lines[i], fmt.Sprintf(`operator_log_test.go:%d"`, want)) {
+			t.Errorf("line %d: %q, want the caller at line %d", i, lines, want)
+		}
+	}
 }
