@@ -520,8 +520,8 @@ func (r *AccountReconciler) dropRenamedSecret(ctx context.Context, acc *v1.SmtpA
 // write applies desired unless existing already matches it. The apply is
 // conditional on the resourceVersion read, so a key decided on a copy that
 // another writer has since changed fails with a conflict instead of
-// overwriting a newer key. What the API server stored is remembered until
-// the cache shows it.
+// overwriting a newer key. What was written is remembered until the cache
+// shows it.
 func (r *AccountReconciler) write(ctx context.Context, existing, desired *corev1.Secret) error {
 	if existing != nil {
 		if secretUpToDate(existing, desired) {
@@ -529,7 +529,7 @@ func (r *AccountReconciler) write(ctx context.Context, existing, desired *corev1
 		}
 		desired.ResourceVersion = existing.ResourceVersion
 	}
-	if err := applyObject(ctx, r.Client, r.Scheme(), desired); err != nil {
+	if err := writeSecret(ctx, r.Client, desired); err != nil {
 		if apierrors.IsConflict(err) {
 			r.Secrets.forget(client.ObjectKeyFromObject(desired))
 		}

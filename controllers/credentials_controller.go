@@ -67,6 +67,9 @@ type CredentialsPublisher struct {
 	// changed is which accounts of each shard changed since its last
 	// rebuild.
 	changed pendingChanges
+	// builds are the shards' last rebuilds, which the next one starts
+	// from (credentials_build.go).
+	builds shardBuilds
 
 	// digests remembers salted digests: each costs a fraction of a
 	// millisecond, and a shard rebuild would otherwise pay it for every
@@ -137,6 +140,7 @@ func (p *CredentialsPublisher) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(p.shardOfAccount)).
 		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(p.shardOfLabel)).
 		WatchesRawSource(source.Kind(p.Secrets.Cache, &corev1.Secret{}, handler.TypedEnqueueRequestsFromMapFunc(p.shardOfSecret))).
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(p.shardsOfNamespace), builder.WithPredicates(namespaceLabelsChanged)).
 		Complete(p)
 }
 
@@ -164,18 +168,27 @@ func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) 
 	if wait := p.holdOff(req.NamespacedName); wait > 0 {
 		return ctrl.Result{RequeueAfter: wait}, nil
 	}
-	// What changes from here on is for the next rebuild.
-	p.changed.clear(req.NamespacedName)
 	var relay v1.SmtpRelay
 	if err := p.Client.Get(ctx, types.NamespacedName{Namespace: req.Namespace, Name: relayName}, &relay); err != nil {
-		// A deleted relay's shards go with it: they are owned by it.
+		if apierrors.IsNotFound(err) {
+			// A deleted relay's shards go with it: they are owned by
+			// it. What was kept to rebuild them goes too.
+			p.changed.take(req.NamespacedName)
+			p.builds.set(req.NamespacedName, nil)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	entries, nextExpiry, err := p.usableAccounts(ctx, &relay, shard)
+	// What changes from here on is for the next rebuild.
+	changed := p.changed.take(req.NamespacedName)
+	build, err := p.rebuild(ctx, &relay, shard, req.NamespacedName, changed)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	accounts, leftOut := fitShard(entries, maxShardBytes)
+	nextExpiry := build.nextExpiry()
+	data, accounts, leftOut, err := fitShard(build.entries(), maxShardBytes)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	for _, e := range leftOut {
 		// Only Events say so: the account's Ready condition is the
 		// account controller's, which cannot see the shard fill.
@@ -184,13 +197,13 @@ func (p *CredentialsPublisher) Reconcile(ctx context.Context, req ctrl.Request) 
 			"credentials shard %d of SmtpRelay %s/%s is full (%d KiB); the newest accounts in it are not published: make accounts smaller (labels, sender domains) or move some to another relay",
 			shard, relay.Namespace, relay.Name, maxShardBytes>>10)
 	}
-	changed, err := p.writeShard(ctx, &relay, shard, accounts)
+	written, err := p.writeShard(ctx, &relay, shard, data, accounts)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if changed {
+	if written {
 		p.wrote(req.NamespacedName)
-		log.FromContext(ctx).Info("credentials published", "shard", shard, "accounts", len(accounts))
+		log.FromContext(ctx).Info("credentials published", "shard", shard, "accounts", accounts)
 	}
 	if nextExpiry.IsZero() {
 		return ctrl.Result{}, nil
@@ -240,18 +253,20 @@ type shardEntry struct {
 	object  *v1.SmtpAccount
 }
 
-// fitShard returns the accounts of entries, by api_user, that fit in limit
-// bytes of shard, and the entries left out: the newest, so that accounts
-// already sending keep sending when another grows the shard.
-func fitShard(entries []shardEntry, limit int) ([]wire.Account, []shardEntry) {
-	accounts := make([]wire.Account, 0, len(entries))
+// fitShard encodes the shard of the accounts of entries, by api_user, that
+// fit in limit bytes, and returns how many it holds and the entries left
+// out: the newest, so that accounts already sending keep sending when
+// another grows the shard. The shard is encoded once: at 10,000 accounts
+// encoding and validating it again to write it was a tenth of a rebuild.
+func fitShard(entries []shardEntry, limit int) (data []byte, accounts int, leftOut []shardEntry, err error) {
+	all := make([]wire.Account, 0, len(entries))
 	for _, e := range entries {
-		accounts = append(accounts, e.account)
+		all = append(all, e.account)
 	}
 	byUser := func(a, b wire.Account) int { return strings.Compare(a.APIUser, b.APIUser) }
-	slices.SortFunc(accounts, byUser)
-	if data, err := wire.MarshalShard(accounts); err == nil && len(data) <= limit {
-		return accounts, nil
+	slices.SortFunc(all, byUser)
+	if data, err := wire.MarshalShard(all); err == nil && len(data) <= limit {
+		return data, len(all), nil, nil
 	}
 	byAge := slices.Clone(entries)
 	slices.SortFunc(byAge, func(a, b shardEntry) int {
@@ -261,8 +276,7 @@ func fitShard(entries []shardEntry, limit int) ([]wire.Account, []shardEntry) {
 		return 1
 	})
 	size := len(`{"accounts":[]}`)
-	kept := accounts[:0]
-	var leftOut []shardEntry
+	kept := all[:0]
 	for _, e := range byAge {
 		entry, err := json.Marshal(e.account)
 		if err != nil || size+len(entry)+1 > limit {
@@ -273,82 +287,86 @@ func fitShard(entries []shardEntry, limit int) ([]wire.Account, []shardEntry) {
 		kept = append(kept, e.account)
 	}
 	slices.SortFunc(kept, byUser)
-	return kept, leftOut
+	data, err = wire.MarshalShard(kept)
+	return data, len(kept), leftOut, err
 }
 
-// usableAccounts returns the published accounts of one of the relay's
-// shards and the earliest time a previous key's digest must be withdrawn.
-func (p *CredentialsPublisher) usableAccounts(ctx context.Context, relay *v1.SmtpRelay, shard int) ([]shardEntry, time.Time, error) {
-	var list v1.SmtpAccountList
-	if err := p.Client.List(ctx, &list, client.MatchingFields{indexAccountShard: shardKey(relay.Namespace, relay.Name, shard)},
-		client.UnsafeDisableDeepCopy); err != nil {
-		return nil, time.Time{}, fmt.Errorf("list accounts of relay %s, shard %d: %w", relay.Name, shard, err)
-	}
-	now := p.Now()
-	var out []shardEntry
-	var nextExpiry time.Time
-	var published map[string]wire.Account // the shard as it is, read once when needed
-	for i := range list.Items {
-		acc := &list.Items[i]
-		apiUser := render.APIUser(acc)
-		entitled, err := p.entitled(ctx, relay, acc, apiUser, shard)
-		if err != nil {
-			return nil, time.Time{}, err
-		}
-		if !entitled {
-			continue
-		}
-		var secret corev1.Secret
-		err = p.Secrets.Get(ctx, types.NamespacedName{Namespace: acc.Namespace, Name: render.CredentialsSecretName(acc)}, &secret)
-		if apierrors.IsNotFound(err) {
-			// Deleted under a published account: keep what is published
-			// until the account controller writes the Secret again, with
-			// the lost key's digest for the grace period (graceForLostKey
-			// reads it from this shard).
-			if published == nil {
-				published = p.publishedAccounts(ctx, relay, shard)
-			}
-			if old, ok := published[apiUser]; ok {
-				out = append(out, entryOf(old, acc))
-			}
-			continue
-		}
-		if err != nil {
-			return nil, time.Time{}, fmt.Errorf("read credentials of account %s/%s: %w", acc.Namespace, acc.Name, err)
-		}
-		// A Secret of that name that this account does not control (another
-		// account's, or an unrelated one) does not hold this account's key.
-		if !accountHolds(&secret, acc) {
-			continue
-		}
-		salt := render.DigestSalt(client.ObjectKeyFromObject(relay), apiUser)
-		digests := accountKeyDigests(&secret, now, func(key string) string { return p.digests.get(key, salt) })
-		if len(digests) == 0 {
-			continue
-		}
-		if st := render.KeyStateFromSecret(&secret); st.PreviousDigest != "" && now.Before(st.PreviousExpiry) &&
-			(nextExpiry.IsZero() || st.PreviousExpiry.Before(nextExpiry)) {
-			nextExpiry = st.PreviousExpiry
-		}
-		labels, err := p.readyLabels(ctx, acc)
-		if err != nil {
-			return nil, time.Time{}, err
-		}
-		entry := render.ShardEntry(acc, relay, digests, labels)
-		// One account the relay would refuse must not stop every other
-		// account of its shard from being published; the account
-		// controller reports it as InvalidSpec.
-		if err := wire.CheckAccount(entry); err != nil {
-			log.FromContext(ctx).Error(err, "account left out of its credentials shard", "account", acc.Namespace+"/"+acc.Name)
-			continue
-		}
-		out = append(out, entryOf(entry, acc))
-	}
-	return out, nextExpiry, nil
+// accountRecord is what a shard publishes of one account, as its last
+// rebuild decided: entry is nil when the account is not published.
+type accountRecord struct {
+	apiUser string
+	entry   *shardEntry
+	// expiry is when a previous key's digest in entry must be withdrawn;
+	// zero when there is none.
+	expiry time.Time
 }
 
-func entryOf(a wire.Account, acc *v1.SmtpAccount) shardEntry {
-	return shardEntry{account: a, object: acc}
+// record decides what the relay's shard publishes of acc. published is the
+// shard as the cache has it, read once per rebuild when an account's
+// Secret is missing.
+func (p *CredentialsPublisher) record(ctx context.Context, relay *v1.SmtpRelay, acc *v1.SmtpAccount, shard int,
+	now time.Time, published *map[string]wire.Account) (accountRecord, error) {
+	apiUser := render.APIUser(acc)
+	rec := accountRecord{apiUser: apiUser}
+	entitled, err := p.entitled(ctx, relay, acc, apiUser, shard)
+	if err != nil || !entitled {
+		return rec, err
+	}
+	var secret corev1.Secret
+	err = p.Secrets.Get(ctx, types.NamespacedName{Namespace: acc.Namespace, Name: render.CredentialsSecretName(acc)}, &secret)
+	if apierrors.IsNotFound(err) {
+		// Deleted under a published account: keep what is published
+		// until the account controller writes the Secret again, with
+		// the lost key's digest for the grace period (graceForLostKey
+		// reads it from this shard).
+		if *published == nil {
+			*published = p.publishedAccounts(ctx, relay, shard)
+		}
+		if old, ok := (*published)[apiUser]; ok {
+			rec.entry = entryOf(old, acc)
+		}
+		return rec, nil
+	}
+	if err != nil {
+		return rec, fmt.Errorf("read credentials of account %s/%s: %w", acc.Namespace, acc.Name, err)
+	}
+	// A Secret of that name that this account does not control (another
+	// account's, or an unrelated one) does not hold this account's key.
+	if !accountHolds(&secret, acc) {
+		return rec, nil
+	}
+	salt := render.DigestSalt(client.ObjectKeyFromObject(relay), apiUser)
+	digests := accountKeyDigests(&secret, now, func(key string) string { return p.digests.get(key, salt) })
+	if len(digests) == 0 {
+		return rec, nil
+	}
+	labels, err := p.readyLabels(ctx, acc)
+	if err != nil {
+		return rec, err
+	}
+	entry := render.ShardEntry(acc, relay, digests, labels)
+	// One account the relay would refuse must not stop every other
+	// account of its shard from being published; the account
+	// controller reports it as InvalidSpec.
+	if err := wire.CheckAccount(entry); err != nil {
+		log.FromContext(ctx).Error(err, "account left out of its credentials shard", "account", acc.Namespace+"/"+acc.Name)
+		return rec, nil
+	}
+	rec.entry = entryOf(entry, acc)
+	if st := render.KeyStateFromSecret(&secret); st.PreviousDigest != "" && now.Before(st.PreviousExpiry) {
+		rec.expiry = st.PreviousExpiry
+	}
+	return rec, nil
+}
+
+// entryOf is a shard's entry for acc. It keeps of the account only what
+// fitShard and its Events read (name, namespace, UID, creation time), not
+// the cache's copy: a shard's accounts are kept between rebuilds.
+func entryOf(a wire.Account, acc *v1.SmtpAccount) *shardEntry {
+	return &shardEntry{account: a, object: &v1.SmtpAccount{ObjectMeta: metav1.ObjectMeta{
+		Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, ResourceVersion: acc.ResourceVersion,
+		CreationTimestamp: acc.CreationTimestamp,
+	}}}
 }
 
 // publishedAccounts is the content of one of the relay's shards as the
@@ -418,16 +436,13 @@ func shardRequest(relay types.NamespacedName, shard int) reconcile.Request {
 	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: relay.Namespace, Name: wire.ShardSecretName(relay.Name, shard)}}
 }
 
-// writeShard applies one shard when its content differs from what is there.
-func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRelay, i int, accounts []wire.Account) (bool, error) {
-	data, err := wire.MarshalShard(accounts)
-	if err != nil {
-		return false, err
-	}
+// writeShard applies one shard, data publishing that many accounts, when
+// its content differs from what is there.
+func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRelay, i int, data []byte, accounts int) (bool, error) {
 	name := wire.ShardSecretName(relay.Name, i)
-	count := strconv.Itoa(len(accounts))
+	count := strconv.Itoa(accounts)
 	var existing corev1.Secret
-	err = p.Secrets.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: name}, &existing)
+	err := p.Secrets.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: name}, &existing)
 	if err == nil && string(existing.Data[wire.ShardDataKey]) == string(data) &&
 		existing.Annotations[render.AnnotationShardAccounts] == count {
 		return false, nil
@@ -435,8 +450,8 @@ func (p *CredentialsPublisher) writeShard(ctx context.Context, relay *v1.SmtpRel
 	if err != nil && !apierrors.IsNotFound(err) {
 		return false, fmt.Errorf("read shard %s: %w", name, err)
 	}
-	shard := render.ShardSecret(relay, i, data, len(accounts))
-	if err := applyObject(ctx, p.Client, p.Client.Scheme(), shard); err != nil {
+	shard := render.ShardSecret(relay, i, data, accounts)
+	if err := writeSecret(ctx, p.Client, shard); err != nil {
 		return false, fmt.Errorf("apply shard %s: %w", name, err)
 	}
 	return true, nil
@@ -467,10 +482,13 @@ func (c *pendingChanges) count(shard types.NamespacedName) int {
 	return len(c.m[shard])
 }
 
-func (c *pendingChanges) clear(shard types.NamespacedName) {
+// take returns the accounts of shard that changed and forgets them.
+func (c *pendingChanges) take(shard types.NamespacedName) map[types.NamespacedName]struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	changed := c.m[shard]
 	delete(c.m, shard)
+	return changed
 }
 
 // allShards rebuilds every shard of a relay whose spec changed (its default
@@ -500,6 +518,31 @@ func (p *CredentialsPublisher) shardOfLabel(ctx context.Context, o client.Object
 		return nil
 	}
 	return p.shardOfAccount(ctx, &acc)
+}
+
+// shardsOfNamespace maps a namespace whose labels changed to the shards of
+// its accounts: a relay's namespace selector decides which accounts it
+// publishes, and a namespace that leaves the selector must take its
+// accounts' keys off the relay without waiting for anything else to
+// change (the account controller's Ready write is another controller's
+// queue).
+func (p *CredentialsPublisher) shardsOfNamespace(ctx context.Context, o client.Object) []reconcile.Request {
+	var list v1.SmtpAccountList
+	if err := p.Client.List(ctx, &list, client.InNamespace(o.GetName()), client.UnsafeDisableDeepCopy); err != nil {
+		log.FromContext(ctx).Error(err, "list accounts to republish", "namespace", o.GetName())
+		return nil
+	}
+	seen := map[reconcile.Request]bool{}
+	var reqs []reconcile.Request
+	for i := range list.Items {
+		for _, req := range p.shardOfAccount(ctx, &list.Items[i]) {
+			if !seen[req] {
+				seen[req] = true
+				reqs = append(reqs, req)
+			}
+		}
+	}
+	return reqs
 }
 
 // shardOfSecret maps a credentials Secret (a key issued or rotated) to its

@@ -165,3 +165,96 @@ func runShardSource(t *testing.T, cs kubernetes.Interface, ns, relay string) *ku
 	t.Cleanup(func() { cancel(); <-done })
 	return src
 }
+
+// TestCredentialsFollowTheAPIUserHolder: a shard is rebuilt from the
+// accounts that changed (credentials_build.go), and an account's rivals
+// for its apiUser are decided again with it. When the holder of an apiUser
+// goes, the account next in line is published with its own key, and the
+// holder's key stops working, though nothing of the rival but its status
+// changed.
+func TestCredentialsFollowTheAPIUserHolder(t *testing.T) {
+	ctx := context.Background()
+	platform := env.Namespace(t, nil)
+	nsA, nsB := env.Namespace(t, nil), env.Namespace(t, nil)
+	startPublishing(t)
+	env.CreateRelay(t, platform, "mx", func(r *v1.SmtpRelay) { r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll })
+	_, verifier := relayCredentials(t, platform, "mx")
+	shared := func(a *v1.SmtpAccount) { a.Spec.APIUser = "shared" }
+
+	holder := waitReason(t, env.CreateAccount(t, nsA, "first", platform, "mx", shared), v1.ReasonReady)
+	firstKey := waitForKey(t, nsA, "first-smtp-credentials")
+	envtestkit.Eventually(t, 10*time.Second, func() error {
+		_, err := verifier.Authenticate("shared", firstKey)
+		return err
+	})
+	waitNextSecond(holder)
+	later := waitReason(t, env.CreateAccount(t, nsB, "second", platform, "mx", shared), v1.ReasonConflict)
+	// Other accounts of the shard change meanwhile: rebuilds from changes.
+	for _, name := range []string{"a1", "a2", "a3"} {
+		env.CreateAccount(t, nsB, name, platform, "mx")
+	}
+
+	if err := env.Client.Delete(ctx, holder); err != nil {
+		t.Fatal(err)
+	}
+	waitReason(t, later, v1.ReasonReady)
+	secondKey := waitForKey(t, nsB, "second-smtp-credentials")
+	envtestkit.Eventually(t, 10*time.Second, func() error {
+		if _, err := verifier.Authenticate("shared", secondKey); err != nil {
+			return err
+		}
+		if _, err := verifier.Authenticate("shared", firstKey); err == nil {
+			return errStill("the deleted holder's key still authenticates")
+		}
+		return nil
+	})
+}
+
+// TestCredentialsLeaveWithTheirNamespace: when a namespace stops matching
+// a relay's namespace selector, its accounts' keys stop working on the
+// relay, announced by the namespace's own change: the publisher does not
+// wait for the account controller (stopped here) to write their status.
+func TestCredentialsLeaveWithTheirNamespace(t *testing.T) {
+	ctx := context.Background()
+	platform := env.Namespace(t, nil)
+	tenantLabel := map[string]string{"mailfleet.io/tenant": "yes"}
+	tenant := env.Namespace(t, tenantLabel)
+	_, stopAccounts := env.RunManager(t, withIndexes(
+		(&AccountReconciler{}).SetupWithManager,
+		(&LabelReconciler{}).SetupWithManager,
+		(&CredentialsPublisher{}).SetupWithManager,
+	))
+	env.CreateRelay(t, platform, "mx", func(r *v1.SmtpRelay) {
+		r.Spec.Accounts.Namespaces = v1.AccountNamespaces{From: v1.NamespacesFromSelector,
+			Selector: &metav1.LabelSelector{MatchLabels: tenantLabel}}
+	})
+	_, verifier := relayCredentials(t, platform, "mx")
+	waitReason(t, env.CreateAccount(t, tenant, "shop", platform, "mx"), v1.ReasonReady)
+	key := waitForKey(t, tenant, "shop-smtp-credentials")
+	stopAccounts()
+
+	// Only the publisher (and the labels' controller) from here on. A
+	// label that reaches the relay shows that this publisher has rebuilt
+	// the shard since it started.
+	env.StartManager(t, withIndexes((&LabelReconciler{}).SetupWithManager, (&CredentialsPublisher{}).SetupWithManager))
+	env.CreateLabel(t, tenant, "news", "shop", "1001")
+	envtestkit.Eventually(t, 10*time.Second, func() error {
+		_, err := verifier.Authenticate("shop#1001", key)
+		return err
+	})
+
+	var ns corev1.Namespace
+	if err := env.Client.Get(ctx, types.NamespacedName{Name: tenant}, &ns); err != nil {
+		t.Fatal(err)
+	}
+	delete(ns.Labels, "mailfleet.io/tenant")
+	if err := env.Client.Update(ctx, &ns); err != nil {
+		t.Fatal(err)
+	}
+	envtestkit.Eventually(t, 10*time.Second, func() error {
+		if _, err := verifier.Authenticate("shop", key); err == nil {
+			return errStill("the key of an account whose namespace left the selector still authenticates")
+		}
+		return nil
+	})
+}

@@ -17,9 +17,9 @@ import (
 	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
-// A relay is reconciled whenever one of its shards is written (its
-// status.accounts counts them), which during a bulk creation of accounts
-// is several times a second. Its objects rarely change meanwhile, so they
+// A relay is reconciled when its shards are written (its status.accounts
+// counts them), which during a bulk creation of accounts is every 2 s
+// (accountsCountDelay). Its objects rarely change meanwhile, so they
 // are read from the cache and applied only when the rendering changed or
 // the object did since the operator applied it.
 

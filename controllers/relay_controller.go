@@ -24,11 +24,13 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -141,8 +143,7 @@ func (r *RelayReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// data, but for the operator's own Secrets, which come from their
 		// cache (the relay's shards; their account counts feed status).
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.relaysForSecret), builder.OnlyMetadata).
-		WatchesRawSource(source.Kind(r.Secrets.Cache, &corev1.Secret{}, handler.TypedEnqueueRequestsFromMapFunc(
-			func(ctx context.Context, s *corev1.Secret) []reconcile.Request { return r.relaysForSecret(ctx, s) }))).
+		WatchesRawSource(source.Kind(r.Secrets.Cache, &corev1.Secret{}, r.ownSecretChanged())).
 		Build(r)
 	if err != nil {
 		return err
@@ -596,6 +597,47 @@ func (r *RelayReconciler) publishedAccounts(ctx context.Context, relay *v1.SmtpR
 		n += int32(c)
 	}
 	return n, nil
+}
+
+// accountsCountDelay is how long a relay waits after one of its shards
+// changed before its status counts their accounts again. During a bulk
+// creation of accounts the publisher writes a shard several times a
+// second in all, and a relay reconciled for each write (rendering its
+// objects, patching its status) was some 900 reconciles and status writes
+// in a 10,000-account run, all to move a count; the writes that come
+// within the delay wait together.
+const accountsCountDelay = 2 * time.Second
+
+// ownSecretChanged maps a change of one of the operator's own Secrets to
+// the relays it concerns: a shard to its relay, after accountsCountDelay;
+// any other to the relays that name it, at once.
+func (r *RelayReconciler) ownSecretChanged() handler.TypedEventHandler[*corev1.Secret, reconcile.Request] {
+	enqueue := func(ctx context.Context, s *corev1.Secret, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		if relay, ok := s.Labels[wire.ShardLabel]; ok {
+			// A request already waiting keeps its earlier time.
+			q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: s.Namespace, Name: relay}}, accountsCountDelay)
+			return
+		}
+		for _, req := range r.relaysForSecret(ctx, s) {
+			q.Add(req)
+		}
+	}
+	type queue = workqueue.TypedRateLimitingInterface[reconcile.Request]
+	return handler.TypedFuncs[*corev1.Secret, reconcile.Request]{
+		CreateFunc: func(ctx context.Context, e event.TypedCreateEvent[*corev1.Secret], q queue) {
+			enqueue(ctx, e.Object, q)
+		},
+		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[*corev1.Secret], q queue) {
+			enqueue(ctx, e.ObjectOld, q)
+			enqueue(ctx, e.ObjectNew, q)
+		},
+		DeleteFunc: func(ctx context.Context, e event.TypedDeleteEvent[*corev1.Secret], q queue) {
+			enqueue(ctx, e.Object, q)
+		},
+		GenericFunc: func(ctx context.Context, e event.TypedGenericEvent[*corev1.Secret], q queue) {
+			enqueue(ctx, e.Object, q)
+		},
+	}
 }
 
 func (r *RelayReconciler) relaysForSecret(ctx context.Context, obj client.Object) []reconcile.Request {

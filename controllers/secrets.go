@@ -121,8 +121,8 @@ func (o *OwnedSecrets) read(ctx context.Context, key types.NamespacedName) (*cor
 	return w.secret.DeepCopy(), nil
 }
 
-// wrote records s, as the API server returned it from a write, until the
-// cache shows it.
+// wrote records s as it was written (the data sent, the metadata the API
+// server stored) until the cache shows it.
 func (o *OwnedSecrets) wrote(s *corev1.Secret) {
 	kept, _ := keepSecretFields(s.DeepCopy())
 	o.mu.Lock()

@@ -3,6 +3,14 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -73,4 +81,48 @@ func CacheOptions() cache.Options {
 			&policyv1.PodDisruptionBudget{}: mine,
 		},
 	}
+}
+
+// MapperProvider is the manager's REST mapper the controllers are built
+// for: controller-runtime's, remembering each mapping it finds. The
+// metadata client, through which every status is written (patchStatus),
+// asks the mapper on each request where the typed client keeps its own
+// answers, and each answer cost some 7 KiB of garbage: a twentieth of the
+// operator's allocations at 10,000 accounts. A kind's resource and scope do
+// not change while it is served; a kind not yet served is asked again
+// each time, so a CRD installed later is found.
+func MapperProvider(cfg *rest.Config, httpClient *http.Client) (meta.RESTMapper, error) {
+	m, err := apiutil.NewDynamicRESTMapper(cfg, httpClient)
+	if err != nil {
+		return nil, err
+	}
+	return &rememberedMappings{RESTMapper: m}, nil
+}
+
+// rememberedMappings answers RESTMapping from the mappings found before. A
+// mapping found stays: a CRD that changes its scope or drops a served
+// version needs the operator restarted (controller-runtime's own mapper
+// keeps what it found too).
+type rememberedMappings struct {
+	meta.RESTMapper
+	found sync.Map // mappingQuestion → meta.RESTMapping
+}
+
+type mappingQuestion struct {
+	kind     schema.GroupKind
+	versions string
+}
+
+func (r *rememberedMappings) RESTMapping(gk schema.GroupKind, versions ...string) (*meta.RESTMapping, error) {
+	q := mappingQuestion{gk, strings.Join(versions, ",")}
+	if m, ok := r.found.Load(q); ok {
+		mapping := m.(meta.RESTMapping)
+		return &mapping, nil
+	}
+	mapping, err := r.RESTMapper.RESTMapping(gk, versions...)
+	if err != nil {
+		return nil, err
+	}
+	r.found.Store(q, *mapping)
+	return mapping, nil
 }

@@ -39,13 +39,12 @@ func TestFitShard(t *testing.T) {
 	}
 	largest := 0
 	for s, entries := range shards {
-		kept, leftOut := fitShard(entries, maxShardBytes)
-		if len(leftOut) != 0 || len(kept) != len(entries) {
-			t.Fatalf("shard %d: %d of %d accounts left out", s, len(leftOut), len(entries))
-		}
-		data, err := wire.MarshalShard(kept)
+		data, kept, leftOut, err := fitShard(entries, maxShardBytes)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if len(leftOut) != 0 || kept != len(entries) {
+			t.Fatalf("shard %d: %d of %d accounts left out", s, len(leftOut), len(entries))
 		}
 		largest = max(largest, len(data))
 	}
@@ -60,23 +59,22 @@ func TestFitShard(t *testing.T) {
 	for i := range 2000 {
 		big = append(big, entry(i, 100))
 	}
-	kept, leftOut := fitShard(big, maxShardBytes)
-	data, err := wire.MarshalShard(kept)
+	data, kept, leftOut, err := fitShard(big, maxShardBytes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(data) > maxShardBytes || len(kept)+len(leftOut) != len(big) || len(kept) == 0 {
-		t.Fatalf("kept %d (%d bytes), left out %d", len(kept), len(data), len(leftOut))
+	if len(data) > maxShardBytes || kept+len(leftOut) != len(big) || kept == 0 {
+		t.Fatalf("kept %d (%d bytes), left out %d", kept, len(data), len(leftOut))
 	}
 	if _, err := wire.ParseShard(data); err != nil {
 		t.Fatalf("the relay refuses the capped shard: %v", err)
 	}
 	for _, e := range leftOut {
-		if createdBefore(e.object, big[len(kept)-1].object) {
+		if createdBefore(e.object, big[kept-1].object) {
 			t.Fatalf("%s was left out while newer accounts were kept", e.object.Name)
 		}
 	}
-	t.Logf("oversized accounts: %d of %d kept in %d KiB", len(kept), len(big), len(data)>>10)
+	t.Logf("oversized accounts: %d of %d kept in %d KiB", kept, len(big), len(data)>>10)
 }
 
 // TestPublisherHoldsOffAShard: a shard written less than MinInterval ago
@@ -94,7 +92,7 @@ func TestPublisherHoldsOffAShard(t *testing.T) {
 		t.Errorf("a shard never written waits %v", d)
 	}
 	p.wrote(req.NamespacedName)
-	p.changed.clear(req.NamespacedName)
+	p.changed.take(req.NamespacedName)
 	now = now.Add(400 * time.Millisecond)
 
 	p.changed.add(req.NamespacedName, account("a"))

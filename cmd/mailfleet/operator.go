@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -26,6 +27,7 @@ type operatorOptions struct {
 	metricsSecure    bool
 	metricsCertDir   string
 	probeAddr        string
+	pprofAddr        string
 	leaderElect      bool
 	leaderElectionNS string
 	relayImage       string
@@ -51,6 +53,7 @@ func operatorCommand() *cobra.Command {
 	f.BoolVar(&o.metricsSecure, "metrics-secure", true, "serve metrics over HTTPS to clients whose bearer token the API server authenticates (TokenReview) and authorizes for GET /metrics (SubjectAccessReview); false serves plain HTTP to anyone")
 	f.StringVar(&o.metricsCertDir, "metrics-cert-dir", "", "directory with tls.crt and tls.key for the metrics endpoint, reloaded when they change (default: a self-signed certificate made at start)")
 	f.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	f.StringVar(&o.pprofAddr, "pprof-bind-address", "", "address of Go's /debug/pprof endpoints, plain HTTP and unauthenticated: bind it to loopback (default: off)")
 	f.BoolVar(&o.leaderElect, "leader-elect", true, "elect a leader so only one replica reconciles")
 	f.StringVar(&o.leaderElectionNS, "leader-election-namespace", "", "namespace of the leader election Lease (default: the pod's)")
 	f.StringVar(&o.relayImage, "relay-image", os.Getenv("MAILFLEET_IMAGE"), "image of relay pods when an SmtpRelay sets none (default $MAILFLEET_IMAGE)")
@@ -67,7 +70,7 @@ func runOperator(o operatorOptions) error {
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("log level %q: %w", o.logLevel, err)
 	}
-	ctrl.SetLogger(zap.New(zap.Level(level)))
+	ctrl.SetLogger(lazyValues(zap.New(zap.Level(level))))
 	if percent, set := operatorGCPercent(os.Getenv); set {
 		debug.SetGCPercent(percent)
 	}
@@ -75,6 +78,9 @@ func runOperator(o operatorOptions) error {
 		return fmt.Errorf("--relay-image (or $MAILFLEET_IMAGE) is required: relay pods run the operator's image")
 	}
 	if err := checkMetricsCertDir(o); err != nil {
+		return err
+	}
+	if err := checkPprofAddress(o.pprofAddr); err != nil {
 		return err
 	}
 	cfg, err := ctrl.GetConfig()
@@ -101,6 +107,23 @@ func runOperator(o operatorOptions) error {
 	return nil
 }
 
+// checkPprofAddress refuses a pprof address other than loopback: the
+// endpoints are unauthenticated and their goroutine and heap dumps hold
+// whatever the operator holds, keys included.
+func checkPprofAddress(addr string) error {
+	if addr == "" || addr == "0" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--pprof-bind-address %q: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("--pprof-bind-address %q: bind it to loopback (127.0.0.1:6060), the endpoints are unauthenticated", addr)
+	}
+	return nil
+}
+
 // operatorGCPercent is the operator's GOGC: 50 unless $GOGC says
 // otherwise. Most of its heap is caches that live as long as it does
 // (every SmtpAccount, SmtpLabel and its own Secrets), and at Go's default
@@ -121,12 +144,14 @@ func managerOptions(o operatorOptions) ctrl.Options {
 		Scheme:                        controllers.Scheme(),
 		Metrics:                       metricsOptions(o),
 		HealthProbeBindAddress:        o.probeAddr,
+		PprofBindAddress:              o.pprofAddr,
 		LeaderElection:                o.leaderElect,
 		LeaderElectionID:              "mailfleet-operator.mailfleet.io",
 		LeaderElectionNamespace:       o.leaderElectionNS,
 		LeaderElectionReleaseOnCancel: true,
 		GracefulShutdownTimeout:       &shutdown,
 		Cache:                         controllers.CacheOptions(),
+		MapperProvider:                controllers.MapperProvider,
 	}
 }
 

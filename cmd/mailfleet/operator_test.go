@@ -221,3 +221,16 @@ func TestOperatorGCPercent(t *testing.T) {
 		t.Error("GOGC=200 is overridden")
 	}
 }
+
+// TestOperatorPprofAddress: the unauthenticated pprof endpoints bind to
+// loopback or not at all.
+func TestOperatorPprofAddress(t *testing.T) {
+	for addr, ok := range map[string]bool{
+		"": true, "0": true, "127.0.0.1:6060": true, "[::1]:6060": true, "localhost:6060": true,
+		":6060": false, "0.0.0.0:6060": false, "10.0.0.7:6060": false, "pprof.example:6060": false, "6060": false,
+	} {
+		if err := checkPprofAddress(addr); (err == nil) != ok {
+			t.Errorf("%q: %v, want allowed %v", addr, err, ok)
+		}
+	}
+}

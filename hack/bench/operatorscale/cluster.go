@@ -32,6 +32,9 @@ type cluster struct {
 	clientset kubernetes.Interface
 
 	operator *operatorProcess
+	// metricsAddr and pprofAddr are where the operator serves its metrics
+	// and, with -profile, pprof, on loopback ("" when it does not).
+	metricsAddr, pprofAddr string
 }
 
 // startCluster starts envtest with mailfleet's and cert-manager's CRDs and,
@@ -119,12 +122,23 @@ func startCluster(ctx context.Context, o options, withOperator bool) (*cluster, 
 
 // startOperator runs `mailfleet operator` against envtest.
 func (c *cluster) startOperator(ctx context.Context, o options) error {
+	var err error
+	if c.metricsAddr, err = loopbackAddr(); err != nil {
+		return err
+	}
 	args := []string{"operator",
 		"--leader-elect=false",
-		"--metrics-bind-address=0",
+		"--metrics-bind-address=" + c.metricsAddr,
+		"--metrics-secure=false",
 		"--health-probe-bind-address=0",
 		"--relay-image=mailfleet:bench",
 		"--log-level=" + o.operatorLogLevel,
+	}
+	if o.profileDir != "" {
+		if c.pprofAddr, err = loopbackAddr(); err != nil {
+			return err
+		}
+		args = append(args, "--pprof-bind-address="+c.pprofAddr)
 	}
 	args = append(args, strings.Fields(o.operatorArgs)...)
 	return c.operator.start(ctx, c.kubeconfig, c.operatorLog, args)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strconv"
@@ -22,11 +23,23 @@ func apiRequests(ctx context.Context, c *cluster) (requestCounts, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read API server metrics: %w", err)
 	}
+	return sumCounter(bytes.NewReader(raw), "apiserver_request_total", func(l map[string]string) string {
+		key := l["verb"] + " " + l["resource"]
+		if l["subresource"] != "" {
+			key += "/" + l["subresource"]
+		}
+		return key
+	})
+}
+
+// sumCounter sums a counter of a Prometheus text exposition by the key its
+// labels give.
+func sumCounter(r io.Reader, name string, key func(labels map[string]string) string) (requestCounts, error) {
 	out := requestCounts{}
-	sc := bufio.NewScanner(bytes.NewReader(raw))
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
 	for sc.Scan() {
-		line, ok := strings.CutPrefix(sc.Text(), "apiserver_request_total{")
+		line, ok := strings.CutPrefix(sc.Text(), name+"{")
 		if !ok {
 			continue
 		}
@@ -35,15 +48,10 @@ func apiRequests(ctx context.Context, c *cluster) (requestCounts, error) {
 			continue
 		}
 		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
-		if err != nil {
+		if err != nil || v == 0 {
 			continue
 		}
-		l := parseLabels(labels)
-		key := l["verb"] + " " + l["resource"]
-		if l["subresource"] != "" {
-			key += "/" + l["subresource"]
-		}
-		out[key] += v
+		out[key(parseLabels(labels))] += v
 	}
 	return out, sc.Err()
 }

@@ -94,8 +94,13 @@ func runScale(ctx context.Context, c *cluster, o options, rep *report) error {
 	var created atomic.Int64
 	benchBefore := benchRequests.snapshot()
 	cpuBefore := controlPlaneCPU()
+	inside, err := c.watchOperator(ctx, o)
+	if err != nil {
+		return err
+	}
 	defer func() {
 		rep.controlPlaneCPU = controlPlaneCPU() - cpuBefore
+		inside.stop(context.WithoutCancel(ctx), rep)
 		// Counted whatever the outcome: the mix may explain a slow run.
 		if after, err := apiRequests(context.WithoutCancel(ctx), c); err == nil {
 			rep.requests = after.minus(before)
