@@ -48,6 +48,9 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/go-logr/logr"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 // options are the benchmark's flags.
@@ -101,6 +104,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "operatorscale: -accounts, -namespaces and -workers must be positive; -labels-per-account and -rounds not negative")
 		os.Exit(2)
 	}
+
+	// envtest logs through controller-runtime's logger, which otherwise
+	// prints a warning with a stack when a second API server starts.
+	ctrllog.SetLogger(logr.Discard())
 
 	// Interrupting the run still stops the operator, the API server and etcd.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
