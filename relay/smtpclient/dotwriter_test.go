@@ -56,8 +56,9 @@ func TestDotWriterMatchesTextproto(t *testing.T) {
 		"", ".", "..", "a", "a\r\n", "a\n", "\r", "\n", "\r\r\n", "\r.\n", ".\r\n.\r\n",
 		"Subject: x\r\n\r\n.hidden\r\nline\nbare lf\r\n.\r\nend",
 		"no line end at all", "\n.\n..\n...", "x\rx\r\nx\n\r",
+		"\r\r\r\n", "a\r\r\n.b", "\r\r\r\r\n\r\r\n", "a\r\rb\r\n", "\r\n\r\r\n.",
 	} {
-		for _, cuts := range [][]int{nil, {1}, {1, 2, 3}, {2, 5}, {len(body) / 2}} {
+		for _, cuts := range [][]int{nil, {1}, {1, 2, 3}, {2, 5}, {len(body) / 2}, {1, 2, 3, 4, 5, 6, 7}} {
 			chunks := splitAt([]byte(body), cuts...)
 			want := stuffed(t, false, chunks...)
 			if got := stuffed(t, true, chunks...); !bytes.Equal(got, want) {
