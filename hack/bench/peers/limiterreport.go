@@ -197,8 +197,10 @@ work per call.
 - **mailfleet relay, per message**: the relay's sidecar client (` + "`budget.Sidecar`" + `,
   ` + "`budget.sidecar.leases: false`" + `), one call per message, to the same sidecar.
 - **mailfleet relay, leases**: the relay's default (` + "`budget.Leased`" + `): messages decided in the
-  process from leases it takes from the same sidecar. A quiet account's first message in a
-  while (its lease given back after 2 s idle, or never taken) waits for one round trip; with
-  this spread of accounts that is one or two decisions in a hundred, which is what its p99 shows.
+  process from leases it takes from the same sidecar. An account's first message in a window
+  it has not sent in (and did not send in the window before) waits for one round trip; a run
+  meets thousands of this spread's quiet accounts for the first time, which is what its p90
+  and p99 show. **every account warm** is the same run after one untimed decision for each
+  account it will ask about: the steady state of accounts that send at least once a minute.
 - **no-op gRPC server (RLS)**: a process of its own (this harness started again) that answers
   yes at once, without Redis: the floor of one loopback round trip.`
