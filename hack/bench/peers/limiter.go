@@ -42,6 +42,10 @@ type decide func(ctx context.Context, user string, budget uint32) outcome
 type limiter struct {
 	id, name string
 	decide   decide
+	// fallbacks, for the limiters behind mailfleet's sidecar, reads its
+	// count of decisions its fallback made because Redis did not answer
+	// in time (failure mode allow).
+	fallbacks func() float64
 }
 
 // limiterRun is one limiter at one offered rate.
@@ -55,6 +59,9 @@ type limiterRun struct {
 	offered            int
 	allowed, denied    int
 	failed             int
+	// fallback is how many of the run's decisions (or lease asks) the
+	// sidecar's fallback limiter made; -1 when not known.
+	fallback float64
 }
 
 // sustained says whether the callers kept to the offered rate: every call
@@ -101,12 +108,23 @@ func measureLimiter(ctx context.Context, l *lab, o options, rep *report) error {
 			continue // it says yes to everything
 		}
 		waitForWindow(ctx, o.limiterFor+2*time.Second)
+		before := fallbacks(lim)
 		run := load.offer(ctx, lim.decide, o.limiterDeny, o.limiterFor, denyAccounts(i))
-		run.name, run.deny = lim.name, true
+		run.name, run.deny, run.fallback = lim.name, true, -1
+		if after := fallbacks(lim); before >= 0 && after >= 0 {
+			run.fallback = after - before
+		}
 		rep.limiter = append(rep.limiter, run)
 		logLimiterRun(run)
 	}
 	return nil
+}
+
+func fallbacks(lim limiter) float64 {
+	if lim.fallbacks == nil {
+		return -1
+	}
+	return lim.fallbacks()
 }
 
 func logLimiterRun(r limiterRun) {

@@ -139,17 +139,22 @@ func (r *report) writeLimiterDeny(b *strings.Builder) {
 	exact := max(1, deny[0].offered/limiterDenyUsers/2) * limiterDenyUsers
 	fmt.Fprintf(b, "Budgets that run out: %d/s for %s over %d accounts of their own, each with half the budget its calls ask for, "+
 		"so that about half the answers are no (the no-op server, which says yes to all, is left out). Counted exactly, at most %d "+
-		"are yes; more are decisions the sidecar's fallback limiter made while Redis missed its deadline (failure mode allow, "+
-		"the default; the sidecar's log says when):\n\n"+
-		"| limiter | p50 / p99 / max ms | answered/s | yes | no | failed |\n|---|---:|---:|---:|---:|---:|\n",
+		"are yes; more can only come from the sidecar's fallback limiter, which decides while Redis misses its deadline "+
+		"(failure mode allow, the default): **fallback** is how many decisions or lease asks it made during the run, "+
+		"from the sidecar's mailfleet_ratelimit_fallback_total (– for Envoy's service, which has no fallback: a Redis error is an error):\n\n"+
+		"| limiter | p50 / p99 / max ms | answered/s | yes | no | failed | fallback |\n|---|---:|---:|---:|---:|---:|---:|\n",
 		deny[0].rate, r.opts.limiterFor, limiterDenyUsers, exact)
 	for _, x := range deny {
 		behind := ""
 		if !x.sustained() {
 			behind = " **behind**"
 		}
-		fmt.Fprintf(b, "| %s | %s / %s / %s | %.0f%s | %d | %d | %d |\n", x.name, msText(x.p50), msText(x.p99), msText(x.max),
-			x.achieved, behind, x.allowed, x.denied, x.failed)
+		fallback := "–"
+		if x.fallback >= 0 {
+			fallback = fmt.Sprintf("%.0f", x.fallback)
+		}
+		fmt.Fprintf(b, "| %s | %s / %s / %s | %.0f%s | %d | %d | %d | %s |\n", x.name, msText(x.p50), msText(x.p99), msText(x.max),
+			x.achieved, behind, x.allowed, x.denied, x.failed, fallback)
 	}
 	b.WriteString("\n")
 }

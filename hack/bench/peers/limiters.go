@@ -1,14 +1,17 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
@@ -56,12 +59,18 @@ func (l *lab) limiters(ctx context.Context, skip string, closers *[]func()) ([]l
 		*closers = append(*closers, func() { conn.Close() })
 		return rlsDecide(rlsv3.NewRateLimitServiceClient(conn)), nil
 	}
-	var sidecarAddr string // started once, for the first limiter that asks it
+	var sidecarAddr, sidecarMetrics string // started once, for the first limiter that asks it
 	sidecar := func() (string, error) {
 		if sidecarAddr != "" {
 			return sidecarAddr, nil
 		}
-		addr, _, err := l.sidecar("limiter-sidecar", redisAddr, "--default-limit", strconv.Itoa(limiterBudget))
+		port, err := freePort()
+		if err != nil {
+			return "", err
+		}
+		sidecarMetrics = fmt.Sprintf("127.0.0.1:%d", port)
+		addr, _, err := l.sidecar("limiter-sidecar", redisAddr, "--default-limit", strconv.Itoa(limiterBudget),
+			"--metrics-address", sidecarMetrics)
 		sidecarAddr = addr
 		return addr, err
 	}
@@ -125,7 +134,12 @@ func (l *lab) limiters(ctx context.Context, skip string, closers *[]func()) ([]l
 		if err != nil {
 			return nil, fmt.Errorf("start %s: %w", s.id, err)
 		}
-		out = append(out, limiter{id: s.id, name: s.name, decide: dec})
+		lim := limiter{id: s.id, name: s.name, decide: dec}
+		if sidecarMetrics != "" && s.id != "envoy" && s.id != "noop" {
+			metrics := sidecarMetrics
+			lim.fallbacks = func() float64 { return scrapeCounter(metrics, "mailfleet_ratelimit_fallback_total") }
+		}
+		out = append(out, lim)
 	}
 	return out, nil
 }
@@ -296,4 +310,24 @@ func serveNoop(addr string) error {
 	srv := grpc.NewServer()
 	rlsv3.RegisterRateLimitServiceServer(srv, noop{})
 	return srv.Serve(ln)
+}
+
+// scrapeCounter reads one counter without labels from a Prometheus text
+// endpoint; -1 when it cannot.
+func scrapeCounter(addr, name string) float64 {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return f
+			}
+		}
+	}
+	return -1
 }
