@@ -30,10 +30,11 @@ import (
 
 // Test accounts; each relay gets its own keys.
 const (
-	userMain  = "acme" // label 1001 (active), 1002 (suspended); any sender
-	userCorp  = "corp" // sender and From in corp.example only
-	userTiny  = "tiny" // budget 5 per window
-	userFew   = "few"  // 3 recipients per message
+	userMain  = "acme"  // label 1001 (active), 1002 (suspended); any sender
+	userCorp  = "corp"  // sender and From in corp.example only
+	userTiny  = "tiny"  // budget 5 per window
+	userFew   = "few"   // 3 recipients per message
+	userBench = "bench" // a budget no benchmark spends
 	tinyLimit = 5
 )
 
@@ -161,6 +162,7 @@ func (r *relay) writeAccounts(path string) string {
 		{APIUser: userCorp, AllowedSenderDomains: []string{"corp.example"}},
 		{APIUser: userTiny, BudgetPerMinute: tinyLimit},
 		{APIUser: userFew, MaxRecipients: 3},
+		{APIUser: userBench, BudgetPerMinute: 1 << 30},
 	})
 	return path
 }
