@@ -112,13 +112,17 @@ chart-check: manifests
 	  diff config/rbac/leader_election_role.yaml $(CHART_DIR)/files/rbac/leader_election_role.yaml >/dev/null || \
 	  { echo "the chart's CRDs or RBAC differ from config/; run 'make chart-sync' and commit"; exit 1; }
 
-## docs: the CRD reference (docs/reference/crds.md) from the CRD schemas.
+## docs: the CRD reference (docs/reference/crds.md) from the CRD schemas,
+## and docs/openapi.json from the HTTP API's embedded document.
 docs: manifests
 	go run ./hack/crdref -crds config/crd/bases -out docs/reference/crds.md
+	cp relay/httpapi/openapi.json docs/openapi.json
 
 ## docs-check: fails when docs/reference/crds.md is not what `make docs` writes.
 docs-check: manifests
 	@go run ./hack/crdref -crds config/crd/bases -out docs/reference/crds.md -check
+	@cmp -s relay/httpapi/openapi.json docs/openapi.json || \
+	  { echo "docs/openapi.json differs from relay/httpapi/openapi.json; run 'make docs' and commit"; exit 1; }
 
 ## image-docker: the same image with a Docker engine, from the Dockerfile.
 IMAGE ?= ghcr.io/mailfleet/mailfleet:$(VERSION)

@@ -40,6 +40,7 @@ func TestAccountSubmissionPort(t *testing.T) {
 		{"first STARTTLS listener", []v1.RelayListener{l(465, v1.ListenerImplicit), l(2525, v1.ListenerStartTLS), l(25, v1.ListenerStartTLS)}, 2525},
 		{"TLS mode not yet defaulted is STARTTLS", []v1.RelayListener{l(465, v1.ListenerImplicit), l(2600, "")}, 2600},
 		{"implicit TLS only", []v1.RelayListener{l(465, v1.ListenerImplicit)}, 465},
+		{"never the HTTP API's port", []v1.RelayListener{{Name: "api", Port: 8443, Kind: v1.ListenerHTTP, TLS: v1.ListenerStartTLS}, l(465, v1.ListenerImplicit)}, 465},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -29,10 +29,14 @@ type SmtpRelaySpec struct {
 	// +optional
 	Banner string `json:"banner,omitempty"`
 
-	// Listeners are the SMTP ports the relay serves. Default: 25, 587 and
-	// 2525 with STARTTLS (587 requires it before AUTH) and 465 with implicit TLS.
+	// Listeners are the ports the relay serves: SMTP ports, and at most one
+	// HTTP port for the send API. Default: 25, 587 and 2525 with STARTTLS
+	// (587 requires it before AUTH), 465 with implicit TLS, and the HTTP
+	// send API on 8443 (named api).
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:XValidation:rule="self.filter(l, has(l.kind) && l.kind == 'HTTP').size() <= 1",message="listeners: at most one listener of kind HTTP (the send API); remove the others"
+	// +kubebuilder:validation:XValidation:rule="self.exists(l, !has(l.kind) || l.kind == 'SMTP')",message="listeners: at least one listener of kind SMTP is required; the HTTP send API does not replace SMTP"
 	// +listType=map
 	// +listMapKey=name
 	// +optional
@@ -145,17 +149,26 @@ type RelayService struct {
 	LoadBalancerSourceRanges []string `json:"loadBalancerSourceRanges,omitempty"`
 }
 
-// RelayListener is one SMTP port.
+// RelayListener is one port: SMTP, or the HTTP send API.
 // +kubebuilder:validation:XValidation:rule="has(self.proxyProtocol) && self.proxyProtocol ? has(self.trustedProxies) && size(self.trustedProxies) > 0 : !has(self.trustedProxies) || size(self.trustedProxies) == 0",message="listeners: proxyProtocol needs trustedProxies (the load balancers' CIDRs), and trustedProxies needs proxyProtocol: true"
+// +kubebuilder:validation:XValidation:rule="!has(self.kind) || self.kind != 'HTTP' || (!has(self.authRequiresTLS) && !(has(self.proxyProtocol) && self.proxyProtocol) && (!has(self.tls) || self.tls == 'StartTLS'))",message="listeners: a listener of kind HTTP always serves HTTPS with the relay's certificate; remove its tls, authRequiresTLS and proxyProtocol"
 type RelayListener struct {
 	// Name labels the port (Service port name, metrics).
 	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]{0,13}[a-z0-9])?$`
 	Name string `json:"name"`
+	// Kind is SMTP (the default) or HTTP: the send API (POST
+	// /v1/mail/send) over HTTPS with the relay's certificate, on the same
+	// accounts, keys, budget and queue as SMTP. Its usual port is 8443.
+	// +kubebuilder:validation:Enum=SMTP;HTTP
+	// +kubebuilder:default=SMTP
+	// +optional
+	Kind ListenerKind `json:"kind,omitempty"`
 	// Port is the container and Service port.
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=65535
 	Port int32 `json:"port"`
-	// TLS is StartTLS (offered after EHLO) or Implicit (TLS from the first byte, as on 465).
+	// TLS is StartTLS (offered after EHLO) or Implicit (TLS from the first
+	// byte, as on 465); SMTP listeners only.
 	// +kubebuilder:validation:Enum=StartTLS;Implicit
 	// +kubebuilder:default=StartTLS
 	// +optional
@@ -184,6 +197,18 @@ type RelayListener struct {
 	// +optional
 	TrustedProxies []string `json:"trustedProxies,omitempty"`
 }
+
+// ListenerKind is what a listener serves.
+type ListenerKind string
+
+// Listener kinds.
+const (
+	ListenerSMTP ListenerKind = "SMTP"
+	ListenerHTTP ListenerKind = "HTTP"
+)
+
+// IsHTTP reports whether the listener is the HTTP send API's.
+func (l RelayListener) IsHTTP() bool { return l.Kind == ListenerHTTP }
 
 // ListenerTLS is how a listener starts TLS.
 type ListenerTLS string

@@ -18,7 +18,6 @@ import (
 	"github.com/mailfleet/mailfleet/relay/certs"
 	"github.com/mailfleet/mailfleet/relay/config"
 	"github.com/mailfleet/mailfleet/relay/credentials"
-	"github.com/mailfleet/mailfleet/relay/smtpd"
 )
 
 // The demo identity dev mode creates.
@@ -31,6 +30,7 @@ type devOptions struct {
 	dataDir     string
 	smtpPort    int
 	smtpsPort   int
+	apiPort     int
 	metricsAddr string
 	logLevel    string
 }
@@ -54,8 +54,8 @@ DATA_DIR/credentials.env for scripts to source.`,
 				return err
 			}
 			return runRelay(ctx, cfg, relayHooks{
-				started: func(srv *smtpd.Server, metrics net.Addr) {
-					if err := announceDev(cmd.OutOrStdout(), o, key, srv, metrics); err != nil {
+				started: func(l relayListening) {
+					if err := announceDev(cmd.OutOrStdout(), o, key, l); err != nil {
 						fmt.Fprintln(cmd.ErrOrStderr(), "mailfleet dev:", err)
 					}
 				},
@@ -66,6 +66,7 @@ DATA_DIR/credentials.env for scripts to source.`,
 	f.StringVar(&o.dataDir, "data-dir", ".mailfleet", "directory for everything dev mode makes")
 	f.IntVar(&o.smtpPort, "smtp-port", 2525, "SMTP port with STARTTLS on 127.0.0.1 (0 picks a free one)")
 	f.IntVar(&o.smtpsPort, "smtps-port", 4650, "implicit-TLS port on 127.0.0.1 (0 picks a free one)")
+	f.IntVar(&o.apiPort, "api-port", 8443, "HTTPS port of the send API on 127.0.0.1 (0 picks a free one)")
 	f.StringVar(&o.metricsAddr, "metrics-address", "127.0.0.1:9090", "address for /metrics, /healthz and /readyz")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
@@ -107,6 +108,7 @@ func prepareDev(o devOptions) (config.Config, string, error) {
 			{Name: "smtp", Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(o.smtpPort))},
 			{Name: "smtps", Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(o.smtpsPort)), ImplicitTLS: true},
 		},
+		HTTPAPI:         &config.HTTPAPI{Enabled: true, Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(o.apiPort))},
 		TLS:             &config.TLS{CertFile: files.CertFile, KeyFile: files.KeyFile},
 		CredentialsFile: credsFile,
 		SpoolDir:        filepath.Join(dir, "queue"),
@@ -138,14 +140,15 @@ func devKey(envFile string) (string, error) {
 }
 
 // announceDev writes credentials.env and tells the person how to send mail.
-func announceDev(out io.Writer, o devOptions, key string, srv *smtpd.Server, metrics net.Addr) error {
+func announceDev(out io.Writer, o devOptions, key string, l relayListening) error {
 	dir, _ := filepath.Abs(o.dataDir)
-	smtpPort := srv.Addr("smtp").(*net.TCPAddr).Port
-	smtpsPort := srv.Addr("smtps").(*net.TCPAddr).Port
+	smtpPort := l.smtp.Addr("smtp").(*net.TCPAddr).Port
+	smtpsPort := l.smtp.Addr("smtps").(*net.TCPAddr).Port
+	apiPort := l.api.Addr().(*net.TCPAddr).Port
 	caFile := filepath.Join(dir, "tls", "ca.crt")
 	env := fmt.Sprintf("MAILFLEET_API_USER=%s\nMAILFLEET_API_KEY=%s\nMAILFLEET_LABEL_ID=%s\n"+
-		"MAILFLEET_SMTP_PORT=%d\nMAILFLEET_SMTPS_PORT=%d\nMAILFLEET_CA_FILE=%s\n",
-		devAPIUser, key, devLabelID, smtpPort, smtpsPort, caFile)
+		"MAILFLEET_SMTP_PORT=%d\nMAILFLEET_SMTPS_PORT=%d\nMAILFLEET_API_PORT=%d\nMAILFLEET_CA_FILE=%s\n",
+		devAPIUser, key, devLabelID, smtpPort, smtpsPort, apiPort, caFile)
 	if err := os.WriteFile(filepath.Join(dir, "credentials.env"), []byte(env), 0o600); err != nil {
 		return fmt.Errorf("write credentials.env: %w", err)
 	}
@@ -157,10 +160,11 @@ func announceDev(out io.Writer, o devOptions, key string, srv *smtpd.Server, met
 		shell, python = "$MAILFLEET_API_KEY", `os.environ["MAILFLEET_API_KEY"]`
 	}
 	_, err := fmt.Fprintf(out, devAnnouncement,
-		smtpPort, smtpsPort, metrics, devAPIUser, shown, devLabelID, caFile,
+		smtpPort, smtpsPort, apiPort, l.metrics, devAPIUser, shown, devLabelID, caFile,
 		filepath.Join(dir, "mail"), filepath.Join(dir, "credentials.env"),
 		smtpPort, caFile, devAPIUser, devLabelID, shell,
-		smtpPort, caFile, devAPIUser, devLabelID, python)
+		smtpPort, caFile, devAPIUser, devLabelID, python,
+		caFile, devAPIUser, devLabelID, shell, apiPort)
 	return err
 }
 
@@ -179,6 +183,7 @@ mailfleet dev is running.
 
   SMTP (STARTTLS)   127.0.0.1:%d
   SMTPS (implicit)  127.0.0.1:%d
+  HTTP send API     https://127.0.0.1:%d/v1/mail/send
   metrics           http://%s/metrics
   api_user          %s
   api_key           %s
@@ -204,6 +209,13 @@ or with Python:
       s.starttls(context=ssl.create_default_context(cafile=%q))
       s.login(%q + "#" + %q, %s)
       s.send_message(msg)
+
+or with curl, through the HTTP send API (docs/api.md):
+
+  curl --cacert '%s' --user '%s#%s:'"%s" \
+    -H 'Content-Type: application/json' \
+    -d '{"from":"me@example.com","to":["you@example.com"],"subject":"hello","text":"first message through the API"}' \
+    https://127.0.0.1:%d/v1/mail/send
 
 Press Ctrl-C to stop.
 `

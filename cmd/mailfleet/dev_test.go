@@ -2,11 +2,19 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
+	"io"
+	"mime"
+	"mime/multipart"
 	"net"
+	"net/mail"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -240,5 +248,90 @@ func (c *lineConn) expectPrefix(line, want string) {
 	c.t.Helper()
 	if got := c.cmd(line); !strings.HasPrefix(got, want) {
 		c.t.Fatalf("%s: got %q, want %q...", line, got, want)
+	}
+}
+
+// TestDevCurlExample runs the curl example dev prints, as printed, and
+// finds the message delivered; then a form with an inline image, which
+// arrives at the delivery directory byte for byte.
+func TestDevCurlExample(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Fatal("curl is not installed: run hack/install-test-deps.sh (make test does)")
+	}
+	p := startDev(t)
+	example := regexp.MustCompile(`(?s)\n  (curl --cacert .*?/v1/mail/send)\n`).FindStringSubmatch(p.stdout.String())
+	if example == nil {
+		t.Fatalf("no curl example in:\n%s", p.stdout)
+	}
+	cmd := exec.Command("bash", "-c", example[1])
+	for k, v := range p.env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.Env = append(cmd.Env, "PATH="+filepath.Dir(curl))
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"queued":true`) {
+		t.Fatalf("the printed example: %v\n%s", err, out)
+	}
+	mailContaining(t, p, 1, "first message through the API")
+
+	image := make([]byte, 30_000)
+	rand.Read(image)
+	imagePath := filepath.Join(t.TempDir(), "logo.png")
+	if err := os.WriteFile(imagePath, image, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command(curl, "--silent", "--show-error", "--fail-with-body", "--cacert", p.env["MAILFLEET_CA_FILE"],
+		"--user", p.env["MAILFLEET_API_USER"]+":"+p.env["MAILFLEET_API_KEY"],
+		"--form-string", "from=me@example.com", "--form-string", "to=you@example.com",
+		"--form-string", "subject=inline logo", "--form-string", `html=<img src="cid:logo.png">`,
+		"--form", "inline=@"+imagePath+";type=image/png",
+		"https://127.0.0.1:"+p.env["MAILFLEET_API_PORT"]+"/v1/mail/send").CombinedOutput()
+	if err != nil {
+		t.Fatalf("curl form: %v\n%s", err, out)
+	}
+	eml := mailContaining(t, p, 2, "Subject: inline logo")
+	if got := inlinePart(t, eml, "<logo.png>"); !bytes.Equal(got, image) {
+		t.Fatalf("the inline image was delivered as %d bytes, not the %d sent", len(got), len(image))
+	}
+}
+
+// mailContaining waits for n delivered messages and returns the one that
+// holds text.
+func mailContaining(t *testing.T, p *devProcess, n int, text string) []byte {
+	t.Helper()
+	for _, f := range p.waitForMail(t, n) {
+		b, _ := os.ReadFile(f)
+		if bytes.Contains(b, []byte(text)) {
+			return b
+		}
+	}
+	t.Fatalf("no delivered message holds %q", text)
+	return nil
+}
+
+// inlinePart is the decoded body of the part with Content-ID cid, in a
+// multipart/related message.
+func inlinePart(t *testing.T, eml []byte, cid string) []byte {
+	t.Helper()
+	msg, err := mail.ReadMessage(bytes.NewReader(eml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, params, _ := mime.ParseMediaType(msg.Header.Get("Content-Type"))
+	mr := multipart.NewReader(msg.Body, params["boundary"])
+	for {
+		part, err := mr.NextRawPart()
+		if err != nil {
+			t.Fatalf("no part %s: %v", cid, err)
+		}
+		if part.Header.Get("Content-Id") == cid {
+			b, _ := io.ReadAll(part)
+			decoded, err := base64.StdEncoding.DecodeString(strings.ReplaceAll(string(b), "\r\n", ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return decoded
+		}
 	}
 }

@@ -61,7 +61,7 @@ func startDevIn(t *testing.T, dataDir string) *devProcess {
 	t.Helper()
 	p := &devProcess{dataDir: dataDir, stdout: &syncbuffer.Buffer{}, stderr: &syncbuffer.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(binary, "dev", "--data-dir", p.dataDir,
-		"--smtp-port", "0", "--smtps-port", "0", "--metrics-address", "127.0.0.1:0")
+		"--smtp-port", "0", "--smtps-port", "0", "--api-port", "0", "--metrics-address", "127.0.0.1:0")
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -111,7 +111,7 @@ func readEnvFile(t *testing.T, path string) map[string]string {
 			env[k] = v
 		}
 	}
-	for _, k := range []string{"MAILFLEET_API_USER", "MAILFLEET_API_KEY", "MAILFLEET_LABEL_ID", "MAILFLEET_SMTP_PORT", "MAILFLEET_SMTPS_PORT", "MAILFLEET_CA_FILE"} {
+	for _, k := range []string{"MAILFLEET_API_USER", "MAILFLEET_API_KEY", "MAILFLEET_LABEL_ID", "MAILFLEET_SMTP_PORT", "MAILFLEET_SMTPS_PORT", "MAILFLEET_API_PORT", "MAILFLEET_CA_FILE"} {
 		if env[k] == "" {
 			t.Fatalf("credentials.env lacks %s", k)
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,6 +23,7 @@ import (
 	"github.com/mailfleet/mailfleet/relay/config"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
+	"github.com/mailfleet/mailfleet/relay/httpapi"
 	"github.com/mailfleet/mailfleet/relay/ops"
 	"github.com/mailfleet/mailfleet/relay/queueid"
 	"github.com/mailfleet/mailfleet/relay/smtpd"
@@ -59,7 +61,14 @@ func relayCommand() *cobra.Command {
 // relayHooks let dev mode add to a relay run without a second copy of it.
 type relayHooks struct {
 	// started is called once every listener is bound.
-	started func(srv *smtpd.Server, metrics net.Addr)
+	started func(relayListening)
+}
+
+// relayListening is where a started relay listens.
+type relayListening struct {
+	smtp    *smtpd.Server
+	api     *httpapi.Server // nil when the HTTP API is off
+	metrics net.Addr
 }
 
 // runRelay runs the relay until ctx ends, then drains.
@@ -156,20 +165,29 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	if err != nil {
 		return err
 	}
+	api, err := startAPI(cfg, smtpCfg, backend, reg, log)
+	if err != nil {
+		return err
+	}
 	if err := srv.Start(); err != nil {
+		stopAPI(context.Background(), api)
 		return err
 	}
 	serving := func() bool { return srv.Ready() && credsReady() && q.Ready() }
 	ready.Store(&serving)
 	log.Info("relay started", "hostname", smtpCfg.Hostname, "probes", opsSrv.Addr().String(), "metrics", opsSrv.MetricsAddr().String())
 	if hooks.started != nil {
-		hooks.started(srv, opsSrv.MetricsAddr())
+		hooks.started(relayListening{smtp: srv, api: api, metrics: opsSrv.MetricsAddr()})
 	}
 	<-ctx.Done()
 	log.Info("shutting down", "grace_period", cfg.DrainGracePeriod.Duration)
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.DrainGracePeriod.Duration)
 	defer cancel()
-	err = srv.Shutdown(drainCtx)
+	// Both doors drain together: each request or session under way may
+	// still queue its message.
+	apiStopped := make(chan error, 1)
+	go func() { apiStopped <- stopAPI(drainCtx, api) }()
+	err = errors.Join(srv.Shutdown(drainCtx), <-apiStopped)
 	// The workers took no new message since ctx ended; the deliveries in
 	// progress get what is left of the grace period. One still running then
 	// is handed out again once the queue's AckWait passes.
@@ -180,6 +198,38 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	}
 	log.Info("relay stopped")
 	return err
+}
+
+// startAPI serves the HTTP send API when the config turns it on, with the
+// SMTP listeners' certificate and the same submission policy.
+func startAPI(cfg config.Config, smtpCfg smtpd.Config, policy httpapi.Policy, reg prometheus.Registerer, log *slog.Logger) (*httpapi.Server, error) {
+	if !cfg.HTTPAPI.Serves() {
+		return nil, nil
+	}
+	api, err := httpapi.New(httpapi.Options{
+		Addr:            cfg.HTTPAPI.Address,
+		TLS:             smtpCfg.TLS,
+		Policy:          policy,
+		Hostname:        smtpCfg.Hostname,
+		MaxMessageBytes: cfg.Limits.MaxMessageBytes,
+		Metrics:         httpapi.NewMetrics(reg),
+		Log:             log.With("listener", "http"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := api.Start(); err != nil {
+		return nil, err
+	}
+	log.Info("http api listening", "address", api.Addr().String())
+	return api, nil
+}
+
+func stopAPI(ctx context.Context, api *httpapi.Server) error {
+	if api == nil {
+		return nil
+	}
+	return api.Shutdown(ctx)
 }
 
 func smtpConfig(ctx context.Context, cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (smtpd.Config, error) {

@@ -2,6 +2,7 @@ package render
 
 import (
 	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -60,7 +61,8 @@ func SubmissionPort(relay *v1.SmtpRelay) int32 {
 		return defaultSubmissionPort
 	}
 	first := int32(0)
-	for _, l := range ls {
+	smtp := slices.DeleteFunc(slices.Clone(ls), v1.RelayListener.IsHTTP)
+	for _, l := range smtp {
 		if l.TLS != v1.ListenerStartTLS && l.TLS != "" {
 			continue
 		}
@@ -73,6 +75,9 @@ func SubmissionPort(relay *v1.SmtpRelay) int32 {
 	}
 	if first != 0 {
 		return first
+	}
+	if len(smtp) > 0 {
+		return smtp[0].Port
 	}
 	return ls[0].Port
 }

@@ -320,16 +320,21 @@ func Replicas(relay *v1.SmtpRelay) int32 {
 	return ptr.Deref(relay.Spec.Replicas, defaultRelayReplicas)
 }
 
-// defaultRelayListeners mirror config.DefaultListeners in API terms (a test
-// keeps the two in step).
+// defaultRelayListeners mirror config.DefaultListeners in API terms, and
+// add the HTTP send API (a test keeps them in step).
 func defaultRelayListeners() []v1.RelayListener {
 	return []v1.RelayListener{
 		{Name: "smtp", Port: 25, TLS: v1.ListenerStartTLS},
 		{Name: "submission", Port: 587, TLS: v1.ListenerStartTLS},
 		{Name: "alt", Port: 2525, TLS: v1.ListenerStartTLS},
 		{Name: "smtps", Port: 465, TLS: v1.ListenerImplicit},
+		{Name: "api", Port: defaultAPIPort, Kind: v1.ListenerHTTP},
 	}
 }
+
+// defaultAPIPort is the HTTP send API's port, in the pod and on the
+// Service (config.DefaultHTTPAPIAddress).
+const defaultAPIPort = 8443
 
 func relayListeners(relay *v1.SmtpRelay) []v1.RelayListener {
 	if len(relay.Spec.Listeners) == 0 {
@@ -400,6 +405,11 @@ func relayConfig(relay *v1.SmtpRelay, ports []relayPort) config.Config {
 		Budget:           relayBudget(relay),
 	}
 	for _, p := range ports {
+		if p.IsHTTP() {
+			// At most one: the CRD's validation says so.
+			c.HTTPAPI = &config.HTTPAPI{Enabled: true, Address: ":" + strconv.Itoa(int(p.ContainerPort))}
+			continue
+		}
 		c.Listeners = append(c.Listeners, config.Listener{
 			Name:            p.Name,
 			Address:         ":" + strconv.Itoa(int(p.ContainerPort)),

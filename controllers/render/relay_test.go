@@ -169,6 +169,7 @@ type portView struct {
 	servicePort, target, containerPort int32
 	configAddress                      string
 	implicitTLS, authTLS               bool
+	http                               bool // relay.yaml's httpAPI
 }
 
 func TestRenderRelayListeners(t *testing.T) {
@@ -184,6 +185,7 @@ func TestRenderRelayListeners(t *testing.T) {
 			{name: "submission", servicePort: 587, target: 10587, containerPort: 10587, configAddress: ":10587", authTLS: true},
 			{name: "alt", servicePort: 2525, target: 2525, containerPort: 2525, configAddress: ":2525", authTLS: true},
 			{name: "smtps", servicePort: 465, target: 10465, containerPort: 10465, configAddress: ":10465", implicitTLS: true, authTLS: true},
+			{name: "api", servicePort: 8443, target: 8443, containerPort: 8443, configAddress: ":8443", http: true},
 		},
 	}, {
 		name: "custom",
@@ -194,6 +196,16 @@ func TestRenderRelayListeners(t *testing.T) {
 		want: []portView{
 			{name: "submission", servicePort: 587, target: 10587, containerPort: 10587, configAddress: ":10587"},
 			{name: "tls", servicePort: 4650, target: 4650, containerPort: 4650, configAddress: ":4650", implicitTLS: true, authTLS: true},
+		},
+	}, {
+		name: "the HTTP API on a privileged port",
+		relay: v1alpha1test.Relay("mail", "mx", v1alpha1test.WithListeners(
+			v1.RelayListener{Name: "submission", Port: 587, TLS: v1.ListenerStartTLS},
+			v1.RelayListener{Name: "https", Port: 443, Kind: v1.ListenerHTTP},
+		)),
+		want: []portView{
+			{name: "submission", servicePort: 587, target: 10587, containerPort: 10587, configAddress: ":10587", authTLS: true},
+			{name: "https", servicePort: 443, target: 10443, containerPort: 10443, configAddress: ":10443", http: true},
 		},
 	}}
 	for _, tt := range tests {
@@ -230,15 +242,20 @@ func portViews(t *testing.T, objs *RelayObjects) []portView {
 	}
 	var out []portView
 	for _, sp := range objs.Service.Spec.Ports {
-		l := listeners[sp.Name]
-		out = append(out, portView{
-			name: sp.Name, servicePort: sp.Port, target: sp.TargetPort.IntVal,
-			containerPort: containerPorts[sp.Name],
-			configAddress: l.Address, implicitTLS: l.ImplicitTLS, authTLS: l.AuthNeedsTLS(),
-		})
+		v := portView{name: sp.Name, servicePort: sp.Port, target: sp.TargetPort.IntVal, containerPort: containerPorts[sp.Name]}
+		if l, ok := listeners[sp.Name]; ok {
+			v.configAddress, v.implicitTLS, v.authTLS = l.Address, l.ImplicitTLS, l.AuthNeedsTLS()
+		} else if cfg.HTTPAPI.Serves() {
+			v.configAddress, v.http = cfg.HTTPAPI.Address, true
+		}
+		out = append(out, v)
 	}
-	if len(cfg.Listeners) != len(out) {
-		t.Errorf("relay.yaml has %d listeners, the Service %d ports", len(cfg.Listeners), len(out))
+	served := len(cfg.Listeners)
+	if cfg.HTTPAPI.Serves() {
+		served++
+	}
+	if served != len(out) {
+		t.Errorf("relay.yaml serves %d listeners, the Service %d ports", served, len(out))
 	}
 	return out
 }
@@ -320,7 +337,12 @@ func TestDefaultListenersMatchRelay(t *testing.T) {
 			t.Errorf("config.DefaultListeners sets authRequiresTLS on %s; its default is the API's default", l.Name)
 		}
 	}
-	if got := defaultRelayListeners(); !reflect.DeepEqual(got, want) {
+	got := defaultRelayListeners()
+	api := got[len(got)-1]
+	if !api.IsHTTP() || ":"+strconv.Itoa(int(api.Port)) != config.DefaultHTTPAPIAddress {
+		t.Errorf("the default listeners end with %+v, want the HTTP API on %s", api, config.DefaultHTTPAPIAddress)
+	}
+	if got = got[:len(got)-1]; !reflect.DeepEqual(got, want) {
 		t.Errorf("defaultRelayListeners() = %+v\nrelay's config.DefaultListeners() = %+v", got, want)
 	}
 }

@@ -24,7 +24,10 @@ type Config struct {
 	// Node names this process in queue ids (the pod name); defaults to the host name.
 	Node      string     `json:"node,omitempty"`
 	Listeners []Listener `json:"listeners,omitempty"`
-	TLS       *TLS       `json:"tls,omitempty"`
+	// HTTPAPI is the HTTP send API's listener (relay/httpapi); off when
+	// unset.
+	HTTPAPI *HTTPAPI `json:"httpAPI,omitempty"`
+	TLS     *TLS     `json:"tls,omitempty"`
 	// CredentialsFile holds accounts and labels (see relay/credentials).
 	// Exactly one of CredentialsFile and CredentialsSecrets is set.
 	CredentialsFile string `json:"credentialsFile,omitempty"`
@@ -73,6 +76,20 @@ type Listener struct {
 	// with proxyProtocol.
 	TrustedProxies []string `json:"trustedProxies,omitempty"`
 }
+
+// HTTPAPI is the HTTP send API's listener: HTTPS with the relay's tls
+// files, the same accounts, budget and queue as SMTP.
+type HTTPAPI struct {
+	Enabled bool `json:"enabled"`
+	// Address defaults to DefaultHTTPAPIAddress.
+	Address string `json:"address,omitempty"`
+}
+
+// DefaultHTTPAPIAddress is the API's port in a relay pod.
+const DefaultHTTPAPIAddress = ":8443"
+
+// Serves reports whether the API is on.
+func (h *HTTPAPI) Serves() bool { return h != nil && h.Enabled }
 
 // AuthNeedsTLS reports whether the listener refuses AUTH before TLS.
 func (l Listener) AuthNeedsTLS() bool { return l.AuthRequiresTLS == nil || *l.AuthRequiresTLS }
@@ -341,6 +358,9 @@ func (c *Config) Defaults() {
 	if c.Node == "" {
 		c.Node, _ = os.Hostname()
 	}
+	if c.HTTPAPI != nil && c.HTTPAPI.Address == "" {
+		c.HTTPAPI.Address = DefaultHTTPAPIAddress
+	}
 	if c.MetricsAddress == "" {
 		c.MetricsAddress = ":9090"
 	}
@@ -404,6 +424,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("tls: certFile and keyFile are both required"))
 	}
 	errs = append(errs, c.validateMetrics()...)
+	errs = append(errs, c.validateHTTPAPI()...)
 	if sc := c.Budget.Sidecar; sc != nil {
 		if _, _, err := net.SplitHostPort(sc.Address); err != nil {
 			errs = append(errs, fmt.Errorf("budget.sidecar.address: %w", err))
@@ -431,6 +452,21 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("logLevel: %q is not one of debug, info, warn, error", c.LogLevel))
 	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) validateHTTPAPI() []error {
+	h := c.HTTPAPI
+	if !h.Serves() {
+		return nil
+	}
+	var errs []error
+	if c.TLS == nil {
+		errs = append(errs, errors.New("httpAPI: the API serves HTTPS only; set tls.certFile and tls.keyFile, or enabled: false"))
+	}
+	if _, _, err := net.SplitHostPort(h.Address); err != nil {
+		errs = append(errs, fmt.Errorf("httpAPI.address %q: want host:port such as :8443", h.Address))
+	}
+	return errs
 }
 
 func (c *Config) validateQueue() []error {

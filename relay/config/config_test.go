@@ -36,6 +36,17 @@ func TestLoad(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "the HTTP API takes its default port",
+			file: "credentialsFile: /c\nspoolDir: /s\ntls: {certFile: /t.crt, keyFile: /t.key}\nhttpAPI: {enabled: true}\n",
+			check: func(t *testing.T, c Config) {
+				if !c.HTTPAPI.Serves() || c.HTTPAPI.Address != ":8443" {
+					t.Fatalf("httpAPI = %+v", c.HTTPAPI)
+				}
+			},
+		},
+		{name: "the HTTP API needs TLS", file: "credentialsFile: /c\nspoolDir: /s\nhttpAPI: {enabled: true}\n", wantErr: "httpAPI: the API serves HTTPS only"},
+		{name: "the HTTP API's address", file: "credentialsFile: /c\nspoolDir: /s\ntls: {certFile: /t.crt, keyFile: /t.key}\nhttpAPI: {enabled: true, address: '8443'}\n", wantErr: `httpAPI.address "8443"`},
 		{name: "unknown field", file: "credentialsFile: /c\nspoolDir: /s\nlistner: []\n", wantErr: `unknown field "listner"`},
 		{name: "bad duration", file: "credentialsFile: /c\nspoolDir: /s\ndrainGracePeriod: soon\n", wantErr: `duration "soon"`},
 		{name: "implicit TLS without cert", file: "credentialsFile: /c\nspoolDir: /s\n", wantErr: "implicitTLS needs tls.certFile"},

@@ -113,8 +113,8 @@ func TestAccountRecipientCap(t *testing.T) {
 		t.Fatalf("DATA after the cap: %q", got)
 	}
 	for _, m := range env.stored() {
-		if len(m.env.To) != 100 {
-			t.Fatalf("queued with %d recipients, want the 100 accepted", len(m.env.To))
+		if len(m.Env.To) != 100 {
+			t.Fatalf("queued with %d recipients, want the 100 accepted", len(m.Env.To))
 		}
 	}
 }

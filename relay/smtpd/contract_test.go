@@ -42,11 +42,11 @@ func TestSeedTranscript(t *testing.T) {
 	if !ok {
 		t.Fatalf("message %s is not in the spool (have %v)", m[1], stored)
 	}
-	if string(msg.body) != "Subject: hi\r\n\r\nhello ben\r\n" {
-		t.Fatalf("stored body = %q", msg.body)
+	if string(msg.Body) != "Subject: hi\r\n\r\nhello ben\r\n" {
+		t.Fatalf("stored body = %q", msg.Body)
 	}
-	if msg.env.APIUser != userMain || msg.env.From != "support@ifaxin.com" || len(msg.env.To) != 1 || msg.env.To[0] != "ben@ifaxin.com" {
-		t.Fatalf("stored envelope = %+v", msg.env)
+	if msg.Env.APIUser != userMain || msg.Env.From != "support@ifaxin.com" || len(msg.Env.To) != 1 || msg.Env.To[0] != "ben@ifaxin.com" {
+		t.Fatalf("stored envelope = %+v", msg.Env)
 	}
 }
 
@@ -102,8 +102,8 @@ func TestAuthForms(t *testing.T) {
 			if m == nil {
 				t.Fatalf("got %q", got)
 			}
-			if msg := env.stored()[m[1]]; msg.env.LabelID != tt.label || msg.env.APIUser != userMain {
-				t.Fatalf("stored account/label = %q/%q, want %q/%q", msg.env.APIUser, msg.env.LabelID, userMain, tt.label)
+			if msg := env.stored()[m[1]]; msg.Env.LabelID != tt.label || msg.Env.APIUser != userMain {
+				t.Fatalf("stored account/label = %q/%q, want %q/%q", msg.Env.APIUser, msg.Env.LabelID, userMain, tt.label)
 			}
 		})
 	}

@@ -2,7 +2,6 @@ package smtpd_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,7 +10,6 @@ import (
 	"log/slog"
 	"maps"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,6 +19,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/internal/relaytest"
 	"github.com/mailfleet/mailfleet/internal/syncbuffer"
 	"github.com/mailfleet/mailfleet/relay/budget"
 	"github.com/mailfleet/mailfleet/relay/certs"
@@ -28,7 +27,6 @@ import (
 	"github.com/mailfleet/mailfleet/relay/queue"
 	"github.com/mailfleet/mailfleet/relay/queueid"
 	"github.com/mailfleet/mailfleet/relay/smtpd"
-	"github.com/mailfleet/mailfleet/relay/spool"
 	"github.com/mailfleet/mailfleet/relay/submission"
 )
 
@@ -132,24 +130,12 @@ func (e *relayEnv) defaultSpec(dir string, log *slog.Logger) relaySpec {
 	}
 }
 
-// startCerts writes a self-signed certificate under tlsDir and serves it
-// through a reloader, as cert-manager's files are.
+// startCerts serves a self-signed certificate under tlsDir through a
+// reloader, as cert-manager's files are.
 func (e *relayEnv) startCerts(log *slog.Logger) *tls.Config {
-	t := e.t
-	t.Helper()
-	files, err := certs.WriteSelfSigned(e.tlsDir, []string{"localhost", "127.0.0.1"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.caPool = loadPool(t, files.CAFile)
-	e.certs, err = certs.NewReloader(files.CertFile, files.KeyFile, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go e.certs.Run(ctx)
-	return certs.ServerTLSConfig(e.certs.GetCertificate)
+	c := relaytest.StartCerts(e.t, e.tlsDir, log)
+	e.caPool, e.certs = c.Pool, c.Reloader
+	return c.TLS
 }
 
 // openQueue opens the relay's real queue: the embedded JetStream, synced
@@ -188,43 +174,20 @@ func startServer(t testing.TB, cfg smtpd.Config, backend smtpd.Backend, log *slo
 
 func (e *relayEnv) writeCredentials(path string) string {
 	e.t.Helper()
-	accounts := []credentials.Account{
+	e.keys = relaytest.WriteAccounts(e.t, path, []credentials.Account{
 		{APIUser: userMain, Labels: []credentials.Label{{ID: "1001"}, {ID: "1002", Suspended: true}}},
 		{APIUser: userOther, Labels: []credentials.Label{{ID: "2001"}}},
 		{APIUser: userRestricted, AllowedSenderDomains: []string{"ifaxin.com"}},
 		{APIUser: userEnvelope, AllowedSenderDomains: []string{"ifaxin.com"}, SenderPolicy: wire.SenderPolicyEnvelope},
 		{APIUser: userTiny, BudgetPerMinute: 2},
 		{APIUser: userSuspended, Suspended: true},
-	}
-	for i := range accounts {
-		key, err := wire.NewKey()
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		e.keys[accounts[i].APIUser] = key
-		accounts[i].KeyDigests = []string{wire.Digest(key)}
-	}
-	if err := credentials.WriteFile(path, accounts); err != nil {
-		e.t.Fatal(err)
-	}
+	})
 	return path
 }
 
 // assertNoKeyLeaked checks the logs and the metrics for any key.
 func (e *relayEnv) assertNoKeyLeaked() {
-	e.t.Helper()
-	var metrics bytes.Buffer
-	families, _ := e.reg.Gather()
-	for _, f := range families {
-		metrics.WriteString(f.String())
-	}
-	for user, key := range e.keys {
-		for what, text := range map[string]string{"logs": e.logs.String(), "metrics": metrics.String()} {
-			if strings.Contains(text, key) || strings.Contains(text, base64.StdEncoding.EncodeToString([]byte(key))) {
-				e.t.Errorf("the key of %s appears in the %s", user, what)
-			}
-		}
-	}
+	relaytest.AssertNoKeyLeaked(e.t, e.reg, e.logs.String(), e.keys)
 }
 
 // metric is the value of the counter name with exactly labels in the
@@ -269,73 +232,14 @@ func (e *relayEnv) clientTLS() *tls.Config {
 }
 
 // stored returns every message the relay queued so far: envelope and body
-// by id. It takes them out of the queue (and keeps them for later calls):
-// a committed message is in the queue's stream before its 250, so once
-// Depth is 0 every acknowledged message has been seen.
-//
-// Depth > 0 does not promise that Next finds something at once: JetStream
-// removes an acknowledged message from a work-queue stream asynchronously
-// (the stream's ack queue), so for a moment after Done the stream still
-// counts it; on a loaded machine that moment was long enough for a single
-// 30 s Next to fail (the flake of TestAuthForms on 2026-12-04). So each
-// take is short, and Depth is read again after one that finds nothing. A
-// pull abandoned at that short deadline may strand a message the server
-// handed out just then; the harness's AckWait of a few seconds brings it
-// back well within the overall 30 s.
+// by id. It takes them out of the queue (and keeps them for later calls).
 func (e *relayEnv) stored() map[string]storedMessage {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for {
-		depth, err := e.spool.Depth(ctx)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		if depth == 0 {
-			return maps.Clone(e.drained)
-		}
-		tctx, tcancel := context.WithTimeout(ctx, time.Second)
-		p, err := e.spool.Next(tctx)
-		tcancel()
-		if err != nil && ctx.Err() == nil {
-			continue
-		}
-		if err != nil {
-			e.t.Fatalf("take a queued message: %v (depth %d)", err, depth)
-		}
-		body, err := p.Open()
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		b, err := io.ReadAll(body)
-		body.Close()
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		e.drained[p.Envelope().ID] = storedMessage{env: p.Envelope(), body: b}
-		if err := p.Done(ctx); err != nil {
-			e.t.Fatal(err)
-		}
-	}
+	relaytest.Drain(e.t, e.spool, e.drained)
+	return maps.Clone(e.drained)
 }
 
-type storedMessage struct {
-	env  spool.Envelope
-	body []byte
-}
-
-func loadPool(t testing.TB, caFile string) *x509.CertPool {
-	t.Helper()
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		t.Fatal("no CA certificate in", caFile)
-	}
-	return pool
-}
+type storedMessage = relaytest.Stored
 
 // rawClient speaks SMTP line by line, so tests see every reply exactly.
 type rawClient struct {

@@ -31,7 +31,7 @@ func TestMessageSizeLimit(t *testing.T) {
 	stored := env.stored()
 	sizes := map[int]int{}
 	for _, m := range stored {
-		sizes[len(m.body)]++
+		sizes[len(m.Body)]++
 	}
 	if len(stored) != 2 || sizes[16_000_000] != 1 {
 		t.Fatalf("stored %d messages with sizes %v; want the 16,000,000-byte one and the small one", len(stored), sizes)
@@ -65,10 +65,10 @@ func TestSmuggling(t *testing.T) {
 				t.Fatalf("stored %d messages, want exactly 1", len(stored))
 			}
 			for _, m := range stored {
-				if !bytes.Contains(m.body, []byte("Subject: smuggled")) || m.env.To[0] != "b@example.com" {
-					t.Fatalf("the probe's text should be part of the one message: %q", m.body)
+				if !bytes.Contains(m.Body, []byte("Subject: smuggled")) || m.Env.To[0] != "b@example.com" {
+					t.Fatalf("the probe's text should be part of the one message: %q", m.Body)
 				}
-				smtpd.AssertCRLFOnly(t, m.body)
+				smtpd.AssertCRLFOnly(t, m.Body)
 			}
 		})
 	}

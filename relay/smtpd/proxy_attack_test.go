@@ -133,8 +133,8 @@ func TestAttackProxyLineOnPlainListener(t *testing.T) {
 	c.expect("AUTH PLAIN "+b64("\x00"+userMain+"\x00"+env.keys[userMain]), "235 2.7.0 Authentication successful")
 	c.send("a@ifaxin.com", "b@example.com", "Subject: plain\r\n\r\nhi\r\n")
 	for _, m := range env.stored() {
-		if !strings.HasPrefix(m.env.RemoteAddr, "127.0.0.1:") {
-			t.Fatalf("client address %q, want the socket's 127.0.0.1", m.env.RemoteAddr)
+		if !strings.HasPrefix(m.Env.RemoteAddr, "127.0.0.1:") {
+			t.Fatalf("client address %q, want the socket's 127.0.0.1", m.Env.RemoteAddr)
 		}
 	}
 }
@@ -208,9 +208,9 @@ func TestProxyProtocolClientAddress(t *testing.T) {
 		t.Fatalf("%d messages stored, want %d", len(stored), len(want))
 	}
 	for _, m := range stored {
-		h := delivery.Trace{Hostname: "mx.test"}.Headers(m.env, m.env.To)
-		if w := want[m.env.To[0]]; !bytes.HasPrefix(h, []byte(w)) {
-			t.Fatalf("message to %s: trace headers %q, want them to start %q", m.env.To[0], h, w)
+		h := delivery.Trace{Hostname: "mx.test"}.Headers(m.Env, m.Env.To)
+		if w := want[m.Env.To[0]]; !bytes.HasPrefix(h, []byte(w)) {
+			t.Fatalf("message to %s: trace headers %q, want them to start %q", m.Env.To[0], h, w)
 		}
 	}
 }

@@ -45,13 +45,13 @@ func TestPythonSmtplibSeedExample(t *testing.T) {
 		t.Fatalf("stored %d messages", len(stored))
 	}
 	for _, m := range stored {
-		if m.env.LabelID != "1001" || !m.env.TLS {
-			t.Fatalf("envelope %+v", m.env)
+		if m.Env.LabelID != "1001" || !m.Env.TLS {
+			t.Fatalf("envelope %+v", m.Env)
 		}
-		if !bytes.Equal(m.body, want) {
-			t.Fatalf("stored body differs from what smtplib sent (%d vs %d bytes)", len(m.body), len(want))
+		if !bytes.Equal(m.Body, want) {
+			t.Fatalf("stored body differs from what smtplib sent (%d vs %d bytes)", len(m.Body), len(want))
 		}
-		if !bytes.Contains(m.body, []byte("Content-ID: <logo>")) {
+		if !bytes.Contains(m.Body, []byte("Content-ID: <logo>")) {
 			t.Fatal("inline image part missing")
 		}
 	}

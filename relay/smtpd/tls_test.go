@@ -94,8 +94,8 @@ func TestImplicitTLS(t *testing.T) {
 	}
 	sendWithNetSMTP(t, c)
 	for _, m := range env.stored() {
-		if !m.env.TLS || string(m.body) != "Subject: net/smtp\r\n\r\n.leading dot\r\n" {
-			t.Fatalf("stored %+v %q", m.env, m.body)
+		if !m.Env.TLS || string(m.Body) != "Subject: net/smtp\r\n\r\n.leading dot\r\n" {
+			t.Fatalf("stored %+v %q", m.Env, m.Body)
 		}
 	}
 }
@@ -256,8 +256,8 @@ func TestGoSMTPClientLogin(t *testing.T) {
 		t.Fatalf("stored %d messages", len(stored))
 	}
 	for _, m := range stored {
-		if m.env.APIUser != userOther || m.env.LabelID != "2001" || len(m.env.To) != 2 || string(m.body) != body {
-			t.Fatalf("stored %+v %q", m.env, m.body)
+		if m.Env.APIUser != userOther || m.Env.LabelID != "2001" || len(m.Env.To) != 2 || string(m.Body) != body {
+			t.Fatalf("stored %+v %q", m.Env, m.Body)
 		}
 	}
 }

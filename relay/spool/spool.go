@@ -20,6 +20,9 @@ type Envelope struct {
 	RemoteAddr string    `json:"remoteAddr,omitempty"`
 	Helo       string    `json:"helo,omitempty"`
 	TLS        bool      `json:"tls,omitempty"`
+	// CustomArgs are the sender's own key-value pairs (the HTTP API's
+	// customArgs), kept for the events a message produces; never delivered.
+	CustomArgs map[string]string `json:"customArgs,omitempty"`
 }
 
 // Spool accepts messages.

@@ -25,6 +25,16 @@ type rejection struct {
 // the engine acknowledges a message on Data's nil alone. Every other path
 // aborts the spooled copy, so only a 250 leaves a message behind.
 func (s *session) Data(ctx context.Context, r io.Reader) (string, error) {
+	id, rej := s.queue(ctx, r)
+	if rej != nil {
+		return "", rej.err
+	}
+	return id, nil
+}
+
+// queue is Data for both doors, SMTP and the HTTP API: it returns the
+// queue id, or why the message was refused, counted.
+func (s *session) queue(ctx context.Context, r io.Reader) (string, *rejection) {
 	env := s.envelope()
 	w, beginErr := s.b.deps.Spool.Begin(ctx, env)
 	if beginErr != nil {
@@ -37,7 +47,7 @@ func (s *session) Data(ctx context.Context, r io.Reader) (string, error) {
 	if rej != nil {
 		w.Abort()
 		s.b.deps.Metrics.rejected(s.identity, rej.reason)
-		return "", rej.err
+		return "", rej
 	}
 	s.b.deps.Metrics.accepted(s.identity, size)
 	s.log.Info("message queued", "id", env.ID, "account", env.APIUser, "label", env.LabelID,
@@ -56,6 +66,7 @@ func (s *session) envelope() spool.Envelope {
 		RemoteAddr: s.conn.Remote.String(),
 		Helo:       s.conn.Helo,
 		TLS:        s.conn.TLS,
+		CustomArgs: s.customArgs,
 	}
 }
 
@@ -68,14 +79,14 @@ func (s *session) receive(ctx context.Context, env spool.Envelope, w spool.Write
 		return 0, rej
 	}
 	if err := headerFromAllowed(s.identity, header.bytes()); err != nil {
-		return 0, &rejection{err, reasonSenderNotAllowed}
+		return 0, &rejection{err, ReasonSenderNotAllowed}
 	}
 	if rej := s.spend(ctx, len(env.To)); rej != nil {
 		return 0, rej
 	}
 	if err := w.Commit(ctx); err != nil {
 		s.log.Error("spool commit failed", "id", env.ID, "err", err)
-		return 0, &rejection{&smtpd.Error{Reply: smtpd.ReplyQueueDown, Err: err}, reasonQueueDown}
+		return 0, &rejection{&smtpd.Error{Reply: smtpd.ReplyQueueDown, Err: err}, ReasonQueueDown}
 	}
 	return size, nil
 }
@@ -87,16 +98,16 @@ func (s *session) bodyRejection(id string, beginErr, writeErr, readErr error) *r
 	_, limit := errors.AsType[*smtpd.Error](readErr)
 	switch {
 	case readErr != nil && !limit:
-		return &rejection{fmt.Errorf("message %s: %w", id, readErr), reasonInterrupted}
+		return &rejection{fmt.Errorf("message %s: %w", id, readErr), ReasonInterrupted}
 	case beginErr != nil || writeErr != nil:
 		if writeErr != nil {
 			s.log.Error("spool write failed", "id", id, "err", writeErr)
 		}
-		return &rejection{&smtpd.Error{Reply: smtpd.ReplyQueueDown, Err: errors.Join(beginErr, writeErr)}, reasonQueueDown}
+		return &rejection{&smtpd.Error{Reply: smtpd.ReplyQueueDown, Err: errors.Join(beginErr, writeErr)}, ReasonQueueDown}
 	case errors.Is(readErr, smtpd.ErrMessageTooBig):
-		return &rejection{readErr, reasonTooBig}
+		return &rejection{readErr, ReasonTooBig}
 	case readErr != nil:
-		return &rejection{readErr, reasonLineTooLong}
+		return &rejection{readErr, ReasonLineTooLong}
 	}
 	return nil
 }
@@ -107,9 +118,9 @@ func (s *session) spend(ctx context.Context, recipients int) *rejection {
 	req := budget.Request{APIUser: id.APIUser, LabelID: id.LabelID, Limit: id.BudgetPerMinute, Hits: recipients}
 	switch s.b.deps.Budget.Take(ctx, req) {
 	case budget.OverLimit:
-		return &rejection{&smtpd.Error{Reply: smtpd.ReplyFrequency}, reasonOverBudget}
+		return &rejection{&smtpd.Error{Reply: smtpd.ReplyFrequency}, ReasonOverBudget}
 	case budget.Unavailable:
-		return &rejection{&smtpd.Error{Reply: smtpd.ReplyBudgetDown}, reasonBudgetDown}
+		return &rejection{&smtpd.Error{Reply: smtpd.ReplyBudgetDown}, ReasonBudgetDown}
 	}
 	return nil
 }

@@ -27,15 +27,19 @@ func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
 }
 
-// Rejection reasons, the values of mailfleet_relay_messages_total{reason}.
+// Rejection reasons, the values of mailfleet_relay_messages_total{reason},
+// and what a Refusal from Submit carries for the HTTP API to map.
 const (
-	reasonTooBig           = "too_big"
-	reasonLineTooLong      = "line_too_long"
-	reasonOverBudget       = "over_budget"
-	reasonBudgetDown       = "budget_unavailable"
-	reasonQueueDown        = "queue_unavailable"
-	reasonSenderNotAllowed = "sender_not_allowed"
-	reasonInterrupted      = "interrupted"
+	ReasonTooBig           = "too_big"
+	ReasonLineTooLong      = "line_too_long"
+	ReasonOverBudget       = "over_budget"
+	ReasonBudgetDown       = "budget_unavailable"
+	ReasonQueueDown        = "queue_unavailable"
+	ReasonSenderNotAllowed = "sender_not_allowed"
+	ReasonInterrupted      = "interrupted"
+	// ReasonTooManyRecipients is the HTTP API's alone: an SMTP client is
+	// told 452 per recipient and sends the rest in another transaction.
+	ReasonTooManyRecipients = "too_many_recipients"
 )
 
 func (m *Metrics) accepted(id *credentials.Identity, size int64) {

@@ -18,6 +18,8 @@ type session struct {
 	identity *credentials.Identity // nil until Auth succeeds
 	from     string
 	rcpts    []string
+	// customArgs come with an HTTP submission; SMTP has none (yet).
+	customArgs map[string]string
 }
 
 // errThrottled means the client's address has no failures left.
@@ -67,7 +69,7 @@ func (s *session) Mail(from string, _ smtpd.MailOptions) error {
 		return &smtpd.Error{Reply: smtpd.ReplyAuthRequired}
 	}
 	if !s.senderAllowed(from) {
-		s.b.deps.Metrics.rejected(s.identity, reasonSenderNotAllowed)
+		s.b.deps.Metrics.rejected(s.identity, ReasonSenderNotAllowed)
 		return &smtpd.Error{Reply: smtpd.ReplySenderNotAllowed.With(from)}
 	}
 	s.from = from

@@ -204,7 +204,7 @@ func TestSenderPolicy(t *testing.T) {
 			t.Errorf("%s: MAIL FROM:<%s>: %q, want %q", tt.user, tt.from, got, tt.want)
 		}
 	}
-	if n := p.rejected("restricted", "7", reasonSenderNotAllowed); n != 3 {
+	if n := p.rejected("restricted", "7", ReasonSenderNotAllowed); n != 3 {
 		t.Fatalf("senders counted as rejected: %v, want 3", n)
 	}
 }
@@ -238,18 +238,18 @@ func TestDataOutcomes(t *testing.T) {
 	}{
 		{"queued", nil, strings.NewReader(body), "", ""},
 		{"From header not allowed", nil, strings.NewReader("From: ceo@bank.example\r\n\r\nx\r\n"),
-			"550 5.7.1 From header address <ceo@bank.example> not allowed for this account", reasonSenderNotAllowed},
-		{"over budget", func(p *policy) { p.budget = budget.OverLimit }, strings.NewReader(body), "536 5.7.1 Frequency limited", reasonOverBudget},
+			"550 5.7.1 From header address <ceo@bank.example> not allowed for this account", ReasonSenderNotAllowed},
+		{"over budget", func(p *policy) { p.budget = budget.OverLimit }, strings.NewReader(body), "536 5.7.1 Frequency limited", ReasonOverBudget},
 		{"budget unavailable", func(p *policy) { p.budget = budget.Unavailable }, strings.NewReader(body),
-			"451 4.7.1 Frequency limit unavailable, try again later", reasonBudgetDown},
+			"451 4.7.1 Frequency limit unavailable, try again later", ReasonBudgetDown},
 		{"spool write fails", func(p *policy) { p.spool.writeErr = errors.New("disk full") }, strings.NewReader(body),
-			"451 4.3.0 Queue unavailable, try again later", reasonQueueDown},
+			"451 4.3.0 Queue unavailable, try again later", ReasonQueueDown},
 		{"spool commit fails", func(p *policy) { p.spool.commitErr = errors.New("no quorum") }, strings.NewReader(body),
-			"451 4.3.0 Queue unavailable, try again later", reasonQueueDown},
+			"451 4.3.0 Queue unavailable, try again later", ReasonQueueDown},
 		{"too big for the engine", nil, io.MultiReader(strings.NewReader(body), iotest.ErrReader(tooBig)),
-			"552 5.3.4 Message size exceeds fixed limit", reasonTooBig},
+			"552 5.3.4 Message size exceeds fixed limit", ReasonTooBig},
 		{"line too long for the engine", nil, io.MultiReader(strings.NewReader(body), iotest.ErrReader(tooLong)),
-			"500 5.5.2 Message line too long (limit 8 bytes)", reasonLineTooLong},
+			"500 5.5.2 Message line too long (limit 8 bytes)", ReasonLineTooLong},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -321,7 +321,7 @@ func TestDataWithoutSpool(t *testing.T) {
 	if _, ok := errors.AsType[*smtpd.Error](err); ok || !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("connection lost: %v, want the read error and no reply", err)
 	}
-	if p.rejected("restricted", "7", reasonQueueDown) != 1 || p.rejected("restricted", "7", reasonInterrupted) != 1 {
+	if p.rejected("restricted", "7", ReasonQueueDown) != 1 || p.rejected("restricted", "7", ReasonInterrupted) != 1 {
 		t.Fatal("want one queue_unavailable and one interrupted")
 	}
 }

@@ -371,6 +371,9 @@ func materialiseConfig(t *testing.T, dir, relayYAML string, tlsSecret corev1.Sec
 	for i := range c.Listeners {
 		c.Listeners[i].Address = "127.0.0.1:0"
 	}
+	if c.HTTPAPI != nil {
+		c.HTTPAPI.Address = "127.0.0.1:0"
+	}
 	c.MetricsAddress = "127.0.0.1:0"
 	if c.Budget.Sidecar != nil {
 		if sidecar == "" {

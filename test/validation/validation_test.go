@@ -53,6 +53,25 @@ func TestCRDValidation(t *testing.T) {
 		{"bad listener TLS mode", relay(func(r *v1.SmtpRelay) {
 			r.Spec.Listeners = []v1.RelayListener{{Name: "a", Port: 25, TLS: "Maybe"}}
 		}), "spec.listeners[0].tls"},
+		{"an HTTP listener beside SMTP", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Listeners = []v1.RelayListener{{Name: "smtp", Port: 25}, {Name: "api", Port: 8443, Kind: v1.ListenerHTTP}}
+		}), ""},
+		{"two HTTP listeners", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Listeners = []v1.RelayListener{{Name: "smtp", Port: 25}, {Name: "api", Port: 8443, Kind: v1.ListenerHTTP}, {Name: "api2", Port: 9443, Kind: v1.ListenerHTTP}}
+		}), "listeners: at most one listener of kind HTTP"},
+		{"only an HTTP listener", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Listeners = []v1.RelayListener{{Name: "api", Port: 8443, Kind: v1.ListenerHTTP}}
+		}), "listeners: at least one listener of kind SMTP is required"},
+		{"HTTP listener with implicit TLS", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Listeners = []v1.RelayListener{{Name: "smtp", Port: 25}, {Name: "api", Port: 8443, Kind: v1.ListenerHTTP, TLS: v1.ListenerImplicit}}
+		}), "a listener of kind HTTP always serves HTTPS"},
+		{"HTTP listener with PROXY protocol", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Listeners = []v1.RelayListener{{Name: "smtp", Port: 25}, {Name: "api", Port: 8443, Kind: v1.ListenerHTTP,
+				ProxyProtocol: true, TrustedProxies: []string{"10.0.0.0/8"}}}
+		}), "a listener of kind HTTP always serves HTTPS"},
+		{"unknown listener kind", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Listeners = []v1.RelayListener{{Name: "smtp", Port: 25, Kind: "GRPC"}}
+		}), "spec.listeners[0].kind"},
 		{"selector without from=Selector", relay(func(r *v1.SmtpRelay) {
 			r.Spec.Accounts.Namespaces = v1.AccountNamespaces{From: v1.NamespacesFromAll, Selector: &metav1.LabelSelector{}}
 		}), "namespaces.selector is required when from is Selector, and only then"},

@@ -1,0 +1,164 @@
+// Package httpapi is the relay's HTTP send API: POST /v1/mail/send on a
+// listener of its own, over TLS with the relay's certificate. It decodes
+// and checks a request, builds the MIME message, and hands it to the same
+// submission policy as SMTP (relay/submission): the same verifier and
+// failed-auth throttle, sender and From rules, budget and durable queue.
+// GET /v1/openapi.json serves the API's OpenAPI 3 document.
+package httpapi
+
+import (
+	"context"
+	"crypto/tls"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+)
+
+// openAPIDocument is the API's description; docs/api/openapi.json is the
+// same file, and the package's tests hold both to the handlers.
+//
+//go:embed openapi.json
+var openAPIDocument []byte
+
+// Options configure the API's server. Zero durations and limits take the
+// defaults that Defaults documents.
+type Options struct {
+	// Addr is where to listen, such as ":8443" or "127.0.0.1:0".
+	Addr string
+	// TLS serves the relay's certificate (certs.ServerTLSConfig); it is
+	// required, and TLS 1.2 is the oldest version accepted.
+	TLS    *tls.Config
+	Policy Policy
+	// Hostname names this relay in Message-ID.
+	Hostname string
+	// MaxMessageBytes caps the request body and the message built from
+	// it: the relay's SIZE limit.
+	MaxMessageBytes int64
+	// MaxInFlight bounds the requests read and built at once, since each
+	// holds its body in memory (default 16).
+	MaxInFlight int
+	// ReadHeaderTimeout bounds a request's header (slowloris), ReadTimeout
+	// the whole request, WriteTimeout the answer, IdleTimeout a kept-alive
+	// connection between requests.
+	ReadHeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	Metrics                                                   *Metrics
+	Log                                                       *slog.Logger
+}
+
+// Defaults: 16,000,000 bytes, 16 in flight, 10s for a header, 5m for a
+// request (16 MB at 50 kB/s), 5m to answer, 2m idle.
+func (o *Options) Defaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&o.ReadHeaderTimeout, 10*time.Second)
+	def(&o.ReadTimeout, 5*time.Minute)
+	def(&o.WriteTimeout, 5*time.Minute)
+	def(&o.IdleTimeout, 2*time.Minute)
+	if o.MaxMessageBytes == 0 {
+		o.MaxMessageBytes = 16_000_000
+	}
+	if o.MaxInFlight == 0 {
+		o.MaxInFlight = 16
+	}
+	if o.Hostname == "" {
+		o.Hostname = "localhost"
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+}
+
+// Server is the API's HTTPS server.
+type Server struct {
+	o        Options
+	http     *http.Server
+	ln       net.Listener
+	inFlight chan struct{}
+	done     chan error
+}
+
+// New checks the options; Start binds the listener.
+func New(o Options) (*Server, error) {
+	o.Defaults()
+	if o.Addr == "" || o.TLS == nil || o.Policy == nil || o.Metrics == nil {
+		return nil, errors.New("httpapi: Addr, TLS, Policy and Metrics are required")
+	}
+	tlsConfig := o.TLS.Clone()
+	tlsConfig.MinVersion = max(tlsConfig.MinVersion, tls.VersionTLS12)
+	s := &Server{o: o, inFlight: make(chan struct{}, o.MaxInFlight), done: make(chan error, 1)}
+	s.http = &http.Server{
+		Handler:           s.Handler(),
+		TLSConfig:         tlsConfig,
+		ReadHeaderTimeout: o.ReadHeaderTimeout,
+		ReadTimeout:       o.ReadTimeout,
+		WriteTimeout:      o.WriteTimeout,
+		IdleTimeout:       o.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(o.Log.Handler(), slog.LevelDebug),
+	}
+	return s, nil
+}
+
+// Start binds the listener and serves until Shutdown.
+func (s *Server) Start() error {
+	ln, err := net.Listen("tcp", s.o.Addr)
+	if err != nil {
+		return fmt.Errorf("http api listen on %s: %w", s.o.Addr, err)
+	}
+	s.ln = ln
+	go func() { s.done <- s.http.ServeTLS(ln, "", "") }()
+	return nil
+}
+
+// Addr is the bound address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Shutdown stops taking requests and waits for those under way until ctx
+// ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.http.Shutdown(ctx)
+	if serveErr := <-s.done; !errors.Is(serveErr, http.ErrServerClosed) {
+		err = errors.Join(err, serveErr)
+	}
+	return err
+}
+
+// Handler routes the API's paths, counting every answer by route and
+// status.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		route, status := s.route(w, r)
+		s.o.Metrics.observe(route, status, time.Since(start))
+	})
+}
+
+func (s *Server) route(w http.ResponseWriter, r *http.Request) (string, int) {
+	switch r.URL.Path {
+	case routeSend:
+		return routeSend, s.send(w, r)
+	case routeOpenAPI:
+		return routeOpenAPI, serveOpenAPI(w, r)
+	}
+	return routeOther, writeError(w, newError(codeNotFound, "no such path; see /v1/openapi.json"))
+}
+
+func serveOpenAPI(w http.ResponseWriter, r *http.Request) int {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		return writeError(w, newError(codeMethodNotAllowed, "use GET"))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(openAPIDocument)
+	}
+	return http.StatusOK
+}
