@@ -174,6 +174,9 @@ type Queue struct {
 	subjIn, subjQ, subjSched, subjBody, subjSplit string
 
 	commits chan *commitReq
+	// committerDone is closed when commitLoop has returned: a commit
+	// still waiting then has its answer already, or never gets one.
+	committerDone chan struct{}
 	// purgedTo is, per subject, the ack floor up to which reap purged.
 	purgedTo map[string]uint64
 	ctx      context.Context
@@ -216,7 +219,8 @@ func Open(ctx context.Context, o Options) (*Queue, error) {
 	if o.MetricsInterval == 0 {
 		o.MetricsInterval = 5 * time.Second
 	}
-	q := &Queue{opts: o, log: o.Log.With("stream", o.Stream), commits: make(chan *commitReq, 1024), purgedTo: map[string]uint64{}}
+	q := &Queue{opts: o, log: o.Log.With("stream", o.Stream), commits: make(chan *commitReq, 1024),
+		committerDone: make(chan struct{}), purgedTo: map[string]uint64{}}
 	subj := wire.SubjectsOf(o.Stream)
 	q.subjIn, q.subjQ, q.subjSched, q.subjBody, q.subjSplit = subj.In, subj.Queue, subj.Sched, subj.Body, subj.Split
 	if err := q.connect(); err != nil {
@@ -232,7 +236,7 @@ func Open(ctx context.Context, o Options) (*Queue, error) {
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	q.wg.Add(4)
 	go func() { defer q.wg.Done(); q.reapLoop() }()
-	go func() { defer q.wg.Done(); q.commitLoop() }()
+	go func() { defer q.wg.Done(); defer close(q.committerDone); q.commitLoop() }()
 	go func() { defer q.wg.Done(); q.splitLoop() }()
 	go func() { defer q.wg.Done(); q.metricsLoop() }()
 	return q, nil

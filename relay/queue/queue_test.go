@@ -449,3 +449,34 @@ func TestRedactURL(t *testing.T) {
 		}
 	}
 }
+
+// TestCommitsRacingCloseAllReturn: every commit made while the queue
+// closes gets an answer, stored or "queue closed", without its caller's
+// context ending. One that entered the committer's buffer after its last
+// look waited for its context: forever, for a caller without a deadline.
+func TestCommitsRacingCloseAllReturn(t *testing.T) {
+	for round := range 20 {
+		q := openQueue(t, t.TempDir(), nil)
+		var wg sync.WaitGroup
+		for i := range 32 {
+			wg.Go(func() {
+				w, err := q.Begin(context.Background(), envelope(fmt.Sprintf("r%d-%d", round, i), "rcpt@x.example"))
+				if err != nil {
+					return // closed already
+				}
+				if _, err := w.Write([]byte("Subject: racing\r\n\r\nbody\r\n")); err != nil {
+					return
+				}
+				w.Commit(context.Background())
+			})
+		}
+		q.Close()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: commits made while the queue closed still wait for an answer", round)
+		}
+	}
+}

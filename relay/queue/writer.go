@@ -133,17 +133,29 @@ func (w *writer) commit(ctx context.Context) error {
 		return w.publishDirect(ctx, record, start)
 	}
 	req := &commitReq{record: record, done: make(chan error, 1)}
+	if w.q.ctx.Err() != nil {
+		return errors.Join(errQueueClosed, w.purgeParts())
+	}
 	select {
 	case w.q.commits <- req:
 	case <-ctx.Done():
 		return errors.Join(ctx.Err(), w.purgeParts())
 	case <-w.q.ctx.Done():
-		return errors.Join(errors.New("queue closed"), w.purgeParts())
+		return errors.Join(errQueueClosed, w.purgeParts())
 	}
 	select {
 	case err = <-req.done:
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-w.q.committerDone:
+		// A request that entered the buffer after the committer's last
+		// look at it (Close raced this commit) is never answered; one it
+		// took has its answer waiting.
+		select {
+		case err = <-req.done:
+		default:
+			err = errQueueClosed
+		}
 	}
 	if err != nil {
 		return err
@@ -224,6 +236,9 @@ func (q *Queue) purgeBody(id string) error {
 	return nil
 }
 
+// errQueueClosed answers a commit made while, or after, the queue closes.
+var errQueueClosed = errors.New("queue closed")
+
 // commitLoop is the group commit: it takes every message whose Commit is
 // waiting, up to what one stream message may hold, writes them as one pack
 // and answers them all. While that write and its sync run, the next
@@ -284,7 +299,7 @@ func (q *Queue) failWaiting() {
 	for {
 		select {
 		case r := <-q.commits:
-			r.done <- errors.New("queue closed")
+			r.done <- errQueueClosed
 		default:
 			return
 		}
