@@ -290,8 +290,14 @@ func fromClause(env spool.Envelope) string {
 }
 
 // protocol is the "with" keyword of RFC 3848: every message a relay client
-// submits was authenticated (ESMTPA), and ESMTPSA when TLS carried it.
+// submits was authenticated (ESMTPA), and ESMTPSA when TLS carried it. A
+// message from the HTTP send API came in by HTTPS (the API serves nothing
+// else), which RFC 3848 has no word for: "HTTPS", as other services that
+// take mail over HTTP write it.
 func protocol(env spool.Envelope) string {
+	if env.Via == spool.ViaHTTP {
+		return "HTTPS"
+	}
 	p := "ESMTP"
 	if env.TLS {
 		p += "S"

@@ -169,3 +169,14 @@ func TestTraceHeaders(t *testing.T) {
 		t.Fatalf("got\n%q\nwant\n%q", got, want)
 	}
 }
+
+// TestTraceHeadersHTTP: a message from the HTTP send API says so in its
+// Received header, not ESMTPSA.
+func TestTraceHeadersHTTP(t *testing.T) {
+	env := spool.Envelope{ID: "q2", APIUser: "acme", RemoteAddr: "192.0.2.7:4000", TLS: true, Via: spool.ViaHTTP,
+		ReceivedAt: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	got := string(Trace{Hostname: "relay.test"}.Headers(env, []string{"a@example.org"}))
+	if !strings.Contains(got, "\tby relay.test (mailfleet) with HTTPS id q2\r\n") {
+		t.Fatalf("Received header of an API message:\n%s", got)
+	}
+}

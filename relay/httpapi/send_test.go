@@ -18,6 +18,7 @@ import (
 	"testing"
 
 	"github.com/mailfleet/mailfleet/relay/queueid"
+	"github.com/mailfleet/mailfleet/relay/spool"
 )
 
 // queueIDPattern is what relay/queueid makes, as SMTP's 250 #id#Queued shows.
@@ -51,7 +52,7 @@ func TestSendJSONQueuesTheMessage(t *testing.T) {
 	env := m.Env
 	if env.APIUser != userMain || env.LabelID != "1001" || env.From != "ann@acme.example" || !env.TLS ||
 		!slices.Equal(env.To, []string{"bob@example.com", "carol@example.com", "dave@example.com"}) ||
-		env.CustomArgs["order"] != "42" {
+		env.CustomArgs["order"] != "42" || env.Via != spool.ViaHTTP {
 		t.Fatalf("envelope %+v", env)
 	}
 	msg, err := mail.ReadMessage(bytes.NewReader(m.Body))

@@ -20,10 +20,16 @@ type Envelope struct {
 	RemoteAddr string    `json:"remoteAddr,omitempty"`
 	Helo       string    `json:"helo,omitempty"`
 	TLS        bool      `json:"tls,omitempty"`
+	// Via is the door the message came in by: empty for SMTP, ViaHTTP for
+	// the HTTP send API (the Received header says which).
+	Via string `json:"via,omitempty"`
 	// CustomArgs are the sender's own key-value pairs (the HTTP API's
 	// customArgs), kept for the events a message produces; never delivered.
 	CustomArgs map[string]string `json:"customArgs,omitempty"`
 }
+
+// ViaHTTP marks a message submitted through the HTTP send API.
+const ViaHTTP = "http"
 
 // Spool accepts messages.
 type Spool interface {

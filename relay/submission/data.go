@@ -67,6 +67,7 @@ func (s *session) envelope() spool.Envelope {
 		Helo:       s.conn.Helo,
 		TLS:        s.conn.TLS,
 		CustomArgs: s.customArgs,
+		Via:        s.via,
 	}
 }
 

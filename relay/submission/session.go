@@ -20,6 +20,8 @@ type session struct {
 	rcpts    []string
 	// customArgs come with an HTTP submission; SMTP has none (yet).
 	customArgs map[string]string
+	// via is the envelope's door: empty for SMTP (spool.Envelope.Via).
+	via string
 }
 
 // errThrottled means the client's address has no failures left.

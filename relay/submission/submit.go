@@ -9,6 +9,7 @@ import (
 
 	"github.com/mailfleet/mailfleet/relay/credentials"
 	"github.com/mailfleet/mailfleet/relay/smtpd"
+	"github.com/mailfleet/mailfleet/relay/spool"
 )
 
 // The HTTP API is the relay's second door. It goes through the same
@@ -59,7 +60,7 @@ func (b *Backend) httpSession(c Client) *session {
 		log = slog.Default()
 	}
 	conn := &smtpd.ConnInfo{Listener: "http", Remote: c.Remote, TLS: c.TLS, Log: log}
-	return &session{b: b, conn: conn, log: log}
+	return &session{b: b, conn: conn, log: log, via: spool.ViaHTTP}
 }
 
 // Login checks a username (api_user or api_user#label_id) and key under
