@@ -95,6 +95,9 @@ func TestHostileJSON(t *testing.T) {
 		{"the label header", userCorp, with("headers", map[string]string{"X-Mailfleet-Label": "account=other"}), 422, "invalid_field"},
 		{"huge header value", userCorp, with("headers", map[string]string{"X-Big": strings.Repeat("a", 5000)}), 422, "invalid_field"},
 		{"huge subject", userCorp, with("subject", strings.Repeat("a", 5000)), 422, "invalid_field"},
+		// go-message folds at 76 bytes less the name: a name of 74 or
+		// more made it panic, and the connection was dropped unanswered.
+		{"74-byte header name", userCorp, with("headers", map[string]string{"X-" + strings.Repeat("a", 72): "x"}), 422, "invalid_field"},
 		{"sender outside the account's domains", userCorp, with("from", "ceo@bank.example"), 403, "sender_not_allowed"},
 		{"non-ASCII address", userCorp, with("to", []string{"bjørn@example.com"}), 422, "invalid_field"},
 		{"not an address", userCorp, with("to", []string{"bob"}), 422, "invalid_field"},
@@ -269,5 +272,29 @@ func TestSlowHeaderIsCut(t *testing.T) {
 	// would block until the test's own deadline.
 	if _, err := io.Copy(io.Discard, conn); err != nil && !strings.Contains(err.Error(), "reset") {
 		t.Fatalf("read after a stalled header: %v", err)
+	}
+}
+
+// TestDeepNestingAtFullSize: 16 MB of '[' (the default size limit) is
+// refused, and the relay lives on. The check for duplicate keys recursed
+// once per level, and at this depth that was a fatal stack overflow,
+// which ended the process with every SMTP session in it.
+func TestDeepNestingAtFullSize(t *testing.T) {
+	r := startRelay(t)
+	r.expectError(r.post(userCorp, "application/json", bytes.Repeat([]byte("["), 15_900_000)), 400, "invalid_json")
+	r.expectError(r.post(userCorp, "application/json", []byte(`{"from":"ann@corp.example","to":["b@example.com"],"text":"x","customArgs":`+
+		strings.Repeat(`{"a":`, 20)+`1`+strings.Repeat(`}`, 21))), 400, "invalid_json")
+	r.postJSON(userCorp, valid()).messageID(t)
+}
+
+// TestLongestHeaderName: a custom header name of the longest length the
+// API takes is built and queued.
+func TestLongestHeaderName(t *testing.T) {
+	r := startRelay(t)
+	name := "X-" + strings.Repeat("a", 62)
+	id := r.postJSON(userCorp, with("headers", map[string]string{name: strings.Repeat("value ", 150)})).messageID(t)
+	m, ok := r.stored()[id]
+	if !ok || !bytes.Contains(bytes.ToLower(m.Body), []byte(strings.ToLower(name)+": value")) { // the name is canonicalised
+		t.Fatalf("message %s: the header is not in %q", id, m.Body)
 	}
 }

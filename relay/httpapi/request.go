@@ -101,12 +101,21 @@ func jsonTypeName(kind string) string {
 func rejectDuplicateKeys(body []byte) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
+	err := walkValue(dec, 0)
 	var dup *duplicateKey
-	if err := walkValue(dec); errors.As(err, &dup) {
-		return dup
+	if errors.As(err, &dup) || errors.Is(err, errTooDeep) {
+		return err
 	}
 	return nil
 }
+
+// maxJSONDepth bounds the nesting of a request's JSON. The document is at
+// most four levels deep; walkValue recurses once per level, and a body of
+// 16 MB of '[' would otherwise take 16 million stack frames, a fatal stack
+// overflow that ends the relay (SMTP sessions included), not an error.
+const maxJSONDepth = 16
+
+var errTooDeep = fmt.Errorf("objects and lists are nested deeper than %d levels", maxJSONDepth)
 
 type duplicateKey struct{ key string }
 
@@ -114,10 +123,13 @@ func (d *duplicateKey) Error() string {
 	return fmt.Sprintf("key %q appears twice in one object", d.key)
 }
 
-func walkValue(dec *json.Decoder) error {
+func walkValue(dec *json.Decoder, depth int) error {
 	tok, err := dec.Token()
 	if err != nil {
 		return err
+	}
+	if (tok == json.Delim('{') || tok == json.Delim('[')) && depth >= maxJSONDepth {
+		return errTooDeep
 	}
 	switch tok {
 	case json.Delim('{'):
@@ -132,13 +144,13 @@ func walkValue(dec *json.Decoder) error {
 				return &duplicateKey{key}
 			}
 			seen[key] = true
-			if err := walkValue(dec); err != nil {
+			if err := walkValue(dec, depth+1); err != nil {
 				return err
 			}
 		}
 	case json.Delim('['):
 		for dec.More() {
-			if err := walkValue(dec); err != nil {
+			if err := walkValue(dec, depth+1); err != nil {
 				return err
 			}
 		}

@@ -20,13 +20,16 @@ import (
 const (
 	maxAddressLength = 320 // RFC 5321's path limit, with a display name's room
 	maxHeaderFields  = 50
-	maxHeaderName    = 76
-	maxLineValue     = 998 // RFC 5322's line limit, for subject and header values
-	maxAttachments   = 100
-	maxFilename      = 255
-	maxCustomArgs    = 50
-	maxCustomKey     = 100
-	maxCustomValue   = 1000
+	// maxHeaderName leaves room to fold the value: go-message folds a
+	// header line at 76 bytes less the name and ": ", and with a name of
+	// 74 bytes or more that room is zero or less and it panics.
+	maxHeaderName  = 64
+	maxLineValue   = 998 // RFC 5322's line limit, for subject and header values
+	maxAttachments = 100
+	maxFilename    = 255
+	maxCustomArgs  = 50
+	maxCustomKey   = 100
+	maxCustomValue = 1000
 )
 
 var (
