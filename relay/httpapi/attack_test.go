@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
@@ -12,8 +13,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/mailfleet/mailfleet/relay/credentials"
 	"github.com/mailfleet/mailfleet/relay/httpapi"
+	"github.com/mailfleet/mailfleet/relay/submission"
 )
 
 // documentedStatus is the OpenAPI document's table of error codes.
@@ -297,4 +301,65 @@ func TestLongestHeaderName(t *testing.T) {
 	if !ok || !bytes.Contains(bytes.ToLower(m.Body), []byte(strings.ToLower(name)+": value")) { // the name is canonicalised
 		t.Fatalf("message %s: the header is not in %q", id, m.Body)
 	}
+}
+
+// TestOneAccountCannotTakeEverySlot: an account trickling uploads holds at
+// most a quarter of the request slots; its next request is told to come
+// back, while another account's goes through. Before, sixteen slow
+// uploads from one key held every slot and everyone else waited.
+func TestOneAccountCannotTakeEverySlot(t *testing.T) {
+	r := startRelay(t, withAPI(func(o *httpapi.Options) { o.MaxInFlight = 4 }))
+	body, upload := io.Pipe()
+	slow, err := http.NewRequest(http.MethodPost, r.url("/v1/mail/send"), body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow.Header.Set("Content-Type", "application/json")
+	slow.SetBasicAuth(userCorp, r.keys[userCorp])
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if resp, err := r.client().Do(slow); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	upload.Write([]byte(`{"from":`)) // and no more, until the end
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		a := r.postJSON(userCorp, valid())
+		if a.status == http.StatusServiceUnavailable {
+			r.expectError(a, 503, "unavailable")
+			if a.header.Get("Retry-After") == "" {
+				t.Error("no Retry-After")
+			}
+			break
+		}
+		a.messageID(t) // before the slow upload took its slot
+		if time.Now().After(deadline) {
+			t.Fatal("the account's second request was never refused while its first held a slot")
+		}
+	}
+	r.postJSON(userMain, map[string]any{"from": "ann@acme.example", "to": []string{"b@example.com"}, "text": "x"}).messageID(t)
+	upload.CloseWithError(io.ErrUnexpectedEOF)
+	<-done
+}
+
+// TestAPanicIsAnswered: a bug that panics while a request is handled is
+// answered (503, the error shape) and logged at error level, where
+// net/http alone would drop the connection and log it at debug level.
+func TestAPanicIsAnswered(t *testing.T) {
+	r := startRelay(t, withPolicy(func(p httpapi.Policy) httpapi.Policy { return panickingPolicy{p} }))
+	r.expectError(r.postJSON(userCorp, valid()), 503, "unavailable")
+	if !strings.Contains(r.logs.String(), `"level":"ERROR","msg":"http api: request handling panicked"`) {
+		t.Errorf("the panic is not in the log at error level:\n%s", r.logs.String())
+	}
+	r.postJSON(userCorp, valid()) // the server still answers
+}
+
+type panickingPolicy struct{ httpapi.Policy }
+
+func (panickingPolicy) Submit(context.Context, submission.Client, credentials.Identity, submission.Message) (string, error) {
+	var headers []string
+	return headers[3], nil // a bug
 }

@@ -37,6 +37,10 @@ const (
 // username and key are read as UTF-8.
 const authChallenge = `Basic realm="mailfleet", charset="UTF-8"`
 
+// submitTimeout bounds the budget decision and the durable commit of one
+// message once it is read.
+const submitTimeout = time.Minute
+
 // send handles POST /v1/mail/send.
 func (s *Server) send(w http.ResponseWriter, r *http.Request) int {
 	if r.Method != http.MethodPost {
@@ -48,12 +52,11 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) int {
 	if e != nil {
 		return writeError(w, e)
 	}
-	select {
-	case s.inFlight <- struct{}{}:
-		defer func() { <-s.inFlight }()
-	case <-r.Context().Done():
-		return writeError(w, newError(codeUnavailable, "the request ended while waiting for a slot"))
+	release, err := s.slots.take(r.Context(), id.APIUser)
+	if err != nil {
+		return writeError(w, &apiError{code: codeUnavailable, message: err.Error(), retryAfter: 1})
 	}
+	defer release()
 	queued, e := s.accept(w, r, client, id)
 	if e != nil {
 		return writeError(w, e)
@@ -84,7 +87,12 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, client submissio
 		return "", tooLarge()
 	}
 	msg := submission.Message{From: m.from.Address, To: m.recipients(), CustomArgs: m.customArgs, Body: bytes.NewReader(body)}
-	queued, err := s.o.Policy.Submit(r.Context(), client, id, msg)
+	// Once the message is read, a client that goes away does not cut its
+	// commit short: a commit abandoned halfway may still be queued, and
+	// the answer would then wrongly say it was not.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), submitTimeout)
+	defer cancel()
+	queued, err := s.o.Policy.Submit(ctx, client, id, msg)
 	if err != nil {
 		return "", s.refused(id, err)
 	}

@@ -58,6 +58,8 @@ type relayConfig struct {
 	// spool replaces the queue as where the policy spools, when set.
 	spool spool.Spool
 	api   httpapi.Options
+	// wrap, when set, stands between the API and the real policy.
+	wrap func(httpapi.Policy) httpapi.Policy
 }
 
 type option func(*relayConfig)
@@ -67,6 +69,10 @@ func withBudget(b budget.Budget) option { return func(c *relayConfig) { c.budget
 func withSpool(s spool.Spool) option { return func(c *relayConfig) { c.spool = s } }
 
 func withAPI(f func(*httpapi.Options)) option { return func(c *relayConfig) { f(&c.api) } }
+
+func withPolicy(wrap func(httpapi.Policy) httpapi.Policy) option {
+	return func(c *relayConfig) { c.wrap = wrap }
+}
 
 func startRelay(t testing.TB, opts ...option) *relay {
 	t.Helper()
@@ -83,6 +89,9 @@ func startRelay(t testing.TB, opts ...option) *relay {
 	r.startSMTP(tlsConfig, policy, log)
 	o := cfg.api
 	o.Addr, o.TLS, o.Policy, o.Hostname, o.Log = "127.0.0.1:0", tlsConfig, policy, "relay.test", log
+	if cfg.wrap != nil {
+		o.Policy = cfg.wrap(o.Policy)
+	}
 	o.Metrics = httpapi.NewMetrics(r.reg)
 	var err error
 	if r.api, err = httpapi.New(o); err != nil {

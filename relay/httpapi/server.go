@@ -15,7 +15,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"time"
+
+	"golang.org/x/net/netutil"
 )
 
 // openAPIDocument is the API's description; docs/api/openapi.json is the
@@ -39,8 +42,12 @@ type Options struct {
 	// it: the relay's SIZE limit.
 	MaxMessageBytes int64
 	// MaxInFlight bounds the requests read and built at once, since each
-	// holds its body in memory (default 16).
+	// holds its body in memory (default 16); one account may hold a
+	// quarter of them.
 	MaxInFlight int
+	// MaxConnections bounds the open connections (default 1000, as SMTP's
+	// listeners); more wait in the kernel's backlog.
+	MaxConnections int
 	// ReadHeaderTimeout bounds a request's header (slowloris), ReadTimeout
 	// the whole request, WriteTimeout the answer, IdleTimeout a kept-alive
 	// connection between requests.
@@ -67,6 +74,9 @@ func (o *Options) Defaults() {
 	if o.MaxInFlight == 0 {
 		o.MaxInFlight = 16
 	}
+	if o.MaxConnections == 0 {
+		o.MaxConnections = 1000
+	}
 	if o.Hostname == "" {
 		o.Hostname = "localhost"
 	}
@@ -77,11 +87,11 @@ func (o *Options) Defaults() {
 
 // Server is the API's HTTPS server.
 type Server struct {
-	o        Options
-	http     *http.Server
-	ln       net.Listener
-	inFlight chan struct{}
-	done     chan error
+	o     Options
+	http  *http.Server
+	ln    net.Listener
+	slots *slots
+	done  chan error
 }
 
 // New checks the options; Start binds the listener.
@@ -92,7 +102,7 @@ func New(o Options) (*Server, error) {
 	}
 	tlsConfig := o.TLS.Clone()
 	tlsConfig.MinVersion = max(tlsConfig.MinVersion, tls.VersionTLS12)
-	s := &Server{o: o, inFlight: make(chan struct{}, o.MaxInFlight), done: make(chan error, 1)}
+	s := &Server{o: o, slots: newSlots(o.MaxInFlight), done: make(chan error, 1)}
 	s.http = &http.Server{
 		Handler:           s.Handler(),
 		TLSConfig:         tlsConfig,
@@ -112,8 +122,8 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("http api listen on %s: %w", s.o.Addr, err)
 	}
-	s.ln = ln
-	go func() { s.done <- s.http.ServeTLS(ln, "", "") }()
+	s.ln = netutil.LimitListener(ln, s.o.MaxConnections)
+	go func() { s.done <- s.http.ServeTLS(s.ln, "", "") }()
 	return nil
 }
 
@@ -135,9 +145,27 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		defer s.recoverPanic(w, r, start)
 		route, status := s.route(w, r)
 		s.o.Metrics.observe(route, status, time.Since(start))
 	})
+}
+
+// recoverPanic answers a request whose handling panicked, and says so in
+// the log at error level: net/http would recover it too, but drop the
+// connection unanswered and log it where nobody looks. A panic is a bug;
+// the client is told to try again, and nothing of the request is logged.
+func (s *Server) recoverPanic(w http.ResponseWriter, r *http.Request, start time.Time) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	if v == http.ErrAbortHandler {
+		panic(v)
+	}
+	s.o.Log.Error("http api: request handling panicked", "path", r.URL.Path, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+	status := writeError(w, &apiError{code: codeUnavailable, message: "the message was not accepted; try again later", retryAfter: 1})
+	s.o.Metrics.observe(routeOther, status, time.Since(start))
 }
 
 func (s *Server) route(w http.ResponseWriter, r *http.Request) (string, int) {
