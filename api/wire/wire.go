@@ -178,16 +178,25 @@ func StreamFor(namespace, name string) string {
 // Subjects are the subjects of a queue stream: in (accepted, not yet
 // split per recipient), q (ready to deliver), sched.<time> (waiting for a
 // retry), split.<id> (a split in progress), body.<id> (bodies, in a stream of
-// their own: BodyStream).
+// their own: BodyStream), events.<type>.<api_user> (delivery events, in a
+// stream of their own: EventsStream).
 type Subjects struct {
-	In, Queue, Sched, Split, Body string
+	In, Queue, Sched, Split, Body, Events string
 }
 
 // SubjectsOf names the subjects of stream.
 func SubjectsOf(stream string) Subjects {
 	p := strings.ToLower(stream)
-	return Subjects{In: p + ".in", Queue: p + ".q", Sched: p + ".sched", Split: p + ".split", Body: p + ".body"}
+	return Subjects{In: p + ".in", Queue: p + ".q", Sched: p + ".sched", Split: p + ".split", Body: p + ".body", Events: p + ".events"}
 }
 
 // BodyStream is the stream holding the bodies of stream's messages.
 func BodyStream(stream string) string { return stream + "_BODY" }
+
+// EventsStream is the stream holding the delivery events of stream's
+// messages, and WebhooksBucket the key-value bucket in which the relays
+// record the webhooks they disabled (an endpoint answered 410 Gone).
+func EventsStream(stream string) string { return stream + "_EVENTS" }
+
+// WebhooksBucket: see EventsStream.
+func WebhooksBucket(stream string) string { return stream + "_WEBHOOKS" }

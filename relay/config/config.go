@@ -40,6 +40,8 @@ type Config struct {
 	Queue Queue `json:"queue,omitempty"`
 	// Delivery configures the delivery workers and where they deliver.
 	Delivery Delivery `json:"delivery,omitempty"`
+	// Events configures the delivery events stream (relay/events).
+	Events Events `json:"events,omitempty"`
 	// MetricsAddress serves /healthz and /readyz in clear, for kubelet's
 	// probes, and /metrics too unless metrics.address moves it.
 	MetricsAddress string `json:"metricsAddress,omitempty"`
@@ -271,6 +273,15 @@ func (d Delivery) DestinationPrefixes() ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// Events tunes the delivery events stream, made beside the queue's.
+type Events struct {
+	// MaxAge is how long the stream keeps an event (default 168h).
+	MaxAge Duration `json:"maxAge,omitempty"`
+	// Buffer bounds the events a relay holds in memory while the stream
+	// cannot take them (default 100000); past it they are dropped, counted.
+	Buffer int `json:"buffer,omitempty"`
+}
+
 // Backoff is the retry schedule: Min doubling up to Max (defaults 5m and
 // 4000s, Postfix's), or the explicit Schedule, whose last entry repeats.
 type Backoff struct {
@@ -382,6 +393,9 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateQueue()...)
 	errs = append(errs, c.validateDelivery()...)
+	if c.Events.MaxAge.Duration < 0 || c.Events.Buffer < 0 {
+		errs = append(errs, errors.New("events.maxAge and events.buffer: must be positive, or left out for the defaults"))
+	}
 	if len(c.Listeners) == 0 {
 		errs = append(errs, errors.New("listeners: at least one is required"))
 	}
