@@ -99,7 +99,33 @@ type Account struct {
 	SenderPolicy string  `json:"senderPolicy,omitempty"`
 	Suspended    bool    `json:"suspended,omitempty"`
 	Labels       []Label `json:"labels,omitempty"`
+	// Webhooks receive the account's delivery events.
+	Webhooks []Webhook `json:"webhooks,omitempty"`
 }
+
+// Webhook is an endpoint that receives an account's delivery events as
+// signed JSON batches (docs/events.md).
+type Webhook struct {
+	// URL is https:// (http:// only where the relay's config allows it).
+	URL string `json:"url"`
+	// Events are the event types it receives (WebhookEventTypes); empty
+	// means all of them.
+	Events []string `json:"events,omitempty"`
+	// Secret signs each POST (X-Mailfleet-Signature). The shard holding it
+	// is a Secret, as the key digests' are.
+	Secret string `json:"secret"`
+}
+
+// WebhookEventTypes are the event types a webhook may ask for.
+var WebhookEventTypes = []string{"queued", "delivered", "deferred", "bounced", "expired", "suppressed"}
+
+// Limits of an account's webhooks, so that a shard stays small.
+const (
+	MaxWebhooks         = 10
+	MaxWebhookURLLength = 2048
+	MinWebhookSecret    = 16
+	MaxWebhookSecret    = 256
+)
 
 // Label is a sub-identity of an account, used as api_user#label_id.
 type Label struct {
