@@ -12,12 +12,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailfleet/mailfleet/relay/config"
+	"github.com/mailfleet/mailfleet/relay/credentials"
 	"github.com/mailfleet/mailfleet/relay/delivery"
 	"github.com/mailfleet/mailfleet/relay/dispatch"
 	"github.com/mailfleet/mailfleet/relay/dsn"
 	"github.com/mailfleet/mailfleet/relay/events"
 	"github.com/mailfleet/mailfleet/relay/queue"
 	"github.com/mailfleet/mailfleet/relay/smtpclient"
+	"github.com/mailfleet/mailfleet/relay/webhook"
 )
 
 // openQueue opens the configured queue: the embedded JetStream, or an
@@ -174,6 +176,30 @@ func openEvents(ctx context.Context, cfg config.Config, q *queue.Queue, reg prom
 		Conn: q.Conn(), Stream: q.Stream(), Replicas: q.Replicas(),
 		MaxAge: cfg.Events.MaxAge.Duration, Buffer: cfg.Events.Buffer, Registerer: reg, Log: log,
 	})
+}
+
+// startWebhooks posts the events to the webhooks of the accounts in creds
+// until ctx ends.
+func startWebhooks(ctx context.Context, cfg config.Config, q *queue.Queue, creds credentials.Source, reg prometheus.Registerer, log *slog.Logger) error {
+	accounts, ok := creds.(webhook.Accounts)
+	if !ok {
+		log.Warn("webhooks: the credentials source cannot list its accounts; no events are posted")
+		return nil
+	}
+	w := cfg.Webhooks
+	allowed, err := w.DestinationPrefixes()
+	if err != nil {
+		return err
+	}
+	d, err := webhook.New(ctx, webhook.Config{
+		QueueStream: q.Stream(), Replicas: q.Replicas(), BatchSize: w.BatchSize, BatchWait: w.BatchWait.Duration,
+		Timeout: w.Timeout.Duration, GiveUp: w.GiveUp.Duration, AllowHTTP: w.AllowHTTP, AllowedDestinations: allowed,
+	}, webhook.Deps{Conn: q.Conn(), Accounts: accounts, Registerer: reg, Log: log})
+	if err != nil {
+		return err
+	}
+	go d.Run(ctx)
+	return nil
 }
 
 func closeEvents(p *events.Producer) {

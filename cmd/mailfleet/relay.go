@@ -141,6 +141,9 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	}
 	dispatchCtx, stopDispatch := context.WithCancel(ctx)
 	defer stopDispatch()
+	if err := startWebhooks(dispatchCtx, cfg, q, creds, reg, log); err != nil {
+		return err
+	}
 	dispatched := make(chan struct{})
 	go func() {
 		defer close(dispatched)
