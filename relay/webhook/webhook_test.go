@@ -335,3 +335,17 @@ func TestDrill(t *testing.T) {
 }
 
 var deliveredResult = delivery.Result{Recipient: "r@example.net", Outcome: delivery.Delivered, Code: 250, Enhanced: "2.0.0", Text: "ok"}
+
+// TestLag: the lag gauge is the age of the oldest event a webhook has not
+// taken, and falls back to zero once the endpoint has taken everything.
+func TestLag(t *testing.T) {
+	rcv := newReceiver(t)
+	rcv.mode.Store(down)
+	r := newRig(t, accounts{account("acme", wire.Webhook{URL: rcv.srv.URL, Secret: secret})}, nil)
+	lag := func() float64 { return testutil.ToFloat64(prometheusGauge(t, r.reg, "mailfleet_webhook_lag_seconds")) }
+	emit(r.prod, "acme", 0, 5)
+	waitFor(t, "a lag while the endpoint is down", func() bool { return lag() > 0 })
+	rcv.mode.Store(up)
+	waitFor(t, "every event", func() bool { return rcv.unique() == 10 })
+	waitFor(t, "no lag", func() bool { return lag() == 0 })
+}
