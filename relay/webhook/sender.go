@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -53,6 +54,24 @@ func (s *sender) update(ctx context.Context, h hook) error {
 	return err
 }
 
+// recreateIfGone makes the webhook's consumer again when it is gone
+// (deleted by hand, or by the server after a long inactivity). A pull from
+// a deleted consumer fails in more than one way (deleted, not found, no
+// responders), so after any failed pull the consumer is looked up.
+func (s *sender) recreateIfGone(ctx context.Context, h *hook) {
+	_, err := s.d.stream.Consumer(ctx, h.key)
+	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return
+	}
+	c, err := s.d.stream.CreateOrUpdateConsumer(ctx, s.d.consumerConfig(*h))
+	if err != nil {
+		s.log.Warn("re-create a webhook's consumer", "err", err)
+		return
+	}
+	s.log.Info("webhook consumer made again")
+	s.consumer = c
+}
+
 func (s *sender) stop() {
 	s.cancel()
 	<-s.done
@@ -63,18 +82,24 @@ func (s *sender) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		h := s.hook.Load()
 		if s.d.disabled.has(h.key) {
-			s.wait(ctx, s.d.cfg.RetryMax)
+			// Checked again as often as the webhooks are reread, so that
+			// one enabled again resumes soon.
+			s.wait(ctx, min(s.d.cfg.RetryMax, syncEvery))
 			continue
 		}
 		batch, err := s.consumer.Fetch(s.d.cfg.BatchSize, jetstream.FetchMaxWait(s.d.cfg.BatchWait))
 		if err != nil {
 			s.log.Warn("fetch a webhook's events", "err", err)
+			s.recreateIfGone(ctx, h)
 			s.wait(ctx, s.d.cfg.RetryMin)
 			continue
 		}
 		var msgs []jetstream.Msg
 		for m := range batch.Messages() {
 			msgs = append(msgs, m)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && len(msgs) == 0 {
+			s.recreateIfGone(ctx, h)
 		}
 		if len(msgs) > 0 {
 			s.send(ctx, h, msgs)

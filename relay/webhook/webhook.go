@@ -9,8 +9,8 @@
 // pulling from it. So a slow or dead endpoint holds back only its own
 // events: its consumer's unacknowledged events and its sender's backoff
 // are its own, while every other webhook's consumer moves on. The pods of
-// a fleet share each consumer's work. A consumer nobody pulls from for a
-// day (its webhook removed, or disabled) is removed by the server.
+// a fleet share each consumer's work. A consumer nobody pulls from for 7
+// days (its webhook removed, or disabled) is removed by the server.
 package webhook
 
 import (
@@ -45,8 +45,10 @@ const (
 	DefaultGiveUp = 24 * time.Hour
 	// syncEvery is how often the webhooks of the credentials are reread.
 	syncEvery = 5 * time.Second
-	// inactive removes the consumer of a webhook nobody serves any more.
-	inactive = 24 * time.Hour
+	// inactive removes the consumer of a webhook nobody serves any more:
+	// as long as the stream keeps events, so that a webhook disabled (and
+	// so not pulled from) still has its events when it is enabled again.
+	inactive = events.DefaultMaxAge
 )
 
 // Accounts lists the accounts of the credentials snapshot
@@ -110,9 +112,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Dispatcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("webhook: jetstream: %w", err)
 	}
-	stream, err := js.CreateOrUpdateStream(ctx, events.StreamConfig(cfg.QueueStream, cfg.Replicas, events.DefaultMaxAge))
+	// The producer (relay/events) makes the stream, with the configured
+	// retention; the dispatcher only reads it.
+	stream, err := js.Stream(ctx, wire.EventsStream(cfg.QueueStream))
 	if err != nil {
-		return nil, fmt.Errorf("webhook: events stream: %w", err)
+		return nil, fmt.Errorf("webhook: events stream %s: %w", wire.EventsStream(cfg.QueueStream), err)
 	}
 	d := &Dispatcher{
 		cfg: cfg, deps: deps, log: deps.Log, js: js, stream: stream, senders: map[string]*sender{},

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -128,7 +130,7 @@ func newRig(t *testing.T, accts accounts, tune func(*Config)) *rig {
 		tune(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	d, err := New(context.Background(), cfg, Deps{Conn: q.Conn(), Accounts: accts, Registerer: reg})
+	d, err := New(context.Background(), cfg, Deps{Conn: q.Conn(), Accounts: accts, Registerer: reg, Log: testLog(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,4 +350,33 @@ func TestLag(t *testing.T) {
 	rcv.mode.Store(up)
 	waitFor(t, "every event", func() bool { return rcv.unique() == 10 })
 	waitFor(t, "no lag", func() bool { return lag() == 0 })
+}
+
+// TestDeletedConsumerIsMadeAgain: a webhook whose consumer was deleted
+// gets one again and goes on receiving events.
+func TestDeletedConsumerIsMadeAgain(t *testing.T) {
+	rcv := newReceiver(t)
+	r := newRig(t, accounts{account("acme", wire.Webhook{URL: rcv.srv.URL, Secret: secret})}, nil)
+	key := hookKey("acme", rcv.srv.URL)
+	if err := r.d.stream.DeleteConsumer(context.Background(), key); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the consumer made again", func() bool {
+		_, err := r.d.stream.Consumer(context.Background(), key)
+		return err == nil
+	})
+	emit(r.prod, "acme", 0, 3)
+	waitFor(t, "the events", func() bool { return rcv.unique() == 6 })
+}
+
+// testLog shows the dispatcher's warnings with the test's output.
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
 }
