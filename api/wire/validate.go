@@ -3,7 +3,9 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -100,7 +102,64 @@ func checkAccount(a Account) []error {
 			add("allowedSenderDomains[%d] %.40q: %s", j, d, wantDomain)
 		}
 	}
-	return append(problems, checkLabels(a.Labels)...)
+	problems = append(problems, checkLabels(a.Labels)...)
+	return append(problems, checkWebhooks(a.Webhooks)...)
+}
+
+// checkWebhooks returns the problems with an account's webhooks. Where a
+// URL may point (no private addresses) is the relay's to check when it
+// connects: a name resolves differently over time.
+func checkWebhooks(hooks []Webhook) []error {
+	var problems []error
+	add := func(format string, args ...any) {
+		problems = append(problems, fmt.Errorf(format, args...))
+	}
+	if len(hooks) > MaxWebhooks {
+		add("webhooks: %d of them; at most %d", len(hooks), MaxWebhooks)
+	}
+	seen := map[string]int{}
+	for k, h := range hooks {
+		if err := checkWebhookURL(h.URL); err != nil {
+			add("webhooks[%d]: url: %v", k, err)
+		} else if first, dup := seen[h.URL]; dup {
+			add("webhooks[%d]: url already used by webhooks[%d]", k, first)
+		} else {
+			seen[h.URL] = k
+		}
+		for j, e := range h.Events {
+			if !slices.Contains(WebhookEventTypes, e) {
+				add("webhooks[%d]: events[%d] %.20q: want one of %s", k, j, e, strings.Join(WebhookEventTypes, ", "))
+			}
+		}
+		if len(h.Secret) < MinWebhookSecret || len(h.Secret) > MaxWebhookSecret {
+			// The secret itself is never quoted back.
+			add("webhooks[%d]: secret: want %d to %d characters", k, MinWebhookSecret, MaxWebhookSecret)
+		}
+	}
+	return problems
+}
+
+// checkWebhookURL accepts an absolute http or https URL with a host and
+// no user information (which would be sent to the endpoint in clear, and
+// logged by proxies).
+func checkWebhookURL(raw string) error {
+	if len(raw) > MaxWebhookURLLength {
+		return fmt.Errorf("longer than %d characters", MaxWebhookURLLength)
+	}
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return errors.New("want an absolute URL such as https://hooks.example.com/mailfleet")
+	case u.Scheme != "https" && u.Scheme != "http":
+		return errors.New("want https:// (or http:// where the relay allows it)")
+	case u.Hostname() == "":
+		return errors.New("want a host")
+	case u.User != nil:
+		return errors.New("want no user information in the URL; authenticate with the signature")
+	case u.Fragment != "":
+		return errors.New("want no #fragment")
+	}
+	return nil
 }
 
 // checkLabels returns the problems with an account's labels.

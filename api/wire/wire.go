@@ -99,7 +99,33 @@ type Account struct {
 	SenderPolicy string  `json:"senderPolicy,omitempty"`
 	Suspended    bool    `json:"suspended,omitempty"`
 	Labels       []Label `json:"labels,omitempty"`
+	// Webhooks receive the account's delivery events.
+	Webhooks []Webhook `json:"webhooks,omitempty"`
 }
+
+// Webhook is an endpoint that receives an account's delivery events as
+// signed JSON batches (docs/events.md).
+type Webhook struct {
+	// URL is https:// (http:// only where the relay's config allows it).
+	URL string `json:"url"`
+	// Events are the event types it receives (WebhookEventTypes); empty
+	// means all of them.
+	Events []string `json:"events,omitempty"`
+	// Secret signs each POST (X-Mailfleet-Signature). The shard holding it
+	// is a Secret, as the key digests' are.
+	Secret string `json:"secret"`
+}
+
+// WebhookEventTypes are the event types a webhook may ask for.
+var WebhookEventTypes = []string{"queued", "delivered", "deferred", "bounced", "expired", "suppressed"}
+
+// Limits of an account's webhooks, so that a shard stays small.
+const (
+	MaxWebhooks         = 10
+	MaxWebhookURLLength = 2048
+	MinWebhookSecret    = 16
+	MaxWebhookSecret    = 256
+)
 
 // Label is a sub-identity of an account, used as api_user#label_id.
 type Label struct {
@@ -178,16 +204,25 @@ func StreamFor(namespace, name string) string {
 // Subjects are the subjects of a queue stream: in (accepted, not yet
 // split per recipient), q (ready to deliver), sched.<time> (waiting for a
 // retry), split.<id> (a split in progress), body.<id> (bodies, in a stream of
-// their own: BodyStream).
+// their own: BodyStream), events.<type>.<api_user> (delivery events, in a
+// stream of their own: EventsStream).
 type Subjects struct {
-	In, Queue, Sched, Split, Body string
+	In, Queue, Sched, Split, Body, Events string
 }
 
 // SubjectsOf names the subjects of stream.
 func SubjectsOf(stream string) Subjects {
 	p := strings.ToLower(stream)
-	return Subjects{In: p + ".in", Queue: p + ".q", Sched: p + ".sched", Split: p + ".split", Body: p + ".body"}
+	return Subjects{In: p + ".in", Queue: p + ".q", Sched: p + ".sched", Split: p + ".split", Body: p + ".body", Events: p + ".events"}
 }
 
 // BodyStream is the stream holding the bodies of stream's messages.
 func BodyStream(stream string) string { return stream + "_BODY" }
+
+// EventsStream is the stream holding the delivery events of stream's
+// messages, and WebhooksBucket the key-value bucket in which the relays
+// record the webhooks they disabled (an endpoint answered 410 Gone).
+func EventsStream(stream string) string { return stream + "_EVENTS" }
+
+// WebhooksBucket: see EventsStream.
+func WebhooksBucket(stream string) string { return stream + "_WEBHOOKS" }

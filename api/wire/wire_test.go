@@ -57,11 +57,14 @@ func TestShardVersion(t *testing.T) {
 func TestSubjectsOf(t *testing.T) {
 	s := SubjectsOf("MAILFLEET_MAIL_MX")
 	want := Subjects{In: "mailfleet_mail_mx.in", Queue: "mailfleet_mail_mx.q", Sched: "mailfleet_mail_mx.sched",
-		Split: "mailfleet_mail_mx.split", Body: "mailfleet_mail_mx.body"}
+		Split: "mailfleet_mail_mx.split", Body: "mailfleet_mail_mx.body", Events: "mailfleet_mail_mx.events"}
 	if s != want {
 		t.Errorf("SubjectsOf = %+v, want %+v", s, want)
 	}
 	if BodyStream("MAILFLEET") != "MAILFLEET_BODY" {
 		t.Errorf("BodyStream = %q", BodyStream("MAILFLEET"))
+	}
+	if EventsStream("MAILFLEET") != "MAILFLEET_EVENTS" || WebhooksBucket("MAILFLEET") != "MAILFLEET_WEBHOOKS" {
+		t.Errorf("EventsStream = %q, WebhooksBucket = %q", EventsStream("MAILFLEET"), WebhooksBucket("MAILFLEET"))
 	}
 }

@@ -12,11 +12,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailfleet/mailfleet/relay/config"
+	"github.com/mailfleet/mailfleet/relay/credentials"
 	"github.com/mailfleet/mailfleet/relay/delivery"
 	"github.com/mailfleet/mailfleet/relay/dispatch"
 	"github.com/mailfleet/mailfleet/relay/dsn"
+	"github.com/mailfleet/mailfleet/relay/events"
 	"github.com/mailfleet/mailfleet/relay/queue"
 	"github.com/mailfleet/mailfleet/relay/smtpclient"
+	"github.com/mailfleet/mailfleet/relay/webhook"
 )
 
 // openQueue opens the configured queue: the embedded JetStream, or an
@@ -139,7 +142,7 @@ func openTransport(cfg config.Config, reg prometheus.Registerer, log *slog.Logge
 
 // newDispatcher makes the delivery workers from the configuration.
 func newDispatcher(cfg config.Config, q *queue.Queue, t delivery.Transport, destination string, ids dispatch.IDs,
-	reg prometheus.Registerer, log *slog.Logger) (*dispatch.Dispatcher, error) {
+	evs dispatch.Events, reg prometheus.Registerer, log *slog.Logger) (*dispatch.Dispatcher, error) {
 	d := cfg.Delivery
 	backoff := delivery.DefaultBackoff()
 	if d.Backoff.Min.Duration > 0 {
@@ -159,8 +162,50 @@ func newDispatcher(cfg config.Config, q *queue.Queue, t delivery.Transport, dest
 		Workers: d.Workers, PerDomain: d.PerDomain, Backoff: backoff, Destination: destination,
 		TouchEvery: cfg.Queue.AckWait.Duration / 3,
 	}, dispatch.Deps{
-		Queue: q, Spool: q, Transport: t, DSN: dsn.Builder(deliveryHostname(cfg)), IDs: ids, Registerer: reg, Log: log,
+		Queue: q, Spool: q, Transport: t, DSN: dsn.Builder(deliveryHostname(cfg)), IDs: ids, Events: evs, Registerer: reg, Log: log,
 	})
+}
+
+// eventsFlush is how long a stopping relay gives its buffered events.
+const eventsFlush = 5 * time.Second
+
+// openEvents makes the delivery events stream beside the queue's and the
+// producer that writes to it.
+func openEvents(ctx context.Context, cfg config.Config, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger) (*events.Producer, error) {
+	return events.Open(ctx, events.Options{
+		Conn: q.Conn(), Stream: q.Stream(), Replicas: q.Replicas(),
+		MaxAge: cfg.Events.MaxAge.Duration, Buffer: cfg.Events.Buffer, Registerer: reg, Log: log,
+	})
+}
+
+// startWebhooks posts the events to the webhooks of the accounts in creds
+// until ctx ends.
+func startWebhooks(ctx context.Context, cfg config.Config, q *queue.Queue, creds credentials.Source, reg prometheus.Registerer, log *slog.Logger) error {
+	accounts, ok := creds.(webhook.Accounts)
+	if !ok {
+		log.Warn("webhooks: the credentials source cannot list its accounts; no events are posted")
+		return nil
+	}
+	w := cfg.Webhooks
+	allowed, err := w.DestinationPrefixes()
+	if err != nil {
+		return err
+	}
+	d, err := webhook.New(ctx, webhook.Config{
+		QueueStream: q.Stream(), Replicas: q.Replicas(), BatchSize: w.BatchSize, BatchWait: w.BatchWait.Duration,
+		Timeout: w.Timeout.Duration, GiveUp: w.GiveUp.Duration, AllowHTTP: w.AllowHTTP, AllowedDestinations: allowed,
+	}, webhook.Deps{Conn: q.Conn(), Accounts: accounts, Registerer: reg, Log: log})
+	if err != nil {
+		return err
+	}
+	go d.Run(ctx)
+	return nil
+}
+
+func closeEvents(p *events.Producer) {
+	ctx, cancel := context.WithTimeout(context.Background(), eventsFlush)
+	defer cancel()
+	p.Close(ctx)
 }
 
 // deliveryHostname is the name this relay gives itself towards next hops

@@ -137,12 +137,22 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 		return err
 	}
 	defer closeTransport()
-	dispatcher, err := newDispatcher(cfg, q, transport, destination, ids, reg, log)
+	evs, err := openEvents(ctx, cfg, q, reg, log)
+	if err != nil {
+		return err
+	}
+	// Closed after the workers stopped, before the queue: the events of
+	// the last deliveries are written then.
+	defer closeEvents(evs)
+	dispatcher, err := newDispatcher(cfg, q, transport, destination, ids, evs, reg, log)
 	if err != nil {
 		return err
 	}
 	dispatchCtx, stopDispatch := context.WithCancel(ctx)
 	defer stopDispatch()
+	if err := startWebhooks(dispatchCtx, cfg, q, creds, reg, log); err != nil {
+		return err
+	}
 	dispatched := make(chan struct{})
 	go func() {
 		defer close(dispatched)
@@ -157,6 +167,7 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 		Spool:   q,
 		IDs:     ids,
 		Metrics: submission.NewMetrics(reg),
+		Events:  evs,
 	})
 	if err != nil {
 		return err

@@ -43,6 +43,10 @@ type Config struct {
 	Queue Queue `json:"queue,omitempty"`
 	// Delivery configures the delivery workers and where they deliver.
 	Delivery Delivery `json:"delivery,omitempty"`
+	// Events configures the delivery events stream (relay/events).
+	Events Events `json:"events,omitempty"`
+	// Webhooks configures the posting of events to the accounts' webhooks.
+	Webhooks Webhooks `json:"webhooks,omitempty"`
 	// MetricsAddress serves /healthz and /readyz in clear, for kubelet's
 	// probes, and /metrics too unless metrics.address moves it.
 	MetricsAddress string `json:"metricsAddress,omitempty"`
@@ -277,15 +281,53 @@ type Delivery struct {
 
 // DestinationPrefixes parses AllowedDestinations.
 func (d Delivery) DestinationPrefixes() ([]netip.Prefix, error) {
-	out := make([]netip.Prefix, 0, len(d.AllowedDestinations))
-	for i, s := range d.AllowedDestinations {
+	return parsePrefixes("delivery.allowedDestinations", d.AllowedDestinations)
+}
+
+func parsePrefixes(field string, list []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(list))
+	for i, s := range list {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return nil, fmt.Errorf("delivery.allowedDestinations[%d] %q: want a CIDR such as 10.20.0.0/16", i, s)
+			return nil, fmt.Errorf("%s[%d] %q: want a CIDR such as 10.20.0.0/16", field, i, s)
 		}
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// Events tunes the delivery events stream, made beside the queue's.
+type Events struct {
+	// MaxAge is how long the stream keeps an event (default 168h).
+	MaxAge Duration `json:"maxAge,omitempty"`
+	// Buffer bounds the events a relay holds in memory while the stream
+	// cannot take them (default 100000); past it they are dropped, counted.
+	Buffer int `json:"buffer,omitempty"`
+}
+
+// Webhooks tunes the posting of delivery events to the webhooks the
+// accounts' credentials name (relay/webhook).
+type Webhooks struct {
+	// AllowHTTP allows http:// webhook URLs; by default only https://.
+	AllowHTTP bool `json:"allowHTTP,omitempty"`
+	// AllowedDestinations are special-purpose networks (CIDRs) webhooks
+	// may reach anyway; by default public addresses only, as direct MX
+	// delivery.
+	AllowedDestinations []string `json:"allowedDestinations,omitempty"`
+	// BatchSize and BatchWait: a POST carries up to BatchSize events
+	// (default 100), sent BatchWait after the first (default 1s).
+	BatchSize int      `json:"batchSize,omitempty"`
+	BatchWait Duration `json:"batchWait,omitempty"`
+	// Timeout bounds one POST (default 10s).
+	Timeout Duration `json:"timeout,omitempty"`
+	// GiveUp is how long an event is retried before it is dropped
+	// (default 24h).
+	GiveUp Duration `json:"giveUp,omitempty"`
+}
+
+// DestinationPrefixes parses AllowedDestinations.
+func (w Webhooks) DestinationPrefixes() ([]netip.Prefix, error) {
+	return parsePrefixes("webhooks.allowedDestinations", w.AllowedDestinations)
 }
 
 // Backoff is the retry schedule: Min doubling up to Max (defaults 5m and
@@ -402,6 +444,16 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateQueue()...)
 	errs = append(errs, c.validateDelivery()...)
+	if c.Events.MaxAge.Duration < 0 || c.Events.Buffer < 0 {
+		errs = append(errs, errors.New("events.maxAge and events.buffer: must be positive, or left out for the defaults"))
+	}
+	w := c.Webhooks
+	if w.BatchSize < 0 || w.BatchWait.Duration < 0 || w.Timeout.Duration < 0 || w.GiveUp.Duration < 0 {
+		errs = append(errs, errors.New("webhooks: batchSize, batchWait, timeout and giveUp must be positive, or left out for the defaults"))
+	}
+	if _, err := w.DestinationPrefixes(); err != nil {
+		errs = append(errs, err)
+	}
 	if len(c.Listeners) == 0 {
 		errs = append(errs, errors.New("listeners: at least one is required"))
 	}

@@ -109,6 +109,14 @@ func TestLoad(t *testing.T) {
 			}
 		}},
 		{name: "allowed destination not a CIDR", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {allowedDestinations: [intranet]}\n", wantErr: "want a CIDR such as 10.20.0.0/16"},
+		{name: "webhook destination not a CIDR", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nwebhooks: {allowedDestinations: [cluster]}\n", wantErr: "webhooks.allowedDestinations[0]"},
+		{name: "negative event buffer", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nevents: {buffer: -1}\n", wantErr: "events.maxAge and events.buffer"},
+		{name: "events and webhooks tuned", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nevents: {maxAge: 72h}\nwebhooks: {allowHTTP: true, batchSize: 10, giveUp: 2h, allowedDestinations: [10.1.0.0/16]}\n", check: func(t *testing.T, c Config) {
+			w := c.Webhooks
+			if c.Events.MaxAge.Duration != 72*time.Hour || !w.AllowHTTP || w.BatchSize != 10 || w.GiveUp.Duration != 2*time.Hour || len(w.AllowedDestinations) != 1 {
+				t.Fatalf("events %+v webhooks %+v", c.Events, w)
+			}
+		}},
 		{name: "smarthost without host", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {smarthost: {port: 25}}\n", wantErr: "delivery.smarthost.host"},
 		{name: "smarthost TLS mode", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {smarthost: {host: h, tls: maybe}}\n", wantErr: "delivery.smarthost.tls"},
 		{name: "backoff max below min", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {backoff: {min: 1h, max: 1m}}\n", wantErr: "delivery.backoff.max"},

@@ -7,7 +7,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"iter"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -89,6 +91,16 @@ func (f *File) Lookup(apiUser string) (*Account, bool) {
 	}
 	a, ok := s.accounts[apiUser]
 	return a, ok
+}
+
+// All yields every account of the current snapshot (webhooks are read
+// from them); the accounts are shared and must not be modified.
+func (f *File) All() iter.Seq[*Account] {
+	s := f.snap.Load()
+	if s == nil {
+		return func(func(*Account) bool) {}
+	}
+	return maps.Values(s.accounts)
 }
 
 // Len returns the number of accounts in the current snapshot.

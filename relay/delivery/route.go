@@ -119,11 +119,16 @@ func (m *MX) reachable(domain string, ts []target, rcpts []string) ([]target, []
 // destinationAllowed: a public unicast address, or one in an allowed network.
 func (m *MX) destinationAllowed(ip net.IP) bool {
 	addr, ok := netip.AddrFromSlice(ip)
-	if !ok {
-		return false
-	}
+	return ok && DestinationAllowed(addr, m.cfg.AllowedDestinations)
+}
+
+// DestinationAllowed reports whether the relay may connect to addr on
+// behalf of a sender: a public unicast address, or one inside allowed.
+// Direct MX delivery and webhooks share it, so that neither reaches the
+// cluster's own services unless the configuration says so.
+func DestinationAllowed(addr netip.Addr, allowed []netip.Prefix) bool {
 	addr = addr.Unmap()
-	for _, p := range m.cfg.AllowedDestinations {
+	for _, p := range allowed {
 		if p.Contains(addr) {
 			return true
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailfleet/mailfleet/relay/delivery"
+	"github.com/mailfleet/mailfleet/relay/events"
 	"github.com/mailfleet/mailfleet/relay/spool"
 )
 
@@ -52,6 +53,12 @@ type IDs interface {
 	Next() string
 }
 
+// Events records delivery events (events.Producer is one). Emit must not
+// wait: a message's outcome never waits for its events.
+type Events interface {
+	Emit(evs ...events.Event)
+}
+
 // Config tunes a Dispatcher; zero values take the defaults.
 type Config struct {
 	// Workers is how many messages this process delivers at once.
@@ -77,6 +84,8 @@ type Deps struct {
 	Transport delivery.Transport
 	DSN       BuildDSN
 	IDs       IDs
+	// Events receives an event per recipient and attempt; nil records none.
+	Events Events
 	// Registerer receives the delivery metrics; nil registers nothing.
 	Registerer prometheus.Registerer
 	Log        *slog.Logger
@@ -129,6 +138,9 @@ func New(cfg Config, deps Deps) (*Dispatcher, error) {
 	}
 	if deps.Now == nil {
 		deps.Now = time.Now
+	}
+	if deps.Events == nil {
+		deps.Events = noEvents{}
 	}
 	return &Dispatcher{
 		cfg: cfg, deps: deps, log: deps.Log, now: deps.Now,
@@ -199,15 +211,18 @@ func (d *Dispatcher) handle(ctx context.Context, p spool.Pending) {
 	}
 	d.metrics.count(d.cfg.Destination, "delivered", len(delivered))
 	d.metrics.count(d.cfg.Destination, "failed", len(failed))
+	var expiredRs []delivery.Result
 	if expired {
 		d.metrics.count(d.cfg.Destination, "expired", len(deferred))
 		for _, r := range deferred {
-			failed = append(failed, delivery.Expire(r, d.cfg.Backoff.Lifetime))
+			expiredRs = append(expiredRs, delivery.Expire(r, d.cfg.Backoff.Lifetime))
 		}
+		failed = append(failed, expiredRs...)
 		deferred = nil
 	} else {
 		d.metrics.count(d.cfg.Destination, "deferred", len(deferred))
 	}
+	report := attemptReport{env: env, attempt: p.Attempts() + 1, at: now, delivered: delivered, deferred: deferred}
 
 	if len(failed) > 0 {
 		if err := d.bounce(ctx, p, env, failed, now); err != nil {
@@ -215,10 +230,14 @@ func (d *Dispatcher) handle(ctx context.Context, p spool.Pending) {
 			// recipients are tried again, and bounced then.
 			log.Error("queue the bounce; the message stays queued", "failed", len(failed), "err", err)
 			retry := append(recipients(deferred), recipients(failed)...)
-			d.retry(ctx, p, log, retry, max(delay, bounceRetry))
+			delay = max(delay, bounceRetry)
+			d.report(report, now.Add(delay))
+			d.retry(ctx, p, log, retry, delay)
 			return
 		}
+		report.bounced, report.expired = failed[:len(failed)-len(expiredRs)], expiredRs
 	}
+	d.report(report, now.Add(delay))
 	if len(deferred) > 0 {
 		d.retry(ctx, p, log, recipients(deferred), delay)
 		return
@@ -229,6 +248,39 @@ func (d *Dispatcher) handle(ctx context.Context, p spool.Pending) {
 	}
 	log.Info("message finished", "delivered", len(delivered), "bounced", len(failed), "attempts", p.Attempts()+1)
 }
+
+// attemptReport is what one delivery attempt of a message decided, per
+// recipient, for its events.
+type attemptReport struct {
+	env     spool.Envelope
+	attempt int
+	at      time.Time
+
+	delivered, deferred, bounced, expired []delivery.Result
+}
+
+// report emits the attempt's events. It runs before the message is
+// finished in the queue: a crash in between delivers again and reports
+// the same events, with the same ids. Recipients whose bounce could not
+// be queued get no event yet; they are tried again and reported then.
+func (d *Dispatcher) report(r attemptReport, next time.Time) {
+	evs := make([]events.Event, 0, len(r.env.To))
+	for _, g := range []struct {
+		t  events.Type
+		rs []delivery.Result
+	}{{events.Delivered, r.delivered}, {events.Deferred, r.deferred}, {events.Bounced, r.bounced}, {events.Expired, r.expired}} {
+		for _, res := range g.rs {
+			evs = append(evs, events.FromResult(g.t, r.env, res, r.attempt, r.at, next))
+		}
+	}
+	if len(evs) > 0 {
+		d.deps.Events.Emit(evs...)
+	}
+}
+
+type noEvents struct{}
+
+func (noEvents) Emit(...events.Event) {}
 
 func (d *Dispatcher) retry(ctx context.Context, p spool.Pending, log *slog.Logger, remaining []string, delay time.Duration) {
 	if err := p.Retry(ctx, remaining, delay); err != nil {

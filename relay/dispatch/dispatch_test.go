@@ -282,7 +282,7 @@ func metricVec(t *testing.T, reg *prometheus.Registry, name string) prometheus.C
 	for _, f := range families {
 		if f.GetName() == name {
 			for _, m := range f.GetMetric() {
-				c.Add(m.GetCounter().GetValue())
+				c.Add(m.GetCounter().GetValue() + m.GetGauge().GetValue())
 			}
 		}
 	}

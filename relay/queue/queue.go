@@ -400,6 +400,17 @@ func (q *Queue) Ready() bool {
 	return q.nc != nil && q.nc.IsConnected()
 }
 
+// Conn is the queue's NATS connection, which the events producer shares:
+// the embedded server is reachable only through it.
+func (q *Queue) Conn() *nats.Conn { return q.nc }
+
+// Stream is the queue stream's name, and Replicas how many copies the
+// streams the relay creates keep; the events stream is made beside it.
+func (q *Queue) Stream() string { return q.opts.Stream }
+
+// Replicas: see Stream.
+func (q *Queue) Replicas() int { return q.opts.Replicas }
+
 // Close stops the committer and the splitter, then closes the connection
 // and the embedded server. Commits still waiting fail.
 func (q *Queue) Close() error {

@@ -164,12 +164,17 @@ func (q *Queue) wasSplit(ctx context.Context, packSeq uint64) (bool, error) {
 	return true, nil
 }
 
-// publishAtomic writes msgs as one JetStream atomic batch: on a single
-// server it is synced once for the whole batch, and either every message
-// is stored or none.
+// publishAtomic writes msgs as one JetStream atomic batch (PublishAtomic).
 func (q *Queue) publishAtomic(ctx context.Context, msgs []*nats.Msg) error {
+	return PublishAtomic(ctx, q.nc, q.js, msgs)
+}
+
+// PublishAtomic writes msgs as one JetStream atomic batch to a stream that
+// allows it: on a single server it is synced once for the whole batch, and
+// either every message is stored or none. The events producer shares it.
+func PublishAtomic(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, msgs []*nats.Msg) error {
 	if len(msgs) == 1 {
-		_, err := q.js.PublishMsg(ctx, msgs[0])
+		_, err := js.PublishMsg(ctx, msgs[0])
 		return err
 	}
 	id := nuid.Next()
@@ -177,13 +182,13 @@ func (q *Queue) publishAtomic(ctx context.Context, msgs []*nats.Msg) error {
 		m.Header.Set("Nats-Batch-Id", id)
 		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
 		if i < len(msgs)-1 {
-			if err := q.nc.PublishMsg(m); err != nil {
+			if err := nc.PublishMsg(m); err != nil {
 				return fmt.Errorf("publish batch message %d: %w", i+1, err)
 			}
 			continue
 		}
 		m.Header.Set("Nats-Batch-Commit", "1")
-		resp, err := q.nc.RequestMsgWithContext(ctx, m)
+		resp, err := nc.RequestMsgWithContext(ctx, m)
 		// Later one-by-one publishing must not carry batch headers.
 		defer func() {
 			for _, m := range msgs {

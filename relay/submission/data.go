@@ -50,6 +50,9 @@ func (s *session) queue(ctx context.Context, r io.Reader) (string, *rejection) {
 		return "", rej
 	}
 	s.b.deps.Metrics.accepted(s.identity, size)
+	if s.b.deps.Events != nil {
+		s.b.deps.Events.Queued(env)
+	}
 	s.log.Info("message queued", "id", env.ID, "account", env.APIUser, "label", env.LabelID,
 		"recipients", len(env.To), "bytes", size, "tls", env.TLS)
 	return env.ID, nil

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -90,6 +91,19 @@ type policy struct {
 	spool   *recordingSpool
 	metrics *Metrics
 	budget  budget.Decision
+	events  queuedEvents
+}
+
+// queuedEvents records the messages Events.Queued heard of, and whether
+// each was committed by then.
+type queuedEvents struct {
+	spool    *recordingSpool
+	reported []bool
+}
+
+func (e *queuedEvents) Queued(env spool.Envelope) {
+	m := e.spool.begun[len(e.spool.begun)-1]
+	e.reported = append(e.reported, m.env.ID == env.ID && m.committed)
 }
 
 func newPolicy(t *testing.T, failureLimit int) *policy {
@@ -99,12 +113,14 @@ func newPolicy(t *testing.T, failureLimit int) *policy {
 		t.Fatal(err)
 	}
 	p := &policy{spool: &recordingSpool{}, metrics: NewMetrics(prometheus.NewRegistry()), budget: budget.Allow}
+	p.events.spool = p.spool
 	p.backend, err = New(Config{AuthFailureLimit: failureLimit}, Deps{
 		Auth:    testAccounts,
 		Budget:  budgetFunc(func(budget.Request) budget.Decision { return p.budget }),
 		Spool:   p.spool,
 		IDs:     ids,
 		Metrics: p.metrics,
+		Events:  &p.events,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -264,6 +280,10 @@ func TestDataOutcomes(t *testing.T) {
 			m := p.spool.begun[0]
 			if queued := tt.want == ""; m.committed != queued || m.aborted == queued || (id == m.env.ID) != queued {
 				t.Fatalf("committed %v, aborted %v, id %q of %q; want queued: %v", m.committed, m.aborted, id, m.env.ID, queued)
+			}
+			// Only a committed message is reported, once, after its commit.
+			if queued := tt.want == ""; !slices.Equal(p.events.reported, map[bool][]bool{true: {true}, false: nil}[queued]) {
+				t.Fatalf("queued events %v, want one after the commit only when queued", p.events.reported)
 			}
 			if tt.reason != "" && p.rejected("restricted", "7", tt.reason) != 1 {
 				t.Fatalf("not counted as %s", tt.reason)

@@ -51,6 +51,15 @@ type Deps struct {
 	Spool   spool.Spool
 	IDs     *queueid.Generator
 	Metrics *Metrics
+	// Events hears of each message queued (events.Producer); optional.
+	Events Events
+}
+
+// Events is told of each message whose queue write was acknowledged, right
+// after the acknowledgement. Queued must not wait: the client's 250 does
+// not wait for it.
+type Events interface {
+	Queued(env spool.Envelope)
 }
 
 // Backend is the relay's smtpd.Backend. Its failure throttle is shared by

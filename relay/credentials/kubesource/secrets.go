@@ -10,7 +10,9 @@ import (
 
 	"context"
 	"fmt"
+	"iter"
 	"log/slog"
+	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -66,6 +68,12 @@ func NewSecrets(client kubernetes.Interface, namespace, relay string, log *slog.
 func (s *Secrets) Lookup(apiUser string) (*credentials.Account, bool) {
 	a, ok := (*s.snap.Load())[apiUser]
 	return a, ok
+}
+
+// All yields every account of the current snapshot (webhooks are read
+// from them); the accounts are shared and must not be modified.
+func (s *Secrets) All() iter.Seq[*credentials.Account] {
+	return maps.Values(*s.snap.Load())
 }
 
 // Synced reports whether the first full list of shards has been applied;

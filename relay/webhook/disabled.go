@@ -1,0 +1,117 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailfleet/mailfleet/api/wire"
+)
+
+// disabledSet is the webhooks an endpoint disabled (410 Gone), kept in a
+// JetStream key-value bucket that every relay pod of the fleet watches:
+// one pod's 410 stops the others too, and a restarted pod remembers it.
+type disabledSet struct {
+	kv  jetstream.KeyValue
+	log *slog.Logger
+
+	mu   sync.RWMutex
+	keys map[string]bool
+}
+
+// Disabled is a disabled webhook's record in the bucket (key: the
+// webhook's key). It names the account, never the URL or the secret.
+type Disabled struct {
+	APIUser    string    `json:"apiUser"`
+	DisabledAt time.Time `json:"disabledAt"`
+	Reason     string    `json:"reason"`
+}
+
+func openDisabled(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logger) (*disabledSet, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      wire.WebhooksBucket(cfg.QueueStream),
+		Description: "mailfleet: webhooks disabled by their endpoint (410 Gone)",
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("webhook: key-value bucket: %w", err)
+	}
+	return &disabledSet{kv: kv, log: log, keys: map[string]bool{}}, nil
+}
+
+// watch keeps keys in step with the bucket until ctx ends.
+func (s *disabledSet) watch(ctx context.Context) {
+	for ctx.Err() == nil {
+		w, err := s.kv.WatchAll(ctx)
+		if err != nil {
+			s.log.Warn("watch the disabled webhooks", "err", err)
+			time.Sleep(time.Second)
+			continue
+		}
+		for e := range w.Updates() {
+			if e == nil {
+				continue // the initial values are in
+			}
+			s.mu.Lock()
+			s.keys[e.Key()] = e.Operation() == jetstream.KeyValuePut
+			s.mu.Unlock()
+		}
+		w.Stop()
+	}
+}
+
+func (s *disabledSet) has(key string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.keys[key]
+}
+
+func (s *disabledSet) count() float64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	for _, on := range s.keys {
+		if on {
+			n++
+		}
+	}
+	return float64(n)
+}
+
+func (s *disabledSet) put(ctx context.Context, key string, d Disabled) error {
+	data, _ := json.Marshal(d)
+	if _, err := s.kv.Put(ctx, key, data); err != nil {
+		return fmt.Errorf("record the disabled webhook: %w", err)
+	}
+	s.mu.Lock()
+	s.keys[key] = true
+	s.mu.Unlock()
+	return nil
+}
+
+// disable records that h's endpoint answered 410 Gone.
+func (d *Dispatcher) disable(ctx context.Context, h *hook, log *slog.Logger) {
+	err := d.disabled.put(ctx, h.key, Disabled{APIUser: h.apiUser, DisabledAt: time.Now().UTC(), Reason: "410 Gone"})
+	if err != nil {
+		log.Error("webhook answered 410 Gone; recording it failed, it will be posted to again", "err", err)
+		return
+	}
+	log.Warn("webhook disabled: its endpoint answered 410 Gone; its events wait in the stream until it is enabled again")
+}
+
+// Enable removes a webhook's disabled mark (the operator's way back, once
+// the account's webhook changes).
+func (d *Dispatcher) Enable(ctx context.Context, apiUser, url string) error {
+	err := d.disabled.kv.Delete(ctx, hookKey(apiUser, url))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("enable webhook: %w", err)
+	}
+	return nil
+}
