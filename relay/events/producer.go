@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -148,10 +149,18 @@ func (p *Producer) ensureStream(ctx context.Context) error {
 	return nil
 }
 
-// Subject is where an event is written: <events>.<type>.<api_user>, so
-// that a consumer can take one account's events of the types it wants.
+// Subject is where an event is written: <events>.<type>.<account token>,
+// so that a consumer can take one account's events of the types it
+// wants. The api_user is hex-encoded into one token: written as it is, a
+// name with dots ("acme." or "a..b", which the id pattern allows) made an
+// empty token, a subject no stream takes, and the producer retried that
+// event forever in front of every other account's.
 func Subject(queueStream string, ev Event) string {
-	return wire.SubjectsOf(queueStream).Events + "." + string(ev.Type) + "." + ev.APIUser
+	return wire.SubjectsOf(queueStream).Events + "." + string(ev.Type) + "." + accountToken(ev.APIUser)
+}
+
+func accountToken(apiUser string) string {
+	return "u" + hex.EncodeToString([]byte(apiUser))
 }
 
 // Emit hands events to the writer without waiting; see Producer.

@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"testing"
@@ -85,9 +86,9 @@ func TestReportedTwiceStoredOnce(t *testing.T) {
 		t.Fatalf("%d events stored, want one per recipient", n)
 	}
 	s, _ := js.Stream(context.Background(), wire.EventsStream(wire.DefaultStream))
-	m, err := s.GetLastMsgForSubject(context.Background(), "mailfleet.events.queued.acme.co")
+	m, err := s.GetLastMsgForSubject(context.Background(), "mailfleet.events.queued.u"+hex.EncodeToString([]byte("acme.co")))
 	if err != nil {
-		t.Fatalf("events are stored under <prefix>.events.<type>.<api_user>: %v", err)
+		t.Fatalf("events are stored under <prefix>.events.<type>.u<hex of api_user>: %v", err)
 	}
 	if m.Header.Get(jetstream.MsgIDHeader) != NewID("q1", Queued, "r49@example.net", 0) {
 		t.Errorf("Nats-Msg-Id %q", m.Header.Get(jetstream.MsgIDHeader))
@@ -165,4 +166,19 @@ func TestCloseFlushesOrCounts(t *testing.T) {
 	if d := testutil.ToFloat64(p.metrics.dropped.WithLabelValues("closed")); d != 1 {
 		t.Errorf("%v dropped after Close, want 1", d)
 	}
+}
+
+// TestDottedAPIUsersDoNotBlockOthers: api_users the id pattern allows
+// with a trailing or doubled dot are stored, and so are the events of
+// other accounts behind them. Written into the subject as they are, they
+// made an empty token that no stream takes, and the producer retried the
+// first such event forever: no account's events were written again.
+func TestDottedAPIUsersDoNotBlockOthers(t *testing.T) {
+	p, js, _ := open(t, 0)
+	for i, user := range []string{"acme.", "a..b", ".", "other"} {
+		env := envelope(fmt.Sprintf("q%d", i), 1)
+		env.APIUser = user
+		p.Queued(env)
+	}
+	waitFor(t, "every account's event stored", func() bool { return stored(t, js) == 4 })
 }

@@ -97,13 +97,14 @@ func (s *disabledSet) put(ctx context.Context, key string, d Disabled) error {
 }
 
 // disable records that h's endpoint answered 410 Gone.
-func (d *Dispatcher) disable(ctx context.Context, h *hook, log *slog.Logger) {
+func (d *Dispatcher) disable(ctx context.Context, h *hook, log *slog.Logger) error {
 	err := d.disabled.put(ctx, h.key, Disabled{APIUser: h.apiUser, DisabledAt: time.Now().UTC(), Reason: "410 Gone"})
 	if err != nil {
-		log.Error("webhook answered 410 Gone; recording it failed, it will be posted to again", "err", err)
-		return
+		log.Error("webhook answered 410 Gone; recording it failed, it will be posted to again after a backoff", "err", err)
+		return err
 	}
 	log.Warn("webhook disabled: its endpoint answered 410 Gone; its events wait in the stream until it is enabled again")
+	return nil
 }
 
 // Enable removes a webhook's disabled mark (the operator's way back, once

@@ -66,7 +66,7 @@ func (d *Dispatcher) lag() float64 {
 }
 
 func (s *sender) lag(ctx context.Context) time.Duration {
-	info, err := s.consumer.Info(ctx)
+	info, err := s.currentConsumer().Info(ctx)
 	if err != nil || info.NumPending+uint64(info.NumAckPending) == 0 {
 		return 0
 	}

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,13 +20,16 @@ import (
 
 // sender posts one webhook's events, from its consumer, until stopped.
 type sender struct {
-	d        *Dispatcher
-	log      *slog.Logger
-	hook     atomic.Pointer[hook]
-	consumer jetstream.Consumer
-	client   *http.Client
-	cancel   context.CancelFunc
-	done     chan struct{}
+	d    *Dispatcher
+	log  *slog.Logger
+	hook atomic.Pointer[hook]
+	// consumer is replaced when it was deleted (recreateIfGone) while a
+	// metrics scrape reads it (lag).
+	consumerMu sync.Mutex
+	consumer   jetstream.Consumer
+	client     *http.Client
+	cancel     context.CancelFunc
+	done       chan struct{}
 	// failures counts the POSTs that failed in a row, for the backoff.
 	failures int
 }
@@ -69,7 +73,9 @@ func (s *sender) recreateIfGone(ctx context.Context, h *hook) {
 		return
 	}
 	s.log.Info("webhook consumer made again")
+	s.consumerMu.Lock()
 	s.consumer = c
+	s.consumerMu.Unlock()
 }
 
 func (s *sender) stop() {
@@ -87,7 +93,7 @@ func (s *sender) run(ctx context.Context) {
 			s.wait(ctx, min(s.d.cfg.RetryMax, syncEvery))
 			continue
 		}
-		batch, err := s.consumer.Fetch(s.d.cfg.BatchSize, jetstream.FetchMaxWait(s.d.cfg.BatchWait))
+		batch, err := s.currentConsumer().Fetch(s.d.cfg.BatchSize, jetstream.FetchMaxWait(s.d.cfg.BatchWait))
 		if err != nil {
 			s.log.Warn("fetch a webhook's events", "err", err)
 			s.recreateIfGone(ctx, h)
@@ -118,9 +124,11 @@ func (s *sender) send(ctx context.Context, h *hook, msgs []jetstream.Msg) {
 			m.Ack()
 		}
 		s.d.metrics.posted("ok", len(msgs))
-	case err == nil && status == http.StatusGone:
+	case err == nil && status == http.StatusGone && s.d.disable(ctx, h, s.log) == nil:
+		// Disabled: the events wait in the stream. A 410 whose mark could
+		// not be written falls to the backoff below, instead of being
+		// posted again at once, and again.
 		s.d.metrics.posted("gone", len(msgs))
-		s.d.disable(ctx, h, s.log)
 		for _, m := range msgs {
 			m.Nak()
 		}
@@ -210,4 +218,10 @@ func batchBody(msgs []jetstream.Msg) []byte {
 	}
 	b.WriteByte(']')
 	return b.Bytes()
+}
+
+func (s *sender) currentConsumer() jetstream.Consumer {
+	s.consumerMu.Lock()
+	defer s.consumerMu.Unlock()
+	return s.consumer
 }
