@@ -145,14 +145,6 @@ func (r idleResult) ratio() float64 {
 	return medianOf(r.with) / ((medianOf(r.before) + medianOf(r.after)) / 2)
 }
 
-func medianOf(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
+// medianOf is med of a copy: the runs stay in the order they ran, which
+// the report prints.
+func medianOf(v []float64) float64 { return med(slices.Clone(v)) }
