@@ -33,6 +33,14 @@ type devOptions struct {
 	apiPort     int
 	metricsAddr string
 	logLevel    string
+	// eventsURL, when set, receives the demo account's delivery events.
+	eventsURL string
+}
+
+// devSecrets are what dev mode keeps in credentials.env across runs.
+type devSecrets struct {
+	key           string
+	webhookSecret string // only with --events-url
 }
 
 func devCommand() *cobra.Command {
@@ -49,13 +57,13 @@ DATA_DIR/credentials.env for scripts to source.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			cfg, key, err := prepareDev(o)
+			cfg, secrets, err := prepareDev(o)
 			if err != nil {
 				return err
 			}
 			return runRelay(ctx, cfg, relayHooks{
 				started: func(l relayListening) {
-					if err := announceDev(cmd.OutOrStdout(), o, key, l); err != nil {
+					if err := announceDev(cmd.OutOrStdout(), o, secrets, l); err != nil {
 						fmt.Fprintln(cmd.ErrOrStderr(), "mailfleet dev:", err)
 					}
 				},
@@ -69,36 +77,32 @@ DATA_DIR/credentials.env for scripts to source.`,
 	f.IntVar(&o.apiPort, "api-port", 8443, "HTTPS port of the send API on 127.0.0.1 (0 picks a free one)")
 	f.StringVar(&o.metricsAddr, "metrics-address", "127.0.0.1:9090", "address for /metrics, /healthz and /readyz")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.eventsURL, "events-url", "", "post the demo account's delivery events to this http(s) URL, signed (docs/events.md)")
 	return cmd
 }
 
 // prepareDev makes the data directory's certificate, credentials and relay
-// configuration. The demo key is kept across runs, so scripts that sourced
-// credentials.env keep working.
-func prepareDev(o devOptions) (config.Config, string, error) {
+// configuration. The demo key (and webhook secret) are kept across runs, so
+// scripts that sourced credentials.env keep working.
+func prepareDev(o devOptions) (config.Config, devSecrets, error) {
 	dir, err := filepath.Abs(o.dataDir)
 	if err != nil {
-		return config.Config{}, "", fmt.Errorf("data dir: %w", err)
+		return config.Config{}, devSecrets{}, fmt.Errorf("data dir: %w", err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return config.Config{}, "", fmt.Errorf("create data dir: %w", err)
+		return config.Config{}, devSecrets{}, fmt.Errorf("create data dir: %w", err)
 	}
 	files, err := certs.EnsureSelfSigned(filepath.Join(dir, "tls"), []string{"localhost", "127.0.0.1"})
 	if err != nil {
-		return config.Config{}, "", err
+		return config.Config{}, devSecrets{}, err
 	}
-	key, err := devKey(filepath.Join(dir, "credentials.env"))
+	secrets, account, err := devAccount(filepath.Join(dir, "credentials.env"), o.eventsURL)
 	if err != nil {
-		return config.Config{}, "", err
+		return config.Config{}, devSecrets{}, err
 	}
 	credsFile := filepath.Join(dir, "credentials.yaml")
-	err = credentials.WriteFile(credsFile, []wire.Account{{
-		APIUser:    devAPIUser,
-		KeyDigests: []string{wire.Digest(key)},
-		Labels:     []wire.Label{{ID: devLabelID}},
-	}})
-	if err != nil {
-		return config.Config{}, "", err
+	if err := credentials.WriteFile(credsFile, []wire.Account{account}); err != nil {
+		return config.Config{}, devSecrets{}, err
 	}
 	cfg := config.Config{
 		Hostname: "localhost",
@@ -116,31 +120,80 @@ func prepareDev(o devOptions) (config.Config, string, error) {
 		MetricsAddress:  o.metricsAddr,
 		LogLevel:        o.logLevel,
 	}
+	if o.eventsURL != "" {
+		// A receiver during development runs on this machine or next to
+		// it, in clear: what the relay refuses by default (no SSRF into
+		// a cluster) is what dev mode is for.
+		cfg.Webhooks = config.Webhooks{AllowHTTP: true, AllowedDestinations: devWebhookNetworks}
+	}
 	cfg.Defaults()
-	return cfg, key, cfg.Validate()
+	return cfg, secrets, cfg.Validate()
 }
 
-// devKey returns the key recorded in credentials.env, or a new one.
-func devKey(envFile string) (string, error) {
+// devWebhookNetworks are where dev mode's --events-url may point besides
+// public addresses: this machine and private networks.
+var devWebhookNetworks = []string{"127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"}
+
+// devAccount is the demo account, with its key and, given an events URL,
+// a webhook with its secret; both come from credentials.env when it has
+// them.
+func devAccount(envFile, eventsURL string) (devSecrets, wire.Account, error) {
+	recorded, err := readDevEnv(envFile)
+	if err != nil {
+		return devSecrets{}, wire.Account{}, err
+	}
+	var s devSecrets
+	if s.key, err = recordedOrNew(recorded, "MAILFLEET_API_KEY"); err != nil {
+		return devSecrets{}, wire.Account{}, err
+	}
+	a := wire.Account{
+		APIUser:    devAPIUser,
+		KeyDigests: []string{wire.Digest(s.key)},
+		Labels:     []wire.Label{{ID: devLabelID}},
+	}
+	if eventsURL != "" {
+		if s.webhookSecret, err = recordedOrNew(recorded, "MAILFLEET_WEBHOOK_SECRET"); err != nil {
+			return devSecrets{}, wire.Account{}, err
+		}
+		a.Webhooks = []wire.Webhook{{URL: eventsURL, Secret: s.webhookSecret}}
+	}
+	if err := wire.CheckAccount(a); err != nil {
+		return devSecrets{}, wire.Account{}, fmt.Errorf("--events-url: %w", err)
+	}
+	return s, a, nil
+}
+
+// readDevEnv returns the values recorded in credentials.env, none when it
+// does not exist yet.
+func readDevEnv(envFile string) (map[string]string, error) {
 	f, err := os.Open(envFile)
 	if os.IsNotExist(err) {
-		return wire.NewKey()
+		return nil, nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("read %s: %w", envFile, err)
+		return nil, fmt.Errorf("read %s: %w", envFile, err)
 	}
 	defer f.Close()
+	values := map[string]string{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "MAILFLEET_API_KEY="); ok && v != "" {
-			return strings.Trim(v, "'"), nil
+		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
+			values[k] = strings.Trim(v, "'")
 		}
+	}
+	return values, sc.Err()
+}
+
+// recordedOrNew is the value of name in recorded, or a new random one.
+func recordedOrNew(recorded map[string]string, name string) (string, error) {
+	if v := recorded[name]; v != "" {
+		return v, nil
 	}
 	return wire.NewKey()
 }
 
 // announceDev writes credentials.env and tells the person how to send mail.
-func announceDev(out io.Writer, o devOptions, key string, l relayListening) error {
+func announceDev(out io.Writer, o devOptions, secrets devSecrets, l relayListening) error {
 	dir, _ := filepath.Abs(o.dataDir)
 	smtpPort := l.smtp.Addr("smtp").(*net.TCPAddr).Port
 	smtpsPort := l.smtp.Addr("smtps").(*net.TCPAddr).Port
@@ -148,12 +201,16 @@ func announceDev(out io.Writer, o devOptions, key string, l relayListening) erro
 	caFile := filepath.Join(dir, "tls", "ca.crt")
 	env := fmt.Sprintf("MAILFLEET_API_USER=%s\nMAILFLEET_API_KEY=%s\nMAILFLEET_LABEL_ID=%s\n"+
 		"MAILFLEET_SMTP_PORT=%d\nMAILFLEET_SMTPS_PORT=%d\nMAILFLEET_API_PORT=%d\nMAILFLEET_CA_FILE=%s\n",
-		devAPIUser, key, devLabelID, smtpPort, smtpsPort, apiPort, caFile)
+		devAPIUser, secrets.key, devLabelID, smtpPort, smtpsPort, apiPort, caFile)
+	if secrets.webhookSecret != "" {
+		env += "MAILFLEET_WEBHOOK_SECRET=" + secrets.webhookSecret + "\n"
+	}
 	if err := os.WriteFile(filepath.Join(dir, "credentials.env"), []byte(env), 0o600); err != nil {
 		return fmt.Errorf("write credentials.env: %w", err)
 	}
 	// The key is shown only to a person at a terminal; output that goes to
 	// a file or a CI log refers to credentials.env instead.
+	key := secrets.key
 	shown, shell, python := key, key, strconv.Quote(key)
 	if !isTerminal(out) {
 		shown = "$MAILFLEET_API_KEY (in credentials.env; shown only on a terminal)"
@@ -165,6 +222,12 @@ func announceDev(out io.Writer, o devOptions, key string, l relayListening) erro
 		smtpPort, caFile, devAPIUser, devLabelID, shell,
 		smtpPort, caFile, devAPIUser, devLabelID, python,
 		caFile, devAPIUser, devLabelID, shell, apiPort)
+	if err == nil && o.eventsURL != "" {
+		_, err = fmt.Fprintf(out, devEventsAnnouncement, o.eventsURL)
+	}
+	if err == nil {
+		_, err = fmt.Fprint(out, "\nPress Ctrl-C to stop.\n")
+	}
 	return err
 }
 
@@ -216,6 +279,11 @@ or with curl, through the HTTP send API (docs/api.md):
     -H 'Content-Type: application/json' \
     -d '{"from":"me@example.com","to":["you@example.com"],"subject":"hello","text":"first message through the API"}' \
     https://127.0.0.1:%d/v1/mail/send
+`
 
-Press Ctrl-C to stop.
+const devEventsAnnouncement = `
+The demo account's delivery events are posted to
+  %s
+as JSON batches signed with MAILFLEET_WEBHOOK_SECRET (in credentials.env);
+check the X-Mailfleet-Signature header as docs/events.md shows.
 `

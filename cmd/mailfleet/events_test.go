@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -98,5 +100,93 @@ func TestRelayPostsEventsToWebhooks(t *testing.T) {
 	}
 	if badSig != 0 {
 		t.Errorf("%d POSTs with a bad signature", badSig)
+	}
+}
+
+// TestDevPostsEventsToURL: `mailfleet dev --events-url` posts the demo
+// account's events to a receiver on this machine, signed with the secret
+// it records in credentials.env, and says so.
+func TestDevPostsEventsToURL(t *testing.T) {
+	type post struct {
+		signature string
+		body      []byte
+	}
+	posts := make(chan post, 16)
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		posts <- post{r.Header.Get(webhook.SignatureHeader), body}
+	}))
+	defer rcv.Close()
+
+	p := startDevIn(t, t.TempDir(), "--events-url", rcv.URL+"/hooks")
+	secret := p.env["MAILFLEET_WEBHOOK_SECRET"]
+	if len(secret) < wire.MinWebhookSecret || !strings.Contains(p.stdout.String(), rcv.URL+"/hooks") {
+		t.Fatalf("credentials.env has a webhook secret of %d characters; announcement:\n%s", len(secret), p.stdout)
+	}
+	queueID := sendThroughDevAPI(t, p)
+
+	got := map[events.Type]bool{}
+	timeout := time.After(30 * time.Second)
+	for !got[events.Queued] || !got[events.Delivered] {
+		select {
+		case pst := <-posts:
+			if err := webhook.Verify(secret, pst.signature, pst.body, time.Now()); err != nil {
+				t.Fatalf("a POST does not verify with MAILFLEET_WEBHOOK_SECRET: %v", err)
+			}
+			var evs []events.Event
+			if err := json.Unmarshal(pst.body, &evs); err != nil {
+				t.Fatal(err)
+			}
+			for _, ev := range evs {
+				if ev.QueueID == queueID && ev.APIUser == devAPIUser {
+					got[ev.Type] = true
+				}
+			}
+		case <-timeout:
+			t.Fatalf("events of %s received: %v", queueID, got)
+		}
+	}
+	if strings.Contains(p.stderr.String(), secret) || strings.Contains(p.stdout.String(), secret) {
+		t.Fatal("the webhook secret appears in dev's output")
+	}
+}
+
+// sendThroughDevAPI sends a message through dev's HTTP send API and
+// returns its queue id.
+func sendThroughDevAPI(t *testing.T, p *devProcess) string {
+	t.Helper()
+	pem, err := os.ReadFile(p.env["MAILFLEET_CA_FILE"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	req, _ := http.NewRequest(http.MethodPost, "https://127.0.0.1:"+p.env["MAILFLEET_API_PORT"]+"/v1/mail/send",
+		strings.NewReader(`{"from":"me@example.com","to":["you@example.com"],"subject":"events","text":"hello"}`))
+	req.SetBasicAuth(p.env["MAILFLEET_API_USER"], p.env["MAILFLEET_API_KEY"])
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var answer struct {
+		MessageID string `json:"messageId"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&answer); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("send: %d %v", resp.StatusCode, err)
+	}
+	return answer.MessageID
+}
+
+// TestDevRefusesABadEventsURL: a URL the relay could never post to is
+// refused before anything starts, saying what is wrong.
+func TestDevRefusesABadEventsURL(t *testing.T) {
+	for _, u := range []string{"ftp://127.0.0.1/x", "http://user:pass@127.0.0.1/x", "/relative"} {
+		_, _, err := prepareDev(devOptions{dataDir: t.TempDir(), eventsURL: u, smtpPort: 0, metricsAddr: "127.0.0.1:0"})
+		if err == nil || !strings.Contains(err.Error(), "--events-url") || strings.Contains(err.Error(), "pass") {
+			t.Errorf("%s: %v", u, err)
+		}
 	}
 }

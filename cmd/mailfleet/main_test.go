@@ -57,11 +57,11 @@ func startDev(t *testing.T) *devProcess {
 	return startDevIn(t, t.TempDir())
 }
 
-func startDevIn(t *testing.T, dataDir string) *devProcess {
+func startDevIn(t *testing.T, dataDir string, flags ...string) *devProcess {
 	t.Helper()
 	p := &devProcess{dataDir: dataDir, stdout: &syncbuffer.Buffer{}, stderr: &syncbuffer.Buffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(binary, "dev", "--data-dir", p.dataDir,
-		"--smtp-port", "0", "--smtps-port", "0", "--api-port", "0", "--metrics-address", "127.0.0.1:0")
+	p.cmd = exec.Command(binary, append([]string{"dev", "--data-dir", p.dataDir,
+		"--smtp-port", "0", "--smtps-port", "0", "--api-port", "0", "--metrics-address", "127.0.0.1:0"}, flags...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
