@@ -73,6 +73,12 @@ bench: test-deps
 zero-loss:
 	MAILFLEET_ZERO_LOSS_MESSAGES=10000 go test -count=1 -run TestZeroLoss -v -timeout 30m ./cmd/mailfleet
 
+# The issue's webhook drill: 2,000 messages while the webhook receiver is
+# down for 60 s (make test runs TestWebhookReceiverDown with 300 and 8 s).
+.PHONY: webhook-drill
+webhook-drill:
+	MAILFLEET_WEBHOOK_DRILL_MESSAGES=2000 MAILFLEET_WEBHOOK_DRILL_DOWN_SECONDS=60 go test -count=1 -run TestWebhookReceiverDown -v -timeout 20m ./cmd/mailfleet
+
 clean:
 	rm -rf bin/
 
@@ -145,6 +151,7 @@ test-e2e: test-deps envtest
 	hack/image/images.sh load
 	cd hack/cluster/cert-manager && KUBEBUILDER_ASSETS=$(CURDIR)/bin/k8s go test -count=1 ./...
 	E2E_IMAGE_TAG=$(E2E_IMAGE_TAG) go test -tags e2e -count=1 -v -timeout 60m $(E2E_FLAGS) ./test/e2e
+	$(MAKE) webhook-drill
 
 # Images without Docker (make image, images, images-load) and the
 # single-node cluster (make cluster-up, cluster-down).

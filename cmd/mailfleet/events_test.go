@@ -1,23 +1,27 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"fmt"
 	"io"
+	"iter"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/mailfleet/mailfleet/api/wire"
-	"github.com/mailfleet/mailfleet/relay/credentials"
 	"github.com/mailfleet/mailfleet/relay/events"
+	"github.com/mailfleet/mailfleet/relay/queue"
 	"github.com/mailfleet/mailfleet/relay/webhook"
 )
 
@@ -46,26 +50,7 @@ func TestRelayPostsEventsToWebhooks(t *testing.T) {
 	}))
 	defer rcv.Close()
 
-	dir := t.TempDir()
-	key, err := wire.NewKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	credsFile := filepath.Join(dir, "credentials.yaml")
-	err = credentials.WriteFile(credsFile, []wire.Account{{APIUser: "acme", KeyDigests: []string{wire.Digest(key)},
-		Webhooks: []wire.Webhook{{URL: rcv.URL + "/events", Secret: secret}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfgFile := filepath.Join(dir, "relay.yaml")
-	cfg := fmt.Sprintf("hostname: mx.test\nlisteners: [{name: smtp, address: '127.0.0.1:0', authRequiresTLS: false}]\ncredentialsFile: %s\n"+
-		"metricsAddress: '%s'\nspoolDir: %s\ndelivery: {localDir: %s}\n"+
-		"webhooks: {allowHTTP: true, allowedDestinations: [127.0.0.1/32], batchWait: 50ms}\n",
-		credsFile, freeAddr(t), filepath.Join(dir, "spool"), filepath.Join(dir, "out"))
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	relay := startProcess(t, "relay", "--config", cfgFile)
+	key, relay := startWebhookRelay(t, rcv.URL+"/events", secret)
 	smtpAddr := relay.waitLog(t, "listening", "listener", "smtp")["address"].(string)
 	c := dialLogin(t, smtpAddr, "acme", key)
 	c.expectPrefix("MAIL FROM:<me@example.com>", "250 ")
@@ -190,3 +175,40 @@ func TestDevRefusesABadEventsURL(t *testing.T) {
 		}
 	}
 }
+
+// TestWebhooksStartOnceTheirStreamIs: the webhook dispatcher of a relay
+// whose events stream does not exist yet does not stop the relay; it
+// starts once the stream is there.
+func TestWebhooksStartOnceTheirStreamIs(t *testing.T) {
+	q, err := queue.Open(context.Background(), queue.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reg := prometheus.NewRegistry()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runWebhooks(ctx, webhook.Config{QueueStream: q.Stream()}, webhook.Deps{Conn: q.Conn(), Accounts: noAccounts{}, Registerer: reg}, slog.New(slog.DiscardHandler))
+	}()
+	p, err := events.Open(ctx, events.Options{Conn: q.Conn(), Stream: q.Stream(), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	deadline := time.Now().Add(30 * time.Second)
+	for n, _ := testutil.GatherAndCount(reg, "mailfleet_webhooks_disabled"); n == 0; n, _ = testutil.GatherAndCount(reg, "mailfleet_webhooks_disabled") {
+		if time.Now().After(deadline) {
+			t.Fatal("the dispatcher did not start once the events stream was made")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	<-done
+}
+
+type noAccounts struct{}
+
+func (noAccounts) All() iter.Seq[*wire.Account] { return func(func(*wire.Account) bool) {} }
