@@ -174,7 +174,7 @@ const eventsFlush = 5 * time.Second
 func openEvents(ctx context.Context, cfg config.Config, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger) (*events.Producer, error) {
 	return events.Open(ctx, events.Options{
 		Conn: q.Conn(), Stream: q.Stream(), Replicas: q.Replicas(),
-		MaxAge: cfg.Events.MaxAge.Duration, Buffer: cfg.Events.Buffer, Registerer: reg, Log: log,
+		MaxAge: cfg.Events.MaxAge.Duration, MaxBytes: cfg.Events.MaxBytes, Buffer: cfg.Events.Buffer, Registerer: reg, Log: log,
 	})
 }
 
@@ -191,15 +191,33 @@ func startWebhooks(ctx context.Context, cfg config.Config, q *queue.Queue, creds
 	if err != nil {
 		return err
 	}
-	d, err := webhook.New(ctx, webhook.Config{
+	wcfg := webhook.Config{
 		QueueStream: q.Stream(), Replicas: q.Replicas(), BatchSize: w.BatchSize, BatchWait: w.BatchWait.Duration,
 		Timeout: w.Timeout.Duration, GiveUp: w.GiveUp.Duration, AllowHTTP: w.AllowHTTP, AllowedDestinations: allowed,
-	}, webhook.Deps{Conn: q.Conn(), Accounts: accounts, Registerer: reg, Log: log})
-	if err != nil {
-		return err
 	}
-	go d.Run(ctx)
+	deps := webhook.Deps{Conn: q.Conn(), Accounts: accounts, Registerer: reg, Log: log}
+	go runWebhooks(ctx, wcfg, deps, log)
 	return nil
+}
+
+// runWebhooks starts the dispatcher, and tries again while the events
+// stream or the webhooks bucket cannot be had: the relay takes and
+// delivers mail meanwhile, and the events wait in the stream (or in the
+// producer's buffer) for it.
+func runWebhooks(ctx context.Context, cfg webhook.Config, deps webhook.Deps, log *slog.Logger) {
+	for delay := time.Second; ; delay = min(2*delay, time.Minute) {
+		d, err := webhook.New(ctx, cfg, deps)
+		if err == nil {
+			d.Run(ctx)
+			return
+		}
+		log.Warn("webhooks not started yet; mail is not held up, events wait for them", "retry_in", delay, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+	}
 }
 
 func closeEvents(p *events.Producer) {

@@ -300,6 +300,9 @@ func parsePrefixes(field string, list []string) ([]netip.Prefix, error) {
 type Events struct {
 	// MaxAge is how long the stream keeps an event (default 168h).
 	MaxAge Duration `json:"maxAge,omitempty"`
+	// MaxBytes bounds the stream (default 256 MiB); past it the oldest events
+	// go first, so that events never take the queue's storage.
+	MaxBytes int64 `json:"maxBytes,omitempty"`
 	// Buffer bounds the events a relay holds in memory while the stream
 	// cannot take them (default 100000); past it they are dropped, counted.
 	Buffer int `json:"buffer,omitempty"`
@@ -444,8 +447,8 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateQueue()...)
 	errs = append(errs, c.validateDelivery()...)
-	if c.Events.MaxAge.Duration < 0 || c.Events.Buffer < 0 {
-		errs = append(errs, errors.New("events.maxAge and events.buffer: must be positive, or left out for the defaults"))
+	if c.Events.MaxAge.Duration < 0 || c.Events.MaxBytes < 0 || c.Events.Buffer < 0 {
+		errs = append(errs, errors.New("events.maxAge, events.maxBytes and events.buffer: must be positive, or left out for the defaults"))
 	}
 	w := c.Webhooks
 	if w.BatchSize < 0 || w.BatchWait.Duration < 0 || w.Timeout.Duration < 0 || w.GiveUp.Duration < 0 {

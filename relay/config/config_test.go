@@ -110,7 +110,8 @@ func TestLoad(t *testing.T) {
 		}},
 		{name: "allowed destination not a CIDR", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {allowedDestinations: [intranet]}\n", wantErr: "want a CIDR such as 10.20.0.0/16"},
 		{name: "webhook destination not a CIDR", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nwebhooks: {allowedDestinations: [cluster]}\n", wantErr: "webhooks.allowedDestinations[0]"},
-		{name: "negative event buffer", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nevents: {buffer: -1}\n", wantErr: "events.maxAge and events.buffer"},
+		{name: "negative event buffer", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nevents: {buffer: -1}\n", wantErr: "events.maxAge, events.maxBytes and events.buffer"},
+		{name: "negative event bytes", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nevents: {maxBytes: -1}\n", wantErr: "events.maxBytes"},
 		{name: "events and webhooks tuned", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nevents: {maxAge: 72h}\nwebhooks: {allowHTTP: true, batchSize: 10, giveUp: 2h, allowedDestinations: [10.1.0.0/16]}\n", check: func(t *testing.T, c Config) {
 			w := c.Webhooks
 			if c.Events.MaxAge.Duration != 72*time.Hour || !w.AllowHTTP || w.BatchSize != 10 || w.GiveUp.Duration != 2*time.Hour || len(w.AllowedDestinations) != 1 {

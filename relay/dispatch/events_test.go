@@ -129,7 +129,7 @@ func TestEventsStreamOutageHoldsNoMessage(t *testing.T) {
 	h := start(t, Config{}, withEvents(t, &prod))
 	js, _ := jetstream.New(h.q.Conn())
 	ctx := context.Background()
-	cfg := events.StreamConfig(h.q.Stream(), 1, events.DefaultMaxAge)
+	cfg := events.StreamConfig(h.q.Stream(), 1, events.DefaultMaxAge, events.DefaultMaxBytes)
 	full := cfg
 	full.MaxMsgs, full.Discard = 1, jetstream.DiscardNew
 	h.submit(t, env("first", "s@acme.example", "first@ok.example"), "x")

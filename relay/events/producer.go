@@ -26,6 +26,13 @@ const (
 	// enough for a webhook to be retried for a day (the dispatcher's
 	// limit) and for an endpoint fixed after a long weekend to catch up.
 	DefaultMaxAge = 7 * 24 * time.Hour
+	// DefaultMaxBytes bounds the events stream, which shares JetStream's
+	// storage with the queue: a busy relay's week of events could
+	// otherwise fill it and turn mail away. Past it the oldest events go.
+	// JetStream reserves a stream's MaxBytes out of the server's store, so
+	// this is kept small enough for dozens of relays on the chart's 10 GiB
+	// volumes: about 600,000 events.
+	DefaultMaxBytes = 256 << 20
 	// DefaultBuffer is how many events wait in memory while the stream
 	// cannot take them: minutes of a busy relay's events.
 	DefaultBuffer = 100_000
@@ -53,6 +60,8 @@ type Options struct {
 	Replicas int
 	// MaxAge is how long an event is kept (default DefaultMaxAge).
 	MaxAge time.Duration
+	// MaxBytes bounds the stream (default DefaultMaxBytes).
+	MaxBytes int64
 	// Buffer bounds the events waiting to be written (default
 	// DefaultBuffer); past it events are dropped and counted.
 	Buffer     int
@@ -100,6 +109,9 @@ func Open(ctx context.Context, o Options) (*Producer, error) {
 	if o.MaxAge == 0 {
 		o.MaxAge = DefaultMaxAge
 	}
+	if o.MaxBytes == 0 {
+		o.MaxBytes = DefaultMaxBytes
+	}
 	if o.Buffer == 0 {
 		o.Buffer = DefaultBuffer
 	}
@@ -118,8 +130,11 @@ func Open(ctx context.Context, o Options) (*Producer, error) {
 		stream: wire.EventsStream(o.Stream), subject: wire.SubjectsOf(o.Stream).Events,
 		in: make(chan Event, o.Buffer), stop: make(chan struct{}), done: make(chan struct{}),
 	}
+	// A stream that cannot be made now does not stop the relay: mail
+	// matters more than its events, which wait in the buffer while the
+	// writer makes the stream again.
 	if err := p.ensureStream(ctx); err != nil {
-		return nil, err
+		p.log.Warn("events stream not ready; events wait in memory until it is", "err", err)
 	}
 	p.metrics = newMetrics(o.Registerer, func() float64 { return float64(len(p.in)) + float64(p.pending.Load()) })
 	go p.run()
@@ -127,7 +142,7 @@ func Open(ctx context.Context, o Options) (*Producer, error) {
 }
 
 // StreamConfig is the events stream's configuration.
-func StreamConfig(queueStream string, replicas int, maxAge time.Duration) jetstream.StreamConfig {
+func StreamConfig(queueStream string, replicas int, maxAge time.Duration, maxBytes int64) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:               wire.EventsStream(queueStream),
 		Description:        "mailfleet: delivery events, for the accounts' webhooks",
@@ -136,13 +151,15 @@ func StreamConfig(queueStream string, replicas int, maxAge time.Duration) jetstr
 		Storage:            jetstream.FileStorage,
 		Replicas:           replicas,
 		MaxAge:             maxAge,
+		MaxBytes:           maxBytes,
+		Discard:            jetstream.DiscardOld,
 		Duplicates:         duplicateWindow,
 		AllowAtomicPublish: true,
 	}
 }
 
 func (p *Producer) ensureStream(ctx context.Context) error {
-	_, err := p.js.CreateOrUpdateStream(ctx, StreamConfig(p.opts.Stream, p.opts.Replicas, p.opts.MaxAge))
+	_, err := p.js.CreateOrUpdateStream(ctx, StreamConfig(p.opts.Stream, p.opts.Replicas, p.opts.MaxAge, p.opts.MaxBytes))
 	if err != nil {
 		return fmt.Errorf("events: create or update stream %s: %w", p.stream, err)
 	}

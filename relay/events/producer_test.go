@@ -115,7 +115,7 @@ func TestDeletedStreamIsMadeAgain(t *testing.T) {
 // buffered are written once the stream takes them again.
 func TestFullBufferDrops(t *testing.T) {
 	p, js, reg := open(t, 10)
-	cfg := StreamConfig(wire.DefaultStream, 1, DefaultMaxAge)
+	cfg := StreamConfig(wire.DefaultStream, 1, DefaultMaxAge, DefaultMaxBytes)
 	full := cfg
 	full.MaxMsgs, full.Discard = 1, jetstream.DiscardNew
 	p.Queued(envelope("first", 1))
@@ -148,7 +148,7 @@ func TestFullBufferDrops(t *testing.T) {
 // shutdown, when the grace period ends.
 func TestCloseFlushesOrCounts(t *testing.T) {
 	p, js, _ := open(t, 0)
-	full := StreamConfig(wire.DefaultStream, 1, DefaultMaxAge)
+	full := StreamConfig(wire.DefaultStream, 1, DefaultMaxAge, DefaultMaxBytes)
 	full.MaxMsgs, full.Discard = 1, jetstream.DiscardNew
 	p.Queued(envelope("first", 1))
 	waitFor(t, "the first event", func() bool { return stored(t, js) == 1 })
@@ -181,4 +181,49 @@ func TestDottedAPIUsersDoNotBlockOthers(t *testing.T) {
 		p.Queued(env)
 	}
 	waitFor(t, "every account's event stored", func() bool { return stored(t, js) == 4 })
+}
+
+// TestStreamBoundedInBytes: the events stream has a size of its own and
+// drops its oldest events past it, so that events never fill the storage
+// the queue's mail needs.
+func TestStreamBoundedInBytes(t *testing.T) {
+	_, js, _ := open(t, 0)
+	s, err := js.Stream(context.Background(), wire.EventsStream(wire.DefaultStream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.MaxBytes != DefaultMaxBytes || info.Config.Discard != jetstream.DiscardOld {
+		t.Fatalf("events stream: max bytes %d, discard %v", info.Config.MaxBytes, info.Config.Discard)
+	}
+}
+
+// TestOpenWithoutItsStream: a relay whose events stream cannot be made
+// (here another stream holds its subjects) still starts — mail matters
+// more than its events — and writes the events once the stream can be
+// made.
+func TestOpenWithoutItsStream(t *testing.T) {
+	q, err := queue.Open(context.Background(), queue.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	js, _ := jetstream.New(q.Conn())
+	squat := jetstream.StreamConfig{Name: "SQUAT", Subjects: []string{wire.SubjectsOf(q.Stream()).Events + ".>"}}
+	if _, err := js.CreateStream(context.Background(), squat); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Open(context.Background(), Options{Conn: q.Conn(), Stream: q.Stream(), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatalf("Open refused to start without its stream: %v", err)
+	}
+	defer p.Close(context.Background())
+	if err := js.DeleteStream(context.Background(), "SQUAT"); err != nil {
+		t.Fatal(err)
+	}
+	p.Queued(envelope("q5", 3))
+	waitFor(t, "the events in the stream made once it could be", func() bool { return stored(t, js) == 3 })
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -200,7 +201,7 @@ func (s *sender) post(ctx context.Context, h *hook, msgs []jetstream.Msg) (int, 
 	req.Header.Set(SignatureHeader, Sign(h.Secret, time.Now(), body))
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("webhook POST: %w", err)
+		return 0, postError(u, err)
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
@@ -224,4 +225,14 @@ func (s *sender) currentConsumer() jetstream.Consumer {
 	s.consumerMu.Lock()
 	defer s.consumerMu.Unlock()
 	return s.consumer
+}
+
+// postError says why a POST failed without the URL's path and query, which
+// net/http's errors quote whole: a receiver that authenticates with a token
+// in its URL would otherwise find it in the relay's log.
+func postError(u *url.URL, err error) error {
+	if ue, ok := errors.AsType[*url.Error](err); ok {
+		err = ue.Err
+	}
+	return fmt.Errorf("webhook POST to %s://%s: %w", u.Scheme, u.Host, err)
 }
