@@ -14,7 +14,7 @@ type metrics struct {
 }
 
 // No account, URL or secret is a label: results only.
-func newMetrics(reg prometheus.Registerer, disabled, lag func() float64) *metrics {
+func newMetrics(reg prometheus.Registerer, disabled func() float64, lag func(failing bool) float64, failing func() float64) *metrics {
 	m := &metrics{
 		posts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailfleet_webhook_events_posted_total",
@@ -31,38 +31,69 @@ func newMetrics(reg prometheus.Registerer, disabled, lag func() float64) *metric
 				Name: "mailfleet_webhooks_disabled",
 				Help: "Webhooks disabled because their endpoint answered 410 Gone.",
 			}, disabled),
+			lagGauge("ok", "whose last POST succeeded (or that have not posted yet): the relay is behind", func() float64 { return lag(false) }),
+			lagGauge("failing", "whose last POST failed: their endpoints are down or refusing", func() float64 { return lag(true) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-				Name: "mailfleet_webhook_lag_seconds",
-				Help: "Age of the oldest event not yet acknowledged by its webhook, across the webhooks this relay serves (disabled ones left out).",
-			}, lag))
+				Name: "mailfleet_webhooks_failing",
+				Help: "Webhooks served by this relay whose last POST failed (disabled ones left out).",
+			}, failing))
 	}
 	return m
+}
+
+// lagGauge is mailfleet_webhook_lag_seconds for the webhooks whose
+// endpoints are in one state: a tenant's endpoint down for an hour is not
+// a relay that cannot keep up, and the alert is about the second.
+func lagGauge(endpoint, which string, f func() float64) prometheus.GaugeFunc {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "mailfleet_webhook_lag_seconds",
+		Help:        "Age of the oldest event not yet acknowledged by its webhook, among the webhooks this relay serves (disabled ones left out), by endpoint: ok or failing.",
+		ConstLabels: prometheus.Labels{"endpoint": endpoint},
+	}, f)
 }
 
 func (m *metrics) posted(result string, n int) {
 	m.posts.WithLabelValues(result).Add(float64(n))
 }
 
-// lag is the age of the oldest event a served webhook has not taken:
-// for each consumer, the first event after its acknowledgement floor that
-// it still has to deliver or see acknowledged.
-func (d *Dispatcher) lag() float64 {
+// lag is the age of the oldest event a served webhook whose endpoint is
+// (or is not) failing has not taken: for each consumer, the first event
+// after its acknowledgement floor that it still has to deliver or see
+// acknowledged.
+func (d *Dispatcher) lag(failing bool) float64 {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	d.mu.Lock()
-	senders := make([]*sender, 0, len(d.senders))
-	for _, s := range d.senders {
-		senders = append(senders, s)
-	}
-	d.mu.Unlock()
 	var oldest time.Duration
-	for _, s := range senders {
-		if d.disabled.has(s.hook.Load().key) {
-			continue
+	for _, s := range d.served() {
+		if s.failing.Load() == failing {
+			oldest = max(oldest, s.lag(ctx))
 		}
-		oldest = max(oldest, s.lag(ctx))
 	}
 	return oldest.Seconds()
+}
+
+// failingCount is how many served webhooks' last POST failed.
+func (d *Dispatcher) failingCount() float64 {
+	n := 0
+	for _, s := range d.served() {
+		if s.failing.Load() {
+			n++
+		}
+	}
+	return float64(n)
+}
+
+// served are the senders of the webhooks that are not disabled.
+func (d *Dispatcher) served() []*sender {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]*sender, 0, len(d.senders))
+	for _, s := range d.senders {
+		if !d.disabled.has(s.hook.Load().key) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func (s *sender) lag(ctx context.Context) time.Duration {

@@ -33,6 +33,9 @@ type sender struct {
 	done       chan struct{}
 	// failures counts the POSTs that failed in a row, for the backoff.
 	failures int
+	// failing says the last POST failed, for the metrics: an endpoint
+	// that fails is its owner's to fix, a relay behind is the platform's.
+	failing atomic.Bool
 }
 
 func (d *Dispatcher) startSender(ctx context.Context, h hook) (*sender, error) {
@@ -121,6 +124,7 @@ func (s *sender) send(ctx context.Context, h *hook, msgs []jetstream.Msg) {
 	switch {
 	case err == nil && status >= 200 && status < 300:
 		s.failures = 0
+		s.failing.Store(false)
 		for _, m := range msgs {
 			m.Ack()
 		}
@@ -144,6 +148,7 @@ func (s *sender) send(ctx context.Context, h *hook, msgs []jetstream.Msg) {
 		}
 		s.d.metrics.posted(result, len(msgs))
 		s.failures++
+		s.failing.Store(true)
 		delay := s.backoff()
 		s.log.Warn("webhook POST failed; retrying", "events", len(msgs), "retry_in", delay, "err", err)
 		s.retry(msgs, delay)

@@ -125,7 +125,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Dispatcher, error) {
 	if d.disabled, err = openDisabled(ctx, js, cfg, deps.Log); err != nil {
 		return nil, err
 	}
-	d.metrics = newMetrics(deps.Registerer, d.disabled.count, d.lag)
+	d.metrics = newMetrics(deps.Registerer, d.disabled.count, d.lag, d.failingCount)
 	return d, nil
 }
 
