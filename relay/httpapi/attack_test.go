@@ -151,6 +151,10 @@ func TestHostileBodies(t *testing.T) {
 		{"truncated", "application/json", ok, 400, "invalid_json"},
 		{"empty", "application/json", "", 400, "invalid_json"},
 		{"deep nesting", "application/json", strings.Repeat("[", 99_000), 400, "invalid_json"},
+		// Refused before they are decoded: 20,000 addresses took megabytes
+		// of strings only to be refused; 4 million fit in 16 MB.
+		{"a list of 20,000 recipients", "application/json", `{"from":"ann@corp.example","to":[` + strings.Repeat(`"a",`, 20_000) + `"a"],"text":"x"}`, 422, "too_many_recipients"},
+		{"a list of 1,001 attachments", "application/json", ok + `,"attachments":[` + strings.Repeat(`{},`, 1000) + `{}]}`, 400, "invalid_json"},
 		{"text/plain", "text/plain", ok + "}", 415, "unsupported_media_type"},
 		{"no content type", "", ok + "}", 415, "unsupported_media_type"},
 		{"form without boundary", "multipart/form-data", "x", 400, "invalid_form"},

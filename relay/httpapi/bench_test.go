@@ -2,6 +2,8 @@ package httpapi_test
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -78,4 +80,61 @@ func apiSender(b *testing.B, r *relay) func() bool {
 		}
 		return true
 	}
+}
+
+// BenchmarkLargeRequest sends a 15 MB JSON request (an 11 MB attachment)
+// and reports the server's heap at its peak above where it started, as a
+// multiple of the body: the figure behind the slots' bytes (slots.go).
+//
+//	go test -run '^$' -bench BenchmarkLargeRequest -benchtime 5x ./relay/httpapi
+func BenchmarkLargeRequest(b *testing.B) {
+	r := startRelay(b)
+	file := make([]byte, 11_000_000)
+	rand.Read(file)
+	body, _ := json.Marshal(map[string]any{"from": "ann@acme.example", "to": []string{"bob@example.com"}, "subject": "large",
+		"text": "x", "attachments": []map[string]any{{"filename": "a.bin", "content": base64.StdEncoding.EncodeToString(file)}}})
+	client := r.client()
+	var worst float64
+	for b.Loop() {
+		runtime.GC()
+		var before runtime.MemStats
+		runtime.ReadMemStats(&before)
+		stop := watchPeakHeap()
+		req, _ := http.NewRequest(http.MethodPost, r.url("/v1/mail/send"), bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.SetBasicAuth(userBench, r.keys[userBench])
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		peak := stop()
+		if resp.StatusCode != http.StatusOK {
+			b.Fatalf("status %d", resp.StatusCode)
+		}
+		worst = max(worst, float64(peak-min(peak, before.HeapAlloc))/float64(len(body)))
+	}
+	b.ReportMetric(worst, "peak-heap/body")
+}
+
+// watchPeakHeap samples the heap every millisecond until the returned
+// function is called, which returns the largest sample.
+func watchPeakHeap() func() uint64 {
+	done, result := make(chan struct{}), make(chan uint64)
+	go func() {
+		var m runtime.MemStats
+		var peak uint64
+		for {
+			runtime.ReadMemStats(&m)
+			peak = max(peak, m.HeapAlloc)
+			select {
+			case <-done:
+				result <- peak
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	return func() uint64 { close(done); return <-result }
 }

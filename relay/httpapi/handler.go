@@ -52,7 +52,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) int {
 	if e != nil {
 		return writeError(w, e)
 	}
-	release, err := s.slots.take(r.Context(), id.APIUser)
+	release, err := s.slots.take(r.Context(), id.APIUser, s.declared(r))
 	if err != nil {
 		return writeError(w, &apiError{code: codeUnavailable, message: err.Error(), retryAfter: 1})
 	}
@@ -64,6 +64,19 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) int {
 	writeJSON(w, http.StatusOK, SendResponse{MessageID: queued, Queued: true})
 	return http.StatusOK
 }
+
+// declared is what a request counts against the slots' bytes: its
+// Content-Length, or the size limit when it does not say (chunked); at
+// least minRequestBytes, what any request costs.
+func (s *Server) declared(r *http.Request) int64 {
+	if r.ContentLength < 0 || r.ContentLength > s.o.MaxMessageBytes {
+		return s.o.MaxMessageBytes // over the limit: refused once read
+	}
+	return max(r.ContentLength, minRequestBytes)
+}
+
+// minRequestBytes is what a request costs however small its body.
+const minRequestBytes = 64 << 10
 
 // accept reads, checks, builds and queues one message.
 func (s *Server) accept(w http.ResponseWriter, r *http.Request, client submission.Client, id credentials.Identity) (string, *apiError) {
@@ -167,11 +180,23 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request) (*SendRequest, *
 		}
 		return decodeForm(body, params["boundary"])
 	}
-	data, err := io.ReadAll(body)
+	data, err := readAll(body, r.ContentLength)
 	if err != nil {
 		return nil, formReadError(err)
 	}
 	return decodeJSON(data)
+}
+
+// readAll reads body into one buffer of the declared length, when there
+// is one: io.ReadAll would grow it by doubling, copying a 16 MB body
+// several times over.
+func readAll(body io.Reader, declared int64) ([]byte, error) {
+	if declared <= 0 {
+		return io.ReadAll(body)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, declared+1))
+	_, err := buf.ReadFrom(body)
+	return buf.Bytes(), err
 }
 
 func tooLarge() *apiError {

@@ -42,9 +42,13 @@ type Options struct {
 	// it: the relay's SIZE limit.
 	MaxMessageBytes int64
 	// MaxInFlight bounds the requests read and built at once, since each
-	// holds its body in memory (default 16); one account may hold a
-	// quarter of them.
-	MaxInFlight int
+	// holds its body in memory (default 16), and MaxInFlightBytes the
+	// bytes they declare (Content-Length; the size limit when a request
+	// does not say): default 48 MB, three requests of the largest size,
+	// about 250 MB of memory at the peak. One account may hold a quarter
+	// of each, and always one request of the largest size.
+	MaxInFlight      int
+	MaxInFlightBytes int64
 	// MaxConnections bounds the open connections (default 1000, as SMTP's
 	// listeners); more wait in the kernel's backlog.
 	MaxConnections int
@@ -56,7 +60,7 @@ type Options struct {
 	Log                                                       *slog.Logger
 }
 
-// Defaults: 16,000,000 bytes, 16 in flight, 10s for a header, 5m for a
+// Defaults: 16,000,000 bytes, 16 and 48 MB in flight, 10s for a header, 5m for a
 // request (16 MB at 50 kB/s), 5m to answer, 2m idle.
 func (o *Options) Defaults() {
 	def := func(d *time.Duration, v time.Duration) {
@@ -73,6 +77,9 @@ func (o *Options) Defaults() {
 	}
 	if o.MaxInFlight == 0 {
 		o.MaxInFlight = 16
+	}
+	if o.MaxInFlightBytes == 0 {
+		o.MaxInFlightBytes = 3 * o.MaxMessageBytes
 	}
 	if o.MaxConnections == 0 {
 		o.MaxConnections = 1000
@@ -102,7 +109,7 @@ func New(o Options) (*Server, error) {
 	}
 	tlsConfig := o.TLS.Clone()
 	tlsConfig.MinVersion = max(tlsConfig.MinVersion, tls.VersionTLS12)
-	s := &Server{o: o, slots: newSlots(o.MaxInFlight), done: make(chan error, 1)}
+	s := &Server{o: o, slots: newSlots(o.MaxInFlight, max(o.MaxInFlightBytes, o.MaxMessageBytes), o.MaxMessageBytes), done: make(chan error, 1)}
 	s.http = &http.Server{
 		Handler:           s.Handler(),
 		TLSConfig:         tlsConfig,
