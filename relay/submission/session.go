@@ -45,7 +45,7 @@ func (s *session) throttled() error {
 // alone, not the exchange: a client's pool of sessions logging in at once
 // must not be refused for attempts still waiting on the network.
 func (s *session) Auth(mechanism, username, key string) error {
-	attempt, ok := s.b.throttle.begin(s.conn.IP())
+	attempt, ok := s.b.throttle.begin(s.conn.IP(), username)
 	if !ok {
 		return s.throttled()
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -176,10 +177,24 @@ func TestAuthThrottlesAnAddress(t *testing.T) {
 	if got := reply(t, guesser.Auth("PLAIN", "open", "right")); got != throttled {
 		t.Fatalf("right key over the limit: %q, want %q", got, throttled)
 	}
-	if got := reply(t, p.session(t, "192.0.2.1", "").AuthStart("LOGIN")); got != throttled {
-		t.Fatalf("another session of the address, before any key: %q, want %q", got, throttled)
+	if got := reply(t, p.session(t, "192.0.2.1", "").Auth("PLAIN", "open#label", "right")); got != throttled {
+		t.Fatalf("another session of the address as the same api_user: %q, want %q", got, throttled)
 	}
 	p.session(t, "192.0.2.2", "open") // another address logs in
+	// The address as another api_user (a neighbour behind the same NAT)
+	// is not shut out; only guessing across ten times the limit's worth
+	// of api_users shuts the whole address out, before any key is sent.
+	for i := range addressShare - 1 {
+		s := p.session(t, "192.0.2.1", "")
+		for range 2 {
+			if got := reply(t, s.Auth("PLAIN", fmt.Sprintf("user%d", i), "wrong")); got != "535 5.7.8 Authentication credentials invalid" {
+				t.Fatalf("a guess at user%d: %q", i, got)
+			}
+		}
+	}
+	if got := reply(t, p.session(t, "192.0.2.1", "").AuthStart("LOGIN")); got != throttled {
+		t.Fatalf("the address after guessing across api_users, before any key: %q, want %q", got, throttled)
+	}
 }
 
 // A verifier that fails (not ErrInvalid) checked no key: the error has no

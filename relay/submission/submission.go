@@ -66,7 +66,7 @@ type Events interface {
 // every session, so that an address's failures count across them.
 type Backend struct {
 	deps     Deps
-	throttle *authThrottle
+	throttle *loginThrottle
 }
 
 var _ smtpd.Backend = (*Backend)(nil)
@@ -77,7 +77,7 @@ func New(cfg Config, deps Deps) (*Backend, error) {
 	if deps.Auth == nil || deps.Budget == nil || deps.Spool == nil || deps.IDs == nil || deps.Metrics == nil {
 		return nil, errors.New("submission: Auth, Budget, Spool, IDs and Metrics are required")
 	}
-	return &Backend{deps: deps, throttle: newAuthThrottle(cfg.AuthFailureLimit, cfg.AuthFailureWindow)}, nil
+	return &Backend{deps: deps, throttle: newLoginThrottle(cfg.AuthFailureLimit, cfg.AuthFailureWindow)}, nil
 }
 
 // NewSession implements smtpd.Backend; it never refuses a session.

@@ -3,6 +3,8 @@ package submission
 import (
 	"sync"
 	"time"
+
+	"github.com/mailfleet/mailfleet/api/wire"
 )
 
 // authThrottle counts failed authentications per client IP and shuts out an
@@ -97,8 +99,7 @@ func (t *authThrottle) begin(ip string) (authAttempt, bool) {
 // failed turns the reservation into a failure.
 func (a authAttempt) failed() { a.end(func(e *throttleEntry) { e.failures++ }) }
 
-// succeeded forgives the address its failures: behind one NAT, a client
-// that logs in must not stay locked out by another that keeps failing.
+// succeeded forgives the key its failures (loginThrottle says which).
 func (a authAttempt) succeeded() { a.end(func(e *throttleEntry) { e.failures = 0 }) }
 
 // abandoned gives the reservation back: no key was checked (cancelled,
@@ -131,3 +132,59 @@ func (t *authThrottle) sweep(now time.Time) {
 		}
 	}
 }
+
+// addressShare is how many times an api_user's limit an address may fail
+// in a window, over all the api_users it tries.
+const addressShare = 10
+
+// loginThrottle counts failures twice: per address and api_user, which a
+// login as that api_user forgives (a client that mistyped its key, then
+// got it right), and per address at addressShare times the limit, which
+// no login forgives.
+//
+// One count per address, forgiven by any login, let a tenant guess other
+// accounts' keys without end, logging in with its own key between
+// guesses. One count per address, forgiven by none, would let a client
+// with a wrong key lock every other tenant behind the same NAT (a node's
+// address, for traffic through a LoadBalancer Service) out of the relay.
+// Here a failing client is shut out at its own api_user's limit; its
+// further attempts are refused before they count, so it never uses up
+// its neighbours' share of the address; and guessing across api_users
+// ends at addressShare times the limit.
+type loginThrottle struct {
+	byAddress *authThrottle
+	byUser    *authThrottle
+}
+
+func newLoginThrottle(limit int, window time.Duration) *loginThrottle {
+	return &loginThrottle{byAddress: newAuthThrottle(addressShare*limit, window), byUser: newAuthThrottle(limit, window)}
+}
+
+// open reports whether ip may try at all (see authThrottle.open).
+func (t *loginThrottle) open(ip string) bool { return t.byAddress.open(ip) }
+
+// begin reserves a failure of ip, and of ip as username's api_user.
+func (t *loginThrottle) begin(ip, username string) (loginAttempt, bool) {
+	address, ok := t.byAddress.begin(ip)
+	if !ok {
+		return loginAttempt{}, false
+	}
+	apiUser, _, _ := wire.SplitUsername(username)
+	user, ok := t.byUser.begin(ip + "\x00" + apiUser)
+	if !ok {
+		address.abandoned()
+		return loginAttempt{}, false
+	}
+	return loginAttempt{address, user}, true
+}
+
+// loginAttempt is one authentication under way; exactly one of its
+// methods ends it.
+type loginAttempt struct{ address, user authAttempt }
+
+func (a loginAttempt) failed() { a.address.failed(); a.user.failed() }
+
+// succeeded forgives the api_user's failures, not the address's.
+func (a loginAttempt) succeeded() { a.address.abandoned(); a.user.succeeded() }
+
+func (a loginAttempt) abandoned() { a.address.abandoned(); a.user.abandoned() }
