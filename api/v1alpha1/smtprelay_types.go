@@ -151,7 +151,7 @@ type RelayService struct {
 
 // RelayListener is one port: SMTP, or the HTTP send API.
 // +kubebuilder:validation:XValidation:rule="has(self.proxyProtocol) && self.proxyProtocol ? has(self.trustedProxies) && size(self.trustedProxies) > 0 : !has(self.trustedProxies) || size(self.trustedProxies) == 0",message="listeners: proxyProtocol needs trustedProxies (the load balancers' CIDRs), and trustedProxies needs proxyProtocol: true"
-// +kubebuilder:validation:XValidation:rule="!has(self.kind) || self.kind != 'HTTP' || (!has(self.authRequiresTLS) && !(has(self.proxyProtocol) && self.proxyProtocol) && (!has(self.tls) || self.tls == 'StartTLS'))",message="listeners: a listener of kind HTTP always serves HTTPS with the relay's certificate; remove its tls, authRequiresTLS and proxyProtocol"
+// +kubebuilder:validation:XValidation:rule="!has(self.kind) || self.kind != 'HTTP' || (!has(self.authRequiresTLS) && (!has(self.tls) || self.tls == 'StartTLS'))",message="listeners: a listener of kind HTTP always serves HTTPS with the relay's certificate; remove its tls and authRequiresTLS"
 type RelayListener struct {
 	// Name labels the port (Service port name, metrics).
 	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]{0,13}[a-z0-9])?$`
@@ -182,7 +182,9 @@ type RelayListener struct {
 	// ProxyProtocol expects an HAProxy PROXY protocol header (v1 or v2) at
 	// the start of every connection, sent by a load balancer in
 	// TrustedProxies, and uses the client address it names for throttles,
-	// logs and the Received header. A connection from anywhere else, or
+	// logs and the Received header (SMTP and HTTP listeners alike: a load
+	// balancer that sends it for one port of a Service usually sends it
+	// for all). A connection from anywhere else, or
 	// without a header, is closed. Turn it on only together with the load
 	// balancer's own setting (for example the
 	// service.beta.kubernetes.io/aws-load-balancer-proxy-protocol annotation

@@ -217,8 +217,13 @@ func startAPI(cfg config.Config, smtpCfg smtpd.Config, policy httpapi.Policy, re
 	if !cfg.HTTPAPI.Serves() {
 		return nil, nil
 	}
+	trusted, err := cfg.HTTPAPI.TrustedProxyPrefixes() // validated when loaded
+	if err != nil {
+		return nil, fmt.Errorf("httpAPI: %w", err)
+	}
 	api, err := httpapi.New(httpapi.Options{
 		Addr:            cfg.HTTPAPI.Address,
+		TrustedProxies:  trusted,
 		TLS:             smtpCfg.TLS,
 		Policy:          policy,
 		Hostname:        smtpCfg.Hostname,

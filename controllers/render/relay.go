@@ -378,6 +378,11 @@ func relayPorts(listeners []v1.RelayListener) ([]relayPort, error) {
 	return out, nil
 }
 
+// proxyOf is a listener's PROXY protocol setting, as the relay reads it.
+func proxyOf(l v1.RelayListener) config.Proxy {
+	return config.Proxy{ProxyProtocol: l.ProxyProtocol, TrustedProxies: slices.Clone(l.TrustedProxies)}
+}
+
 // relayConfig is the relay's own configuration, as `mailfleet relay
 // --config` reads it.
 func relayConfig(relay *v1.SmtpRelay, ports []relayPort) config.Config {
@@ -407,7 +412,7 @@ func relayConfig(relay *v1.SmtpRelay, ports []relayPort) config.Config {
 	for _, p := range ports {
 		if p.IsHTTP() {
 			// At most one: the CRD's validation says so.
-			c.HTTPAPI = &config.HTTPAPI{Enabled: true, Address: ":" + strconv.Itoa(int(p.ContainerPort))}
+			c.HTTPAPI = &config.HTTPAPI{Enabled: true, Address: ":" + strconv.Itoa(int(p.ContainerPort)), Proxy: proxyOf(p.RelayListener)}
 			continue
 		}
 		c.Listeners = append(c.Listeners, config.Listener{
@@ -415,8 +420,7 @@ func relayConfig(relay *v1.SmtpRelay, ports []relayPort) config.Config {
 			Address:         ":" + strconv.Itoa(int(p.ContainerPort)),
 			ImplicitTLS:     p.TLS == v1.ListenerImplicit,
 			AuthRequiresTLS: ptr.To(ptr.Deref(p.AuthRequiresTLS, true)),
-			ProxyProtocol:   p.ProxyProtocol,
-			TrustedProxies:  slices.Clone(p.TrustedProxies),
+			Proxy:           proxyOf(p.RelayListener),
 		})
 	}
 	return c

@@ -70,6 +70,11 @@ type Listener struct {
 	// before the session is encrypted. false lets keys cross the network in
 	// clear, for old clients on a network you trust.
 	AuthRequiresTLS *bool `json:"authRequiresTLS,omitempty"`
+	Proxy
+}
+
+// Proxy is a listener's PROXY protocol setting.
+type Proxy struct {
 	// ProxyProtocol expects a PROXY protocol header (v1 or v2) at the start
 	// of every connection, from a peer in TrustedProxies, and takes the
 	// client's address from it; other connections are closed. For a load
@@ -87,6 +92,7 @@ type HTTPAPI struct {
 	Enabled bool `json:"enabled"`
 	// Address defaults to DefaultHTTPAPIAddress.
 	Address string `json:"address,omitempty"`
+	Proxy
 }
 
 // DefaultHTTPAPIAddress is the API's port in a relay pod.
@@ -99,7 +105,7 @@ func (h *HTTPAPI) Serves() bool { return h != nil && h.Enabled }
 func (l Listener) AuthNeedsTLS() bool { return l.AuthRequiresTLS == nil || *l.AuthRequiresTLS }
 
 // TrustedProxyPrefixes parses TrustedProxies.
-func (l Listener) TrustedProxyPrefixes() ([]netip.Prefix, error) {
+func (l Proxy) TrustedProxyPrefixes() ([]netip.Prefix, error) {
 	out := make([]netip.Prefix, 0, len(l.TrustedProxies))
 	for i, s := range l.TrustedProxies {
 		p, err := netip.ParsePrefix(s)
@@ -111,7 +117,7 @@ func (l Listener) TrustedProxyPrefixes() ([]netip.Prefix, error) {
 	return out, nil
 }
 
-func (l Listener) validateProxy() error {
+func (l Proxy) validateProxy() error {
 	switch {
 	case l.ProxyProtocol && len(l.TrustedProxies) == 0:
 		return errors.New("proxyProtocol needs trustedProxies: the load balancers' source ranges")
@@ -520,6 +526,9 @@ func (c *Config) validateHTTPAPI() []error {
 	}
 	if _, _, err := net.SplitHostPort(h.Address); err != nil {
 		errs = append(errs, fmt.Errorf("httpAPI.address %q: want host:port such as :8443", h.Address))
+	}
+	if err := h.validateProxy(); err != nil {
+		errs = append(errs, fmt.Errorf("httpAPI: %w", err))
 	}
 	return errs
 }

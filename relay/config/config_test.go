@@ -46,6 +46,7 @@ func TestLoad(t *testing.T) {
 			},
 		},
 		{name: "the HTTP API needs TLS", file: "credentialsFile: /c\nspoolDir: /s\nhttpAPI: {enabled: true}\n", wantErr: "httpAPI: the API serves HTTPS only"},
+		{name: "the HTTP API's PROXY protocol needs trusted proxies", file: "credentialsFile: /c\nspoolDir: /s\ntls: {certFile: /t.crt, keyFile: /t.key}\nhttpAPI: {enabled: true, proxyProtocol: true}\n", wantErr: "httpAPI: proxyProtocol needs trustedProxies"},
 		{name: "the HTTP API's address", file: "credentialsFile: /c\nspoolDir: /s\ntls: {certFile: /t.crt, keyFile: /t.key}\nhttpAPI: {enabled: true, address: '8443'}\n", wantErr: `httpAPI.address "8443"`},
 		{name: "unknown field", file: "credentialsFile: /c\nspoolDir: /s\nlistner: []\n", wantErr: `unknown field "listner"`},
 		{name: "bad duration", file: "credentialsFile: /c\nspoolDir: /s\ndrainGracePeriod: soon\n", wantErr: `duration "soon"`},

@@ -14,6 +14,7 @@ import (
 type Metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	refusals *prometheus.CounterVec
 }
 
 // NewMetrics registers the API's series with reg.
@@ -28,10 +29,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time to answer an HTTP API request, by route; a send includes the queue's durable acknowledgement.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"route"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailfleet_api_connections_refused_total",
+			Help: "HTTP API connections closed before a request, by reason: proxy_untrusted (a PROXY protocol listener's peer outside its trusted ranges).",
+		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.requests, m.duration)
+	reg.MustRegister(m.requests, m.duration, m.refusals)
 	return m
 }
+
+func (m *Metrics) refused(reason string) { m.refusals.WithLabelValues(reason).Inc() }
 
 func (m *Metrics) observe(route string, status int, took time.Duration) {
 	m.requests.WithLabelValues(route, strconv.Itoa(status)).Inc()

@@ -15,9 +15,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime/debug"
 	"time"
 
+	"github.com/pires/go-proxyproto"
 	"golang.org/x/net/netutil"
 )
 
@@ -49,6 +51,11 @@ type Options struct {
 	// of each, and always one request of the largest size.
 	MaxInFlight      int
 	MaxInFlightBytes int64
+	// TrustedProxies, when set, expects a PROXY protocol header (v1 or v2)
+	// from each connection, sent by a load balancer in these ranges, and
+	// takes the client's address from it (throttles, logs, Received);
+	// connections from elsewhere, or without a header, are closed.
+	TrustedProxies []netip.Prefix
 	// MaxConnections bounds the open connections (default 1000, as SMTP's
 	// listeners); more wait in the kernel's backlog.
 	MaxConnections int
@@ -129,6 +136,9 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("http api listen on %s: %w", s.o.Addr, err)
 	}
+	if len(s.o.TrustedProxies) > 0 {
+		ln = s.proxied(ln)
+	}
 	s.ln = netutil.LimitListener(ln, s.o.MaxConnections)
 	go func() { s.done <- s.http.ServeTLS(s.ln, "", "") }()
 	return nil
@@ -196,4 +206,38 @@ func serveOpenAPI(w http.ResponseWriter, r *http.Request) int {
 		_, _ = w.Write(openAPIDocument)
 	}
 	return http.StatusOK
+}
+
+// proxyHeaderTimeout bounds the wait for a PROXY header, which a load
+// balancer sends as soon as it has connected.
+const proxyHeaderTimeout = 10 * time.Second
+
+// proxied reads the PROXY header of each connection, from trusted peers
+// only: any client could otherwise claim any address and step around the
+// throttles. A peer outside the ranges is closed at once and the listener
+// goes on; a trusted peer must send a header (the protocol's rule: never
+// guess whether one is there). The header is read on the connection's own
+// goroutine, so a slow one holds up no other.
+func (s *Server) proxied(ln net.Listener) net.Listener {
+	return &proxyproto.Listener{
+		Listener:          ln,
+		ReadHeaderTimeout: proxyHeaderTimeout,
+		ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+			if ap, err := netip.ParseAddrPort(o.Upstream.String()); err == nil && trusted(s.o.TrustedProxies, ap.Addr()) {
+				return proxyproto.REQUIRE, nil
+			}
+			s.o.Metrics.refused("proxy_untrusted")
+			return proxyproto.REJECT, fmt.Errorf("%w: %s is not a trusted proxy", proxyproto.ErrInvalidUpstream, o.Upstream)
+		},
+	}
+}
+
+func trusted(ranges []netip.Prefix, addr netip.Addr) bool {
+	addr = addr.Unmap()
+	for _, p := range ranges {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }

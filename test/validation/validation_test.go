@@ -65,10 +65,10 @@ func TestCRDValidation(t *testing.T) {
 		{"HTTP listener with implicit TLS", relay(func(r *v1.SmtpRelay) {
 			r.Spec.Listeners = []v1.RelayListener{{Name: "smtp", Port: 25}, {Name: "api", Port: 8443, Kind: v1.ListenerHTTP, TLS: v1.ListenerImplicit}}
 		}), "a listener of kind HTTP always serves HTTPS"},
-		{"HTTP listener with PROXY protocol", relay(func(r *v1.SmtpRelay) {
+		{"HTTP listener behind a PROXY protocol load balancer", relay(func(r *v1.SmtpRelay) {
 			r.Spec.Listeners = []v1.RelayListener{{Name: "smtp", Port: 25}, {Name: "api", Port: 8443, Kind: v1.ListenerHTTP,
 				ProxyProtocol: true, TrustedProxies: []string{"10.0.0.0/8"}}}
-		}), "a listener of kind HTTP always serves HTTPS"},
+		}), ""},
 		{"unknown listener kind", relay(func(r *v1.SmtpRelay) {
 			r.Spec.Listeners = []v1.RelayListener{{Name: "smtp", Port: 25, Kind: "GRPC"}}
 		}), "spec.listeners[0].kind"},
