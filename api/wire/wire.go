@@ -226,3 +226,7 @@ func EventsStream(stream string) string { return stream + "_EVENTS" }
 
 // WebhooksBucket: see EventsStream.
 func WebhooksBucket(stream string) string { return stream + "_WEBHOOKS" }
+
+// SuppressionsBucket is the key-value bucket of stream's relays in which
+// each account's suppressed recipients are kept (relay/suppression).
+func SuppressionsBucket(stream string) string { return stream + "_SUPPRESSIONS" }

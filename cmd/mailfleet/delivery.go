@@ -19,6 +19,8 @@ import (
 	"github.com/mailfleet/mailfleet/relay/events"
 	"github.com/mailfleet/mailfleet/relay/queue"
 	"github.com/mailfleet/mailfleet/relay/smtpclient"
+	"github.com/mailfleet/mailfleet/relay/submission"
+	"github.com/mailfleet/mailfleet/relay/suppression"
 	"github.com/mailfleet/mailfleet/relay/webhook"
 )
 
@@ -142,7 +144,7 @@ func openTransport(cfg config.Config, reg prometheus.Registerer, log *slog.Logge
 
 // newDispatcher makes the delivery workers from the configuration.
 func newDispatcher(cfg config.Config, q *queue.Queue, t delivery.Transport, destination string, ids dispatch.IDs,
-	evs dispatch.Events, reg prometheus.Registerer, log *slog.Logger) (*dispatch.Dispatcher, error) {
+	evs dispatch.Events, sup dispatch.Suppressions, reg prometheus.Registerer, log *slog.Logger) (*dispatch.Dispatcher, error) {
 	d := cfg.Delivery
 	backoff := delivery.DefaultBackoff()
 	if d.Backoff.Min.Duration > 0 {
@@ -162,8 +164,60 @@ func newDispatcher(cfg config.Config, q *queue.Queue, t delivery.Transport, dest
 		Workers: d.Workers, PerDomain: d.PerDomain, Backoff: backoff, Destination: destination,
 		TouchEvery: cfg.Queue.AckWait.Duration / 3,
 	}, dispatch.Deps{
-		Queue: q, Spool: q, Transport: t, DSN: dsn.Builder(deliveryHostname(cfg)), IDs: ids, Events: evs, Registerer: reg, Log: log,
+		Queue: q, Spool: q, Transport: t, DSN: dsn.Builder(deliveryHostname(cfg)), IDs: ids, Events: evs, Suppressions: sup,
+		Registerer: reg, Log: log,
 	})
+}
+
+// openSuppressions makes the suppression lists' guard, nil when the config
+// turns them off. The bucket is opened before the relay takes mail, so that
+// a restarted relay refuses what it refused before; when it cannot be, it
+// is tried again in the background and mail flows meanwhile, its
+// recipients unchecked.
+func openSuppressions(ctx context.Context, cfg config.Config, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger) *suppression.Guard {
+	if cfg.Suppression.Disabled {
+		return nil
+	}
+	g := suppression.NewGuard(reg, log)
+	open := func(timeout time.Duration) error {
+		octx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		l, err := suppression.Open(octx, q.Conn(), q.Stream(), q.Replicas(), cfg.Suppression.BounceTTL.Duration)
+		if err == nil {
+			g.Attach(l)
+		}
+		return err
+	}
+	if err := open(10 * time.Second); err != nil {
+		go func() {
+			for delay := time.Second; ; delay = min(2*delay, time.Minute) {
+				log.Warn("suppression list not open yet; recipients are not checked meanwhile", "retry_in", delay, "err", err)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(delay):
+				}
+				if err = open(30 * time.Second); err == nil {
+					return
+				}
+			}
+		}()
+	}
+	return g
+}
+
+func dispatchSuppressions(g *suppression.Guard) dispatch.Suppressions {
+	if g == nil {
+		return nil
+	}
+	return g
+}
+
+func submissionSuppressions(g *suppression.Guard) submission.Suppressions {
+	if g == nil {
+		return nil
+	}
+	return g
 }
 
 // eventsFlush is how long a stopping relay gives its buffered events.

@@ -144,7 +144,8 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	// Closed after the workers stopped, before the queue: the events of
 	// the last deliveries are written then.
 	defer closeEvents(evs)
-	dispatcher, err := newDispatcher(cfg, q, transport, destination, ids, evs, reg, log)
+	guard := openSuppressions(ctx, cfg, q, reg, log)
+	dispatcher, err := newDispatcher(cfg, q, transport, destination, ids, evs, dispatchSuppressions(guard), reg, log)
 	if err != nil {
 		return err
 	}
@@ -168,6 +169,8 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 		IDs:     ids,
 		Metrics: submission.NewMetrics(reg),
 		Events:  evs,
+		// Typed nil would not be nil: no list is no interface value.
+		Suppressions: submissionSuppressions(guard),
 	})
 	if err != nil {
 		return err

@@ -89,6 +89,15 @@ func TestWebhookReceiverDown(t *testing.T) {
 func startWebhookRelay(t *testing.T, hookURL, secret string) (string, *process) {
 	t.Helper()
 	dir := t.TempDir()
+	key, cfgFile := writeWebhookRelay(t, dir, hookURL, secret, "{localDir: "+filepath.Join(dir, "out")+"}")
+	return key, startProcess(t, "relay", "--config", cfgFile)
+}
+
+// writeWebhookRelay writes into dir the credentials and configuration of
+// a relay with one account, acme, whose webhook is hookURL, delivering as
+// delivery (YAML) says; it returns the account's key and the config file.
+func writeWebhookRelay(t *testing.T, dir, hookURL, secret, delivery string) (string, string) {
+	t.Helper()
 	key, err := wire.NewKey()
 	if err != nil {
 		t.Fatal(err)
@@ -101,13 +110,13 @@ func startWebhookRelay(t *testing.T, hookURL, secret string) (string, *process) 
 	}
 	cfgFile := filepath.Join(dir, "relay.yaml")
 	cfg := fmt.Sprintf("hostname: mx.test\nlisteners: [{name: smtp, address: '127.0.0.1:0', authRequiresTLS: false}]\ncredentialsFile: %s\n"+
-		"metricsAddress: '%s'\nspoolDir: %s\ndelivery: {localDir: %s}\n"+
+		"metricsAddress: '%s'\nspoolDir: %s\ndelivery: %s\n"+
 		"webhooks: {allowHTTP: true, allowedDestinations: [127.0.0.1/32], batchWait: 100ms}\n",
-		credsFile, freeAddr(t), filepath.Join(dir, "spool"), filepath.Join(dir, "out"))
+		credsFile, freeAddr(t), filepath.Join(dir, "spool"), delivery)
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return key, startProcess(t, "relay", "--config", cfgFile)
+	return key, cfgFile
 }
 
 // sendOne sends message i in the open session and returns its queue id.
@@ -132,14 +141,15 @@ type drillReceiver struct {
 	addr   string
 	srv    *http.Server
 
-	mu   sync.Mutex
-	seen map[string]int             // event id: times received
-	got  map[string]map[string]bool // queue id: event types
-	bad  int
+	mu    sync.Mutex
+	seen  map[string]int             // event id: times received
+	got   map[string]map[string]bool // queue id: event types
+	types map[events.Type]int        // events received by type
+	bad   int
 }
 
 func newDrillReceiver(t *testing.T, secret string) *drillReceiver {
-	r := &drillReceiver{secret: secret, addr: freeAddr(t), seen: map[string]int{}, got: map[string]map[string]bool{}}
+	r := &drillReceiver{secret: secret, addr: freeAddr(t), seen: map[string]int{}, got: map[string]map[string]bool{}, types: map[events.Type]int{}}
 	r.up(t)
 	t.Cleanup(func() { r.srv.Close() })
 	return r
@@ -193,6 +203,7 @@ func (r *drillReceiver) receive(w http.ResponseWriter, req *http.Request) {
 	}
 	for _, ev := range evs {
 		r.seen[ev.ID]++
+		r.types[ev.Type]++
 		if r.got[ev.QueueID] == nil {
 			r.got[ev.QueueID] = map[string]bool{}
 		}

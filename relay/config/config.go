@@ -47,6 +47,8 @@ type Config struct {
 	Events Events `json:"events,omitempty"`
 	// Webhooks configures the posting of events to the accounts' webhooks.
 	Webhooks Webhooks `json:"webhooks,omitempty"`
+	// Suppression configures the accounts' suppression lists.
+	Suppression Suppression `json:"suppression,omitempty"`
 	// MetricsAddress serves /healthz and /readyz in clear, for kubelet's
 	// probes, and /metrics too unless metrics.address moves it.
 	MetricsAddress string `json:"metricsAddress,omitempty"`
@@ -314,6 +316,18 @@ type Events struct {
 	Buffer int `json:"buffer,omitempty"`
 }
 
+// Suppression tunes the suppression lists (relay/suppression): a
+// recipient whose mail bounced for good is refused (550 5.1.1) and left
+// out of queued messages until its entry expires.
+type Suppression struct {
+	// Disabled keeps no list: every recipient is sent to, whatever
+	// bounced before.
+	Disabled bool `json:"disabled,omitempty"`
+	// BounceTTL is how long a hard bounce suppresses its address
+	// (default 720h, 30 days).
+	BounceTTL Duration `json:"bounceTTL,omitempty"`
+}
+
 // Webhooks tunes the posting of delivery events to the webhooks the
 // accounts' credentials name (relay/webhook).
 type Webhooks struct {
@@ -453,6 +467,9 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateQueue()...)
 	errs = append(errs, c.validateDelivery()...)
+	if c.Suppression.BounceTTL.Duration < 0 {
+		errs = append(errs, errors.New("suppression.bounceTTL: must be positive, or left out for 720h"))
+	}
 	if c.Events.MaxAge.Duration < 0 || c.Events.MaxBytes < 0 || c.Events.Buffer < 0 {
 		errs = append(errs, errors.New("events.maxAge, events.maxBytes and events.buffer: must be positive, or left out for the defaults"))
 	}

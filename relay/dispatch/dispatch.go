@@ -86,6 +86,9 @@ type Deps struct {
 	IDs       IDs
 	// Events receives an event per recipient and attempt; nil records none.
 	Events Events
+	// Suppressions is checked before each attempt and told of hard
+	// bounces; nil keeps no list.
+	Suppressions Suppressions
 	// Registerer receives the delivery metrics; nil registers nothing.
 	Registerer prometheus.Registerer
 	Log        *slog.Logger
@@ -142,6 +145,9 @@ func New(cfg Config, deps Deps) (*Dispatcher, error) {
 	if deps.Events == nil {
 		deps.Events = noEvents{}
 	}
+	if deps.Suppressions == nil {
+		deps.Suppressions = noSuppressions{}
+	}
 	return &Dispatcher{
 		cfg: cfg, deps: deps, log: deps.Log, now: deps.Now,
 		domains: delivery.NewDomainLimiter(cfg.PerDomain),
@@ -186,11 +192,14 @@ func (d *Dispatcher) work(ctx context.Context) {
 // are logged: a message whose Done or Retry failed comes back after the
 // queue's AckWait, which is the retry.
 func (d *Dispatcher) handle(ctx context.Context, p spool.Pending) {
-	env := p.Envelope()
+	env, suppressed := d.withoutSuppressed(ctx, p.Envelope())
 	log := d.log.With("id", env.ID)
-	stopTouch := d.keepTouching(ctx, p, log)
-	results := d.deliver(ctx, p, env)
-	stopTouch()
+	var results []delivery.Result
+	if len(env.To) > 0 {
+		stopTouch := d.keepTouching(ctx, p, log)
+		results = d.deliver(ctx, p, env)
+		stopTouch()
+	}
 
 	var delivered, deferred, failed []delivery.Result
 	for _, r := range results {
@@ -204,6 +213,8 @@ func (d *Dispatcher) handle(ctx context.Context, p spool.Pending) {
 		}
 	}
 	now := d.now()
+	d.suppressHardBounces(ctx, env, failed, now)
+	d.metrics.count(d.cfg.Destination, "suppressed", len(suppressed))
 	var delay time.Duration
 	expired := false
 	if len(deferred) > 0 {
@@ -222,7 +233,7 @@ func (d *Dispatcher) handle(ctx context.Context, p spool.Pending) {
 	} else {
 		d.metrics.count(d.cfg.Destination, "deferred", len(deferred))
 	}
-	report := attemptReport{env: env, attempt: p.Attempts() + 1, at: now, delivered: delivered, deferred: deferred}
+	report := attemptReport{env: env, attempt: p.Attempts() + 1, at: now, delivered: delivered, deferred: deferred, suppressed: suppressed}
 
 	if len(failed) > 0 {
 		if err := d.bounce(ctx, p, env, failed, now); err != nil {
@@ -246,7 +257,7 @@ func (d *Dispatcher) handle(ctx context.Context, p spool.Pending) {
 		log.Error("remove a finished message from the queue; it will be delivered again", "err", err)
 		return
 	}
-	log.Info("message finished", "delivered", len(delivered), "bounced", len(failed), "attempts", p.Attempts()+1)
+	log.Info("message finished", "delivered", len(delivered), "bounced", len(failed), "suppressed", len(suppressed), "attempts", p.Attempts()+1)
 }
 
 // attemptReport is what one delivery attempt of a message decided, per
@@ -256,7 +267,7 @@ type attemptReport struct {
 	attempt int
 	at      time.Time
 
-	delivered, deferred, bounced, expired []delivery.Result
+	delivered, deferred, bounced, expired, suppressed []delivery.Result
 }
 
 // report emits the attempt's events. It runs before the message is
@@ -268,7 +279,7 @@ func (d *Dispatcher) report(r attemptReport, next time.Time) {
 	for _, g := range []struct {
 		t  events.Type
 		rs []delivery.Result
-	}{{events.Delivered, r.delivered}, {events.Deferred, r.deferred}, {events.Bounced, r.bounced}, {events.Expired, r.expired}} {
+	}{{events.Delivered, r.delivered}, {events.Deferred, r.deferred}, {events.Bounced, r.bounced}, {events.Expired, r.expired}, {events.Suppressed, r.suppressed}} {
 		for _, res := range g.rs {
 			evs = append(evs, events.FromResult(g.t, r.env, res, r.attempt, r.at, next))
 		}

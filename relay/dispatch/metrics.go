@@ -14,7 +14,7 @@ type metrics struct {
 // per address.
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		deliveries: counterVec("mailfleet_deliveries_total", "Recipients by the outcome of a delivery attempt: delivered, deferred (will be retried), failed (bounced), expired (deferred past the queue lifetime, bounced).", "outcome", "destination"),
+		deliveries: counterVec("mailfleet_deliveries_total", "Recipients by the outcome of a delivery attempt: delivered, deferred (will be retried), failed (bounced), expired (deferred past the queue lifetime, bounced), suppressed (on the account's suppression list, not sent).", "outcome", "destination"),
 		retries:    counterVec("mailfleet_delivery_retries_total", "Messages scheduled for another delivery attempt.", "destination"),
 		bounces:    counterVec("mailfleet_delivery_bounces_total", "Delivery status notifications queued to senders.", "destination"),
 		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{

@@ -10,6 +10,7 @@
 package events
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"strconv"
@@ -23,7 +24,9 @@ import (
 // Type is what happened to a recipient.
 type Type string
 
-// The event types. Suppressed is reserved for the suppression list.
+// The event types. Suppressed is a recipient on the account's suppression
+// list: refused at submission (no queue id), or left out of a queued
+// message's delivery.
 const (
 	Queued     Type = "queued"
 	Delivered  Type = "delivered"
@@ -119,6 +122,19 @@ func FromResult(t Type, env spool.Envelope, r delivery.Result, attempt int, at, 
 		ev.DSNStatus = dsn.FromResult(r, at).Status
 	}
 	return ev
+}
+
+// RefusedSuppressed is the event of a recipient refused at submission
+// because it is suppressed. It belongs to no queued message, so its id is
+// new each time: every refusal is reported.
+func RefusedSuppressed(apiUser, labelID, rcpt string, at time.Time) Event {
+	var nonce [16]byte
+	rand.Read(nonce[:])
+	return Event{
+		ID: NewID(hex.EncodeToString(nonce[:]), Suppressed, rcpt, 0), Type: Suppressed,
+		APIUser: apiUser, LabelID: labelID, Recipient: rcpt, CustomArgs: map[string]any{}, Timestamp: at.UTC(),
+		Reply: &Reply{Code: 550, Enhanced: "5.1.1", Text: "recipient suppressed: earlier mail to it bounced"},
+	}
 }
 
 func newEvent(t Type, env spool.Envelope, rcpt string, attempt int, at time.Time) Event {

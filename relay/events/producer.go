@@ -201,6 +201,12 @@ func (p *Producer) Queued(env spool.Envelope) {
 	p.Emit(QueuedEvents(env, time.Now())...)
 }
 
+// Suppressed reports a recipient refused at submission because it is
+// suppressed (submission.Events).
+func (p *Producer) Suppressed(apiUser, labelID, recipient string) {
+	p.Emit(RefusedSuppressed(apiUser, labelID, recipient, time.Now()))
+}
+
 // Close stops taking events and writes those buffered until ctx ends;
 // what is left then is dropped and counted.
 func (p *Producer) Close(ctx context.Context) {

@@ -37,6 +37,7 @@ const (
 	codeTooLarge             = "too_large"
 	codeUnsupportedMediaType = "unsupported_media_type"
 	codeTooManyRecipients    = "too_many_recipients"
+	codeRecipientSuppressed  = "recipient_suppressed"
 	codeFrequencyLimited     = "frequency_limited"
 	codeAuthThrottled        = "auth_throttled"
 	codeBudgetUnavailable    = "budget_unavailable"
@@ -49,6 +50,7 @@ var errorStatus = map[string]int{
 	codeInvalidForm:          http.StatusBadRequest,
 	codeInvalidField:         http.StatusUnprocessableEntity,
 	codeTooManyRecipients:    http.StatusUnprocessableEntity,
+	codeRecipientSuppressed:  http.StatusUnprocessableEntity,
 	codeUnauthorized:         http.StatusUnauthorized,
 	codeSenderNotAllowed:     http.StatusForbidden,
 	codeNotFound:             http.StatusNotFound,

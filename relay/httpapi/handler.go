@@ -216,6 +216,8 @@ func (s *Server) refused(id credentials.Identity, err error) *apiError {
 		return &apiError{code: codeFrequencyLimited, message: "frequency limited", retryAfter: secondsToNextMinute(time.Now())}
 	case submission.ReasonSenderNotAllowed:
 		return newError(codeSenderNotAllowed, replyText(refusal.Err))
+	case submission.ReasonRecipientSuppressed:
+		return newError(codeRecipientSuppressed, replyText(refusal.Err)+"; remove it and send again")
 	case submission.ReasonTooManyRecipients:
 		return newError(codeTooManyRecipients, fmt.Sprintf("this account may send to at most %d recipients per message", id.MaxRecipients))
 	case submission.ReasonTooBig:

@@ -60,6 +60,8 @@ type relayConfig struct {
 	api   httpapi.Options
 	// wrap, when set, stands between the API and the real policy.
 	wrap func(httpapi.Policy) httpapi.Policy
+	// suppressions, when set, is the policy's suppression list.
+	suppressions submission.Suppressions
 }
 
 type option func(*relayConfig)
@@ -139,6 +141,7 @@ func (r *relay) newPolicy(dir string, cfg relayConfig, log *slog.Logger) *submis
 	}
 	policy, err := submission.New(submission.Config{AuthFailureLimit: 5}, submission.Deps{
 		Auth: credentials.NewVerifier(src), Budget: cfg.budget, Spool: sp, IDs: ids, Metrics: submission.NewMetrics(r.reg),
+		Suppressions: cfg.suppressions,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"io"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/mailfleet/mailfleet/relay/queueid"
 	"github.com/mailfleet/mailfleet/relay/spool"
+	"github.com/mailfleet/mailfleet/relay/suppression"
 )
 
 // queueIDPattern is what relay/queueid makes, as SMTP's 250 #id#Queued shows.
@@ -229,4 +231,25 @@ func atoi(t *testing.T, s string) int {
 		t.Fatalf("not a status: %q", s)
 	}
 	return n
+}
+
+// suppressedSet suppresses the listed account/recipient pairs.
+type suppressedSet map[string]bool
+
+func (s suppressedSet) Suppressed(_ context.Context, apiUser, recipient string) (suppression.Entry, bool) {
+	return suppression.Entry{Recipient: recipient}, s[apiUser+"/"+recipient]
+}
+
+// TestSuppressedRecipient: a message naming a recipient on the account's
+// suppression list is refused whole, saying which, and queues nothing.
+func TestSuppressedRecipient(t *testing.T) {
+	r := startRelay(t, func(c *relayConfig) { c.suppressions = suppressedSet{userCorp + "/gone@example.com": true} })
+	a := r.postJSON(userCorp, map[string]any{"from": "ann@corp.example", "to": []string{"bob@example.com", "gone@example.com"}, "text": "x"})
+	r.expectError(a, 422, "recipient_suppressed")
+	if !strings.Contains(string(a.body), "gone@example.com") {
+		t.Fatalf("the answer does not name the recipient: %s", a.body)
+	}
+	if len(r.stored()) != 0 {
+		t.Fatal("a message was queued")
+	}
 }

@@ -88,6 +88,9 @@ var (
 	ReplyFromNotAllowed   = Reply{550, "5.7.1", "From header address <%s> not allowed for this account"}
 	ReplyFromMissing      = Reply{550, "5.6.0", "The message has no From header this account may use"}
 	ReplyTooManyRcpts     = Reply{452, "4.5.3", "Too many recipients"}
+	// ReplyRcptSuppressed: the account's mail to this address bounced for
+	// good, and the relay sends it no more (relay/suppression).
+	ReplyRcptSuppressed = Reply{550, "5.1.1", "Recipient <%s> suppressed: earlier mail to it bounced"}
 
 	// DATA.
 	ReplyData         = Reply{354, "", "go ahead"}

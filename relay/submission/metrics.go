@@ -40,6 +40,9 @@ const (
 	// ReasonTooManyRecipients is the HTTP API's alone: an SMTP client is
 	// told 452 per recipient and sends the rest in another transaction.
 	ReasonTooManyRecipients = "too_many_recipients"
+	// ReasonRecipientSuppressed: an HTTP API message named a suppressed
+	// recipient (SMTP refuses the RCPT alone).
+	ReasonRecipientSuppressed = "recipient_suppressed"
 )
 
 func (m *Metrics) accepted(id *credentials.Identity, size int64) {

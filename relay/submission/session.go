@@ -1,6 +1,7 @@
 package submission
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -94,8 +95,31 @@ func (s *session) Rcpt(to string) error {
 	if len(s.rcpts) >= s.identity.MaxRecipients {
 		return &smtpd.Error{Reply: smtpd.ReplyTooManyRcpts}
 	}
+	if s.suppressed(to) {
+		return &smtpd.Error{Reply: smtpd.ReplyRcptSuppressed.With(to), Err: errSuppressed}
+	}
 	s.rcpts = append(s.rcpts, to)
 	return nil
+}
+
+// errSuppressed marks a recipient refused because it is suppressed.
+var errSuppressed = errors.New("recipient suppressed")
+
+// suppressed reports, with an event, a recipient the account's mail
+// bounced from for good: refused here, it costs no budget and no queue
+// write, and the sender learns at once.
+func (s *session) suppressed(to string) bool {
+	if s.b.deps.Suppressions == nil {
+		return false
+	}
+	if _, ok := s.b.deps.Suppressions.Suppressed(context.Background(), s.identity.APIUser, to); !ok {
+		return false
+	}
+	if s.b.deps.Events != nil {
+		s.b.deps.Events.Suppressed(s.identity.APIUser, s.identity.LabelID, to)
+	}
+	s.log.Info("recipient suppressed", "account", s.identity.APIUser, "label", s.identity.LabelID)
+	return true
 }
 
 func (s *session) Reset() {

@@ -21,6 +21,7 @@ import (
 	"github.com/mailfleet/mailfleet/relay/queueid"
 	"github.com/mailfleet/mailfleet/relay/smtpd"
 	"github.com/mailfleet/mailfleet/relay/spool"
+	"github.com/mailfleet/mailfleet/relay/suppression"
 )
 
 // The policy is driven here as the engine drives it, without a socket: a
@@ -98,8 +99,13 @@ type policy struct {
 // queuedEvents records the messages Events.Queued heard of, and whether
 // each was committed by then.
 type queuedEvents struct {
-	spool    *recordingSpool
-	reported []bool
+	spool      *recordingSpool
+	reported   []bool
+	suppressed []string // account/recipient
+}
+
+func (e *queuedEvents) Suppressed(apiUser, _, recipient string) {
+	e.suppressed = append(e.suppressed, apiUser+"/"+recipient)
 }
 
 func (e *queuedEvents) Queued(env spool.Envelope) {
@@ -362,3 +368,42 @@ func TestDataWithoutSpool(t *testing.T) {
 }
 
 func second[T any](_ T, err error) error { return err }
+
+// suppressedSet suppresses the listed account/recipient pairs.
+type suppressedSet map[string]bool
+
+func (s suppressedSet) Suppressed(_ context.Context, apiUser, recipient string) (suppression.Entry, bool) {
+	return suppression.Entry{Recipient: recipient, Reason: suppression.ReasonBounce}, s[apiUser+"/"+recipient]
+}
+
+// TestSuppressedRecipientRefused: a recipient the account's mail bounced
+// from for good is refused at RCPT with 550 5.1.1 and a suppressed event,
+// and takes no place in the message: the others are queued, and spend
+// the budget, as if it had never been named. Another account may still
+// send to it.
+func TestSuppressedRecipientRefused(t *testing.T) {
+	p := newPolicy(t, 0)
+	p.backend.deps.Suppressions = suppressedSet{"open/gone@example.com": true}
+	s := p.session(t, "192.0.2.1", "open")
+	s.Mail("a@ifaxin.com", smtpd.MailOptions{})
+	if got := reply(t, s.Rcpt("gone@example.com")); got != "550 5.1.1 Recipient <gone@example.com> suppressed: earlier mail to it bounced" {
+		t.Fatalf("RCPT of a suppressed recipient: %q", got)
+	}
+	if got := reply(t, s.Rcpt("ok@example.com")); got != "" {
+		t.Fatalf("RCPT of another: %q", got)
+	}
+	if _, err := s.Data(context.Background(), strings.NewReader("From: a@ifaxin.com\r\n\r\nhi\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if to := p.spool.begun[0].env.To; !slices.Equal(to, []string{"ok@example.com"}) {
+		t.Fatalf("queued to %v", to)
+	}
+	if !slices.Equal(p.events.suppressed, []string{"open/gone@example.com"}) {
+		t.Fatalf("suppressed events: %v", p.events.suppressed)
+	}
+	other := p.session(t, "192.0.2.2", "restricted")
+	other.Mail("a@ifaxin.com", smtpd.MailOptions{})
+	if got := reply(t, other.Rcpt("gone@example.com")); got != "" {
+		t.Fatalf("another account's RCPT: %q", got)
+	}
+}

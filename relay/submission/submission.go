@@ -9,6 +9,7 @@
 package submission
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/mailfleet/mailfleet/relay/queueid"
 	"github.com/mailfleet/mailfleet/relay/smtpd"
 	"github.com/mailfleet/mailfleet/relay/spool"
+	"github.com/mailfleet/mailfleet/relay/suppression"
 )
 
 // Authenticator verifies a username (api_user or api_user#label_id) and key.
@@ -53,6 +55,14 @@ type Deps struct {
 	Metrics *Metrics
 	// Events hears of each message queued (events.Producer); optional.
 	Events Events
+	// Suppressions refuses the recipients an account's mail bounced from
+	// for good (suppression.Guard); optional.
+	Suppressions Suppressions
+}
+
+// Suppressions says whether an account's recipient is suppressed.
+type Suppressions interface {
+	Suppressed(ctx context.Context, apiUser, recipient string) (suppression.Entry, bool)
 }
 
 // Events is told of each message whose queue write was acknowledged, right
@@ -60,6 +70,8 @@ type Deps struct {
 // not wait for it.
 type Events interface {
 	Queued(env spool.Envelope)
+	// Suppressed reports a recipient refused because it is suppressed.
+	Suppressed(apiUser, labelID, recipient string)
 }
 
 // Backend is the relay's smtpd.Backend. Its failure throttle is shared by

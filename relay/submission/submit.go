@@ -89,6 +89,10 @@ func (b *Backend) Submit(ctx context.Context, c Client, id credentials.Identity,
 	}
 	for _, to := range m.To {
 		if err := s.Rcpt(to); err != nil {
+			if errors.Is(err, errSuppressed) {
+				b.deps.Metrics.rejected(&id, ReasonRecipientSuppressed)
+				return "", &Refusal{Reason: ReasonRecipientSuppressed, Err: err}
+			}
 			return "", err
 		}
 	}
