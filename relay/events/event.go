@@ -10,7 +10,6 @@
 package events
 
 import (
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"strconv"
@@ -125,13 +124,15 @@ func FromResult(t Type, env spool.Envelope, r delivery.Result, attempt int, at, 
 }
 
 // RefusedSuppressed is the event of a recipient refused at submission
-// because it is suppressed. It belongs to no queued message, so its id is
-// new each time: every refusal is reported.
+// because it is suppressed. It belongs to no queued message. Its id names
+// the account, the recipient and the minute: a client that tries the
+// address again and again (each refusal costs it no budget) makes one
+// event a minute, not one per try, since the stream and the receivers
+// drop copies of an id.
 func RefusedSuppressed(apiUser, labelID, rcpt string, at time.Time) Event {
-	var nonce [16]byte
-	rand.Read(nonce[:])
+	minute := at.UTC().Truncate(time.Minute).Format(time.RFC3339)
 	return Event{
-		ID: NewID(hex.EncodeToString(nonce[:]), Suppressed, rcpt, 0), Type: Suppressed,
+		ID: NewID("refused/"+apiUser+"/"+minute, Suppressed, rcpt, 0), Type: Suppressed,
 		APIUser: apiUser, LabelID: labelID, Recipient: rcpt, CustomArgs: map[string]any{}, Timestamp: at.UTC(),
 		Reply: &Reply{Code: 550, Enhanced: "5.1.1", Text: "recipient suppressed: earlier mail to it bounced"},
 	}

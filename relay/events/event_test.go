@@ -30,3 +30,24 @@ func TestEventsCarryCustomArgs(t *testing.T) {
 		t.Errorf("an event without customArgs: %s", b)
 	}
 }
+
+// TestRefusedSuppressedOncePerMinute: a client trying a suppressed address
+// again and again (each refusal costs it no budget) makes one event id per
+// account, recipient and minute, so the stream keeps one, not a flood that
+// would push other accounts' events out of it.
+func TestRefusedSuppressedOncePerMinute(t *testing.T) {
+	at := time.Date(2026, 12, 5, 1, 20, 5, 0, time.UTC)
+	a := RefusedSuppressed("acme", "", "gone@example.com", at)
+	if b := RefusedSuppressed("acme", "7", "gone@example.com", at.Add(50*time.Second)); b.ID != a.ID {
+		t.Error("two refusals in one minute have two ids")
+	}
+	for _, other := range []Event{
+		RefusedSuppressed("acme", "", "gone@example.com", at.Add(time.Minute)),
+		RefusedSuppressed("other", "", "gone@example.com", at),
+		RefusedSuppressed("acme", "", "else@example.com", at),
+	} {
+		if other.ID == a.ID {
+			t.Errorf("%+v shares the id of %+v", other, a)
+		}
+	}
+}
