@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"time"
@@ -70,10 +71,48 @@ func (q *Queue) metricsLoop() {
 // delivery or for a retry, or being delivered. A pack of messages not yet
 // split counts once. Acknowledged messages that reap has not purged yet and
 // split markers do not count. It is read in several requests, so a message
-// moving meanwhile may count twice or not at all.
+// moving meanwhile may count twice or not at all, and a message queued a
+// moment ago may not count yet (see Settled).
 func (q *Queue) Depth(ctx context.Context) (uint64, error) {
 	d, _, err := q.depth(ctx)
 	return d, err
+}
+
+// Settled reports whether every message the queue's stream holds has been
+// handed out and finished: no pack waits to be split, no message waits to
+// be taken or is being delivered, none waits for a retry. Unlike Depth it
+// is exact the moment a commit returns: the server counts a consumer's
+// pending messages after it acknowledged the publish (its stream signals
+// consumers on a goroutine of its own), so for that moment Depth can read 0
+// with a message just queued. Settled compares the last stored sequence of
+// each consumer's subject with the last the consumer handed out instead.
+func (q *Queue) Settled(ctx context.Context) (bool, error) {
+	scheduled, _, err := q.scheduled(ctx)
+	if err != nil || scheduled > 0 {
+		return false, err
+	}
+	for _, c := range []struct {
+		consumer jetstream.Consumer
+		subject  string
+	}{{q.split, q.subjIn}, {q.deliver, q.subjQ}} {
+		info, err := c.consumer.Info(ctx)
+		if err != nil {
+			return false, fmt.Errorf("read queue state: %w", err)
+		}
+		if info.NumAckPending > 0 || info.NumPending > 0 {
+			return false, nil
+		}
+		last, err := q.stream.GetLastMsgForSubject(ctx, c.subject)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			continue
+		case err != nil:
+			return false, fmt.Errorf("read queue state: %w", err)
+		case last.Sequence > info.Delivered.Stream:
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 func (q *Queue) depth(ctx context.Context) (uint64, *jetstream.StreamInfo, error) {

@@ -480,3 +480,38 @@ func TestCommitsRacingCloseAllReturn(t *testing.T) {
 		}
 	}
 }
+
+// TestSettled: a committed message keeps the queue unsettled from the
+// moment its commit returns until it is finished, whatever the consumers'
+// counters say yet (the server updates those after acknowledging the
+// publish, which let a test harness read an empty queue with a message
+// just queued).
+func TestSettled(t *testing.T) {
+	q := openQueue(t, t.TempDir(), nil)
+	settled := func() bool {
+		ok, err := q.Settled(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if !settled() {
+		t.Fatal("an empty queue is not settled")
+	}
+	for i := range 20 {
+		commit(t, q, envelope(fmt.Sprintf("s%d", i), "a@x.example"), []byte("body"), 4)
+		if settled() {
+			t.Fatalf("settled right after commit %d", i)
+		}
+		p := next(t, q, 10*time.Second)
+		if settled() {
+			t.Fatalf("settled while message %d is being delivered", i)
+		}
+		if err := p.Done(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if !settled() {
+			t.Fatalf("not settled once message %d is done", i)
+		}
+	}
+}
