@@ -32,6 +32,9 @@ type Identity struct {
 	// CheckHeaderFrom: the message's From addresses must be in
 	// AllowedSenderDomains too.
 	CheckHeaderFrom bool
+	// ActiveLabels are the account's labels that are not suspended, for a
+	// message that names its label itself (X-SMTPAPI's labelId).
+	ActiveLabels []string
 }
 
 // Source answers lookups of accounts by api_user. The file source lives in

@@ -130,7 +130,18 @@ func identityOf(acct *Account, labelID string) Identity {
 		MaxRecipients:        maxRcpts,
 		CheckHeaderFrom:      acct.SenderPolicy != wire.SenderPolicyEnvelope,
 		AllowedSenderDomains: slices.Clone(acct.AllowedSenderDomains),
+		ActiveLabels:         activeLabels(acct),
 	}
+}
+
+func activeLabels(acct *Account) []string {
+	var ids []string
+	for _, l := range acct.Labels {
+		if !l.Suspended {
+			ids = append(ids, l.ID)
+		}
+	}
+	return ids
 }
 
 // SenderAllowed reports whether the identity may use address as its envelope

@@ -28,13 +28,13 @@ func TestAuthenticate(t *testing.T) {
 		want     Identity // zero when ErrInvalid is expected
 	}{
 		{"account", "demo", demoKey,
-			Identity{APIUser: "demo", BudgetPerMinute: 500, MaxRecipients: wire.DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}}},
+			Identity{APIUser: "demo", BudgetPerMinute: 500, MaxRecipients: wire.DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}, ActiveLabels: []string{"1001"}}},
 		{"account and label", "demo#1001", demoKey,
-			Identity{APIUser: "demo", LabelID: "1001", BudgetPerMinute: 500, MaxRecipients: wire.DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}}},
+			Identity{APIUser: "demo", LabelID: "1001", BudgetPerMinute: 500, MaxRecipients: wire.DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}, ActiveLabels: []string{"1001"}}},
 		{"rotated key still valid", "demo", demoNewKey,
-			Identity{APIUser: "demo", BudgetPerMinute: 500, MaxRecipients: wire.DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}}},
+			Identity{APIUser: "demo", BudgetPerMinute: 500, MaxRecipients: wire.DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}, ActiveLabels: []string{"1001"}}},
 		{"rotated key with label", "demo#1001", demoNewKey,
-			Identity{APIUser: "demo", LabelID: "1001", BudgetPerMinute: 500, MaxRecipients: wire.DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}}},
+			Identity{APIUser: "demo", LabelID: "1001", BudgetPerMinute: 500, MaxRecipients: wire.DefaultMaxRecipients, CheckHeaderFrom: true, AllowedSenderDomains: []string{"example.com"}, ActiveLabels: []string{"1001"}}},
 		{"default budget", "plain", plainKey,
 			Identity{APIUser: "plain", BudgetPerMinute: wire.DefaultBudgetPerMinute, MaxRecipients: wire.DefaultMaxRecipients, CheckHeaderFrom: true}},
 		{"wrong key", "demo", otherKey, Identity{}},

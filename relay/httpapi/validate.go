@@ -12,6 +12,7 @@ import (
 
 	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/smtpd"
+	"github.com/mailfleet/mailfleet/relay/submission"
 )
 
 // Limits on what one request may carry, beyond the body's size. Each is
@@ -27,9 +28,6 @@ const (
 	maxLineValue   = 998 // RFC 5322's line limit, for subject and header values
 	maxAttachments = 100
 	maxFilename    = 255
-	maxCustomArgs  = 50
-	maxCustomKey   = 100
-	maxCustomValue = 1000
 )
 
 var (
@@ -256,14 +254,10 @@ func checkAttachment(i int, a *Attachment, cids map[string]bool) *apiError {
 	return nil
 }
 
+// checkCustomArgs applies the rules X-SMTPAPI's customArgs follow too.
 func checkCustomArgs(in map[string]string) (map[string]string, *apiError) {
-	if len(in) > maxCustomArgs {
-		return nil, invalid("customArgs: at most %d keys", maxCustomArgs)
-	}
-	for k, v := range in {
-		if k == "" || len(k) > maxCustomKey || len(v) > maxCustomValue {
-			return nil, invalid("customArgs: keys of 1 to %d bytes, values of at most %d", maxCustomKey, maxCustomValue)
-		}
+	if err := submission.CheckCustomArgs(in); err != nil {
+		return nil, invalid("%s", err.Error())
 	}
 	return in, nil
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -64,4 +65,57 @@ func portOf(t *testing.T, addr string) string {
 		t.Fatal(err)
 	}
 	return port
+}
+
+// TestPythonSmtplibSMTPAPI: Python's smtplib sends one message with an
+// X-SMTPAPI header (base64, then plain JSON): the relay queues one copy per
+// address of its "to", instead of the RCPT TO address, each with its own
+// substitutions in the subject and the body, the label and customArgs the
+// header names, and no X-SMTPAPI field left in what is delivered.
+func TestPythonSmtplibSMTPAPI(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatal("python3 is not installed: run hack/install-test-deps.sh (make test does)")
+	}
+	for _, plain := range []string{"", "1"} {
+		env := startRelay(t)
+		cmd := exec.Command(python, "testdata/send_smtpapi.py")
+		cmd.Env = append(os.Environ(),
+			"MAILFLEET_SMTP_PORT="+portOf(t, env.addr("submission")),
+			"MAILFLEET_API_USER="+userMain,
+			"MAILFLEET_API_KEY="+env.keys[userMain],
+			"MAILFLEET_CA_FILE="+filepath.Join(env.tlsDir, "ca.crt"),
+			"MAILFLEET_SMTPAPI_PLAIN="+plain,
+		)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("smtplib: %v\n%s", err, out)
+		}
+		m := queuedReply.FindStringSubmatch(strings.TrimSpace(string(out)))
+		if m == nil {
+			t.Fatalf("smtplib saw %q", out)
+		}
+		stored := env.stored()
+		want := map[string][2]string{"ann@example.com": {"Ann", "199"}, "bob@example.net": {"Bob", "299"}}
+		if len(stored) != len(want) {
+			t.Fatalf("stored %d messages, want one per address of to", len(stored))
+		}
+		for i, rcpt := range []string{"ann@example.com", "bob@example.net"} {
+			msg, ok := stored[m[1]+"-"+strconv.Itoa(i)]
+			if !ok || len(msg.Env.To) != 1 || msg.Env.To[0] != rcpt {
+				t.Fatalf("copy %d: %+v", i, msg.Env)
+			}
+			if msg.Env.LabelID != "1001" || msg.Env.CustomArgs["order"] != "42" {
+				t.Fatalf("copy %d: label %q, customArgs %v", i, msg.Env.LabelID, msg.Env.CustomArgs)
+			}
+			body := string(msg.Body)
+			if !strings.Contains(body, "Subject: Hello "+want[rcpt][0]+"\r\n") ||
+				!strings.Contains(body, "Dear "+want[rcpt][0]+", you owe "+want[rcpt][1]+".") {
+				t.Fatalf("copy %d for %s:\n%s", i, rcpt, body)
+			}
+			if strings.Contains(strings.ToLower(body), "x-smtpapi") || strings.Contains(body, "%name%") {
+				t.Fatalf("copy %d still holds the header or a tag:\n%s", i, body)
+			}
+		}
+	}
 }

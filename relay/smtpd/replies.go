@@ -91,6 +91,15 @@ var (
 	// ReplyRcptSuppressed: the account's mail to this address bounced for
 	// good, and the relay sends it no more (relay/suppression).
 	ReplyRcptSuppressed = Reply{550, "5.1.1", "Recipient <%s> suppressed: earlier mail to it bounced"}
+	// ReplySMTPAPIInvalid: the message's X-SMTPAPI header cannot be
+	// applied; the text says why.
+	ReplySMTPAPIInvalid = Reply{550, "5.6.0", "%s"}
+	// ReplyHeaderTooLarge: the header section is held in memory to find
+	// X-SMTPAPI; no mail needs one this long.
+	ReplyHeaderTooLarge = Reply{552, "5.3.4", "Message header section too large"}
+	// ReplyFanOutTooBig: X-SMTPAPI's copies, one per address of "to",
+	// would write more than the relay takes from one message.
+	ReplyFanOutTooBig = Reply{552, "5.3.4", "Message times its X-SMTPAPI recipients is over %d bytes; send fewer at once"}
 
 	// DATA.
 	ReplyData         = Reply{354, "", "go ahead"}

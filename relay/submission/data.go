@@ -1,6 +1,7 @@
 package submission
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -33,9 +34,32 @@ func (s *session) Data(ctx context.Context, r io.Reader) (string, error) {
 }
 
 // queue is Data for both doors, SMTP and the HTTP API: it returns the
-// queue id, or why the message was refused, counted.
+// queue id, or why the message was refused, counted. The header section
+// is read first, so that an X-SMTPAPI field can be taken out of it before
+// anything is spooled; a message without one streams on as it came.
 func (s *session) queue(ctx context.Context, r io.Reader) (string, *rejection) {
-	env := s.envelope()
+	bp := copyBuffers.Get().(*[32 << 10]byte)
+	defer copyBuffers.Put(bp)
+	head, rest, headErr := splitHead(r, bp[:])
+	switch {
+	case headErr == errHeadTooLarge:
+		return "", s.refuseAfterReading(rest, &rejection{headErr, ReasonTooBig})
+	case headErr != nil:
+		// rest ends with headErr: spooled and refused as that.
+		return s.queueOne(ctx, s.envelope(), io.MultiReader(bytes.NewReader(head), rest))
+	}
+	head, api, err := takeSMTPAPI(head)
+	if err != nil {
+		return "", s.refuseAfterReading(rest, &rejection{err, ReasonSMTPAPIInvalid})
+	}
+	if api == nil {
+		return s.queueOne(ctx, s.envelope(), io.MultiReader(bytes.NewReader(head), rest))
+	}
+	return s.queueSMTPAPI(ctx, api, head, rest)
+}
+
+// queueOne spools one message with envelope env.
+func (s *session) queueOne(ctx context.Context, env spool.Envelope, r io.Reader) (string, *rejection) {
 	w, beginErr := s.b.deps.Spool.Begin(ctx, env)
 	if beginErr != nil {
 		s.log.Error("spool unavailable", "id", env.ID, "err", beginErr)
@@ -49,13 +73,30 @@ func (s *session) queue(ctx context.Context, r io.Reader) (string, *rejection) {
 		s.b.deps.Metrics.rejected(s.identity, rej.reason)
 		return "", rej
 	}
+	s.queued(env, size)
+	return env.ID, nil
+}
+
+// queued counts, reports and logs a message the queue acknowledged.
+func (s *session) queued(env spool.Envelope, size int64) {
 	s.b.deps.Metrics.accepted(s.identity, size)
 	if s.b.deps.Events != nil {
 		s.b.deps.Events.Queued(env)
 	}
 	s.log.Info("message queued", "id", env.ID, "account", env.APIUser, "label", env.LabelID,
 		"recipients", len(env.To), "bytes", size, "tls", env.TLS)
-	return env.ID, nil
+}
+
+// refuseAfterReading reads the rest of a refused message to its end: a
+// connection lost meanwhile is what ended it, and nobody hears a reply.
+func (s *session) refuseAfterReading(rest io.Reader, rej *rejection) *rejection {
+	if _, _, readErr := copyBody(io.Discard, rest); readErr != nil {
+		if found := s.bodyRejection("", nil, nil, readErr); found != nil {
+			rej = found
+		}
+	}
+	s.b.deps.Metrics.rejected(s.identity, rej.reason)
+	return rej
 }
 
 func (s *session) envelope() spool.Envelope {

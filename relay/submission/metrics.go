@@ -43,6 +43,8 @@ const (
 	// ReasonRecipientSuppressed: an HTTP API message named a suppressed
 	// recipient (SMTP refuses the RCPT alone).
 	ReasonRecipientSuppressed = "recipient_suppressed"
+	// ReasonSMTPAPIInvalid: an X-SMTPAPI header that cannot be applied.
+	ReasonSMTPAPIInvalid = "smtpapi_invalid"
 )
 
 func (m *Metrics) accepted(id *credentials.Identity, size int64) {

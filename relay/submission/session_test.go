@@ -42,6 +42,9 @@ func (a accounts) Authenticate(username, key string) (credentials.Identity, erro
 var testAccounts = accounts{
 	"open":       {APIUser: "open", MaxRecipients: 2, BudgetPerMinute: 10},
 	"restricted": {APIUser: "restricted", LabelID: "7", MaxRecipients: 2, BudgetPerMinute: 10, AllowedSenderDomains: []string{"ifaxin.com"}, CheckHeaderFrom: true},
+	"labelled":   {APIUser: "labelled", MaxRecipients: 3, BudgetPerMinute: 100, ActiveLabels: []string{"1001", "1002"}},
+	"labelled#1001": {APIUser: "labelled", LabelID: "1001", MaxRecipients: 3, BudgetPerMinute: 100,
+		ActiveLabels: []string{"1001", "1002"}},
 }
 
 // budgetFunc answers every request with its decision.
