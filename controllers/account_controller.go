@@ -131,6 +131,10 @@ type readyOutcome struct {
 	requeueAfter time.Duration
 	secretName   string // "" when the Secret was not written
 	key          render.KeyState
+	// webhooks is what became of the account's webhooks, when the
+	// reconcile got as far as reading them.
+	webhooks        *webhooksOutcome
+	webhooksChecked bool
 }
 
 // warnIfNew records the outcome as a Warning event on obj when a person
@@ -189,10 +193,15 @@ func (r *AccountReconciler) reconcileAccount(ctx context.Context, acc *v1.SmtpAc
 	if err != nil || out != nil {
 		return out, err
 	}
-	out, err = r.applySecret(ctx, acc, relay, existing, refKey)
+	hooks, err := r.webhookSecrets(ctx, acc)
+	if err != nil {
+		return nil, err
+	}
+	out, err = r.applySecret(ctx, acc, relay, existing, refKey, hooks)
 	if err != nil || !out.ready {
 		return out, err
 	}
+	out.webhooks, out.webhooksChecked = hooks, true
 	if acc.Spec.Suspended {
 		out.ready, out.reason = false, v1.ReasonSuspended
 		out.message = "spec.suspended is true: the account does not authenticate; its Secret is kept"
@@ -357,7 +366,7 @@ func (v *refKeyVersions) forget(name types.NamespacedName) {
 // applySecret decides the key and writes the credentials Secret with
 // server-side apply, unless a Secret of that name (existing) belongs to
 // someone else.
-func (r *AccountReconciler) applySecret(ctx context.Context, acc *v1.SmtpAccount, relay *v1.SmtpRelay, existing *corev1.Secret, refKey string) (*readyOutcome, error) {
+func (r *AccountReconciler) applySecret(ctx context.Context, acc *v1.SmtpAccount, relay *v1.SmtpRelay, existing *corev1.Secret, refKey string, hooks *webhooksOutcome) (*readyOutcome, error) {
 	name := render.CredentialsSecretName(acc)
 	if out := notOwned(acc, existing); out != nil {
 		return out, nil
@@ -380,7 +389,11 @@ func (r *AccountReconciler) applySecret(ctx context.Context, acc *v1.SmtpAccount
 	if err != nil {
 		return nil, err
 	}
-	desired := render.CredentialsSecret(render.CredentialsInput{Account: acc, Relay: relay, LabelIDs: labelIDs, Key: next})
+	in := render.CredentialsInput{Account: acc, Relay: relay, LabelIDs: labelIDs, Key: next}
+	if hooks != nil {
+		in.WebhookSecrets = hooks.secrets
+	}
+	desired := render.CredentialsSecret(in)
 	if err := r.write(ctx, existing, desired); err != nil {
 		if out := writeRefused(desired.Name, err); out != nil {
 			return out, nil
@@ -571,6 +584,9 @@ func (r *AccountReconciler) writeStatus(ctx context.Context, acc *v1.SmtpAccount
 		}
 	}
 	setReady(&next.Conditions, acc.Generation, out.ready, out.reason, out.message)
+	if out.webhooksChecked {
+		setWebhooksReady(r.Recorder, acc, &next.Conditions, out.webhooks)
+	}
 	orig := acc.DeepCopy()
 	acc.Status = *next
 	changed, err := patchStatus(ctx, r.Client, acc, orig, func(a *v1.SmtpAccount) any { return a.Status })

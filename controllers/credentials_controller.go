@@ -345,6 +345,7 @@ func (p *CredentialsPublisher) record(ctx context.Context, relay *v1.SmtpRelay, 
 		return rec, err
 	}
 	entry := render.ShardEntry(acc, relay, digests, labels)
+	entry.Webhooks = accountWebhooks(acc, render.WebhookSecretsFromSecret(&secret))
 	// One account the relay would refuse must not stop every other
 	// account of its shard from being published; the account
 	// controller reports it as InvalidSpec.

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -69,6 +70,11 @@ func accountSecretNames(a *v1.SmtpAccount) []string {
 	}
 	if ref := a.Spec.Key.SecretRef; ref != nil && ref.Name != a.Spec.SecretName {
 		names = append(names, ref.Name)
+	}
+	for _, h := range a.Spec.Webhooks {
+		if !slices.Contains(names, h.SigningSecretRef.Name) {
+			names = append(names, h.SigningSecretRef.Name)
+		}
 	}
 	return names
 }

@@ -176,8 +176,8 @@ const cachedDataDigest = "#sha256"
 
 // keepSecretFields reduces a Secret in the cache of the operator's Secrets
 // to what the controllers read: labels, annotations, the controller
-// reference, the key and the previous key's digest of a credentials Secret,
-// the content of a shard, and a digest of the whole data to tell whether
+// reference, the key, the previous key's digest and the webhooks' signing
+// secrets of a credentials Secret, the content of a shard, and a digest of the whole data to tell whether
 // applying a Secret would change it (secretUpToDate). At 10,000 accounts
 // the rest (binding fields, one username per label, owner references,
 // managed fields) would stay on the heap for nothing.
@@ -196,7 +196,7 @@ func keepSecretFields(obj any) (any, error) {
 	s.OwnerReferences = owner
 	// A new map: deleting keys would not shrink the old one.
 	kept := make(map[string][]byte, 3)
-	for _, k := range []string{render.SecretKeyPassword, render.SecretKeyPreviousPasswordDigest, wire.ShardDataKey} {
+	for _, k := range []string{render.SecretKeyPassword, render.SecretKeyPreviousPasswordDigest, render.SecretKeyWebhookSigningSecrets, wire.ShardDataKey} {
 		if v, ok := s.Data[k]; ok {
 			kept[k] = v
 		}

@@ -14,6 +14,11 @@ const (
 	// Reconciling and Stalled are the conditions kstatus reads (Flux's
 	// health checks, cli-utils).
 	ConditionStalled = "Stalled"
+	// ConditionWebhooksReady is present on an SmtpAccount with webhooks:
+	// True when every one of them is published to the relay, False when
+	// one is left out (its signing secret is missing or unusable). The
+	// account's mail flows either way.
+	ConditionWebhooksReady = "WebhooksReady"
 )
 
 // Condition reasons, CamelCase as metav1.Condition requires. Messages carry
@@ -43,4 +48,6 @@ const (
 	ReasonSecretWriteFailed     = "SecretWriteFailed"
 	ReasonCertificateNotAllowed = "CertificateNotAllowed"
 	ReasonTooManyLabels         = "TooManyLabels"
+	ReasonSigningSecretNotFound = "SigningSecretNotFound"
+	ReasonSigningSecretInvalid  = "SigningSecretInvalid"
 )

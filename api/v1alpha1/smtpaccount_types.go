@@ -88,6 +88,49 @@ type SmtpAccountSpec struct {
 	// SecretTemplate adds labels and annotations to the credentials Secret.
 	// +optional
 	SecretTemplate *SecretTemplate `json:"secretTemplate,omitempty"`
+
+	// Webhooks receive the account's delivery events as signed JSON batches
+	// (docs/events.md).
+	// +kubebuilder:validation:MaxItems=10
+	// +listType=map
+	// +listMapKey=url
+	// +optional
+	Webhooks []AccountWebhook `json:"webhooks,omitempty"`
+}
+
+// AccountWebhook is an endpoint that receives the account's delivery
+// events, each POST signed with a secret of the tenant's own.
+type AccountWebhook struct {
+	// URL receives the events: https:// (http:// only where the relay's
+	// configuration allows it), without user information or a fragment.
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && (self.startsWith('https://') || self.startsWith('http://'))",message="webhooks[].url must be an absolute https:// URL, such as https://hooks.example.com/mailfleet (http:// only where the relay allows it)"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^[a-zA-Z]+://[^/?#]*@')",message="webhooks[].url must not carry user:password@; the endpoint authenticates the relay by the signature"
+	// +kubebuilder:validation:XValidation:rule="!self.contains('#')",message="webhooks[].url must not have a #fragment"
+	URL string `json:"url"`
+	// Events are the event types it receives; empty: all of them.
+	// +kubebuilder:validation:MaxItems=6
+	// +kubebuilder:validation:items:Enum=queued;delivered;deferred;bounced;expired;suppressed
+	// +listType=set
+	// +optional
+	Events []string `json:"events,omitempty"`
+	// SigningSecretRef names the Secret, in this namespace, whose key holds
+	// the secret each POST is signed with (16 to 256 characters): the
+	// X-Mailfleet-Signature header. Changing the Secret changes the
+	// signature within seconds.
+	SigningSecretRef WebhookSecretReference `json:"signingSecretRef"`
+}
+
+// WebhookSecretReference names a key of a Secret in the account's
+// namespace.
+type WebhookSecretReference struct {
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+	// Key in the Secret's data.
+	// +kubebuilder:default=signing-secret
+	// +optional
+	Key string `json:"key,omitempty"`
 }
 
 // AccountLimits caps one message.

@@ -1,6 +1,7 @@
 package render
 
 import (
+	"encoding/json"
 	"maps"
 	"slices"
 	"strconv"
@@ -88,6 +89,9 @@ type CredentialsInput struct {
 	Relay    *v1.SmtpRelay
 	LabelIDs []string // labels that may log in as api_user#label_id
 	Key      KeyState
+	// WebhookSecrets are the signing secrets of the account's webhooks,
+	// by URL.
+	WebhookSecrets map[string]string
 }
 
 // CredentialsSecret builds the desired credentials Secret: Service
@@ -121,6 +125,10 @@ func CredentialsSecret(in CredentialsInput) *corev1.Secret {
 	setKeyAnnotations(annotations, in.Key)
 	if in.Key.PreviousDigest != "" {
 		data[SecretKeyPreviousPasswordDigest] = []byte(in.Key.PreviousDigest)
+	}
+	if len(in.WebhookSecrets) > 0 {
+		// A map of strings always encodes, in key order.
+		data[SecretKeyWebhookSigningSecrets], _ = json.Marshal(in.WebhookSecrets)
 	}
 	var owners []metav1.OwnerReference
 	if acc.Spec.SecretRetention == v1.SecretRetentionDelete {
@@ -210,4 +218,14 @@ func ParseTime(s string) time.Time {
 
 func FormatTime(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
+}
+
+// WebhookSecretsFromSecret reads what CredentialsSecret wrote of the
+// webhooks' signing secrets; none when it wrote none or it cannot be read.
+func WebhookSecretsFromSecret(s *corev1.Secret) map[string]string {
+	var out map[string]string
+	if s != nil {
+		json.Unmarshal(s.Data[SecretKeyWebhookSigningSecrets], &out)
+	}
+	return out
 }

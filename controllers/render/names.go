@@ -52,6 +52,11 @@ const (
 	// format), never the key, of the key before the last rotation while its
 	// grace period runs.
 	SecretKeyPreviousPasswordDigest = "previous-password-sha256"
+	// SecretKeyWebhookSigningSecrets holds the signing secrets of the
+	// account's webhooks, by URL, as JSON: read from the Secrets their
+	// signingSecretRefs name, for the credentials publisher (which reads
+	// only the operator's own Secrets).
+	SecretKeyWebhookSigningSecrets = "webhook-signing-secrets"
 	// BindingType and BindingProvider are the values of type and provider.
 	BindingType     = "smtp"
 	BindingProvider = "mailfleet"

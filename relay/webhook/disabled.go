@@ -107,8 +107,23 @@ func (d *Dispatcher) disable(ctx context.Context, h *hook, log *slog.Logger) err
 	return nil
 }
 
-// Enable removes a webhook's disabled mark (the operator's way back, once
-// the account's webhook changes).
+// forgetDisabled removes the disabled mark of a webhook the account no
+// longer has. That is the way back after a 410: take the webhook out of
+// the account (spec.webhooks) and put it back once the endpoint is fixed.
+// A relay pod that still has the old credentials and posts meanwhile
+// gets the endpoint's answer again, 410 or not.
+func (d *Dispatcher) forgetDisabled(ctx context.Context, h *hook) {
+	if !d.disabled.has(h.key) {
+		return
+	}
+	if err := d.Enable(ctx, h.apiUser, h.URL); err != nil {
+		d.log.Warn("forget a removed webhook's disabled mark; it stays disabled if added again", "account", h.apiUser, "webhook", h.key, "err", err)
+		return
+	}
+	d.log.Info("a disabled webhook was removed from its account; added again, it is posted to", "account", h.apiUser, "webhook", h.key)
+}
+
+// Enable removes a webhook's disabled mark.
 func (d *Dispatcher) Enable(ctx context.Context, apiUser, url string) error {
 	err := d.disabled.kv.Delete(ctx, hookKey(apiUser, url))
 	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {

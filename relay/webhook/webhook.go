@@ -209,6 +209,7 @@ func (d *Dispatcher) sync(ctx context.Context) {
 		if _, ok := want[k]; !ok {
 			s.stop()
 			delete(d.senders, k)
+			d.forgetDisabled(ctx, s.hook.Load())
 		}
 	}
 	for k, h := range want {

@@ -113,6 +113,13 @@ type rig struct {
 
 func newRig(t *testing.T, accts accounts, tune func(*Config)) *rig {
 	t.Helper()
+	return newRigFor(t, accts, countHooks(accts), tune)
+}
+
+// newRigFor starts a dispatcher on accts, and waits for its hooks
+// consumers.
+func newRigFor(t *testing.T, accts Accounts, hooks int, tune func(*Config)) *rig {
+	t.Helper()
 	q, err := queue.Open(context.Background(), queue.Options{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -146,7 +153,7 @@ func newRig(t *testing.T, accts accounts, tune func(*Config)) *rig {
 		q.Close()
 	})
 	r := &rig{q: q, prod: prod, d: d, reg: reg}
-	waitFor(t, "the webhooks' consumers", func() bool { return r.senders() == countHooks(accts) })
+	waitFor(t, "the webhooks' consumers", func() bool { return r.senders() == hooks })
 	return r
 }
 
@@ -406,4 +413,41 @@ type tWriter struct{ t *testing.T }
 func (w tWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(b)))
 	return len(b), nil
+}
+
+// switchable is accounts a test changes while the dispatcher reads them.
+type switchable struct {
+	mu   sync.Mutex
+	list accounts
+}
+
+func (s *switchable) All() iter.Seq[*wire.Account] {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Values(slices.Clone(s.list))
+}
+
+func (s *switchable) set(list accounts) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.list = list
+}
+
+// TestRemovedWebhookForgetsItsDisabledMark: the way back after a 410 is to
+// take the webhook out of the account and put it back: its mark is removed
+// with it, and once back it is posted to again.
+func TestRemovedWebhookForgetsItsDisabledMark(t *testing.T) {
+	rcv := newReceiver(t)
+	rcv.mode.Store(gone)
+	withHook := accounts{account("acme", wire.Webhook{URL: rcv.srv.URL, Secret: secret})}
+	accts := &switchable{list: withHook}
+	r := newRigFor(t, accts, 1, nil)
+	emit(r.prod, "acme", 0, 1)
+	waitFor(t, "the webhook disabled", func() bool { return gaugeValue(t, r.reg, "mailfleet_webhooks_disabled") == 1 })
+	accts.set(accounts{account("acme")})
+	waitFor(t, "the mark forgotten", func() bool { return gaugeValue(t, r.reg, "mailfleet_webhooks_disabled") == 0 })
+	rcv.mode.Store(up)
+	accts.set(withHook)
+	emit(r.prod, "acme", 1, 1)
+	waitFor(t, "an event posted to the webhook added back", func() bool { return rcv.unique() > 0 })
 }

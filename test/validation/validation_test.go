@@ -2,6 +2,7 @@ package validation
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -139,6 +140,34 @@ func TestCRDValidation(t *testing.T) {
 		}), "spec.rateLimit.redis.passwordSecretRef.key"},
 
 		{"valid account", account(func(*v1.SmtpAccount) {}), ""},
+		{"a webhook", account(func(a *v1.SmtpAccount) { a.Spec.Webhooks = []v1.AccountWebhook{hook("https://hooks.example.com/mail")} }), ""},
+		{"webhook not http(s)", account(func(a *v1.SmtpAccount) { a.Spec.Webhooks = []v1.AccountWebhook{hook("ftp://hooks.example.com/mail")} }),
+			"webhooks[].url must be an absolute https:// URL"},
+		{"webhook relative", account(func(a *v1.SmtpAccount) { a.Spec.Webhooks = []v1.AccountWebhook{hook("/mail")} }),
+			"webhooks[].url must be an absolute https:// URL"},
+		{"webhook with user information", account(func(a *v1.SmtpAccount) {
+			a.Spec.Webhooks = []v1.AccountWebhook{hook("https://user:pass@hooks.example.com/mail")}
+		}), "must not carry user:password@"},
+		{"webhook with a fragment", account(func(a *v1.SmtpAccount) {
+			a.Spec.Webhooks = []v1.AccountWebhook{hook("https://hooks.example.com/mail#x")}
+		}),
+			"must not have a #fragment"},
+		{"webhook event unknown", account(func(a *v1.SmtpAccount) {
+			h := hook("https://hooks.example.com/mail")
+			h.Events = []string{"opened"}
+			a.Spec.Webhooks = []v1.AccountWebhook{h}
+		}), "spec.webhooks[0].events[0]"},
+		{"webhooks with one URL twice", account(func(a *v1.SmtpAccount) {
+			a.Spec.Webhooks = []v1.AccountWebhook{hook("https://hooks.example.com/mail"), hook("https://hooks.example.com/mail")}
+		}), "Duplicate value"},
+		{"eleven webhooks", account(func(a *v1.SmtpAccount) {
+			for i := range 11 {
+				a.Spec.Webhooks = append(a.Spec.Webhooks, hook(fmt.Sprintf("https://hooks.example.com/%d", i)))
+			}
+		}), "spec.webhooks: Too many"},
+		{"webhook without a signing secret", account(func(a *v1.SmtpAccount) {
+			a.Spec.Webhooks = []v1.AccountWebhook{{URL: "https://hooks.example.com/mail"}}
+		}), "spec.webhooks[0].signingSecretRef.name"},
 		{"apiUser charset", account(func(a *v1.SmtpAccount) { a.Spec.APIUser = "bad#user" }), "spec.apiUser"},
 		// Issue 12.17: refused at admission rather than failing at reconcile.
 		// Issue 12.11: what the relay's parser refuses is refused here too,
@@ -222,4 +251,8 @@ func TestImmutableFields(t *testing.T) {
 	if err := env.Client.Update(ctx, l); err == nil || !strings.Contains(err.Error(), "labelId is immutable") {
 		t.Fatalf("changing labelId: %v", err)
 	}
+}
+
+func hook(url string) v1.AccountWebhook {
+	return v1.AccountWebhook{URL: url, SigningSecretRef: v1.WebhookSecretReference{Name: "hooks"}}
 }

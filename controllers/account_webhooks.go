@@ -1,0 +1,121 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+
+	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/wire"
+)
+
+// defaultSigningSecretKey is signingSecretRef.key when the API server has
+// not defaulted it (an object written before the field had a default).
+const defaultSigningSecretKey = "signing-secret"
+
+// webhooksOutcome is what became of an account's webhooks: the signing
+// secrets found, by URL, and the WebhooksReady condition to report (none
+// when the account has no webhooks).
+type webhooksOutcome struct {
+	secrets map[string]string
+	ready   bool
+	reason  string
+	message string
+}
+
+// webhookSecrets reads the signing secret of each of the account's
+// webhooks from the Secret its signingSecretRef names, in the account's
+// own namespace: a tenant names a Secret by name only, so it cannot make
+// the operator read another namespace's. A webhook whose secret is missing
+// or unusable is left out (its events wait in the stream for it) and
+// reported; the others, and the account's mail, go on.
+func (r *AccountReconciler) webhookSecrets(ctx context.Context, acc *v1.SmtpAccount) (*webhooksOutcome, error) {
+	if len(acc.Spec.Webhooks) == 0 {
+		return nil, nil
+	}
+	out := &webhooksOutcome{secrets: map[string]string{}, ready: true, reason: v1.ReasonReady}
+	var problems []string
+	for i, h := range acc.Spec.Webhooks {
+		secret, reason, problem, err := r.signingSecret(ctx, acc.Namespace, h.SigningSecretRef)
+		if err != nil {
+			return nil, err
+		}
+		if problem != "" {
+			out.ready, out.reason = false, reason
+			problems = append(problems, fmt.Sprintf("webhooks[%d] (%s) is not published: %s", i, h.URL, problem))
+			continue
+		}
+		out.secrets[h.URL] = secret
+	}
+	out.message = fmt.Sprintf("%d webhooks published to the relay", len(acc.Spec.Webhooks))
+	if len(problems) > 0 {
+		out.message = strings.Join(problems, "; ")
+	}
+	return out, nil
+}
+
+// signingSecret is the secret ref names, or why it cannot be used: the
+// reason and a message that says what to fix, never the secret.
+func (r *AccountReconciler) signingSecret(ctx context.Context, namespace string, ref v1.WebhookSecretReference) (secret, reason, problem string, err error) {
+	dataKey := ref.Key
+	if dataKey == "" {
+		dataKey = defaultSigningSecretKey
+	}
+	name := types.NamespacedName{Namespace: namespace, Name: ref.Name}
+	m, err := r.Secrets.metadata(ctx, name)
+	var s *corev1.Secret
+	if err == nil && m != nil {
+		s, err = getSecret(ctx, r.APIReader, namespace, ref.Name)
+	}
+	switch {
+	case err != nil:
+		return "", "", "", err
+	case s == nil:
+		return "", v1.ReasonSigningSecretNotFound, fmt.Sprintf("Secret %q (signingSecretRef.name) does not exist in namespace %q", ref.Name, namespace), nil
+	}
+	secret = string(s.Data[dataKey])
+	if n := len(secret); n < wire.MinWebhookSecret || n > wire.MaxWebhookSecret {
+		// The length only: nothing of the secret goes into status.
+		return "", v1.ReasonSigningSecretInvalid, fmt.Sprintf("key %q of Secret %q holds %d characters; want %d to %d, such as the output of `openssl rand -hex 32`",
+			dataKey, ref.Name, n, wire.MinWebhookSecret, wire.MaxWebhookSecret), nil
+	}
+	return secret, "", "", nil
+}
+
+// setWebhooksReady writes the WebhooksReady condition, or removes it from
+// an account without webhooks, and records a Warning event when a webhook
+// is newly left out.
+func setWebhooksReady(rec events.EventRecorder, acc *v1.SmtpAccount, conds *[]metav1.Condition, out *webhooksOutcome) {
+	if out == nil {
+		meta.RemoveStatusCondition(conds, v1.ConditionWebhooksReady)
+		return
+	}
+	before := meta.FindStatusCondition(*conds, v1.ConditionWebhooksReady)
+	status := metav1.ConditionTrue
+	if !out.ready {
+		status = metav1.ConditionFalse
+		if before == nil || before.Reason != out.reason || before.Message != out.message {
+			rec.Eventf(acc, nil, corev1.EventTypeWarning, out.reason, "Reconcile", "%s", out.message)
+		}
+	}
+	meta.SetStatusCondition(conds, metav1.Condition{Type: v1.ConditionWebhooksReady, Status: status,
+		ObservedGeneration: acc.Generation, Reason: out.reason, Message: out.message})
+}
+
+// accountWebhooks are the account's webhooks as its relay's shard carries
+// them: those whose signing secret the credentials Secret holds.
+func accountWebhooks(acc *v1.SmtpAccount, secrets map[string]string) []wire.Webhook {
+	var out []wire.Webhook
+	for _, h := range acc.Spec.Webhooks {
+		if secret, ok := secrets[h.URL]; ok {
+			out = append(out, wire.Webhook{URL: h.URL, Events: h.Events, Secret: secret})
+		}
+	}
+	return out
+}
