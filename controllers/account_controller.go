@@ -116,6 +116,8 @@ func (r *AccountReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// Secret is and when a referenced one changed.
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.accountsUsingSecret), builder.OnlyMetadata).
 		Watches(&v1.SmtpRelay{}, handler.EnqueueRequestsFromMapFunc(r.accountsOfRelay), builder.WithPredicates(relayChanged)).
+		// The relays' report of the webhooks their endpoints disabled.
+		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.accountsOfWebhookStatus)).
 		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(accountOfLabel), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.accountsInNamespace), builder.WithPredicates(namespaceLabelsChanged)).
 		Complete(r)
@@ -586,6 +588,7 @@ func (r *AccountReconciler) writeStatus(ctx context.Context, acc *v1.SmtpAccount
 	setReady(&next.Conditions, acc.Generation, out.ready, out.reason, out.message)
 	if out.webhooksChecked {
 		setWebhooksReady(r.Recorder, acc, &next.Conditions, out.webhooks)
+		setWebhookDisabled(r.Recorder, acc, &next.Conditions, out.webhooks)
 	}
 	orig := acc.DeepCopy()
 	acc.Status = *next

@@ -2,17 +2,23 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
 // defaultSigningSecretKey is signingSecretRef.key when the API server has
@@ -27,6 +33,8 @@ type webhooksOutcome struct {
 	ready   bool
 	reason  string
 	message string
+	// disabled says which webhooks their endpoints disabled; "" for none.
+	disabled string
 }
 
 // webhookSecrets reads the signing secret of each of the account's
@@ -57,7 +65,9 @@ func (r *AccountReconciler) webhookSecrets(ctx context.Context, acc *v1.SmtpAcco
 	if len(problems) > 0 {
 		out.message = strings.Join(problems, "; ")
 	}
-	return out, nil
+	var err error
+	out.disabled, err = r.disabledWebhooks(ctx, acc)
+	return out, err
 }
 
 // signingSecret is the secret ref names, or why it cannot be used: the
@@ -86,6 +96,53 @@ func (r *AccountReconciler) signingSecret(ctx context.Context, namespace string,
 			dataKey, ref.Name, n, wire.MinWebhookSecret, wire.MaxWebhookSecret), nil
 	}
 	return secret, "", "", nil
+}
+
+// disabledWebhooks reads what the relay's pods reported of the webhooks
+// their endpoints disabled (410 Gone), from the status ConfigMap the
+// operator made for them (kubesource.StatusConfigMap writes it), and says
+// which of the account's webhooks are among them.
+func (r *AccountReconciler) disabledWebhooks(ctx context.Context, acc *v1.SmtpAccount) (string, error) {
+	relay := accountRelay(acc)
+	var cm corev1.ConfigMap
+	err := r.Client.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: wire.WebhookStatusConfigMapName(relay.Name)}, &cm)
+	if apierrors.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read the relay's webhook status: %w", err)
+	}
+	var status wire.WebhookStatus
+	if json.Unmarshal([]byte(cm.Data[wire.WebhookStatusDataKey]), &status) != nil {
+		return "", nil // written by the relays; an unreadable report says nothing
+	}
+	apiUser := render.APIUser(acc)
+	var gone []string
+	for i, h := range acc.Spec.Webhooks {
+		if d, ok := status.Disabled[wire.WebhookKey(apiUser, h.URL)]; ok && d.APIUser == apiUser {
+			gone = append(gone, fmt.Sprintf("webhooks[%d] (%s) answered %s at %s", i, h.URL, d.Reason, d.DisabledAt))
+		}
+	}
+	if len(gone) == 0 {
+		return "", nil
+	}
+	return strings.Join(gone, "; ") + ": the relays post nothing more to it and its events wait in the stream; " +
+		"once the endpoint is fixed, remove the webhook from spec.webhooks and add it back", nil
+}
+
+// setWebhookDisabled writes the WebhookDisabled condition while one of the
+// account's webhooks is disabled, with a Warning event when that is news,
+// and removes it otherwise.
+func setWebhookDisabled(rec events.EventRecorder, acc *v1.SmtpAccount, conds *[]metav1.Condition, out *webhooksOutcome) {
+	if out == nil || out.disabled == "" {
+		meta.RemoveStatusCondition(conds, v1.ConditionWebhookDisabled)
+		return
+	}
+	if before := meta.FindStatusCondition(*conds, v1.ConditionWebhookDisabled); before == nil || before.Message != out.disabled {
+		rec.Eventf(acc, nil, corev1.EventTypeWarning, v1.ReasonEndpointGone, "Reconcile", "%s", out.disabled)
+	}
+	meta.SetStatusCondition(conds, metav1.Condition{Type: v1.ConditionWebhookDisabled, Status: metav1.ConditionTrue,
+		ObservedGeneration: acc.Generation, Reason: v1.ReasonEndpointGone, Message: out.disabled})
 }
 
 // setWebhooksReady writes the WebhooksReady condition, or removes it from
@@ -118,4 +175,25 @@ func accountWebhooks(acc *v1.SmtpAccount, secrets map[string]string) []wire.Webh
 		}
 	}
 	return out
+}
+
+// accountsOfWebhookStatus enqueues the accounts with webhooks of the relay
+// whose pods reported a change of their disabled webhooks.
+func (r *AccountReconciler) accountsOfWebhookStatus(ctx context.Context, o client.Object) []reconcile.Request {
+	relay, ok := strings.CutSuffix(o.GetName(), wire.WebhookStatusConfigMapName(""))
+	if !ok || relay == "" {
+		return nil
+	}
+	var list v1.SmtpAccountList
+	if err := r.Client.List(ctx, &list, client.MatchingFields{indexAccountRelay: relayKey(o.GetNamespace(), relay)}, client.UnsafeDisableDeepCopy); err != nil {
+		log.FromContext(ctx).Error(err, "list the accounts of a relay", "relay", o.GetNamespace()+"/"+relay)
+		return nil
+	}
+	var reqs []reconcile.Request
+	for i := range list.Items {
+		if len(list.Items[i].Spec.Webhooks) > 0 {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+		}
+	}
+	return reqs
 }

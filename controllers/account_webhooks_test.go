@@ -11,9 +11,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
+	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
+	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
 )
 
 // TestWebhooksReachTheRelay: an account's webhooks reach its relay's shard
@@ -105,4 +109,60 @@ func waitWebhooksCondition(t *testing.T, ns, name string, status metav1.Conditio
 		return nil
 	})
 	return c
+}
+
+// TestWebhookDisabledShowsOnTheAccount: when the relays report that a
+// webhook's endpoint answered 410 Gone (their status ConfigMap, written as
+// kubesource.StatusConfigMap writes it), the account gets WebhookDisabled
+// with a Warning event saying how to enable it again; when the report no
+// longer names it, the condition goes.
+func TestWebhookDisabledShowsOnTheAccount(t *testing.T) {
+	ctx := context.Background()
+	platform := env.Namespace(t, nil)
+	tenant := env.Namespace(t, nil)
+	startPublishing(t)
+	env.CreateRelay(t, platform, "mx", func(r *v1.SmtpRelay) { r.Spec.Accounts.Namespaces.From = v1.NamespacesFromAll })
+	if err := env.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "hooks", Namespace: tenant},
+		Data: map[string][]byte{"signing-secret": []byte("whsec-0123456789abcdef")}}); err != nil {
+		t.Fatal(err)
+	}
+	const url = "https://hooks.acme.example/gone"
+	acc := env.CreateAccount(t, tenant, "acme", platform, "mx", func(a *v1.SmtpAccount) {
+		a.Spec.Webhooks = []v1.AccountWebhook{{URL: url, SigningSecretRef: v1.WebhookSecretReference{Name: "hooks"}}}
+	})
+	waitWebhooksCondition(t, tenant, "acme", metav1.ConditionTrue, v1.ReasonReady)
+	// The operator renders this ConfigMap with the relay's objects.
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: wire.WebhookStatusConfigMapName("mx"), Namespace: platform,
+		Labels: map[string]string{render.LabelManagedBy: render.ManagedByValue}}}
+	if err := env.Client.Create(ctx, cm); err != nil {
+		t.Fatal(err)
+	}
+	report := kubesource.StatusConfigMap{Client: kubernetes.NewForConfigOrDie(env.Config), Namespace: platform, Relay: "mx"}
+	gone := wire.WebhookStatus{Disabled: map[string]wire.DisabledWebhook{
+		wire.WebhookKey("acme", url): {APIUser: "acme", DisabledAt: "2026-12-05T01:00:00Z", Reason: "410 Gone"},
+	}}
+	if err := report.Report(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	var cond metav1.Condition
+	envtestkit.Eventually(t, 10*time.Second, func() error {
+		cond = accountCondition(t, tenant, "acme", v1.ConditionWebhookDisabled)
+		if cond.Status != metav1.ConditionTrue || cond.Reason != v1.ReasonEndpointGone {
+			return fmt.Errorf("WebhookDisabled %+v", cond)
+		}
+		return nil
+	})
+	if !strings.Contains(cond.Message, "webhooks[0] ("+url+") answered 410 Gone") || !strings.Contains(cond.Message, "add it back") {
+		t.Fatalf("condition message %q", cond.Message)
+	}
+	waitEventAbout(t, acc, v1.ReasonEndpointGone)
+	if err := report.Report(ctx, wire.WebhookStatus{}); err != nil {
+		t.Fatal(err)
+	}
+	envtestkit.Eventually(t, 10*time.Second, func() error {
+		if c := accountCondition(t, tenant, "acme", v1.ConditionWebhookDisabled); c.Type != "" {
+			return fmt.Errorf("WebhookDisabled still there: %+v", c)
+		}
+		return nil
+	})
 }

@@ -12,6 +12,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/controllers/render"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
+	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
 )
 
 // Attack (issue 12.14): the relay's Role let its token list and watch every
@@ -67,13 +69,27 @@ func TestAttackRelayTokenReadsOtherSecrets(t *testing.T) {
 	_, attempts["list another relay's shard"] = secrets.List(ctx, byName(wire.ShardSecretName("db", 0)))
 	_, attempts["get own shard"] = secrets.Get(ctx, own, metav1.GetOptions{})
 	_, attempts["list in another namespace"] = asRelay.CoreV1().Secrets("default").List(ctx, byName(own))
+	// The one thing it writes: its webhook status ConfigMap, by name.
+	configMaps := asRelay.CoreV1().ConfigMaps(ns)
+	patch := []byte(`{"data":{"x":"y"}}`)
+	_, attempts["patch its config"] = configMaps.Patch(ctx, render.ConfigMapName(relay.Name), types.MergePatchType, patch, metav1.PatchOptions{})
+	_, attempts["get its webhook status"] = configMaps.Get(ctx, wire.WebhookStatusConfigMapName(relay.Name), metav1.GetOptions{})
+	_, attempts["create a ConfigMap"] = configMaps.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
 	for what, err := range attempts {
 		if !apierrors.IsForbidden(err) {
 			t.Errorf("%s as the relay: %v, want Forbidden", what, err)
 		}
 	}
 
-	// What the relay does need still works: its shard watch, by name.
+	// What the relay does need still works: its report, its shard watch.
+	envtestkit.Eventually(t, relayWait, func() error {
+		return env.Get(&corev1.ConfigMap{}, ns, wire.WebhookStatusConfigMapName(relay.Name))
+	})
+	report := kubesource.StatusConfigMap{Client: asRelay, Namespace: ns, Relay: relay.Name}
+	if err := report.Report(ctx, wire.WebhookStatus{}); err != nil {
+		t.Fatalf("the relay's report of its webhooks: %v", err)
+	}
+	// Its shard watch, by name.
 	src := runShardSource(t, asRelay, ns, relay.Name)
 	envtestkit.Eventually(t, relayWait, func() error {
 		if _, ok := src.Lookup("acme"); !ok || !src.Synced() {

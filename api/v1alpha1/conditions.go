@@ -19,6 +19,11 @@ const (
 	// one is left out (its signing secret is missing or unusable). The
 	// account's mail flows either way.
 	ConditionWebhooksReady = "WebhooksReady"
+	// ConditionWebhookDisabled is present (True) on an SmtpAccount while
+	// one of its webhooks is disabled because its endpoint answered 410
+	// Gone: the relays post nothing more to it, and its events wait in the
+	// stream. The message says which and how to enable it again.
+	ConditionWebhookDisabled = "WebhookDisabled"
 )
 
 // Condition reasons, CamelCase as metav1.Condition requires. Messages carry
@@ -50,4 +55,5 @@ const (
 	ReasonTooManyLabels         = "TooManyLabels"
 	ReasonSigningSecretNotFound = "SigningSecretNotFound"
 	ReasonSigningSecretInvalid  = "SigningSecretInvalid"
+	ReasonEndpointGone          = "EndpointGone"
 )

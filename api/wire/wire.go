@@ -230,3 +230,42 @@ func WebhooksBucket(stream string) string { return stream + "_WEBHOOKS" }
 // SuppressionsBucket is the key-value bucket of stream's relays in which
 // each account's suppressed recipients are kept (relay/suppression).
 func SuppressionsBucket(stream string) string { return stream + "_SUPPRESSIONS" }
+
+// WebhookKey names an account's webhook by its api_user and URL, never by
+// its secret (a secret rotated keeps the webhook's consumer and what it has
+// not yet sent): the relays' consumer and disabled mark, and the entry of
+// WebhookStatus the operator looks up.
+func WebhookKey(apiUser, url string) string {
+	sum := sha256.Sum256([]byte(apiUser + "\x00" + url))
+	return "wh_" + hex.EncodeToString(sum[:12])
+}
+
+// The relays of an SmtpRelay report the webhooks their endpoints disabled
+// (410 Gone) in a ConfigMap of the relay's namespace, the only object they
+// may write; the operator turns it into the accounts' WebhookDisabled
+// condition.
+const (
+	// WebhookStatusDataKey holds the WebhookStatus as JSON.
+	WebhookStatusDataKey = "webhook-status.json"
+	// MaxReportedWebhooks bounds the report, so that the ConfigMap stays
+	// far under the API server's object limit.
+	MaxReportedWebhooks = 5000
+)
+
+// WebhookStatusConfigMapName is the ConfigMap the relays of relay report
+// their webhooks in.
+func WebhookStatusConfigMapName(relay string) string { return relay + "-webhook-status" }
+
+// WebhookStatus is what the relays report of their webhooks.
+type WebhookStatus struct {
+	// Disabled are the webhooks whose endpoint answered 410 Gone, by
+	// WebhookKey: never a URL or a secret.
+	Disabled map[string]DisabledWebhook `json:"disabled"`
+}
+
+// DisabledWebhook is a webhook its endpoint disabled.
+type DisabledWebhook struct {
+	APIUser    string `json:"apiUser"`
+	DisabledAt string `json:"disabledAt"` // RFC 3339
+	Reason     string `json:"reason"`
+}

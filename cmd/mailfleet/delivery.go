@@ -13,6 +13,7 @@ import (
 
 	"github.com/mailfleet/mailfleet/relay/config"
 	"github.com/mailfleet/mailfleet/relay/credentials"
+	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
 	"github.com/mailfleet/mailfleet/relay/delivery"
 	"github.com/mailfleet/mailfleet/relay/dispatch"
 	"github.com/mailfleet/mailfleet/relay/dsn"
@@ -250,6 +251,15 @@ func startWebhooks(ctx context.Context, cfg config.Config, q *queue.Queue, creds
 		Timeout: w.Timeout.Duration, GiveUp: w.GiveUp.Duration, AllowHTTP: w.AllowHTTP, AllowedDestinations: allowed,
 	}
 	deps := webhook.Deps{Conn: q.Conn(), Accounts: accounts, Registerer: reg, Log: log}
+	if cs := cfg.CredentialsSecrets; cs != nil {
+		// In Kubernetes the operator shows the disabled webhooks on the
+		// accounts; the relays tell it through their status ConfigMap.
+		client, err := kubeClient()
+		if err != nil {
+			return err
+		}
+		deps.Status = kubesource.StatusConfigMap{Client: client, Namespace: cs.Namespace, Relay: cs.Relay}
+	}
 	go runWebhooks(ctx, wcfg, deps, log)
 	return nil
 }

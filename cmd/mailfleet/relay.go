@@ -337,15 +337,9 @@ func openCredentials(ctx context.Context, cfg config.Config, log *slog.Logger) (
 		go file.Run(ctx)
 		return file, func() bool { return true }, nil
 	}
-	// In a pod this is the service account's in-cluster config; elsewhere
-	// $KUBECONFIG (tests run the relay against envtest that way).
-	restCfg, err := clientcmd.BuildConfigFromFlags("", os.Getenv("KUBECONFIG"))
+	client, err := kubeClient()
 	if err != nil {
-		return nil, nil, fmt.Errorf("kubernetes client config for credentials: %w", err)
-	}
-	client, err := kubernetes.NewForConfig(restCfg)
-	if err != nil {
-		return nil, nil, fmt.Errorf("kubernetes client for credentials: %w", err)
+		return nil, nil, err
 	}
 	src := kubesource.NewSecrets(client, cfg.CredentialsSecrets.Namespace, cfg.CredentialsSecrets.Relay, log)
 	go func() {
@@ -354,6 +348,21 @@ func openCredentials(ctx context.Context, cfg config.Config, log *slog.Logger) (
 		}
 	}()
 	return src, src.Synced, nil
+}
+
+// kubeClient is the relay's Kubernetes client: in a pod, the service
+// account's in-cluster config; elsewhere $KUBECONFIG (tests run the relay
+// against envtest that way).
+func kubeClient() (kubernetes.Interface, error) {
+	restCfg, err := clientcmd.BuildConfigFromFlags("", os.Getenv("KUBECONFIG"))
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return client, nil
 }
 
 // serveOps serves /metrics, /healthz and /readyz on addr, in clear.

@@ -163,7 +163,10 @@ type Object interface {
 // RelayObjects is everything an SmtpRelay becomes. Certificate is nil when
 // the relay uses an existing Secret instead of cert-manager.
 type RelayObjects struct {
-	ConfigMap      *corev1.ConfigMap
+	ConfigMap *corev1.ConfigMap
+	// WebhookStatus is where the relay's pods report the webhooks their
+	// endpoints disabled; rendered without data, which is theirs.
+	WebhookStatus  *corev1.ConfigMap
 	ServiceAccount *corev1.ServiceAccount
 	Role           *rbacv1.Role
 	RoleBinding    *rbacv1.RoleBinding
@@ -176,7 +179,7 @@ type RelayObjects struct {
 // List returns the objects in the order they are applied: what the pods
 // mount and run as comes before the Deployment that needs it.
 func (o *RelayObjects) List() []Object {
-	objs := []Object{o.ConfigMap, o.ServiceAccount, o.Role, o.RoleBinding}
+	objs := []Object{o.ConfigMap, o.WebhookStatus, o.ServiceAccount, o.Role, o.RoleBinding}
 	if o.Certificate != nil {
 		objs = append(objs, o.Certificate)
 	}
@@ -220,6 +223,7 @@ func Relay(relay *v1.SmtpRelay, opts Options) (*RelayObjects, error) {
 	}
 	return &RelayObjects{
 		ConfigMap:      cm,
+		WebhookStatus:  &corev1.ConfigMap{ObjectMeta: relayObjectMeta(relay, wire.WebhookStatusConfigMapName(relay.Name))},
 		ServiceAccount: relayServiceAccount(relay),
 		Role:           relayRole(relay),
 		RoleBinding:    relayRoleBinding(relay),
@@ -691,7 +695,8 @@ func relayServiceAccount(relay *v1.SmtpRelay) *corev1.ServiceAccount {
 }
 
 // relayRole is all the relay may do: list and watch its own credentials
-// shards, each by name, in its own namespace. A Role, never a ClusterRole,
+// shards, each by name, in its own namespace, and patch its webhook status
+// ConfigMap, by name. A Role, never a ClusterRole,
 // and resourceNames, never all Secrets: a relay's token reads no tenant's
 // Secret and no other relay's shards. The shard names are fixed
 // (wire.ShardSecretNames), and the relay watches each with a
@@ -705,6 +710,13 @@ func relayRole(relay *v1.SmtpRelay) *rbacv1.Role {
 			Resources:     []string{"secrets"},
 			ResourceNames: wire.ShardSecretNames(relay.Name),
 			Verbs:         []string{"list", "watch"},
+		}, {
+			// The one object a relay writes: its report of the webhooks
+			// their endpoints disabled (kubesource.StatusConfigMap).
+			APIGroups:     []string{""},
+			Resources:     []string{"configmaps"},
+			ResourceNames: []string{wire.WebhookStatusConfigMapName(relay.Name)},
+			Verbs:         []string{"patch"},
 		}},
 	}
 }

@@ -43,6 +43,7 @@ func TestRenderRelayNamesAndLabels(t *testing.T) {
 	objs := mustRender(t, v1alpha1test.Relay("mail", "mx"))
 	want := map[string]string{
 		"ConfigMap":           "mx-config",
+		"WebhookStatus":       "mx-webhook-status",
 		"ServiceAccount":      "mx-relay",
 		"Role":                "mx-relay",
 		"RoleBinding":         "mx-relay",
@@ -60,6 +61,9 @@ func TestRenderRelayNamesAndLabels(t *testing.T) {
 	got := map[string]string{}
 	for _, o := range objs.List() {
 		kind := reflect.TypeOf(o).Elem().Name()
+		if o.GetName() == "mx-webhook-status" {
+			kind = "WebhookStatus"
+		}
 		got[kind] = o.GetName()
 		if o.GetNamespace() != "mail" {
 			t.Errorf("%s namespace = %q, want mail", kind, o.GetNamespace())
@@ -534,11 +538,13 @@ func TestRenderRelayDrain(t *testing.T) {
 func TestRenderRelayRole(t *testing.T) {
 	objs := mustRender(t, v1alpha1test.Relay("mail", "mx"))
 	rules := objs.Role.Rules
-	if len(rules) != 1 || !reflect.DeepEqual(rules[0].APIGroups, []string{""}) ||
+	if len(rules) != 2 || !reflect.DeepEqual(rules[0].APIGroups, []string{""}) ||
 		!reflect.DeepEqual(rules[0].Resources, []string{"secrets"}) ||
 		!reflect.DeepEqual(rules[0].Verbs, []string{"list", "watch"}) ||
-		!reflect.DeepEqual(rules[0].ResourceNames, wire.ShardSecretNames("mx")) {
-		t.Errorf("role rules = %+v, want list and watch of the relay's own shards only", rules)
+		!reflect.DeepEqual(rules[0].ResourceNames, wire.ShardSecretNames("mx")) ||
+		!reflect.DeepEqual(rules[1].Resources, []string{"configmaps"}) || !reflect.DeepEqual(rules[1].Verbs, []string{"patch"}) ||
+		!reflect.DeepEqual(rules[1].ResourceNames, []string{"mx-webhook-status"}) {
+		t.Errorf("role rules = %+v, want list and watch of the relay's own shards, and patch of its webhook status only", rules)
 	}
 	rb := objs.RoleBinding
 	if rb.RoleRef.Kind != "Role" || rb.RoleRef.Name != "mx-relay" || len(rb.Subjects) != 1 ||

@@ -22,7 +22,9 @@ type disabledSet struct {
 	log *slog.Logger
 
 	mu   sync.RWMutex
-	keys map[string]bool
+	keys map[string]Disabled
+	// changed is signalled when keys changed, for the status report.
+	changed chan struct{}
 }
 
 // Disabled is a disabled webhook's record in the bucket (key: the
@@ -43,7 +45,7 @@ func openDisabled(ctx context.Context, js jetstream.JetStream, cfg Config, log *
 	if err != nil {
 		return nil, fmt.Errorf("webhook: key-value bucket: %w", err)
 	}
-	return &disabledSet{kv: kv, log: log, keys: map[string]bool{}}, nil
+	return &disabledSet{kv: kv, log: log, keys: map[string]Disabled{}, changed: make(chan struct{}, 1)}, nil
 }
 
 // watch keeps keys in step with the bucket until ctx ends.
@@ -57,32 +59,88 @@ func (s *disabledSet) watch(ctx context.Context) {
 		}
 		for e := range w.Updates() {
 			if e == nil {
-				continue // the initial values are in
+				s.signal() // the initial values are in
+				continue
 			}
 			s.mu.Lock()
-			s.keys[e.Key()] = e.Operation() == jetstream.KeyValuePut
+			if e.Operation() == jetstream.KeyValuePut {
+				var d Disabled
+				json.Unmarshal(e.Value(), &d)
+				s.keys[e.Key()] = d
+			} else {
+				delete(s.keys, e.Key())
+			}
 			s.mu.Unlock()
+			s.signal()
 		}
 		w.Stop()
+	}
+}
+
+func (s *disabledSet) signal() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
 	}
 }
 
 func (s *disabledSet) has(key string) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.keys[key]
+	_, ok := s.keys[key]
+	return ok
 }
 
 func (s *disabledSet) count() float64 {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	n := 0
-	for _, on := range s.keys {
-		if on {
-			n++
+	return float64(len(s.keys))
+}
+
+// status is what the relays report of the disabled webhooks, at most
+// wire.MaxReportedWebhooks of them.
+func (s *disabledSet) status() wire.WebhookStatus {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := wire.WebhookStatus{Disabled: make(map[string]wire.DisabledWebhook, len(s.keys))}
+	for k, d := range s.keys {
+		if len(out.Disabled) == wire.MaxReportedWebhooks {
+			break
+		}
+		out.Disabled[k] = wire.DisabledWebhook{APIUser: d.APIUser, DisabledAt: d.DisabledAt.UTC().Format(time.RFC3339), Reason: d.Reason}
+	}
+	return out
+}
+
+// report tells reporter what is disabled whenever it changes, a second
+// apart at most once, until ctx ends; a failed report is tried again.
+func (s *disabledSet) report(ctx context.Context, reporter StatusReporter) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.changed:
+		}
+		for delay := time.Second; ; delay = min(2*delay, time.Minute) {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := reporter.Report(rctx, s.status())
+			cancel()
+			if err == nil || ctx.Err() != nil {
+				break
+			}
+			s.log.Warn("report the disabled webhooks to the operator", "retry_in", delay, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
 		}
 	}
-	return float64(n)
 }
 
 func (s *disabledSet) put(ctx context.Context, key string, d Disabled) error {
@@ -91,8 +149,9 @@ func (s *disabledSet) put(ctx context.Context, key string, d Disabled) error {
 		return fmt.Errorf("record the disabled webhook: %w", err)
 	}
 	s.mu.Lock()
-	s.keys[key] = true
+	s.keys[key] = d
 	s.mu.Unlock()
+	s.signal()
 	return nil
 }
 

@@ -15,8 +15,6 @@ package webhook
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"iter"
@@ -77,10 +75,18 @@ type Config struct {
 	AllowedDestinations []netip.Prefix
 }
 
+// StatusReporter hears what the relays' webhooks' endpoints disabled, for
+// the operator (kubesource.StatusConfigMap writes it where the operator reads it).
+type StatusReporter interface {
+	Report(ctx context.Context, s wire.WebhookStatus) error
+}
+
 // Deps are the dispatcher's collaborators.
 type Deps struct {
 	Conn     *nats.Conn
 	Accounts Accounts
+	// Status, when set, is told of the disabled webhooks.
+	Status StatusReporter
 	// Resolver answers webhook hosts' addresses (default net.DefaultResolver).
 	Resolver   Resolver
 	Registerer prometheus.Registerer
@@ -157,6 +163,9 @@ func defaults(cfg *Config, deps *Deps) {
 // Run keeps a sender per webhook of the credentials until ctx ends.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	go d.disabled.watch(ctx)
+	if d.deps.Status != nil {
+		go d.disabled.report(ctx, d.deps.Status)
+	}
 	t := time.NewTicker(syncEvery)
 	defer t.Stop()
 	for {
@@ -177,12 +186,8 @@ type hook struct {
 	wire.Webhook
 }
 
-// hookKey names a webhook by its account and URL, and never by its secret:
-// a secret rotated keeps the consumer and what it has not yet sent.
-func hookKey(apiUser, url string) string {
-	sum := sha256.Sum256([]byte(apiUser + "\x00" + url))
-	return "wh_" + hex.EncodeToString(sum[:12])
-}
+// hookKey names a webhook (wire.WebhookKey).
+func hookKey(apiUser, url string) string { return wire.WebhookKey(apiUser, url) }
 
 // desired are the webhooks of the current credentials.
 func (d *Dispatcher) desired() map[string]hook {

@@ -1,5 +1,7 @@
 // Package kubesource is the relay's one window onto the Kubernetes API: a
-// credentials.Source that watches the shards the operator publishes. It lives
+// credentials.Source that watches the shards the operator publishes, and
+// the status ConfigMap through which the relays report to the operator
+// (status.go). It lives
 // apart from relay/credentials so that the SMTP server, which needs the
 // verifier, depends on nothing of Kubernetes (docs/architecture.md, "Rules").
 package kubesource
