@@ -12,7 +12,7 @@ import (
 	"github.com/mailfleet/mailfleet/relay/queue"
 )
 
-func openList(t *testing.T) (*List, *queue.Queue) {
+func openList(t testing.TB) (*List, *queue.Queue) {
 	t.Helper()
 	q, err := queue.Open(context.Background(), queue.Options{Dir: t.TempDir()})
 	if err != nil {
