@@ -18,6 +18,7 @@ import (
 	"github.com/mailfleet/mailfleet/relay/dispatch"
 	"github.com/mailfleet/mailfleet/relay/dsn"
 	"github.com/mailfleet/mailfleet/relay/events"
+	"github.com/mailfleet/mailfleet/relay/httpapi"
 	"github.com/mailfleet/mailfleet/relay/queue"
 	"github.com/mailfleet/mailfleet/relay/smtpclient"
 	"github.com/mailfleet/mailfleet/relay/submission"
@@ -208,6 +209,13 @@ func openSuppressions(ctx context.Context, cfg config.Config, q *queue.Queue, re
 }
 
 func dispatchSuppressions(g *suppression.Guard) dispatch.Suppressions {
+	if g == nil {
+		return nil
+	}
+	return g
+}
+
+func apiSuppressions(g *suppression.Guard) httpapi.Suppressions {
 	if g == nil {
 		return nil
 	}

@@ -179,7 +179,7 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	if err != nil {
 		return err
 	}
-	api, err := startAPI(cfg, smtpCfg, backend, reg, log)
+	api, err := startAPI(cfg, smtpCfg, backend, apiSuppressions(guard), reg, log)
 	if err != nil {
 		return err
 	}
@@ -216,7 +216,7 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 
 // startAPI serves the HTTP send API when the config turns it on, with the
 // SMTP listeners' certificate and the same submission policy.
-func startAPI(cfg config.Config, smtpCfg smtpd.Config, policy httpapi.Policy, reg prometheus.Registerer, log *slog.Logger) (*httpapi.Server, error) {
+func startAPI(cfg config.Config, smtpCfg smtpd.Config, policy httpapi.Policy, sup httpapi.Suppressions, reg prometheus.Registerer, log *slog.Logger) (*httpapi.Server, error) {
 	if !cfg.HTTPAPI.Serves() {
 		return nil, nil
 	}
@@ -227,6 +227,7 @@ func startAPI(cfg config.Config, smtpCfg smtpd.Config, policy httpapi.Policy, re
 	api, err := httpapi.New(httpapi.Options{
 		Addr:            cfg.HTTPAPI.Address,
 		TrustedProxies:  trusted,
+		Suppressions:    sup,
 		TLS:             smtpCfg.TLS,
 		Policy:          policy,
 		Hostname:        smtpCfg.Hostname,

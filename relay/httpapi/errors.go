@@ -33,6 +33,7 @@ const (
 	codeUnauthorized         = "unauthorized"
 	codeSenderNotAllowed     = "sender_not_allowed"
 	codeNotFound             = "not_found"
+	codeNotSuppressed        = "not_suppressed"
 	codeMethodNotAllowed     = "method_not_allowed"
 	codeTooLarge             = "too_large"
 	codeUnsupportedMediaType = "unsupported_media_type"
@@ -54,6 +55,7 @@ var errorStatus = map[string]int{
 	codeUnauthorized:         http.StatusUnauthorized,
 	codeSenderNotAllowed:     http.StatusForbidden,
 	codeNotFound:             http.StatusNotFound,
+	codeNotSuppressed:        http.StatusNotFound,
 	codeMethodNotAllowed:     http.StatusMethodNotAllowed,
 	codeTooLarge:             http.StatusRequestEntityTooLarge,
 	codeUnsupportedMediaType: http.StatusUnsupportedMediaType,

@@ -106,25 +106,26 @@ func TestErrorCodesAreDocumented(t *testing.T) {
 	if got := enum.Properties.Code.Enum; !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(maps.Keys(errorStatus))) {
 		t.Fatalf("Error.code enum %v differs from the handlers' codes", got)
 	}
-	// Every status the send route answers is a response of it, listing
-	// its codes; not_found belongs to no route.
+	// Every code is listed by a response of some route (the send route's
+	// own codes by it), with the status the handlers answer it with;
+	// not_found belongs to no route.
 	send := doc.Paths[routeSend]["post"]
-	for code, status := range errorStatus {
-		if code == codeNotFound {
-			continue
-		}
-		resp, ok := send.Responses[strconv.Itoa(status)]
-		if !ok || !slices.Contains(resp.Codes, code) {
-			t.Errorf("POST %s: response %d does not list %s", routeSend, status, code)
-		}
-	}
-	for _, op := range []openAPIOperation{send, doc.Paths[routeOpenAPI]["get"]} {
-		for status, resp := range op.Responses {
-			for _, code := range resp.Codes {
-				if strconv.Itoa(errorStatus[code]) != status {
-					t.Errorf("response %s lists %s, which the handlers answer with %d", status, code, errorStatus[code])
+	listed := map[string]bool{}
+	for _, ops := range doc.Paths {
+		for _, op := range ops {
+			for status, resp := range op.Responses {
+				for _, code := range resp.Codes {
+					listed[code] = true
+					if strconv.Itoa(errorStatus[code]) != status {
+						t.Errorf("response %s lists %s, which the handlers answer with %d", status, code, errorStatus[code])
+					}
 				}
 			}
+		}
+	}
+	for code := range errorStatus {
+		if code != codeNotFound && !listed[code] {
+			t.Errorf("no response lists %s", code)
 		}
 	}
 	if _, ok := send.Responses["429"].Headers["Retry-After"]; !ok {
@@ -138,7 +139,7 @@ func TestErrorCodesAreDocumented(t *testing.T) {
 func TestRoutesAreDocumented(t *testing.T) {
 	doc := loadDoc(t)
 	got := slices.Sorted(maps.Keys(doc.Paths))
-	if want := []string{routeSend, routeOpenAPI}; !slices.Equal(got, slices.Sorted(slices.Values(want))) {
+	if want := []string{routeSend, routeOpenAPI, routeSuppression}; !slices.Equal(got, slices.Sorted(slices.Values(want))) {
 		t.Fatalf("documented paths %v, served %v", got, want)
 	}
 	if _, ok := doc.Paths[routeSend]["post"]; !ok || len(doc.Paths[routeSend]) != 1 {
@@ -146,5 +147,8 @@ func TestRoutesAreDocumented(t *testing.T) {
 	}
 	if _, ok := doc.Paths[routeOpenAPI]["get"]; !ok || len(doc.Paths[routeOpenAPI]) != 1 {
 		t.Errorf("%s: want exactly get documented", routeOpenAPI)
+	}
+	if ops := doc.Paths[routeSuppression]; len(ops) != 2 || ops["get"].Responses == nil || ops["delete"].Responses == nil {
+		t.Errorf("%s: want exactly get and delete documented", routeSuppression)
 	}
 }

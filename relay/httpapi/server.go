@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/pires/go-proxyproto"
@@ -51,6 +52,9 @@ type Options struct {
 	// of each, and always one request of the largest size.
 	MaxInFlight      int
 	MaxInFlightBytes int64
+	// Suppressions is the accounts' suppression list, which the API shows
+	// and lifts entries of; nil when the relay keeps none.
+	Suppressions Suppressions
 	// TrustedProxies, when set, expects a PROXY protocol header (v1 or v2)
 	// from each connection, sent by a load balancer in these ranges, and
 	// takes the client's address from it (throttles, logs, Received);
@@ -191,6 +195,9 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) (string, int) {
 		return routeSend, s.send(w, r)
 	case routeOpenAPI:
 		return routeOpenAPI, serveOpenAPI(w, r)
+	}
+	if strings.HasPrefix(r.URL.Path, suppressionPrefix) {
+		return routeSuppression, s.suppression(w, r)
 	}
 	return routeOther, writeError(w, newError(codeNotFound, "no such path; see /v1/openapi.json"))
 }

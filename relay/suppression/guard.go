@@ -2,6 +2,7 @@ package suppression
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -69,6 +70,27 @@ func (g *Guard) Suppressed(ctx context.Context, apiUser, recipient string) (Entr
 	}
 	return e, found
 }
+
+// Lookup returns apiUser's entry for recipient, for the HTTP API; an error
+// when the list cannot be read.
+func (g *Guard) Lookup(ctx context.Context, apiUser, recipient string) (Entry, bool, error) {
+	l := g.list.Load()
+	if l == nil {
+		return Entry{}, false, errNotOpen
+	}
+	return l.Lookup(ctx, apiUser, recipient)
+}
+
+// Remove lifts apiUser's suppression of recipient, for the HTTP API.
+func (g *Guard) Remove(ctx context.Context, apiUser, recipient string) error {
+	l := g.list.Load()
+	if l == nil {
+		return errNotOpen
+	}
+	return l.Remove(ctx, apiUser, recipient)
+}
+
+var errNotOpen = errors.New("suppression: the list is not open yet")
 
 // Bounced suppresses e.Recipient for apiUser after a hard bounce.
 func (g *Guard) Bounced(ctx context.Context, apiUser string, e Entry) {
