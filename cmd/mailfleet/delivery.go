@@ -187,6 +187,7 @@ func openSuppressions(ctx context.Context, cfg config.Config, q *queue.Queue, re
 		l, err := suppression.Open(octx, q.Conn(), q.Stream(), q.Replicas(), cfg.Suppression.BounceTTL.Duration)
 		if err == nil {
 			g.Attach(l)
+			go l.Watch(ctx, log)
 		}
 		return err
 	}

@@ -48,7 +48,9 @@ type Entry struct {
 
 // List is the suppression list of a queue stream's relays.
 type List struct {
-	kv jetstream.KeyValue
+	kv   jetstream.KeyValue
+	ttl  time.Duration
+	keys keyCache
 }
 
 // Open makes or updates the bucket. Entries expire ttl after they were
@@ -71,7 +73,7 @@ func Open(ctx context.Context, conn *nats.Conn, stream string, replicas int, ttl
 	if err != nil {
 		return nil, fmt.Errorf("suppression: key-value bucket: %w", err)
 	}
-	return &List{kv: kv}, nil
+	return &List{kv: kv, ttl: ttl}, nil
 }
 
 // Key names an account's entry for a recipient. A key may hold only a
@@ -98,7 +100,11 @@ func (l *List) Add(ctx context.Context, apiUser string, e Entry) error {
 
 // Lookup returns apiUser's entry for recipient, if it has one.
 func (l *List) Lookup(ctx context.Context, apiUser, recipient string) (Entry, bool, error) {
-	v, err := l.kv.Get(ctx, Key(apiUser, recipient))
+	key := Key(apiUser, recipient)
+	if l.keys.absent(key, l.ttl, time.Now()) {
+		return Entry{}, false, nil
+	}
+	v, err := l.kv.Get(ctx, key)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		return Entry{}, false, nil

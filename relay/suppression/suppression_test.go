@@ -95,3 +95,49 @@ func TestGuardLetsThroughWithoutAList(t *testing.T) {
 		t.Fatalf("%v checks counted as errors, want 2", n)
 	}
 }
+
+// TestWatchedListAnswersFromMemory: with its watch caught up, a list knows
+// a recipient that is not suppressed without a round trip (Lookup answers
+// from absent), an entry another relay writes reaches it, and so does a
+// removal.
+func TestWatchedListAnswersFromMemory(t *testing.T) {
+	l, q := openList(t)
+	other, err := Open(context.Background(), q.Conn(), q.Stream(), 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go l.Watch(ctx, slog.New(slog.DiscardHandler))
+	if err := other.Add(ctx, "acme", Entry{Recipient: "gone@example.com", Reason: ReasonBounce, At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, found, err := l.Lookup(ctx, "acme", "gone@example.com")
+		if err == nil && found && l.keys.absent(Key("acme", "else@example.com"), l.ttl, time.Now()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the watch did not catch up with another relay's entry")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := other.Remove(ctx, "acme", "gone@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	for !l.keys.absent(Key("acme", "gone@example.com"), l.ttl, time.Now()) {
+		if time.Now().After(deadline) {
+			t.Fatal("the watch did not see the removal")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// An entry older than the list's time to live is gone from the bucket
+	// without a word to watchers, and so from memory.
+	l.keys.mu.Lock()
+	l.keys.written["old"] = time.Now().Add(-2 * DefaultTTL)
+	l.keys.mu.Unlock()
+	if !l.keys.absent("old", DefaultTTL, time.Now()) {
+		t.Fatal("an expired key still counts")
+	}
+}
