@@ -269,6 +269,16 @@ func startWebhooks(ctx context.Context, cfg config.Config, q *queue.Queue, creds
 		}
 		deps.Status = kubesource.StatusConfigMap{Client: client, Namespace: cs.Namespace, Relay: cs.Relay}
 	}
+	// The webhooks' consumers are made before the relay takes mail when
+	// they can be: a consumer takes the events written after it was made,
+	// and the first messages' events would otherwise be written before.
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if d, err := webhook.New(sctx, wcfg, deps); err == nil {
+		d.Sync(ctx) // the senders it starts live as long as the relay
+		go d.Run(ctx)
+		return nil
+	}
 	go runWebhooks(ctx, wcfg, deps, log)
 	return nil
 }

@@ -43,6 +43,9 @@ const (
 	DefaultGiveUp = 24 * time.Hour
 	// syncEvery is how often the webhooks of the credentials are reread.
 	syncEvery = 5 * time.Second
+	// changeCheckEvery is how often a source that counts its changes is
+	// asked whether it changed.
+	changeCheckEvery = 250 * time.Millisecond
 	// inactive removes the consumer of a webhook nobody serves any more:
 	// as long as the stream keeps events, so that a webhook disabled (and
 	// so not pulled from) still has its events when it is enabled again.
@@ -166,10 +169,23 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if d.deps.Status != nil {
 		go d.disabled.report(ctx, d.deps.Status)
 	}
-	t := time.NewTicker(syncEvery)
+	// A source that counts its changes (both of the relay's do) is
+	// looked at often, so that a webhook added, or the credentials loaded
+	// at start, get their consumer at once: a consumer takes the events
+	// written after it was made.
+	gen, counted := d.deps.Accounts.(interface{ Generation() uint64 })
+	t := time.NewTicker(changeCheckEvery)
 	defer t.Stop()
+	var seen uint64
+	var synced time.Time
 	for {
-		d.sync(ctx)
+		if (counted && gen.Generation() != seen) || time.Since(synced) >= syncEvery {
+			if counted {
+				seen = gen.Generation()
+			}
+			d.sync(ctx)
+			synced = time.Now()
+		}
 		select {
 		case <-ctx.Done():
 			d.stopAll()
@@ -203,6 +219,10 @@ func (d *Dispatcher) desired() map[string]hook {
 	}
 	return out
 }
+
+// Sync makes the consumers of the credentials' webhooks now, as Run does
+// first: a relay does it before it takes mail.
+func (d *Dispatcher) Sync(ctx context.Context) { d.sync(ctx) }
 
 // sync starts a sender for each new webhook, updates those whose events
 // or secret changed, and stops those that are gone.
