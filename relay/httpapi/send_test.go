@@ -253,3 +253,11 @@ func TestSuppressedRecipient(t *testing.T) {
 		t.Fatal("a message was queued")
 	}
 }
+
+// TestSMTPAPIHeaderRefusedByTheAPI: the API has fields of its own for what
+// X-SMTPAPI asks; one in its headers is refused, not applied (docs/api.md).
+func TestSMTPAPIHeaderRefusedByTheAPI(t *testing.T) {
+	r := startRelay(t)
+	r.expectError(r.postJSON(userCorp, map[string]any{"from": "ann@corp.example", "to": []string{"bob@example.com"}, "text": "x",
+		"headers": map[string]string{"X-SMTPAPI": `{"to": ["victim@example.com"]}`}}), 422, "invalid_field")
+}
