@@ -312,7 +312,7 @@ func TestLongestHeaderName(t *testing.T) {
 // back, while another account's goes through. Before, sixteen slow
 // uploads from one key held every slot and everyone else waited.
 func TestOneAccountCannotTakeEverySlot(t *testing.T) {
-	r := startRelay(t, withAPI(func(o *httpapi.Options) { o.MaxInFlight = 4 }))
+	r := startRelay(t, withAPI(func(o *httpapi.Options) { o.MaxInFlight = 4; o.SlotWait = 300 * time.Millisecond }))
 	body, upload := io.Pipe()
 	slow, err := http.NewRequest(http.MethodPost, r.url("/v1/mail/send"), body)
 	if err != nil {

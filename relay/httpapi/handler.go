@@ -52,7 +52,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) int {
 	if e != nil {
 		return writeError(w, e)
 	}
-	release, err := s.slots.take(r.Context(), id.APIUser, s.declared(r))
+	release, err := s.slots.take(r.Context(), id.APIUser, s.declared(r), s.o.SlotWait)
 	if err != nil {
 		return writeError(w, &apiError{code: codeUnavailable, message: err.Error(), retryAfter: 1})
 	}

@@ -52,6 +52,9 @@ type Options struct {
 	// of each, and always one request of the largest size.
 	MaxInFlight      int
 	MaxInFlightBytes int64
+	// SlotWait is how long a request waits for its account's share or the
+	// server's slots before 503 (default DefaultSlotWait).
+	SlotWait time.Duration
 	// Suppressions is the accounts' suppression list, which the API shows
 	// and lifts entries of; nil when the relay keeps none.
 	Suppressions Suppressions
@@ -88,6 +91,9 @@ func (o *Options) Defaults() {
 	}
 	if o.MaxInFlight == 0 {
 		o.MaxInFlight = 16
+	}
+	if o.SlotWait == 0 {
+		o.SlotWait = DefaultSlotWait
 	}
 	if o.MaxInFlightBytes == 0 {
 		o.MaxInFlightBytes = 3 * o.MaxMessageBytes

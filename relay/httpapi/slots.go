@@ -14,7 +14,7 @@ import (
 // 15 MB JSON request), in memory until its message is queued. No account
 // may hold more than a quarter of either, so one tenant trickling slow
 // uploads cannot keep every other tenant's requests waiting or take the
-// relay's memory; and a request waits at most slotWait, then is told to
+// relay's memory; and a request waits at most SlotWait, then is told to
 // come back.
 type slots struct {
 	all             chan struct{}
@@ -22,8 +22,9 @@ type slots struct {
 	perAccount      int
 	perAccountBytes int64
 
-	mu   sync.Mutex
-	held map[string]holding
+	mu    sync.Mutex
+	held  map[string]holding
+	freed chan struct{} // closed when a request gives its share back
 }
 
 // holding is what one account holds.
@@ -32,8 +33,8 @@ type holding struct {
 	bytes    int64
 }
 
-// slotWait is how long a request waits for one of the server's slots.
-const slotWait = 30 * time.Second
+// DefaultSlotWait is how long a request waits for a slot.
+const DefaultSlotWait = 30 * time.Second
 
 // newSlots makes n slots sharing maxBytes. An account's share of the
 // bytes is never less than one request of the largest size (maxRequest).
@@ -41,20 +42,23 @@ func newSlots(n int, maxBytes, maxRequest int64) *slots {
 	return &slots{
 		all: make(chan struct{}, n), bytes: semaphore.NewWeighted(maxBytes),
 		perAccount: max(1, n/4), perAccountBytes: max(maxBytes/4, maxRequest),
-		held: map[string]holding{},
+		held: map[string]holding{}, freed: make(chan struct{}),
 	}
 }
 
 // take holds a slot and size bytes for account; release gives them back.
-// It fails with errAccountBusy when the account holds its share, and with
-// errNoSlot when none came free in time or ctx ended.
-func (s *slots) take(ctx context.Context, account string, size int64) (release func(), err error) {
-	if !s.reserve(account, size) {
+// A request beyond the account's share waits for one of the account's own
+// requests to finish, and one beyond the server's for any: at most wait
+// in all, then it fails with errAccountBusy or errNoSlot. Waiting, rather
+// than failing at once, lets a client send with more workers than its
+// share and be served in turn.
+func (s *slots) take(ctx context.Context, account string, size int64, wait time.Duration) (release func(), err error) {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if !s.reserve(ctx, account, size) {
 		return nil, errAccountBusy
 	}
 	giveBack := func() { s.unreserve(account, size) }
-	ctx, cancel := context.WithTimeout(ctx, slotWait)
-	defer cancel()
 	select {
 	case s.all <- struct{}{}:
 	case <-ctx.Done():
@@ -69,16 +73,25 @@ func (s *slots) take(ctx context.Context, account string, size int64) (release f
 	return func() { s.bytes.Release(size); <-s.all; giveBack() }, nil
 }
 
-// reserve counts a request of size against account's share, if it fits.
-func (s *slots) reserve(account string, size int64) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	h := s.held[account]
-	if h.requests >= s.perAccount || h.bytes+size > s.perAccountBytes {
-		return false
+// reserve counts a request of size against account's share, waiting for
+// room until ctx ends.
+func (s *slots) reserve(ctx context.Context, account string, size int64) bool {
+	for {
+		s.mu.Lock()
+		h := s.held[account]
+		if h.requests < s.perAccount && h.bytes+size <= s.perAccountBytes {
+			s.held[account] = holding{h.requests + 1, h.bytes + size}
+			s.mu.Unlock()
+			return true
+		}
+		freed := s.freed
+		s.mu.Unlock()
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return false
+		}
 	}
-	s.held[account] = holding{h.requests + 1, h.bytes + size}
-	return true
 }
 
 func (s *slots) unreserve(account string, size int64) {
@@ -87,10 +100,12 @@ func (s *slots) unreserve(account string, size int64) {
 	h := s.held[account]
 	if h.requests--; h.requests == 0 {
 		delete(s.held, account)
-		return
+	} else {
+		h.bytes -= size
+		s.held[account] = h
 	}
-	h.bytes -= size
-	s.held[account] = h
+	close(s.freed) // wakes the requests waiting for their account's share
+	s.freed = make(chan struct{})
 }
 
 type slotError string
