@@ -67,6 +67,11 @@ type SmtpRelaySpec struct {
 	// +optional
 	Delivery RelayDelivery `json:"delivery,omitempty"`
 
+	// Suppression tunes the accounts' suppression lists: the addresses
+	// whose mail bounced for good (docs/deliverability.md).
+	// +optional
+	Suppression *RelaySuppression `json:"suppression,omitempty"`
+
 	// RateLimit counts accounts' budgets across the whole fleet in Redis,
 	// through a rate-limit sidecar in every relay pod. Without it, each pod
 	// counts on its own and admits 1/replicas of every budget, which holds
@@ -293,6 +298,22 @@ type NATSQueue struct {
 	// +kubebuilder:default=3
 	// +optional
 	Replicas int32 `json:"replicas,omitempty"`
+}
+
+// RelaySuppression tunes the accounts' suppression lists.
+type RelaySuppression struct {
+	// OnSubmission is what a recipient on the account's list gets at
+	// submission: Refuse (the default) answers its RCPT TO with 550 5.1.1;
+	// Drop accepts it and sends it nothing, as a mailbox provider's
+	// suppression does. Either way the account's webhooks get a
+	// suppressed event.
+	// +kubebuilder:validation:Enum=Refuse;Drop
+	// +optional
+	OnSubmission string `json:"onSubmission,omitempty"`
+	// BounceTTL is how long a hard bounce suppresses its address
+	// (default 720h, 30 days).
+	// +optional
+	BounceTTL *metav1.Duration `json:"bounceTTL,omitempty"`
 }
 
 // RelayDelivery is how queued messages leave the relay.

@@ -162,6 +162,7 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	backend, err := submission.New(submission.Config{
 		AuthFailureLimit:  cfg.Limits.AuthFailureLimit,
 		AuthFailureWindow: cfg.Limits.AuthFailureWindow.Duration,
+		DropSuppressed:    cfg.Suppression.OnSubmission == config.SuppressionDrop,
 	}, submission.Deps{
 		Auth:    credentials.NewVerifier(creds),
 		Budget:  budgets,

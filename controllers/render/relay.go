@@ -412,6 +412,7 @@ func relayConfig(relay *v1.SmtpRelay, ports []relayPort) config.Config {
 		MetricsAddress:   ":" + strconv.Itoa(relayMetricsPort),
 		DrainGracePeriod: config.Duration{Duration: relayDrain(relay)},
 		Budget:           relayBudget(relay),
+		Suppression:      relaySuppression(relay),
 	}
 	for _, p := range ports {
 		if p.IsHTTP() {
@@ -745,4 +746,18 @@ func relayPDB(relay *v1.SmtpRelay) *policyv1.PodDisruptionBudget {
 			UnhealthyPodEvictionPolicy: ptr.To(policyv1.AlwaysAllow),
 		},
 	}
+}
+
+// relaySuppression is the relay's suppression settings; the relay's own
+// defaults when the spec sets none.
+func relaySuppression(relay *v1.SmtpRelay) config.Suppression {
+	s := relay.Spec.Suppression
+	if s == nil {
+		return config.Suppression{}
+	}
+	out := config.Suppression{OnSubmission: s.OnSubmission}
+	if s.BounceTTL != nil {
+		out.BounceTTL = config.Duration{Duration: s.BounceTTL.Duration}
+	}
+	return out
 }

@@ -326,7 +326,16 @@ type Suppression struct {
 	// BounceTTL is how long a hard bounce suppresses its address
 	// (default 720h, 30 days).
 	BounceTTL Duration `json:"bounceTTL,omitempty"`
+	// OnSubmission is Refuse (the default: 550 5.1.1 at RCPT) or Drop
+	// (accepted, and sent nothing).
+	OnSubmission string `json:"onSubmission,omitempty"`
 }
+
+// Suppression.OnSubmission values.
+const (
+	SuppressionRefuse = "Refuse"
+	SuppressionDrop   = "Drop"
+)
 
 // Webhooks tunes the posting of delivery events to the webhooks the
 // accounts' credentials name (relay/webhook).
@@ -469,6 +478,11 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateDelivery()...)
 	if c.Suppression.BounceTTL.Duration < 0 {
 		errs = append(errs, errors.New("suppression.bounceTTL: must be positive, or left out for 720h"))
+	}
+	switch c.Suppression.OnSubmission {
+	case "", SuppressionRefuse, SuppressionDrop:
+	default:
+		errs = append(errs, fmt.Errorf("suppression.onSubmission: %q is not Refuse or Drop", c.Suppression.OnSubmission))
 	}
 	if c.Events.MaxAge.Duration < 0 || c.Events.MaxBytes < 0 || c.Events.Buffer < 0 {
 		errs = append(errs, errors.New("events.maxAge, events.maxBytes and events.buffer: must be positive, or left out for the defaults"))

@@ -112,6 +112,7 @@ func TestLoad(t *testing.T) {
 		{name: "allowed destination not a CIDR", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\ndelivery: {allowedDestinations: [intranet]}\n", wantErr: "want a CIDR such as 10.20.0.0/16"},
 		{name: "webhook destination not a CIDR", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nwebhooks: {allowedDestinations: [cluster]}\n", wantErr: "webhooks.allowedDestinations[0]"},
 		{name: "negative event buffer", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nevents: {buffer: -1}\n", wantErr: "events.maxAge, events.maxBytes and events.buffer"},
+		{name: "suppression mode", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nsuppression: {onSubmission: Ignore}\n", wantErr: `suppression.onSubmission: "Ignore" is not Refuse or Drop`},
 		{name: "negative event bytes", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nevents: {maxBytes: -1}\n", wantErr: "events.maxBytes"},
 		{name: "events and webhooks tuned", file: "credentialsFile: /c\nspoolDir: /s\nlisteners: [{name: a, address: ':1'}]\nevents: {maxAge: 72h}\nwebhooks: {allowHTTP: true, batchSize: 10, giveUp: 2h, allowedDestinations: [10.1.0.0/16]}\n", check: func(t *testing.T, c Config) {
 			w := c.Webhooks

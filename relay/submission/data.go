@@ -38,6 +38,9 @@ func (s *session) Data(ctx context.Context, r io.Reader) (string, error) {
 // is read first, so that an X-SMTPAPI field can be taken out of it before
 // anything is spooled; a message without one streams on as it came.
 func (s *session) queue(ctx context.Context, r io.Reader) (string, *rejection) {
+	if len(s.rcpts) == 0 && s.dropped > 0 {
+		return s.dropAll(r)
+	}
 	bp := copyBuffers.Get().(*[32 << 10]byte)
 	defer copyBuffers.Put(bp)
 	head, rest, headErr := splitHead(r, bp[:])
@@ -85,6 +88,22 @@ func (s *session) queued(env spool.Envelope, size int64) {
 	}
 	s.log.Info("message queued", "id", env.ID, "account", env.APIUser, "label", env.LabelID,
 		"recipients", len(env.To), "bytes", size, "tls", env.TLS)
+}
+
+// dropAll reads a message whose every recipient was suppressed and dropped
+// and answers as if it were queued, under an id of its own that no event
+// but the recipients' suppressed ones names: nothing is spooled, nothing
+// spent.
+func (s *session) dropAll(r io.Reader) (string, *rejection) {
+	if _, _, readErr := copyBody(io.Discard, r); readErr != nil {
+		rej := s.bodyRejection("", nil, nil, readErr)
+		s.b.deps.Metrics.rejected(s.identity, rej.reason)
+		return "", rej
+	}
+	id := s.b.deps.IDs.Next()
+	s.b.deps.Metrics.dropped(s.identity)
+	s.log.Info("message dropped: every recipient is suppressed", "id", id, "account", s.identity.APIUser, "recipients", s.dropped)
+	return id, nil
 }
 
 // refuseAfterReading reads the rest of a refused message to its end: a

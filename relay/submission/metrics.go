@@ -52,6 +52,14 @@ func (m *Metrics) accepted(id *credentials.Identity, size int64) {
 	m.bytes.WithLabelValues(id.APIUser, id.LabelID).Add(float64(size))
 }
 
+// ReasonAllSuppressed: every recipient was suppressed and dropped; the
+// client got its 250 and nothing was queued.
+const ReasonAllSuppressed = "all_recipients_suppressed"
+
+func (m *Metrics) dropped(id *credentials.Identity) {
+	m.messages.WithLabelValues(id.APIUser, id.LabelID, "dropped", ReasonAllSuppressed).Inc()
+}
+
 func (m *Metrics) rejected(id *credentials.Identity, reason string) {
 	m.messages.WithLabelValues(id.APIUser, id.LabelID, "rejected", reason).Inc()
 }

@@ -19,6 +19,9 @@ type session struct {
 	identity *credentials.Identity // nil until Auth succeeds
 	from     string
 	rcpts    []string
+	// dropped counts the recipients accepted and left out because they
+	// are suppressed (Config.DropSuppressed).
+	dropped int
 	// customArgs come with an HTTP submission; SMTP has none (yet).
 	customArgs map[string]string
 	// via is the envelope's door: empty for SMTP (spool.Envelope.Via).
@@ -96,6 +99,10 @@ func (s *session) Rcpt(to string) error {
 		return &smtpd.Error{Reply: smtpd.ReplyTooManyRcpts}
 	}
 	if s.suppressed(to) {
+		if s.b.cfg.DropSuppressed {
+			s.dropped++
+			return nil
+		}
 		return &smtpd.Error{Reply: smtpd.ReplyRcptSuppressed.With(to), Err: errSuppressed}
 	}
 	s.rcpts = append(s.rcpts, to)
@@ -125,6 +132,7 @@ func (s *session) suppressed(to string) bool {
 func (s *session) Reset() {
 	s.from = ""
 	s.rcpts = s.rcpts[:0]
+	s.dropped = 0
 }
 
 func (s *session) Logout() {}

@@ -410,3 +410,38 @@ func TestSuppressedRecipientRefused(t *testing.T) {
 		t.Fatalf("another account's RCPT: %q", got)
 	}
 }
+
+// TestSuppressedRecipientDropped: with suppression.onSubmission Drop, a
+// suppressed recipient is accepted and sent nothing, with its event; a
+// message all of whose recipients are suppressed gets its 250 and an id,
+// and nothing is spooled or spent.
+func TestSuppressedRecipientDropped(t *testing.T) {
+	p := newPolicy(t, 0)
+	p.backend.cfg.DropSuppressed = true
+	p.backend.deps.Suppressions = suppressedSet{"open/gone@example.com": true}
+	hits := 0
+	p.backend.deps.Budget = budgetFunc(func(r budget.Request) budget.Decision { hits += r.Hits; return budget.Allow })
+	s := p.session(t, "192.0.2.1", "open")
+	s.Mail("a@ifaxin.com", smtpd.MailOptions{})
+	for _, rcpt := range []string{"gone@example.com", "ok@example.com"} {
+		if got := reply(t, s.Rcpt(rcpt)); got != "" {
+			t.Fatalf("RCPT %s: %q", rcpt, got)
+		}
+	}
+	if _, err := s.Data(context.Background(), strings.NewReader("From: a@ifaxin.com\r\n\r\nhi\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if to := p.spool.begun[0].env.To; !slices.Equal(to, []string{"ok@example.com"}) || hits != 1 {
+		t.Fatalf("queued to %v, %d budget units", to, hits)
+	}
+	s.Reset()
+	s.Mail("a@ifaxin.com", smtpd.MailOptions{})
+	s.Rcpt("gone@example.com")
+	id, err := s.Data(context.Background(), strings.NewReader("From: a@ifaxin.com\r\n\r\nhi\r\n"))
+	if err != nil || id == "" || len(p.spool.begun) != 1 || hits != 1 {
+		t.Fatalf("all suppressed: id %q, err %v, %d spooled, %d budget units", id, err, len(p.spool.begun), hits)
+	}
+	if len(p.events.suppressed) != 2 {
+		t.Fatalf("suppressed events: %v", p.events.suppressed)
+	}
+}

@@ -34,6 +34,10 @@ type Config struct {
 	// shut that IP out until the window passes.
 	AuthFailureLimit  int
 	AuthFailureWindow time.Duration
+	// DropSuppressed accepts a suppressed recipient and sends it nothing,
+	// instead of refusing its RCPT with 550 5.1.1 (relay config
+	// suppression.onSubmission: Drop).
+	DropSuppressed bool
 }
 
 // Defaults fills unset fields: 10 failures in 10 minutes.
@@ -77,6 +81,7 @@ type Events interface {
 // Backend is the relay's smtpd.Backend. Its failure throttle is shared by
 // every session, so that an address's failures count across them.
 type Backend struct {
+	cfg      Config
 	deps     Deps
 	throttle *loginThrottle
 }
@@ -89,7 +94,7 @@ func New(cfg Config, deps Deps) (*Backend, error) {
 	if deps.Auth == nil || deps.Budget == nil || deps.Spool == nil || deps.IDs == nil || deps.Metrics == nil {
 		return nil, errors.New("submission: Auth, Budget, Spool, IDs and Metrics are required")
 	}
-	return &Backend{deps: deps, throttle: newLoginThrottle(cfg.AuthFailureLimit, cfg.AuthFailureWindow)}, nil
+	return &Backend{cfg: cfg, deps: deps, throttle: newLoginThrottle(cfg.AuthFailureLimit, cfg.AuthFailureWindow)}, nil
 }
 
 // NewSession implements smtpd.Backend; it never refuses a session.

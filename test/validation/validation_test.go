@@ -66,6 +66,9 @@ func TestCRDValidation(t *testing.T) {
 		{"HTTP listener with implicit TLS", relay(func(r *v1.SmtpRelay) {
 			r.Spec.Listeners = []v1.RelayListener{{Name: "smtp", Port: 25}, {Name: "api", Port: 8443, Kind: v1.ListenerHTTP, TLS: v1.ListenerImplicit}}
 		}), "a listener of kind HTTP always serves HTTPS"},
+		{"suppression dropped", relay(func(r *v1.SmtpRelay) { r.Spec.Suppression = &v1.RelaySuppression{OnSubmission: "Drop"} }), ""},
+		{"suppression mode unknown", relay(func(r *v1.SmtpRelay) { r.Spec.Suppression = &v1.RelaySuppression{OnSubmission: "Ignore"} }),
+			"spec.suppression.onSubmission"},
 		{"HTTP listener behind a PROXY protocol load balancer", relay(func(r *v1.SmtpRelay) {
 			r.Spec.Listeners = []v1.RelayListener{{Name: "smtp", Port: 25}, {Name: "api", Port: 8443, Kind: v1.ListenerHTTP,
 				ProxyProtocol: true, TrustedProxies: []string{"10.0.0.0/8"}}}
