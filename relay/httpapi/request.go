@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"bytes"
 	"cmp"
 	"encoding/json"
 	"errors"
@@ -10,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/mailfleet/mailfleet/relay/strictjson"
 )
 
 // SendRequest is the body of POST /v1/mail/send, as JSON. The OpenAPI
@@ -58,8 +59,8 @@ func decodeJSON(body []byte) (*SendRequest, *apiError) {
 	if !utf8.Valid(body) {
 		return nil, newError(codeInvalidJSON, "the body is not valid UTF-8")
 	}
-	if err := checkKeys(body, requestKeys); err != nil {
-		if long, ok := errors.AsType[*longList](err); ok && slices.Contains([]string{"to", "cc", "bcc"}, long.path) {
+	if err := checkKeys(body); err != nil {
+		if long, ok := errors.AsType[*strictjson.LongList](err); ok && slices.Contains([]string{"to", "cc", "bcc"}, long.Path) {
 			return nil, newError(codeTooManyRecipients, err.Error())
 		}
 		return nil, newError(codeInvalidJSON, err.Error())
@@ -72,7 +73,7 @@ func decodeJSON(body []byte) (*SendRequest, *apiError) {
 }
 
 // requestKeys are the keys a SendRequest's objects may hold, by where
-// they are (walkValue's paths); objects elsewhere (headers, customArgs)
+// they are (strictjson's paths); objects elsewhere (headers, customArgs)
 // may hold any.
 var requestKeys = map[string]map[string]bool{
 	"":              jsonKeys(SendRequest{}),
@@ -121,26 +122,25 @@ func jsonTypeName(kind string) string {
 	return kind
 }
 
-// rejectDuplicateKeys walks the document and fails on a key that an
-// object holds twice, at any depth. A syntax error is left to the decoder
-// that follows, which names it.
+// requestRules are what a request's JSON may hold, checked before it is
+// decoded.
+var requestRules = strictjson.Rules{Known: requestKeys, MaxDepth: maxJSONDepth, MaxItems: maxListItems}
+
+// rejectDuplicateKeys fails on a key that an object of a form's JSON value
+// holds twice, at any depth, or on nesting or lists past the request's
+// bounds.
 func rejectDuplicateKeys(body []byte) error {
-	return checkKeys(body, nil)
+	return strictjson.Check(body, strictjson.Rules{MaxDepth: maxJSONDepth, MaxItems: maxListItems})
 }
 
-// checkKeys is rejectDuplicateKeys that also fails on a key that known
-// does not list for the object's place in the document.
-func checkKeys(body []byte, known map[string]map[string]bool) error {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	err := (&walker{dec: dec, known: known}).value("", 0)
-	var dup *duplicateKey
-	var unknown *unknownKey
-	var long *longList
-	if errors.As(err, &dup) || errors.As(err, &unknown) || errors.As(err, &long) || errors.Is(err, errTooDeep) {
-		return err
+// checkKeys is the strict walk of a request's body: its errors name what
+// to fix.
+func checkKeys(body []byte) error {
+	err := strictjson.Check(body, requestRules)
+	if _, ok := errors.AsType[*strictjson.UnknownKey](err); ok {
+		return fmt.Errorf("%w; see /v1/openapi.json", err)
 	}
-	return nil
+	return err
 }
 
 // maxListItems bounds every list of a request before it is decoded: a
@@ -151,92 +151,6 @@ func checkKeys(body []byte, known map[string]map[string]bool) error {
 // limit afterwards.
 const maxListItems = 1000
 
-type longList struct{ path string }
-
-func (l *longList) Error() string {
-	return fmt.Sprintf("%s: more than %d items", l.path, maxListItems)
-}
-
 // maxJSONDepth bounds the nesting of a request's JSON. The document is at
-// most four levels deep; value recurses once per level, and a body of
-// 16 MB of '[' would otherwise take 16 million stack frames, a fatal stack
-// overflow that ends the relay (SMTP sessions included), not an error.
+// most four levels deep.
 const maxJSONDepth = 16
-
-var errTooDeep = fmt.Errorf("objects and lists are nested deeper than %d levels", maxJSONDepth)
-
-type duplicateKey struct{ key string }
-
-func (d *duplicateKey) Error() string {
-	return fmt.Sprintf("key %q appears twice in one object", d.key)
-}
-
-type unknownKey struct{ key string }
-
-func (u *unknownKey) Error() string {
-	return fmt.Sprintf("unknown field %.64q; see /v1/openapi.json", u.key)
-}
-
-// walker reads a document's tokens. A value's path names its place: ""
-// for the document, "attachments" for that key's value, "attachments[]"
-// for an item of that list.
-type walker struct {
-	dec   *json.Decoder
-	known map[string]map[string]bool
-}
-
-func (w *walker) value(path string, depth int) error {
-	tok, err := w.dec.Token()
-	if err != nil {
-		return err
-	}
-	if (tok == json.Delim('{') || tok == json.Delim('[')) && depth >= maxJSONDepth {
-		return errTooDeep
-	}
-	switch tok {
-	case json.Delim('{'):
-		if err := w.object(path, depth); err != nil {
-			return err
-		}
-	case json.Delim('['):
-		for n := 0; w.dec.More(); n++ {
-			if n == maxListItems {
-				return &longList{cmp.Or(path, "the document")}
-			}
-			if err := w.value(path+"[]", depth+1); err != nil {
-				return err
-			}
-		}
-	default:
-		return nil
-	}
-	_, err = w.dec.Token() // the closing delimiter
-	return err
-}
-
-func (w *walker) object(path string, depth int) error {
-	known, checked := w.known[path]
-	seen := map[string]bool{}
-	for w.dec.More() {
-		k, err := w.dec.Token()
-		if err != nil {
-			return err
-		}
-		key, _ := k.(string)
-		switch {
-		case seen[key]:
-			return &duplicateKey{key}
-		case checked && !known[key]:
-			return &unknownKey{key}
-		}
-		seen[key] = true
-		child := key
-		if path != "" {
-			child = path + "." + key
-		}
-		if err := w.value(child, depth+1); err != nil {
-			return err
-		}
-	}
-	return nil
-}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/mailfleet/mailfleet/relay/credentials"
 	"github.com/mailfleet/mailfleet/relay/smtpd"
+	"github.com/mailfleet/mailfleet/relay/strictjson"
 )
 
 // The X-SMTPAPI header, as SendCloud and EngageLab define it for SMTP
@@ -101,7 +102,9 @@ func parseSMTPAPI(value string) (*smtpAPI, error) {
 		}
 		raw = decoded
 	}
-	if err := checkKeys(raw); err != nil {
+	// Keys twice (encoding/json would keep the last) and nesting deeper
+	// than the header's three levels are refused before decoding.
+	if err := strictjson.Check(raw, strictjson.Rules{MaxDepth: 4}); err != nil {
 		return nil, smtpAPIError("X-SMTPAPI: %v", err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
@@ -130,42 +133,6 @@ func jsonProblem(err error) string {
 		return "unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ") + " (known: to, sub, labelId, customArgs)"
 	}
 	return "malformed JSON"
-}
-
-// checkKeys refuses a key that an object holds twice (encoding/json would
-// keep the last) and nesting deeper than the header's three levels.
-func checkKeys(raw []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	var walk func(depth int) error
-	walk = func(depth int) error {
-		tok, err := dec.Token()
-		if err != nil || (tok != json.Delim('{') && tok != json.Delim('[')) {
-			return nil // a syntax error is the decoder's to name
-		}
-		if depth >= 4 {
-			return errors.New("nested deeper than it may be")
-		}
-		seen := map[string]bool{}
-		for dec.More() {
-			if tok == json.Delim('{') {
-				k, err := dec.Token()
-				if err != nil {
-					return nil
-				}
-				key, _ := k.(string)
-				if seen[key] {
-					return fmt.Errorf("key %.64q appears twice", key)
-				}
-				seen[key] = true
-			}
-			if err := walk(depth + 1); err != nil {
-				return err
-			}
-		}
-		dec.Token()
-		return nil
-	}
-	return walk(0)
 }
 
 // labelID is the header's labelId: a number or a string, "" when absent.
