@@ -86,6 +86,9 @@ func (q *Queue) Depth(ctx context.Context) (uint64, error) {
 // consumers on a goroutine of its own), so for that moment Depth can read 0
 // with a message just queued. Settled compares the last stored sequence of
 // each consumer's subject with the last the consumer handed out instead.
+// It errs only one way: the splitter acknowledges a pack after publishing
+// its messages, so for a moment after the last of them is finished the
+// queue still reads unsettled; it never reads settled early.
 func (q *Queue) Settled(ctx context.Context) (bool, error) {
 	scheduled, _, err := q.scheduled(ctx)
 	if err != nil || scheduled > 0 {
