@@ -67,11 +67,12 @@ func portOf(t *testing.T, addr string) string {
 	return port
 }
 
-// TestPythonSmtplibSMTPAPI: Python's smtplib sends one message with an
-// X-SMTPAPI header (base64, then plain JSON): the relay queues one copy per
-// address of its "to", instead of the RCPT TO address, each with its own
-// substitutions in the subject and the body, the label and customArgs the
-// header names, and no X-SMTPAPI field left in what is delivered.
+// TestPythonSmtplibSMTPAPI: Python's smtplib, after STARTTLS and AUTH
+// LOGIN, sends one message with an X-SMTPAPI header (base64, then plain
+// JSON): the relay queues one copy per address of its "to", instead of
+// the RCPT TO address, each with its own substitutions in the subject and
+// the body, the label and customArgs the header names, and no X-SMTPAPI
+// field left in what is delivered.
 func TestPythonSmtplibSMTPAPI(t *testing.T) {
 	python, err := exec.LookPath("python3")
 	if err != nil {

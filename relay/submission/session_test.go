@@ -55,7 +55,10 @@ func (f budgetFunc) Take(_ context.Context, r budget.Request) budget.Decision { 
 // recordingSpool keeps every message begun; its errors make it fail.
 type recordingSpool struct {
 	beginErr, writeErr, commitErr error
-	begun                         []*recorded
+	// commitErrAfter lets that many commits succeed before commitErr.
+	commitErrAfter int
+	commits        int
+	begun          []*recorded
 }
 
 type recorded struct {
@@ -82,8 +85,12 @@ func (m *recorded) Write(p []byte) (int, error) {
 }
 
 func (m *recorded) Commit(context.Context) error {
-	m.committed = m.s.commitErr == nil
-	return m.s.commitErr
+	if m.s.commitErr != nil && m.s.commits >= m.s.commitErrAfter {
+		return m.s.commitErr
+	}
+	m.s.commits++
+	m.committed = true
+	return nil
 }
 
 func (m *recorded) Abort() error {
@@ -112,8 +119,8 @@ func (e *queuedEvents) Suppressed(apiUser, _, recipient string) {
 }
 
 func (e *queuedEvents) Queued(env spool.Envelope) {
-	m := e.spool.begun[len(e.spool.begun)-1]
-	e.reported = append(e.reported, m.env.ID == env.ID && m.committed)
+	i := slices.IndexFunc(e.spool.begun, func(m *recorded) bool { return m.env.ID == env.ID })
+	e.reported = append(e.reported, i >= 0 && e.spool.begun[i].committed)
 }
 
 func newPolicy(t *testing.T, failureLimit int) *policy {

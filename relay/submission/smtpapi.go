@@ -35,11 +35,14 @@ const (
 	// maxSMTPAPIBytes is the most an X-SMTPAPI value may hold, as the
 	// services that define it allow.
 	maxSMTPAPIBytes = 1 << 20
-	// maxSubTags and maxSubValue bound the substitutions.
+	// maxSubTags, maxSubTag and maxSubValue bound the substitutions: the
+	// tags, a tag's bytes, a value's bytes.
 	maxSubTags  = 100
+	maxSubTag   = 100
 	maxSubValue = 10_000
 	// maxFanOutBytes bounds what one DATA may write to the queue once
-	// copied for each recipient of "to" with "sub".
+	// copied for each recipient of "to" with "sub", before and after the
+	// substitutions.
 	maxFanOutBytes = 64 << 20
 	// maxCustomArgs, maxCustomKey and maxCustomValue bound customArgs, in
 	// the HTTP API and here.
@@ -166,8 +169,12 @@ func (a *smtpAPI) checkSub() error {
 	}
 	for tag, values := range a.Sub {
 		switch {
-		case tag == "":
-			return smtpAPIError("sub: an empty tag")
+		case tag == "" || len(tag) > maxSubTag:
+			return smtpAPIError("sub: tags of 1 to %d bytes", maxSubTag)
+		case hasControl(tag):
+			// A tag with a line break would let a substitution join or
+			// split lines, and so move fields into or out of the header.
+			return smtpAPIError("sub %.64q: a tag holds a control character", tag)
 		case len(values) != len(a.To):
 			return smtpAPIError("sub %.64q: %d values for %d addresses in to", tag, len(values), len(a.To))
 		}
@@ -181,9 +188,19 @@ func (a *smtpAPI) checkSub() error {
 			if strings.ContainsAny(v, "\r\n") {
 				return smtpAPIError("sub %.64q: a value holds a line break", tag)
 			}
+			if hasControl(v) {
+				return smtpAPIError("sub %.64q: a value holds a control character", tag)
+			}
 		}
 	}
 	return nil
+}
+
+// hasControl reports a control character other than a tab: nothing a tag
+// or a value of a text needs, and NUL, CR or LF would change the message's
+// lines.
+func hasControl(s string) bool {
+	return strings.IndexFunc(s, func(r rune) bool { return r != '\t' && (r < 0x20 || r == 0x7f) }) >= 0
 }
 
 // CheckCustomArgs checks a message's customArgs, in the HTTP API and in
@@ -203,23 +220,64 @@ func CheckCustomArgs(args map[string]string) error {
 	return nil
 }
 
-// substitute is body with the tags of sub replaced by their values for
-// the i-th address of to.
-func substitute(body []byte, sub map[string][]string, i int) []byte {
-	if len(sub) == 0 {
-		return body
-	}
+// substituter replaces the tags of sub with the values of one address of
+// "to". Tags and values hold no line break (checkSub), so a substitution
+// stays within its line: it cannot move the end of the header section or
+// start a line of its own.
+type substituter struct {
+	tags []string // longest first: "%name%" must not be replaced inside "%name%s%"
+	sub  map[string][]string
+}
+
+func newSubstituter(sub map[string][]string) substituter {
 	tags := make([]string, 0, len(sub))
 	for tag := range sub {
 		tags = append(tags, tag)
 	}
-	// Longest first: "%name%" must not be replaced inside "%name%s%".
-	slices.SortFunc(tags, func(a, b string) int { return len(b) - len(a) })
-	pairs := make([]string, 0, 2*len(tags))
-	for _, tag := range tags {
-		pairs = append(pairs, tag, sub[tag][i])
+	slices.SortFunc(tags, func(a, b string) int {
+		if d := len(b) - len(a); d != 0 {
+			return d
+		}
+		return strings.Compare(a, b)
+	})
+	return substituter{tags: tags, sub: sub}
+}
+
+// replacer replaces every tag with its value for the i-th address of "to".
+func (s substituter) replacer(i int) *strings.Replacer {
+	pairs := make([]string, 0, 2*len(s.tags))
+	for _, tag := range s.tags {
+		pairs = append(pairs, tag, s.sub[tag][i])
 	}
-	return []byte(strings.NewReplacer(pairs...).Replace(string(body)))
+	return strings.NewReplacer(pairs...)
+}
+
+// errSubstitutedTooBig stops a substitution whose result is over its
+// bound: a short tag written a million times, each replaced by a long
+// value, would otherwise grow a message a thousandfold.
+var errSubstitutedTooBig = errors.New("substituted message over its bound")
+
+// cappedWriter passes at most *left bytes to w, then fails; left is shared
+// by the copies of one message, so that their sum is bounded.
+type cappedWriter struct {
+	w    io.Writer
+	left *int64
+}
+
+func (c cappedWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > *c.left {
+		return 0, errSubstitutedTooBig
+	}
+	*c.left -= int64(len(p))
+	return c.w.Write(p)
+}
+
+func (c cappedWriter) WriteString(s string) (int, error) {
+	if int64(len(s)) > *c.left {
+		return 0, errSubstitutedTooBig
+	}
+	*c.left -= int64(len(s))
+	return io.WriteString(c.w, s)
 }
 
 // checkLabel applies the header's labelId to id: it must be an active

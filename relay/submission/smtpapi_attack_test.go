@@ -81,6 +81,12 @@ func TestAttackSMTPAPI(t *testing.T) {
 		// A line break in a value would write header fields of the
 		// sender's own into each copy.
 		{"header injection through sub", "labelled", `{"to": ["a@example.com"], "sub": {"%name%": ["x\r\nBcc: victim@example.com"]}}`, "line break"},
+		// A tag with a line break would join the header's last line
+		// to the body's first, or leave a bare CR or LF a reader may
+		// take for a line's end.
+		{"line break in a tag", "labelled", `{"to": ["a@example.com"], "sub": {"\r\n\r": [""]}}`, "control character"},
+		{"NUL in a value", "labelled", `{"to": ["a@example.com"], "sub": {"%n%": ["a\u0000b"]}}`, "control character"},
+		{"tag too long", "labelled", `{"to": ["a@example.com"], "sub": {"` + strings.Repeat("t", 101) + `": ["x"]}}`, "tags of 1 to 100 bytes"},
 		{"label of the account not active", "labelled", `{"labelId": "9999"}`, "not an active label"},
 		{"label differing from the login's", "labelled#1001", `{"labelId": 1002}`, "differs from the label of the login"},
 		{"label not a number or string", "labelled", `{"labelId": [1]}`, "labelId"},
@@ -145,6 +151,72 @@ func TestAttackHugeHeader(t *testing.T) {
 	got := reply(t, mustErr(sendOne(t, p.session(t, "192.0.2.1", "labelled"), strings.NewReader(msg))))
 	if got != "552 5.3.4 Message header section too large" {
 		t.Fatalf("reply %q", got)
+	}
+}
+
+// Attack: a value rewrites the From field after the From rule passed it —
+// the account may send from ifaxin.com only, and each copy would show
+// ceo@bank.example. The rule is applied to each copy as substituted.
+func TestAttackSMTPAPISubRewritesFrom(t *testing.T) {
+	p := newPolicy(t, 0)
+	hits := 0
+	p.backend.deps.Budget = budgetFunc(func(r budget.Request) budget.Decision { hits += r.Hits; return budget.Allow })
+	api := `{"to": ["a@example.com", "b@example.com"], "sub": {"a@ifaxin.com": ["a@ifaxin.com", "ceo@bank.example"]}}`
+	msg := "From: a@ifaxin.com\r\nX-SMTPAPI: " + api + "\r\n\r\nx\r\n"
+	got := reply(t, mustErr(sendOne(t, p.session(t, "192.0.2.1", "restricted"), strings.NewReader(msg))))
+	if got != "550 5.7.1 From header address <ceo@bank.example> not allowed for this account" || len(p.spool.begun) != 0 || hits != 0 {
+		t.Fatalf("reply %q, %d messages begun, %d budget units", got, len(p.spool.begun), hits)
+	}
+}
+
+// Attack: a value renames a field to X-SMTPAPI, so that each copy would
+// reach the next hop with a header the relay removed — one that a
+// provider behind it (a smarthost that reads X-SMTPAPI) would apply,
+// fanning out past this account's budget.
+func TestAttackSMTPAPISubWritesSMTPAPIField(t *testing.T) {
+	for name, tt := range map[string]struct{ sub, head string }{
+		"a field renamed":         {`{"X-Note": ["X-SMTPAPI"]}`, "X-Note: {\"to\": [\"many@example.com\"]}\r\n"},
+		"a continuation unfolded": {`{" Y": ["X-SMTPAPI: {}"]}`, "X-Note: a\r\n Y\r\n"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := newPolicy(t, 0)
+			api := `{"to": ["a@example.com"], "sub": ` + tt.sub + `}`
+			msg := "From: a@ifaxin.com\r\n" + tt.head + "X-SMTPAPI: " + b64(api) + "\r\n\r\nx\r\n"
+			got := reply(t, mustErr(sendOne(t, p.session(t, "192.0.2.1", "labelled"), strings.NewReader(msg))))
+			if !strings.HasPrefix(got, "550 5.6.0 ") || !strings.Contains(got, "X-SMTPAPI field") || len(p.spool.begun) != 0 {
+				t.Fatalf("reply %q, %d messages begun", got, len(p.spool.begun))
+			}
+		})
+	}
+}
+
+// Attack: a three-byte tag written a million times, each replaced by a
+// 10,000-byte value: 3 MB in, 10 GB out, in memory or in the queue. The
+// copies are bounded after the substitution as before it, nothing is
+// committed and no budget taken.
+func TestAttackSMTPAPISubstitutionBomb(t *testing.T) {
+	value := strings.Repeat("v", 10_000)
+	api := b64(`{"to": ["a@example.com"], "sub": {"%a%": ["` + value + `"]}}`)
+	for name, tt := range map[string]struct{ msg, want string }{
+		"in the body": {"From: a@ifaxin.com\r\nX-SMTPAPI: " + api + "\r\n\r\n" + strings.Repeat(strings.Repeat("%a%", 300)+"\r\n", 3000),
+			"552 5.3.4 Message times its X-SMTPAPI recipients is over 67108864 bytes; send fewer at once"},
+		"in the header": {"From: a@ifaxin.com\r\nX-SMTPAPI: " + api + "\r\nSubject: " + strings.Repeat(" %a%\r\n", 1000) + "\r\nx\r\n",
+			"552 5.3.4 Message header section too large"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := newPolicy(t, 0)
+			hits := 0
+			p.backend.deps.Budget = budgetFunc(func(r budget.Request) budget.Decision { hits += r.Hits; return budget.Allow })
+			got := reply(t, mustErr(sendOne(t, p.session(t, "192.0.2.1", "labelled"), strings.NewReader(tt.msg))))
+			if got != tt.want || hits != 0 {
+				t.Fatalf("reply %q, %d budget units", got, hits)
+			}
+			for _, m := range p.spool.begun {
+				if m.committed || !m.aborted || m.body.Len() > 64<<20 {
+					t.Fatalf("copy %s: committed %v, aborted %v, %d bytes", m.env.ID, m.committed, m.aborted, m.body.Len())
+				}
+			}
+		})
 	}
 }
 

@@ -3,10 +3,12 @@ package submission
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"strconv"
+	"strings"
 
 	"github.com/mailfleet/mailfleet/relay/credentials"
 	"github.com/mailfleet/mailfleet/relay/smtpd"
@@ -101,11 +103,15 @@ func (s *session) queueSMTPAPI(ctx context.Context, api *smtpAPI, head []byte, r
 	login := s.identity
 	s.identity = &id
 	defer func() { s.identity = login }()
-	body := io.MultiReader(bytes.NewReader(head), rest)
 	if len(api.Sub) == 0 {
-		return s.queueOne(ctx, env, body)
+		return s.queueOne(ctx, env, io.MultiReader(bytes.NewReader(head), rest))
 	}
-	return s.queueCopies(ctx, env, api.Sub, subIdx, body)
+	m := fanOut{env: env, sub: newSubstituter(api.Sub), subIdx: subIdx, head: string(head)}
+	id2, rej := s.queueCopies(ctx, &m, rest)
+	if rej != nil {
+		s.b.deps.Metrics.rejected(s.identity, rej.reason)
+	}
+	return id2, rej
 }
 
 // applySMTPAPI checks the header against the account and returns the
@@ -165,66 +171,128 @@ func (s *session) smtpAPIRecipients(to []string, most int) ([]string, []int, err
 	return kept, idx, nil
 }
 
-// queueCopies queues one message per recipient of env, each with the
-// values sub has for it. The body is read whole first (the SIZE limit
-// bounds it), and what the copies would write together is bounded too.
-// The budget is taken once for all of them. The copies are committed one
-// after another: if one fails, the client is told 451 and retries the
-// whole message, so the copies committed before it are sent twice, never
-// lost.
-func (s *session) queueCopies(ctx context.Context, env spool.Envelope, sub map[string][]string, subIdx []int, r io.Reader) (string, *rejection) {
-	var buf bytes.Buffer
-	if _, writeErr, readErr := copyBody(&buf, r); readErr != nil || writeErr != nil {
-		rej := s.bodyRejection(env.ID, nil, writeErr, readErr)
-		s.b.deps.Metrics.rejected(s.identity, rej.reason)
-		return "", rej
-	}
-	body := buf.Bytes()
-	if int64(len(body))*int64(len(env.To)) > maxFanOutBytes {
-		rej := &rejection{&smtpd.Error{Reply: smtpd.ReplyFanOutTooBig.With(maxFanOutBytes)}, ReasonTooBig}
-		s.b.deps.Metrics.rejected(s.identity, rej.reason)
-		return "", rej
-	}
-	if rej := s.checkCopies(ctx, body, len(env.To)); rej != nil {
-		s.b.deps.Metrics.rejected(s.identity, rej.reason)
-		return "", rej
-	}
-	for i, rcpt := range env.To {
-		copyEnv := env
-		copyEnv.ID, copyEnv.To = env.ID+"-"+strconv.Itoa(i), []string{rcpt}
-		if rej := s.commitCopy(ctx, copyEnv, substitute(body, sub, subIdx[i])); rej != nil {
-			s.b.deps.Metrics.rejected(s.identity, rej.reason)
-			return "", rej
-		}
-	}
-	return env.ID, nil
+// fanOut is a message with "sub": one copy per recipient of env, each
+// with its values.
+type fanOut struct {
+	env    spool.Envelope
+	sub    substituter
+	subIdx []int  // per recipient of env, its index in "to" and in sub's values
+	head   string // the header section, without X-SMTPAPI
+	body   string // the rest of the message, read whole
 }
 
-// checkCopies applies the From rule and takes the budget, one unit per
-// copy, before any copy is written.
-func (s *session) checkCopies(ctx context.Context, body []byte, copies int) *rejection {
-	head, _, _ := bytes.Cut(body, []byte("\r\n\r\n"))
-	if err := headerFromAllowed(s.identity, append(head, "\r\n"...)); err != nil {
-		return &rejection{err, ReasonSenderNotAllowed}
+// queueCopies queues the copies all or none: every copy is substituted
+// and checked, then written, then the budget taken for all of them, and
+// only then are they committed. The body is read whole first (the SIZE
+// limit bounds it) and what the copies write together is bounded
+// (maxFanOutBytes), before and after the substitutions.
+func (s *session) queueCopies(ctx context.Context, m *fanOut, rest io.Reader) (string, *rejection) {
+	var buf strings.Builder
+	if _, writeErr, readErr := copyBody(&buf, rest); readErr != nil || writeErr != nil {
+		return "", s.bodyRejection(m.env.ID, nil, writeErr, readErr)
 	}
-	return s.spend(ctx, copies)
+	m.body = buf.String()
+	if int64(len(m.head)+len(m.body))*int64(len(m.env.To)) > maxFanOutBytes {
+		return "", &rejection{&smtpd.Error{Reply: smtpd.ReplyFanOutTooBig.With(maxFanOutBytes)}, ReasonTooBig}
+	}
+	if rej := s.checkCopyHeads(m); rej != nil {
+		return "", rej
+	}
+	writers, sizes, rej := s.writeCopies(ctx, m)
+	if rej == nil {
+		rej = s.spend(ctx, len(writers))
+	}
+	committed := 0
+	if rej == nil {
+		committed, rej = s.commitCopies(ctx, m, writers)
+	}
+	// A copy committed is in the queue whatever the reply: its events
+	// follow it.
+	for i := range committed {
+		s.queued(m.copyEnvelope(i, m.env.To[i]), sizes[i])
+	}
+	if rej != nil {
+		for _, w := range writers {
+			w.Abort() // a no-op for a copy already committed
+		}
+		return "", rej
+	}
+	return m.env.ID, nil
 }
 
-// commitCopy writes and commits one copy.
-func (s *session) commitCopy(ctx context.Context, env spool.Envelope, body []byte) *rejection {
-	w, err := s.b.deps.Spool.Begin(ctx, env)
-	if err == nil {
-		if _, err = w.Write(body); err == nil {
-			err = w.Commit(ctx)
+// copyEnvelope is the envelope of the i-th copy, to rcpt alone.
+func (m *fanOut) copyEnvelope(i int, rcpt string) spool.Envelope {
+	env := m.env
+	env.ID, env.To = m.env.ID+"-"+strconv.Itoa(i), []string{rcpt}
+	return env
+}
+
+// checkCopyHeads substitutes each copy's header section and checks it as
+// the recipient will see it: a value may rewrite any field, From and the
+// field names included, so the From rule and the absence of X-SMTPAPI are
+// checked after the substitution, not before. The heads are not kept:
+// writeCopies substitutes them again, rather than hold one per copy.
+func (s *session) checkCopyHeads(m *fanOut) *rejection {
+	for i := range m.env.To {
+		var b strings.Builder
+		left := int64(maxHeadBytes)
+		if _, err := m.sub.replacer(m.subIdx[i]).WriteString(cappedWriter{&b, &left}, m.head); err != nil {
+			return &rejection{errHeadTooLarge, ReasonTooBig}
 		}
-		if err != nil {
-			w.Abort()
+		head := []byte(b.String())
+		if _, values := removeField(head, smtpAPIHeader); len(values) > 0 {
+			return &rejection{smtpAPIError("sub would write an X-SMTPAPI field into a copy"), ReasonSMTPAPIInvalid}
+		}
+		if err := headerFromAllowed(s.identity, head); err != nil {
+			return &rejection{err, ReasonSenderNotAllowed}
 		}
 	}
-	if err != nil {
-		s.log.Error("spool a copy of an X-SMTPAPI message", "id", env.ID, "err", err)
-		return &rejection{&smtpd.Error{Reply: smtpd.ReplyQueueDown, Err: fmt.Errorf("copy %s: %w", env.ID, err)}, ReasonQueueDown}
-	}
-	s.queued(env, int64(len(body)))
 	return nil
+}
+
+// writeCopies begins and writes every copy, none committed. It returns
+// the writers begun, to commit or abort, and each copy's size.
+func (s *session) writeCopies(ctx context.Context, m *fanOut) ([]spool.Writer, []int64, *rejection) {
+	writers := make([]spool.Writer, 0, len(m.env.To))
+	sizes := make([]int64, len(m.env.To))
+	left := int64(maxFanOutBytes)
+	for i, rcpt := range m.env.To {
+		env := m.copyEnvelope(i, rcpt)
+		w, err := s.b.deps.Spool.Begin(ctx, env)
+		if err != nil {
+			s.log.Error("spool unavailable", "id", env.ID, "err", err)
+			return writers, nil, &rejection{&smtpd.Error{Reply: smtpd.ReplyQueueDown, Err: fmt.Errorf("copy %s: %w", env.ID, err)}, ReasonQueueDown}
+		}
+		writers = append(writers, w)
+		before := left
+		replacer, capped := m.sub.replacer(m.subIdx[i]), cappedWriter{w, &left}
+		_, err = replacer.WriteString(capped, m.head)
+		if err == nil {
+			_, err = replacer.WriteString(capped, m.body)
+		}
+		switch {
+		case errors.Is(err, errSubstitutedTooBig):
+			return writers, nil, &rejection{&smtpd.Error{Reply: smtpd.ReplyFanOutTooBig.With(maxFanOutBytes)}, ReasonTooBig}
+		case err != nil:
+			s.log.Error("spool write failed", "id", env.ID, "err", err)
+			return writers, nil, &rejection{&smtpd.Error{Reply: smtpd.ReplyQueueDown, Err: fmt.Errorf("copy %s: %w", env.ID, err)}, ReasonQueueDown}
+		}
+		sizes[i] = before - left
+	}
+	return writers, sizes, nil
+}
+
+// commitCopies commits the written copies in order. A commit that fails
+// leaves the copies committed before it queued (the spool cannot take a
+// commit back): the client is told 451 and sends the message again, so
+// those few are sent twice, never lost; the copies after it are aborted.
+// It returns how many were committed.
+func (s *session) commitCopies(ctx context.Context, m *fanOut, writers []spool.Writer) (int, *rejection) {
+	for i, w := range writers {
+		if err := w.Commit(ctx); err != nil {
+			s.log.Error("spool commit failed", "id", m.env.ID+"-"+strconv.Itoa(i), "committed", i, "of", len(writers), "err", err)
+			return i, &rejection{&smtpd.Error{Reply: smtpd.ReplyQueueDown, Err: fmt.Errorf("copy %d of %s: %w", i, m.env.ID, err)}, ReasonQueueDown}
+		}
+	}
+	return len(writers), nil
 }

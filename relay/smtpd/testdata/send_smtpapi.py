@@ -1,6 +1,6 @@
 """Sends one message with an X-SMTPAPI header, base64 as SendCloud's
-examples do, after starttls() and login(api_user, api_key): one copy to
-each address of "to", with "%name%" replaced by each one's value, the
+examples do, after starttls() and AUTH LOGIN with api_user and api_key: one
+copy to each address of "to", with "%name%" replaced by each one's value, the
 label given by "labelId" and the sender's own "customArgs".
 
 Reads MAILFLEET_* from the environment; prints the server's reply to the
@@ -41,7 +41,10 @@ with smtplib.SMTP(host, port, timeout=30) as s:
     s.ehlo("ifaxin.com")
     s.starttls(context=ssl.create_default_context(cafile=cafile))
     s.ehlo("ifaxin.com")
-    s.login(user, key)
+    # AUTH LOGIN, as the seeds' clients log in (login() would pick PLAIN).
+    s.user, s.password = user, key
+    code, reply = s.auth("LOGIN", s.auth_login, initial_response_ok=False)
+    assert code == 235, (code, reply)
     s.mail("support@ifaxin.com")
     s.rcpt("list@ifaxin.com")
     code, reply = s.data(msg.as_bytes())
