@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -53,6 +54,13 @@ func (r *AccountReconciler) webhookSecrets(ctx context.Context, acc *v1.SmtpAcco
 		secret, reason, problem, err := r.signingSecret(ctx, acc.Namespace, h.SigningSecretRef)
 		if err != nil {
 			return nil, err
+		}
+		if problem == "" {
+			if err := wire.CheckWebhook(wire.Webhook{URL: h.URL, Events: h.Events, Secret: secret}); err != nil {
+				// Only an object admitted under a laxer CRD gets here;
+				// the error names the field, never the secret.
+				reason, problem = v1.ReasonWebhookInvalid, fmt.Sprintf("the relay would refuse it (%v); correct the webhook", err)
+			}
 		}
 		if problem != "" {
 			out.ready, out.reason = false, reason
@@ -166,12 +174,19 @@ func setWebhooksReady(rec events.EventRecorder, acc *v1.SmtpAccount, conds *[]me
 }
 
 // accountWebhooks are the account's webhooks as its relay's shard carries
-// them: those whose signing secret the credentials Secret holds.
+// them: those whose signing secret the credentials Secret holds, and that
+// the relay would take. The relay refuses an account with a webhook it
+// cannot post to, so a webhook the account controller has not checked yet
+// (the spec changed since it last wrote the Secret) is left out here
+// rather than cost its account its mail.
 func accountWebhooks(acc *v1.SmtpAccount, secrets map[string]string) []wire.Webhook {
 	var out []wire.Webhook
 	for _, h := range acc.Spec.Webhooks {
-		if secret, ok := secrets[h.URL]; ok {
-			out = append(out, wire.Webhook{URL: h.URL, Events: h.Events, Secret: secret})
+		secret, ok := secrets[h.URL]
+		w := wire.Webhook{URL: h.URL, Events: h.Events, Secret: secret}
+		dup := slices.ContainsFunc(out, func(o wire.Webhook) bool { return o.URL == h.URL })
+		if ok && !dup && len(out) < wire.MaxWebhooks && wire.CheckWebhook(w) == nil {
+			out = append(out, w)
 		}
 	}
 	return out

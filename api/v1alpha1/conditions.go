@@ -55,5 +55,6 @@ const (
 	ReasonTooManyLabels         = "TooManyLabels"
 	ReasonSigningSecretNotFound = "SigningSecretNotFound"
 	ReasonSigningSecretInvalid  = "SigningSecretInvalid"
+	ReasonWebhookInvalid        = "WebhookInvalid"
 	ReasonEndpointGone          = "EndpointGone"
 )
