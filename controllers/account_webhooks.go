@@ -87,6 +87,13 @@ func (r *AccountReconciler) signingSecret(ctx context.Context, namespace string,
 	}
 	name := types.NamespacedName{Namespace: namespace, Name: ref.Name}
 	m, err := r.Secrets.metadata(ctx, name)
+	if err == nil && m != nil && m.Labels[render.LabelManagedBy] == render.ManagedByValue {
+		// Another account's key, or a shard, would go in clear into this
+		// account's credentials Secret and shard entry: the operator's
+		// own Secrets are never read as a signing secret.
+		return "", v1.ReasonSigningSecretNotAllowed, fmt.Sprintf("Secret %q is written by the mailfleet operator (credentials or a shard) and is never used as a signing secret; "+
+			"put the signing secret in a Secret of your own", ref.Name), nil
+	}
 	var s *corev1.Secret
 	if err == nil && m != nil {
 		s, err = getSecret(ctx, r.APIReader, namespace, ref.Name)
