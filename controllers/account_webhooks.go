@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -54,6 +55,13 @@ func (r *AccountReconciler) webhookSecrets(ctx context.Context, acc *v1.SmtpAcco
 		if err != nil {
 			return nil, err
 		}
+		if problem == "" {
+			if err := wire.CheckWebhook(wire.Webhook{URL: h.URL, Events: h.Events, Secret: secret}); err != nil {
+				// Only an object admitted under a laxer CRD gets here;
+				// the error names the field, never the secret.
+				reason, problem = v1.ReasonWebhookInvalid, fmt.Sprintf("the relay would refuse it (%v); correct the webhook", err)
+			}
+		}
 		if problem != "" {
 			out.ready, out.reason = false, reason
 			problems = append(problems, fmt.Sprintf("webhooks[%d] (%s) is not published: %s", i, h.URL, problem))
@@ -79,6 +87,13 @@ func (r *AccountReconciler) signingSecret(ctx context.Context, namespace string,
 	}
 	name := types.NamespacedName{Namespace: namespace, Name: ref.Name}
 	m, err := r.Secrets.metadata(ctx, name)
+	if err == nil && m != nil && m.Labels[render.LabelManagedBy] == render.ManagedByValue {
+		// Another account's key, or a shard, would go in clear into this
+		// account's credentials Secret and shard entry: the operator's
+		// own Secrets are never read as a signing secret.
+		return "", v1.ReasonSigningSecretNotAllowed, fmt.Sprintf("Secret %q is written by the mailfleet operator (credentials or a shard) and is never used as a signing secret; "+
+			"put the signing secret in a Secret of your own", ref.Name), nil
+	}
 	var s *corev1.Secret
 	if err == nil && m != nil {
 		s, err = getSecret(ctx, r.APIReader, namespace, ref.Name)
@@ -166,12 +181,19 @@ func setWebhooksReady(rec events.EventRecorder, acc *v1.SmtpAccount, conds *[]me
 }
 
 // accountWebhooks are the account's webhooks as its relay's shard carries
-// them: those whose signing secret the credentials Secret holds.
+// them: those whose signing secret the credentials Secret holds, and that
+// the relay would take. The relay refuses an account with a webhook it
+// cannot post to, so a webhook the account controller has not checked yet
+// (the spec changed since it last wrote the Secret) is left out here
+// rather than cost its account its mail.
 func accountWebhooks(acc *v1.SmtpAccount, secrets map[string]string) []wire.Webhook {
 	var out []wire.Webhook
 	for _, h := range acc.Spec.Webhooks {
-		if secret, ok := secrets[h.URL]; ok {
-			out = append(out, wire.Webhook{URL: h.URL, Events: h.Events, Secret: secret})
+		secret, ok := secrets[h.URL]
+		w := wire.Webhook{URL: h.URL, Events: h.Events, Secret: secret}
+		dup := slices.ContainsFunc(out, func(o wire.Webhook) bool { return o.URL == h.URL })
+		if ok && !dup && len(out) < wire.MaxWebhooks && wire.CheckWebhook(w) == nil {
+			out = append(out, w)
 		}
 	}
 	return out

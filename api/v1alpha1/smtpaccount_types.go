@@ -101,10 +101,12 @@ type SmtpAccountSpec struct {
 // AccountWebhook is an endpoint that receives the account's delivery
 // events, each POST signed with a secret of the tenant's own.
 type AccountWebhook struct {
-	// URL receives the events: https:// (http:// only where the relay's
-	// configuration allows it), without user information or a fragment.
+	// URL receives the events: an absolute https:// URL with a host,
+	// without user information or a fragment. The relays the operator
+	// runs post to https:// only.
 	// +kubebuilder:validation:MaxLength=2048
-	// +kubebuilder:validation:XValidation:rule="isURL(self) && (self.startsWith('https://') || self.startsWith('http://'))",message="webhooks[].url must be an absolute https:// URL, such as https://hooks.example.com/mailfleet (http:// only where the relay allows it)"
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && self.startsWith('https://')",message="webhooks[].url must be an absolute https:// URL, such as https://hooks.example.com/mailfleet: the relays post events to https:// only"
+	// +kubebuilder:validation:XValidation:rule="!isURL(self) || url(self).getHostname() != ''",message="webhooks[].url must name a host, such as https://hooks.example.com/mailfleet"
 	// +kubebuilder:validation:XValidation:rule="!self.matches('^[a-zA-Z]+://[^/?#]*@')",message="webhooks[].url must not carry user:password@; the endpoint authenticates the relay by the signature"
 	// +kubebuilder:validation:XValidation:rule="!self.contains('#')",message="webhooks[].url must not have a #fragment"
 	URL string `json:"url"`
@@ -124,11 +126,16 @@ type AccountWebhook struct {
 // WebhookSecretReference names a key of a Secret in the account's
 // namespace.
 type WebhookSecretReference struct {
+	// Name of the Secret, in the account's namespace: there is no
+	// namespace to name, so an account reads no other namespace's Secret.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="signingSecretRef.name must be the name of a Secret in this namespace: lower case letters, digits, '-' and '.'"
 	Name string `json:"name"`
 	// Key in the Secret's data.
 	// +kubebuilder:default=signing-secret
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[-._a-zA-Z0-9]+$')",message="signingSecretRef.key must be a key of a Secret's data: letters, digits, '-', '_' and '.'"
 	// +optional
 	Key string `json:"key,omitempty"`
 }

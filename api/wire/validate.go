@@ -119,22 +119,36 @@ func checkWebhooks(hooks []Webhook) []error {
 	}
 	seen := map[string]int{}
 	for k, h := range hooks {
-		if err := checkWebhookURL(h.URL); err != nil {
-			add("webhooks[%d]: url: %v", k, err)
-		} else if first, dup := seen[h.URL]; dup {
+		if first, dup := seen[h.URL]; dup {
 			add("webhooks[%d]: url already used by webhooks[%d]", k, first)
-		} else {
+		} else if checkWebhookURL(h.URL) == nil {
 			seen[h.URL] = k
 		}
-		for j, e := range h.Events {
-			if !slices.Contains(WebhookEventTypes, e) {
-				add("webhooks[%d]: events[%d] %.20q: want one of %s", k, j, e, strings.Join(WebhookEventTypes, ", "))
-			}
+		for _, p := range webhookProblems(h) {
+			add("webhooks[%d]: %v", k, p)
 		}
-		if len(h.Secret) < MinWebhookSecret || len(h.Secret) > MaxWebhookSecret {
-			// The secret itself is never quoted back.
-			add("webhooks[%d]: secret: want %d to %d characters", k, MinWebhookSecret, MaxWebhookSecret)
+	}
+	return problems
+}
+
+// CheckWebhook says what is wrong with one webhook, nil when the relay
+// would post to it. The operator leaves out of a shard a webhook it
+// refuses, rather than the whole account: a webhook must never cost an
+// account its mail. The secret is never quoted back.
+func CheckWebhook(h Webhook) error { return errors.Join(webhookProblems(h)...) }
+
+func webhookProblems(h Webhook) []error {
+	var problems []error
+	if err := checkWebhookURL(h.URL); err != nil {
+		problems = append(problems, fmt.Errorf("url: %w", err))
+	}
+	for j, e := range h.Events {
+		if !slices.Contains(WebhookEventTypes, e) {
+			problems = append(problems, fmt.Errorf("events[%d] %.20q: want one of %s", j, e, strings.Join(WebhookEventTypes, ", ")))
 		}
+	}
+	if len(h.Secret) < MinWebhookSecret || len(h.Secret) > MaxWebhookSecret {
+		problems = append(problems, fmt.Errorf("secret: want %d to %d characters", MinWebhookSecret, MaxWebhookSecret))
 	}
 	return problems
 }

@@ -36,6 +36,8 @@ func TestCheckWebhooks(t *testing.T) {
 		"long":          {Webhook{URL: "https://x.example/" + strings.Repeat("a", MaxWebhookURLLength), Secret: "whsec-0123456789abcdef"}, "longer than"},
 		"unknown event": {Webhook{URL: "https://x.example/", Events: []string{"opened"}, Secret: "whsec-0123456789abcdef"}, `events[0] "opened": want one of`},
 		"short secret":  {Webhook{URL: "https://x.example/", Secret: "short-secret"}, "secret: want 16 to 256"},
+		"no host":       {Webhook{URL: "https:///events", Secret: "whsec-0123456789abcdef"}, "want a host"},
+		"port, no host": {Webhook{URL: "https://:443/events", Secret: "whsec-0123456789abcdef"}, "want a host"},
 	}
 	for name, c := range cases {
 		bad := good
@@ -47,6 +49,15 @@ func TestCheckWebhooks(t *testing.T) {
 		if err != nil && c.hook.Secret != "" && strings.Contains(err.Error(), c.hook.Secret) {
 			t.Errorf("%s: the error quotes the secret", name)
 		}
+		// The one webhook alone: what the operator checks before it
+		// publishes a webhook, so that a bad one never costs its account
+		// its place in the shard.
+		if err := CheckWebhook(c.hook); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: CheckWebhook %v, want %q", name, err, c.want)
+		}
+	}
+	if err := CheckWebhook(good.Webhooks[0]); err != nil {
+		t.Errorf("CheckWebhook of a valid webhook: %v", err)
 	}
 	many := good
 	for i := range MaxWebhooks + 1 {

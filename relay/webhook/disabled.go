@@ -166,27 +166,63 @@ func (d *Dispatcher) disable(ctx context.Context, h *hook, log *slog.Logger) err
 	return nil
 }
 
-// forgetDisabled removes the disabled mark of a webhook the account no
-// longer has. That is the way back after a 410: take the webhook out of
+// forgetRemoved removes the disabled marks of webhooks their accounts no
+// longer have. That is the way back after a 410: take the webhook out of
 // the account (spec.webhooks) and put it back once the endpoint is fixed.
-// A relay pod that still has the old credentials and posts meanwhile
-// gets the endpoint's answer again, 410 or not.
-func (d *Dispatcher) forgetDisabled(ctx context.Context, h *hook) {
-	if !d.disabled.has(h.key) {
-		return
+// It looks at what the credentials hold, not at what changed, so a pod
+// that started after the removal, or saw the webhook leave and come back
+// between two looks, forgets the mark all the same once one pod of the
+// fleet sees the account without it. A suspended account keeps its marks
+// (its webhooks are only paused), and so does an account the credentials
+// do not hold (nothing says what it has). A relay pod that still has the
+// old credentials and posts meanwhile gets the endpoint's answer again,
+// 410 or not.
+func (d *Dispatcher) forgetRemoved(ctx context.Context) {
+	present, kept := map[string]bool{}, map[string]bool{}
+	for a := range d.deps.Accounts.All() {
+		present[a.APIUser] = true
+		for _, w := range a.Webhooks {
+			kept[hookKey(a.APIUser, w.URL)] = true
+		}
 	}
-	if err := d.Enable(ctx, h.apiUser, h.URL); err != nil {
-		d.log.Warn("forget a removed webhook's disabled mark; it stays disabled if added again", "account", h.apiUser, "webhook", h.key, "err", err)
-		return
+	for key, apiUser := range d.disabled.orphans(present, kept) {
+		if err := d.disabled.remove(ctx, key); err != nil {
+			d.log.Warn("forget a removed webhook's disabled mark; trying again shortly", "account", apiUser, "webhook", key, "err", err)
+			continue
+		}
+		d.log.Info("a disabled webhook was removed from its account; added again, it is posted to", "account", apiUser, "webhook", key)
 	}
-	d.log.Info("a disabled webhook was removed from its account; added again, it is posted to", "account", h.apiUser, "webhook", h.key)
+}
+
+// orphans are the marks, by key with their api_user, of accounts in
+// present that have no webhook of that key in kept.
+func (s *disabledSet) orphans(present, kept map[string]bool) map[string]string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := map[string]string{}
+	for k, d := range s.keys {
+		if present[d.APIUser] && !kept[k] {
+			out[k] = d.APIUser
+		}
+	}
+	return out
+}
+
+// remove deletes a mark from the bucket (the watch of every pod then
+// forgets it) and from this pod's view at once.
+func (s *disabledSet) remove(ctx context.Context, key string) error {
+	err := s.kv.Delete(ctx, key)
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("enable webhook: %w", err)
+	}
+	s.mu.Lock()
+	delete(s.keys, key)
+	s.mu.Unlock()
+	s.signal()
+	return nil
 }
 
 // Enable removes a webhook's disabled mark.
 func (d *Dispatcher) Enable(ctx context.Context, apiUser, url string) error {
-	err := d.disabled.kv.Delete(ctx, hookKey(apiUser, url))
-	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("enable webhook: %w", err)
-	}
-	return nil
+	return d.disabled.remove(ctx, hookKey(apiUser, url))
 }

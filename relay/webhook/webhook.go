@@ -225,7 +225,8 @@ func (d *Dispatcher) desired() map[string]hook {
 func (d *Dispatcher) Sync(ctx context.Context) { d.sync(ctx) }
 
 // sync starts a sender for each new webhook, updates those whose events
-// or secret changed, and stops those that are gone.
+// or secret changed, stops those that are gone, and forgets the disabled
+// marks of webhooks their accounts no longer have.
 func (d *Dispatcher) sync(ctx context.Context) {
 	want := d.desired()
 	d.mu.Lock()
@@ -234,9 +235,9 @@ func (d *Dispatcher) sync(ctx context.Context) {
 		if _, ok := want[k]; !ok {
 			s.stop()
 			delete(d.senders, k)
-			d.forgetDisabled(ctx, s.hook.Load())
 		}
 	}
+	d.forgetRemoved(ctx)
 	for k, h := range want {
 		if s, ok := d.senders[k]; ok {
 			if err := s.update(ctx, h); err != nil {

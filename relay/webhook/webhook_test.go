@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"iter"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -450,4 +452,33 @@ func TestRemovedWebhookForgetsItsDisabledMark(t *testing.T) {
 	accts.set(withHook)
 	emit(r.prod, "acme", 1, 1)
 	waitFor(t, "an event posted to the webhook added back", func() bool { return rcv.unique() > 0 })
+}
+
+// TestAMissedRemovalForgetsTheMarkAllTheSame: a pod that never saw the
+// webhook leave its account (it started after the removal, or the webhook
+// left and came back between two of its looks) forgets the mark once it
+// sees the account without the webhook. A suspended account's marks stay:
+// its webhooks are only paused.
+func TestAMissedRemovalForgetsTheMarkAllTheSame(t *testing.T) {
+	suspended := account("globex", wire.Webhook{URL: "https://hooks.globex.example/gone", Secret: secret})
+	suspended.Suspended = true
+	r := newRigFor(t, accounts{account("acme"), suspended}, 0, nil)
+	ctx := context.Background()
+	mark := Disabled{DisabledAt: time.Now().UTC(), Reason: "410 Gone"}
+	keep, forget := hookKey("globex", "https://hooks.globex.example/gone"), hookKey("acme", "https://hooks.acme.example/removed")
+	mark.APIUser = "globex"
+	if err := r.d.disabled.put(ctx, keep, mark); err != nil {
+		t.Fatal(err)
+	}
+	mark.APIUser = "acme"
+	if err := r.d.disabled.put(ctx, forget, mark); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the removed webhook's mark forgotten", func() bool {
+		_, err := r.d.disabled.kv.Get(ctx, forget)
+		return errors.Is(err, jetstream.ErrKeyNotFound)
+	})
+	if _, err := r.d.disabled.kv.Get(ctx, keep); err != nil {
+		t.Errorf("the suspended account's mark: %v", err)
+	}
 }

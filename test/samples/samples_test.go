@@ -443,6 +443,12 @@ func waitSampleReady(t *testing.T, d manifestDoc, ns string) {
 		if c == nil || c.Status != metav1.ConditionTrue || c.ObservedGeneration != live.GetGeneration() {
 			return fmt.Errorf("%s: Ready condition %+v, want True at generation %d", d, c, live.GetGeneration())
 		}
+		// A sample's webhooks are all published: their Secrets are samples too.
+		if hooks, _, _ := unstructured.NestedSlice(live.Object, "spec", "webhooks"); len(hooks) > 0 {
+			if w := meta.FindStatusCondition(conds, v1.ConditionWebhooksReady); w == nil || w.Status != metav1.ConditionTrue {
+				return fmt.Errorf("%s: WebhooksReady condition %+v, want True", d, w)
+			}
+		}
 		return nil
 	})
 }

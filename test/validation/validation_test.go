@@ -148,6 +148,25 @@ func TestCRDValidation(t *testing.T) {
 			"webhooks[].url must be an absolute https:// URL"},
 		{"webhook relative", account(func(a *v1.SmtpAccount) { a.Spec.Webhooks = []v1.AccountWebhook{hook("/mail")} }),
 			"webhooks[].url must be an absolute https:// URL"},
+		// No relay the operator runs posts to http:// (its configuration
+		// has no allowHTTP): refused here rather than never posted to.
+		{"webhook over http", account(func(a *v1.SmtpAccount) { a.Spec.Webhooks = []v1.AccountWebhook{hook("http://hooks.example.com/mail")} }),
+			"the relays post events to https:// only"},
+		// The relay refuses an account whose webhook has no host; admitted,
+		// it would cost the account its place in the shard.
+		{"webhook without a host", account(func(a *v1.SmtpAccount) { a.Spec.Webhooks = []v1.AccountWebhook{hook("https:///mail")} }),
+			"webhooks[].url must name a host"},
+		{"webhook with a port and no host", account(func(a *v1.SmtpAccount) { a.Spec.Webhooks = []v1.AccountWebhook{hook("https://:8443/mail")} }),
+			"webhooks[].url must name a host"},
+		{"webhook on an IPv6 address", account(func(a *v1.SmtpAccount) {
+			a.Spec.Webhooks = []v1.AccountWebhook{hook("https://[2001:db8::1]:8443/mail")}
+		}), ""},
+		{"signing Secret in another namespace", account(func(a *v1.SmtpAccount) {
+			a.Spec.Webhooks = []v1.AccountWebhook{{URL: "https://hooks.example.com/mail", SigningSecretRef: v1.WebhookSecretReference{Name: "kube-system/hooks"}}}
+		}), "signingSecretRef.name must be the name of a Secret in this namespace"},
+		{"signing Secret key", account(func(a *v1.SmtpAccount) {
+			a.Spec.Webhooks = []v1.AccountWebhook{{URL: "https://hooks.example.com/mail", SigningSecretRef: v1.WebhookSecretReference{Name: "hooks", Key: "../x y"}}}
+		}), "signingSecretRef.key must be a key of a Secret's data"},
 		{"webhook with user information", account(func(a *v1.SmtpAccount) {
 			a.Spec.Webhooks = []v1.AccountWebhook{hook("https://user:pass@hooks.example.com/mail")}
 		}), "must not carry user:password@"},
