@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"context"
+	"math"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -56,20 +57,39 @@ func (m *metrics) posted(result string, n int) {
 	m.posts.WithLabelValues(result).Add(float64(n))
 }
 
-// lag is the age of the oldest event a served webhook whose endpoint is
-// (or is not) failing has not taken: for each consumer, the first event
-// after its acknowledgement floor that it still has to deliver or see
-// acknowledged.
+// lag is the last measured age of the oldest event a served webhook whose
+// endpoint is (or is not) failing has not taken.
 func (d *Dispatcher) lag(failing bool) float64 {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	var oldest time.Duration
-	for _, s := range d.served() {
-		if s.failing.Load() == failing {
-			oldest = max(oldest, s.lag(ctx))
+	if failing {
+		return math.Float64frombits(d.lagFailing.Load())
+	}
+	return math.Float64frombits(d.lagOK.Load())
+}
+
+// measureLag measures the lag every LagEvery until ctx ends. It asks
+// JetStream twice per webhook, so it is not done in a scrape: at
+// thousands of webhooks that took longer than a scrape may, and every
+// relay pod's every scrape paid it.
+func (d *Dispatcher) measureLag(ctx context.Context) {
+	for {
+		mctx, cancel := context.WithTimeout(ctx, d.cfg.LagEvery)
+		var ok, failing time.Duration
+		for _, s := range d.served() {
+			if s.failing.Load() {
+				failing = max(failing, s.lag(mctx))
+			} else {
+				ok = max(ok, s.lag(mctx))
+			}
+		}
+		cancel()
+		d.lagOK.Store(math.Float64bits(ok.Seconds()))
+		d.lagFailing.Store(math.Float64bits(failing.Seconds()))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d.cfg.LagEvery):
 		}
 	}
-	return oldest.Seconds()
 }
 
 // failingCount is how many served webhooks' last POST failed.

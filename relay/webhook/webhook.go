@@ -22,6 +22,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -76,6 +77,9 @@ type Config struct {
 	AllowHTTP bool
 	// AllowedDestinations are special-purpose networks webhooks may reach.
 	AllowedDestinations []netip.Prefix
+	// LagEvery is how often mailfleet_webhook_lag_seconds is measured
+	// (default 15 s).
+	LagEvery time.Duration
 }
 
 // StatusReporter hears what the relays' webhooks' endpoints disabled, for
@@ -109,6 +113,9 @@ type Dispatcher struct {
 
 	mu      sync.Mutex
 	senders map[string]*sender
+
+	// lagOK and lagFailing are the last measured lags, float64 bits.
+	lagOK, lagFailing atomic.Uint64
 }
 
 // New makes the dispatcher; Run starts it.
@@ -155,6 +162,7 @@ func defaults(cfg *Config, deps *Deps) {
 	set(&cfg.RetryMin, DefaultRetryMin)
 	set(&cfg.RetryMax, DefaultRetryMax)
 	set(&cfg.GiveUp, DefaultGiveUp)
+	set(&cfg.LagEvery, 15*time.Second)
 	if deps.Resolver == nil {
 		deps.Resolver = net.DefaultResolver
 	}
@@ -166,6 +174,7 @@ func defaults(cfg *Config, deps *Deps) {
 // Run keeps a sender per webhook of the credentials until ctx ends.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	go d.disabled.watch(ctx)
+	go d.measureLag(ctx)
 	if d.deps.Status != nil {
 		go d.disabled.report(ctx, d.deps.Status)
 	}

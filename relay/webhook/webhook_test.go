@@ -132,7 +132,7 @@ func newRigFor(t *testing.T, accts Accounts, hooks int, tune func(*Config)) *rig
 	}
 	cfg := Config{
 		QueueStream: q.Stream(), BatchSize: 50, BatchWait: 20 * time.Millisecond, Timeout: 2 * time.Second,
-		RetryMin: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, AllowHTTP: true,
+		RetryMin: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, AllowHTTP: true, LagEvery: 50 * time.Millisecond,
 		AllowedDestinations: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
 	}
 	if tune != nil {
