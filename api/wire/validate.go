@@ -103,6 +103,7 @@ func checkAccount(a Account) []error {
 		}
 	}
 	problems = append(problems, checkLabels(a.Labels)...)
+	problems = append(problems, checkDKIM(a.DKIM)...)
 	return append(problems, checkWebhooks(a.Webhooks)...)
 }
 

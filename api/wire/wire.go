@@ -101,6 +101,14 @@ type Account struct {
 	Labels       []Label `json:"labels,omitempty"`
 	// Webhooks receive the account's delivery events.
 	Webhooks []Webhook `json:"webhooks,omitempty"`
+	// RestrictSenders makes AllowedSenderDomains the whole list even when
+	// it is empty: the operator sets it where sender domains must be
+	// verified, so that an account none of whose domains is verified
+	// sends from none rather than from any.
+	RestrictSenders bool `json:"restrictSenders,omitempty"`
+	// DKIM are the keys the account signs with: those of the verified
+	// sender domains of its namespace that its AllowedSenderDomains use.
+	DKIM []DKIMKey `json:"dkim,omitempty"`
 }
 
 // Webhook is an endpoint that receives an account's delivery events as

@@ -10,6 +10,7 @@ import (
 	"errors"
 
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/relay/signing"
 )
 
 // ErrInvalid is returned for any failed authentication. It deliberately does
@@ -35,6 +36,12 @@ type Identity struct {
 	// ActiveLabels are the account's labels that are not suspended, for a
 	// message that names its label itself (X-SMTPAPI's labelId).
 	ActiveLabels []string
+	// RestrictSenders: AllowedSenderDomains is the whole list even when
+	// empty (wire.Account.RestrictSenders).
+	RestrictSenders bool
+	// DKIM is the account's signing keys, parsed; shared by every session
+	// of the account and never changed.
+	DKIM *signing.Keyring
 }
 
 // Source answers lookups of accounts by api_user. The file source lives in

@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/mailfleet/mailfleet/api/wire"
+	"github.com/mailfleet/mailfleet/relay/signing"
 )
 
 // dummyDigest stands in for the key digests of an api_user that does not
@@ -33,11 +34,17 @@ type Verifier struct {
 	// a client that logs in again skips the salted hash: the slow hash
 	// protects what is stored, not a process that has already seen the key.
 	verified map[string]struct{}
+	// keyrings are the accounts' parsed DKIM keys, by the keys' text: a
+	// private key is parsed when it first appears, not at every login.
+	keyrings map[string]*signing.Keyring
 }
+
+// maxKeyrings bounds the parsed keys kept; past it the cache starts again.
+const maxKeyrings = 1 << 12
 
 // NewVerifier returns a Verifier that looks accounts up in src.
 func NewVerifier(src Source) *Verifier {
-	return &Verifier{src: src, verified: map[string]struct{}{}}
+	return &Verifier{src: src, verified: map[string]struct{}{}, keyrings: map[string]*signing.Keyring{}}
 }
 
 // Authenticate checks username and key and returns who they identify.
@@ -66,7 +73,37 @@ func (v *Verifier) Authenticate(username, key string) (Identity, error) {
 	if hasLabel && !labelActive(acct, labelID) {
 		return Identity{}, ErrInvalid
 	}
-	return identityOf(acct, labelID), nil
+	id := identityOf(acct, labelID)
+	id.DKIM = v.keyring(acct.DKIM)
+	return id, nil
+}
+
+// keyring returns keys parsed, from the cache when they were seen before.
+// Keys that cannot be parsed are left out of it (Keyring.Problems says
+// which); the account's mail goes on unsigned for their domains.
+func (v *Verifier) keyring(keys []wire.DKIMKey) *signing.Keyring {
+	if len(keys) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k.Domain + "\x00" + k.Selector + "\x00" + k.PrivateKey + "\x00")
+	}
+	id := b.String()
+	v.mu.Lock()
+	r, ok := v.keyrings[id]
+	v.mu.Unlock()
+	if ok {
+		return r
+	}
+	r = signing.Parse(keys)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(v.keyrings) >= maxKeyrings {
+		clear(v.keyrings)
+	}
+	v.keyrings[id] = r
+	return r
 }
 
 // matchAny compares key with every digest, without stopping at the first
@@ -130,6 +167,7 @@ func identityOf(acct *Account, labelID string) Identity {
 		MaxRecipients:        maxRcpts,
 		CheckHeaderFrom:      acct.SenderPolicy != wire.SenderPolicyEnvelope,
 		AllowedSenderDomains: slices.Clone(acct.AllowedSenderDomains),
+		RestrictSenders:      acct.RestrictSenders,
 		ActiveLabels:         activeLabels(acct),
 	}
 }
@@ -147,7 +185,8 @@ func activeLabels(acct *Account) []string {
 // SenderAllowed reports whether the identity may use address as its envelope
 // sender.
 //
-// With no AllowedSenderDomains every sender is allowed. Otherwise the domain
+// With no AllowedSenderDomains (and RestrictSenders unset) every sender is
+// allowed. Otherwise the domain
 // of address (after its last '@') must equal an entry, ignoring case, or, for
 // an entry written "*.example.com", be a subdomain of example.com at any
 // depth; "*.example.com" does not match example.com itself, so list both when
@@ -169,7 +208,7 @@ func (id Identity) SenderAllowed(address string) bool {
 // domain of a parsed envelope sender; "" (the null sender) passes only when
 // the account is not restricted.
 func (id Identity) SenderDomainAllowed(domain string) bool {
-	if len(id.AllowedSenderDomains) == 0 {
+	if id.Unrestricted() {
 		return true
 	}
 	if domain == "" {
@@ -182,6 +221,11 @@ func (id Identity) SenderDomainAllowed(domain string) bool {
 		}
 	}
 	return false
+}
+
+// Unrestricted reports whether the identity may send from any domain.
+func (id Identity) Unrestricted() bool {
+	return len(id.AllowedSenderDomains) == 0 && !id.RestrictSenders
 }
 
 // domainMatches reports whether domain is covered by entry; both are lowercase.

@@ -139,6 +139,7 @@ func traceHeaders(env spool.Envelope) string {
 	if env.LabelID != "" {
 		b.WriteString("X-Mailfleet-Label: " + headerValue(env.LabelID) + "\r\n")
 	}
+	b.WriteString(env.Prepend) // the DKIM signatures made at submission
 	return b.String()
 }
 

@@ -254,6 +254,9 @@ func (t Trace) Headers(env spool.Envelope, rcpts []string) []byte {
 	b.WriteString(": ")
 	b.WriteString(LabelValue(env))
 	b.WriteString("\r\n")
+	// The DKIM signatures made at submission: after the trace fields,
+	// which they do not sign, as a signer's fields stay above the message.
+	b.WriteString(env.Prepend)
 	return b.Bytes()
 }
 

@@ -191,6 +191,9 @@ func (w *writer) publishDirect(ctx context.Context, record []byte, start time.Ti
 	return nil
 }
 
+// Prepend adds header fields the envelope carries to every delivery.
+func (w *writer) Prepend(fields string) { w.env.Prepend += fields }
+
 // Abort drops the message and its parts; after Commit it does nothing.
 func (w *writer) Abort() error {
 	if w.done {

@@ -43,3 +43,4 @@ func (w *discardWriter) Write(p []byte) (int, error) {
 
 func (w *discardWriter) Commit(context.Context) error { return w.commitErr }
 func (w *discardWriter) Abort() error                 { return nil }
+func (w *discardWriter) Prepend(string)               {}

@@ -26,6 +26,10 @@ type Envelope struct {
 	// CustomArgs are the sender's own key-value pairs (the HTTP API's
 	// customArgs), kept for the events a message produces; never delivered.
 	CustomArgs map[string]string `json:"customArgs,omitempty"`
+	// Prepend is header fields the relay added at submission (its DKIM
+	// signatures), each ending in CRLF. Every delivery writes them before
+	// the message, so that a retry sends the bytes the first try did.
+	Prepend string `json:"prepend,omitempty"`
 }
 
 // ViaHTTP marks a message submitted through the HTTP send API.
@@ -45,4 +49,6 @@ type Writer interface {
 	Commit(ctx context.Context) error
 	// Abort drops the message; it is safe to call after Commit (a no-op then).
 	Abort() error
+	// Prepend adds header fields to the envelope's Prepend, before Commit.
+	Prepend(fields string)
 }

@@ -49,28 +49,31 @@ func (s *session) queue(ctx context.Context, r io.Reader) (string, *rejection) {
 		return "", s.refuseAfterReading(rest, &rejection{headErr, ReasonTooBig})
 	case headErr != nil:
 		// rest ends with headErr: spooled and refused as that.
-		return s.queueOne(ctx, s.envelope(), io.MultiReader(bytes.NewReader(head), rest))
+		return s.queueOne(ctx, s.envelope(), head, rest)
 	}
 	head, api, err := takeSMTPAPI(head)
 	if err != nil {
 		return "", s.refuseAfterReading(rest, &rejection{err, ReasonSMTPAPIInvalid})
 	}
 	if api == nil {
-		return s.queueOne(ctx, s.envelope(), io.MultiReader(bytes.NewReader(head), rest))
+		return s.queueOne(ctx, s.envelope(), head, rest)
 	}
 	return s.queueSMTPAPI(ctx, api, head, rest)
 }
 
-// queueOne spools one message with envelope env.
-func (s *session) queueOne(ctx context.Context, env spool.Envelope, r io.Reader) (string, *rejection) {
+// queueOne spools one message with envelope env: its header section head,
+// then the rest.
+func (s *session) queueOne(ctx context.Context, env spool.Envelope, head []byte, rest io.Reader) (string, *rejection) {
 	w, beginErr := s.b.deps.Spool.Begin(ctx, env)
 	if beginErr != nil {
 		s.log.Error("spool unavailable", "id", env.ID, "err", beginErr)
 		// The body is still read to its end, so that what ends the
 		// message is known: a connection lost meanwhile counts as that.
 		w = spool.Uncommittable()
+	} else {
+		w = s.signed(w, head)
 	}
-	size, rej := s.receive(ctx, env, w, r, beginErr)
+	size, rej := s.receive(ctx, env, w, io.MultiReader(bytes.NewReader(head), rest), beginErr)
 	if rej != nil {
 		w.Abort()
 		s.b.deps.Metrics.rejected(s.identity, rej.reason)

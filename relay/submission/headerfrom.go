@@ -44,7 +44,7 @@ func (h *headerCapture) bytes() []byte { return h.buf }
 // net/mail parsed (RFC 5322, encoded words and groups included), as the
 // SMTP grammar reads them. nil means allowed.
 func headerFromAllowed(id *credentials.Identity, header []byte) *smtpd.Error {
-	if !id.CheckHeaderFrom || len(id.AllowedSenderDomains) == 0 {
+	if !id.CheckHeaderFrom || id.Unrestricted() {
 		return nil
 	}
 	msg, err := mail.ReadMessage(bytes.NewReader(append(header[:len(header):len(header)], '\r', '\n')))
@@ -64,4 +64,22 @@ func headerFromAllowed(id *credentials.Identity, header []byte) *smtpd.Error {
 		}
 	}
 	return nil
+}
+
+// headerFromDomain is the domain of the first address of head's From,
+// the domain a DKIM signature aligns with (DMARC); "" when there is none.
+func headerFromDomain(head []byte) string {
+	msg, err := mail.ReadMessage(bytes.NewReader(append(head[:len(head):len(head)], '\r', '\n')))
+	if err != nil {
+		return ""
+	}
+	addrs, err := mail.ParseAddressList(msg.Header.Get("From"))
+	if err != nil || len(addrs) == 0 {
+		return ""
+	}
+	mb, ok := smtpd.ParseMailbox(addrs[0].Address)
+	if !ok {
+		return ""
+	}
+	return mb.Domain
 }

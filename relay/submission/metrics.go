@@ -9,8 +9,9 @@ import (
 // Metrics are what becomes of messages, per account and label because
 // operators bill and debug per account; keys never appear.
 type Metrics struct {
-	messages *prometheus.CounterVec
-	bytes    *prometheus.CounterVec
+	messages   *prometheus.CounterVec
+	bytes      *prometheus.CounterVec
+	signatures *prometheus.CounterVec
 }
 
 // NewMetrics registers the policy's series with reg.
@@ -18,8 +19,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		messages: counterVec("mailfleet_relay_messages_total", "Messages by account, label, outcome (accepted, rejected) and rejection reason.", "account", "label", "outcome", "reason"),
 		bytes:    counterVec("mailfleet_relay_accepted_bytes_total", "Bytes of accepted messages, by account and label.", "account", "label"),
+		signatures: counterVec("mailfleet_dkim_signatures_total",
+			"Messages DKIM-signed at submission (result=signed), and those sent without the signature their domain has a key for (result=failed).", "result"),
 	}
-	reg.MustRegister(m.messages, m.bytes)
+	reg.MustRegister(m.messages, m.bytes, m.signatures)
 	return m
 }
 
@@ -62,4 +65,12 @@ func (m *Metrics) dropped(id *credentials.Identity) {
 
 func (m *Metrics) rejected(id *credentials.Identity, reason string) {
 	m.messages.WithLabelValues(id.APIUser, id.LabelID, "rejected", reason).Inc()
+}
+
+func (m *Metrics) signature(ok bool) {
+	if ok {
+		m.signatures.WithLabelValues("signed").Inc()
+	} else {
+		m.signatures.WithLabelValues("failed").Inc()
+	}
 }

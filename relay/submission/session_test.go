@@ -93,6 +93,8 @@ func (m *recorded) Commit(context.Context) error {
 	return nil
 }
 
+func (m *recorded) Prepend(fields string) { m.env.Prepend += fields }
+
 func (m *recorded) Abort() error {
 	m.aborted = !m.committed
 	return nil

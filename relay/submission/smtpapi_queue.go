@@ -104,7 +104,7 @@ func (s *session) queueSMTPAPI(ctx context.Context, api *smtpAPI, head []byte, r
 	s.identity = &id
 	defer func() { s.identity = login }()
 	if len(api.Sub) == 0 {
-		return s.queueOne(ctx, env, io.MultiReader(bytes.NewReader(head), rest))
+		return s.queueOne(ctx, env, head, rest)
 	}
 	m := fanOut{env: env, sub: newSubstituter(api.Sub), subIdx: subIdx, head: string(head)}
 	id2, rej := s.queueCopies(ctx, &m, rest)
@@ -234,12 +234,10 @@ func (m *fanOut) copyEnvelope(i int, rcpt string) spool.Envelope {
 // writeCopies substitutes them again, rather than hold one per copy.
 func (s *session) checkCopyHeads(m *fanOut) *rejection {
 	for i := range m.env.To {
-		var b strings.Builder
-		left := int64(maxHeadBytes)
-		if _, err := m.sub.replacer(m.subIdx[i]).WriteString(cappedWriter{&b, &left}, m.head); err != nil {
+		head, err := m.copyHead(i)
+		if err != nil {
 			return &rejection{errHeadTooLarge, ReasonTooBig}
 		}
-		head := []byte(b.String())
 		if _, values := removeField(head, smtpAPIHeader); len(values) > 0 {
 			return &rejection{smtpAPIError("sub would write an X-SMTPAPI field into a copy"), ReasonSMTPAPIInvalid}
 		}
@@ -248,6 +246,17 @@ func (s *session) checkCopyHeads(m *fanOut) *rejection {
 		}
 	}
 	return nil
+}
+
+// copyHead is the i-th copy's header section, substituted; a section
+// substituted beyond maxHeadBytes is refused, as one sent so would be.
+func (m *fanOut) copyHead(i int) ([]byte, error) {
+	var b bytes.Buffer
+	left := int64(maxHeadBytes)
+	if _, err := m.sub.replacer(m.subIdx[i]).WriteString(cappedWriter{&b, &left}, m.head); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
 }
 
 // writeCopies begins and writes every copy, none committed. It returns
@@ -263,13 +272,18 @@ func (s *session) writeCopies(ctx context.Context, m *fanOut) ([]spool.Writer, [
 			s.log.Error("spool unavailable", "id", env.ID, "err", err)
 			return writers, nil, &rejection{&smtpd.Error{Reply: smtpd.ReplyQueueDown, Err: fmt.Errorf("copy %s: %w", env.ID, err)}, ReasonQueueDown}
 		}
-		writers = append(writers, w)
 		before := left
-		replacer, capped := m.sub.replacer(m.subIdx[i]), cappedWriter{w, &left}
-		_, err = replacer.WriteString(capped, m.head)
+		replacer := m.sub.replacer(m.subIdx[i])
+		head, err := m.copyHead(i)
 		if err == nil {
-			_, err = replacer.WriteString(capped, m.body)
+			w = s.signed(w, head)
+			capped := cappedWriter{w, &left}
+			_, err = capped.Write(head)
+			if err == nil {
+				_, err = replacer.WriteString(capped, m.body)
+			}
 		}
+		writers = append(writers, w)
 		switch {
 		case errors.Is(err, errSubstitutedTooBig):
 			return writers, nil, &rejection{&smtpd.Error{Reply: smtpd.ReplyFanOutTooBig.With(maxFanOutBytes)}, ReasonTooBig}
