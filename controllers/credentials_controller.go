@@ -60,6 +60,9 @@ type CredentialsPublisher struct {
 	// MinInterval is the least time between two writes of one shard while
 	// several of its accounts change (default DefaultPublishInterval).
 	MinInterval time.Duration
+	// DomainKeyNamespace is where the domain controller keeps the
+	// SmtpDomains' keys; empty: no domain is verified.
+	DomainKeyNamespace string
 
 	// written is when each shard was last written.
 	written   map[types.NamespacedName]time.Time
@@ -346,6 +349,11 @@ func (p *CredentialsPublisher) record(ctx context.Context, relay *v1.SmtpRelay, 
 	}
 	entry := render.ShardEntry(acc, relay, digests, labels)
 	entry.Webhooks = accountWebhooks(acc, render.WebhookSecretsFromSecret(&secret))
+	verified, err := p.verifiedDomains(ctx, acc.Namespace)
+	if err != nil {
+		return rec, err
+	}
+	applyDomains(&entry, acc, relay, verified)
 	// One account the relay would refuse must not stop every other
 	// account of its shard from being published; the account
 	// controller reports it as InvalidSpec.
@@ -549,6 +557,11 @@ func (p *CredentialsPublisher) shardsOfNamespace(ctx context.Context, o client.O
 // shardOfSecret maps a credentials Secret (a key issued or rotated) to its
 // account's shard.
 func (p *CredentialsPublisher) shardOfSecret(ctx context.Context, s *corev1.Secret) []reconcile.Request {
+	// A domain's keys (verified, rotated, withdrawn) change what every
+	// account of its namespace may send from and sign with.
+	if ns, ok := s.Labels[render.LabelDomainNamespace]; ok && s.Namespace == p.DomainKeyNamespace {
+		return p.shardsOfNamespace(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
+	}
 	name, ok := s.Labels[render.LabelAccount]
 	if !ok {
 		return nil

@@ -196,7 +196,7 @@ func keepSecretFields(obj any) (any, error) {
 	s.OwnerReferences = owner
 	// A new map: deleting keys would not shrink the old one.
 	kept := make(map[string][]byte, 3)
-	for _, k := range []string{render.SecretKeyPassword, render.SecretKeyPreviousPasswordDigest, render.SecretKeyWebhookSigningSecrets, wire.ShardDataKey} {
+	for _, k := range []string{render.SecretKeyPassword, render.SecretKeyPreviousPasswordDigest, render.SecretKeyWebhookSigningSecrets, wire.ShardDataKey, render.SecretKeyDKIM} {
 		if v, ok := s.Data[k]; ok {
 			kept[k] = v
 		}

@@ -22,11 +22,24 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/mailfleet/mailfleet/controllers/dnscheck"
 	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
+// DomainOptions configure the SmtpDomain controller.
+type DomainOptions struct {
+	// DNS looks sender domains' records up.
+	DNS dnscheck.Resolver
+	// KeyNamespace keeps the domains' keys: the operator's own namespace.
+	// Empty (with DNS nil): no SmtpDomain controller, and no domain is
+	// ever verified.
+	KeyNamespace string
+	// SPFInclude is what the SPF suggestion includes; empty: none.
+	SPFInclude string
+}
+
 // Setup registers every mailfleet controller with mgr.
-func Setup(mgr ctrl.Manager, opts render.Options) error {
+func Setup(mgr ctrl.Manager, opts render.Options, domains DomainOptions) error {
 	if err := IndexFields(context.Background(), mgr); err != nil {
 		return err
 	}
@@ -42,7 +55,13 @@ func Setup(mgr ctrl.Manager, opts render.Options) error {
 		{"smtprelay", (&RelayReconciler{Options: opts, Secrets: secrets}).SetupWithManager},
 		{"smtpaccount", (&AccountReconciler{Secrets: secrets}).SetupWithManager},
 		{"smtplabel", (&LabelReconciler{}).SetupWithManager},
-		{"credentials", (&CredentialsPublisher{Secrets: secrets}).SetupWithManager},
+		{"credentials", (&CredentialsPublisher{Secrets: secrets, DomainKeyNamespace: domains.KeyNamespace}).SetupWithManager},
+	}
+	if domains.DNS != nil && domains.KeyNamespace != "" {
+		setups = append(setups, struct {
+			name  string
+			setup func(ctrl.Manager) error
+		}{"smtpdomain", (&DomainReconciler{Secrets: secrets, DNS: domains.DNS, KeyNamespace: domains.KeyNamespace, SPFInclude: domains.SPFInclude}).SetupWithManager})
 	}
 	for _, s := range setups {
 		if err := s.setup(mgr); err != nil {

@@ -24,6 +24,10 @@ const (
 	// Gone: the relays post nothing more to it, and its events wait in the
 	// stream. The message says which and how to enable it again.
 	ConditionWebhookDisabled = "WebhookDisabled"
+	// ConditionVerified is on an SmtpDomain: True while DNS publishes the
+	// keys the relays sign with, which is what lets its namespace's
+	// accounts send from the domain.
+	ConditionVerified = "Verified"
 )
 
 // Condition reasons, CamelCase as metav1.Condition requires. Messages carry
@@ -58,4 +62,8 @@ const (
 	ReasonWebhookInvalid          = "WebhookInvalid"
 	ReasonSigningSecretNotAllowed = "SigningSecretNotAllowed"
 	ReasonEndpointGone            = "EndpointGone"
+	ReasonVerified                = "Verified"
+	ReasonDKIMRecordMissing       = "DKIMRecordMissing"
+	ReasonDKIMRecordMismatch      = "DKIMRecordMismatch"
+	ReasonDNSLookupFailed         = "DNSLookupFailed"
 )

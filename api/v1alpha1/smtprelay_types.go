@@ -72,6 +72,10 @@ type SmtpRelaySpec struct {
 	// +optional
 	Suppression *RelaySuppression `json:"suppression,omitempty"`
 
+	// SenderDomains says whether accounts must prove their sender domains.
+	// +optional
+	SenderDomains *RelaySenderDomains `json:"senderDomains,omitempty"`
+
 	// RateLimit counts accounts' budgets across the whole fleet in Redis,
 	// through a rate-limit sidecar in every relay pod. Without it, each pod
 	// counts on its own and admits 1/replicas of every budget, which holds
@@ -298,6 +302,29 @@ type NATSQueue struct {
 	// +kubebuilder:default=3
 	// +optional
 	Replicas int32 `json:"replicas,omitempty"`
+}
+
+// Sender domain verification policies.
+const (
+	// SenderVerificationRequired: an account sends only from the domains
+	// of Verified SmtpDomains of its namespace (those its
+	// allowedSenderDomains name, or all of them when it names none).
+	SenderVerificationRequired = "Required"
+	// SenderVerificationOptional: an account sends from the domains its
+	// allowedSenderDomains name (any, when none), verified or not; it
+	// signs only for verified ones.
+	SenderVerificationOptional = "Optional"
+)
+
+// RelaySenderDomains is the relay's rule for sender domains.
+type RelaySenderDomains struct {
+	// Verification is Required (the default: an account sends only from
+	// domains whose SmtpDomain is Verified, so a tenant cannot send as a
+	// domain it does not control) or Optional (allowedSenderDomains is
+	// taken as written, as before SmtpDomain existed).
+	// +kubebuilder:validation:Enum=Required;Optional
+	// +optional
+	Verification string `json:"verification,omitempty"`
 }
 
 // RelaySuppression tunes the accounts' suppression lists.

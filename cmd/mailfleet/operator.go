@@ -19,6 +19,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/mailfleet/mailfleet/controllers"
+	"github.com/mailfleet/mailfleet/controllers/dnscheck"
 	"github.com/mailfleet/mailfleet/controllers/render"
 )
 
@@ -36,6 +37,9 @@ type operatorOptions struct {
 	allowedHosts     []string
 	logLevel         string
 	shutdownTimeout  time.Duration
+	domainKeyNS      string
+	dnsServers       []string
+	spfInclude       string
 }
 
 func operatorCommand() *cobra.Command {
@@ -62,6 +66,9 @@ func operatorCommand() *cobra.Command {
 	f.StringSliceVar(&o.allowedHosts, "relay-allowed-hostnames", nil, "hostnames relays may get certificates for: mail.example.com, or *.example.com (default: any)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info or error")
 	f.DurationVar(&o.shutdownTimeout, "graceful-shutdown-timeout", 30*time.Second, "how long running reconciles may take to finish on shutdown")
+	f.StringVar(&o.domainKeyNS, "domain-key-namespace", os.Getenv("POD_NAMESPACE"), "namespace that keeps the SmtpDomains' DKIM keys, one no tenant may write (default $POD_NAMESPACE, the operator's)")
+	f.StringSliceVar(&o.dnsServers, "dns-servers", nil, "name servers (host:port) that sender domains' records are looked up on (default: those of /etc/resolv.conf)")
+	f.StringVar(&o.spfInclude, "spf-include", "", "the domain whose SPF record lists the relays' addresses: an SmtpDomain's status suggests include:<it> (default: no SPF suggestion)")
 	return cmd
 }
 
@@ -91,7 +98,11 @@ func runOperator(o operatorOptions) error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
-	if err := controllers.Setup(mgr, o.renderOptions()); err != nil {
+	domains, err := o.domainOptions()
+	if err != nil {
+		return err
+	}
+	if err := controllers.Setup(mgr, o.renderOptions(), domains); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
@@ -221,4 +232,24 @@ func (o operatorOptions) renderOptions() render.Options {
 		AllowedClusterIssuers: orAny(o.allowedIssuers),
 		AllowedHostnames:      orAny(o.allowedHosts),
 	}
+}
+
+// domainOptions configure the SmtpDomain controller: keys in the
+// operator's namespace, lookups on the configured or the system's name
+// servers.
+func (o operatorOptions) domainOptions() (controllers.DomainOptions, error) {
+	if o.domainKeyNS == "" {
+		return controllers.DomainOptions{}, fmt.Errorf("--domain-key-namespace (or $POD_NAMESPACE) is required: SmtpDomains' keys are kept in the operator's namespace")
+	}
+	opts := controllers.DomainOptions{KeyNamespace: o.domainKeyNS, SPFInclude: o.spfInclude}
+	if len(o.dnsServers) > 0 {
+		opts.DNS = &dnscheck.Servers{Addrs: o.dnsServers}
+		return opts, nil
+	}
+	system, err := dnscheck.System()
+	if err != nil {
+		return opts, fmt.Errorf("sender domains' lookups: %w (set --dns-servers)", err)
+	}
+	opts.DNS = system
+	return opts, nil
 }

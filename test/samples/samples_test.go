@@ -321,7 +321,7 @@ func TestConfigProjectFile(t *testing.T) {
 func TestSamplesReady(t *testing.T) {
 	ns := env.Namespace(t, nil)
 	env.StartManager(t, func(mgr ctrl.Manager) error {
-		return controllers.Setup(mgr, render.Options{Image: "mailfleet:test"})
+		return controllers.Setup(mgr, render.Options{Image: "mailfleet:test"}, controllers.DomainOptions{})
 	})
 
 	var docs []manifestDoc
@@ -702,7 +702,7 @@ func checkOperatorLeaderElection(t *testing.T, serviceAccount string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := controllers.Setup(mgr, render.Options{Image: "mailfleet:test"}); err != nil {
+	if err := controllers.Setup(mgr, render.Options{Image: "mailfleet:test"}, controllers.DomainOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	cancel, stopped := envtestkit.StartInBackground(t, mgr)
