@@ -129,7 +129,9 @@ func TestRenderedRelayWithRateLimitSidecar(t *testing.T) {
 // the operator rendered. The TLS config trusts the relay's certificate.
 func startFleet(t *testing.T, ns string, sink *smtpsink.Sink, opts ...func(*v1.SmtpRelay)) (renderedRelay, *tls.Config) {
 	t.Helper()
-	env.StartManager(t, func(mgr ctrl.Manager) error { return controllers.Setup(mgr, renderOptions, controllers.DomainOptions{}) })
+	env.StartManager(t, func(mgr ctrl.Manager) error {
+		return controllers.Setup(mgr, renderOptions, controllers.DomainOptions{})
+	})
 	env.CreateIssuer(t, ns, "ca")
 	env.CreateRelay(t, ns, "mx", append([]func(*v1.SmtpRelay){withQueueAndSink(t, sink)}, opts...)...)
 	caPEM := env.IssueRelayCertificate(t, relayWait, ns, "mx", "mx-tls")
