@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -36,6 +37,9 @@ type DomainOptions struct {
 	KeyNamespace string
 	// SPFInclude is what the SPF suggestion includes; empty: none.
 	SPFInclude string
+	// RecheckPending and RecheckVerified: how often records are looked
+	// up (defaults DefaultDomainRecheckPending and ...Verified).
+	RecheckPending, RecheckVerified time.Duration
 }
 
 // Setup registers every mailfleet controller with mgr.
@@ -61,7 +65,8 @@ func Setup(mgr ctrl.Manager, opts render.Options, domains DomainOptions) error {
 		setups = append(setups, struct {
 			name  string
 			setup func(ctrl.Manager) error
-		}{"smtpdomain", (&DomainReconciler{Secrets: secrets, DNS: domains.DNS, KeyNamespace: domains.KeyNamespace, SPFInclude: domains.SPFInclude}).SetupWithManager})
+		}{"smtpdomain", (&DomainReconciler{Secrets: secrets, DNS: domains.DNS, KeyNamespace: domains.KeyNamespace, SPFInclude: domains.SPFInclude,
+			RecheckPending: domains.RecheckPending, RecheckVerified: domains.RecheckVerified}).SetupWithManager})
 	}
 	for _, s := range setups {
 		if err := s.setup(mgr); err != nil {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests talk to (swaks, Python's smtplib, Postfix's
-# smtp-source/smtp-sink, redis-server) from Debian's packages. Idempotent: it
+# smtp-source/smtp-sink, redis-server, dkimpy) from Debian's packages. Idempotent: it
 # only calls apt-get when a command is missing, and records success in bin/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,9 @@ perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
 command -v python3 >/dev/null || need+=(python3)
 [ -x /usr/sbin/smtp-source ] || need+=(postfix)
 command -v redis-server >/dev/null || need+=(redis-server)
+# dkimpy, an independent DKIM verifier, for Debian's own python3 (the tests
+# call /usr/bin/python3: another python3 earlier in PATH lacks the package).
+/usr/bin/python3 -c 'import dkim, dns.resolver' 2>/dev/null || need+=(python3-dkim python3-dnspython)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "hack/install-test-deps: installing ${need[*]}" >&2

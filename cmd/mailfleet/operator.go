@@ -46,7 +46,7 @@ func operatorCommand() *cobra.Command {
 	var o operatorOptions
 	cmd := &cobra.Command{
 		Use:   "operator",
-		Short: "Run the controller manager for SmtpRelay, SmtpAccount and SmtpLabel",
+		Short: "Run the controller manager for SmtpRelay, SmtpAccount, SmtpLabel and SmtpDomain",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runOperator(o)

@@ -163,10 +163,15 @@ func startOperator(t *testing.T, dep *appsv1.Deployment) *operatorProcess {
 	cmd := exec.Command(imageBinary(t), args...)
 	cmd.Env = []string{"KUBECONFIG=" + kubeconfig, "HOME=" + t.TempDir()}
 	for _, e := range c.Env {
-		if e.ValueFrom != nil {
-			t.Fatalf("env %s comes from %v; the test passes literal values only", e.Name, e.ValueFrom)
+		value := e.Value
+		switch {
+		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace":
+			// The downward API, as the kubelet resolves it.
+			value = dep.Namespace
+		case e.ValueFrom != nil:
+			t.Fatalf("env %s comes from %v; the test passes literal values and the pod's namespace only", e.Name, e.ValueFrom)
 		}
-		cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
+		cmd.Env = append(cmd.Env, e.Name+"="+value)
 	}
 	p := &operatorProcess{cmd: cmd, exited: make(chan error, 1), logs: &syncbuffer.Buffer{}, metrics: metrics}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs

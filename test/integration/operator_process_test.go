@@ -24,7 +24,7 @@ func TestOperatorProcess(t *testing.T) {
 	kubeconfig := writeKubeconfig(t, dir, envtestkit.Identity{})
 	probes := loopback.FreeAddr(t)
 	cmd := exec.Command(mailfleetBinary(t), "operator",
-		"--leader-elect", "--leader-election-namespace", ns,
+		"--leader-elect", "--leader-election-namespace", ns, "--domain-key-namespace", ns,
 		"--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", probes,
 		"--relay-image", "mailfleet:test")
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)

@@ -27,7 +27,9 @@ import (
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
 	"github.com/mailfleet/mailfleet/controllers"
+	"github.com/mailfleet/mailfleet/controllers/dnscheck"
 	"github.com/mailfleet/mailfleet/controllers/render"
+	"github.com/mailfleet/mailfleet/internal/dnstest"
 	"github.com/mailfleet/mailfleet/internal/envtestkit"
 	"github.com/mailfleet/mailfleet/internal/loopback"
 	"github.com/mailfleet/mailfleet/internal/natstest"
@@ -57,6 +59,9 @@ func TestRenderedRelayServesAccounts(t *testing.T) {
 	_, creds := createLabelledAccount(t, tenant, platform)
 	username := string(creds.Data[render.SecretKeyLabelUsernamePrefix+"1001"])
 	key := string(creds.Data[render.SecretKeyPassword])
+	// The relay requires verified sender domains: the tenant proves
+	// acme.example with the records its SmtpDomain asks for.
+	verifyDomain(t, relay.dns, tenant, "acme.example")
 
 	envtestkit.Eventually(t, relayWait, func() error { return submit(relay.addrs["submission"], tlsCfg, username, key) })
 	if !strings.Contains(relay.logs.String(), `"label":"1001"`) {
@@ -73,6 +78,9 @@ func TestRenderedRelayServesAccounts(t *testing.T) {
 	if got.From != "news@acme.example" || len(got.To) != 1 || got.To[0] != "reader@example.com" {
 		t.Errorf("delivered envelope = %s -> %v", got.From, got.To)
 	}
+	// Signed at submission with the SmtpDomain's key, verified against
+	// what DNS publishes by go-msgauth and by dkimpy.
+	checkDKIM(t, relay.dns, got.Data)
 
 	env.SetSuspended(t, tenant, "acme", true)
 	envtestkit.Eventually(t, relayWait, func() error {
@@ -97,6 +105,8 @@ func TestRenderedRelayWithRateLimitSidecar(t *testing.T) {
 	platform := env.Namespace(t, nil)
 	relay, tlsCfg := startFleet(t, platform, smtpsink.Start(t), func(r *v1.SmtpRelay) {
 		r.Spec.RateLimit = &v1.RelayRateLimit{Redis: v1.RedisEndpoint{Address: redis.Addr}, FailureMode: v1.RateLimitFailureDeny}
+		// Budgets, not sender domains, are what this test is about.
+		r.Spec.SenderDomains = &v1.RelaySenderDomains{Verification: v1.SenderVerificationOptional}
 	})
 
 	env.CreateAccount(t, platform, "acme", platform, "mx", func(a *v1.SmtpAccount) { a.Spec.BudgetPerMinute = ptr.To[int32](3) })
@@ -129,13 +139,17 @@ func TestRenderedRelayWithRateLimitSidecar(t *testing.T) {
 // the operator rendered. The TLS config trusts the relay's certificate.
 func startFleet(t *testing.T, ns string, sink *smtpsink.Sink, opts ...func(*v1.SmtpRelay)) (renderedRelay, *tls.Config) {
 	t.Helper()
+	dns := dnstest.Start(t)
 	env.StartManager(t, func(mgr ctrl.Manager) error {
-		return controllers.Setup(mgr, renderOptions, controllers.DomainOptions{})
+		return controllers.Setup(mgr, renderOptions, controllers.DomainOptions{
+			DNS: &dnscheck.Servers{Addrs: []string{dns.Addr}, Timeout: time.Second}, KeyNamespace: ns,
+			RecheckPending: 200 * time.Millisecond})
 	})
 	env.CreateIssuer(t, ns, "ca")
 	env.CreateRelay(t, ns, "mx", append([]func(*v1.SmtpRelay){withQueueAndSink(t, sink)}, opts...)...)
 	caPEM := env.IssueRelayCertificate(t, relayWait, ns, "mx", "mx-tls")
 	relay := runRenderedRelay(t, ns, "mx")
+	relay.dns = dns
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
 	return relay, &tls.Config{RootCAs: pool, ServerName: "smtp.example.com"}
@@ -234,7 +248,7 @@ func submit(addr string, tlsCfg *tls.Config, username, key string) error {
 	if err != nil {
 		return err
 	}
-	io.WriteString(w, "Subject: from the fleet\r\n\r\nhello\r\n")
+	io.WriteString(w, "From: News <news@acme.example>\r\nSubject: from the fleet\r\n\r\nhello\r\n")
 	if err := w.Close(); err != nil {
 		return err
 	}
@@ -242,6 +256,8 @@ func submit(addr string, tlsCfg *tls.Config, username, key string) error {
 }
 
 type renderedRelay struct {
+	// dns is the name server the operator checks sender domains on.
+	dns   *dnstest.Server
 	addrs map[string]string // listener name -> host:port
 	logs  *syncbuffer.Buffer
 }
