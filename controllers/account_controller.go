@@ -65,6 +65,9 @@ type AccountReconciler struct {
 	Now func() time.Time
 	// MaxLabels is the per-account label cap (default MaxLabelsPerAccount).
 	MaxLabels int
+	// DomainKeyNamespace is where the SmtpDomains' keys are kept (their
+	// verification with them); empty: no domain is verified.
+	DomainKeyNamespace string
 
 	refKeys refKeyVersions
 }
@@ -137,6 +140,7 @@ type readyOutcome struct {
 	// reconcile got as far as reading them.
 	webhooks        *webhooksOutcome
 	webhooksChecked bool
+	senders         *sendersOutcome
 }
 
 // warnIfNew records the outcome as a Warning event on obj when a person
@@ -204,6 +208,9 @@ func (r *AccountReconciler) reconcileAccount(ctx context.Context, acc *v1.SmtpAc
 		return out, err
 	}
 	out.webhooks, out.webhooksChecked = hooks, true
+	if out.senders, err = r.senderDomains(ctx, acc, relay); err != nil {
+		return nil, err
+	}
 	if acc.Spec.Suspended {
 		out.ready, out.reason = false, v1.ReasonSuspended
 		out.message = "spec.suspended is true: the account does not authenticate; its Secret is kept"
@@ -589,6 +596,7 @@ func (r *AccountReconciler) writeStatus(ctx context.Context, acc *v1.SmtpAccount
 	if out.webhooksChecked {
 		setWebhooksReady(r.Recorder, acc, &next.Conditions, out.webhooks)
 		setWebhookDisabled(r.Recorder, acc, &next.Conditions, out.webhooks)
+		setSenderDomainsVerified(r.Recorder, acc, &next.Conditions, out.senders)
 	}
 	orig := acc.DeepCopy()
 	acc.Status = *next

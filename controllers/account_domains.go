@@ -6,7 +6,11 @@ import (
 	"slices"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/mailfleet/mailfleet/api/v1alpha1"
@@ -18,18 +22,18 @@ import (
 // verified, with the keys the relays sign with. It reads the key Secrets
 // the domain controller writes in the operator's namespace, never the
 // SmtpDomains' status, which a tenant may write.
-func (p *CredentialsPublisher) verifiedDomains(ctx context.Context, namespace string) (map[string][]wire.DKIMKey, error) {
+func verifiedDomains(ctx context.Context, c client.Reader, secrets *OwnedSecrets, keyNamespace, namespace string) (map[string][]wire.DKIMKey, error) {
 	out := map[string][]wire.DKIMKey{}
-	if p.DomainKeyNamespace == "" {
+	if keyNamespace == "" {
 		return out, nil
 	}
 	var list v1.SmtpDomainList
-	if err := p.Client.List(ctx, &list, client.InNamespace(namespace)); err != nil {
+	if err := c.List(ctx, &list, client.InNamespace(namespace)); err != nil {
 		return nil, fmt.Errorf("list the SmtpDomains of %s: %w", namespace, err)
 	}
 	for i := range list.Items {
 		d := &list.Items[i]
-		s, err := p.Secrets.read(ctx, types.NamespacedName{Namespace: p.DomainKeyNamespace, Name: render.DomainKeySecretName(d.Namespace, d.Name)})
+		s, err := secrets.read(ctx, types.NamespacedName{Namespace: keyNamespace, Name: render.DomainKeySecretName(d.Namespace, d.Name)})
 		if err != nil {
 			return nil, err
 		}
@@ -106,4 +110,57 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// sendersOutcome is the SenderDomainsVerified condition of an account of a
+// relay that requires verified sender domains.
+type sendersOutcome struct {
+	verified        bool
+	reason, message string
+}
+
+// senderDomains says which of the account's sender domains count, so that
+// a person sees why a sender is refused: the relay's 553 names no cause.
+func (r *AccountReconciler) senderDomains(ctx context.Context, acc *v1.SmtpAccount, relay *v1.SmtpRelay) (*sendersOutcome, error) {
+	if !verificationRequired(relay) {
+		return nil, nil
+	}
+	verified, err := verifiedDomains(ctx, r.Client, r.Secrets, r.DomainKeyNamespace, acc.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	var unverified []string
+	for _, e := range acc.Spec.AllowedSenderDomains {
+		if coveringDomain(e, verified) == "" {
+			unverified = append(unverified, e)
+		}
+	}
+	switch {
+	case len(verified) == 0:
+		return &sendersOutcome{reason: v1.ReasonSenderDomainNotVerified, message: fmt.Sprintf(
+			"no SmtpDomain of namespace %s is Verified, and relay %s requires one: the account may send from no domain until one is (docs/deliverability.md)", acc.Namespace, relay.Name)}, nil
+	case len(unverified) > 0:
+		return &sendersOutcome{reason: v1.ReasonSenderDomainNotVerified, message: fmt.Sprintf(
+			"allowedSenderDomains %s: no Verified SmtpDomain of namespace %s covers them, and relay %s refuses them until one does", strings.Join(unverified, ", "), acc.Namespace, relay.Name)}, nil
+	}
+	return &sendersOutcome{verified: true, reason: v1.ReasonVerified, message: "every sender domain of the account is verified: " + strings.Join(sortedKeys(verified), ", ")}, nil
+}
+
+// setSenderDomainsVerified writes the condition (or removes it where the
+// relay does not require verification), with a Warning when it turns.
+func setSenderDomainsVerified(rec events.EventRecorder, acc *v1.SmtpAccount, conds *[]metav1.Condition, out *sendersOutcome) {
+	if out == nil {
+		meta.RemoveStatusCondition(conds, v1.ConditionSenderDomainsVerified)
+		return
+	}
+	before := meta.FindStatusCondition(*conds, v1.ConditionSenderDomainsVerified)
+	status := metav1.ConditionTrue
+	if !out.verified {
+		status = metav1.ConditionFalse
+		if before == nil || before.Message != out.message {
+			rec.Eventf(acc, nil, corev1.EventTypeWarning, out.reason, "Reconcile", "%s", out.message)
+		}
+	}
+	meta.SetStatusCondition(conds, metav1.Condition{Type: v1.ConditionSenderDomainsVerified, Status: status,
+		ObservedGeneration: acc.Generation, Reason: out.reason, Message: out.message})
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -77,6 +78,11 @@ func (r *AccountReconciler) accountsOfRelay(ctx context.Context, o client.Object
 // created later by sealed-secrets or External Secrets) or write it (a
 // credentials Secret edited, deleted, or a foreign one removed).
 func (r *AccountReconciler) accountsUsingSecret(ctx context.Context, o client.Object) []reconcile.Request {
+	// A domain's keys decide which sender domains of its namespace's
+	// accounts are verified.
+	if ns, ok := o.GetLabels()[render.LabelDomainNamespace]; ok && o.GetNamespace() == r.DomainKeyNamespace {
+		return r.accountsInNamespace(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
+	}
 	reqs := requestsFor(ctx, r.Client, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexAccountSecret: o.GetName()})
 	// A credentials Secret of the default name names its account (an
 	// account of that name that set spec.secretName finds nothing to do).

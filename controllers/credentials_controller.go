@@ -349,7 +349,7 @@ func (p *CredentialsPublisher) record(ctx context.Context, relay *v1.SmtpRelay, 
 	}
 	entry := render.ShardEntry(acc, relay, digests, labels)
 	entry.Webhooks = accountWebhooks(acc, render.WebhookSecretsFromSecret(&secret))
-	verified, err := p.verifiedDomains(ctx, acc.Namespace)
+	verified, err := verifiedDomains(ctx, p.Client, p.Secrets, p.DomainKeyNamespace, acc.Namespace)
 	if err != nil {
 		return rec, err
 	}

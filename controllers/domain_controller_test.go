@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -76,7 +77,7 @@ func startDomains(t *testing.T) *domainRig {
 			return err
 		}
 		for _, setup := range []func(ctrl.Manager) error{
-			(&AccountReconciler{Secrets: secrets}).SetupWithManager,
+			(&AccountReconciler{Secrets: secrets, DomainKeyNamespace: r.keyNS}).SetupWithManager,
 			(&LabelReconciler{}).SetupWithManager,
 			(&CredentialsPublisher{Secrets: secrets, DomainKeyNamespace: r.keyNS, MinInterval: time.Millisecond}).SetupWithManager,
 			(&DomainReconciler{Secrets: secrets, DNS: &dnscheck.Servers{Addrs: []string{r.dns.Addr}, Timeout: time.Second},
@@ -132,6 +133,23 @@ func (r *domainRig) publish(d *v1.SmtpDomain) {
 			r.dns.SetTXT(rec.Name, rec.Value)
 		}
 	}
+}
+
+// waitAccountSenders waits for the account's SenderDomainsVerified
+// condition to have status want and a message containing mention.
+func (r *domainRig) waitAccountSenders(t *testing.T, name string, want metav1.ConditionStatus, mention string) {
+	t.Helper()
+	envtestkit.Eventually(t, 15*time.Second, func() error {
+		var a v1.SmtpAccount
+		if err := env.Get(&a, r.tenant, name); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(a.Status.Conditions, v1.ConditionSenderDomainsVerified)
+		if c == nil || c.Status != want || !strings.Contains(c.Message, mention) {
+			return fmt.Errorf("SenderDomainsVerified %+v, want %s mentioning %q", c, want, mention)
+		}
+		return nil
+	})
 }
 
 // login authenticates as the account through the relay's view of its
@@ -198,6 +216,7 @@ func TestDomainVerifiedWhenRecordsAppear(t *testing.T) {
 		t.Fatalf("an unverified domain is allowed: %+v", id.AllowedSenderDomains)
 	}
 
+	r.waitAccountSenders(t, "acme", metav1.ConditionFalse, "no SmtpDomain of namespace")
 	r.createDomain(t, "acme", "acme.example", v1.DomainDKIM{})
 	d := r.waitDomain(t, "acme", verifiedIs(metav1.ConditionFalse, v1.ReasonDKIMRecordMissing))
 	if len(d.Status.Records) != 3 || d.Status.Records[0].Name != "mailfleet-1._domainkey.acme.example" ||
@@ -219,6 +238,8 @@ func TestDomainVerifiedWhenRecordsAppear(t *testing.T) {
 		}
 		return sendsNot("bank.example")(id)
 	})
+	// The account says which of its domains it may not send from.
+	r.waitAccountSenders(t, "acme", metav1.ConditionFalse, "allowedSenderDomains bank.example: no Verified SmtpDomain")
 
 	r.dns.Remove("mailfleet-1._domainkey.acme.example")
 	r.waitDomain(t, "acme", verifiedIs(metav1.ConditionFalse, v1.ReasonDKIMRecordMissing))
@@ -279,6 +300,7 @@ func TestDomainRotation(t *testing.T) {
 		}
 		return sends("acme.example", "x.acme.example")(id)
 	})
+	r.waitAccountSenders(t, "acme", metav1.ConditionTrue, "acme.example")
 
 	r.clock.Advance(25 * time.Hour)
 	d = r.waitDomain(t, "acme", func(d *v1.SmtpDomain) error {

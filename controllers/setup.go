@@ -57,7 +57,7 @@ func Setup(mgr ctrl.Manager, opts render.Options, domains DomainOptions) error {
 		setup func(ctrl.Manager) error
 	}{
 		{"smtprelay", (&RelayReconciler{Options: opts, Secrets: secrets}).SetupWithManager},
-		{"smtpaccount", (&AccountReconciler{Secrets: secrets}).SetupWithManager},
+		{"smtpaccount", (&AccountReconciler{Secrets: secrets, DomainKeyNamespace: domains.KeyNamespace}).SetupWithManager},
 		{"smtplabel", (&LabelReconciler{}).SetupWithManager},
 		{"credentials", (&CredentialsPublisher{Secrets: secrets, DomainKeyNamespace: domains.KeyNamespace}).SetupWithManager},
 	}

@@ -28,6 +28,10 @@ const (
 	// keys the relays sign with, which is what lets its namespace's
 	// accounts send from the domain.
 	ConditionVerified = "Verified"
+	// ConditionSenderDomainsVerified is on an SmtpAccount of a relay that
+	// requires verified sender domains: False names the domains it may not
+	// send from yet. The account authenticates either way.
+	ConditionSenderDomainsVerified = "SenderDomainsVerified"
 )
 
 // Condition reasons, CamelCase as metav1.Condition requires. Messages carry
@@ -66,4 +70,5 @@ const (
 	ReasonDKIMRecordMissing       = "DKIMRecordMissing"
 	ReasonDKIMRecordMismatch      = "DKIMRecordMismatch"
 	ReasonDNSLookupFailed         = "DNSLookupFailed"
+	ReasonSenderDomainNotVerified = "SenderDomainNotVerified"
 )
