@@ -47,6 +47,9 @@ type DomainReconciler struct {
 	// SPFInclude is the domain the SPF suggestion includes (the relays'
 	// own SPF record); empty: no SPF suggestion.
 	SPFInclude string
+	// ExternalDNSDomains are the domains (and their subdomains) whose
+	// records the operator writes into DNSEndpoints for external-dns.
+	ExternalDNSDomains []string
 	// RecheckPending and RecheckVerified default to the constants above.
 	RecheckPending, RecheckVerified time.Duration
 	// Now and GenerateKey default to time.Now and real keys.
@@ -56,6 +59,7 @@ type DomainReconciler struct {
 
 // +kubebuilder:rbac:groups=mailfleet.io,resources=smtpdomains,verbs=get;list;watch
 // +kubebuilder:rbac:groups=mailfleet.io,resources=smtpdomains/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=externaldns.k8s.io,resources=dnsendpoints,verbs=get;create;patch
 
 // SetupWithManager registers the controller. Unset fields are taken from
 // the manager or defaulted.
@@ -114,12 +118,20 @@ func (r *DomainReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	l.run(ctx, keys, r.SPFInclude)
 	if keys.advance(l.found, d.Spec.DKIM, now) || changed {
 		if err := r.writeKeys(ctx, d, keys); err != nil {
-			return ctrl.Result{}, r.writeStatus(ctx, d, keys, l, now, problem(v1.ReasonSecretWriteFailed,
+			return ctrl.Result{}, r.writeStatus(ctx, d, keys, l, now, d.Status.DNSEndpoint, problem(v1.ReasonSecretWriteFailed,
 				"the domain's key Secret %s/%s could not be written: %v", r.KeyNamespace, render.DomainKeySecretName(d.Namespace, d.Name), err))
 		}
 	}
 	r.announce(d, wasVerified, keys)
-	if err := r.writeStatus(ctx, d, keys, l, now, verification(keys, l)); err != nil {
+	endpoint, published, err := r.publishWithExternalDNS(ctx, d, keys)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	out := verification(keys, l)
+	if published != nil && !keys.Verified {
+		out = published
+	}
+	if err := r.writeStatus(ctx, d, keys, l, now, endpoint, out); err != nil {
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: r.recheckAfter(keys, d.Spec.DKIM, now)}, nil
@@ -219,8 +231,9 @@ func (r *DomainReconciler) announce(d *v1.SmtpDomain, wasVerified bool, keys *do
 }
 
 // writeStatus records keys, records and the conditions.
-func (r *DomainReconciler) writeStatus(ctx context.Context, d *v1.SmtpDomain, keys *domainKeys, l *lookups, now time.Time, out *readyOutcome) error {
+func (r *DomainReconciler) writeStatus(ctx context.Context, d *v1.SmtpDomain, keys *domainKeys, l *lookups, now time.Time, endpoint string, out *readyOutcome) error {
 	next := d.Status.DeepCopy()
+	next.DNSEndpoint = endpoint
 	next.ObservedGeneration = d.Generation
 	next.SecretName = r.KeyNamespace + "/" + render.DomainKeySecretName(d.Namespace, d.Name)
 	next.Selector = ""

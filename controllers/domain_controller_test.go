@@ -12,9 +12,12 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -64,7 +67,7 @@ func smallKeys(alg string) (crypto.Signer, error) {
 	return generateKey(alg)
 }
 
-func startDomains(t *testing.T) *domainRig {
+func startDomains(t *testing.T, externalDNS ...string) *domainRig {
 	t.Helper()
 	r := &domainRig{dns: dnstest.Start(t), keyNS: env.Namespace(t, nil), clock: &fakeClock{now: time.Now()},
 		platform: env.Namespace(t, nil), tenant: env.Namespace(t, nil)}
@@ -81,7 +84,7 @@ func startDomains(t *testing.T) *domainRig {
 			(&LabelReconciler{}).SetupWithManager,
 			(&CredentialsPublisher{Secrets: secrets, DomainKeyNamespace: r.keyNS, MinInterval: time.Millisecond}).SetupWithManager,
 			(&DomainReconciler{Secrets: secrets, DNS: &dnscheck.Servers{Addrs: []string{r.dns.Addr}, Timeout: time.Second},
-				KeyNamespace: r.keyNS, SPFInclude: "_spf.mail.example.net", Now: r.clock.Now, GenerateKey: smallKeys,
+				KeyNamespace: r.keyNS, SPFInclude: "_spf.mail.example.net", Now: r.clock.Now, GenerateKey: smallKeys, ExternalDNSDomains: externalDNS,
 				RecheckPending: 100 * time.Millisecond, RecheckVerified: 300 * time.Millisecond}).SetupWithManager,
 		} {
 			if err := setup(mgr); err != nil {
@@ -370,4 +373,107 @@ func TestAttackDomainStatusIsNotTrusted(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	eventuallyID(t, verifier, "acme", key, sendsNot("bank.example"))
+}
+
+// dnsEndpointCRD is external-dns's DNSEndpoint kind as far as the operator
+// uses it: a namespaced object whose spec lists endpoints.
+func dnsEndpointCRD() *apiextensionsv1.CustomResourceDefinition {
+	preserve := true
+	return &apiextensionsv1.CustomResourceDefinition{
+		// A group under k8s.io needs this annotation; external-dns's own
+		// CRD carries it too.
+		ObjectMeta: metav1.ObjectMeta{Name: "dnsendpoints.externaldns.k8s.io",
+			Annotations: map[string]string{"api-approved.kubernetes.io": "unapproved, experimental-only"}},
+		Spec: apiextensionsv1.CustomResourceDefinitionSpec{
+			Group: "externaldns.k8s.io", Scope: apiextensionsv1.NamespaceScoped,
+			Names: apiextensionsv1.CustomResourceDefinitionNames{Plural: "dnsendpoints", Singular: "dnsendpoint", Kind: "DNSEndpoint", ListKind: "DNSEndpointList"},
+			Versions: []apiextensionsv1.CustomResourceDefinitionVersion{{Name: "v1alpha1", Served: true, Storage: true,
+				Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{
+					Type: "object", XPreserveUnknownFields: &preserve}}}},
+		},
+	}
+}
+
+// TestDomainExternalDNS: with spec.externalDNS the operator writes the
+// records into a DNSEndpoint once external-dns's CRD is there (and says it
+// is missing until then), external-dns (played by the test) publishes
+// them, and the domain is verified. A domain outside the platform's
+// --external-dns-domains gets no DNSEndpoint: external-dns would publish
+// it in any zone it manages, and the tenant would verify a domain it does
+// not own.
+func TestDomainExternalDNS(t *testing.T) {
+	r := startDomains(t, "tenants.example")
+	r.createDomain(t, "shop", "shop.tenants.example", v1.DomainDKIM{})
+	r.createDomain(t, "bank", "bank.example", v1.DomainDKIM{})
+	for _, name := range []string{"shop", "bank"} {
+		d := &v1.SmtpDomain{}
+		if err := env.Get(d, r.tenant, name); err != nil {
+			t.Fatal(err)
+		}
+		env.UpdateSpec(t, d, func() { d.Spec.ExternalDNS = true })
+	}
+	r.waitDomain(t, "shop", verifiedIs(metav1.ConditionFalse, v1.ReasonExternalDNSMissing))
+	r.waitDomain(t, "bank", verifiedIs(metav1.ConditionFalse, v1.ReasonExternalDNSNotAllowed))
+
+	installCRD(t, dnsEndpointCRD())
+	endpoint := &unstructured.Unstructured{}
+	endpoint.SetGroupVersionKind(dnsEndpointKind)
+	envtestkit.Eventually(t, 30*time.Second, func() error {
+		if err := env.Get(endpoint, r.tenant, "shop-dkim"); err != nil {
+			return err
+		}
+		// external-dns: publish what the endpoint lists.
+		eps, _, _ := unstructured.NestedSlice(endpoint.Object, "spec", "endpoints")
+		for _, e := range eps {
+			e := e.(map[string]any)
+			r.dns.SetTXT(e["dnsName"].(string), e["targets"].([]any)[0].(string))
+		}
+		return nil
+	})
+	d := r.waitDomain(t, "shop", verifiedIs(metav1.ConditionTrue, v1.ReasonVerified))
+	if d.Status.DNSEndpoint != "shop-dkim" || metav1.GetControllerOf(endpoint).Name != "shop" {
+		t.Fatalf("status.dnsEndpoint %q, owner %v", d.Status.DNSEndpoint, metav1.GetControllerOf(endpoint))
+	}
+	if err := env.Get(&unstructured.Unstructured{Object: map[string]any{"apiVersion": "externaldns.k8s.io/v1alpha1", "kind": "DNSEndpoint"}}, r.tenant, "bank-dkim"); !apierrors.IsNotFound(err) {
+		t.Fatalf("a DNSEndpoint for a domain outside --external-dns-domains: %v", err)
+	}
+	r.waitDomain(t, "bank", verifiedIs(metav1.ConditionFalse, v1.ReasonExternalDNSNotAllowed))
+}
+
+// installCRD creates crd and waits until it is served; it is deleted when
+// the test ends, so that a later test starts without it.
+func installCRD(t *testing.T, crd *apiextensionsv1.CustomResourceDefinition) {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	if err := apiextensionsv1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(env.Config, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := c.Create(ctx, crd); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Delete(ctx, crd)
+		envtestkit.Eventually(t, 30*time.Second, func() error {
+			if err := c.Get(ctx, client.ObjectKeyFromObject(crd), crd); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("CRD %s still there: %v", crd.Name, err)
+			}
+			return nil
+		})
+	})
+	envtestkit.Eventually(t, 30*time.Second, func() error {
+		if err := c.Get(ctx, client.ObjectKeyFromObject(crd), crd); err != nil {
+			return err
+		}
+		for _, cond := range crd.Status.Conditions {
+			if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
+				return nil
+			}
+		}
+		return fmt.Errorf("CRD %s not established", crd.Name)
+	})
 }

@@ -37,6 +37,9 @@ type DomainOptions struct {
 	KeyNamespace string
 	// SPFInclude is what the SPF suggestion includes; empty: none.
 	SPFInclude string
+	// ExternalDNSDomains are the domains (with their subdomains) whose
+	// SmtpDomains may have their records written into DNSEndpoints.
+	ExternalDNSDomains []string
 	// RecheckPending and RecheckVerified: how often records are looked
 	// up (defaults DefaultDomainRecheckPending and ...Verified).
 	RecheckPending, RecheckVerified time.Duration
@@ -66,7 +69,8 @@ func Setup(mgr ctrl.Manager, opts render.Options, domains DomainOptions) error {
 			name  string
 			setup func(ctrl.Manager) error
 		}{"smtpdomain", (&DomainReconciler{Secrets: secrets, DNS: domains.DNS, KeyNamespace: domains.KeyNamespace, SPFInclude: domains.SPFInclude,
-			RecheckPending: domains.RecheckPending, RecheckVerified: domains.RecheckVerified}).SetupWithManager})
+			ExternalDNSDomains: domains.ExternalDNSDomains,
+			RecheckPending:     domains.RecheckPending, RecheckVerified: domains.RecheckVerified}).SetupWithManager})
 	}
 	for _, s := range setups {
 		if err := s.setup(mgr); err != nil {

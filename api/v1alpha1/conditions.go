@@ -71,4 +71,6 @@ const (
 	ReasonDKIMRecordMismatch      = "DKIMRecordMismatch"
 	ReasonDNSLookupFailed         = "DNSLookupFailed"
 	ReasonSenderDomainNotVerified = "SenderDomainNotVerified"
+	ReasonExternalDNSNotAllowed   = "ExternalDNSNotAllowed"
+	ReasonExternalDNSMissing      = "ExternalDNSMissing"
 )

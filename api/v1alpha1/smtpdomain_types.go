@@ -21,6 +21,13 @@ type SmtpDomainSpec struct {
 	// DKIM tunes the domain's signing keys.
 	// +optional
 	DKIM DomainDKIM `json:"dkim,omitempty"`
+
+	// ExternalDNS has the operator write the DKIM records into a
+	// DNSEndpoint (externaldns.k8s.io/v1alpha1) named <name>-dkim in this
+	// namespace, for external-dns to publish. Only for domains the
+	// platform lets the operator publish (its --external-dns-domains).
+	// +optional
+	ExternalDNS bool `json:"externalDNS,omitempty"`
 }
 
 // DomainDKIM tunes a domain's DKIM keys.
@@ -134,6 +141,10 @@ type SmtpDomainStatus struct {
 	// Keys are the domain's DKIM keys.
 	// +optional
 	Keys []DKIMKeyStatus `json:"keys,omitempty"`
+	// DNSEndpoint is the DNSEndpoint the operator writes the records
+	// into, with spec.externalDNS.
+	// +optional
+	DNSEndpoint string `json:"dnsEndpoint,omitempty"`
 	// LastCheckedAt is when DNS was last looked up.
 	// +optional
 	LastCheckedAt *metav1.Time `json:"lastCheckedAt,omitempty"`

@@ -40,6 +40,7 @@ type operatorOptions struct {
 	domainKeyNS      string
 	dnsServers       []string
 	spfInclude       string
+	externalDNS      []string
 }
 
 func operatorCommand() *cobra.Command {
@@ -68,6 +69,7 @@ func operatorCommand() *cobra.Command {
 	f.DurationVar(&o.shutdownTimeout, "graceful-shutdown-timeout", 30*time.Second, "how long running reconciles may take to finish on shutdown")
 	f.StringVar(&o.domainKeyNS, "domain-key-namespace", os.Getenv("POD_NAMESPACE"), "namespace that keeps the SmtpDomains' DKIM keys, one no tenant may write (default $POD_NAMESPACE, the operator's)")
 	f.StringSliceVar(&o.dnsServers, "dns-servers", nil, "name servers (host:port) that sender domains' records are looked up on (default: those of /etc/resolv.conf)")
+	f.StringSliceVar(&o.externalDNS, "external-dns-domains", nil, "domains (and their subdomains) whose SmtpDomains may ask the operator to write their DKIM records into an external-dns DNSEndpoint (default: none; external-dns publishes what a DNSEndpoint lists in every zone it manages)")
 	f.StringVar(&o.spfInclude, "spf-include", "", "the domain whose SPF record lists the relays' addresses: an SmtpDomain's status suggests include:<it> (default: no SPF suggestion)")
 	return cmd
 }
@@ -241,7 +243,7 @@ func (o operatorOptions) domainOptions() (controllers.DomainOptions, error) {
 	if o.domainKeyNS == "" {
 		return controllers.DomainOptions{}, fmt.Errorf("--domain-key-namespace (or $POD_NAMESPACE) is required: SmtpDomains' keys are kept in the operator's namespace")
 	}
-	opts := controllers.DomainOptions{KeyNamespace: o.domainKeyNS, SPFInclude: o.spfInclude}
+	opts := controllers.DomainOptions{KeyNamespace: o.domainKeyNS, SPFInclude: o.spfInclude, ExternalDNSDomains: o.externalDNS}
 	if len(o.dnsServers) > 0 {
 		opts.DNS = &dnscheck.Servers{Addrs: o.dnsServers}
 		return opts, nil
