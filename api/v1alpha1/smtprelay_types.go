@@ -382,6 +382,39 @@ type RelayDelivery struct {
 	// they bounce.
 	// +optional
 	AllowAddressLiterals bool `json:"allowAddressLiterals,omitempty"`
+	// MTASTS is whether direct delivery honours the destinations' MTA-STS
+	// policies (RFC 8461): Honour (the default) sends mail for a domain
+	// whose policy is in enforce mode only to the MX hosts it names, over
+	// TLS verified for them, and defers it otherwise; Ignore does not
+	// look policies up. Not used with a smarthost.
+	// +kubebuilder:validation:Enum=Honour;Ignore
+	// +optional
+	MTASTS string `json:"mtaSTS,omitempty"`
+	// Destinations set the TLS of direct delivery to some recipient
+	// domains, ahead of their MTA-STS policy. A domain covers its
+	// subdomains; a domain listed twice takes its first entry's.
+	// +kubebuilder:validation:MaxItems=200
+	// +listType=atomic
+	// +optional
+	Destinations []RelayDestination `json:"destinations,omitempty"`
+}
+
+// RelayDestination is how mail to some recipient domains is delivered.
+type RelayDestination struct {
+	// Domains are recipient domains, each with its subdomains.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=100
+	// +kubebuilder:validation:items:MaxLength=253
+	// +kubebuilder:validation:items:Pattern=`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?([.][a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)+$`
+	// +listType=set
+	Domains []string `json:"domains"`
+	// TLS is Opportunistic (the default: STARTTLS when offered, any
+	// certificate, plain text otherwise), Required (never plain text, any
+	// certificate, as Postfix's "encrypt") or Verify (never plain text,
+	// and a certificate that verifies for the MX host's name).
+	// +kubebuilder:validation:Enum=Opportunistic;Required;Verify
+	// +optional
+	TLS string `json:"tls,omitempty"`
 }
 
 // Smarthost is the server every message is handed to.

@@ -134,8 +134,13 @@ func openTransport(cfg config.Config, reg prometheus.Registerer, log *slog.Logge
 		if err != nil {
 			return nil, "", nil, err
 		}
+		policies, err := destinationTLS(d.TLS)
+		if err != nil {
+			return nil, "", nil, err
+		}
 		t, err := delivery.NewMX(delivery.MXConfig{Hostname: hostname, LabelHeader: d.LabelHeader, Log: log, Metrics: delivery.NewMetrics(reg),
-			AllowedDestinations: allowed, AllowAddressLiterals: d.AllowAddressLiterals})
+			AllowedDestinations: allowed, AllowAddressLiterals: d.AllowAddressLiterals,
+			TLSPolicies: policies, MTASTS: !d.IgnoreMTASTS})
 		if err != nil {
 			return nil, "", nil, err
 		}
@@ -328,4 +333,23 @@ func readSecretFile(path string) (string, error) {
 		return "", err
 	}
 	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// destinationTLS reads delivery.tls into the MX transport's policies; a
+// domain listed twice keeps its first mode.
+func destinationTLS(list []config.DestinationTLS) (map[string]smtpclient.TLSMode, error) {
+	out := map[string]smtpclient.TLSMode{}
+	for i, d := range list {
+		mode, err := smtpclient.ParseTLSMode(d.Mode)
+		if err != nil || mode == smtpclient.TLSImplicit || mode == smtpclient.TLSNone {
+			return nil, fmt.Errorf("delivery.tls[%d].mode %q: want opportunistic, encrypt or required", i, d.Mode)
+		}
+		for _, domain := range d.Domains {
+			domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+			if _, seen := out[domain]; !seen {
+				out[domain] = mode
+			}
+		}
+	}
+	return out, nil
 }

@@ -62,6 +62,12 @@ func relayDeliveryConfig(relay *v1.SmtpRelay) config.Delivery {
 	if out.Workers == 0 {
 		out.Workers = defaultDeliveryWorker
 	}
+	out.IgnoreMTASTS = d.MTASTS == "Ignore"
+	for _, dest := range d.Destinations {
+		if mode := destinationTLSMode(dest.TLS); mode != "" {
+			out.TLS = append(out.TLS, config.DestinationTLS{Domains: slices.Clone(dest.Domains), Mode: mode})
+		}
+	}
 	if r := d.Retry.MinBackoff; r != nil {
 		out.Backoff.Min = config.Duration{Duration: r.Duration}
 	}
@@ -138,3 +144,15 @@ func userPasswordItems() []corev1.KeyToPath {
 }
 
 func dirOf(path string) string { return path[:strings.LastIndex(path, "/")] }
+
+// destinationTLSMode is the relay's spelling of a destination's TLS (its
+// smtpclient mode); "" for the default, opportunistic.
+func destinationTLSMode(tls string) string {
+	switch tls {
+	case "Required":
+		return "encrypt"
+	case "Verify":
+		return "required"
+	}
+	return ""
+}

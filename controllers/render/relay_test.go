@@ -787,6 +787,12 @@ func TestRenderRelayQueueAndDelivery(t *testing.T) {
 			LabelHeader:          "X-Tenant-Label",
 			AllowedDestinations:  []string{"10.20.0.0/16"},
 			AllowAddressLiterals: true,
+			MTASTS:               "Ignore",
+			Destinations: []v1.RelayDestination{
+				{Domains: []string{"bank.example", "pay.example"}, TLS: "Verify"},
+				{Domains: []string{"partner.example"}, TLS: "Required"},
+				{Domains: []string{"plain.example"}},
+			},
 		}
 	})
 	objs := mustRender(t, relay)
@@ -807,6 +813,9 @@ func TestRenderRelayQueueAndDelivery(t *testing.T) {
 		d.Expiry.Duration != 48*time.Hour || d.LabelHeader != "X-Tenant-Label" ||
 		len(d.AllowedDestinations) != 1 || d.AllowedDestinations[0] != "10.20.0.0/16" || !d.AllowAddressLiterals {
 		t.Errorf("delivery = %+v", d)
+	}
+	if !d.IgnoreMTASTS || len(d.TLS) != 2 || d.TLS[0].Mode != "required" || len(d.TLS[0].Domains) != 2 || d.TLS[1].Mode != "encrypt" {
+		t.Errorf("delivery TLS = %v %+v", d.IgnoreMTASTS, d.TLS)
 	}
 
 	spec := objs.Deployment.Spec.Template.Spec

@@ -285,6 +285,19 @@ type Delivery struct {
 	// AllowAddressLiterals delivers directly to recipients such as
 	// user@[192.0.2.1]; by default they bounce.
 	AllowAddressLiterals bool `json:"allowAddressLiterals,omitempty"`
+	// IgnoreMTASTS leaves the destinations' MTA-STS policies unread; by
+	// default direct delivery honours them.
+	IgnoreMTASTS bool `json:"ignoreMtaSts,omitempty"`
+	// TLS sets the TLS of direct delivery to some recipient domains (and
+	// their subdomains): mode "opportunistic", "encrypt" (never plain
+	// text) or "required" (never plain text, the certificate verified).
+	TLS []DestinationTLS `json:"tls,omitempty"`
+}
+
+// DestinationTLS is the TLS mode of some destination domains.
+type DestinationTLS struct {
+	Domains []string `json:"domains"`
+	Mode    string   `json:"mode"`
 }
 
 // DestinationPrefixes parses AllowedDestinations.

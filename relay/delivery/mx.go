@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mailfleet/mailfleet/relay/mtasts"
 	"github.com/mailfleet/mailfleet/relay/smtpclient"
 )
 
@@ -58,6 +60,19 @@ type MXConfig struct {
 	Dial    func(ctx context.Context, network, addr string) (net.Conn, error)
 	Log     *slog.Logger
 	Metrics *Metrics
+	// TLSPolicies set the TLS of destination domains (and their
+	// subdomains): smtpclient.TLSEncrypt never sends them mail in plain
+	// text, TLSRequired also verifies the certificate for the MX host.
+	TLSPolicies map[string]smtpclient.TLSMode
+	// RootCAs verify MX hosts' certificates where a policy requires it
+	// (nil: the system's).
+	RootCAs *x509.CertPool
+	// MTASTS honours the destinations' MTA-STS policies (RFC 8461),
+	// looked up with Resolver when it answers TXT questions too.
+	MTASTS bool
+	// MTASTSRoots verify the hosts policies are fetched from (nil: the
+	// system's).
+	MTASTSRoots *x509.CertPool
 }
 
 // MX delivers straight to each recipient domain's mail exchangers, with
@@ -68,6 +83,8 @@ type MX struct {
 	log   *slog.Logger
 
 	domains *DomainLimiter
+	// mtasts finds MTA-STS policies; nil when they are not honoured.
+	mtasts *mtasts.Finder
 }
 
 // NewMX returns a direct delivery transport.
@@ -86,12 +103,50 @@ func NewMX(cfg MXConfig) (*MX, error) {
 	cfg.MaxConnectionsPerDomain = orDefault(cfg.MaxConnectionsPerDomain, DefaultMaxConnectionsPerDomain)
 	cfg.MaxAddresses = orDefault(cfg.MaxAddresses, DefaultMaxMXAddresses)
 	sessionDefaults(&cfg.DialTimeout, &cfg.CommandTimeout, &cfg.DataTimeout, &cfg.Log)
-	return &MX{
+	m := &MX{
 		cfg:     cfg,
 		trace:   Trace{Hostname: cfg.Hostname, LabelHeader: cfg.LabelHeader},
 		log:     cfg.Log.With("transport", mxTransport),
 		domains: NewDomainLimiter(cfg.MaxConnectionsPerDomain),
-	}, nil
+	}
+	if txt, ok := cfg.Resolver.(mtasts.TXTResolver); ok && cfg.MTASTS {
+		m.mtasts = mtasts.New(mtasts.Config{DNS: txt, IsNotFound: IsNotFound, Dial: m.dialPublic,
+			RootCAs: cfg.MTASTSRoots, Timeout: cfg.CommandTimeout})
+	}
+	return m, nil
+}
+
+// dialPublic dials a host name as direct delivery reaches MX hosts: its
+// addresses from the resolver, special-purpose ones refused unless
+// allowed. An MTA-STS policy host is named by whoever writes the
+// recipient domain's DNS, which must not make the relay fetch from the
+// cluster's own services.
+func (m *MX) dialPublic(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	ips, err := m.cfg.Resolver.LookupIP(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	dial := m.cfg.Dial
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: m.cfg.DialTimeout}).DialContext
+	}
+	var errs []error
+	for _, ip := range ips {
+		if !m.destinationAllowed(ip) {
+			errs = append(errs, fmt.Errorf("%s is a special-purpose address", ip))
+			continue
+		}
+		conn, err := dial(ctx, network, net.JoinHostPort(ip.String(), port))
+		if err == nil {
+			return conn, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("dial %s: %w", host, errors.Join(append(errs, errors.New("no usable address"))...))
 }
 
 // Deliver groups the recipients by domain, delivers to each domain
@@ -150,25 +205,30 @@ func (m *MX) deliverDomain(ctx context.Context, msg Message, domain string, rcpt
 		log.Info("no route", "outcome", final[0].Outcome.String(), "reason", final[0].Text)
 		return final
 	}
+	policy, targets, final := m.tlsPolicyFor(ctx, domain, targets, rcpts)
+	if final != nil {
+		log.Info("no route the destination's TLS policy allows", "reason", final[0].Text)
+		return final
+	}
 	t := transaction{
 		msg: msg, rcpts: rcpts,
 		headers: m.trace.Headers(msg.Envelope, rcpts),
 		strip:   m.trace.headerName(),
 	}
-	return m.tryTargets(ctx, log, domain, targets, t)
+	return m.tryTargets(ctx, log, domain, targets, t, policy)
 }
 
 // tryTargets offers t to each target in turn until one gives the domain's
 // answer. As Postfix does, a host that cannot be reached, or defers every
 // recipient before taking the message, leaves them to the next; any other
 // answer is the domain's.
-func (m *MX) tryTargets(ctx context.Context, log *slog.Logger, domain string, targets []target, t transaction) []Result {
+func (m *MX) tryTargets(ctx context.Context, log *slog.Logger, domain string, targets []target, t transaction, policy tlsPolicy) []Result {
 	var last []Result
 	for _, tg := range targets {
 		if ctx.Err() != nil {
 			break
 		}
-		c, err := m.connect(ctx, tg)
+		c, err := m.connect(ctx, tg, policy.mode)
 		if err != nil {
 			log.Info("MX host unusable, trying the next", "host", tg.host, "ip", tg.ip.String(), "err", err)
 			last = errorResults(t.rcpts, err, tg.host)
@@ -180,6 +240,7 @@ func (m *MX) tryTargets(ctx context.Context, log *slog.Logger, domain string, ta
 		} else {
 			c.Quit()
 		}
+		results = withTLS(results, c.TLS(), policy.source)
 		last = results
 		if allDeferred(results) && (broken == nil || retryable) {
 			log.Info("MX host deferred every recipient, trying the next", "host", tg.host, "reply", results[0].Text)
@@ -202,14 +263,16 @@ func allDeferred(rs []Result) bool {
 	return true
 }
 
-// connect opens a session to tg with opportunistic STARTTLS, which
-// smtpclient retries in plain text when the handshake fails.
-func (m *MX) connect(ctx context.Context, tg target) (*smtpclient.Client, error) {
+// connect opens a session to tg with the destination's TLS mode: with
+// opportunistic STARTTLS, smtpclient retries in plain text when the
+// handshake fails; the other modes fail the session instead.
+func (m *MX) connect(ctx context.Context, tg target, mode smtpclient.TLSMode) (*smtpclient.Client, error) {
 	return smtpclient.Dial(ctx, smtpclient.Params{
 		Host:           tg.host,
 		Addr:           net.JoinHostPort(tg.ip.String(), strconv.Itoa(m.cfg.Port)),
 		LocalName:      m.cfg.Hostname,
-		TLS:            smtpclient.TLSOpportunistic,
+		TLS:            mode,
+		RootCAs:        m.cfg.RootCAs,
 		ServerName:     tg.host,
 		DialTimeout:    m.cfg.DialTimeout,
 		CommandTimeout: m.cfg.CommandTimeout,

@@ -146,3 +146,19 @@ func exchange(ctx context.Context, q *dns.Msg, server, network string, timeout t
 	resp, _, err := c.ExchangeContext(ctx, q, server)
 	return resp, err
 }
+
+// LookupTXT returns each TXT record of name, its strings joined; an error
+// wrapping ErrNoSuchDomain for NXDOMAIN (the MTA-STS finder's question).
+func (r *DNSResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	answer, err := r.query(ctx, name, dns.TypeTXT)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, rr := range answer {
+		if txt, ok := rr.(*dns.TXT); ok {
+			out = append(out, strings.Join(txt.Txt, ""))
+		}
+	}
+	return out, nil
+}

@@ -161,6 +161,7 @@ func (s *Smarthost) Deliver(ctx context.Context, msg Message) []Result {
 			return errorResults(rcpts, fmt.Errorf("smarthost %s: %w", s.addr, err), s.remote)
 		}
 		results, broken, retryable := transact(ctx, c, t, reused)
+		results = withTLS(results, c.TLS(), TLSPolicySmarthost)
 		if broken == nil {
 			s.pool.Put(c)
 			return results

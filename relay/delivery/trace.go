@@ -223,6 +223,7 @@ func (t Trace) headerName() string {
 // against disclosing the others.
 //
 //	Received: from helo ([ip])
+//		(using TLSv1.3)
 //		by hostname (mailfleet) with ESMTPSA id queue-id
 //		for <rcpt>; date
 //	X-Mailfleet-Label: account=acme; label=1001
@@ -230,6 +231,11 @@ func (t Trace) Headers(env spool.Envelope, rcpts []string) []byte {
 	var b bytes.Buffer
 	b.WriteString("Received: from ")
 	b.WriteString(fromClause(env))
+	if env.TLSVersion != "" {
+		b.WriteString("\r\n\t(using ")
+		b.WriteString(sanitizeToken(env.TLSVersion, "TLS"))
+		b.WriteString(")")
+	}
 	b.WriteString("\r\n\tby ")
 	b.WriteString(sanitizeToken(t.Hostname, "localhost"))
 	b.WriteString(" (mailfleet) with ")

@@ -180,3 +180,18 @@ func TestTraceHeadersHTTP(t *testing.T) {
 		t.Fatalf("Received header of an API message:\n%s", got)
 	}
 }
+
+// TestReceivedNamesTheClientTLS: the Received field says which TLS
+// version protected the submission, as Postfix's does; a version that is
+// not a token cannot break the field.
+func TestReceivedNamesTheClientTLS(t *testing.T) {
+	env := spool.Envelope{ID: "q1", APIUser: "acme", RemoteAddr: "192.0.2.7:1", Helo: "client.example", TLS: true, TLSVersion: "TLSv1.3"}
+	h := string(Trace{Hostname: "mx.example"}.Headers(env, []string{"a@example.org"}))
+	if !strings.Contains(h, "Received: from client.example ([192.0.2.7])\r\n\t(using TLSv1.3)\r\n\tby mx.example (mailfleet) with ESMTPSA id q1") {
+		t.Fatalf("%q", h)
+	}
+	env.TLSVersion = "TLSv1.3\r\nX-Injected: 1"
+	if h := string(Trace{Hostname: "mx.example"}.Headers(env, nil)); strings.Contains(h, "\r\nX-Injected") {
+		t.Fatalf("%q", h)
+	}
+}

@@ -31,6 +31,8 @@ type Result struct {
 	Text     string
 	// RemoteMTA is the host that answered, when one did.
 	RemoteMTA string
+	// TLS is what protected that host's session; nil when none answered.
+	TLS *TLSResult
 }
 
 // Message is a message to hand to the next hop.

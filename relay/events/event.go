@@ -56,6 +56,19 @@ type Reply struct {
 	Enhanced  string `json:"enhanced,omitempty"`
 	Text      string `json:"text,omitempty"`
 	RemoteMTA string `json:"remoteMta,omitempty"`
+	// TLS is what protected the session with RemoteMTA.
+	TLS *TLS `json:"tls,omitempty"`
+}
+
+// TLS is what protected a session with a next hop.
+type TLS struct {
+	// Version is "TLSv1.3", "TLSv1.2" or "none".
+	Version string `json:"version"`
+	// Verified: the certificate verified for the host's name.
+	Verified bool `json:"verified"`
+	// Policy is where the TLS mode came from: opportunistic, configured,
+	// mta-sts, mta-sts-testing or smarthost.
+	Policy string `json:"policy"`
 }
 
 // Event is one recipient's event, as the stream stores it and webhooks
@@ -113,6 +126,9 @@ func QueuedEvents(env spool.Envelope, at time.Time) []Event {
 func FromResult(t Type, env spool.Envelope, r delivery.Result, attempt int, at, next time.Time) Event {
 	ev := newEvent(t, env, r.Recipient, attempt, at)
 	ev.Reply = &Reply{Code: r.Code, Enhanced: r.Enhanced, Text: r.Text, RemoteMTA: r.RemoteMTA}
+	if r.TLS != nil {
+		ev.Reply.TLS = &TLS{Version: r.TLS.Version, Verified: r.TLS.Verified, Policy: r.TLS.Policy}
+	}
 	switch t {
 	case Deferred:
 		n := next.UTC()

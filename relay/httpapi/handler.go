@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/mailfleet/mailfleet/api/wire"
@@ -119,7 +121,11 @@ func (s *Server) client(r *http.Request) submission.Client {
 		remote = net.TCPAddrFromAddrPort(ap)
 	}
 	log := s.o.Log.With("client", remote.String())
-	return submission.Client{Remote: remote, TLS: r.TLS != nil, Log: log}
+	c := submission.Client{Remote: remote, TLS: r.TLS != nil, Log: log}
+	if r.TLS != nil {
+		c.TLSVersion = strings.Replace(tls.VersionName(r.TLS.Version), "TLS ", "TLSv", 1)
+	}
+	return c
 }
 
 // login checks the Basic credentials under SMTP AUTH's throttle.

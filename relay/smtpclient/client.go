@@ -64,6 +64,7 @@ type Client struct {
 	// host is the name the server is known by, addr where it is.
 	host, addr string
 	tls        bool
+	tlsState   TLSState
 	created    time.Time
 	lastUsed   time.Time
 	cmdTimeout time.Duration
@@ -184,7 +185,7 @@ func (c *Client) greeting() error {
 // fails the session when it does not but p.TLS requires it.
 func (c *Client) upgrade(ctx context.Context, p Params, cfg *tls.Config) error {
 	if _, offered := c.ext["STARTTLS"]; !offered {
-		if p.TLS == TLSRequired {
+		if p.TLS == TLSRequired || p.TLS == TLSEncrypt {
 			return &sessionError{stage: "STARTTLS with " + c.addr, err: errors.New("TLS is required but the server does not offer STARTTLS")}
 		}
 		return nil
@@ -274,8 +275,13 @@ func (c *Client) handshake(ctx context.Context, cfg *tls.Config) error {
 	}
 	c.setConn(tc)
 	c.tls = true
+	cs := tc.ConnectionState()
+	c.tlsState = TLSState{Version: versionName(cs.Version), Verified: !cfg.InsecureSkipVerify || verified(cs, cfg.ServerName, cfg.RootCAs)}
 	return nil
 }
+
+// TLS is what protects the session.
+func (c *Client) TLS() TLSState { return c.tlsState }
 
 // auth logs in with PLAIN when offered, else LOGIN.
 func (c *Client) auth(user, pass string) error {

@@ -87,8 +87,10 @@ type ConnInfo struct {
 	// Remote is the client: the one a PROXY header names, on a listener
 	// behind a load balancer.
 	Remote net.Addr
-	// TLS reports whether the session is encrypted.
-	TLS bool
+	// TLS reports whether the session is encrypted, TLSVersion with what
+	// ("TLSv1.3"), for the Received field.
+	TLS        bool
+	TLSVersion string
 	// Helo is the name the client gave in its last EHLO or HELO, made
 	// printable; "" before the first.
 	Helo string

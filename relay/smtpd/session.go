@@ -359,6 +359,7 @@ func (s *session) startTLS() bool {
 		return false
 	}
 	s.info.TLS = true
+	s.info.TLSVersion = strings.Replace(tls.VersionName(tlsConn.ConnectionState().Version), "TLS ", "TLSv", 1)
 	s.setConn(tlsConn)
 	return true
 }

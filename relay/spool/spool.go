@@ -20,6 +20,9 @@ type Envelope struct {
 	RemoteAddr string    `json:"remoteAddr,omitempty"`
 	Helo       string    `json:"helo,omitempty"`
 	TLS        bool      `json:"tls,omitempty"`
+	// TLSVersion is the client session's TLS version ("TLSv1.3"), for the
+	// Received field.
+	TLSVersion string `json:"tlsVersion,omitempty"`
 	// Via is the door the message came in by: empty for SMTP, ViaHTTP for
 	// the HTTP send API (the Received header says which).
 	Via string `json:"via,omitempty"`

@@ -132,6 +132,7 @@ func (s *session) envelope() spool.Envelope {
 		RemoteAddr: s.conn.Remote.String(),
 		Helo:       s.conn.Helo,
 		TLS:        s.conn.TLS,
+		TLSVersion: s.conn.TLSVersion,
 		CustomArgs: s.customArgs,
 		Via:        s.via,
 	}

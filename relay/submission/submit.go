@@ -23,7 +23,9 @@ type Client struct {
 	// envelope's remoteAddr.
 	Remote net.Addr
 	TLS    bool
-	Log    *slog.Logger
+	// TLSVersion is the connection's ("TLSv1.3"), for the Received field.
+	TLSVersion string
+	Log        *slog.Logger
 }
 
 // Message is a whole message, envelope and body, as the HTTP API builds it.
@@ -59,7 +61,7 @@ func (b *Backend) httpSession(c Client) *session {
 	if log == nil {
 		log = slog.Default()
 	}
-	conn := &smtpd.ConnInfo{Listener: "http", Remote: c.Remote, TLS: c.TLS, Log: log}
+	conn := &smtpd.ConnInfo{Listener: "http", Remote: c.Remote, TLS: c.TLS, TLSVersion: c.TLSVersion, Log: log}
 	return &session{b: b, conn: conn, log: log, via: spool.ViaHTTP}
 }
 
