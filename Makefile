@@ -79,6 +79,13 @@ zero-loss:
 webhook-drill:
 	MAILFLEET_WEBHOOK_DRILL_MESSAGES=2000 MAILFLEET_WEBHOOK_DRILL_DOWN_SECONDS=60 go test -count=1 -run TestWebhookReceiverDown -v -timeout 20m ./cmd/mailfleet
 
+## shaping-drill: the destination shaping drill at the issue's size, 2,000
+## messages from three relays to a host that takes two sessions (make test
+## runs 300).
+.PHONY: shaping-drill
+shaping-drill:
+	MAILFLEET_SHAPING_DRILL_MESSAGES=2000 go test -count=1 -run TestShapingDrill -v -timeout 10m ./relay/delivery
+
 clean:
 	rm -rf bin/
 
@@ -152,6 +159,7 @@ test-e2e: test-deps envtest
 	cd hack/cluster/cert-manager && KUBEBUILDER_ASSETS=$(CURDIR)/bin/k8s go test -count=1 ./...
 	E2E_IMAGE_TAG=$(E2E_IMAGE_TAG) go test -tags e2e -count=1 -v -timeout 60m $(E2E_FLAGS) ./test/e2e
 	$(MAKE) webhook-drill
+	$(MAKE) shaping-drill
 
 # Images without Docker (make image, images, images-load) and the
 # single-node cluster (make cluster-up, cluster-down).

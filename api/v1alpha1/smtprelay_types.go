@@ -390,24 +390,41 @@ type RelayDelivery struct {
 	// +kubebuilder:validation:Enum=Honour;Ignore
 	// +optional
 	MTASTS string `json:"mtaSTS,omitempty"`
-	// Destinations set the TLS of direct delivery to some recipient
-	// domains, ahead of their MTA-STS policy. A domain covers its
-	// subdomains; a domain listed twice takes its first entry's.
+	// Destinations tune direct delivery to groups of recipient domains:
+	// their TLS (ahead of their MTA-STS policy), and fleet-wide bounds on
+	// sessions and messages per minute. The large providers have groups by
+	// default (google, microsoft, yahoo, apple; docs/deliverability.md);
+	// an entry of the same name replaces one.
 	// +kubebuilder:validation:MaxItems=200
-	// +listType=atomic
+	// +listType=map
+	// +listMapKey=name
 	// +optional
 	Destinations []RelayDestination `json:"destinations,omitempty"`
 }
 
-// RelayDestination is how mail to some recipient domains is delivered.
+// RelayDestination is how mail to a group of recipient domains is
+// delivered.
+// +kubebuilder:validation:XValidation:rule="has(self.domains) || has(self.mxHosts)",message="a destination needs domains, mxHosts or both"
 type RelayDestination struct {
+	// Name names the group in metrics and in the counts the relays share.
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	Name string `json:"name"`
 	// Domains are recipient domains, each with its subdomains.
-	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=100
 	// +kubebuilder:validation:items:MaxLength=253
 	// +kubebuilder:validation:items:Pattern=`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?([.][a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)+$`
 	// +listType=set
-	Domains []string `json:"domains"`
+	// +optional
+	Domains []string `json:"domains,omitempty"`
+	// MXHosts take in every recipient domain whose MX hosts are these or
+	// under them (google.com takes in the domains Google hosts).
+	// +kubebuilder:validation:MaxItems=20
+	// +kubebuilder:validation:items:MaxLength=253
+	// +kubebuilder:validation:items:Pattern=`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?([.][a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)+$`
+	// +listType=set
+	// +optional
+	MXHosts []string `json:"mxHosts,omitempty"`
 	// TLS is Opportunistic (the default: STARTTLS when offered, any
 	// certificate, plain text otherwise), Required (never plain text, any
 	// certificate, as Postfix's "encrypt") or Verify (never plain text,
@@ -415,6 +432,19 @@ type RelayDestination struct {
 	// +kubebuilder:validation:Enum=Opportunistic;Required;Verify
 	// +optional
 	TLS string `json:"tls,omitempty"`
+	// MaxConnections bounds the sessions the whole fleet has open to the
+	// group at once. Unset: only each pod's 20 per domain.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	MaxConnections *int32 `json:"maxConnections,omitempty"`
+	// MaxMessagesPerMinute bounds the messages the whole fleet sends the
+	// group per minute; beyond it deliveries wait for the queue's next
+	// retry.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	// +optional
+	MaxMessagesPerMinute *int32 `json:"maxMessagesPerMinute,omitempty"`
 }
 
 // Smarthost is the server every message is handed to.

@@ -277,3 +277,9 @@ type DisabledWebhook struct {
 	DisabledAt string `json:"disabledAt"` // RFC 3339
 	Reason     string `json:"reason"`
 }
+
+// ShapingSlotsBucket and ShapingStateBucket are the key-value buckets in
+// which stream's relays share the destination groups' open sessions, and
+// their messages per minute and pauses (relay/shaping).
+func ShapingSlotsBucket(stream string) string { return stream + "_SHAPING_SLOTS" }
+func ShapingStateBucket(stream string) string { return stream + "_SHAPING" }

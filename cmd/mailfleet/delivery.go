@@ -20,6 +20,7 @@ import (
 	"github.com/mailfleet/mailfleet/relay/events"
 	"github.com/mailfleet/mailfleet/relay/httpapi"
 	"github.com/mailfleet/mailfleet/relay/queue"
+	"github.com/mailfleet/mailfleet/relay/shaping"
 	"github.com/mailfleet/mailfleet/relay/smtpclient"
 	"github.com/mailfleet/mailfleet/relay/submission"
 	"github.com/mailfleet/mailfleet/relay/suppression"
@@ -84,7 +85,7 @@ func openQueue(ctx context.Context, cfg config.Config, reg prometheus.Registerer
 // openTransport returns where the workers deliver: the smarthost, a local
 // directory (dev), or each recipient domain's MX hosts; with the name that
 // labels the delivery metrics, and what to call when the relay stops.
-func openTransport(cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (delivery.Transport, string, func(), error) {
+func openTransport(ctx context.Context, cfg config.Config, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger) (delivery.Transport, string, func(), error) {
 	hostname := deliveryHostname(cfg)
 	d := cfg.Delivery
 	switch {
@@ -134,13 +135,14 @@ func openTransport(cfg config.Config, reg prometheus.Registerer, log *slog.Logge
 		if err != nil {
 			return nil, "", nil, err
 		}
-		policies, err := destinationTLS(d.TLS)
+		policies, groupTLS, rules, err := destinations(d.Destinations)
 		if err != nil {
 			return nil, "", nil, err
 		}
+		shaper := openShaper(ctx, cfg, q, log)
 		t, err := delivery.NewMX(delivery.MXConfig{Hostname: hostname, LabelHeader: d.LabelHeader, Log: log, Metrics: delivery.NewMetrics(reg),
 			AllowedDestinations: allowed, AllowAddressLiterals: d.AllowAddressLiterals,
-			TLSPolicies: policies, MTASTS: !d.IgnoreMTASTS})
+			TLSPolicies: policies, GroupTLS: groupTLS, MTASTS: !d.IgnoreMTASTS, Shaper: shaper, ShapingRules: rules})
 		if err != nil {
 			return nil, "", nil, err
 		}
@@ -186,32 +188,43 @@ func openSuppressions(ctx context.Context, cfg config.Config, q *queue.Queue, re
 		return nil
 	}
 	g := suppression.NewGuard(reg, log)
-	open := func(timeout time.Duration) error {
-		octx, cancel := context.WithTimeout(ctx, timeout)
-		defer cancel()
+	openOrRetry(ctx, log, "suppression list not open yet; recipients are not checked meanwhile", func(octx context.Context) error {
 		l, err := suppression.Open(octx, q.Conn(), q.Stream(), q.Replicas(), cfg.Suppression.BounceTTL.Duration)
 		if err == nil {
 			g.Attach(l)
 			go l.Watch(ctx, log)
 		}
 		return err
-	}
-	if err := open(10 * time.Second); err != nil {
-		go func() {
-			for delay := time.Second; ; delay = min(2*delay, time.Minute) {
-				log.Warn("suppression list not open yet; recipients are not checked meanwhile", "retry_in", delay, "err", err)
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(delay):
-				}
-				if err = open(30 * time.Second); err == nil {
-					return
-				}
-			}
-		}()
-	}
+	})
 	return g
+}
+
+// openOrRetry calls open with 10 s to succeed; when it fails, it is called
+// again in the background, with 30 s each time and a growing pause between,
+// logging waiting each time, until it succeeds or ctx ends.
+func openOrRetry(ctx context.Context, log *slog.Logger, waiting string, open func(context.Context) error) {
+	try := func(timeout time.Duration) error {
+		octx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return open(octx)
+	}
+	err := try(10 * time.Second)
+	if err == nil {
+		return
+	}
+	go func() {
+		for delay := time.Second; ; delay = min(2*delay, time.Minute) {
+			log.Warn(waiting, "retry_in", delay, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+			if err = try(30 * time.Second); err == nil {
+				return
+			}
+		}
+	}()
 }
 
 func dispatchSuppressions(g *suppression.Guard) dispatch.Suppressions {
@@ -335,21 +348,46 @@ func readSecretFile(path string) (string, error) {
 	return strings.TrimRight(string(b), "\r\n"), nil
 }
 
-// destinationTLS reads delivery.tls into the MX transport's policies; a
-// domain listed twice keeps its first mode.
-func destinationTLS(list []config.DestinationTLS) (map[string]smtpclient.TLSMode, error) {
-	out := map[string]smtpclient.TLSMode{}
+// destinations reads delivery.destinations: the TLS modes by domain and
+// by group (a domain listed twice keeps its first), and the shaping
+// groups, the relay's own before the defaults it does not replace.
+func destinations(list []config.Destination) (map[string]smtpclient.TLSMode, map[string]smtpclient.TLSMode, shaping.Rules, error) {
+	modes, groups := map[string]smtpclient.TLSMode{}, map[string]smtpclient.TLSMode{}
+	var own []shaping.Rule
 	for i, d := range list {
-		mode, err := smtpclient.ParseTLSMode(d.Mode)
-		if err != nil || mode == smtpclient.TLSImplicit || mode == smtpclient.TLSNone {
-			return nil, fmt.Errorf("delivery.tls[%d].mode %q: want opportunistic, encrypt or required", i, d.Mode)
+		if !shaping.NamePattern.MatchString(d.Name) {
+			return nil, nil, nil, fmt.Errorf("delivery.destinations[%d].name %q: want lowercase letters, digits and -", i, d.Name)
 		}
-		for _, domain := range d.Domains {
-			domain = strings.ToLower(strings.TrimSuffix(domain, "."))
-			if _, seen := out[domain]; !seen {
-				out[domain] = mode
+		mode, err := smtpclient.ParseTLSMode(d.TLS)
+		if err != nil || mode == smtpclient.TLSImplicit || mode == smtpclient.TLSNone {
+			return nil, nil, nil, fmt.Errorf("delivery.destinations[%d].tls %q: want opportunistic, encrypt or required", i, d.TLS)
+		}
+		if d.TLS != "" {
+			groups[d.Name] = mode
+			for _, domain := range d.Domains {
+				domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+				if _, seen := modes[domain]; !seen {
+					modes[domain] = mode
+				}
 			}
 		}
+		own = append(own, shaping.Rule{Name: d.Name, Domains: d.Domains, MXHosts: d.MXHosts,
+			Limits: shaping.Limits{MaxConnections: d.MaxConnections, MaxPerMinute: d.MaxPerMinute}})
 	}
-	return out, nil
+	return modes, groups, shaping.WithDefaults(own), nil
+}
+
+// openShaper opens the buckets the relays share the destination groups'
+// limits in. When JetStream cannot make them yet they are tried again in
+// the background, and deliveries are bounded per pod only meanwhile.
+func openShaper(ctx context.Context, cfg config.Config, q *queue.Queue, log *slog.Logger) *shaping.Guard {
+	g := &shaping.Guard{}
+	openOrRetry(ctx, log, "destination shaping not open yet; deliveries are bounded per pod only meanwhile", func(octx context.Context) error {
+		f, err := shaping.Open(octx, q.Conn(), q.Stream(), q.Replicas(), cfg.Node)
+		if err == nil {
+			g.Attach(f)
+		}
+		return err
+	})
+	return g
 }

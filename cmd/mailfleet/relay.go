@@ -132,7 +132,7 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	// Deferred before the server exists, so it runs after the drain: the
 	// sessions finishing during it still ask the budget.
 	defer closeBudget()
-	transport, destination, closeTransport, err := openTransport(cfg, reg, log)
+	transport, destination, closeTransport, err := openTransport(ctx, cfg, q, reg, log)
 	if err != nil {
 		return err
 	}

@@ -64,9 +64,11 @@ func relayDeliveryConfig(relay *v1.SmtpRelay) config.Delivery {
 	}
 	out.IgnoreMTASTS = d.MTASTS == "Ignore"
 	for _, dest := range d.Destinations {
-		if mode := destinationTLSMode(dest.TLS); mode != "" {
-			out.TLS = append(out.TLS, config.DestinationTLS{Domains: slices.Clone(dest.Domains), Mode: mode})
-		}
+		out.Destinations = append(out.Destinations, config.Destination{
+			Name: dest.Name, Domains: slices.Clone(dest.Domains), MXHosts: slices.Clone(dest.MXHosts),
+			TLS: destinationTLSMode(dest.TLS), MaxConnections: int(ptr.Deref(dest.MaxConnections, 0)),
+			MaxPerMinute: int(ptr.Deref(dest.MaxMessagesPerMinute, 0)),
+		})
 	}
 	if r := d.Retry.MinBackoff; r != nil {
 		out.Backoff.Min = config.Duration{Duration: r.Duration}

@@ -789,9 +789,9 @@ func TestRenderRelayQueueAndDelivery(t *testing.T) {
 			AllowAddressLiterals: true,
 			MTASTS:               "Ignore",
 			Destinations: []v1.RelayDestination{
-				{Domains: []string{"bank.example", "pay.example"}, TLS: "Verify"},
-				{Domains: []string{"partner.example"}, TLS: "Required"},
-				{Domains: []string{"plain.example"}},
+				{Name: "bank", Domains: []string{"bank.example", "pay.example"}, TLS: "Verify"},
+				{Name: "partner", Domains: []string{"partner.example"}, TLS: "Required"},
+				{Name: "google", MXHosts: []string{"google.com"}, MaxConnections: ptr.To[int32](5), MaxMessagesPerMinute: ptr.To[int32](600)},
 			},
 		}
 	})
@@ -814,8 +814,9 @@ func TestRenderRelayQueueAndDelivery(t *testing.T) {
 		len(d.AllowedDestinations) != 1 || d.AllowedDestinations[0] != "10.20.0.0/16" || !d.AllowAddressLiterals {
 		t.Errorf("delivery = %+v", d)
 	}
-	if !d.IgnoreMTASTS || len(d.TLS) != 2 || d.TLS[0].Mode != "required" || len(d.TLS[0].Domains) != 2 || d.TLS[1].Mode != "encrypt" {
-		t.Errorf("delivery TLS = %v %+v", d.IgnoreMTASTS, d.TLS)
+	if ds := d.Destinations; !d.IgnoreMTASTS || len(ds) != 3 || ds[0].TLS != "required" || len(ds[0].Domains) != 2 || ds[1].TLS != "encrypt" ||
+		ds[2].Name != "google" || ds[2].TLS != "" || ds[2].MXHosts[0] != "google.com" || ds[2].MaxConnections != 5 || ds[2].MaxPerMinute != 600 {
+		t.Errorf("delivery destinations = %v %+v", d.IgnoreMTASTS, d.Destinations)
 	}
 
 	spec := objs.Deployment.Spec.Template.Spec

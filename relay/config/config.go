@@ -288,16 +288,25 @@ type Delivery struct {
 	// IgnoreMTASTS leaves the destinations' MTA-STS policies unread; by
 	// default direct delivery honours them.
 	IgnoreMTASTS bool `json:"ignoreMtaSts,omitempty"`
-	// TLS sets the TLS of direct delivery to some recipient domains (and
-	// their subdomains): mode "opportunistic", "encrypt" (never plain
-	// text) or "required" (never plain text, the certificate verified).
-	TLS []DestinationTLS `json:"tls,omitempty"`
+	// Destinations tune direct delivery to groups of recipient domains;
+	// one named like a default group (google, microsoft, yahoo, apple)
+	// replaces it.
+	Destinations []Destination `json:"destinations,omitempty"`
 }
 
-// DestinationTLS is the TLS mode of some destination domains.
-type DestinationTLS struct {
-	Domains []string `json:"domains"`
-	Mode    string   `json:"mode"`
+// Destination is a group of recipient domains: those listed (with their
+// subdomains) and those whose MX hosts are under MXHosts.
+type Destination struct {
+	Name    string   `json:"name"`
+	Domains []string `json:"domains,omitempty"`
+	MXHosts []string `json:"mxHosts,omitempty"`
+	// TLS is "" (opportunistic), "encrypt" (never plain text) or
+	// "required" (never plain text, the certificate verified).
+	TLS string `json:"tls,omitempty"`
+	// MaxConnections and MaxPerMinute bound the whole fleet's sessions to
+	// the group and its messages per minute; 0 is no bound.
+	MaxConnections int `json:"maxConnections,omitempty"`
+	MaxPerMinute   int `json:"maxPerMinute,omitempty"`
 }
 
 // DestinationPrefixes parses AllowedDestinations.

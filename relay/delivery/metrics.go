@@ -6,8 +6,9 @@ import "github.com/prometheus/client_golang/prometheus"
 // counted by the dispatcher, which sees every transport's results. A nil
 // *Metrics records nothing.
 type Metrics struct {
-	opened *prometheus.CounterVec
-	open   *prometheus.GaugeVec
+	opened      *prometheus.CounterVec
+	open        *prometheus.GaugeVec
+	shapedTotal *prometheus.CounterVec
 }
 
 // NewMetrics registers the transport metrics with reg:
@@ -23,8 +24,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "mailfleet_transport_connections",
 			Help: "SMTP connections to next hops open now, busy or idle in a pool, by transport.",
 		}, []string{"transport"}),
+		shapedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailfleet_delivery_shaped_total",
+			Help: "Deliveries deferred by a destination group's fleet-wide limits (sessions, messages per minute, a pause after 421), by group.",
+		}, []string{"group"}),
 	}
-	reg.MustRegister(m.opened, m.open)
+	reg.MustRegister(m.opened, m.open, m.shapedTotal)
 	return m
 }
 
@@ -41,4 +46,11 @@ func (m *Metrics) connClosed(transport string) {
 		return
 	}
 	m.open.WithLabelValues(transport).Dec()
+}
+
+func (m *Metrics) shaped(group string) {
+	if m == nil {
+		return
+	}
+	m.shapedTotal.WithLabelValues(group).Inc()
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mailfleet/mailfleet/relay/mtasts"
+	"github.com/mailfleet/mailfleet/relay/shaping"
 	"github.com/mailfleet/mailfleet/relay/smtpclient"
 )
 
@@ -64,6 +65,9 @@ type MXConfig struct {
 	// subdomains): smtpclient.TLSEncrypt never sends them mail in plain
 	// text, TLSRequired also verifies the certificate for the MX host.
 	TLSPolicies map[string]smtpclient.TLSMode
+	// GroupTLS sets the TLS of the destination groups (ShapingRules) by
+	// name, for the domains a group takes in by their MX hosts.
+	GroupTLS map[string]smtpclient.TLSMode
 	// RootCAs verify MX hosts' certificates where a policy requires it
 	// (nil: the system's).
 	RootCAs *x509.CertPool
@@ -73,6 +77,18 @@ type MXConfig struct {
 	// MTASTSRoots verify the hosts policies are fetched from (nil: the
 	// system's).
 	MTASTSRoots *x509.CertPool
+	// Shaper keeps the destination groups of ShapingRules within their
+	// fleet-wide limits (relay/shaping); nil: only the per-pod limits.
+	Shaper       Shaper
+	ShapingRules shaping.Rules
+}
+
+// Shaper is what direct delivery asks before a session to a destination
+// group, and tells after it (a *shaping.Fleet).
+type Shaper interface {
+	Acquire(ctx context.Context, g shaping.Rule) (release func(), err error)
+	Pause(ctx context.Context, g shaping.Rule, reason string)
+	Delivered(ctx context.Context, g shaping.Rule)
 }
 
 // MX delivers straight to each recipient domain's mail exchangers, with
@@ -205,7 +221,8 @@ func (m *MX) deliverDomain(ctx context.Context, msg Message, domain string, rcpt
 		log.Info("no route", "outcome", final[0].Outcome.String(), "reason", final[0].Text)
 		return final
 	}
-	policy, targets, final := m.tlsPolicyFor(ctx, domain, targets, rcpts)
+	group, shaped := m.shapingGroup(domain, targets)
+	policy, targets, final := m.tlsPolicyFor(ctx, domain, group.Name, targets, rcpts)
 	if final != nil {
 		log.Info("no route the destination's TLS policy allows", "reason", final[0].Text)
 		return final
@@ -215,7 +232,50 @@ func (m *MX) deliverDomain(ctx context.Context, msg Message, domain string, rcpt
 		headers: m.trace.Headers(msg.Envelope, rcpts),
 		strip:   m.trace.headerName(),
 	}
-	return m.tryTargets(ctx, log, domain, targets, t, policy)
+	if !shaped || m.cfg.Shaper == nil {
+		return m.tryTargets(ctx, log, domain, targets, t, policy)
+	}
+	releaseSlot, err := m.cfg.Shaper.Acquire(ctx, group)
+	if err != nil {
+		if d, ok := errors.AsType[*shaping.Deferral](err); ok {
+			m.cfg.Metrics.shaped(group.Name)
+			return localResults(rcpts, Deferred, d.Enhanced, d.Text, "")
+		}
+		return errorResults(rcpts, fmt.Errorf("wait for a session to %s: %w", group.Name, err), "")
+	}
+	defer releaseSlot()
+	results := m.tryTargets(ctx, log, domain, targets, t, policy)
+	m.observe(ctx, log, group, results)
+	return results
+}
+
+// shapingGroup is the destination group whose fleet-wide limits apply to
+// domain, reached through targets; false when none does.
+func (m *MX) shapingGroup(domain string, targets []target) (shaping.Rule, bool) {
+	hosts := make([]string, len(targets))
+	for i, tg := range targets {
+		hosts[i] = tg.host
+	}
+	return m.cfg.ShapingRules.For(domain, hosts)
+}
+
+// observe pauses a group that answered 421 (its servers say they are
+// overloaded, or that this sender is sending too much), for the whole
+// fleet: other relays would only add to it. A delivery ends the series.
+func (m *MX) observe(ctx context.Context, log *slog.Logger, g shaping.Rule, results []Result) {
+	for _, r := range results {
+		if r.Code == 421 {
+			log.Warn("destination answered 421; pausing its group", "group", g.Name, "reply", r.Text)
+			m.cfg.Shaper.Pause(ctx, g, fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Text))
+			return
+		}
+	}
+	for _, r := range results {
+		if r.Outcome == Delivered {
+			m.cfg.Shaper.Delivered(ctx, g)
+			return
+		}
+	}
 }
 
 // tryTargets offers t to each target in turn until one gives the domain's

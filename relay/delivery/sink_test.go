@@ -58,6 +58,9 @@ type sink struct {
 	addr string
 	srv  *smtp.Server
 
+	// active counts the sessions open now, mostActive the most at once,
+	// refused those answered 421 for being one too many.
+	active, mostActive, refused atomic.Int64
 	// conns counts accepted TCP connections, commands RSETs seen.
 	conns    atomic.Int64
 	resets   atomic.Int64
@@ -84,6 +87,11 @@ type sinkOptions struct {
 	port        string // default "0"
 	// count only counts accepted messages, keeping no bodies (benchmarks).
 	countOnly bool
+	// maxSessions, when set, answers 421 to a session beyond it, as a
+	// provider that takes only so many connections from one sender does.
+	maxSessions int64
+	// delay is how long the sink takes over each message's DATA.
+	delay time.Duration
 }
 
 func startSink(t testing.TB, o sinkOptions) *sink {
@@ -99,6 +107,18 @@ func startSink(t testing.TB, o sinkOptions) *sink {
 	}
 	s := &sink{rcptReply: map[string]*smtp.SMTPError{}}
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		// Sessions are counted from here to Logout, which go-smtp calls
+		// before it closes the connection (and before STARTTLS's new
+		// session): a client that saw the connection end has seen it
+		// counted out.
+		n := s.active.Add(1)
+		if o.maxSessions > 0 && n > o.maxSessions {
+			s.active.Add(-1)
+			s.refused.Add(1)
+			return nil, &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many connections from your IP"}
+		}
+		for most := s.mostActive.Load(); n > most && !s.mostActive.CompareAndSwap(most, n); most = s.mostActive.Load() {
+		}
 		return &sinkSession{sink: s, conn: c, opts: o}, nil
 	}))
 	srv.Domain = "sink.test"
@@ -187,10 +207,11 @@ type countingListener struct {
 
 func (l *countingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
-	if err == nil {
-		l.n.Add(1)
+	if err != nil {
+		return c, err
 	}
-	return c, err
+	l.n.Add(1)
+	return c, nil
 }
 
 type sinkSession struct {
@@ -258,6 +279,7 @@ func (ss *sinkSession) Data(r io.Reader) error {
 	if err != nil {
 		return err
 	}
+	time.Sleep(ss.opts.delay)
 	if reply != nil {
 		return reply
 	}
@@ -277,7 +299,10 @@ func (ss *sinkSession) Reset() {
 	ss.from, ss.to = "", nil
 }
 
-func (ss *sinkSession) Logout() error { return nil }
+func (ss *sinkSession) Logout() error {
+	ss.sink.active.Add(-1)
+	return nil
+}
 
 // loginServer is the server side of AUTH LOGIN, which go-sasl lacks.
 type loginServer struct {

@@ -29,12 +29,15 @@ type tlsPolicy struct {
 
 // tlsPolicyFor decides the destination's TLS, and keeps of targets those
 // the policy lets mail go to: a mode configured for the domain (or a parent
-// of it) first, then its MTA-STS policy, else opportunistic STARTTLS. An
+// of it) first, then for its destination group, then its MTA-STS policy, else opportunistic STARTTLS. An
 // MTA-STS policy in enforce mode requires TLS verified for the MX host's
 // name, and only the MX hosts it names; when it names none of them the
 // recipients are deferred, as RFC 8461 §5 asks, not sent elsewhere.
-func (m *MX) tlsPolicyFor(ctx context.Context, domain string, targets []target, rcpts []string) (tlsPolicy, []target, []Result) {
+func (m *MX) tlsPolicyFor(ctx context.Context, domain, group string, targets []target, rcpts []string) (tlsPolicy, []target, []Result) {
 	if mode, ok := configuredTLS(m.cfg.TLSPolicies, domain); ok {
+		return tlsPolicy{mode: mode, source: TLSPolicyConfigured}, targets, nil
+	}
+	if mode, ok := m.cfg.GroupTLS[group]; ok && group != "" {
 		return tlsPolicy{mode: mode, source: TLSPolicyConfigured}, targets, nil
 	}
 	opportunistic := tlsPolicy{mode: smtpclient.TLSOpportunistic, source: TLSPolicyOpportunistic}

@@ -362,7 +362,14 @@ func (c *Client) Host() string { return c.host }
 func (c *Client) Quit() {
 	c.conn.SetDeadline(time.Now().Add(5 * time.Second))
 	if c.send("QUIT") == nil && c.flush() == nil {
-		readReply(c.br)
+		if _, err := readReply(c.br); err == nil {
+			// The server closes after its 221 (RFC 5321 §4.1.1.10); wait
+			// for that, briefly, so that a destination counting this
+			// sender's connections has seen this one end before the
+			// delivery that follows opens another in its place.
+			c.conn.SetReadDeadline(time.Now().Add(time.Second))
+			io.Copy(io.Discard, c.br)
+		}
 	}
 	c.Close()
 }

@@ -37,11 +37,28 @@ func TestCRDValidation(t *testing.T) {
 		mut(l)
 		return l
 	}
+	domain := func(mut func(*v1.SmtpDomain)) client.Object {
+		d := &v1.SmtpDomain{ObjectMeta: metav1.ObjectMeta{Name: "d", Namespace: ns}, Spec: v1.SmtpDomainSpec{Domain: "acme.example"}}
+		mut(d)
+		return d
+	}
 	tests := []struct {
 		name string
 		obj  client.Object
 		want string // "" means accepted
 	}{
+		{"valid domain", domain(func(d *v1.SmtpDomain) {
+			d.Spec.DKIM = v1.DomainDKIM{Ed25519: true, RotateAfter: &metav1.Duration{Duration: 2160 * time.Hour}, SelectorPrefix: "mf"}
+		}), ""},
+		{"domain with upper case", domain(func(d *v1.SmtpDomain) { d.Spec.Domain = "Acme.Example" }), "spec.domain"},
+		{"domain without a dot", domain(func(d *v1.SmtpDomain) { d.Spec.Domain = "localhost" }), "spec.domain"},
+		{"rotation sooner than DNS", domain(func(d *v1.SmtpDomain) { d.Spec.DKIM.RotateAfter = &metav1.Duration{Duration: time.Hour} }),
+			"dkim.rotateAfter must be at least 24h"},
+		{"grace too short", domain(func(d *v1.SmtpDomain) { d.Spec.DKIM.GracePeriod = &metav1.Duration{Duration: time.Minute} }),
+			"dkim.gracePeriod must be at least 1h"},
+		{"selector prefix with a dot", domain(func(d *v1.SmtpDomain) { d.Spec.DKIM.SelectorPrefix = "a.b" }), "spec.dkim.selectorPrefix"},
+		{"domain name too long for its key Secret", domain(func(d *v1.SmtpDomain) { d.Name = strings.Repeat("d", 59) }),
+			"an SmtpDomain's name must be at most 58 characters"},
 		{"valid relay", relay(func(*v1.SmtpRelay) {}), ""},
 		{"hostname not a DNS name", relay(func(r *v1.SmtpRelay) { r.Spec.Hostname = "Smtp_Example" }), "hostname must be a lower-case DNS name"},
 		{"no TLS source", relay(func(r *v1.SmtpRelay) { r.Spec.TLS = v1.RelayTLS{} }), "tls: set exactly one of issuerRef"},
@@ -67,6 +84,22 @@ func TestCRDValidation(t *testing.T) {
 			r.Spec.Listeners = []v1.RelayListener{{Name: "smtp", Port: 25}, {Name: "api", Port: 8443, Kind: v1.ListenerHTTP, TLS: v1.ListenerImplicit}}
 		}), "a listener of kind HTTP always serves HTTPS"},
 		{"suppression dropped", relay(func(r *v1.SmtpRelay) { r.Spec.Suppression = &v1.RelaySuppression{OnSubmission: "Drop"} }), ""},
+		{"destination groups", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Delivery.Destinations = []v1.RelayDestination{
+				{Name: "bank", Domains: []string{"bank.example"}, TLS: "Verify"},
+				{Name: "google", MXHosts: []string{"google.com"}, MaxConnections: ptr.To[int32](10), MaxMessagesPerMinute: ptr.To[int32](1000)},
+			}
+		}), ""},
+		{"destination with neither domains nor MX hosts", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Delivery.Destinations = []v1.RelayDestination{{Name: "empty", TLS: "Required"}}
+		}), "a destination needs domains, mxHosts or both"},
+		{"destination named twice", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Delivery.Destinations = []v1.RelayDestination{{Name: "a", Domains: []string{"a.example"}}, {Name: "a", Domains: []string{"b.example"}}}
+		}), "Duplicate value"},
+		{"destination TLS unknown", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Delivery.Destinations = []v1.RelayDestination{{Name: "a", Domains: []string{"a.example"}, TLS: "Strict"}}
+		}), "spec.delivery.destinations[0].tls"},
+		{"MTA-STS mode unknown", relay(func(r *v1.SmtpRelay) { r.Spec.Delivery.MTASTS = "Enforce" }), "spec.delivery.mtaSTS"},
 		{"suppression mode unknown", relay(func(r *v1.SmtpRelay) { r.Spec.Suppression = &v1.RelaySuppression{OnSubmission: "Ignore"} }),
 			"spec.suppression.onSubmission"},
 		{"HTTP listener behind a PROXY protocol load balancer", relay(func(r *v1.SmtpRelay) {

@@ -1,0 +1,177 @@
+package delivery
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/nats-io/nats.go"
+
+	"github.com/mailfleet/mailfleet/internal/natstest"
+	"github.com/mailfleet/mailfleet/relay/shaping"
+)
+
+// shapingDrillMessages is the drill's size: `make test` runs a short one,
+// `make shaping-drill` (part of make test-e2e) the issue's 2,000.
+func shapingDrillMessages() int {
+	if n, err := strconv.Atoi(os.Getenv("MAILFLEET_SHAPING_DRILL_MESSAGES")); err == nil && n > 0 {
+		return n
+	}
+	return 300
+}
+
+// TestShapingDrill is the shaping drill: three relays' direct delivery,
+// each with its own connection to one JetStream and 20 workers for the
+// destination (a pod's per-domain limit), deliver a backlog to
+// slow.example, whose MX host takes 2 sessions from the fleet and answers
+// 421 to a third. The group's limit of 2 holds for the fleet: the host
+// never sees a third session nor answers 421. Meanwhile mail to
+// fast.example, another domain on another host, flows: it is all
+// delivered while the slow backlog is still being worked off.
+func TestShapingDrill(t *testing.T) {
+	total := shapingDrillMessages()
+	slow := startSink(t, sinkOptions{ip: "127.0.0.2", tls: true, countOnly: true, maxSessions: 2, delay: 5 * time.Millisecond})
+	fast := startSink(t, sinkOptions{ip: "127.0.0.3", port: strconv.Itoa(slow.port()), tls: true, countOnly: true})
+	zone := startDNS(t,
+		"slow.example. 60 IN MX 10 mx.slow.example.", "mx.slow.example. 60 IN A 127.0.0.2",
+		"fast.example. 60 IN MX 10 mx.fast.example.", "mx.fast.example. 60 IN A 127.0.0.3")
+	rules := shaping.WithDefaults([]shaping.Rule{{Name: "slow", Domains: []string{"slow.example"}, Limits: shaping.Limits{MaxConnections: 2}}})
+	relays := shapedRelays(t, 3, zone, slow.port(), rules)
+
+	ctx := ctxFor(t)
+	start := time.Now()
+	var slowLeft atomic.Int64
+	slowLeft.Store(int64(total))
+	var slowDone time.Time
+	var fastDoneWhileSlowLeft atomic.Int64
+	deferred := drive(t, ctx, relays, total, "slow.example", func() {
+		if slowLeft.Add(-1) == 0 {
+			slowDone = time.Now()
+		}
+	})
+	// The fast domain's mail starts once the slow backlog is under way.
+	for slow.accepted.Load() < 10 {
+		time.Sleep(time.Millisecond)
+	}
+	fastDeferred := drive(t, ctx, relays, 60, "fast.example", func() {
+		if slowLeft.Load() > 0 {
+			fastDoneWhileSlowLeft.Add(1)
+		}
+	})
+	fastDeferred.Wait()
+	fastTook := time.Since(start)
+	deferred.Wait()
+	t.Logf("shaping drill: %d messages to a host taking 2 sessions, from 3 relays with 20 workers each: at most %d sessions at once, "+
+		"%d answered 421, %d deliveries deferred by the group's limit and retried, all delivered in %s; 60 messages to another domain, "+
+		"%d of them delivered while the backlog lasted, all within %s of the start",
+		total, slow.mostActive.Load(), slow.refused.Load(), deferred.n.Load(), slowDone.Sub(start).Round(time.Millisecond),
+		fastDoneWhileSlowLeft.Load(), fastTook.Round(time.Millisecond))
+	if slow.accepted.Load() != int64(total) || fast.accepted.Load() != 60 {
+		t.Fatalf("delivered %d of %d to the slow host, %d of 60 to the fast one", slow.accepted.Load(), total, fast.accepted.Load())
+	}
+	if slow.mostActive.Load() > 2 || slow.refused.Load() > 0 {
+		t.Fatalf("the slow host saw %d sessions at once and answered 421 %d times; the fleet's limit is 2", slow.mostActive.Load(), slow.refused.Load())
+	}
+	if fastDoneWhileSlowLeft.Load() != 60 {
+		t.Fatalf("only %d of the other domain's 60 messages were delivered while the slow backlog lasted", fastDoneWhileSlowLeft.Load())
+	}
+}
+
+// driven is a backlog being delivered: Wait waits for it, n counts the
+// deliveries deferred (and tried again, as the queue would).
+type driven struct {
+	wg sync.WaitGroup
+	n  atomic.Int64
+}
+
+func (d *driven) Wait() { d.wg.Wait() }
+
+// drive delivers total messages to domain through relays, 20 workers
+// each, trying a deferred one again after a pause, and calls done after
+// each delivery.
+func drive(t *testing.T, ctx context.Context, relays []*MX, total int, domain string, done func()) *driven {
+	d := &driven{}
+	work := make(chan int, total)
+	for i := range total {
+		work <- i
+	}
+	close(work)
+	for r := range len(relays) * 20 {
+		m := relays[r%len(relays)]
+		d.wg.Go(func() {
+			for i := range work {
+				msg := message(fmt.Sprintf("%s-%d", domain, i), []byte("Subject: drill\r\n\r\nhi\r\n"), fmt.Sprintf("u%d@%s", i, domain))
+				for {
+					rs := m.Deliver(ctx, msg)
+					if rs[0].Outcome == Delivered {
+						break
+					}
+					if ctx.Err() != nil {
+						t.Errorf("%s: %+v", msg.Envelope.ID, rs[0])
+						return
+					}
+					d.n.Add(1)
+					time.Sleep(50 * time.Millisecond)
+				}
+				done()
+			}
+		})
+	}
+	return d
+}
+
+// TestShapingPausesOn421: a destination that answers 421 pauses its group
+// for every relay of the fleet: the next delivery to it waits for the
+// queue's retry without a session, while other destinations go on.
+func TestShapingPausesOn421(t *testing.T) {
+	busy := startSink(t, sinkOptions{ip: "127.0.0.2", countOnly: true})
+	busy.mu.Lock()
+	busy.dataReply = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Try again later"}
+	busy.mu.Unlock()
+	other := startSink(t, sinkOptions{ip: "127.0.0.3", port: strconv.Itoa(busy.port()), countOnly: true})
+	zone := startDNS(t,
+		"busy.example. 60 IN MX 10 mx.busy.example.", "mx.busy.example. 60 IN A 127.0.0.2",
+		"other.example. 60 IN MX 10 mx.other.example.", "mx.other.example. 60 IN A 127.0.0.3")
+	relays := shapedRelays(t, 2, zone, busy.port(), shaping.WithDefaults([]shaping.Rule{{Name: "busy", Domains: []string{"busy.example"}}}))
+	body := []byte("Subject: x\r\n\r\nhi\r\n")
+	rs := relays[0].Deliver(ctxFor(t), message("m1", body, "a@busy.example"))
+	if rs[0].Code != 421 {
+		t.Fatalf("%+v", rs)
+	}
+	conns := busy.conns.Load()
+	rs = relays[1].Deliver(ctxFor(t), message("m2", body, "b@busy.example"))
+	if rs[0].Outcome != Deferred || rs[0].Enhanced != "4.4.5" || !strings.Contains(rs[0].Text, "paused") || busy.conns.Load() != conns {
+		t.Fatalf("another relay after the 421: %+v (%d connections, %d before)", rs, busy.conns.Load(), conns)
+	}
+	if rs := relays[1].Deliver(ctxFor(t), message("m3", body, "c@other.example")); rs[0].Outcome != Delivered || other.accepted.Load() != 1 {
+		t.Fatalf("another destination during the pause: %+v", rs)
+	}
+}
+
+// shapedRelays are n relays' direct delivery with rules, each sharing the
+// groups' limits through its own connection to one JetStream, as n pods.
+func shapedRelays(t *testing.T, n int, zone *dnsServer, port int, rules shaping.Rules) []*MX {
+	t.Helper()
+	url := natstest.Start(t)
+	var relays []*MX
+	for i := range n {
+		nc, err := nats.Connect(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		fleet, err := shaping.Open(context.Background(), nc, "MAILFLEET", 1, fmt.Sprintf("relay-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		relays = append(relays, newMXForTest(t, zone, port, func(c *MXConfig) { c.Shaper, c.ShapingRules = fleet, rules }))
+	}
+	return relays
+}
