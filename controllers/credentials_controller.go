@@ -142,6 +142,7 @@ func (p *CredentialsPublisher) SetupWithManager(mgr ctrl.Manager) error {
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&v1.SmtpAccount{}, handler.EnqueueRequestsFromMapFunc(p.shardOfAccount)).
 		Watches(&v1.SmtpLabel{}, handler.EnqueueRequestsFromMapFunc(p.shardOfLabel)).
+		Watches(&v1.SmtpSuppression{}, handler.EnqueueRequestsFromMapFunc(p.shardOfSuppression)).
 		WatchesRawSource(source.Kind(p.Secrets.Cache, &corev1.Secret{}, handler.TypedEnqueueRequestsFromMapFunc(p.shardOfSecret))).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(p.shardsOfNamespace), builder.WithPredicates(namespaceLabelsChanged)).
 		Complete(p)
@@ -354,6 +355,11 @@ func (p *CredentialsPublisher) record(ctx context.Context, relay *v1.SmtpRelay, 
 		return rec, err
 	}
 	applyDomains(&entry, acc, relay, verified)
+	suppressed, _, nextExpiry, err := accountSuppressions(ctx, p.Client, acc, now)
+	if err != nil {
+		return rec, err
+	}
+	entry.Suppressions = suppressed
 	// One account the relay would refuse must not stop every other
 	// account of its shard from being published; the account
 	// controller reports it as InvalidSpec.
@@ -364,6 +370,10 @@ func (p *CredentialsPublisher) record(ctx context.Context, relay *v1.SmtpRelay, 
 	rec.entry = entryOf(entry, acc)
 	if st := render.KeyStateFromSecret(&secret); st.PreviousDigest != "" && now.Before(st.PreviousExpiry) {
 		rec.expiry = st.PreviousExpiry
+	}
+	// An SmtpSuppression's expiry rebuilds the shard, as a key's does.
+	if !nextExpiry.IsZero() && (rec.expiry.IsZero() || nextExpiry.Before(rec.expiry)) {
+		rec.expiry = nextExpiry
 	}
 	return rec, nil
 }
@@ -518,6 +528,15 @@ func (p *CredentialsPublisher) shardOfAccount(_ context.Context, o client.Object
 	req := shardRequest(accountRelay(acc), wire.ShardOf(render.APIUser(acc)))
 	p.changed.add(req.NamespacedName, client.ObjectKeyFromObject(acc))
 	return []reconcile.Request{req}
+}
+
+func (p *CredentialsPublisher) shardOfSuppression(ctx context.Context, o client.Object) []reconcile.Request {
+	var acc v1.SmtpAccount
+	key := types.NamespacedName{Namespace: o.GetNamespace(), Name: o.(*v1.SmtpSuppression).Spec.AccountRef}
+	if err := p.Client.Get(ctx, key, &acc); err != nil {
+		return nil
+	}
+	return p.shardOfAccount(ctx, &acc)
 }
 
 func (p *CredentialsPublisher) shardOfLabel(ctx context.Context, o client.Object) []reconcile.Request {

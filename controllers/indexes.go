@@ -41,6 +41,9 @@ func IndexFields(ctx context.Context, mgr manager.Manager) error {
 		{&v1.SmtpLabel{}, indexLabelAccount, func(o client.Object) []string {
 			return []string{o.(*v1.SmtpLabel).Spec.AccountRef}
 		}},
+		{&v1.SmtpSuppression{}, indexSuppressionAccount, func(o client.Object) []string {
+			return []string{o.(*v1.SmtpSuppression).Spec.AccountRef}
+		}},
 		{&v1.SmtpRelay{}, relayIssuerIndex, indexRelayIssuer},
 		{&v1.SmtpRelay{}, relaySecretIndex, indexRelaySecret},
 	}

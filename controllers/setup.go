@@ -62,6 +62,7 @@ func Setup(mgr ctrl.Manager, opts render.Options, domains DomainOptions) error {
 		{"smtprelay", (&RelayReconciler{Options: opts, Secrets: secrets}).SetupWithManager},
 		{"smtpaccount", (&AccountReconciler{Secrets: secrets, DomainKeyNamespace: domains.KeyNamespace}).SetupWithManager},
 		{"smtplabel", (&LabelReconciler{}).SetupWithManager},
+		{"smtpsuppression", (&SuppressionReconciler{}).SetupWithManager},
 		{"credentials", (&CredentialsPublisher{Secrets: secrets, DomainKeyNamespace: domains.KeyNamespace}).SetupWithManager},
 	}
 	if domains.DNS != nil && domains.KeyNamespace != "" {

@@ -73,4 +73,6 @@ const (
 	ReasonSenderDomainNotVerified = "SenderDomainNotVerified"
 	ReasonExternalDNSNotAllowed   = "ExternalDNSNotAllowed"
 	ReasonExternalDNSMissing      = "ExternalDNSMissing"
+	ReasonExpired                 = "Expired"
+	ReasonTooManyAddresses        = "TooManyAddresses"
 )

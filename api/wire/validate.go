@@ -104,6 +104,14 @@ func checkAccount(a Account) []error {
 	}
 	problems = append(problems, checkLabels(a.Labels)...)
 	problems = append(problems, checkDKIM(a.DKIM)...)
+	if len(a.Suppressions) > MaxSuppressions {
+		add("suppressions: %d of them; at most %d", len(a.Suppressions), MaxSuppressions)
+	}
+	for i, sup := range a.Suppressions {
+		if err := CheckSuppression(sup); err != nil {
+			add("suppressions[%d]: %v", i, err)
+		}
+	}
 	return append(problems, checkWebhooks(a.Webhooks)...)
 }
 

@@ -13,10 +13,12 @@ package wire
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // SMTP usernames. A client logs in as "api_user" or "api_user#label_id".
@@ -109,6 +111,41 @@ type Account struct {
 	// DKIM are the keys the account signs with: those of the verified
 	// sender domains of its namespace that its AllowedSenderDomains use.
 	DKIM []DKIMKey `json:"dkim,omitempty"`
+	// Suppressions are the recipients its SmtpSuppressions list; the
+	// bounces the relays record are kept apart, in JetStream.
+	Suppressions []Suppression `json:"suppressions,omitempty"`
+}
+
+// Suppression is a recipient an account sends no mail to, from an
+// SmtpSuppression.
+type Suppression struct {
+	// Address is lower case: providers treat addresses without regard to
+	// case, and so does the list.
+	Address string `json:"address"`
+	// Source is the SmtpSuppression, namespace/name.
+	Source string `json:"source"`
+	Reason string `json:"reason,omitempty"`
+	// Until ends it; nil: until the SmtpSuppression goes.
+	Until *time.Time `json:"until,omitempty"`
+}
+
+// MaxSuppressions bounds an account's suppressions in its shard: about
+// 100 bytes each.
+const MaxSuppressions = 1000
+
+// CheckSuppression says what is wrong with one entry, nil when the relay
+// would use it. The operator leaves a bad entry out, never its account.
+func CheckSuppression(s Suppression) error {
+	local, domain, ok := strings.Cut(s.Address, "@")
+	switch {
+	case !ok || local == "" || len(s.Address) > 254 || strings.HasPrefix(domain, "*.") || !domainPattern.MatchString(domain) || s.Address != strings.ToLower(s.Address):
+		return fmt.Errorf("address %.60q: want a lower-case address such as someone@example.com", s.Address)
+	case strings.ContainsFunc(s.Address+s.Reason+s.Source, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return errors.New("control characters in the address, reason or source")
+	case len(s.Reason) > 256 || len(s.Source) > 2*253+1:
+		return errors.New("reason over 256 bytes, or source over a namespace/name")
+	}
+	return nil
 }
 
 // Webhook is an endpoint that receives an account's delivery events as

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/config"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
@@ -183,11 +184,12 @@ func newDispatcher(cfg config.Config, q *queue.Queue, t delivery.Transport, dest
 // a restarted relay refuses what it refused before; when it cannot be, it
 // is tried again in the background and mail flows meanwhile, its
 // recipients unchecked.
-func openSuppressions(ctx context.Context, cfg config.Config, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger) *suppression.Guard {
+func openSuppressions(ctx context.Context, cfg config.Config, q *queue.Queue, manual suppression.Manual, reg prometheus.Registerer, log *slog.Logger) *suppression.Guard {
 	if cfg.Suppression.Disabled {
 		return nil
 	}
 	g := suppression.NewGuard(reg, log)
+	g.SetManual(manual)
 	openOrRetry(ctx, log, "suppression list not open yet; recipients are not checked meanwhile", func(octx context.Context) error {
 		l, err := suppression.Open(octx, q.Conn(), q.Stream(), q.Replicas(), cfg.Suppression.BounceTTL.Duration)
 		if err == nil {
@@ -390,4 +392,26 @@ func openShaper(ctx context.Context, cfg config.Config, q *queue.Queue, log *slo
 		return err
 	})
 	return g
+}
+
+// manualSuppressions are the accounts' SmtpSuppressions, as their
+// credentials carry them, for the suppression guard.
+type manualSuppressions struct{ v *credentials.Verifier }
+
+func (m manualSuppressions) Manual(apiUser, recipient string) (suppression.Entry, bool) {
+	s, ok := m.v.Suppression(apiUser, recipient, time.Now())
+	return manualEntry(s), ok
+}
+
+func (m manualSuppressions) ManualEntries(apiUser string) []suppression.Entry {
+	list := m.v.Suppressions(apiUser, time.Now())
+	out := make([]suppression.Entry, len(list))
+	for i, s := range list {
+		out[i] = manualEntry(s)
+	}
+	return out
+}
+
+func manualEntry(s wire.Suppression) suppression.Entry {
+	return suppression.Entry{Recipient: s.Address, Reason: suppression.ReasonManual, Source: s.Source, Note: s.Reason, Until: s.Until}
 }

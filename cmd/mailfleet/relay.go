@@ -144,7 +144,8 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	// Closed after the workers stopped, before the queue: the events of
 	// the last deliveries are written then.
 	defer closeEvents(evs)
-	guard := openSuppressions(ctx, cfg, q, reg, log)
+	verifier := credentials.NewVerifier(creds)
+	guard := openSuppressions(ctx, cfg, q, manualSuppressions{verifier}, reg, log)
 	dispatcher, err := newDispatcher(cfg, q, transport, destination, ids, evs, dispatchSuppressions(guard), reg, log)
 	if err != nil {
 		return err
@@ -164,7 +165,7 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 		AuthFailureWindow: cfg.Limits.AuthFailureWindow.Duration,
 		DropSuppressed:    cfg.Suppression.OnSubmission == config.SuppressionDrop,
 	}, submission.Deps{
-		Auth:    credentials.NewVerifier(creds),
+		Auth:    verifier,
 		Budget:  budgets,
 		Spool:   q,
 		IDs:     ids,

@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/mailfleet/mailfleet/api/wire"
 	"github.com/mailfleet/mailfleet/relay/signing"
@@ -236,4 +237,37 @@ func domainMatches(entry, domain string) bool {
 	}
 	// The length check refuses ".example.com", which has an empty label.
 	return len(domain) > len(parent)+1 && strings.HasSuffix(domain, "."+parent)
+}
+
+// Suppressions are apiUser's SmtpSuppressions' entries that hold at now
+// (wire.Account.Suppressions), by address: the published list read as it
+// is now, so an entry edited or withdrawn is gone at the next shard.
+func (v *Verifier) Suppressions(apiUser string, now time.Time) []wire.Suppression {
+	acct, found := v.src.Lookup(apiUser)
+	if !found || acct == nil {
+		return nil
+	}
+	out := make([]wire.Suppression, 0, len(acct.Suppressions))
+	for _, s := range acct.Suppressions {
+		if s.Until == nil || now.Before(*s.Until) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Suppression is apiUser's entry for recipient (of any case), if one of
+// its SmtpSuppressions holds it at now.
+func (v *Verifier) Suppression(apiUser, recipient string, now time.Time) (wire.Suppression, bool) {
+	acct, found := v.src.Lookup(apiUser)
+	if !found || acct == nil || len(acct.Suppressions) == 0 {
+		return wire.Suppression{}, false
+	}
+	recipient = strings.ToLower(recipient)
+	for _, s := range acct.Suppressions {
+		if s.Address == recipient && (s.Until == nil || now.Before(*s.Until)) {
+			return s, true
+		}
+	}
+	return wire.Suppression{}, false
 }

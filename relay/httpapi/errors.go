@@ -44,6 +44,7 @@ const (
 	codeBudgetUnavailable    = "budget_unavailable"
 	codeQueueUnavailable     = "queue_unavailable"
 	codeUnavailable          = "unavailable"
+	codeManaged              = "managed"
 )
 
 var errorStatus = map[string]int{
@@ -64,6 +65,7 @@ var errorStatus = map[string]int{
 	codeBudgetUnavailable:    http.StatusServiceUnavailable,
 	codeQueueUnavailable:     http.StatusServiceUnavailable,
 	codeUnavailable:          http.StatusServiceUnavailable,
+	codeManaged:              http.StatusConflict,
 }
 
 // apiError is an answer that is not a 200.

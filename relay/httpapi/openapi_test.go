@@ -139,7 +139,7 @@ func TestErrorCodesAreDocumented(t *testing.T) {
 func TestRoutesAreDocumented(t *testing.T) {
 	doc := loadDoc(t)
 	got := slices.Sorted(maps.Keys(doc.Paths))
-	if want := []string{routeSend, routeOpenAPI, routeSuppression}; !slices.Equal(got, slices.Sorted(slices.Values(want))) {
+	if want := []string{routeSend, routeOpenAPI, routeSuppressions, routeSuppression}; !slices.Equal(got, slices.Sorted(slices.Values(want))) {
 		t.Fatalf("documented paths %v, served %v", got, want)
 	}
 	if _, ok := doc.Paths[routeSend]["post"]; !ok || len(doc.Paths[routeSend]) != 1 {
@@ -147,6 +147,9 @@ func TestRoutesAreDocumented(t *testing.T) {
 	}
 	if _, ok := doc.Paths[routeOpenAPI]["get"]; !ok || len(doc.Paths[routeOpenAPI]) != 1 {
 		t.Errorf("%s: want exactly get documented", routeOpenAPI)
+	}
+	if _, ok := doc.Paths[routeSuppressions]["get"]; !ok || len(doc.Paths[routeSuppressions]) != 1 {
+		t.Errorf("%s: want exactly get documented", routeSuppressions)
 	}
 	if ops := doc.Paths[routeSuppression]; len(ops) != 2 || ops["get"].Responses == nil || ops["delete"].Responses == nil {
 		t.Errorf("%s: want exactly get and delete documented", routeSuppression)

@@ -201,6 +201,8 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) (string, int) {
 		return routeSend, s.send(w, r)
 	case routeOpenAPI:
 		return routeOpenAPI, serveOpenAPI(w, r)
+	case routeSuppressions:
+		return routeSuppressions, s.suppressionList(w, r)
 	}
 	if strings.HasPrefix(r.URL.Path, suppressionPrefix) {
 		return routeSuppression, s.suppression(w, r)

@@ -44,7 +44,15 @@ type Entry struct {
 	Reply     string    `json:"reply,omitempty"`
 	DSNStatus string    `json:"dsnStatus,omitempty"`
 	At        time.Time `json:"at"`
+	// Source and Note are a manual entry's: its SmtpSuppression
+	// (namespace/name) and the reason a person gave; Until when it ends.
+	Source string     `json:"source,omitempty"`
+	Note   string     `json:"note,omitempty"`
+	Until  *time.Time `json:"until,omitempty"`
 }
+
+// ReasonManual is the Reason of an entry from an SmtpSuppression.
+const ReasonManual = "manual"
 
 // List is the suppression list of a queue stream's relays.
 type List struct {
@@ -124,4 +132,39 @@ func (l *List) Remove(ctx context.Context, apiUser, recipient string) error {
 		return fmt.Errorf("suppression: remove: %w", err)
 	}
 	return nil
+}
+
+// Page returns up to n of apiUser's entries in the order they were
+// written, after revision after (0: from the first), and the revision of
+// the last one returned; more says a next page may hold entries. A page
+// reads at most n entries, however many the account has.
+func (l *List) Page(ctx context.Context, apiUser string, after uint64, n int) (entries []Entry, last uint64, more bool, err error) {
+	w, err := l.kv.Watch(ctx, "u"+hex.EncodeToString([]byte(apiUser))+".*", jetstream.IgnoreDeletes(), jetstream.ResumeFromRevision(after+1))
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("suppression: list: %w", err)
+	}
+	defer w.Stop()
+	last = after
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, 0, false, fmt.Errorf("suppression: list: %w", ctx.Err())
+		case e, ok := <-w.Updates():
+			if !ok || e == nil {
+				return entries, last, false, nil
+			}
+			last = e.Revision()
+			var entry Entry
+			if json.Unmarshal(e.Value(), &entry) != nil {
+				continue
+			}
+			if l.ttl > 0 && time.Since(e.Created()) > l.ttl {
+				continue
+			}
+			entries = append(entries, entry)
+			if len(entries) == n {
+				return entries, last, true, nil
+			}
+		}
+	}
 }

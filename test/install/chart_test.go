@@ -59,7 +59,7 @@ func TestHelmTemplate(t *testing.T) {
 		kinds: map[string]int{
 			// ClusterRoles: the operator's, its metrics reviews, metrics
 			// reader, the tenants' edit and view.
-			"CustomResourceDefinition": 4, "ServiceAccount": 1, "ClusterRole": 5, "ClusterRoleBinding": 2,
+			"CustomResourceDefinition": 5, "ServiceAccount": 1, "ClusterRole": 5, "ClusterRoleBinding": 2,
 			"Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 1, "ConfigMap": 1,
 			"StatefulSet": 0, "ServiceMonitor": 0, "PodMonitor": 0, "PrometheusRule": 0, "PodDisruptionBudget": 0,
 			"NetworkPolicy": 0, "Secret": 0,
@@ -68,7 +68,7 @@ func TestHelmTemplate(t *testing.T) {
 		name: "everything on",
 		args: allOptional,
 		kinds: map[string]int{
-			"CustomResourceDefinition": 4, "ServiceAccount": 1, "ClusterRole": 5, "ClusterRoleBinding": 2,
+			"CustomResourceDefinition": 5, "ServiceAccount": 1, "ClusterRole": 5, "ClusterRoleBinding": 2,
 			"Role": 1, "RoleBinding": 1, "Deployment": 2, "Service": 4, "ConfigMap": 2,
 			"StatefulSet": 1, "ServiceMonitor": 1, "PodMonitor": 1, "PrometheusRule": 1, "PodDisruptionBudget": 1,
 			// NATS' and Redis'; the generated NATS credentials (Redis's

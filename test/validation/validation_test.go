@@ -42,11 +42,30 @@ func TestCRDValidation(t *testing.T) {
 		mut(d)
 		return d
 	}
+	suppression := func(mut func(*v1.SmtpSuppression)) client.Object {
+		s := &v1.SmtpSuppression{ObjectMeta: metav1.ObjectMeta{Name: "s", Namespace: ns},
+			Spec: v1.SmtpSuppressionSpec{AccountRef: "a", Addresses: []string{"someone@example.com"}}}
+		mut(s)
+		return s
+	}
 	tests := []struct {
 		name string
 		obj  client.Object
 		want string // "" means accepted
 	}{
+		{"valid suppression", suppression(func(s *v1.SmtpSuppression) { s.Spec.Reason = "asked by phone" }), ""},
+		{"suppressed address with a line break", suppression(func(s *v1.SmtpSuppression) {
+			s.Spec.Addresses = []string{"a@example.com\r\nRCPT TO:<b@example.com>"}
+		}), "spec.addresses[0]"},
+		{"suppressed address without a domain", suppression(func(s *v1.SmtpSuppression) { s.Spec.Addresses = []string{"someone"} }), "spec.addresses[0]"},
+		{"suppression without addresses", suppression(func(s *v1.SmtpSuppression) { s.Spec.Addresses = nil }), "spec.addresses"},
+		{"suppression reason with a control character", suppression(func(s *v1.SmtpSuppression) { s.Spec.Reason = "a\nb" }), "spec.reason"},
+		{"too many suppressed addresses", suppression(func(s *v1.SmtpSuppression) {
+			s.Spec.Addresses = nil
+			for i := range 1001 {
+				s.Spec.Addresses = append(s.Spec.Addresses, fmt.Sprintf("a%d@example.com", i))
+			}
+		}), "spec.addresses"},
 		{"valid domain", domain(func(d *v1.SmtpDomain) {
 			d.Spec.DKIM = v1.DomainDKIM{Ed25519: true, RotateAfter: &metav1.Duration{Duration: 2160 * time.Hour}, SelectorPrefix: "mf"}
 		}), ""},
