@@ -13,7 +13,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
@@ -128,6 +130,26 @@ func (r *Keyring) For(fromDomain string) []Key {
 type Signer struct {
 	signers []*dkim.Signer
 	failed  error
+	// aborted stops the signatures of a message that is not queued after
+	// all (over budget, say): go-msgauth signs when its input ends, and
+	// an RSA signature costs a millisecond that a client sending message
+	// after message over its budget must not make the relay spend.
+	aborted atomic.Bool
+}
+
+// gated is a key that refuses to sign once its message was aborted.
+type gated struct {
+	crypto.Signer
+	aborted *atomic.Bool
+}
+
+var errAborted = errors.New("dkim: message aborted")
+
+func (g gated) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if g.aborted.Load() {
+		return nil, errAborted
+	}
+	return g.Signer.Sign(rand, digest, opts)
 }
 
 // NewSigner starts signing a message with keys (one signature per key).
@@ -137,7 +159,7 @@ func NewSigner(keys []Key, now time.Time) (*Signer, error) {
 		d, err := dkim.NewSigner(&dkim.SignOptions{
 			Domain:                 k.Domain,
 			Selector:               k.Selector,
-			Signer:                 k.Signer,
+			Signer:                 gated{Signer: k.Signer, aborted: &s.aborted},
 			Hash:                   crypto.SHA256,
 			HeaderCanonicalization: dkim.CanonicalizationRelaxed,
 			BodyCanonicalization:   dkim.CanonicalizationRelaxed,
@@ -185,8 +207,10 @@ func (s *Signer) Close() (string, error) {
 	return fields.String(), nil
 }
 
-// Abort ends every signature's goroutine without a result.
+// Abort ends every signature's goroutine without a result, and without
+// the signing it would cost.
 func (s *Signer) Abort() {
+	s.aborted.Store(true)
 	for _, d := range s.signers {
 		d.Close()
 	}

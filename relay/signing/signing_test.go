@@ -5,13 +5,16 @@
 package signing
 
 import (
+	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -208,5 +211,39 @@ func TestUnsignableHeader(t *testing.T) {
 	s.Write([]byte("From: a@acme.example\r\nno colon here and no end"))
 	if fields, err := s.Close(); err == nil {
 		t.Fatalf("signed a message without a header's end: %q", fields)
+	}
+}
+
+// countingKey counts the signatures a key makes.
+type countingKey struct {
+	crypto.Signer
+	n *atomic.Int64
+}
+
+func (c countingKey) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	c.n.Add(1)
+	return c.Signer.Sign(r, digest, opts)
+}
+
+// TestAbortSignsNothing: a message aborted (over budget, say) costs no
+// signature: a client sending message after message over its budget does
+// not make the relay spend an RSA signature on each.
+func TestAbortSignsNothing(t *testing.T) {
+	k, _ := rsa.GenerateKey(rand.Reader, 1024)
+	var n atomic.Int64
+	keys := []Key{{Domain: "acme.example", Selector: "s", Signer: countingKey{k, &n}}}
+	s, err := NewSigner(keys, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Write([]byte(message))
+	s.Abort()
+	if n.Load() != 0 {
+		t.Fatalf("%d signatures made for an aborted message", n.Load())
+	}
+	s, _ = NewSigner(keys, time.Now())
+	s.Write([]byte(message))
+	if _, err := s.Close(); err != nil || n.Load() != 1 {
+		t.Fatalf("a committed message: %v, %d signatures", err, n.Load())
 	}
 }
