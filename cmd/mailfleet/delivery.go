@@ -19,11 +19,9 @@ import (
 	"github.com/mailfleet/mailfleet/relay/dispatch"
 	"github.com/mailfleet/mailfleet/relay/dsn"
 	"github.com/mailfleet/mailfleet/relay/events"
-	"github.com/mailfleet/mailfleet/relay/httpapi"
 	"github.com/mailfleet/mailfleet/relay/queue"
 	"github.com/mailfleet/mailfleet/relay/shaping"
 	"github.com/mailfleet/mailfleet/relay/smtpclient"
-	"github.com/mailfleet/mailfleet/relay/submission"
 	"github.com/mailfleet/mailfleet/relay/suppression"
 	"github.com/mailfleet/mailfleet/relay/webhook"
 )
@@ -229,25 +227,15 @@ func openOrRetry(ctx context.Context, log *slog.Logger, waiting string, open fun
 	}()
 }
 
-func dispatchSuppressions(g *suppression.Guard) dispatch.Suppressions {
+// asOptional is g as the interface I a package takes, nil when g is: a
+// nil *Guard in an interface would not be nil, and the package would call
+// it.
+func asOptional[I any](g *suppression.Guard) I {
+	var none I
 	if g == nil {
-		return nil
+		return none
 	}
-	return g
-}
-
-func apiSuppressions(g *suppression.Guard) httpapi.Suppressions {
-	if g == nil {
-		return nil
-	}
-	return g
-}
-
-func submissionSuppressions(g *suppression.Guard) submission.Suppressions {
-	if g == nil {
-		return nil
-	}
-	return g
+	return any(g).(I)
 }
 
 // eventsFlush is how long a stopping relay gives its buffered events.

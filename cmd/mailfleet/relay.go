@@ -23,6 +23,7 @@ import (
 	"github.com/mailfleet/mailfleet/relay/config"
 	"github.com/mailfleet/mailfleet/relay/credentials"
 	"github.com/mailfleet/mailfleet/relay/credentials/kubesource"
+	"github.com/mailfleet/mailfleet/relay/dispatch"
 	"github.com/mailfleet/mailfleet/relay/httpapi"
 	"github.com/mailfleet/mailfleet/relay/ops"
 	"github.com/mailfleet/mailfleet/relay/queueid"
@@ -146,7 +147,7 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	defer closeEvents(evs)
 	verifier := credentials.NewVerifier(creds)
 	guard := openSuppressions(ctx, cfg, q, manualSuppressions{verifier}, reg, log)
-	dispatcher, err := newDispatcher(cfg, q, transport, destination, ids, evs, dispatchSuppressions(guard), reg, log)
+	dispatcher, err := newDispatcher(cfg, q, transport, destination, ids, evs, asOptional[dispatch.Suppressions](guard), reg, log)
 	if err != nil {
 		return err
 	}
@@ -172,7 +173,7 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 		Metrics: submission.NewMetrics(reg),
 		Events:  evs,
 		// Typed nil would not be nil: no list is no interface value.
-		Suppressions: submissionSuppressions(guard),
+		Suppressions: asOptional[submission.Suppressions](guard),
 	})
 	if err != nil {
 		return err
@@ -181,7 +182,7 @@ func runRelay(ctx context.Context, cfg config.Config, hooks relayHooks) error {
 	if err != nil {
 		return err
 	}
-	api, err := startAPI(cfg, smtpCfg, backend, apiSuppressions(guard), reg, log)
+	api, err := startAPI(cfg, smtpCfg, backend, asOptional[httpapi.Suppressions](guard), reg, log)
 	if err != nil {
 		return err
 	}

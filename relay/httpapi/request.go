@@ -67,7 +67,7 @@ func decodeJSON(body []byte) (*SendRequest, *apiError) {
 	}
 	var req SendRequest
 	if err := json.Unmarshal(body, &req); err != nil {
-		return nil, newError(codeInvalidJSON, jsonProblem(err))
+		return nil, newError(codeInvalidJSON, strictjson.Describe(err))
 	}
 	return &req, nil
 }
@@ -93,33 +93,6 @@ func jsonKeys(v any) map[string]bool {
 		keys[cmp.Or(name, f.Name)] = true
 	}
 	return keys
-}
-
-// jsonProblem says what is wrong without echoing more than a field name.
-func jsonProblem(err error) string {
-	var typeErr *json.UnmarshalTypeError
-	var syntaxErr *json.SyntaxError
-	switch {
-	case errors.As(err, &typeErr):
-		return fmt.Sprintf("field %q: want a %s", typeErr.Field, jsonTypeName(typeErr.Type.Kind().String()))
-	case errors.As(err, &syntaxErr) && strings.Contains(syntaxErr.Error(), "unexpected end of JSON input"):
-		return "the body is empty or ends early"
-	case errors.As(err, &syntaxErr) && strings.Contains(syntaxErr.Error(), "after top-level value"):
-		return "the body holds more than one JSON value"
-	case errors.As(err, &syntaxErr):
-		return fmt.Sprintf("malformed JSON at byte %d", syntaxErr.Offset)
-	}
-	return "malformed JSON"
-}
-
-func jsonTypeName(kind string) string {
-	switch kind {
-	case "slice":
-		return "list"
-	case "map", "struct":
-		return "object"
-	}
-	return kind
 }
 
 // requestRules are what a request's JSON may hold, checked before it is

@@ -114,28 +114,16 @@ func parseSMTPAPI(value string) (*smtpAPI, error) {
 	dec.DisallowUnknownFields()
 	var api smtpAPI
 	if err := dec.Decode(&api); err != nil {
-		return nil, smtpAPIError("X-SMTPAPI: %s", jsonProblem(err))
+		problem := strictjson.Describe(err)
+		if strings.HasPrefix(problem, "unknown field ") {
+			problem += " (known: to, sub, labelId, customArgs)"
+		}
+		return nil, smtpAPIError("X-SMTPAPI: %s", problem)
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, smtpAPIError("X-SMTPAPI holds more than one JSON value")
 	}
 	return &api, nil
-}
-
-// jsonProblem says what is wrong with a JSON value without echoing more
-// than a field name.
-func jsonProblem(err error) string {
-	var typeErr *json.UnmarshalTypeError
-	var syntaxErr *json.SyntaxError
-	switch {
-	case errors.As(err, &typeErr):
-		return fmt.Sprintf("field %q has the wrong type", typeErr.Field)
-	case errors.As(err, &syntaxErr):
-		return fmt.Sprintf("malformed JSON at byte %d", syntaxErr.Offset)
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return "unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ") + " (known: to, sub, labelId, customArgs)"
-	}
-	return "malformed JSON"
 }
 
 // labelID is the header's labelId: a number or a string, "" when absent.
