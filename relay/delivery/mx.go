@@ -127,10 +127,16 @@ func NewMX(cfg MXConfig) (*MX, error) {
 	}
 	if txt, ok := cfg.Resolver.(mtasts.TXTResolver); ok && cfg.MTASTS {
 		m.mtasts = mtasts.New(mtasts.Config{DNS: txt, IsNotFound: IsNotFound, Dial: m.dialPublic,
-			RootCAs: cfg.MTASTSRoots, Timeout: cfg.CommandTimeout})
+			RootCAs: cfg.MTASTSRoots, Timeout: min(cfg.CommandTimeout, mtastsFetchTimeout)})
 	}
 	return m, nil
 }
+
+// mtastsFetchTimeout bounds a policy fetch: the SMTP command timeout
+// (minutes, as RFC 5321 asks) is far too long to hold a delivery for a
+// web server that does not answer; RFC 8461 §3.3 suggests about a minute
+// at most, and a slow policy host is treated as no policy.
+const mtastsFetchTimeout = 10 * time.Second
 
 // dialPublic dials a host name as direct delivery reaches MX hosts: its
 // addresses from the resolver, special-purpose ones refused unless

@@ -21,6 +21,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 )
 
 // Modes of a policy.
@@ -159,6 +161,10 @@ type Finder struct {
 
 	mu    sync.Mutex
 	cache map[string]cached
+	// fetches shares one fetch of a domain's policy among the deliveries
+	// that ask for it at once: a burst to a new domain is one HTTPS
+	// request, not one per worker.
+	fetches singleflight.Group
 }
 
 type cached struct {
@@ -230,16 +236,24 @@ func (f *Finder) Find(ctx context.Context, domain string) (*Policy, error) {
 	if ok && c.policy.ID == id {
 		return c.policy, nil
 	}
-	p, err := f.fetch(ctx, domain)
+	v, err, _ := f.fetches.Do(domain+" "+id, func() (any, error) {
+		// Not the caller's context: the fetch is shared, and one caller
+		// giving up must not fail the others. Config.Timeout bounds it.
+		p, err := f.fetch(context.WithoutCancel(ctx), domain)
+		if err != nil {
+			return nil, err
+		}
+		p.ID = id
+		f.store(domain, p, now)
+		return p, nil
+	})
 	if err != nil {
 		if ok {
 			return c.policy, nil
 		}
 		return nil, err
 	}
-	p.ID = id
-	f.store(domain, p, now)
-	return p, nil
+	return v.(*Policy), nil
 }
 
 func (f *Finder) store(domain string, p *Policy, now time.Time) {

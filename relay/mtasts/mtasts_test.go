@@ -151,3 +151,58 @@ func TestFinderCache(t *testing.T) {
 		t.Fatalf("a redirect was followed: %+v, %v", p, err)
 	}
 }
+
+// TestFinderFetchesOnce: many deliveries asking at once for a domain's
+// new policy make one HTTPS request between them, and a caller that gives
+// up does not fail the others.
+func TestFinderFetchesOnce(t *testing.T) {
+	var fetches atomic.Int64
+	release := make(chan struct{})
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		<-release
+		w.Header().Set("Content-Type", "text/plain")
+		w.Write([]byte("version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 3600\n"))
+	}))
+	defer srv.Close()
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	z := &zone{txt: map[string][]string{"_mta-sts.example.org": {"v=STSv1; id=7"}}}
+	f := New(Config{DNS: z, IsNotFound: func(err error) bool { return errors.Is(err, errNX) }, RootCAs: pool,
+		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, srv.Listener.Addr().String())
+		}})
+	f.client.Transport.(*http.Transport).TLSClientConfig.ServerName = "example.com"
+
+	impatient, cancel := context.WithCancel(context.Background())
+	const callers = 20
+	results := make(chan error, callers)
+	for i := range callers {
+		ctx := context.Background()
+		if i == 0 {
+			ctx = impatient
+		}
+		go func() {
+			p, err := f.Find(ctx, "example.org")
+			if err == nil && (p == nil || p.ID != "7") {
+				err = errors.New("no policy")
+			}
+			results <- err
+		}()
+	}
+	// Wait until the one fetch is in flight, let the first caller give
+	// up, then answer.
+	for fetches.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	close(release)
+	for range callers {
+		if err := <-results; err != nil {
+			t.Error(err)
+		}
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Errorf("%d fetches for %d callers, want 1", n, callers)
+	}
+}
