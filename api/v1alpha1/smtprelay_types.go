@@ -445,6 +445,16 @@ type RelayDestination struct {
 	// +kubebuilder:validation:Maximum=1000000
 	// +optional
 	MaxMessagesPerMinute *int32 `json:"maxMessagesPerMinute,omitempty"`
+	// MaxMessagesPerConnection is how many messages one session to the
+	// group carries before it is closed. Above 1, a session waits up to
+	// 2 s for the next message to the same MX host (RSET between), still
+	// holding its place under maxConnections. Unset: one message per
+	// session, except for the built-in groups (google 100, microsoft,
+	// yahoo and apple 20).
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	MaxMessagesPerConnection *int32 `json:"maxMessagesPerConnection,omitempty"`
 }
 
 // Smarthost is the server every message is handed to.

@@ -146,7 +146,7 @@ func openTransport(ctx context.Context, cfg config.Config, q *queue.Queue, reg p
 			return nil, "", nil, err
 		}
 		log.Info("delivery: direct to each domain's MX hosts")
-		return t, "mx", func() {}, nil
+		return t, "mx", func() { t.Close() }, nil
 	}
 }
 
@@ -362,7 +362,8 @@ func destinations(list []config.Destination) (map[string]smtpclient.TLSMode, map
 			}
 		}
 		own = append(own, shaping.Rule{Name: d.Name, Domains: d.Domains, MXHosts: d.MXHosts,
-			Limits: shaping.Limits{MaxConnections: d.MaxConnections, MaxPerMinute: d.MaxPerMinute}})
+			Limits: shaping.Limits{MaxConnections: d.MaxConnections, MaxPerMinute: d.MaxPerMinute,
+				MaxMessagesPerConnection: d.MaxMessagesPerConnection}})
 	}
 	return modes, groups, shaping.WithDefaults(own), nil
 }

@@ -67,7 +67,8 @@ func relayDeliveryConfig(relay *v1.SmtpRelay) config.Delivery {
 		out.Destinations = append(out.Destinations, config.Destination{
 			Name: dest.Name, Domains: slices.Clone(dest.Domains), MXHosts: slices.Clone(dest.MXHosts),
 			TLS: destinationTLSMode(dest.TLS), MaxConnections: int(ptr.Deref(dest.MaxConnections, 0)),
-			MaxPerMinute: int(ptr.Deref(dest.MaxMessagesPerMinute, 0)),
+			MaxPerMinute:             int(ptr.Deref(dest.MaxMessagesPerMinute, 0)),
+			MaxMessagesPerConnection: int(ptr.Deref(dest.MaxMessagesPerConnection, 0)),
 		})
 	}
 	if r := d.Retry.MinBackoff; r != nil {

@@ -791,7 +791,8 @@ func TestRenderRelayQueueAndDelivery(t *testing.T) {
 			Destinations: []v1.RelayDestination{
 				{Name: "bank", Domains: []string{"bank.example", "pay.example"}, TLS: "Verify"},
 				{Name: "partner", Domains: []string{"partner.example"}, TLS: "Required"},
-				{Name: "google", MXHosts: []string{"google.com"}, MaxConnections: ptr.To[int32](5), MaxMessagesPerMinute: ptr.To[int32](600)},
+				{Name: "google", MXHosts: []string{"google.com"}, MaxConnections: ptr.To[int32](5), MaxMessagesPerMinute: ptr.To[int32](600),
+					MaxMessagesPerConnection: ptr.To[int32](50)},
 			},
 		}
 	})
@@ -815,7 +816,7 @@ func TestRenderRelayQueueAndDelivery(t *testing.T) {
 		t.Errorf("delivery = %+v", d)
 	}
 	if ds := d.Destinations; !d.IgnoreMTASTS || len(ds) != 3 || ds[0].TLS != "required" || len(ds[0].Domains) != 2 || ds[1].TLS != "encrypt" ||
-		ds[2].Name != "google" || ds[2].TLS != "" || ds[2].MXHosts[0] != "google.com" || ds[2].MaxConnections != 5 || ds[2].MaxPerMinute != 600 {
+		ds[2].Name != "google" || ds[2].TLS != "" || ds[2].MXHosts[0] != "google.com" || ds[2].MaxConnections != 5 || ds[2].MaxPerMinute != 600 || ds[2].MaxMessagesPerConnection != 50 {
 		t.Errorf("delivery destinations = %v %+v", d.IgnoreMTASTS, d.Destinations)
 	}
 

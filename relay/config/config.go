@@ -307,6 +307,9 @@ type Destination struct {
 	// the group and its messages per minute; 0 is no bound.
 	MaxConnections int `json:"maxConnections,omitempty"`
 	MaxPerMinute   int `json:"maxPerMinute,omitempty"`
+	// MaxMessagesPerConnection is how many messages one session to the
+	// group carries; above 1 a session is kept open for the next.
+	MaxMessagesPerConnection int `json:"maxMessagesPerConnection,omitempty"`
 }
 
 // DestinationPrefixes parses AllowedDestinations.

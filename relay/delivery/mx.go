@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mailfleet/mailfleet/relay/mtasts"
@@ -81,12 +82,18 @@ type MXConfig struct {
 	// fleet-wide limits (relay/shaping); nil: only the per-pod limits.
 	Shaper       Shaper
 	ShapingRules shaping.Rules
+	// SessionIdle is how long a session kept open for a group's next
+	// message waits for one (default DefaultSessionIdle).
+	SessionIdle time.Duration
 }
 
 // Shaper is what direct delivery asks before a session to a destination
 // group, and tells after it (a *shaping.Fleet).
 type Shaper interface {
-	Acquire(ctx context.Context, g shaping.Rule) (release func(), err error)
+	// Admit counts one message to g, or says (a *shaping.Deferral) why
+	// it must wait; Slot holds one of g's sessions until release.
+	Admit(ctx context.Context, g shaping.Rule) error
+	Slot(ctx context.Context, g shaping.Rule) (release func(), err error)
 	Pause(ctx context.Context, g shaping.Rule, reason string)
 	Delivered(ctx context.Context, g shaping.Rule)
 }
@@ -101,6 +108,9 @@ type MX struct {
 	domains *DomainLimiter
 	// mtasts finds MTA-STS policies; nil when they are not honoured.
 	mtasts *mtasts.Finder
+	// idle are sessions kept open for the next message to their host,
+	// for groups that carry more than one message per session.
+	idle *idleSessions
 }
 
 // NewMX returns a direct delivery transport.
@@ -124,6 +134,7 @@ func NewMX(cfg MXConfig) (*MX, error) {
 		trace:   Trace{Hostname: cfg.Hostname, LabelHeader: cfg.LabelHeader},
 		log:     cfg.Log.With("transport", mxTransport),
 		domains: NewDomainLimiter(cfg.MaxConnectionsPerDomain),
+		idle:    newIdleSessions(orDefault(cfg.SessionIdle, DefaultSessionIdle)),
 	}
 	if txt, ok := cfg.Resolver.(mtasts.TXTResolver); ok && cfg.MTASTS {
 		m.mtasts = mtasts.New(mtasts.Config{DNS: txt, IsNotFound: IsNotFound, Dial: m.dialPublic,
@@ -239,18 +250,16 @@ func (m *MX) deliverDomain(ctx context.Context, msg Message, domain string, rcpt
 		strip:   m.trace.headerName(),
 	}
 	if !shaped || m.cfg.Shaper == nil {
-		return m.tryTargets(ctx, log, domain, targets, t, policy)
+		return m.tryTargets(ctx, log, domain, targets, t, policy, nil)
 	}
-	releaseSlot, err := m.cfg.Shaper.Acquire(ctx, group)
-	if err != nil {
+	if err := m.cfg.Shaper.Admit(ctx, group); err != nil {
 		if d, ok := errors.AsType[*shaping.Deferral](err); ok {
 			m.cfg.Metrics.shaped(group.Name)
 			return localResults(rcpts, Deferred, d.Enhanced, d.Text, "")
 		}
 		return errorResults(rcpts, fmt.Errorf("wait for a session to %s: %w", group.Name, err), "")
 	}
-	defer releaseSlot()
-	results := m.tryTargets(ctx, log, domain, targets, t, policy)
+	results := m.tryTargets(ctx, log, domain, targets, t, policy, &group)
 	m.observe(ctx, log, group, results)
 	return results
 }
@@ -287,26 +296,39 @@ func (m *MX) observe(ctx context.Context, log *slog.Logger, g shaping.Rule, resu
 // tryTargets offers t to each target in turn until one gives the domain's
 // answer. As Postfix does, a host that cannot be reached, or defers every
 // recipient before taking the message, leaves them to the next; any other
-// answer is the domain's.
-func (m *MX) tryTargets(ctx context.Context, log *slog.Logger, domain string, targets []target, t transaction, policy tlsPolicy) []Result {
+// answer is the domain's. g is the destination group whose slots the
+// sessions take, nil for none.
+func (m *MX) tryTargets(ctx context.Context, log *slog.Logger, domain string, targets []target, t transaction, policy tlsPolicy, g *shaping.Rule) []Result {
 	var last []Result
 	for _, tg := range targets {
 		if ctx.Err() != nil {
 			break
 		}
-		c, err := m.connect(ctx, tg, policy.mode)
+		s, err := m.session(ctx, tg, policy.mode, g)
+		if d, ok := errors.AsType[*shaping.Deferral](err); ok {
+			m.cfg.Metrics.shaped(g.Name)
+			return localResults(t.rcpts, Deferred, d.Enhanced, d.Text, "")
+		}
 		if err != nil {
 			log.Info("MX host unusable, trying the next", "host", tg.host, "ip", tg.ip.String(), "err", err)
 			last = errorResults(t.rcpts, err, tg.host)
 			continue
 		}
-		results, broken, retryable := transact(ctx, c, t, false)
-		if broken != nil {
-			c.Close()
-		} else {
-			c.Quit()
+		results, broken, retryable := transact(ctx, s.c, t, s.reused)
+		if broken != nil && s.reused && retryable && ctx.Err() == nil {
+			// The host closed the session while it waited: this message
+			// goes on a new one, as if the old had not been there.
+			log.Info("kept session was closed by the host, opening another", "host", tg.host, "err", broken)
+			s.close(false)
+			if s, err = m.session(ctx, tg, policy.mode, g); err != nil {
+				last = errorResults(t.rcpts, err, tg.host)
+				continue
+			}
+			results, broken, retryable = transact(ctx, s.c, t, s.reused)
 		}
-		results = withTLS(results, c.TLS(), policy.source)
+		// Before finish: a kept session may be taken by another delivery.
+		results = withTLS(results, s.c.TLS(), policy.source)
+		m.finish(s, g, results, broken)
 		last = results
 		if allDeferred(results) && (broken == nil || retryable) {
 			log.Info("MX host deferred every recipient, trying the next", "host", tg.host, "reply", results[0].Text)
@@ -318,6 +340,93 @@ func (m *MX) tryTargets(ctx context.Context, log *slog.Logger, domain string, ta
 		last = errorResults(t.rcpts, fmt.Errorf("deliver to %s: %w", domain, context.Cause(ctx)), "")
 	}
 	return last
+}
+
+// session is an idle session to tg when g keeps them, else a new one
+// holding one of g's slots.
+func (m *MX) session(ctx context.Context, tg target, mode smtpclient.TLSMode, g *shaping.Rule) (*mxSession, error) {
+	key := tg.host + "|" + tg.ip.String() + "|" + mode.String()
+	group := ""
+	release := func() {}
+	if g != nil {
+		group = g.Name
+		var s *mxSession
+		var err error
+		if s, release, err = m.sessionOrSlot(ctx, key, *g); s != nil || err != nil {
+			return s, err
+		}
+	}
+	c, err := m.connect(ctx, tg, mode)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	return &mxSession{c: c, key: key, group: group, release: release}, nil
+}
+
+// sessionOrSlot waits for a session kept open for key or a slot of g,
+// whichever comes first. A delivery waiting for a slot while its own
+// relay's sessions to the host are all busy must see one of them come
+// free: otherwise it would wait for a slot the kept session holds until
+// that session's idle time ran out.
+func (m *MX) sessionOrSlot(ctx context.Context, key string, g shaping.Rule) (*mxSession, func(), error) {
+	keeps := g.Limits.MaxMessagesPerConnection > 1
+	for {
+		if !keeps {
+			release, err := m.cfg.Shaper.Slot(ctx, g)
+			return nil, release, err
+		}
+		if s := m.idle.take(key); s != nil {
+			return s, nil, nil
+		}
+		// A session idle to another of the group's hosts holds a slot
+		// this one may need.
+		if g.Limits.MaxConnections > 0 {
+			m.idle.evict(g.Name)
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		var woken atomic.Bool
+		stop := m.idle.wait(key, func() { woken.Store(true); cancel() })
+		release, err := m.cfg.Shaper.Slot(wctx, g)
+		stop()
+		cancel()
+		switch {
+		case err == nil:
+			return nil, release, nil
+		case woken.Load() && ctx.Err() == nil:
+			continue // a session for key came free: take it
+		}
+		return nil, nil, err
+	}
+}
+
+// finish keeps s for the next message to its host when its group carries
+// more than one per session and the host gave no sign of wanting it
+// closed; otherwise it ends s.
+func (m *MX) finish(s *mxSession, g *shaping.Rule, results []Result, broken error) {
+	if broken != nil {
+		s.close(false)
+		return
+	}
+	s.sent++
+	keep := g != nil && s.sent < g.Limits.MaxMessagesPerConnection
+	for _, r := range results {
+		// 421 is the host closing the session; other 4xx replies may be
+		// its way of saying this session has sent enough.
+		if r.Code == 421 || r.Outcome == Deferred {
+			keep = false
+		}
+	}
+	if keep && m.idle.put(s) {
+		return
+	}
+	s.close(true)
+}
+
+// Close ends the sessions kept open for a next message.
+func (m *MX) Close() error {
+	m.idle.close()
+	return nil
 }
 
 func allDeferred(rs []Result) bool {

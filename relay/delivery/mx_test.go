@@ -110,6 +110,7 @@ func newMXForTest(t *testing.T, d *dnsServer, port int, opts ...func(*MXConfig))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { m.Close() })
 	return m
 }
 

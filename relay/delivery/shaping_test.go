@@ -175,3 +175,50 @@ func shapedRelays(t *testing.T, n int, zone *dnsServer, port int, rules shaping.
 	}
 	return relays
 }
+
+// TestShapingKeepsSessions: a group that carries up to 10 messages per
+// session. Three relays deliver 200 messages to a host that takes 2
+// sessions from the fleet: sessions are kept open between messages (RSET
+// between), never more than 10 messages each, and the kept sessions still
+// count under the group's 2 — the host never sees a third nor answers 421.
+func TestShapingKeepsSessions(t *testing.T) {
+	const total, perSession = 200, 10
+	sink := startSink(t, sinkOptions{ip: "127.0.0.2", tls: true, countOnly: true, maxSessions: 2})
+	zone := startDNS(t, "keep.example. 60 IN MX 10 mx.keep.example.", "mx.keep.example. 60 IN A 127.0.0.2")
+	rules := shaping.WithDefaults([]shaping.Rule{{Name: "keep", Domains: []string{"keep.example"},
+		Limits: shaping.Limits{MaxConnections: 2, MaxMessagesPerConnection: perSession}}})
+	relays := shapedRelays(t, 3, zone, sink.port(), rules)
+	drive(t, ctxFor(t), relays, total, "keep.example", func() {}).Wait()
+	conns, resets := sink.conns.Load(), sink.resets.Load()
+	t.Logf("%d messages in %d sessions (%d RSETs), at most %d at once", total, conns, resets, sink.mostActive.Load())
+	if sink.accepted.Load() != total || sink.mostActive.Load() > 2 || sink.refused.Load() > 0 {
+		t.Fatalf("delivered %d of %d, %d sessions at once, %d answered 421", sink.accepted.Load(), total, sink.mostActive.Load(), sink.refused.Load())
+	}
+	if conns < total/perSession {
+		t.Fatalf("%d messages in %d sessions: more than %d per session", total, conns, perSession)
+	}
+	if conns > total/2 || resets == 0 {
+		t.Fatalf("%d messages in %d sessions with %d RSETs: sessions were not kept", total, conns, resets)
+	}
+}
+
+// TestKeptSessionClosedByHost: a host that drops a session while it waits
+// for the next message costs that message nothing: it goes on a new
+// session.
+func TestKeptSessionClosedByHost(t *testing.T) {
+	sink := startSink(t, sinkOptions{ip: "127.0.0.2", countOnly: true, readTimeout: 200 * time.Millisecond})
+	zone := startDNS(t, "keep.example. 60 IN MX 10 mx.keep.example.", "mx.keep.example. 60 IN A 127.0.0.2")
+	rules := shaping.WithDefaults([]shaping.Rule{{Name: "keep", Domains: []string{"keep.example"},
+		Limits: shaping.Limits{MaxConnections: 1, MaxMessagesPerConnection: 5}}})
+	m := shapedRelays(t, 1, zone, sink.port(), rules)[0]
+	body := []byte("Subject: x\r\n\r\nhi\r\n")
+	for i, wait := range []time.Duration{0, 0, time.Second, 0} {
+		time.Sleep(wait)
+		if rs := m.Deliver(ctxFor(t), message(fmt.Sprintf("m%d", i), body, "a@keep.example")); rs[0].Outcome != Delivered {
+			t.Fatalf("message %d after %s: %+v", i, wait, rs)
+		}
+	}
+	if got := sink.conns.Load(); got != 2 {
+		t.Fatalf("%d sessions for 4 messages, the host dropping the first after its second; want 2", got)
+	}
+}

@@ -97,17 +97,29 @@ func open(ctx context.Context, conn *nats.Conn, stream string, replicas int, hol
 		gates: map[string]chan struct{}{}, paused: map[string]pausedUntil{}}, nil
 }
 
-// Acquire waits for a session to group g: not paused, within its messages
-// per minute, and a slot of its connections. The returned release gives
-// the slot back. A *Deferral says why the delivery cannot start; any other
-// error is ctx's.
+// Acquire admits one message to group g and waits for a session slot for
+// it: Admit, then Slot.
 func (f *Fleet) Acquire(ctx context.Context, g Rule) (release func(), err error) {
-	if until := f.pausedUntil(ctx, g.Name); f.now().Before(until) {
-		return nil, &Deferral{"4.4.5", fmt.Sprintf("deliveries to %s are paused until %s after it answered 421", g.Name, until.UTC().Format(time.RFC3339))}
-	}
-	if err := f.countMessage(ctx, g); err != nil {
+	if err := f.Admit(ctx, g); err != nil {
 		return nil, err
 	}
+	return f.Slot(ctx, g)
+}
+
+// Admit takes one of group g's messages of this minute, unless g is
+// paused. A *Deferral says why the message cannot go now; any other error
+// is ctx's. A message sent on a session kept open from an earlier one is
+// admitted without a new slot.
+func (f *Fleet) Admit(ctx context.Context, g Rule) error {
+	if until := f.pausedUntil(ctx, g.Name); f.now().Before(until) {
+		return &Deferral{"4.4.5", fmt.Sprintf("deliveries to %s are paused until %s after it answered 421", g.Name, until.UTC().Format(time.RFC3339))}
+	}
+	return f.countMessage(ctx, g)
+}
+
+// Slot waits for one of group g's session slots, fleet-wide; the returned
+// release gives it back, and must be called once the session is closed.
+func (f *Fleet) Slot(ctx context.Context, g Rule) (release func(), err error) {
 	if g.Limits.MaxConnections <= 0 {
 		return func() {}, nil
 	}
@@ -318,10 +330,18 @@ type Guard struct {
 // Attach starts shaping with f.
 func (g *Guard) Attach(f *Fleet) { g.fleet.Store(f) }
 
-// Acquire is Fleet.Acquire once attached.
-func (g *Guard) Acquire(ctx context.Context, r Rule) (func(), error) {
+// Admit is Fleet.Admit once attached.
+func (g *Guard) Admit(ctx context.Context, r Rule) error {
 	if f := g.fleet.Load(); f != nil {
-		return f.Acquire(ctx, r)
+		return f.Admit(ctx, r)
+	}
+	return nil
+}
+
+// Slot is Fleet.Slot once attached.
+func (g *Guard) Slot(ctx context.Context, r Rule) (func(), error) {
+	if f := g.fleet.Load(); f != nil {
+		return f.Slot(ctx, r)
 	}
 	return func() {}, nil
 }

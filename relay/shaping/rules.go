@@ -16,6 +16,11 @@ import (
 type Limits struct {
 	MaxConnections int
 	MaxPerMinute   int
+	// MaxMessagesPerConnection is how many messages one session carries
+	// before it is closed: above 1, a session stays open for the next
+	// delivery to the same MX host (with RSET between, as Postfix's
+	// connection cache does). 0 or 1: one message per session.
+	MaxMessagesPerConnection int
 }
 
 // Rule is a destination group: the recipient domains (with their
@@ -41,13 +46,13 @@ var NamePattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 func DefaultRules() []Rule {
 	return []Rule{
 		{Name: "google", Domains: []string{"gmail.com", "googlemail.com"}, MXHosts: []string{"google.com", "googlemail.com"},
-			Limits: Limits{MaxConnections: 20, MaxPerMinute: 3000}},
+			Limits: Limits{MaxConnections: 20, MaxPerMinute: 3000, MaxMessagesPerConnection: 100}},
 		{Name: "microsoft", Domains: []string{"outlook.com", "hotmail.com", "live.com", "msn.com"}, MXHosts: []string{"protection.outlook.com", "olc.protection.outlook.com"},
-			Limits: Limits{MaxConnections: 10, MaxPerMinute: 1200}},
+			Limits: Limits{MaxConnections: 10, MaxPerMinute: 1200, MaxMessagesPerConnection: 20}},
 		{Name: "yahoo", Domains: []string{"yahoo.com", "aol.com", "ymail.com"}, MXHosts: []string{"yahoodns.net"},
-			Limits: Limits{MaxConnections: 10, MaxPerMinute: 1200}},
+			Limits: Limits{MaxConnections: 10, MaxPerMinute: 1200, MaxMessagesPerConnection: 20}},
 		{Name: "apple", Domains: []string{"icloud.com", "me.com", "mac.com"}, MXHosts: []string{"mail.icloud.com"},
-			Limits: Limits{MaxConnections: 5, MaxPerMinute: 600}},
+			Limits: Limits{MaxConnections: 5, MaxPerMinute: 600, MaxMessagesPerConnection: 20}},
 	}
 }
 

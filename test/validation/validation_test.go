@@ -106,9 +106,13 @@ func TestCRDValidation(t *testing.T) {
 		{"destination groups", relay(func(r *v1.SmtpRelay) {
 			r.Spec.Delivery.Destinations = []v1.RelayDestination{
 				{Name: "bank", Domains: []string{"bank.example"}, TLS: "Verify"},
-				{Name: "google", MXHosts: []string{"google.com"}, MaxConnections: ptr.To[int32](10), MaxMessagesPerMinute: ptr.To[int32](1000)},
+				{Name: "google", MXHosts: []string{"google.com"}, MaxConnections: ptr.To[int32](10), MaxMessagesPerMinute: ptr.To[int32](1000),
+					MaxMessagesPerConnection: ptr.To[int32](100)},
 			}
 		}), ""},
+		{"destination with no messages per connection", relay(func(r *v1.SmtpRelay) {
+			r.Spec.Delivery.Destinations = []v1.RelayDestination{{Name: "a", Domains: []string{"a.example"}, MaxMessagesPerConnection: ptr.To[int32](0)}}
+		}), "spec.delivery.destinations[0].maxMessagesPerConnection"},
 		{"destination with neither domains nor MX hosts", relay(func(r *v1.SmtpRelay) {
 			r.Spec.Delivery.Destinations = []v1.RelayDestination{{Name: "empty", TLS: "Required"}}
 		}), "a destination needs domains, mxHosts or both"},
