@@ -364,6 +364,10 @@ func (m *MX) session(ctx context.Context, tg target, mode smtpclient.TLSMode, g 
 	return &mxSession{c: c, key: key, group: group, release: release}, nil
 }
 
+// evictAfter is how long a delivery waits for a slot of its group before
+// it closes a session its relay keeps idle to another of the group's hosts.
+const evictAfter = 20 * time.Millisecond
+
 // sessionOrSlot waits for a session kept open for key or a slot of g,
 // whichever comes first. A delivery waiting for a slot while its own
 // relay's sessions to the host are all busy must see one of them come
@@ -379,15 +383,16 @@ func (m *MX) sessionOrSlot(ctx context.Context, key string, g shaping.Rule) (*mx
 		if s := m.idle.take(key); s != nil {
 			return s, nil, nil
 		}
-		// A session idle to another of the group's hosts holds a slot
-		// this one may need.
-		if g.Limits.MaxConnections > 0 {
-			m.idle.evict(g.Name)
-		}
 		wctx, cancel := context.WithCancel(ctx)
 		var woken atomic.Bool
 		stop := m.idle.wait(key, func() { woken.Store(true); cancel() })
+		// A session idle to another of the group's hosts may hold the slot
+		// this one needs: when none comes at once, close one of those.
+		// (Closing one up front would end kept sessions while slots are
+		// free, whenever the group's mail goes to more than one host.)
+		evict := time.AfterFunc(evictAfter, func() { m.idle.evict(g.Name) })
 		release, err := m.cfg.Shaper.Slot(wctx, g)
+		evict.Stop()
 		stop()
 		cancel()
 		switch {

@@ -225,3 +225,31 @@ func TestKeptSessionClosedByHost(t *testing.T) {
 		t.Fatalf("%d sessions for 4 messages, the host dropping the first after its second; want 2", got)
 	}
 }
+
+// TestKeptSessionsToTwoHosts: a group whose mail goes to two hosts keeps
+// a session to each while it has slots for both, and, with one slot,
+// closes the session idle to one host to reach the other.
+func TestKeptSessionsToTwoHosts(t *testing.T) {
+	for _, c := range []struct{ slots, wantConns int }{{2, 2}, {1, 8}} {
+		t.Run(fmt.Sprintf("slots=%d", c.slots), func(t *testing.T) {
+			one := startSink(t, sinkOptions{ip: "127.0.0.2", countOnly: true})
+			two := startSink(t, sinkOptions{ip: "127.0.0.3", port: strconv.Itoa(one.port()), countOnly: true})
+			zone := startDNS(t,
+				"one.example. 60 IN MX 10 mx.one.example.", "mx.one.example. 60 IN A 127.0.0.2",
+				"two.example. 60 IN MX 10 mx.two.example.", "mx.two.example. 60 IN A 127.0.0.3")
+			rules := shaping.WithDefaults([]shaping.Rule{{Name: "pair", Domains: []string{"one.example", "two.example"},
+				Limits: shaping.Limits{MaxConnections: c.slots, MaxMessagesPerConnection: 100}}})
+			m := shapedRelays(t, 1, zone, one.port(), rules)[0]
+			body := []byte("Subject: x\r\n\r\nhi\r\n")
+			for i := range 8 {
+				rcpt := []string{"a@one.example", "a@two.example"}[i%2]
+				if rs := m.Deliver(ctxFor(t), message(fmt.Sprintf("m%d", i), body, rcpt)); rs[0].Outcome != Delivered {
+					t.Fatalf("message %d to %s: %+v", i, rcpt, rs)
+				}
+			}
+			if got := one.conns.Load() + two.conns.Load(); got != int64(c.wantConns) {
+				t.Fatalf("%d sessions for 8 messages alternating between two hosts with %d slots, want %d", got, c.slots, c.wantConns)
+			}
+		})
+	}
+}
