@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/mailfleet/mailfleet/relay/mtasts"
@@ -253,15 +252,25 @@ func (m *MX) deliverDomain(ctx context.Context, msg Message, domain string, rcpt
 		return m.tryTargets(ctx, log, domain, targets, t, policy, nil)
 	}
 	if err := m.cfg.Shaper.Admit(ctx, group); err != nil {
-		if d, ok := errors.AsType[*shaping.Deferral](err); ok {
-			m.cfg.Metrics.shaped(group.Name)
-			return localResults(rcpts, Deferred, d.Enhanced, d.Text, "")
+		if rs, ok := m.shapingDeferred(err, group.Name, rcpts); ok {
+			return rs
 		}
 		return errorResults(rcpts, fmt.Errorf("wait for a session to %s: %w", group.Name, err), "")
 	}
 	results := m.tryTargets(ctx, log, domain, targets, t, policy, &group)
 	m.observe(ctx, log, group, results)
 	return results
+}
+
+// shapingDeferred is rcpts deferred when err is the fleet's shaping of
+// group holding their delivery back.
+func (m *MX) shapingDeferred(err error, group string, rcpts []string) ([]Result, bool) {
+	d, ok := errors.AsType[*shaping.Deferral](err)
+	if !ok {
+		return nil, false
+	}
+	m.cfg.Metrics.shaped(group)
+	return localResults(rcpts, Deferred, d.Enhanced, d.Text, ""), true
 }
 
 // shapingGroup is the destination group whose fleet-wide limits apply to
@@ -300,14 +309,17 @@ func (m *MX) observe(ctx context.Context, log *slog.Logger, g shaping.Rule, resu
 // sessions take, nil for none.
 func (m *MX) tryTargets(ctx context.Context, log *slog.Logger, domain string, targets []target, t transaction, policy tlsPolicy, g *shaping.Rule) []Result {
 	var last []Result
+	groupName := ""
+	if g != nil {
+		groupName = g.Name
+	}
 	for _, tg := range targets {
 		if ctx.Err() != nil {
 			break
 		}
 		s, err := m.session(ctx, tg, policy.mode, g)
-		if d, ok := errors.AsType[*shaping.Deferral](err); ok {
-			m.cfg.Metrics.shaped(g.Name)
-			return localResults(t.rcpts, Deferred, d.Enhanced, d.Text, "")
+		if rs, ok := m.shapingDeferred(err, groupName, t.rcpts); ok {
+			return rs
 		}
 		if err != nil {
 			log.Info("MX host unusable, trying the next", "host", tg.host, "ip", tg.ip.String(), "err", err)
@@ -321,6 +333,9 @@ func (m *MX) tryTargets(ctx context.Context, log *slog.Logger, domain string, ta
 			log.Info("kept session was closed by the host, opening another", "host", tg.host, "err", broken)
 			s.close(false)
 			if s, err = m.session(ctx, tg, policy.mode, g); err != nil {
+				if rs, ok := m.shapingDeferred(err, groupName, t.rcpts); ok {
+					return rs
+				}
 				last = errorResults(t.rcpts, err, tg.host)
 				continue
 			}
@@ -345,11 +360,15 @@ func (m *MX) tryTargets(ctx context.Context, log *slog.Logger, domain string, ta
 // session is an idle session to tg when g keeps them, else a new one
 // holding one of g's slots.
 func (m *MX) session(ctx context.Context, tg target, mode smtpclient.TLSMode, g *shaping.Rule) (*mxSession, error) {
-	key := tg.host + "|" + tg.ip.String() + "|" + mode.String()
 	group := ""
 	release := func() {}
 	if g != nil {
 		group = g.Name
+	}
+	// The group is part of the key: a session holds a slot of its own
+	// group, and must not carry another group's mail to a host they share.
+	key := group + "|" + tg.host + "|" + tg.ip.String() + "|" + mode.String()
+	if g != nil {
 		var s *mxSession
 		var err error
 		if s, release, err = m.sessionOrSlot(ctx, key, *g); s != nil || err != nil {
@@ -361,7 +380,9 @@ func (m *MX) session(ctx context.Context, tg target, mode smtpclient.TLSMode, g 
 		release()
 		return nil, err
 	}
-	return &mxSession{c: c, key: key, group: group, release: release}, nil
+	s := &mxSession{c: c, key: key, group: group, release: release}
+	m.idle.opened(s)
+	return s, nil
 }
 
 // evictAfter is how long a delivery waits for a slot of its group before
@@ -372,37 +393,33 @@ const evictAfter = 20 * time.Millisecond
 // whichever comes first. A delivery waiting for a slot while its own
 // relay's sessions to the host are all busy must see one of them come
 // free: otherwise it would wait for a slot the kept session holds until
-// that session's idle time ran out.
+// that session's idle time ran out. Ending the wait for the slot is safe
+// at any moment: a slot taken all the same is given back.
 func (m *MX) sessionOrSlot(ctx context.Context, key string, g shaping.Rule) (*mxSession, func(), error) {
-	keeps := g.Limits.MaxMessagesPerConnection > 1
-	for {
-		if !keeps {
-			release, err := m.cfg.Shaper.Slot(ctx, g)
-			return nil, release, err
-		}
-		if s := m.idle.take(key); s != nil {
-			return s, nil, nil
-		}
-		wctx, cancel := context.WithCancel(ctx)
-		var woken atomic.Bool
-		stop := m.idle.wait(key, func() { woken.Store(true); cancel() })
-		// A session idle to another of the group's hosts may hold the slot
-		// this one needs: when none comes at once, close one of those.
-		// (Closing one up front would end kept sessions while slots are
-		// free, whenever the group's mail goes to more than one host.)
-		evict := time.AfterFunc(evictAfter, func() { m.idle.evict(g.Name) })
-		release, err := m.cfg.Shaper.Slot(wctx, g)
-		evict.Stop()
-		stop()
-		cancel()
-		switch {
-		case err == nil:
-			return nil, release, nil
-		case woken.Load() && ctx.Err() == nil:
-			continue // a session for key came free: take it
-		}
-		return nil, nil, err
+	if g.Limits.MaxMessagesPerConnection <= 1 {
+		release, err := m.cfg.Shaper.Slot(ctx, g)
+		return nil, release, err
 	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, w := m.idle.takeOrWait(key, cancel)
+	if s != nil {
+		return s, nil, nil
+	}
+	// A session idle to another of the group's hosts may hold the slot
+	// this one needs: when none comes at once, close one of those.
+	// (Closing one up front would end kept sessions while slots are
+	// free, whenever the group's mail goes to more than one host.)
+	evict := time.AfterFunc(evictAfter, func() { m.idle.evict(g.Name, key) })
+	release, err := m.cfg.Shaper.Slot(wctx, g)
+	evict.Stop()
+	if s := m.idle.leave(key, w); s != nil {
+		if err == nil {
+			release() // both came: the session is ready, the slot spare
+		}
+		return s, nil, nil
+	}
+	return nil, release, err
 }
 
 // finish keeps s for the next message to its host when its group carries
@@ -428,9 +445,15 @@ func (m *MX) finish(s *mxSession, g *shaping.Rule, results []Result, broken erro
 	s.close(true)
 }
 
-// Close ends the sessions kept open for a next message.
+// closeWait bounds how long Close waits for sessions still carrying a
+// message: a goodbye (at most a second) and giving the slot back.
+const closeWait = 10 * time.Second
+
+// Close ends the sessions kept open for a next message, and waits for the
+// others to end, so that every slot is given back before the connection
+// to the fleet's buckets closes.
 func (m *MX) Close() error {
-	m.idle.close()
+	m.idle.close(closeWait)
 	return nil
 }
 

@@ -18,11 +18,12 @@ const DefaultSessionIdle = 2 * time.Second
 // its destination group it holds while open.
 type mxSession struct {
 	c       *smtpclient.Client
-	key     string // the host, address and TLS mode it was opened with
+	key     string // its group, host, address and TLS mode
 	group   string // its destination group; "" when none
 	release func()
-	sent    int  // messages it carried
-	reused  bool // taken from the idle sessions for this message
+	pool    *idleSessions // counts it open until close
+	sent    int           // messages it carried
+	reused  bool          // carried a message before this one
 	timer   *time.Timer
 }
 
@@ -34,50 +35,66 @@ func (s *mxSession) close(quit bool) {
 		s.c.Close()
 	}
 	s.release()
+	s.pool.ended()
 }
 
 // idleSessions keeps sessions open between messages to the same MX host,
-// each for at most idle.
+// each for at most idle, and hands one put back to the delivery that has
+// waited longest for it.
 type idleSessions struct {
 	idle time.Duration
 
-	mu     sync.Mutex
-	byKey  map[string][]*mxSession
-	closed bool
-	// waiting are the deliveries waiting for a slot that a session kept
-	// for their host would spare them: put wakes them.
-	waiting map[string]map[*waiter]struct{}
+	mu    sync.Mutex
+	byKey map[string][]*mxSession
+	// waiting are, per key, the deliveries waiting for a slot that a
+	// session kept for their host would spare them, first come first.
+	waiting map[string][]*waiter
+	open    int // sessions opened and not yet closed
+	closed  bool
+	drained chan struct{} // closed once the pool is closed and open is 0
 }
 
-// waiter is a delivery waiting for a slot; wake stops its wait.
-type waiter struct{ wake func() }
+// waiter is a delivery waiting for a session; put hands it one and calls
+// wake, which stops its wait for a slot.
+type waiter struct {
+	wake   func()
+	handed *mxSession
+}
 
 func newIdleSessions(idle time.Duration) *idleSessions {
-	return &idleSessions{idle: idle, byKey: map[string][]*mxSession{}, waiting: map[string]map[*waiter]struct{}{}}
+	return &idleSessions{idle: idle, byKey: map[string][]*mxSession{}, waiting: map[string][]*waiter{},
+		drained: make(chan struct{})}
 }
 
-// wait registers wake to be called when a session for key is put back,
-// until the returned stop.
-func (p *idleSessions) wait(key string, wake func()) (stop func()) {
-	w := &waiter{wake: wake}
+// opened counts a new session, which its close counts out.
+func (p *idleSessions) opened(s *mxSession) {
 	p.mu.Lock()
-	if p.waiting[key] == nil {
-		p.waiting[key] = map[*waiter]struct{}{}
-	}
-	p.waiting[key][w] = struct{}{}
+	p.open++
 	p.mu.Unlock()
-	return func() {
-		p.mu.Lock()
-		delete(p.waiting[key], w)
-		if len(p.waiting[key]) == 0 {
-			delete(p.waiting, key)
-		}
-		p.mu.Unlock()
-	}
+	s.pool = p
 }
 
-// take returns an idle session opened with key, nil when there is none.
-func (p *idleSessions) take(key string) *mxSession {
+func (p *idleSessions) ended() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.open--
+	p.signalDrained()
+}
+
+// signalDrained closes drained, once, when the pool is closed and no
+// session is open; p.mu is held.
+func (p *idleSessions) signalDrained() {
+	if !p.closed || p.open > 0 || p.drained == nil {
+		return
+	}
+	close(p.drained)
+	p.drained = nil
+}
+
+// takeOrWait returns an idle session opened with key or, when there is
+// none, the waiter a session put back for key is handed to: one check, so
+// that no put falls between the look and the wait.
+func (p *idleSessions) takeOrWait(key string, wake func()) (*mxSession, *waiter) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for list := p.byKey[key]; len(list) > 0; list = p.byKey[key] {
@@ -85,19 +102,45 @@ func (p *idleSessions) take(key string) *mxSession {
 		p.remove(s)
 		if s.timer.Stop() {
 			s.reused = true
-			return s
+			return s, nil
 		}
 		// Its timer fired and is closing it.
 	}
-	return nil
+	w := &waiter{wake: wake}
+	p.waiting[key] = append(p.waiting[key], w)
+	return nil, w
 }
 
-// evict closes one idle session of group, so that its slot can serve a
-// delivery to another of the group's hosts; false when there was none.
-func (p *idleSessions) evict(group string) bool {
+// leave ends w's wait; the session handed to it meanwhile, if any, is the
+// caller's.
+func (p *idleSessions) leave(key string, w *waiter) *mxSession {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	list := p.waiting[key]
+	for i, x := range list {
+		if x == w {
+			list = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(p.waiting, key)
+	} else {
+		p.waiting[key] = list
+	}
+	return w.handed
+}
+
+// evict closes one idle session of group not opened with except, so that
+// its slot can serve a delivery to another of the group's hosts; false
+// when there was none.
+func (p *idleSessions) evict(group, except string) bool {
 	p.mu.Lock()
 	var victim *mxSession
-	for _, list := range p.byKey {
+	for key, list := range p.byKey {
+		if key == except {
+			continue
+		}
 		for _, s := range list {
 			if s.group == group && s.timer.Stop() {
 				victim = s
@@ -119,19 +162,29 @@ func (p *idleSessions) evict(group string) bool {
 	return true
 }
 
-// put keeps s open for the next message to its host; false (and s left
-// to its caller) once the pool is closed.
+// put hands s to the delivery waiting longest for its host, else keeps it
+// open for the next; false (and s left to its caller) once the pool is
+// closed.
 func (p *idleSessions) put(s *mxSession) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return false
 	}
+	if ws := p.waiting[s.key]; len(ws) > 0 {
+		w := ws[0]
+		if len(ws) == 1 {
+			delete(p.waiting, s.key)
+		} else {
+			p.waiting[s.key] = ws[1:]
+		}
+		s.reused = true
+		w.handed = s
+		w.wake()
+		return true
+	}
 	s.reused = false
 	p.byKey[s.key] = append(p.byKey[s.key], s)
-	for w := range p.waiting[s.key] {
-		w.wake()
-	}
 	s.timer = time.AfterFunc(p.idle, func() {
 		p.mu.Lock()
 		p.remove(s)
@@ -157,9 +210,15 @@ func (p *idleSessions) remove(s *mxSession) {
 	}
 }
 
-// close ends every idle session; sessions busy with a message end with it.
-func (p *idleSessions) close() {
+// close ends every idle session and waits, up to wait, for the sessions
+// still carrying a message (and those whose idle time ran out) to end, so
+// that their slots are given back while the fleet's buckets can be reached.
+func (p *idleSessions) close(wait time.Duration) {
 	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
 	p.closed = true
 	var all []*mxSession
 	for _, list := range p.byKey {
@@ -170,10 +229,14 @@ func (p *idleSessions) close() {
 		}
 	}
 	clear(p.byKey)
+	drained := p.drained
+	p.signalDrained()
 	p.mu.Unlock()
-	var wg sync.WaitGroup
 	for _, s := range all {
-		wg.Go(func() { s.close(true) })
+		go s.close(true)
 	}
-	wg.Wait()
+	select {
+	case <-drained:
+	case <-time.After(wait):
+	}
 }

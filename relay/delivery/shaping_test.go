@@ -159,7 +159,12 @@ func TestShapingPausesOn421(t *testing.T) {
 // groups' limits through its own connection to one JetStream, as n pods.
 func shapedRelays(t *testing.T, n int, zone *dnsServer, port int, rules shaping.Rules) []*MX {
 	t.Helper()
-	url := natstest.Start(t)
+	return shapedRelaysOf(t, natstest.Start(t), n, zone, port, rules)
+}
+
+// shapedRelaysOf are shapedRelays sharing the JetStream at url.
+func shapedRelaysOf(t *testing.T, url string, n int, zone *dnsServer, port int, rules shaping.Rules) []*MX {
+	t.Helper()
 	var relays []*MX
 	for i := range n {
 		nc, err := nats.Connect(url)

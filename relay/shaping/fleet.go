@@ -1,6 +1,7 @@
 package shaping
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -43,12 +44,14 @@ func (d *Deferral) Error() string { return d.Enhanced + " " + d.Text }
 
 // Fleet shares the groups' limits between the relays of one queue stream.
 type Fleet struct {
-	slots   jetstream.KeyValue
-	state   jetstream.KeyValue
-	holder  string
-	lease   time.Duration
-	maxWait time.Duration
-	now     func() time.Time
+	slots  jetstream.KeyValue
+	state  jetstream.KeyValue
+	holder string
+	// holdings numbers this relay's slot holdings, each key's value.
+	holdings atomic.Uint64
+	lease    time.Duration
+	maxWait  time.Duration
+	now      func() time.Time
 
 	mu    sync.Mutex
 	gates map[string]chan struct{}
@@ -131,17 +134,19 @@ func (f *Fleet) Slot(ctx context.Context, g Rule) (release func(), err error) {
 	case <-wctx.Done():
 		return nil, f.waitFailed(ctx, g)
 	}
-	key, rev, err := f.takeSlot(wctx, g)
+	key, value, rev, err := f.takeSlot(wctx, g)
 	if err != nil {
 		<-gate
 		return nil, err
 	}
-	stop := f.keepLease(key, rev)
+	stop := f.keepLease(key, value, rev)
 	return func() {
-		stop()
+		rev := stop()
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		f.slots.Delete(dctx, key)
+		// Only this holding's key: one whose lease ran out (a stalled
+		// relay) may be another's by now.
+		f.slots.Delete(dctx, key, jetstream.LastRevision(rev))
 		<-gate
 	}, nil
 }
@@ -167,35 +172,63 @@ func (f *Fleet) waitFailed(ctx context.Context, g Rule) error {
 }
 
 // takeSlot creates one of the group's slot keys, trying them from a random
-// one on and again after a short, random pause while all are held.
-func (f *Fleet) takeSlot(ctx context.Context, g Rule) (string, uint64, error) {
+// one on and again after a short, random pause while all are held. The
+// key's value names this holding alone, so that a create whose outcome is
+// unknown can be undone without touching another's.
+func (f *Fleet) takeSlot(ctx context.Context, g Rule) (key string, value []byte, rev uint64, err error) {
 	n := g.Limits.MaxConnections
+	value = []byte(f.holder + " " + strconv.FormatUint(f.holdings.Add(1), 10))
 	for {
 		start := rand.IntN(n)
 		for i := range n {
-			key := "slot." + g.Name + "." + strconv.Itoa((start+i)%n)
-			rev, err := f.slots.Create(ctx, key, []byte(f.holder))
+			if ctx.Err() != nil {
+				return "", nil, 0, f.waitFailed(context.Background(), g)
+			}
+			key = "slot." + g.Name + "." + strconv.Itoa((start+i)%n)
+			rev, err := f.create(key, value)
 			if err == nil {
-				return key, rev, nil
+				return key, value, rev, nil
 			}
 			if !errors.Is(err, jetstream.ErrKeyExists) {
-				if ctx.Err() != nil {
-					return "", 0, f.waitFailed(context.Background(), g)
-				}
-				return "", 0, fmt.Errorf("shaping: take a slot of %s: %w", g.Name, err)
+				f.forget(key, value)
+				return "", nil, 0, fmt.Errorf("shaping: take a slot of %s: %w", g.Name, err)
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return "", 0, f.waitFailed(context.Background(), g)
+			return "", nil, 0, f.waitFailed(context.Background(), g)
 		case <-time.After(time.Duration(5+rand.IntN(20)) * time.Millisecond):
 		}
 	}
 }
 
+// slotWriteTimeout bounds one write of a slot key.
+const slotWriteTimeout = 5 * time.Second
+
+// create writes key unless it exists. It is not cancelled with the wait
+// for a slot: a create the server carried out but whose answer nobody
+// waited for would leave a slot that no session holds, lost to the whole
+// fleet until the bucket's TTL removed it.
+func (f *Fleet) create(key string, value []byte) (uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), slotWriteTimeout)
+	defer cancel()
+	return f.slots.Create(ctx, key, value)
+}
+
+// forget deletes key if a create that failed without an answer (a timeout,
+// a lost connection) wrote it after all.
+func (f *Fleet) forget(key string, value []byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), slotWriteTimeout)
+	defer cancel()
+	if e, err := f.slots.Get(ctx, key); err == nil && bytes.Equal(e.Value(), value) {
+		f.slots.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
+	}
+}
+
 // keepLease rewrites the slot's key while the session runs, so that the
-// bucket's TTL removes it only once its holder is gone.
-func (f *Fleet) keepLease(key string, rev uint64) (stop func()) {
+// bucket's TTL removes it only once its holder is gone; stop returns the
+// key's last revision.
+func (f *Fleet) keepLease(key string, value []byte, rev uint64) (stop func() uint64) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -206,15 +239,15 @@ func (f *Fleet) keepLease(key string, rev uint64) (stop func()) {
 			case <-done:
 				return
 			case <-t.C:
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				if r, err := f.slots.Update(ctx, key, []byte(f.holder), rev); err == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), slotWriteTimeout)
+				if r, err := f.slots.Update(ctx, key, value, rev); err == nil {
 					rev = r
 				}
 				cancel()
 			}
 		}
 	})
-	return func() { close(done); wg.Wait() }
+	return func() uint64 { close(done); wg.Wait(); return rev }
 }
 
 // countMessage takes one of the group's messages of this minute.

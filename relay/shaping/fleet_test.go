@@ -3,6 +3,7 @@ package shaping
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -79,7 +80,7 @@ func TestFleetSlotOfADeadRelay(t *testing.T) {
 	fleet := fleetWithLease(t, 2, lease)
 	g := Rule{Name: "one", Limits: Limits{MaxConnections: 1}}
 	// The dead relay's slot: taken, never kept, never released.
-	if _, _, err := fleet[0].takeSlot(context.Background(), g); err != nil {
+	if _, _, _, err := fleet[0].takeSlot(context.Background(), g); err != nil {
 		t.Fatal(err)
 	}
 	fleet[1].maxWait = lease + 15*time.Second
@@ -103,6 +104,44 @@ func TestFleetSlotOfADeadRelay(t *testing.T) {
 	var deferral *Deferral
 	if _, err := fleet[1].Acquire(context.Background(), g); !errors.As(err, &deferral) {
 		t.Fatalf("took a slot whose holder keeps its lease: %v", err)
+	}
+}
+
+// TestFleetSlotWaitCancelled: a wait for a slot given up at any moment,
+// as a delivery does when a kept session comes free first, leaves no slot
+// behind. (A create cancelled while in flight used to be carried out by
+// the server with nobody told: the slot was lost to the fleet until the
+// bucket's TTL.)
+func TestFleetSlotWaitCancelled(t *testing.T) {
+	f := fleetWithLease(t, 1, time.Minute)[0]
+	g := Rule{Name: "cancelled", Limits: Limits{MaxConnections: 1000}}
+	var cancelledDuring int
+	for range 2000 {
+		ctx, cancel := context.WithCancel(context.Background())
+		timer := time.AfterFunc(time.Duration(rand.IntN(400))*time.Microsecond, cancel)
+		release, err := f.Slot(ctx, g)
+		if ctx.Err() != nil {
+			cancelledDuring++
+		}
+		if err == nil {
+			release()
+		}
+		timer.Stop()
+		cancel()
+	}
+	keys, err := f.slots.ListKeys(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := 0
+	for range keys.Keys() {
+		left++
+	}
+	if left > 0 {
+		t.Fatalf("%d slots left with no holder after 2,000 waits, %d of them given up while under way", left, cancelledDuring)
+	}
+	if cancelledDuring == 0 {
+		t.Fatal("no wait was given up while under way: the test proves nothing")
 	}
 }
 
