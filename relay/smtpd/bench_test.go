@@ -28,13 +28,21 @@ func BenchmarkSubmit(b *testing.B) {
 	for _, store := range []string{"discard", "jetstream"} {
 		for _, mode := range []string{"many-per-session", "one-per-session"} {
 			b.Run(store+"/"+mode, func(b *testing.B) {
-				benchSubmit(b, store, mode == "many-per-session")
+				benchSubmit(b, store, mode == "many-per-session", 4096)
 			})
 		}
 	}
 }
 
-func benchSubmit(b *testing.B, store string, many bool) {
+// BenchmarkSubmitLarge is BenchmarkSubmit's many-per-session runs with
+// 100 KiB messages, where the bytes, not the round trips, cost.
+func BenchmarkSubmitLarge(b *testing.B) {
+	for _, store := range []string{"discard", "jetstream"} {
+		b.Run(store, func(b *testing.B) { benchSubmit(b, store, true, 100<<10) })
+	}
+}
+
+func benchSubmit(b *testing.B, store string, many bool, size int) {
 	// A long run sends more than an account's 30,000 a minute; the budget
 	// decision itself is measured by relay/budget's benchmarks. Logs are
 	// formatted as in production and thrown away.
@@ -45,7 +53,7 @@ func benchSubmit(b *testing.B, store string, many bool) {
 	env := startRelay(b, opts...)
 	addr := env.addr("smtp")
 	key := env.keys[userMain]
-	body := benchBody(4096)
+	body := benchBody(size)
 	const sessions = 20
 	b.SetBytes(int64(len(body)))
 	b.ResetTimer()
