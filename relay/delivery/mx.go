@@ -326,6 +326,7 @@ func (m *MX) tryTargets(ctx context.Context, log *slog.Logger, domain string, ta
 			last = errorResults(t.rcpts, err, tg.host)
 			continue
 		}
+		m.cfg.Metrics.offered(mxTransport, s.reused)
 		results, broken, retryable := transact(ctx, s.c, t, s.reused)
 		if broken != nil && s.reused && retryable && ctx.Err() == nil {
 			// The host closed the session while it waited: this message

@@ -13,6 +13,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/mailfleet/mailfleet/internal/natstest"
 	"github.com/mailfleet/mailfleet/relay/shaping"
@@ -167,18 +169,25 @@ func shapedRelaysOf(t *testing.T, url string, n int, zone *dnsServer, port int, 
 	t.Helper()
 	var relays []*MX
 	for i := range n {
-		nc, err := nats.Connect(url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		fleet, err := shaping.Open(context.Background(), nc, "MAILFLEET", 1, fmt.Sprintf("relay-%d", i))
-		if err != nil {
-			t.Fatal(err)
-		}
+		fleet := openFleet(t, url, fmt.Sprintf("relay-%d", i))
 		relays = append(relays, newMXForTest(t, zone, port, func(c *MXConfig) { c.Shaper, c.ShapingRules = fleet, rules }))
 	}
 	return relays
+}
+
+// openFleet is one relay's shaping, on its own connection to url.
+func openFleet(t *testing.T, url, holder string) *shaping.Fleet {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	fleet, err := shaping.Open(context.Background(), nc, "MAILFLEET", 1, holder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fleet
 }
 
 // TestShapingKeepsSessions: a group that carries up to 10 messages per
@@ -215,7 +224,11 @@ func TestKeptSessionClosedByHost(t *testing.T) {
 	zone := startDNS(t, "keep.example. 60 IN MX 10 mx.keep.example.", "mx.keep.example. 60 IN A 127.0.0.2")
 	rules := shaping.WithDefaults([]shaping.Rule{{Name: "keep", Domains: []string{"keep.example"},
 		Limits: shaping.Limits{MaxConnections: 1, MaxMessagesPerConnection: 5}}})
-	m := shapedRelays(t, 1, zone, sink.port(), rules)[0]
+	url := natstest.Start(t)
+	metrics := NewMetrics(prometheus.NewRegistry())
+	m := newMXForTest(t, zone, sink.port(), func(c *MXConfig) {
+		c.Shaper, c.ShapingRules, c.Metrics = openFleet(t, url, "relay-0"), rules, metrics
+	})
 	body := []byte("Subject: x\r\n\r\nhi\r\n")
 	for i, wait := range []time.Duration{0, 0, 1500 * time.Millisecond, 0} {
 		time.Sleep(wait)
@@ -228,6 +241,11 @@ func TestKeptSessionClosedByHost(t *testing.T) {
 	// loaded machine outlasted the host's 500 ms.)
 	if got := sink.conns.Load(); got < 2 || got > 3 {
 		t.Fatalf("%d sessions for 4 messages, the host dropping the first after its second; want 2", got)
+	}
+	// The message after the drop was offered on the dropped session too.
+	opened, reused := testutil.ToFloat64(metrics.opened.WithLabelValues("mx")), testutil.ToFloat64(metrics.reused.WithLabelValues("mx"))
+	if int64(opened) != sink.conns.Load() || opened+reused < 5 {
+		t.Fatalf("metrics: %v connections opened (the host saw %d), %v messages on reused ones", opened, sink.conns.Load(), reused)
 	}
 }
 

@@ -69,11 +69,12 @@ type SmarthostConfig struct {
 // Smarthost hands every message to one relay server over pooled, reused
 // sessions.
 type Smarthost struct {
-	trace  Trace
-	pool   *smtpclient.Pool
-	log    *slog.Logger
-	addr   string
-	remote string
+	trace   Trace
+	pool    *smtpclient.Pool
+	log     *slog.Logger
+	addr    string
+	remote  string
+	metrics *Metrics
 }
 
 // NewSmarthost returns a transport to cfg.Host. Close releases its
@@ -88,10 +89,11 @@ func NewSmarthost(cfg SmarthostConfig) (*Smarthost, error) {
 	cfg = cfg.withDefaults()
 	addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
 	s := &Smarthost{
-		trace:  Trace{Hostname: cfg.Hostname, LabelHeader: cfg.LabelHeader},
-		log:    cfg.Log.With("transport", defaultSmarthostTransport, "smarthost", addr),
-		addr:   addr,
-		remote: cfg.Host,
+		trace:   Trace{Hostname: cfg.Hostname, LabelHeader: cfg.LabelHeader},
+		log:     cfg.Log.With("transport", defaultSmarthostTransport, "smarthost", addr),
+		addr:    addr,
+		remote:  cfg.Host,
+		metrics: cfg.Metrics,
 	}
 	params := s.params(cfg)
 	s.pool = smtpclient.NewPool(cfg.MaxConnections, cfg.IdleTimeout, cfg.MaxConnectionAge,
@@ -160,6 +162,7 @@ func (s *Smarthost) Deliver(ctx context.Context, msg Message) []Result {
 			s.log.Warn("no session with the smarthost", "id", msg.Envelope.ID, "err", err)
 			return errorResults(rcpts, fmt.Errorf("smarthost %s: %w", s.addr, err), s.remote)
 		}
+		s.metrics.offered(defaultSmarthostTransport, reused)
 		results, broken, retryable := transact(ctx, c, t, reused)
 		results = withTLS(results, c.TLS(), TLSPolicySmarthost)
 		if broken == nil {

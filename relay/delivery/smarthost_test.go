@@ -69,6 +69,9 @@ func TestSmarthostReusesPooledConnection(t *testing.T) {
 	if v := testutil.ToFloat64(metrics.opened.WithLabelValues("smarthost")); v != 1 {
 		t.Fatalf("connections opened metric = %v, want 1", v)
 	}
+	if v := testutil.ToFloat64(metrics.reused.WithLabelValues("smarthost")); v != 4 {
+		t.Fatalf("messages on reused connections = %v, want 4", v)
+	}
 }
 
 func TestSmarthostTraceHeaders(t *testing.T) {
