@@ -36,7 +36,7 @@ func (s *Server) TakeLeases(ctx context.Context, req *leasewire.TakeRequest) (*l
 		asks[i] = LeaseAsk{APIUser: a.APIUser, Want: a.Want, Need: a.Need, Limit: a.Limit, Next: a.Next}
 	}
 	var leases []Lease
-	err := s.inRedis(ctx, func(rctx context.Context) (err error) {
+	err := s.inRedisN(ctx, len(asks), func(rctx context.Context) (err error) {
 		leases, err = s.counter.Leases(rctx, req.Holder, asks)
 		return err
 	})
@@ -94,7 +94,7 @@ func (s *Server) ReturnLeases(ctx context.Context, req *leasewire.ReturnRequest)
 		unused[i] = Unused{APIUser: u.APIUser, Window: u.Window, Units: u.Units}
 	}
 	var returned []int64
-	err := s.inRedis(ctx, func(rctx context.Context) (err error) {
+	err := s.inRedisN(ctx, len(unused), func(rctx context.Context) (err error) {
 		returned, err = s.counter.Returns(rctx, req.Holder, unused)
 		return err
 	})

@@ -2,6 +2,7 @@ package ratelimit_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -146,5 +147,42 @@ func TestLeaseFailureModes(t *testing.T) {
 				t.Errorf("lease takes with outcome %s: %v", outcome, n)
 			}
 		})
+	}
+}
+
+// TestLeaseBatchHasTimeForItsSize: a relay's batch of hundreds of leases
+// (every account's lease on the next window) gets Redis time in proportion
+// to its size. Held to one decision's deadline (50 ms by default), such a batch missed it
+// whenever Redis was briefly slow, and every account got the fallback's
+// nothing instead of a lease: each then waited for a lease at the window's
+// start. A single decision keeps its own deadline.
+func TestLeaseBatchHasTimeForItsSize(t *testing.T) {
+	r := redistest.StartRedis(t)
+	redistest.WaitForTimeLeft(time.Hour, 10*time.Second)
+	// A decision's deadline of 100 ms: a batch of 512 gets 500 ms.
+	sc := ratelimittest.StartSidecar(t, r.Addr, ratelimit.Options{Window: time.Hour, Deadline: 100 * time.Millisecond})
+	leases := dialLeases(t, sc.Addr)
+	asks := make([]leasewire.Ask, leasewire.MaxItems)
+	for i := range asks {
+		asks[i] = leasewire.Ask{APIUser: fmt.Sprintf("acct-%d", i), Limit: 1000, Want: 10, Next: true}
+	}
+	// Redis stalls for longer than one decision's deadline.
+	r.Pause(150 * time.Millisecond)
+	reply, err := takeLease(t, leases, "relay-a", asks...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, g := range reply.Grants {
+		if g.Fallback || g.Units != 10 {
+			t.Fatalf("lease %d of a batch of %d after a 150 ms stall: %+v, want 10 units counted in Redis", i, len(asks), g)
+		}
+	}
+	r.Pause(400 * time.Millisecond)
+	reply, err = takeLease(t, leases, "relay-a", leasewire.Ask{APIUser: "alone", Limit: 1000, Want: 10, Need: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := reply.Grants[0]; !g.Fallback || g.Units != 1 {
+		t.Fatalf("a single lease during a 400 ms stall: %+v, want the fallback's decision for the message", g)
 	}
 }

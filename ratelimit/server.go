@@ -100,6 +100,10 @@ type Options struct {
 	Log *slog.Logger
 }
 
+// perScriptShare: each script of a batch beyond the first adds
+// 1/perScriptShare of the deadline (a 512-lease batch: 50 ms + 200 ms).
+const perScriptShare = 128
+
 // Defaults for Options.
 const (
 	DefaultWindow   = time.Minute
@@ -286,11 +290,16 @@ var errRedisDown = errors.New("redis did not answer")
 // It returns errRedisDown when the failure mode should decide, and a gRPC
 // status when the caller gave up first (which is not Redis's failure).
 func (s *Server) inRedis(ctx context.Context, call func(context.Context) error) error {
+	return s.inRedisN(ctx, 1, call)
+}
+
+// inRedisN is inRedis for a call of n scripts in one pipeline.
+func (s *Server) inRedisN(ctx context.Context, n int, call func(context.Context) error) error {
 	if !s.breaker.allow(time.Now()) {
 		s.opts.Metrics.skipped.Inc()
 		return errRedisDown
 	}
-	rctx, cancel := context.WithTimeout(ctx, s.redisDeadline(ctx))
+	rctx, cancel := context.WithTimeout(ctx, s.redisDeadline(ctx, n))
 	defer cancel()
 	if err := call(rctx); err != nil {
 		if ctx.Err() != nil {
@@ -309,12 +318,20 @@ func (s *Server) inRedis(ctx context.Context, call func(context.Context) error) 
 	return nil
 }
 
-// redisDeadline is the decision deadline, shortened when the caller's own
-// deadline is nearer: Redis then gets four fifths of what is left, so the
-// failure mode's answer still reaches a caller that set a tight timeout
-// instead of the caller timing out first and applying its own policy.
-func (s *Server) redisDeadline(ctx context.Context) time.Duration {
-	d := s.opts.Deadline
+// redisDeadline is the decision deadline for a call of n scripts,
+// shortened when the caller's own deadline is nearer: Redis then gets four
+// fifths of what is left, so the failure mode's answer still reaches a
+// caller that set a tight timeout instead of the caller timing out first
+// and applying its own policy.
+//
+// Each script beyond the first adds 1/perScriptShare of the deadline: a
+// relay's batch of hundreds of leases (its refills, or every account's
+// lease on the next window) takes Redis longer than one decision, and
+// holding it to one decision's deadline made such batches miss it under
+// load: every account got the fallback's nothing instead of a lease, and
+// each miss counted toward opening the breaker for every caller.
+func (s *Server) redisDeadline(ctx context.Context, n int) time.Duration {
+	d := s.opts.Deadline + time.Duration(max(n-1, 0))*s.opts.Deadline/perScriptShare
 	if dl, ok := ctx.Deadline(); ok {
 		if left := time.Until(dl) * 4 / 5; left < d {
 			d = left

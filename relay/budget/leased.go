@@ -718,19 +718,30 @@ func (a *account) giveBack(unused []leasewire.Unused, keep int64) []leasewire.Un
 	return unused
 }
 
-// renew asks for next-window leases, MaxItems at a time, the batches at
-// once: one after another, a relay serving thousands of accounts could
-// spend the last twentieth of the window waiting on its own calls.
+// renew asks for next-window leases, MaxItems at a time, renewCalls
+// batches at once. One after another, a relay serving thousands of
+// accounts could spend the last twentieth of the window waiting on its own
+// calls; all at once, they crowd Redis (one thread) so that each misses the
+// sidecar's deadline and gets nothing, and the messages decided meanwhile
+// wait behind them.
 func (l *Leased) renew(accounts []*account, asks []leasewire.Ask, timeout time.Duration) {
 	var wg sync.WaitGroup
+	calls := make(chan struct{}, renewCalls)
 	for len(asks) > 0 {
 		n := min(len(asks), leasewire.MaxItems)
 		batch, batchAsks := accounts[:n], asks[:n]
-		wg.Go(func() { l.renewBatch(batch, batchAsks, timeout) })
+		calls <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-calls }()
+			l.renewBatch(batch, batchAsks, timeout)
+		})
 		accounts, asks = accounts[n:], asks[n:]
 	}
 	wg.Wait()
 }
+
+// renewCalls bounds the next-window calls a relay has out at once.
+const renewCalls = 2
 
 func (l *Leased) renewBatch(accounts []*account, asks []leasewire.Ask, timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)

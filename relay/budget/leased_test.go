@@ -325,14 +325,15 @@ func TestLeasedRenewsBeforeTheWindowEnds(t *testing.T) {
 	}
 }
 
-// TestLeasedRenewsBatchesAtOnce: a relay serving more accounts than one
-// call holds sends the next-window batches together, not one after another
-// (each slow call would push the next toward the window's end).
-func TestLeasedRenewsBatchesAtOnce(t *testing.T) {
+// TestLeasedRenewsBatchesTwoAtOnce: a relay serving more accounts than one
+// call holds sends the next-window batches two at a time: not one after
+// another (each slow call would push the next toward the window's end),
+// nor all at once (they would crowd Redis past the sidecar's deadline).
+func TestLeasedRenewsBatchesTwoAtOnce(t *testing.T) {
 	c := &clock{t: t0}
 	f := newFakeLeases(c, time.Minute)
 	l := newTestLeased(t, serveLeases(t, f), c, LeasedOptions{})
-	accounts := 3*leasewire.MaxItems + 1
+	accounts := 4*leasewire.MaxItems + 1
 	for i := range accounts {
 		user := fmt.Sprintf("acct-%d", i)
 		if d := l.Take(context.Background(), Request{APIUser: user, Limit: 100}); d != Allow {
@@ -340,28 +341,22 @@ func TestLeasedRenewsBatchesAtOnce(t *testing.T) {
 		}
 		waitIdle(t, l, user)
 	}
-	var inFlight, most atomic.Int32
-	all := make(chan struct{})
+	var inFlight, most, calls atomic.Int32
 	f.set(func(f *fakeLeases) {
 		f.hold = func() {
+			calls.Add(1)
 			n := inFlight.Add(1)
 			defer inFlight.Add(-1)
 			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
 			}
-			if n == 4 {
-				close(all)
-			}
-			select { // each call waits until all four are in, or gives up
-			case <-all:
-			case <-time.After(10 * time.Second):
-			}
+			time.Sleep(50 * time.Millisecond) // long enough for a third to start, were it allowed
 		}
 	})
 	end := t0.Truncate(time.Minute).Add(time.Minute)
 	c.set(end.Add(-2 * time.Second))
 	l.sweep(c.now())
-	if got := most.Load(); got != 4 {
-		t.Fatalf("%d renewal calls at once for %d accounts, want 4", got, accounts)
+	if got := most.Load(); got != renewCalls || calls.Load() != 5 {
+		t.Fatalf("%d renewal calls, at most %d at once, for %d accounts; want 5, %d at once", calls.Load(), got, accounts, renewCalls)
 	}
 	for _, user := range []string{"acct-0", fmt.Sprintf("acct-%d", accounts-1)} {
 		if _, next := heldBy(l, user); !next.held() {
