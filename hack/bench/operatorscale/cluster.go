@@ -132,6 +132,8 @@ func (c *cluster) startOperator(ctx context.Context, o options) error {
 		"--metrics-secure=false",
 		"--health-probe-bind-address=0",
 		"--relay-image=mailfleet:bench",
+		// SmtpDomains' keys live in the operator's namespace.
+		"--domain-key-namespace=" + relayNamespace,
 		"--log-level=" + o.operatorLogLevel,
 	}
 	if o.profileDir != "" {
