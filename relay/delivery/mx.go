@@ -309,16 +309,13 @@ func (m *MX) observe(ctx context.Context, log *slog.Logger, g shaping.Rule, resu
 // sessions take, nil for none.
 func (m *MX) tryTargets(ctx context.Context, log *slog.Logger, domain string, targets []target, t transaction, policy tlsPolicy, g *shaping.Rule) []Result {
 	var last []Result
-	groupName := ""
-	if g != nil {
-		groupName = g.Name
-	}
+	group := groupName(g)
 	for _, tg := range targets {
 		if ctx.Err() != nil {
 			break
 		}
 		s, err := m.session(ctx, tg, policy.mode, g)
-		if rs, ok := m.shapingDeferred(err, groupName, t.rcpts); ok {
+		if rs, ok := m.shapingDeferred(err, group, t.rcpts); ok {
 			return rs
 		}
 		if err != nil {
@@ -334,7 +331,7 @@ func (m *MX) tryTargets(ctx context.Context, log *slog.Logger, domain string, ta
 			log.Info("kept session was closed by the host, opening another", "host", tg.host, "err", broken)
 			s.close(false)
 			if s, err = m.session(ctx, tg, policy.mode, g); err != nil {
-				if rs, ok := m.shapingDeferred(err, groupName, t.rcpts); ok {
+				if rs, ok := m.shapingDeferred(err, group, t.rcpts); ok {
 					return rs
 				}
 				last = errorResults(t.rcpts, err, tg.host)
@@ -361,11 +358,8 @@ func (m *MX) tryTargets(ctx context.Context, log *slog.Logger, domain string, ta
 // session is an idle session to tg when g keeps them, else a new one
 // holding one of g's slots.
 func (m *MX) session(ctx context.Context, tg target, mode smtpclient.TLSMode, g *shaping.Rule) (*mxSession, error) {
-	group := ""
+	group := groupName(g)
 	release := func() {}
-	if g != nil {
-		group = g.Name
-	}
 	// The group is part of the key: a session holds a slot of its own
 	// group, and must not carry another group's mail to a host they share.
 	key := group + "|" + tg.host + "|" + tg.ip.String() + "|" + mode.String()
@@ -384,6 +378,14 @@ func (m *MX) session(ctx context.Context, tg target, mode smtpclient.TLSMode, g 
 	s := &mxSession{c: c, key: key, group: group, release: release}
 	m.idle.opened(s)
 	return s, nil
+}
+
+// groupName is g's name, "" for no group.
+func groupName(g *shaping.Rule) string {
+	if g == nil {
+		return ""
+	}
+	return g.Name
 }
 
 // evictAfter is how long a delivery waits for a slot of its group before

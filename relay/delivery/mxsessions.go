@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -116,18 +117,7 @@ func (p *idleSessions) takeOrWait(key string, wake func()) (*mxSession, *waiter)
 func (p *idleSessions) leave(key string, w *waiter) *mxSession {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	list := p.waiting[key]
-	for i, x := range list {
-		if x == w {
-			list = append(list[:i], list[i+1:]...)
-			break
-		}
-	}
-	if len(list) == 0 {
-		delete(p.waiting, key)
-	} else {
-		p.waiting[key] = list
-	}
+	removeFrom(p.waiting, key, w)
 	return w.handed
 }
 
@@ -173,11 +163,7 @@ func (p *idleSessions) put(s *mxSession) bool {
 	}
 	if ws := p.waiting[s.key]; len(ws) > 0 {
 		w := ws[0]
-		if len(ws) == 1 {
-			delete(p.waiting, s.key)
-		} else {
-			p.waiting[s.key] = ws[1:]
-		}
+		removeFrom(p.waiting, s.key, w)
 		s.reused = true
 		w.handed = s
 		w.wake()
@@ -195,18 +181,18 @@ func (p *idleSessions) put(s *mxSession) bool {
 }
 
 // remove drops s from the index; p.mu is held.
-func (p *idleSessions) remove(s *mxSession) {
-	list := p.byKey[s.key]
-	for i, x := range list {
-		if x == s {
-			list = append(list[:i], list[i+1:]...)
-			break
-		}
+func (p *idleSessions) remove(s *mxSession) { removeFrom(p.byKey, s.key, s) }
+
+// removeFrom drops x from m[key], and the key once its list is empty.
+func removeFrom[T comparable](m map[string][]T, key string, x T) {
+	list := m[key]
+	if i := slices.Index(list, x); i >= 0 {
+		list = slices.Delete(list, i, i+1)
 	}
 	if len(list) == 0 {
-		delete(p.byKey, s.key)
+		delete(m, key)
 	} else {
-		p.byKey[s.key] = list
+		m[key] = list
 	}
 }
 

@@ -142,7 +142,7 @@ func (f *Fleet) Slot(ctx context.Context, g Rule) (release func(), err error) {
 	stop := f.keepLease(key, value, rev)
 	return func() {
 		rev := stop()
-		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		dctx, cancel := context.WithTimeout(context.Background(), slotWriteTimeout)
 		defer cancel()
 		// Only this holding's key: one whose lease ran out (a stalled
 		// relay) may be another's by now.
