@@ -55,12 +55,19 @@ func (q *Queue) Next(ctx context.Context) (spool.Pending, error) {
 			}
 			continue
 		}
-		if stale, err := q.bodyGone(ctx, p.meta); err != nil {
-			q.log.Warn("check a message's body parts", "id", p.meta.Envelope.ID, "err", err)
+		stale, err := q.findBody(ctx, p)
+		if errors.Is(err, errCorrupt) {
+			q.log.Error("dropping a queue record whose body cannot be read", "id", p.meta.Envelope.ID, "err", err)
+			msg.Term()
+			continue
+		}
+		if err != nil {
+			q.log.Warn("find a message's body", "id", p.meta.Envelope.ID, "err", err)
 			msg.NakWithDelay(time.Second)
 			continue
-		} else if stale {
-			q.log.Warn("dropping a copy of a finished message: its body parts were removed when it was done",
+		}
+		if stale {
+			q.log.Warn("dropping a copy of a finished message: its body was removed when it was done",
 				"id", p.meta.Envelope.ID)
 			q.metrics.stale.Inc()
 			if err := msg.DoubleAck(ctx); err != nil {
@@ -93,13 +100,22 @@ func (q *Queue) fetchOne(ctx context.Context, c jetstream.Consumer) (jetstream.M
 	return c.Next(jetstream.FetchContext(fctx))
 }
 
-// bodyGone reports whether a message in parts has lost them. Parts are
-// purged only once their message is done, so a copy whose parts are gone is
-// one that was already delivered: after a crash of the embedded server a
-// pack can be split a second time, and the server's duplicate detection no
-// longer knows the ids of messages already removed. Delivering such a copy
-// would fail forever.
-func (q *Queue) bodyGone(ctx context.Context, m meta) (bool, error) {
+// findBody reads the body of a message delivered from its held pack, and
+// reports whether the body of a message in parts or in a held pack is
+// gone. Parts and held packs are purged only once their message is done, so
+// a copy whose body is gone is one that was already delivered: after a
+// crash of the embedded server a pack can be split a second time, and the
+// server's duplicate detection no longer knows the ids of messages already
+// removed. Delivering such a copy would fail forever.
+func (q *Queue) findBody(ctx context.Context, p *pending) (stale bool, err error) {
+	m := p.meta
+	if m.Pack != nil {
+		p.body, err = q.heldBody(ctx, m)
+		if errors.Is(err, errPackGone) {
+			return true, nil
+		}
+		return false, err
+	}
 	if m.Parts == 0 {
 		return false, nil
 	}
@@ -149,7 +165,7 @@ type pending struct {
 	q    *Queue
 	msg  jetstream.Msg
 	meta meta
-	body []byte // the inline body; nil when in parts
+	body []byte // the inline or held body; nil when in parts
 	seq  uint64 // the stream sequence
 }
 
@@ -206,6 +222,9 @@ func (p *pending) Retry(ctx context.Context, remaining []string, delay time.Dura
 	m := p.meta
 	m.Envelope.To = append([]string(nil), remaining...)
 	m.Attempts++
+	// A held pack may be purged once this copy is acknowledged: the
+	// scheduled one carries the body itself.
+	m.Pack = nil
 	record, err := encodeRecord(m, p.body)
 	if err != nil {
 		return err

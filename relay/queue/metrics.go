@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"time"
@@ -96,8 +95,8 @@ func (q *Queue) Settled(ctx context.Context) (bool, error) {
 	}
 	for _, c := range []struct {
 		consumer jetstream.Consumer
-		subject  string
-	}{{q.split, q.subjIn}, {q.deliver, q.subjQ}} {
+		subjects []string
+	}{{q.split, []string{q.subjIn, q.subjHeld}}, {q.deliver, []string{q.subjQ}}} {
 		info, err := c.consumer.Info(ctx)
 		if err != nil {
 			return false, fmt.Errorf("read queue state: %w", err)
@@ -105,14 +104,14 @@ func (q *Queue) Settled(ctx context.Context) (bool, error) {
 		if info.NumAckPending > 0 || info.NumPending > 0 {
 			return false, nil
 		}
-		last, err := q.stream.GetLastMsgForSubject(ctx, c.subject)
-		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-			continue
-		case err != nil:
-			return false, fmt.Errorf("read queue state: %w", err)
-		case last.Sequence > info.Delivered.Stream:
-			return false, nil
+		for _, subject := range c.subjects {
+			last, err := q.lastSeq(ctx, subject)
+			if err != nil {
+				return false, fmt.Errorf("read queue state: %w", err)
+			}
+			if last > info.Delivered.Stream {
+				return false, nil
+			}
 		}
 	}
 	return true, nil
@@ -140,7 +139,7 @@ func (q *Queue) depth(ctx context.Context) (uint64, *jetstream.StreamInfo, error
 func (q *Queue) scheduled(ctx context.Context) (uint64, *jetstream.StreamInfo, error) {
 	var others uint64
 	var info *jetstream.StreamInfo
-	for _, filter := range []string{q.subjSplit + ".>", q.subjIn, q.subjQ} {
+	for _, filter := range []string{q.subjSplit + ".>", q.subjIn, q.subjHeld, q.subjQ} {
 		i, err := q.stream.Info(ctx, jetstream.WithSubjectFilter(filter))
 		if err != nil {
 			return 0, nil, fmt.Errorf("read queue state: %w", err)

@@ -12,6 +12,8 @@
 //
 //   - <prefix>.in: packs of freshly accepted messages, one stream message
 //     per group commit;
+//   - <prefix>.held: the same, for packs holding a large record (see below),
+//     kept until every message delivered from them is done;
 //   - <prefix>.q: one stream message per message to deliver, what the
 //     delivery workers consume;
 //   - <prefix>.sched.<id>: a message waiting for its next retry, a JetStream
@@ -39,17 +41,32 @@
 // A splitter in every relay pod then turns each pack into per-message
 // stream messages on <prefix>.q, many packs at a time in one atomic batch
 // (one sync for hundreds), so that each message is acknowledged, retried
-// and redelivered on its own. A record of 32 KiB or more skips all this
-// and is published straight to <prefix>.q: in a pack its bytes would be
-// written three times (the pack, the atomic batch's staging, the split
-// copy); alone they are written once, which more than pays for the sync
-// it no longer shares (BenchmarkEndToEnd, 100 KB messages: 307 → 104 KB
-// written per message, accepted/s +40 %, delivered/s +33 %).
+// and redelivered on its own.
+//
 // A splitter may die after the batch but before
 // its acknowledgement of the packs reached the disk; the batch also holds a
 // marker per pack, so a pack handed out again is recognised and only
 // acknowledged. (The split messages carry Nats-Msg-Id too, but the server's
 // duplicate detection forgets a message once it is delivered and removed.)
+//
+// # Why held packs: large messages in the group commit
+//
+// Copied out of its pack, a large record's bytes would be written three
+// times (the pack, the atomic batch's staging, the split copy); published
+// on its own, once, but with a sync of its own, taken one at a time in the
+// stream's write path. So a pack holding a record of 32 KiB or more goes
+// to <prefix>.held, and the splitter puts on <prefix>.q, for each such
+// record, a reference: the envelope and where the record is in the pack.
+// The body is written once and shares its pack's sync; delivery reads the
+// pack (a direct get, one read for every message in it: the packs read
+// lately are cached). A held pack cannot be purged at the splitter's ack
+// floor like the others: reap purges it only once the delivery ack floor
+// has passed every reference that can name it (see heldMark); a message
+// that stays long in delivery holds the packs after it on disk as it holds
+// the acknowledged messages after it. A retry
+// carries the body itself, so nothing scheduled depends on a pack. On a
+// work-queue stream (made by an older relay) the server removes a pack at
+// its acknowledgement, so there every record is copied out.
 //
 // # Why parts: large messages
 //
@@ -171,7 +188,12 @@ type Queue struct {
 	partSize int
 	packMax  int
 
-	subjIn, subjQ, subjSched, subjBody, subjSplit string
+	subjIn, subjHeld, subjQ, subjSched, subjBody, subjSplit string
+	// holdLarge: large records are delivered from their packs (see heldMin).
+	holdLarge bool
+	packs     *packCache
+	// marks are reap's, for the held packs (see heldMark).
+	marks []heldMark
 
 	commits chan *commitReq
 	// committerDone is closed when commitLoop has returned: a commit
@@ -220,9 +242,9 @@ func Open(ctx context.Context, o Options) (*Queue, error) {
 		o.MetricsInterval = 5 * time.Second
 	}
 	q := &Queue{opts: o, log: o.Log.With("stream", o.Stream), commits: make(chan *commitReq, 1024),
-		committerDone: make(chan struct{}), purgedTo: map[string]uint64{}}
+		committerDone: make(chan struct{}), purgedTo: map[string]uint64{}, packs: newPackCache(packCacheBytes)}
 	subj := wire.SubjectsOf(o.Stream)
-	q.subjIn, q.subjQ, q.subjSched, q.subjBody, q.subjSplit = subj.In, subj.Queue, subj.Sched, subj.Body, subj.Split
+	q.subjIn, q.subjHeld, q.subjQ, q.subjSched, q.subjBody, q.subjSplit = subj.In, subj.Held, subj.Queue, subj.Sched, subj.Body, subj.Split
 	if err := q.connect(); err != nil {
 		return nil, errors.Join(err, q.closeConn())
 	}
@@ -310,18 +332,20 @@ func (q *Queue) setup(ctx context.Context) error {
 	q.stream, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:               o.Stream,
 		Description:        "mailfleet: accepted messages waiting for delivery",
-		Subjects:           []string{q.subjIn, q.subjQ, q.subjSched + ".>", q.subjSplit + ".>"},
+		Subjects:           []string{q.subjIn, q.subjHeld, q.subjQ, q.subjSched + ".>", q.subjSplit + ".>"},
 		Retention:          retention,
 		Storage:            jetstream.FileStorage,
 		Replicas:           o.Replicas,
 		Duplicates:         duplicateWindow,
 		AllowAtomicPublish: true,
+		AllowDirect:        true,
 		AllowMsgSchedules:  true,
 		AllowMsgTTL:        true,
 	})
 	if err != nil {
 		return fmt.Errorf("create or update stream %s: %w", o.Stream, err)
 	}
+	q.holdLarge = retention == jetstream.LimitsPolicy
 	q.bodies, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        wire.BodyStream(o.Stream),
 		Description: "mailfleet: bodies of large queued messages, in parts",
@@ -334,16 +358,20 @@ func (q *Queue) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("create or update stream %s_BODY: %w", o.Stream, err)
 	}
-	consumer := func(name, subject string) (jetstream.Consumer, error) {
-		c, err := q.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	consumer := func(name string, subjects ...string) (jetstream.Consumer, error) {
+		cfg := jetstream.ConsumerConfig{
 			Durable:       name,
-			FilterSubject: subject,
+			FilterSubject: subjects[0],
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       o.AckWait,
 			MaxAckPending: o.MaxAckPending,
 			MaxDeliver:    -1,
 			Replicas:      o.Replicas,
-		})
+		}
+		if len(subjects) > 1 {
+			cfg.FilterSubject, cfg.FilterSubjects = "", subjects
+		}
+		c, err := q.stream.CreateOrUpdateConsumer(ctx, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("create or update consumer %s: %w", name, err)
 		}
@@ -352,7 +380,7 @@ func (q *Queue) setup(ctx context.Context) error {
 	if q.deliver, err = consumer(o.Stream+"_deliver", q.subjQ); err != nil {
 		return err
 	}
-	q.split, err = consumer(o.Stream+"_split", q.subjIn)
+	q.split, err = consumer(o.Stream+"_split", q.subjIn, q.subjHeld)
 	return err
 }
 

@@ -141,8 +141,8 @@ func TestRoundTripIsByteIdentical(t *testing.T) {
 	}{
 		{"empty", 0, 1, false},
 		{"4 KiB", 4096, 4096, false},
-		{"just below the direct path", directMin - 1024, 4096, false},
-		{"100 KB, the direct path", 100_000, 16 << 10, false},
+		{"just below a held record", heldMin - 1024, 4096, false},
+		{"100 KB, held in its pack", 100_000, 16 << 10, false},
 		{"one part exactly", maxPartSize, 1000, false},
 		{"one byte over a part", maxPartSize + 1, 64 << 10, true},
 		{"16,000,000 bytes", 16_000_000, 64 << 10, true},
@@ -176,18 +176,77 @@ func TestRoundTripIsByteIdentical(t *testing.T) {
 	}
 }
 
-// TestLargeRecordsSkipThePack: a record of directMin bytes or more is on
-// <prefix>.q when Commit returns, and no pack ever held it.
-func TestLargeRecordsSkipThePack(t *testing.T) {
+// TestLargeRecordsAreHeldInTheirPack: large records committed together
+// share one pack; what goes on <prefix>.q for each is a reference of a few
+// hundred bytes, and the pack stays on the stream until every message
+// naming it is done, then goes.
+func TestLargeRecordsAreHeldInTheirPack(t *testing.T) {
 	q := openQueue(t, t.TempDir(), nil)
-	body := randomBody(t, directMin)
-	commit(t, q, envelope("direct-1", "a@x.example"), body, 8<<10)
-	if in, queued := subjectCount(t, q, q.subjIn), subjectCount(t, q, q.subjQ); in != 0 || queued != 1 {
-		t.Fatalf("after Commit: %d packs, %d queued; want 0 and 1", in, queued)
+	want := map[string][]byte{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range 8 {
+		id := fmt.Sprintf("held-%d", i)
+		body := randomBody(t, heldMin+i*1000)
+		mu.Lock()
+		want[id] = body
+		mu.Unlock()
+		wg.Go(func() { commit(t, q, envelope(id, "a@x.example"), body, 8<<10) })
 	}
+	wg.Wait()
+	packs := subjectCount(t, q, q.subjHeld)
+	if packs == 0 || packs > 8 || subjectCount(t, q, q.subjIn) != 0 {
+		t.Fatalf("%d held packs and %d others for 8 large messages", packs, subjectCount(t, q, q.subjIn))
+	}
+	var held []spool.Pending
+	for range len(want) {
+		p := next(t, q, 10*time.Second)
+		pm := p.(*pending)
+		if pm.meta.Pack == nil || len(pm.msg.Data()) > 1024 {
+			t.Fatalf("%s: %d bytes on %s, pack %v; want a reference", pm.meta.Envelope.ID, len(pm.msg.Data()), q.subjQ, pm.meta.Pack)
+		}
+		if !bytes.Equal(readBody(t, p), want[p.Envelope().ID]) {
+			t.Fatalf("%s: body differs", p.Envelope().ID)
+		}
+		held = append(held, p)
+	}
+	// With one message not done the packs stay, however often reap runs.
+	for _, p := range held[1:] {
+		if err := p.Done(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(2 * reapEvery)
+	if got := subjectCount(t, q, q.subjHeld); got != packs {
+		t.Fatalf("with a message still being delivered, %d of %d held packs left", got, packs)
+	}
+	if !bytes.Equal(readBody(t, held[0]), want[held[0].Envelope().ID]) {
+		t.Fatal("the last message's body differs")
+	}
+	if err := held[0].Done(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitSubjectCount(t, q, q.subjHeld, 0)
+	waitEmpty(t, q, "after Done")
+}
+
+// TestHeldRetryCarriesItsBody: a retry of a message held in its pack
+// carries the body itself, so it is delivered after the pack is gone.
+func TestHeldRetryCarriesItsBody(t *testing.T) {
+	q := openQueue(t, t.TempDir(), nil)
+	body := randomBody(t, 100_000)
+	commit(t, q, envelope("retried", "a@x.example", "b@y.example"), body, 16<<10)
 	p := next(t, q, 10*time.Second)
+	if err := p.Retry(context.Background(), []string{"b@y.example"}, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitSubjectCount(t, q, q.subjHeld, 0)
+	p = next(t, q, 20*time.Second)
+	if pm := p.(*pending); pm.meta.Pack != nil || p.Attempts() != 1 {
+		t.Fatalf("the retry names pack %v, attempts %d", pm.meta.Pack, p.Attempts())
+	}
 	if !bytes.Equal(readBody(t, p), body) {
-		t.Fatal("body differs")
+		t.Fatal("the retry's body differs")
 	}
 	if err := p.Done(context.Background()); err != nil {
 		t.Fatal(err)
@@ -346,8 +405,8 @@ func TestRestartKeepsCommittedMessages(t *testing.T) {
 		want[id] = randomBody(t, 100+i)
 		commit(t, q, envelope(id, "a@x.example"), want[id], 64)
 	}
-	want["direct"] = randomBody(t, directMin+1) // skips the pack
-	commit(t, q, envelope("direct", "a@x.example"), want["direct"], 32<<10)
+	want["held"] = randomBody(t, heldMin+1) // delivered from its pack
+	commit(t, q, envelope("held", "a@x.example"), want["held"], 32<<10)
 	want["large"] = randomBody(t, 2*maxPartSize+17)
 	commit(t, q, envelope("large", "a@x.example"), want["large"], 32<<10)
 	next(t, q, 10*time.Second) // being delivered when the server stops

@@ -12,7 +12,8 @@ import (
 const reapEvery = time.Second
 
 // reap removes the messages that a consumer has acknowledged: everything on
-// the consumer's subject at or below its ack floor, in one purge.
+// the consumer's subject at or below its ack floor, in one purge. Held packs
+// wait longer, until every record naming them is done (see heldMark).
 //
 // The queue stream keeps acknowledged messages (limits retention) rather
 // than removing each at its acknowledgement (work-queue retention): a
@@ -34,30 +35,58 @@ const reapEvery = time.Second
 // server refuses to change it); there the purge finds only what a crash left
 // behind.
 func (q *Queue) reap(ctx context.Context) error {
-	for _, c := range []struct {
-		consumer jetstream.Consumer
-		subject  string
-	}{{q.deliver, q.subjQ}, {q.split, q.subjIn}} {
-		info, err := c.consumer.Info(ctx)
-		if err != nil {
-			return fmt.Errorf("read consumer state: %w", err)
-		}
-		floor := info.AckFloor.Stream
-		if floor <= q.purgedTo[c.subject] {
-			continue
-		}
-		err = q.stream.Purge(ctx, jetstream.WithPurgeSubject(c.subject), jetstream.WithPurgeSequence(floor+1))
-		if err != nil {
-			return fmt.Errorf("remove acknowledged messages on %s: %w", c.subject, err)
-		}
-		q.purgedTo[c.subject] = floor
-		if c.subject == q.subjQ {
-			if err := q.fin.prune(floor); err != nil {
-				return err
-			}
+	// The order matters for the held packs: see heldMark.
+	split, err := q.split.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("read consumer state: %w", err)
+	}
+	lastQueued, err := q.lastSeq(ctx, q.subjQ)
+	if err != nil {
+		return err
+	}
+	deliver, err := q.deliver.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("read consumer state: %w", err)
+	}
+	if purged, err := q.purgeTo(ctx, q.subjQ, deliver.AckFloor.Stream); err != nil {
+		return err
+	} else if purged {
+		if err := q.fin.prune(deliver.AckFloor.Stream); err != nil {
+			return err
 		}
 	}
-	return nil
+	if _, err := q.purgeTo(ctx, q.subjIn, split.AckFloor.Stream); err != nil {
+		return err
+	}
+	held := q.heldFloor(heldMark{splitFloor: split.AckFloor.Stream, lastQueued: lastQueued}, deliver.AckFloor.Stream)
+	_, err = q.purgeTo(ctx, q.subjHeld, held)
+	return err
+}
+
+// purgeTo removes the messages on subject up to floor, unless done before.
+func (q *Queue) purgeTo(ctx context.Context, subject string, floor uint64) (bool, error) {
+	if floor <= q.purgedTo[subject] {
+		return false, nil
+	}
+	err := q.stream.Purge(ctx, jetstream.WithPurgeSubject(subject), jetstream.WithPurgeSequence(floor+1))
+	if err != nil {
+		return false, fmt.Errorf("remove acknowledged messages on %s: %w", subject, err)
+	}
+	q.purgedTo[subject] = floor
+	return true, nil
+}
+
+// lastSeq is the sequence of the last message on subject, 0 if none, as
+// the stream's leader knows it.
+func (q *Queue) lastSeq(ctx context.Context, subject string) (uint64, error) {
+	m, found, err := q.leaderGet(ctx, 0, subject)
+	if err != nil {
+		return 0, fmt.Errorf("read the last message on %s: %w", subject, err)
+	}
+	if !found {
+		return 0, nil
+	}
+	return m.Seq, nil
 }
 
 // reapLoop runs reap at start and then every reapEvery.

@@ -19,8 +19,18 @@ type meta struct {
 	// Size is the body's length in bytes.
 	Size int64 `json:"size"`
 	// Parts is how many messages of the body stream hold the body; 0 means
-	// the body follows the metadata in the same record.
+	// the body follows the metadata in the same record, or is in a pack.
 	Parts int `json:"parts,omitempty"`
+	// Pack, on <prefix>.q, says the body is that of a record in a held
+	// pack; the record itself then carries none.
+	Pack *packRef `json:"pack,omitempty"`
+}
+
+// packRef names a record in a held pack: the pack's stream sequence and
+// where the record's length prefix starts in the pack.
+type packRef struct {
+	Seq    uint64 `json:"seq"`
+	Offset int    `json:"offset"`
 }
 
 // A record is one queued message as stored in a stream message:
@@ -60,7 +70,10 @@ func decodeRecord(b []byte) (meta, []byte, error) {
 		return m, nil, fmt.Errorf("%w: %v", errCorrupt, err)
 	}
 	body := b[lenSize+n:]
-	if m.Parts == 0 && int64(len(body)) != m.Size {
+	if m.Pack != nil && (m.Parts > 0 || len(body) > 0) {
+		return m, nil, fmt.Errorf("%w: message %s names a pack and carries a body", errCorrupt, m.Envelope.ID)
+	}
+	if m.Parts == 0 && m.Pack == nil && int64(len(body)) != m.Size {
 		return m, nil, fmt.Errorf("%w: message %s has %d body bytes, want %d", errCorrupt, m.Envelope.ID, len(body), m.Size)
 	}
 	return m, body, nil
@@ -72,21 +85,36 @@ func appendPacked(pack, record []byte) []byte {
 	return append(pack, record...)
 }
 
+// packed is one record of a pack and where its length prefix starts.
+type packed struct {
+	record []byte
+	offset int
+}
+
 // unpack splits a pack into its records, which alias b.
-func unpack(b []byte) ([][]byte, error) {
-	var out [][]byte
-	for len(b) > 0 {
-		if len(b) < lenSize {
-			return nil, errCorrupt
+func unpack(b []byte) ([]packed, error) {
+	var out []packed
+	for off := 0; off < len(b); {
+		r, err := recordAt(b, off)
+		if err != nil {
+			return nil, err
 		}
-		n := int(binary.BigEndian.Uint32(b))
-		if n > len(b)-lenSize {
-			return nil, errCorrupt
-		}
-		out = append(out, b[lenSize:lenSize+n])
-		b = b[lenSize+n:]
+		out = append(out, packed{record: r, offset: off})
+		off += lenSize + len(r)
 	}
 	return out, nil
+}
+
+// recordAt is the record whose length prefix starts at off in pack.
+func recordAt(pack []byte, off int) ([]byte, error) {
+	if off < 0 || off > len(pack)-lenSize {
+		return nil, errCorrupt
+	}
+	n := int(binary.BigEndian.Uint32(pack[off:]))
+	if n > len(pack)-off-lenSize {
+		return nil, errCorrupt
+	}
+	return pack[off+lenSize : off+lenSize+n], nil
 }
 
 // token makes a queue id safe as one subject token: ids may hold dots (a

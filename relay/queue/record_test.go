@@ -20,6 +20,7 @@ func TestRecordRoundTrip(t *testing.T) {
 		{"inline", meta{Envelope: env, Size: 5}, []byte("hello")},
 		{"empty", meta{Envelope: env}, nil},
 		{"in parts", meta{Envelope: env, Size: 1 << 20, Parts: 2, Attempts: 3}, nil},
+		{"held in a pack", meta{Envelope: env, Size: 100_000, Pack: &packRef{Seq: 42, Offset: 4711}}, nil},
 	}
 	var pack []byte
 	for _, c := range cases {
@@ -37,6 +38,11 @@ func TestRecordRoundTrip(t *testing.T) {
 	if err != nil || len(records) != len(cases) {
 		t.Fatalf("unpack: %d records, %v", len(records), err)
 	}
+	for _, r := range records {
+		if again, err := recordAt(pack, r.offset); err != nil || !bytes.Equal(again, r.record) {
+			t.Fatalf("record at offset %d: %d bytes, %v", r.offset, len(again), err)
+		}
+	}
 }
 
 func TestDecodeRefusesDamage(t *testing.T) {
@@ -50,6 +56,10 @@ func TestDecodeRefusesDamage(t *testing.T) {
 		if _, _, err := decodeRecord(b); err == nil {
 			t.Errorf("%s: decoded", name)
 		}
+	}
+	held, _ := encodeRecord(meta{Envelope: spool.Envelope{ID: "x"}, Size: 3, Pack: &packRef{Seq: 1}}, []byte("abc"))
+	if _, _, err := decodeRecord(held); err == nil {
+		t.Error("decoded a record that names a pack and carries a body")
 	}
 	if _, err := unpack([]byte{0, 0, 0, 9, 1}); err == nil {
 		t.Error("unpacked a pack whose record runs past its end")
@@ -66,10 +76,13 @@ func FuzzUnpack(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if records, err := unpack(data); err == nil {
 			for _, rec := range records {
-				decodeRecord(rec)
+				decodeRecord(rec.record)
+				if again, err := recordAt(data, rec.offset); err != nil || !bytes.Equal(again, rec.record) {
+					t.Fatalf("record at offset %d reads back as %d bytes, %v", rec.offset, len(again), err)
+				}
 			}
 		}
-		if m, body, err := decodeRecord(data); err == nil && m.Parts == 0 && int64(len(body)) != m.Size {
+		if m, body, err := decodeRecord(data); err == nil && m.Parts == 0 && m.Pack == nil && int64(len(body)) != m.Size {
 			t.Fatalf("decoded %d body bytes for size %d", len(body), m.Size)
 		}
 	})

@@ -89,7 +89,7 @@ func (q *Queue) splitPacks(packs []jetstream.Msg) error {
 		records, err := unpack(pm.Data())
 		if err == nil {
 			for _, r := range records {
-				if _, _, err = decodeRecord(r); err != nil {
+				if _, _, err = decodeRecord(r.record); err != nil {
 					break
 				}
 			}
@@ -99,10 +99,16 @@ func (q *Queue) splitPacks(packs []jetstream.Msg) error {
 			pm.Term()
 			continue
 		}
+		held := pm.Subject() == q.subjHeld
 		for _, r := range records {
-			m, _, _ := decodeRecord(r)
+			m, _, _ := decodeRecord(r.record)
 			msg := nats.NewMsg(q.subjQ)
-			msg.Data = r
+			msg.Data = r.record
+			if held && len(r.record) >= heldMin {
+				if msg.Data, err = q.reference(m, md.Sequence.Stream, r.offset); err != nil {
+					return err
+				}
+			}
 			// A pack split again while its messages are still queued is
 			// deduplicated by id.
 			msg.Header.Set(jetstream.MsgIDHeader, m.Envelope.ID)
@@ -154,14 +160,11 @@ func (q *Queue) splitMarker(packSeq uint64) string {
 
 // wasSplit reports whether the pack at packSeq was split before.
 func (q *Queue) wasSplit(ctx context.Context, packSeq uint64) (bool, error) {
-	_, err := q.stream.GetLastMsgForSubject(ctx, q.splitMarker(packSeq))
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return false, nil
-	case err != nil:
+	_, found, err := q.leaderGet(ctx, 0, q.splitMarker(packSeq))
+	if err != nil {
 		return false, fmt.Errorf("look for the split marker of pack %d: %w", packSeq, err)
 	}
-	return true, nil
+	return found, nil
 }
 
 // publishAtomic writes msgs as one JetStream atomic batch (PublishAtomic).

@@ -129,9 +129,6 @@ func (w *writer) commit(ctx context.Context) error {
 	}
 	w.release()
 	w.done = true
-	if len(record) >= directMin {
-		return w.publishDirect(ctx, record, start)
-	}
 	req := &commitReq{record: record, done: make(chan error, 1)}
 	if w.q.ctx.Err() != nil {
 		return errors.Join(errQueueClosed, w.purgeParts())
@@ -161,33 +158,6 @@ func (w *writer) commit(ctx context.Context) error {
 		return err
 	}
 	w.q.metrics.publish.Observe(time.Since(start).Seconds())
-	return nil
-}
-
-// directMin is the record size from which a message skips the pack and is
-// written straight to <prefix>.q. In a pack, a large body is written twice
-// (the pack, then the split copy, staged once more by the atomic batch) and
-// carried through the splitter; on its own it is written once. What the
-// pack saves, one sync shared by many messages, matters little once a
-// record's bytes take longer to write than the sync itself.
-const directMin = 32 << 10
-
-// publishDirect writes one large record to <prefix>.q and waits for its
-// acknowledgement, which comes after the sync.
-func (w *writer) publishDirect(ctx context.Context, record []byte, start time.Time) error {
-	msg := nats.NewMsg(w.q.subjQ)
-	msg.Data = record
-	msg.Header.Set(jetstream.MsgIDHeader, w.env.ID)
-	pctx, cancel := context.WithTimeout(ctx, publishTimeout)
-	defer cancel()
-	// A failed publish may still have stored the record, so its parts (if
-	// any: an envelope with thousands of recipients) are left to expire
-	// with the body stream's MaxAge rather than purged under it.
-	if _, err := w.q.js.PublishMsg(pctx, msg); err != nil {
-		return fmt.Errorf("publish: %w", err)
-	}
-	w.q.metrics.publish.Observe(time.Since(start).Seconds())
-	w.q.metrics.packSize.Observe(1)
 	return nil
 }
 
@@ -260,6 +230,7 @@ func (q *Queue) commitLoop() {
 		}
 		batch := []*commitReq{next}
 		size := lenSize + len(next.record)
+		held := q.holds(next.record)
 		next = nil
 	gather:
 		for size < q.packMax {
@@ -271,6 +242,7 @@ func (q *Queue) commitLoop() {
 				}
 				batch = append(batch, r)
 				size += lenSize + len(r.record)
+				held = held || q.holds(r.record)
 			default:
 				break gather
 			}
@@ -279,7 +251,11 @@ func (q *Queue) commitLoop() {
 		for _, r := range batch {
 			pack = appendPacked(pack, r.record)
 		}
-		err := q.publishPack(pack)
+		subject := q.subjIn
+		if held {
+			subject = q.subjHeld
+		}
+		err := q.publishPack(pack, subject)
 		if err != nil {
 			err = fmt.Errorf("commit %d messages: %w", len(batch), err)
 		}
@@ -290,10 +266,10 @@ func (q *Queue) commitLoop() {
 	}
 }
 
-func (q *Queue) publishPack(pack []byte) error {
+func (q *Queue) publishPack(pack []byte, subject string) error {
 	ctx, cancel := context.WithTimeout(q.ctx, publishTimeout)
 	defer cancel()
-	_, err := q.js.PublishMsg(ctx, &nats.Msg{Subject: q.subjIn, Data: pack})
+	_, err := q.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: pack})
 	return err
 }
 

@@ -1,0 +1,210 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// heldMin is the record size from which a message is delivered from its
+// pack rather than copied out of it. Copied, a large body is written twice
+// (the pack, then the split copy, which the atomic batch stages once more);
+// held, once, and its pack still shares one sync with the messages
+// committed beside it (BenchmarkEndToEnd, 100 KB messages).
+const heldMin = 32 << 10
+
+// packCacheBytes bounds the packs kept in memory for delivery.
+const packCacheBytes = 16 << 20
+
+// holds reports whether a record is to be delivered from its pack: a
+// large one, on a stream whose retention keeps a pack after the splitter
+// acknowledged it. A work-queue stream (made by an older relay) removes it
+// at that acknowledgement, so there every record is copied.
+func (q *Queue) holds(record []byte) bool {
+	return q.holdLarge && len(record) >= heldMin
+}
+
+// reference is the record put on <prefix>.q for a held one: its metadata
+// and where the body is.
+func (q *Queue) reference(m meta, packSeq uint64, offset int) ([]byte, error) {
+	m.Pack = &packRef{Seq: packSeq, Offset: offset}
+	return encodeRecord(m, nil)
+}
+
+// errPackGone says a held pack was purged: the copy naming it was delivered
+// already (see heldBody).
+var errPackGone = errors.New("pack removed")
+
+// heldBody reads the body of m from its held pack. A pack is purged only
+// after every record naming it is done, so a copy whose pack is gone is one
+// delivered before a crash made the server forget its acknowledgement; the
+// caller drops it, as it drops a copy whose body parts are gone.
+func (q *Queue) heldBody(ctx context.Context, m meta) ([]byte, error) {
+	pack, err := q.packs.get(ctx, m.Pack.Seq, q.readPack)
+	if err != nil {
+		return nil, err
+	}
+	r, err := recordAt(pack, m.Pack.Offset)
+	if err != nil {
+		return nil, fmt.Errorf("message %s at offset %d of pack %d: %w", m.Envelope.ID, m.Pack.Offset, m.Pack.Seq, err)
+	}
+	held, body, err := decodeRecord(r)
+	if err != nil {
+		return nil, fmt.Errorf("message %s in pack %d: %w", m.Envelope.ID, m.Pack.Seq, err)
+	}
+	// The record must be the one the reference was made from: a body
+	// delivered to another message's recipients would be a leak.
+	if held.Envelope.ID != m.Envelope.ID || int64(len(body)) != m.Size {
+		return nil, fmt.Errorf("%w: pack %d holds %s (%d bytes) at offset %d, not %s (%d bytes)",
+			errCorrupt, m.Pack.Seq, held.Envelope.ID, len(body), m.Pack.Offset, m.Envelope.ID, m.Size)
+	}
+	return body, nil
+}
+
+// readPack reads a held pack, from any replica (see directGet); only the
+// leader is believed when it says the pack is gone.
+func (q *Queue) readPack(ctx context.Context, seq uint64) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	defer cancel()
+	subject, data, found, err := q.directGet(ctx, seq)
+	if err == nil && !found {
+		var m storedMsg
+		m, found, err = q.leaderGet(ctx, seq, "")
+		subject, data = m.Subject, m.Data
+	}
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("read pack %d: %w", seq, err)
+	case !found:
+		return nil, fmt.Errorf("pack %d: %w", seq, errPackGone)
+	case subject != q.subjHeld:
+		return nil, fmt.Errorf("%w: stream message %d is on %q, not a held pack", errCorrupt, seq, subject)
+	}
+	return data, nil
+}
+
+// packCache keeps the held packs read lately. The records of one pack are
+// handed out one after another, to several workers at once, and each would
+// otherwise read the whole pack for its own record. A pack's bytes never
+// change (a stream sequence is never reused), so nothing cached goes stale.
+type packCache struct {
+	mu    sync.Mutex
+	max   int
+	size  int
+	order []uint64 // oldest first
+	packs map[uint64]*cachedPack
+}
+
+type cachedPack struct {
+	ready chan struct{} // closed once data or err is set
+	data  []byte
+	err   error
+}
+
+func newPackCache(max int) *packCache {
+	return &packCache{max: max, packs: map[uint64]*cachedPack{}}
+}
+
+// get returns the pack at seq, reading it with read unless it is cached or
+// being read; concurrent callers for one pack share one read.
+func (c *packCache) get(ctx context.Context, seq uint64, read func(context.Context, uint64) ([]byte, error)) ([]byte, error) {
+	c.mu.Lock()
+	p, ok := c.packs[seq]
+	if !ok {
+		p = &cachedPack{ready: make(chan struct{})}
+		c.packs[seq] = p
+		c.order = append(c.order, seq)
+	}
+	c.mu.Unlock()
+	if ok {
+		select {
+		case <-p.ready:
+			return p.data, p.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	// The read is not the caller's alone: others may wait for it.
+	p.data, p.err = read(context.WithoutCancel(ctx), seq)
+	close(p.ready)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p.err != nil {
+		// The next caller tries again.
+		c.drop(seq)
+		return nil, p.err
+	}
+	c.size += len(p.data)
+	c.evict()
+	return p.data, nil
+}
+
+// evict drops the oldest packs read until the cache is within its bound;
+// packs still being read are passed over.
+func (c *packCache) evict() {
+	for i := 0; c.size > c.max && i < len(c.order); {
+		seq := c.order[i]
+		p := c.packs[seq]
+		select {
+		case <-p.ready:
+			c.size -= len(p.data)
+			c.drop(seq)
+		default:
+			i++
+		}
+	}
+}
+
+func (c *packCache) drop(seq uint64) {
+	delete(c.packs, seq)
+	for i, s := range c.order {
+		if s == seq {
+			c.order = append(c.order[:i], c.order[i+1:]...)
+			return
+		}
+	}
+}
+
+// heldMark is what one reap saw, in this order: the split consumer's ack
+// floor, then the last message on <prefix>.q. Every record naming a held
+// pack at or below splitFloor was stored before the splitter acknowledged
+// that pack, so at or below lastQueued; once the delivery consumer's ack
+// floor reaches lastQueued, every one of them is done and those packs can
+// be purged.
+type heldMark struct {
+	splitFloor, lastQueued uint64
+}
+
+// maxHeldMarks bounds the marks kept while delivery stands still (one
+// message held for long keeps the delivery ack floor where it is). Beyond
+// it every other mark is dropped, the oldest kept: one dropped only delays
+// a purge.
+const maxHeldMarks = 64
+
+// heldFloor adds a mark and returns the highest split floor whose packs
+// can be purged now that the delivery ack floor is deliverFloor (0: none).
+func (q *Queue) heldFloor(mark heldMark, deliverFloor uint64) uint64 {
+	if n := len(q.marks); n == 0 || mark.splitFloor > q.marks[n-1].splitFloor {
+		q.marks = append(q.marks, mark)
+	}
+	var floor uint64
+	used := 0
+	for _, m := range q.marks {
+		if m.lastQueued > deliverFloor {
+			break
+		}
+		floor, used = m.splitFloor, used+1
+	}
+	q.marks = q.marks[used:]
+	if len(q.marks) > maxHeldMarks {
+		kept := q.marks[:0]
+		for i, m := range q.marks {
+			if i%2 == 0 || i == len(q.marks)-1 {
+				kept = append(kept, m)
+			}
+		}
+		q.marks = kept
+	}
+	return floor
+}
