@@ -247,20 +247,18 @@ func StreamFor(namespace, name string) string {
 }
 
 // Subjects are the subjects of a queue stream: in (accepted, not yet
-// split per recipient), held (the same, for packs holding large bodies,
-// which are delivered from the pack and keep it until then), q (ready to
-// deliver), sched.<time> (waiting for a
+// split per recipient), q (ready to deliver), sched.<time> (waiting for a
 // retry), split.<id> (a split in progress), body.<id> (bodies, in a stream of
 // their own: BodyStream), events.<type>.<api_user> (delivery events, in a
 // stream of their own: EventsStream).
 type Subjects struct {
-	In, Held, Queue, Sched, Split, Body, Events string
+	In, Queue, Sched, Split, Body, Events string
 }
 
 // SubjectsOf names the subjects of stream.
 func SubjectsOf(stream string) Subjects {
 	p := strings.ToLower(stream)
-	return Subjects{In: p + ".in", Held: p + ".held", Queue: p + ".q", Sched: p + ".sched", Split: p + ".split", Body: p + ".body", Events: p + ".events"}
+	return Subjects{In: p + ".in", Queue: p + ".q", Sched: p + ".sched", Split: p + ".split", Body: p + ".body", Events: p + ".events"}
 }
 
 // BodyStream is the stream holding the bodies of stream's messages.

@@ -56,7 +56,7 @@ func TestShardVersion(t *testing.T) {
 // and its bodies have a stream of their own.
 func TestSubjectsOf(t *testing.T) {
 	s := SubjectsOf("MAILFLEET_MAIL_MX")
-	want := Subjects{In: "mailfleet_mail_mx.in", Held: "mailfleet_mail_mx.held", Queue: "mailfleet_mail_mx.q", Sched: "mailfleet_mail_mx.sched",
+	want := Subjects{In: "mailfleet_mail_mx.in", Queue: "mailfleet_mail_mx.q", Sched: "mailfleet_mail_mx.sched",
 		Split: "mailfleet_mail_mx.split", Body: "mailfleet_mail_mx.body", Events: "mailfleet_mail_mx.events"}
 	if s != want {
 		t.Errorf("SubjectsOf = %+v, want %+v", s, want)

@@ -68,7 +68,9 @@ func (q *Queue) readPack(ctx context.Context, seq uint64) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
 	subject, data, found, err := q.directGet(ctx, seq)
-	if err == nil && !found {
+	if err != nil || !found {
+		// A replica behind its leader, or direct gets turned off (a relay
+		// of an earlier release updated the stream without them).
 		var m storedMsg
 		m, found, err = q.leaderGet(ctx, seq, "")
 		subject, data = m.Subject, m.Data

@@ -172,10 +172,12 @@ func TestPackCacheSharesOneRead(t *testing.T) {
 	}
 }
 
-// TestUpgradedQueueHoldsLargeRecords: a queue an older relay made, whose
-// stream has no held subject and whose splitter reads <prefix>.in alone,
-// is updated on open; large messages are then held and delivered.
-func TestUpgradedQueueHoldsLargeRecords(t *testing.T) {
+// TestRollingUpgradeWritesNoReference: on a stream a relay of an earlier
+// release made, whose splitter is still running, large messages are copied
+// out of their packs (that relay drops references it cannot read); once its
+// splitter's consumer has gone unused for the quiet period, the consumer is
+// removed and large messages are held from then on.
+func TestRollingUpgradeWritesNoReference(t *testing.T) {
 	url := natstest.Start(t)
 	js := directJetStream(t, url)
 	subj := wire.SubjectsOf(wire.DefaultStream)
@@ -187,24 +189,73 @@ func TestUpgradedQueueHoldsLargeRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.CreateOrUpdateConsumer(context.Background(), jetstream.ConsumerConfig{Durable: wire.DefaultStream + "_split",
-		FilterSubject: subj.In, AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+	older, err := s.CreateOrUpdateConsumer(context.Background(), jetstream.ConsumerConfig{Durable: wire.DefaultStream + olderSplitConsumer,
+		FilterSubject: subj.In, AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := Open(context.Background(), Options{URL: url, Replicas: 1,
+	// The older relay's splitter, waiting for packs in short pulls.
+	stopOlder := make(chan struct{})
+	olderDone := make(chan struct{})
+	go func() {
+		defer close(olderDone)
+		for {
+			select {
+			case <-stopOlder:
+				return
+			default:
+			}
+			if batch, err := older.Fetch(1, jetstream.FetchMaxWait(200*time.Millisecond)); err == nil {
+				for m := range batch.Messages() {
+					m.Ack()
+				}
+			}
+		}
+	}()
+	q, err := Open(context.Background(), Options{URL: url, Replicas: 1, olderQuiet: time.Second,
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatalf("open a queue an older relay made: %v", err)
 	}
 	t.Cleanup(func() { q.Close() })
-	body := randomBody(t, 100_000)
-	commit(t, q, envelope("upgraded", "a@x.example"), body, 16<<10)
-	p := next(t, q, 10*time.Second)
-	if p.(*pending).meta.Pack == nil || !bytes.Equal(readBody(t, p), body) {
-		t.Fatal("not held, or the body differs")
+	deliver := func(id string, wantRef bool) {
+		t.Helper()
+		body := randomBody(t, 100_000)
+		commit(t, q, envelope(id, "a@x.example"), body, 16<<10)
+		p := next(t, q, 10*time.Second)
+		if got := p.(*pending).meta.Pack != nil; got != wantRef || !bytes.Equal(readBody(t, p), body) {
+			t.Fatalf("%s: delivered from a reference %v, want %v; or the body differs", id, got, wantRef)
+		}
+		if err := p.Done(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := p.Done(context.Background()); err != nil {
+	deliver("during-rollout-1", false)
+	time.Sleep(2 * time.Second) // longer than the quiet period: the older splitter keeps pulling
+	deliver("during-rollout-2", false)
+
+	close(stopOlder)
+	<-olderDone
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := s.Consumer(context.Background(), wire.DefaultStream+olderSplitConsumer)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the older splitter's consumer is still there: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	deliver("after-rollout", true)
+
+	// A relay of the earlier release updating the stream at its start
+	// turns direct gets off: packs are read from the leader.
+	cfg := q.stream.CachedInfo().Config
+	cfg.AllowDirect = false
+	if _, err := js.UpdateStream(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
+	deliver("without-direct-gets", true)
 	waitEmpty(t, q, "after Done")
 }

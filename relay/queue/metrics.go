@@ -139,7 +139,7 @@ func (q *Queue) depth(ctx context.Context) (uint64, *jetstream.StreamInfo, error
 func (q *Queue) scheduled(ctx context.Context) (uint64, *jetstream.StreamInfo, error) {
 	var others uint64
 	var info *jetstream.StreamInfo
-	for _, filter := range []string{q.subjSplit + ".>", q.subjIn, q.subjHeld, q.subjQ} {
+	for _, filter := range []string{q.subjSplit + ".>", q.subjIn, q.subjQ} {
 		i, err := q.stream.Info(ctx, jetstream.WithSubjectFilter(filter))
 		if err != nil {
 			return 0, nil, fmt.Errorf("read queue state: %w", err)

@@ -12,15 +12,15 @@
 //
 //   - <prefix>.in: packs of freshly accepted messages, one stream message
 //     per group commit;
-//   - <prefix>.held: the same, for packs holding a large record (see below),
-//     kept until every message delivered from them is done;
 //   - <prefix>.q: one stream message per message to deliver, what the
 //     delivery workers consume;
 //   - <prefix>.sched.<id>: a message waiting for its next retry, a JetStream
 //     message schedule that the server republishes to <prefix>.q when due;
 //   - <prefix>.split.<seq>: a marker, written with the split messages, that
 //     the pack at stream sequence seq has been split (it expires after
-//     twice AckWait, at least a minute).
+//     twice AckWait, at least a minute);
+//   - <prefix>.split.held: packs holding a large record (see below), kept
+//     until every message delivered from them is done.
 //
 // A second stream, <STREAM>_BODY (limits retention), holds the bodies of
 // large messages in parts, on <prefix>.body.<id>.<n>.
@@ -55,7 +55,7 @@
 // times (the pack, the atomic batch's staging, the split copy); published
 // on its own, once, but with a sync of its own, taken one at a time in the
 // stream's write path. So a pack holding a record of 32 KiB or more goes
-// to <prefix>.held, and the splitter puts on <prefix>.q, for each such
+// to <prefix>.split.held, and the splitter puts on <prefix>.q, for each such
 // record, a reference: the envelope and where the record is in the pack.
 // The body is written once and shares its pack's sync; delivery reads the
 // pack (a direct get, one read for every message in it: the packs read
@@ -67,6 +67,13 @@
 // carries the body itself, so nothing scheduled depends on a pack. On a
 // work-queue stream (made by an older relay) the server removes a pack at
 // its acknowledgement, so there every record is copied out.
+//
+// A relay of an earlier release cannot read a reference and would drop it,
+// so none is written while one may run on the stream: during a rolling
+// upgrade the held packs are copied out as before (see olderSplitterQuiet).
+// The subject sits under split.>, which every queue stream has had, so such
+// a relay updating the stream at its start removes nothing this one needs.
+// Downgrading below this release needs the queue drained first.
 //
 // # Why parts: large messages
 //
@@ -105,6 +112,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -161,6 +169,8 @@ type Options struct {
 	// MaxAckPending bounds the messages being delivered across the fleet
 	// (default 10,000); each pod bounds its own with its worker count.
 	MaxAckPending int
+	// olderQuiet replaces olderSplitterQuiet in tests.
+	olderQuiet time.Duration
 	// BodyMaxAge is how long body parts are kept at most (default 14 days).
 	BodyMaxAge time.Duration
 	// MetricsInterval is how often queue depth and age are read (default 5 s).
@@ -189,8 +199,11 @@ type Queue struct {
 	packMax  int
 
 	subjIn, subjHeld, subjQ, subjSched, subjBody, subjSplit string
-	// holdLarge: large records are delivered from their packs (see heldMin).
+	// holdLarge: large records go to held packs (see heldMin); refs: the
+	// splitter may write references to them (see olderSplitterQuiet).
 	holdLarge bool
+	refs      atomic.Bool
+	older     olderRelays
 	packs     *packCache
 	// marks are reap's, for the held packs (see heldMark).
 	marks []heldMark
@@ -241,10 +254,17 @@ func Open(ctx context.Context, o Options) (*Queue, error) {
 	if o.MetricsInterval == 0 {
 		o.MetricsInterval = 5 * time.Second
 	}
+	if o.olderQuiet == 0 {
+		o.olderQuiet = olderSplitterQuiet
+	}
 	q := &Queue{opts: o, log: o.Log.With("stream", o.Stream), commits: make(chan *commitReq, 1024),
-		committerDone: make(chan struct{}), purgedTo: map[string]uint64{}, packs: newPackCache(packCacheBytes)}
+		committerDone: make(chan struct{}), purgedTo: map[string]uint64{}, packs: newPackCache(packCacheBytes),
+		older: olderRelays{quiet: o.olderQuiet}}
 	subj := wire.SubjectsOf(o.Stream)
-	q.subjIn, q.subjHeld, q.subjQ, q.subjSched, q.subjBody, q.subjSplit = subj.In, subj.Held, subj.Queue, subj.Sched, subj.Body, subj.Split
+	q.subjIn, q.subjQ, q.subjSched, q.subjBody, q.subjSplit = subj.In, subj.Queue, subj.Sched, subj.Body, subj.Split
+	// Under split.>, a subject every queue stream has had: a relay of an
+	// earlier release that updates the stream (see olderSplitter) keeps it.
+	q.subjHeld = q.subjSplit + ".held"
 	if err := q.connect(); err != nil {
 		return nil, errors.Join(err, q.closeConn())
 	}
@@ -253,6 +273,11 @@ func Open(ctx context.Context, o Options) (*Queue, error) {
 	}
 	if err := q.openHandedOut(ctx); err != nil {
 		return nil, errors.Join(err, q.closeConn())
+	}
+	if q.holdLarge {
+		if err := q.watchOlderRelays(ctx); err != nil {
+			return nil, errors.Join(err, q.closeConn())
+		}
 	}
 	q.metrics = newMetrics(o.Registerer)
 	q.ctx, q.cancel = context.WithCancel(context.Background())
@@ -332,7 +357,7 @@ func (q *Queue) setup(ctx context.Context) error {
 	q.stream, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:               o.Stream,
 		Description:        "mailfleet: accepted messages waiting for delivery",
-		Subjects:           []string{q.subjIn, q.subjHeld, q.subjQ, q.subjSched + ".>", q.subjSplit + ".>"},
+		Subjects:           []string{q.subjIn, q.subjQ, q.subjSched + ".>", q.subjSplit + ".>"},
 		Retention:          retention,
 		Storage:            jetstream.FileStorage,
 		Replicas:           o.Replicas,
@@ -380,7 +405,13 @@ func (q *Queue) setup(ctx context.Context) error {
 	if q.deliver, err = consumer(o.Stream+"_deliver", q.subjQ); err != nil {
 		return err
 	}
-	q.split, err = consumer(o.Stream+"_split", q.subjIn, q.subjHeld)
+	if !q.holdLarge {
+		// A work-queue stream allows no two consumers of one subject: it
+		// keeps the splitter it has.
+		q.split, err = consumer(o.Stream+olderSplitConsumer, q.subjIn)
+		return err
+	}
+	q.split, err = consumer(o.Stream+packsConsumer, q.subjIn, q.subjHeld)
 	return err
 }
 

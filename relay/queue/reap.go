@@ -35,6 +35,11 @@ const reapEvery = time.Second
 // server refuses to change it); there the purge finds only what a crash left
 // behind.
 func (q *Queue) reap(ctx context.Context) error {
+	if q.holdLarge {
+		if err := q.watchOlderRelays(ctx); err != nil {
+			return err
+		}
+	}
 	// The order matters for the held packs: see heldMark.
 	split, err := q.split.Info(ctx)
 	if err != nil {

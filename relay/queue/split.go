@@ -99,7 +99,7 @@ func (q *Queue) splitPacks(packs []jetstream.Msg) error {
 			pm.Term()
 			continue
 		}
-		held := pm.Subject() == q.subjHeld
+		held := pm.Subject() == q.subjHeld && q.refs.Load()
 		for _, r := range records {
 			m, _, _ := decodeRecord(r.record)
 			msg := nats.NewMsg(q.subjQ)
