@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,19 +18,33 @@ const heldMin = 32 << 10
 // packCacheBytes bounds the packs kept in memory for delivery.
 const packCacheBytes = 16 << 20
 
-// holds reports whether a record is to be delivered from its pack: a
-// large one, on a stream whose retention keeps a pack after the splitter
-// acknowledged it. A work-queue stream (made by an older relay) removes it
-// at that acknowledgement, so there every record is copied.
-func (q *Queue) holds(record []byte) bool {
-	return q.holdLarge && len(record) >= heldMin
+// holds reports whether a record is to be delivered from its pack: one
+// whose body is in it and large, on a stream whose retention keeps a pack
+// after the splitter acknowledged it. A work-queue stream (made by an older
+// relay) removes it at that acknowledgement, so there every record is
+// copied. A record made large by its envelope alone (a thousand
+// recipients) with its body in parts is copied: it has no body to hold.
+func (q *Queue) holds(m meta, inline []byte) bool {
+	return q.holdLarge && holdsBody(m, inline)
+}
+
+func holdsBody(m meta, inline []byte) bool {
+	return m.Parts == 0 && len(inline) >= heldMin
 }
 
 // reference is the record put on <prefix>.q for a held one: its metadata
-// and where the body is.
+// and where the body is. It is decoded once more before it goes out, so a
+// reference the deliverers would refuse is never written.
 func (q *Queue) reference(m meta, packSeq uint64, offset int) ([]byte, error) {
 	m.Pack = &packRef{Seq: packSeq, Offset: offset}
-	return encodeRecord(m, nil)
+	r, err := encodeRecord(m, nil)
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := decodeRecord(r); err != nil {
+		return nil, fmt.Errorf("reference to message %s in pack %d: %w", m.Envelope.ID, packSeq, err)
+	}
+	return r, nil
 }
 
 // errPackGone says a held pack was purged: the copy naming it was delivered
@@ -39,12 +54,35 @@ var errPackGone = errors.New("pack removed")
 // heldBody reads the body of m from its held pack. A pack is purged only
 // after every record naming it is done, so a copy whose pack is gone is one
 // delivered before a crash made the server forget its acknowledgement; the
-// caller drops it, as it drops a copy whose body parts are gone.
+// caller drops it, as it drops a copy whose body parts are gone. The body
+// is copied out of the pack, so that a delivery keeps its own bytes in
+// memory rather than the whole pack.
 func (q *Queue) heldBody(ctx context.Context, m meta) ([]byte, error) {
 	pack, err := q.packs.get(ctx, m.Pack.Seq, q.readPack)
 	if err != nil {
 		return nil, err
 	}
+	body, err := bodyAt(pack, m)
+	if errors.Is(err, errCorrupt) {
+		// The copy read before may not be what the stream holds at that
+		// sequence now (a stream deleted and made again starts its
+		// sequences over): the leader's copy decides.
+		q.packs.forget(m.Pack.Seq)
+		if pack, err = q.leaderPack(ctx, m.Pack.Seq); err != nil {
+			return nil, err
+		}
+		body, err = bodyAt(pack, m)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return bytes.Clone(body), nil
+}
+
+// bodyAt is the body of the record m refers to in pack, which must be that
+// message's: a body delivered to another message's recipients would be a
+// leak.
+func bodyAt(pack []byte, m meta) ([]byte, error) {
 	r, err := recordAt(pack, m.Pack.Offset)
 	if err != nil {
 		return nil, fmt.Errorf("message %s at offset %d of pack %d: %w", m.Envelope.ID, m.Pack.Offset, m.Pack.Seq, err)
@@ -53,37 +91,41 @@ func (q *Queue) heldBody(ctx context.Context, m meta) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("message %s in pack %d: %w", m.Envelope.ID, m.Pack.Seq, err)
 	}
-	// The record must be the one the reference was made from: a body
-	// delivered to another message's recipients would be a leak.
-	if held.Envelope.ID != m.Envelope.ID || int64(len(body)) != m.Size {
+	if held.Envelope.ID != m.Envelope.ID || held.Parts != 0 || int64(len(body)) != m.Size {
 		return nil, fmt.Errorf("%w: pack %d holds %s (%d bytes) at offset %d, not %s (%d bytes)",
 			errCorrupt, m.Pack.Seq, held.Envelope.ID, len(body), m.Pack.Offset, m.Envelope.ID, m.Size)
 	}
 	return body, nil
 }
 
-// readPack reads a held pack, from any replica (see directGet); only the
-// leader is believed when it says the pack is gone.
+// readPack reads a held pack from any replica (see directGet). Only the
+// leader is believed when the answer is not the pack: none (a replica
+// behind it), an error (direct gets turned off: a relay of an earlier
+// release updated the stream without them), another message.
 func (q *Queue) readPack(ctx context.Context, seq uint64) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
 	subject, data, found, err := q.directGet(ctx, seq)
-	if err != nil || !found {
-		// A replica behind its leader, or direct gets turned off (a relay
-		// of an earlier release updated the stream without them).
-		var m storedMsg
-		m, found, err = q.leaderGet(ctx, seq, "")
-		subject, data = m.Subject, m.Data
+	if err == nil && found && subject == q.subjHeld {
+		return data, nil
 	}
+	return q.leaderPack(ctx, seq)
+}
+
+// leaderPack reads a held pack from the stream's leader.
+func (q *Queue) leaderPack(ctx context.Context, seq uint64) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	defer cancel()
+	m, found, err := q.leaderGet(ctx, seq, "")
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("read pack %d: %w", seq, err)
 	case !found:
 		return nil, fmt.Errorf("pack %d: %w", seq, errPackGone)
-	case subject != q.subjHeld:
-		return nil, fmt.Errorf("%w: stream message %d is on %q, not a held pack", errCorrupt, seq, subject)
+	case m.Subject != q.subjHeld:
+		return nil, fmt.Errorf("%w: stream message %d is on %q, not a held pack", errCorrupt, seq, m.Subject)
 	}
-	return data, nil
+	return m.Data, nil
 }
 
 // packCache keeps the held packs read lately. The records of one pack are
@@ -128,18 +170,33 @@ func (c *packCache) get(ctx context.Context, seq uint64, read func(context.Conte
 		}
 	}
 	// The read is not the caller's alone: others may wait for it.
-	p.data, p.err = read(context.WithoutCancel(ctx), seq)
+	data, err := read(context.WithoutCancel(ctx), seq)
+	c.mu.Lock()
+	p.data, p.err = data, err
 	close(p.ready)
+	if err != nil {
+		// The next caller tries again.
+		c.drop(seq, p)
+	} else if c.packs[seq] == p {
+		c.size += len(data)
+		c.evict()
+	}
+	c.mu.Unlock()
+	return data, err
+}
+
+// forget drops a pack, unless it is being read.
+func (c *packCache) forget(seq uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if p.err != nil {
-		// The next caller tries again.
-		c.drop(seq)
-		return nil, p.err
+	if p, ok := c.packs[seq]; ok {
+		select {
+		case <-p.ready:
+			c.size -= len(p.data)
+			c.drop(seq, p)
+		default:
+		}
 	}
-	c.size += len(p.data)
-	c.evict()
-	return p.data, nil
 }
 
 // evict drops the oldest packs read until the cache is within its bound;
@@ -151,14 +208,19 @@ func (c *packCache) evict() {
 		select {
 		case <-p.ready:
 			c.size -= len(p.data)
-			c.drop(seq)
+			c.drop(seq, p)
 		default:
 			i++
 		}
 	}
 }
 
-func (c *packCache) drop(seq uint64) {
+// drop removes p, if it is still the entry for seq: a failed read's entry
+// may have been evicted and replaced by a newer read meanwhile.
+func (c *packCache) drop(seq uint64, p *cachedPack) {
+	if c.packs[seq] != p {
+		return
+	}
 	delete(c.packs, seq)
 	for i, s := range c.order {
 		if s == seq {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -89,6 +90,58 @@ func TestHeldReferenceMustNameItsOwnRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitEmpty(t, q, "after the forged references")
+}
+
+// TestLargeEnvelopeWithBodyInPartsIsCopied: a record large for its
+// envelope alone (a thousand recipients) whose body is in parts has no body
+// to hold; it is copied out of its pack and delivered, not referenced.
+func TestLargeEnvelopeWithBodyInPartsIsCopied(t *testing.T) {
+	q := openQueue(t, t.TempDir(), nil)
+	to := make([]string, 1000)
+	for i := range to {
+		to[i] = fmt.Sprintf("recipient-number-%04d@a-longish-domain.example", i)
+	}
+	body := randomBody(t, maxPartSize+1)
+	commit(t, q, envelope("many-recipients", to...), body, 64<<10)
+	p := next(t, q, 10*time.Second)
+	if pm := p.(*pending); pm.meta.Pack != nil || pm.meta.Parts == 0 || len(p.Envelope().To) != 1000 {
+		t.Fatalf("pack %v, parts %d, %d recipients", pm.meta.Pack, pm.meta.Parts, len(p.Envelope().To))
+	}
+	if !bytes.Equal(readBody(t, p), body) {
+		t.Fatal("body differs")
+	}
+	if err := p.Done(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitEmpty(t, q, "after Done")
+}
+
+// TestCachedPackNotTheStreamsIsReadAgain: when the copy of a pack read
+// before does not hold the referenced message (a stream deleted and made
+// again starts its sequences over), the leader's copy decides, and the
+// message is delivered with its own body.
+func TestCachedPackNotTheStreamsIsReadAgain(t *testing.T) {
+	q := openQueue(t, t.TempDir(), nil)
+	body := randomBody(t, 100_000)
+	commit(t, q, envelope("mine", "a@x.example"), body, 16<<10)
+	waitSplit(t, q, 1)
+	last, found, err := q.leaderGet(context.Background(), 0, q.subjHeld)
+	if err != nil || !found {
+		t.Fatalf("held pack: %v %v", found, err)
+	}
+	other, _ := encodeRecord(meta{Envelope: envelope("someone-else", "b@y.example"), Size: 100_000}, randomBody(t, 100_000))
+	stale := &cachedPack{ready: make(chan struct{}), data: appendPacked(nil, other)}
+	close(stale.ready)
+	q.packs.mu.Lock()
+	q.packs.packs[last.Seq], q.packs.order = stale, append(q.packs.order, last.Seq)
+	q.packs.mu.Unlock()
+	p := next(t, q, 10*time.Second)
+	if p.Envelope().ID != "mine" || !bytes.Equal(readBody(t, p), body) {
+		t.Fatalf("delivered %s, or its body differs", p.Envelope().ID)
+	}
+	if err := p.Done(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestHeldFloor walks reap's marks: a held pack is purged only once the

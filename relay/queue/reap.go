@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -35,20 +36,18 @@ const reapEvery = time.Second
 // server refuses to change it); there the purge finds only what a crash left
 // behind.
 func (q *Queue) reap(ctx context.Context) error {
+	// Neither this nor lastSeq, when they fail, holds back the purges
+	// that do not need them.
+	var olderErr error
 	if q.holdLarge {
-		if err := q.watchOlderRelays(ctx); err != nil {
-			return err
-		}
+		olderErr = q.watchOlderRelays(ctx)
 	}
 	// The order matters for the held packs: see heldMark.
 	split, err := q.split.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("read consumer state: %w", err)
 	}
-	lastQueued, err := q.lastSeq(ctx, q.subjQ)
-	if err != nil {
-		return err
-	}
+	lastQueued, lastErr := q.lastSeq(ctx, q.subjQ)
 	deliver, err := q.deliver.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("read consumer state: %w", err)
@@ -63,9 +62,12 @@ func (q *Queue) reap(ctx context.Context) error {
 	if _, err := q.purgeTo(ctx, q.subjIn, split.AckFloor.Stream); err != nil {
 		return err
 	}
+	if lastErr != nil {
+		return errors.Join(olderErr, lastErr)
+	}
 	held := q.heldFloor(heldMark{splitFloor: split.AckFloor.Stream, lastQueued: lastQueued}, deliver.AckFloor.Stream)
 	_, err = q.purgeTo(ctx, q.subjHeld, held)
-	return err
+	return errors.Join(olderErr, err)
 }
 
 // purgeTo removes the messages on subject up to floor, unless done before.

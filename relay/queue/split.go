@@ -101,10 +101,10 @@ func (q *Queue) splitPacks(packs []jetstream.Msg) error {
 		}
 		held := pm.Subject() == q.subjHeld && q.refs.Load()
 		for _, r := range records {
-			m, _, _ := decodeRecord(r.record)
+			m, body, _ := decodeRecord(r.record)
 			msg := nats.NewMsg(q.subjQ)
 			msg.Data = r.record
-			if held && len(r.record) >= heldMin {
+			if held && holdsBody(m, body) {
 				if msg.Data, err = q.reference(m, md.Sequence.Stream, r.offset); err != nil {
 					return err
 				}

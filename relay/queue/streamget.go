@@ -31,6 +31,9 @@ func (q *Queue) directGet(ctx context.Context, seq uint64) (subject string, data
 		}
 		return "", nil, false, fmt.Errorf("direct get of %d: status %s %s", seq, status, resp.Header.Get("Description"))
 	}
+	if got := resp.Header.Get(jetstream.SequenceHeader); got != strconv.FormatUint(seq, 10) {
+		return "", nil, false, fmt.Errorf("direct get of %d: answered with sequence %q", seq, got)
+	}
 	return resp.Header.Get(jetstream.SubjectHeader), resp.Data, true, nil
 }
 

@@ -24,6 +24,7 @@ var buffers = sync.Pool{New: func() any { return bytes.NewBuffer(make([]byte, 0,
 // commitReq is one message waiting for the group commit.
 type commitReq struct {
 	record []byte
+	held   bool       // the record goes to a held pack (see holds)
 	done   chan error // buffered: the committer never waits for a gone writer
 }
 
@@ -116,6 +117,7 @@ func (w *writer) commit(ctx context.Context) error {
 		err = w.publishPart(w.buf.Bytes())
 	}
 	var record []byte
+	var held bool
 	if err == nil {
 		m := meta{Envelope: w.env, Size: w.size, Parts: w.parts}
 		var inline []byte
@@ -123,13 +125,14 @@ func (w *writer) commit(ctx context.Context) error {
 			inline = w.buf.Bytes()
 		}
 		record, err = encodeRecord(m, inline)
+		held = w.q.holds(m, inline)
 	}
 	if err != nil {
 		return errors.Join(err, w.abort())
 	}
 	w.release()
 	w.done = true
-	req := &commitReq{record: record, done: make(chan error, 1)}
+	req := &commitReq{record: record, held: held, done: make(chan error, 1)}
 	if w.q.ctx.Err() != nil {
 		return errors.Join(errQueueClosed, w.purgeParts())
 	}
@@ -230,7 +233,7 @@ func (q *Queue) commitLoop() {
 		}
 		batch := []*commitReq{next}
 		size := lenSize + len(next.record)
-		held := q.holds(next.record)
+		held := next.held
 		next = nil
 	gather:
 		for size < q.packMax {
@@ -242,7 +245,7 @@ func (q *Queue) commitLoop() {
 				}
 				batch = append(batch, r)
 				size += lenSize + len(r.record)
-				held = held || q.holds(r.record)
+				held = held || r.held
 			default:
 				break gather
 			}
