@@ -19,13 +19,11 @@ const heldMin = 32 << 10
 const packCacheBytes = 16 << 20
 
 // holds reports whether a record is to be delivered from its pack: one
-// whose body is in it and large, on a stream whose retention keeps a pack
-// after the splitter acknowledged it. A work-queue stream (made by an older
-// relay) removes it at that acknowledgement, so there every record is
-// copied. A record made large by its envelope alone (a thousand
-// recipients) with its body in parts is copied: it has no body to hold.
+// whose body is in it and large, on a stream that holds them (see
+// heldPacksKey). A record made large by its envelope alone (a thousand
+// recipients) with its body in parts is not: it has no body to hold.
 func (q *Queue) holds(m meta, inline []byte) bool {
-	return q.holdLarge && holdsBody(m, inline)
+	return q.hold.Load() && holdsBody(m, inline)
 }
 
 func holdsBody(m meta, inline []byte) bool {

@@ -225,12 +225,12 @@ func TestPackCacheSharesOneRead(t *testing.T) {
 	}
 }
 
-// TestRollingUpgradeWritesNoReference: on a stream a relay of an earlier
-// release made, whose splitter is still running, large messages are copied
-// out of their packs (that relay drops references it cannot read); once its
-// splitter's consumer has gone unused for the quiet period, the consumer is
-// removed and large messages are held from then on.
-func TestRollingUpgradeWritesNoReference(t *testing.T) {
+// TestUpgradedStreamKeepsItsFormat: on a stream a relay of an earlier
+// release made (no mark), whose relays may still run beside this one in a
+// rolling upgrade, nothing is held or referenced: a large record is
+// published alone to <prefix>.q as before, and the earlier splitter's
+// consumer keeps its configuration.
+func TestUpgradedStreamKeepsItsFormat(t *testing.T) {
 	url := natstest.Start(t)
 	js := directJetStream(t, url)
 	subj := wire.SubjectsOf(wire.DefaultStream)
@@ -242,73 +242,86 @@ func TestRollingUpgradeWritesNoReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	older, err := s.CreateOrUpdateConsumer(context.Background(), jetstream.ConsumerConfig{Durable: wire.DefaultStream + olderSplitConsumer,
-		FilterSubject: subj.In, AckPolicy: jetstream.AckExplicitPolicy})
-	if err != nil {
+	split := wire.DefaultStream + olderSplitConsumer
+	if _, err := s.CreateOrUpdateConsumer(context.Background(), jetstream.ConsumerConfig{Durable: split,
+		FilterSubject: subj.In, AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
 		t.Fatal(err)
 	}
-	// The older relay's splitter, waiting for packs in short pulls.
-	stopOlder := make(chan struct{})
-	olderDone := make(chan struct{})
-	go func() {
-		defer close(olderDone)
-		for {
-			select {
-			case <-stopOlder:
-				return
-			default:
-			}
-			if batch, err := older.Fetch(1, jetstream.FetchMaxWait(200*time.Millisecond)); err == nil {
-				for m := range batch.Messages() {
-					m.Ack()
-				}
-			}
-		}
-	}()
-	q, err := Open(context.Background(), Options{URL: url, Replicas: 1, olderQuiet: time.Second,
+	q, err := Open(context.Background(), Options{URL: url, Replicas: 1,
 		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatalf("open a queue an older relay made: %v", err)
 	}
 	t.Cleanup(func() { q.Close() })
-	deliver := func(id string, wantRef bool) {
-		t.Helper()
-		body := randomBody(t, 100_000)
-		commit(t, q, envelope(id, "a@x.example"), body, 16<<10)
-		p := next(t, q, 10*time.Second)
-		if got := p.(*pending).meta.Pack != nil; got != wantRef || !bytes.Equal(readBody(t, p), body) {
-			t.Fatalf("%s: delivered from a reference %v, want %v; or the body differs", id, got, wantRef)
-		}
-		if err := p.Done(context.Background()); err != nil {
-			t.Fatal(err)
-		}
+	body := randomBody(t, 100_000)
+	commit(t, q, envelope("upgraded", "a@x.example"), body, 16<<10)
+	if queued, held := subjectCount(t, q, q.subjQ), subjectCount(t, q, q.subjHeld); queued != 1 || held != 0 {
+		t.Fatalf("after Commit: %d on %s, %d held packs; want the record alone on %s", queued, q.subjQ, held, q.subjQ)
 	}
-	deliver("during-rollout-1", false)
-	time.Sleep(2 * time.Second) // longer than the quiet period: the older splitter keeps pulling
-	deliver("during-rollout-2", false)
-
-	close(stopOlder)
-	<-olderDone
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		_, err := s.Consumer(context.Background(), wire.DefaultStream+olderSplitConsumer)
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the older splitter's consumer is still there: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	p := next(t, q, 10*time.Second)
+	if p.(*pending).meta.Pack != nil || !bytes.Equal(readBody(t, p), body) {
+		t.Fatal("referenced, or the body differs")
 	}
-	deliver("after-rollout", true)
+	if err := p.Done(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Consumer(context.Background(), split)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := c.CachedInfo().Config; cfg.FilterSubject != subj.In || len(cfg.FilterSubjects) > 0 {
+		t.Fatalf("the earlier splitter's consumer now filters %q %v", cfg.FilterSubject, cfg.FilterSubjects)
+	}
+	if _, err := s.Consumer(context.Background(), wire.DefaultStream+packsConsumer); err == nil {
+		t.Fatal("a consumer for held packs was made on a stream that does not hold")
+	}
+	waitEmpty(t, q, "after Done")
+}
 
-	// A relay of the earlier release updating the stream at its start
-	// turns direct gets off: packs are read from the leader.
+// TestDowngradeStopsHolding: a relay of an earlier release starting on a
+// stream this release made updates it without the mark and without direct
+// gets. A held message committed before is still delivered (its pack read
+// from the leader); from then on large records are published alone.
+func TestDowngradeStopsHolding(t *testing.T) {
+	url := natstest.Start(t)
+	js := directJetStream(t, url)
+	q, err := Open(context.Background(), Options{URL: url, Replicas: 1,
+		Registerer: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	before := randomBody(t, 100_000)
+	commit(t, q, envelope("before", "a@x.example"), before, 16<<10)
+	waitSplit(t, q, 1)
+
 	cfg := q.stream.CachedInfo().Config
-	cfg.AllowDirect = false
+	cfg.Metadata, cfg.AllowDirect = nil, false
 	if _, err := js.UpdateStream(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	deliver("without-direct-gets", true)
+	deadline := time.Now().Add(10 * time.Second)
+	for q.hold.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("still holding after the mark went")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p := next(t, q, 10*time.Second)
+	if p.(*pending).meta.Pack == nil || !bytes.Equal(readBody(t, p), before) {
+		t.Fatal("the message held before was not delivered from its pack")
+	}
+	if err := p.Done(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	after := randomBody(t, 100_000)
+	commit(t, q, envelope("after", "a@x.example"), after, 16<<10)
+	p = next(t, q, 10*time.Second)
+	if p.(*pending).meta.Pack != nil || !bytes.Equal(readBody(t, p), after) {
+		t.Fatal("held after the mark went, or the body differs")
+	}
+	if err := p.Done(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	waitEmpty(t, q, "after Done")
 }

@@ -69,11 +69,14 @@
 // its acknowledgement, so there every record is copied out.
 //
 // A relay of an earlier release cannot read a reference and would drop it,
-// so none is written while one may run on the stream: during a rolling
-// upgrade the held packs are copied out as before (see olderSplitterQuiet).
-// The subject sits under split.>, which every queue stream has had, so such
-// a relay updating the stream at its start removes nothing this one needs.
-// Downgrading below this release needs the queue drained first.
+// and shares the stream with this one during a rolling upgrade. So only a
+// stream this release made holds large records (see heldPacksKey); on one
+// an earlier release made, a record of 32 KiB or more is published alone to
+// <prefix>.q as that release did (see directMin), and nothing changes for
+// the relays still running it. Held packs sit under split.>, which every
+// queue stream has had, so even an earlier relay updating a holding stream
+// at its start (a downgrade, which needs the queue drained) removes no
+// subject this one writes to.
 //
 // # Why parts: large messages
 //
@@ -169,8 +172,6 @@ type Options struct {
 	// MaxAckPending bounds the messages being delivered across the fleet
 	// (default 10,000); each pod bounds its own with its worker count.
 	MaxAckPending int
-	// olderQuiet replaces olderSplitterQuiet in tests.
-	olderQuiet time.Duration
 	// BodyMaxAge is how long body parts are kept at most (default 14 days).
 	BodyMaxAge time.Duration
 	// MetricsInterval is how often queue depth and age are read (default 5 s).
@@ -199,12 +200,12 @@ type Queue struct {
 	packMax  int
 
 	subjIn, subjHeld, subjQ, subjSched, subjBody, subjSplit string
-	// holdLarge: large records go to held packs (see heldMin); refs: the
-	// splitter may write references to them (see olderSplitterQuiet).
-	holdLarge bool
-	refs      atomic.Bool
-	older     olderRelays
-	packs     *packCache
+	// marked: the stream was made by a release that holds large records
+	// (see heldPacksKey); hold: it still says so, so large records are
+	// held in their packs and referenced (see heldMin).
+	marked bool
+	hold   atomic.Bool
+	packs  *packCache
 	// marks are reap's, for the held packs (see heldMark).
 	marks []heldMark
 
@@ -254,12 +255,8 @@ func Open(ctx context.Context, o Options) (*Queue, error) {
 	if o.MetricsInterval == 0 {
 		o.MetricsInterval = 5 * time.Second
 	}
-	if o.olderQuiet == 0 {
-		o.olderQuiet = olderSplitterQuiet
-	}
 	q := &Queue{opts: o, log: o.Log.With("stream", o.Stream), commits: make(chan *commitReq, 1024),
-		committerDone: make(chan struct{}), purgedTo: map[string]uint64{}, packs: newPackCache(packCacheBytes),
-		older: olderRelays{quiet: o.olderQuiet}}
+		committerDone: make(chan struct{}), purgedTo: map[string]uint64{}, packs: newPackCache(packCacheBytes)}
 	subj := wire.SubjectsOf(o.Stream)
 	q.subjIn, q.subjQ, q.subjSched, q.subjBody, q.subjSplit = subj.In, subj.Queue, subj.Sched, subj.Body, subj.Split
 	// Under split.>, a subject every queue stream has had: a relay of an
@@ -273,11 +270,6 @@ func Open(ctx context.Context, o Options) (*Queue, error) {
 	}
 	if err := q.openHandedOut(ctx); err != nil {
 		return nil, errors.Join(err, q.closeConn())
-	}
-	if q.holdLarge {
-		if err := q.watchOlderRelays(ctx); err != nil {
-			return nil, errors.Join(err, q.closeConn())
-		}
 	}
 	q.metrics = newMetrics(o.Registerer)
 	q.ctx, q.cancel = context.WithCancel(context.Background())
@@ -350,9 +342,14 @@ func (q *Queue) connect() error {
 func (q *Queue) setup(ctx context.Context) error {
 	o := q.opts
 	var err error
-	retention, err := q.retention(ctx)
+	retention, marked, err := q.existing(ctx)
 	if err != nil {
 		return err
+	}
+	q.marked = marked
+	var metadata map[string]string
+	if marked {
+		metadata = map[string]string{heldPacksKey: "1"}
 	}
 	q.stream, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:               o.Stream,
@@ -366,11 +363,12 @@ func (q *Queue) setup(ctx context.Context) error {
 		AllowDirect:        true,
 		AllowMsgSchedules:  true,
 		AllowMsgTTL:        true,
+		Metadata:           metadata,
 	})
 	if err != nil {
 		return fmt.Errorf("create or update stream %s: %w", o.Stream, err)
 	}
-	q.holdLarge = retention == jetstream.LimitsPolicy
+	q.hold.Store(marked)
 	q.bodies, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        wire.BodyStream(o.Stream),
 		Description: "mailfleet: bodies of large queued messages, in parts",
@@ -405,9 +403,7 @@ func (q *Queue) setup(ctx context.Context) error {
 	if q.deliver, err = consumer(o.Stream+"_deliver", q.subjQ); err != nil {
 		return err
 	}
-	if !q.holdLarge {
-		// A work-queue stream allows no two consumers of one subject: it
-		// keeps the splitter it has.
+	if !marked {
 		q.split, err = consumer(o.Stream+olderSplitConsumer, q.subjIn)
 		return err
 	}
@@ -415,23 +411,26 @@ func (q *Queue) setup(ctx context.Context) error {
 	return err
 }
 
-// retention is the queue stream's retention: limits (acknowledged messages
-// are purged by reap, see there), or work-queue for a stream an older relay
-// made, which the server will not change.
-func (q *Queue) retention(ctx context.Context) (jetstream.RetentionPolicy, error) {
+// existing reads what the queue stream already is: its retention, limits
+// (acknowledged messages are purged by reap, see there) or work-queue for a
+// stream an older relay made, which the server will not change; and
+// whether it holds large records (see heldPacksKey), which a stream made
+// now does.
+func (q *Queue) existing(ctx context.Context) (jetstream.RetentionPolicy, bool, error) {
 	s, err := q.js.Stream(ctx, q.opts.Stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return jetstream.LimitsPolicy, nil
+		return jetstream.LimitsPolicy, true, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read stream %s: %w", q.opts.Stream, err)
+		return 0, false, fmt.Errorf("read stream %s: %w", q.opts.Stream, err)
 	}
-	r := s.CachedInfo().Config.Retention
+	cfg := s.CachedInfo().Config
+	r := cfg.Retention
 	if r == jetstream.WorkQueuePolicy {
 		q.log.Warn("the queue stream has work-queue retention (made by an older relay): every delivered message costs a disk sync, " +
 			"which caps delivery; to lift it, drain the queue and delete the stream, and the relay makes a new one")
 	}
-	return r, nil
+	return r, cfg.Metadata[heldPacksKey] == "1", nil
 }
 
 // openHandedOut reads what an earlier process of an embedded queue handed

@@ -36,18 +36,22 @@ const reapEvery = time.Second
 // server refuses to change it); there the purge finds only what a crash left
 // behind.
 func (q *Queue) reap(ctx context.Context) error {
-	// Neither this nor lastSeq, when they fail, holds back the purges
-	// that do not need them.
-	var olderErr error
-	if q.holdLarge {
-		olderErr = q.watchOlderRelays(ctx)
+	// Neither the mark nor the last queued message, when they cannot be
+	// read, holds back the purges that do not need them. Only a stream
+	// that holds large records has held packs to purge (see heldPacksKey).
+	var markErr, lastErr error
+	if q.marked {
+		markErr = q.watchMark(ctx)
 	}
 	// The order matters for the held packs: see heldMark.
 	split, err := q.split.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("read consumer state: %w", err)
 	}
-	lastQueued, lastErr := q.lastSeq(ctx, q.subjQ)
+	var lastQueued uint64
+	if q.marked {
+		lastQueued, lastErr = q.lastSeq(ctx, q.subjQ)
+	}
 	deliver, err := q.deliver.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("read consumer state: %w", err)
@@ -62,12 +66,12 @@ func (q *Queue) reap(ctx context.Context) error {
 	if _, err := q.purgeTo(ctx, q.subjIn, split.AckFloor.Stream); err != nil {
 		return err
 	}
-	if lastErr != nil {
-		return errors.Join(olderErr, lastErr)
+	if !q.marked || lastErr != nil {
+		return errors.Join(markErr, lastErr)
 	}
 	held := q.heldFloor(heldMark{splitFloor: split.AckFloor.Stream, lastQueued: lastQueued}, deliver.AckFloor.Stream)
 	_, err = q.purgeTo(ctx, q.subjHeld, held)
-	return errors.Join(olderErr, err)
+	return errors.Join(markErr, err)
 }
 
 // purgeTo removes the messages on subject up to floor, unless done before.

@@ -99,7 +99,7 @@ func (q *Queue) splitPacks(packs []jetstream.Msg) error {
 			pm.Term()
 			continue
 		}
-		held := pm.Subject() == q.subjHeld && q.refs.Load()
+		held := pm.Subject() == q.subjHeld && q.hold.Load()
 		for _, r := range records {
 			m, body, _ := decodeRecord(r.record)
 			msg := nats.NewMsg(q.subjQ)

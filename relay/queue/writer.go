@@ -132,6 +132,9 @@ func (w *writer) commit(ctx context.Context) error {
 	}
 	w.release()
 	w.done = true
+	if !held && len(record) >= directMin {
+		return w.publishDirect(ctx, record, start)
+	}
 	req := &commitReq{record: record, held: held, done: make(chan error, 1)}
 	if w.q.ctx.Err() != nil {
 		return errors.Join(errQueueClosed, w.purgeParts())
@@ -161,6 +164,32 @@ func (w *writer) commit(ctx context.Context) error {
 		return err
 	}
 	w.q.metrics.publish.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// directMin is the record size from which a message on a stream that does
+// not hold large records (see heldPacksKey) skips the pack and is written
+// straight to <prefix>.q. In a pack, its bytes would be written three
+// times (the pack, the atomic batch's staging, the split copy); alone,
+// once, with a sync of its own.
+const directMin = heldMin
+
+// publishDirect writes one large record to <prefix>.q and waits for its
+// acknowledgement, which comes after the sync.
+func (w *writer) publishDirect(ctx context.Context, record []byte, start time.Time) error {
+	msg := nats.NewMsg(w.q.subjQ)
+	msg.Data = record
+	msg.Header.Set(jetstream.MsgIDHeader, w.env.ID)
+	pctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	defer cancel()
+	// A failed publish may still have stored the record, so its parts (if
+	// any: an envelope with thousands of recipients) are left to expire
+	// with the body stream's MaxAge rather than purged under it.
+	if _, err := w.q.js.PublishMsg(pctx, msg); err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+	w.q.metrics.publish.Observe(time.Since(start).Seconds())
+	w.q.metrics.packSize.Observe(1)
 	return nil
 }
 
