@@ -101,9 +101,9 @@ func bodyAt(pack []byte, m meta) ([]byte, error) {
 // behind it), an error (direct gets turned off: a relay of an earlier
 // release updated the stream without them), another message.
 func (q *Queue) readPack(ctx context.Context, seq uint64) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
-	defer cancel()
-	subject, data, found, err := q.directGet(ctx, seq)
+	dctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	subject, data, found, err := q.directGet(dctx, seq)
+	cancel()
 	if err == nil && found && subject == q.subjHeld {
 		return data, nil
 	}
@@ -188,12 +188,7 @@ func (c *packCache) forget(seq uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if p, ok := c.packs[seq]; ok {
-		select {
-		case <-p.ready:
-			c.size -= len(p.data)
-			c.drop(seq, p)
-		default:
-		}
+		c.dropRead(seq, p)
 	}
 }
 
@@ -202,14 +197,22 @@ func (c *packCache) forget(seq uint64) {
 func (c *packCache) evict() {
 	for i := 0; c.size > c.max && i < len(c.order); {
 		seq := c.order[i]
-		p := c.packs[seq]
-		select {
-		case <-p.ready:
-			c.size -= len(p.data)
-			c.drop(seq, p)
-		default:
+		if !c.dropRead(seq, c.packs[seq]) {
 			i++
 		}
+	}
+}
+
+// dropRead removes p and its bytes from the count, unless it is still
+// being read; it reports whether it did.
+func (c *packCache) dropRead(seq uint64, p *cachedPack) bool {
+	select {
+	case <-p.ready:
+		c.size -= len(p.data)
+		c.drop(seq, p)
+		return true
+	default:
+		return false
 	}
 }
 

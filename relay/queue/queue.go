@@ -63,10 +63,8 @@
 // floor like the others: reap purges it only once the delivery ack floor
 // has passed every reference that can name it (see heldMark); a message
 // that stays long in delivery holds the packs after it on disk as it holds
-// the acknowledged messages after it. A retry
-// carries the body itself, so nothing scheduled depends on a pack. On a
-// work-queue stream (made by an older relay) the server removes a pack at
-// its acknowledgement, so there every record is copied out.
+// the acknowledged messages after it. A retry carries the body itself, so
+// nothing scheduled depends on a pack.
 //
 // A relay of an earlier release cannot read a reference and would drop it,
 // and shares the stream with this one during a rolling upgrade. So only a
@@ -260,7 +258,7 @@ func Open(ctx context.Context, o Options) (*Queue, error) {
 	subj := wire.SubjectsOf(o.Stream)
 	q.subjIn, q.subjQ, q.subjSched, q.subjBody, q.subjSplit = subj.In, subj.Queue, subj.Sched, subj.Body, subj.Split
 	// Under split.>, a subject every queue stream has had: a relay of an
-	// earlier release that updates the stream (see olderSplitter) keeps it.
+	// earlier release that updates the stream keeps it (see heldPacksKey).
 	q.subjHeld = q.subjSplit + ".held"
 	if err := q.connect(); err != nil {
 		return nil, errors.Join(err, q.closeConn())
