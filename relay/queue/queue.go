@@ -41,7 +41,9 @@
 // A splitter in every relay pod then turns each pack into per-message
 // stream messages on <prefix>.q, many packs at a time in one atomic batch
 // (one sync for hundreds), so that each message is acknowledged, retried
-// and redelivered on its own.
+// and redelivered on its own. The batch's staging costs as much whatever it
+// holds, so while few messages wait the splitter gathers packs for up to
+// 100 ms after its last split (see splitFew).
 //
 // A splitter may die after the batch but before
 // its acknowledgement of the packs reached the disk; the batch also holds a
@@ -177,6 +179,9 @@ type Options struct {
 	// Registerer receives the queue's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
 	Log        *slog.Logger
+
+	// splitEvery is defaultSplitEvery but in tests.
+	splitEvery time.Duration
 }
 
 // Queue is the JetStream queue. It is a spool.Spool and a spool.Consumer.
@@ -206,6 +211,8 @@ type Queue struct {
 	packs  *packCache
 	// marks are reap's, for the held packs (see heldMark).
 	marks []heldMark
+	// lastSplit is when splitLoop last started a split (see splitFew).
+	lastSplit time.Time
 
 	commits chan *commitReq
 	// committerDone is closed when commitLoop has returned: a commit
@@ -252,6 +259,9 @@ func Open(ctx context.Context, o Options) (*Queue, error) {
 	}
 	if o.MetricsInterval == 0 {
 		o.MetricsInterval = 5 * time.Second
+	}
+	if o.splitEvery == 0 {
+		o.splitEvery = defaultSplitEvery
 	}
 	q := &Queue{opts: o, log: o.Log.With("stream", o.Stream), commits: make(chan *commitReq, 1024),
 		committerDone: make(chan struct{}), purgedTo: map[string]uint64{}, packs: newPackCache(packCacheBytes)}

@@ -105,6 +105,15 @@ func unpack(b []byte) ([]packed, error) {
 	return out, nil
 }
 
+// packCount is how many records a pack holds, as far as it reads.
+func packCount(b []byte) int {
+	n := 0
+	for off := 0; off <= len(b)-lenSize; n++ {
+		off += lenSize + int(binary.BigEndian.Uint32(b[off:]))
+	}
+	return n
+}
+
 // recordAt is the record whose length prefix starts at off in pack.
 func recordAt(pack []byte, off int) ([]byte, error) {
 	if off < 0 || off > len(pack)-lenSize {

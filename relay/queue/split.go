@@ -16,6 +16,21 @@ import (
 // maxPacksPerSplit bounds the packs one split takes at a time.
 const maxPacksPerSplit = 16
 
+// A split is one atomic batch, and on a single-replica stream JetStream
+// stages every atomic batch in a file store of its own: a directory and
+// two synced metadata files, made and removed again, costing about as
+// much as ten pack writes whatever the batch holds. So while fewer than
+// splitFew messages wait, a split starts at most once per
+// defaultSplitEvery: with one message per session, packs of a few messages
+// each would otherwise make a batch each, and the batches would cost the
+// relay about a sixth of its CPU. A queue busy enough to fill packs, or
+// quiet enough that the last split is long past, is split at once. Only
+// delivery waits for it.
+const (
+	splitFew          = 32
+	defaultSplitEvery = 100 * time.Millisecond
+)
+
 // splitLoop turns packs into per-message stream messages (see the package
 // documentation) until the queue closes. A pack is acknowledged only after
 // every message in it is on <prefix>.q; until then it stays, and comes back
@@ -39,7 +54,8 @@ func (q *Queue) splitLoop() {
 	}
 }
 
-// fetchPacks waits for one pack, then takes whatever else is there.
+// fetchPacks waits for one pack, then takes whatever else is there, and if
+// that is few messages, what arrives until splitEvery after the last split.
 func (q *Queue) fetchPacks() []jetstream.Msg {
 	first, err := q.fetchOne(q.ctx, q.split)
 	if err != nil {
@@ -53,14 +69,31 @@ func (q *Queue) fetchPacks() []jetstream.Msg {
 		return nil
 	}
 	packs := []jetstream.Msg{first}
-	more, err := q.split.FetchNoWait(maxPacksPerSplit - 1)
-	if err != nil {
-		return packs
+	messages := packCount(first.Data())
+	deadline := q.lastSplit.Add(q.opts.splitEvery)
+	defer func() { q.lastSplit = time.Now() }()
+	for {
+		if len(packs) < maxPacksPerSplit {
+			if more, err := q.split.FetchNoWait(maxPacksPerSplit - len(packs)); err == nil {
+				for m := range more.Messages() {
+					packs = append(packs, m)
+					messages += packCount(m.Data())
+				}
+			}
+		}
+		wait := time.Until(deadline)
+		if messages >= splitFew || wait <= 0 || len(packs) >= maxPacksPerSplit {
+			return packs
+		}
+		ctx, cancel := context.WithTimeout(q.ctx, wait)
+		next, err := q.fetchOne(ctx, q.split)
+		cancel()
+		if err != nil {
+			return packs
+		}
+		packs = append(packs, next)
+		messages += packCount(next.Data())
 	}
-	for m := range more.Messages() {
-		packs = append(packs, m)
-	}
-	return packs
 }
 
 func (q *Queue) splitPacks(packs []jetstream.Msg) error {
