@@ -29,6 +29,7 @@ const maxPacksPerSplit = 16
 const (
 	splitFew          = 32
 	defaultSplitEvery = 100 * time.Millisecond
+	splitPoll         = 10 * time.Millisecond
 )
 
 // splitLoop turns packs into per-message stream messages (see the package
@@ -85,14 +86,14 @@ func (q *Queue) fetchPacks() []jetstream.Msg {
 		if messages >= splitFew || wait <= 0 || len(packs) >= maxPacksPerSplit {
 			return packs
 		}
-		ctx, cancel := context.WithTimeout(q.ctx, wait)
-		next, err := q.fetchOne(ctx, q.split)
-		cancel()
-		if err != nil {
+		// Polled, not pulled with a deadline: a pull request given up
+		// client-side strands what the server hands it meanwhile until
+		// AckWait (see fetchOne). A no-wait fetch ends at once.
+		select {
+		case <-q.ctx.Done():
 			return packs
+		case <-time.After(min(wait, splitPoll)):
 		}
-		packs = append(packs, next)
-		messages += packCount(next.Data())
 	}
 }
 

@@ -2,6 +2,8 @@ package queue
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,10 +14,16 @@ import (
 // JetStream stages in a file store of its own, so packs of a few messages
 // that arrive soon after a split wait and go together in the next one. A
 // message after a quiet spell, and a pack of splitFew messages, go at once.
+// Waiting for packs must not leave a pull request behind that the next pack
+// falls into: it would sit unsplit until AckWait brought it back.
 func TestFewMessagesAreSplitTogether(t *testing.T) {
-	const every = 4 * time.Second
+	const every = 3 * time.Second
 	reg := prometheus.NewRegistry()
-	q := openQueue(t, t.TempDir(), func(o *Options) { o.Registerer = reg; o.splitEvery = every })
+	q := openQueue(t, t.TempDir(), func(o *Options) {
+		o.Registerer = reg
+		o.splitEvery = every
+		o.AckWait = time.Minute
+	})
 	body := []byte("Subject: split\r\n\r\nbody\r\n")
 
 	start := time.Now()
@@ -50,4 +58,34 @@ func TestFewMessagesAreSplitTogether(t *testing.T) {
 	if waited := time.Since(sent); waited >= every/2 {
 		t.Fatalf("a pack of %d messages waited %v for its split", splitFew, waited)
 	}
+
+	// Nothing else comes while "lone-1" waits for its split; "lone-2",
+	// committed after, is split a window later, not an AckWait later.
+	commit(t, q, envelope("lone-1", "a@x.example"), body, 512)
+	waitSplit(t, q, 5+splitFew)
+	commit(t, q, envelope("lone-2", "a@x.example"), body, 512)
+	waitSplit(t, q, 6+splitFew)
+}
+
+// TestSplitWindowsStrandNothing: packs committed at every moment around
+// the ends of the splitter's windows are all split within a few windows,
+// none left in an abandoned pull request until AckWait.
+func TestSplitWindowsStrandNothing(t *testing.T) {
+	q := openQueue(t, t.TempDir(), func(o *Options) {
+		o.splitEvery = 5 * time.Millisecond
+		o.AckWait = time.Minute
+	})
+	body := []byte("Subject: split\r\n\r\nbody\r\n")
+	const writers, each = 4, 150
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				commit(t, q, envelope(fmt.Sprintf("w%d-%d", w, i), "a@x.example"), body, 512)
+				time.Sleep(time.Duration(rand.IntN(4000)) * time.Microsecond)
+			}
+		})
+	}
+	wg.Wait()
+	waitSplit(t, q, writers*each)
 }
