@@ -41,9 +41,10 @@
 // A splitter in every relay pod then turns each pack into per-message
 // stream messages on <prefix>.q, many packs at a time in one atomic batch
 // (one sync for hundreds), so that each message is acknowledged, retried
-// and redelivered on its own. The batch's staging costs as much whatever it
-// holds, so while few messages wait the splitter gathers packs for up to
-// 100 ms after its last split (see splitFew).
+// and redelivered on its own. On a single-replica stream the batch's
+// staging costs as much whatever it holds, so while few messages wait the
+// splitter gathers packs for up to 100 ms after its last split began (see
+// splitFew).
 //
 // A splitter may die after the batch but before
 // its acknowledgement of the packs reached the disk; the batch also holds a

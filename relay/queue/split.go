@@ -20,12 +20,14 @@ const maxPacksPerSplit = 16
 // stages every atomic batch in a file store of its own: a directory and
 // two synced metadata files, made and removed again, costing about as
 // much as ten pack writes whatever the batch holds. So while fewer than
-// splitFew messages wait, a split starts at most once per
-// defaultSplitEvery: with one message per session, packs of a few messages
-// each would otherwise make a batch each, and the batches would cost the
-// relay about a sixth of its CPU. A queue busy enough to fill packs, or
-// quiet enough that the last split is long past, is split at once. Only
-// delivery waits for it.
+// splitFew messages wait, the splitter starts a split at most
+// defaultSplitEvery after it started the last one, or once it holds
+// maxPacksPerSplit packs: with one message per session, packs of a few
+// messages each would otherwise make a batch each, and the batches would
+// cost the relay about a sixth of its CPU. A queue busy enough to fill
+// packs, or quiet enough that the last split is long past, is split at
+// once. Only delivery waits for it. (A replicated stream stages batches in
+// memory; fewer batches still mean fewer proposals, so the rule is kept.)
 const (
 	splitFew          = 32
 	defaultSplitEvery = 100 * time.Millisecond
@@ -88,10 +90,16 @@ func (q *Queue) fetchPacks() []jetstream.Msg {
 		}
 		// Polled, not pulled with a deadline: a pull request given up
 		// client-side strands what the server hands it meanwhile until
-		// AckWait (see fetchOne). A no-wait fetch ends at once.
+		// AckWait (see fetchOne). The server answers a no-wait fetch at
+		// once (nats.go gives up on it only after a second of silence).
 		select {
 		case <-q.ctx.Done():
-			return packs
+			// Closing: handed back for the next relay to split, rather
+			// than a split that cannot finish.
+			for _, m := range packs {
+				m.Nak()
+			}
+			return nil
 		case <-time.After(min(wait, splitPoll)):
 		}
 	}

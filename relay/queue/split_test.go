@@ -14,8 +14,6 @@ import (
 // JetStream stages in a file store of its own, so packs of a few messages
 // that arrive soon after a split wait and go together in the next one. A
 // message after a quiet spell, and a pack of splitFew messages, go at once.
-// Waiting for packs must not leave a pull request behind that the next pack
-// falls into: it would sit unsplit until AckWait brought it back.
 func TestFewMessagesAreSplitTogether(t *testing.T) {
 	const every = 3 * time.Second
 	reg := prometheus.NewRegistry()
@@ -37,6 +35,8 @@ func TestFewMessagesAreSplitTogether(t *testing.T) {
 		commit(t, q, envelope(fmt.Sprintf("soon-%d", i), "a@x.example"), body, 512)
 	}
 	waitSplit(t, q, 4)
+	// The split counts itself after it acknowledged its packs.
+	waitSplitCounted(t, reg, 4)
 	if got := histogramCount(t, reg, "mailfleet_queue_split_messages"); got != 2 {
 		t.Fatalf("%d splits for one message and then three packs of one each, want 2", got)
 	}
@@ -58,18 +58,39 @@ func TestFewMessagesAreSplitTogether(t *testing.T) {
 	if waited := time.Since(sent); waited >= every/2 {
 		t.Fatalf("a pack of %d messages waited %v for its split", splitFew, waited)
 	}
+}
 
-	// Nothing else comes while "lone-1" waits for its split; "lone-2",
-	// committed after, is split a window later, not an AckWait later.
-	commit(t, q, envelope("lone-1", "a@x.example"), body, 512)
-	waitSplit(t, q, 5+splitFew)
-	commit(t, q, envelope("lone-2", "a@x.example"), body, 512)
-	waitSplit(t, q, 6+splitFew)
+// waitSplitCounted waits until the split histogram has counted n messages.
+func waitSplitCounted(t *testing.T, reg *prometheus.Registry, n float64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for histogramSum(t, reg, "mailfleet_queue_split_messages") < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("splits counted fewer than %v messages", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func histogramSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name {
+			return f.GetMetric()[0].GetHistogram().GetSampleSum()
+		}
+	}
+	return 0
 }
 
 // TestSplitWindowsStrandNothing: packs committed at every moment around
 // the ends of the splitter's windows are all split within a few windows,
-// none left in an abandoned pull request until AckWait.
+// none left in an abandoned pull request until AckWait. (Waiting with a
+// pull given up at the window's end stranded 4 of these 600; a race, so
+// the test catches it often, not always.)
 func TestSplitWindowsStrandNothing(t *testing.T) {
 	q := openQueue(t, t.TempDir(), func(o *Options) {
 		o.splitEvery = 5 * time.Millisecond
