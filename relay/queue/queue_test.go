@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mailfleet/mailfleet/relay/spool"
 )
@@ -299,17 +300,28 @@ func TestConcurrentCommitsArriveOnce(t *testing.T) {
 
 func histogramCount(t *testing.T, reg *prometheus.Registry, name string) int {
 	t.Helper()
+	return int(gathered(t, reg, name).GetSampleCount())
+}
+
+func histogramSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	return gathered(t, reg, name).GetSampleSum()
+}
+
+// gathered is the one unlabelled histogram name in reg.
+func gathered(t *testing.T, reg *prometheus.Registry, name string) *dto.Histogram {
+	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range families {
 		if f.GetName() == name {
-			return int(f.GetMetric()[0].GetHistogram().GetSampleCount())
+			return f.GetMetric()[0].GetHistogram()
 		}
 	}
 	t.Fatalf("no metric %s", name)
-	return 0
+	return nil
 }
 
 func TestRetryKeepsOnlyRemainingRecipientsAndWaits(t *testing.T) {

@@ -105,11 +105,16 @@ func unpack(b []byte) ([]packed, error) {
 	return out, nil
 }
 
-// packCount is how many records a pack holds, as far as it reads.
+// packCount is how many records a pack holds, up to the first that does
+// not read.
 func packCount(b []byte) int {
 	n := 0
-	for off := 0; off <= len(b)-lenSize; n++ {
-		off += lenSize + int(binary.BigEndian.Uint32(b[off:]))
+	for off := 0; off < len(b); n++ {
+		r, err := recordAt(b, off)
+		if err != nil {
+			break
+		}
+		off += lenSize + len(r)
 	}
 	return n
 }

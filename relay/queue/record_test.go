@@ -38,6 +38,9 @@ func TestRecordRoundTrip(t *testing.T) {
 	if err != nil || len(records) != len(cases) {
 		t.Fatalf("unpack: %d records, %v", len(records), err)
 	}
+	if n := packCount(pack); n != len(cases) {
+		t.Fatalf("packCount: %d, want %d", n, len(cases))
+	}
 	for _, r := range records {
 		if again, err := recordAt(pack, r.offset); err != nil || !bytes.Equal(again, r.record) {
 			t.Fatalf("record at offset %d: %d bytes, %v", r.offset, len(again), err)
@@ -64,6 +67,9 @@ func TestDecodeRefusesDamage(t *testing.T) {
 	if _, err := unpack([]byte{0, 0, 0, 9, 1}); err == nil {
 		t.Error("unpacked a pack whose record runs past its end")
 	}
+	if n := packCount(append(appendPacked(nil, r), 0, 0, 0, 9, 1)); n != 1 {
+		t.Errorf("packCount counted %d records of a pack whose second runs past its end, want 1", n)
+	}
 }
 
 // FuzzUnpack feeds arbitrary stream message data to the decoders: a damaged
@@ -75,6 +81,9 @@ func FuzzUnpack(f *testing.F) {
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if records, err := unpack(data); err == nil {
+			if n := packCount(data); n != len(records) {
+				t.Fatalf("packCount %d, unpack %d records", n, len(records))
+			}
 			for _, rec := range records {
 				decodeRecord(rec.record)
 				if again, err := recordAt(data, rec.offset); err != nil || !bytes.Equal(again, rec.record) {

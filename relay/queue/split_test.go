@@ -72,20 +72,6 @@ func waitSplitCounted(t *testing.T, reg *prometheus.Registry, n float64) {
 	}
 }
 
-func histogramSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() == name {
-			return f.GetMetric()[0].GetHistogram().GetSampleSum()
-		}
-	}
-	return 0
-}
-
 // TestSplitWindowsStrandNothing: packs committed at every moment around
 // the ends of the splitter's windows are all split within a few windows,
 // none left in an abandoned pull request until AckWait. (Waiting with a
